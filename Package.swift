@@ -1,0 +1,41 @@
+// swift-tools-version: 5.10
+// LatentDiffusion: latent diffusion models (Rombach et al., CVPR 2022) in Swift, CPU-first.
+// Module layers, bottom to top: TensorCore (tensors, autograd, kernels) -> NeuralNetwork (layers) ->
+// Checkpoints / Tokenizers / Imaging (formats) -> Diffusion (schedules, samplers) -> ldm (command line).
+import PackageDescription
+
+let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"])]
+
+let package = Package(
+    name: "LatentDiffusion",
+    products: [
+        .executable(name: "ldm", targets: ["ldm"]),
+        .library(name: "LatentDiffusion", targets: ["TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CDNNL", path: "Sources/CDNNL", providers: [.apt(["libdnnl-dev"])]),
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CTurboJPEG", path: "Sources/CTurboJPEG", pkgConfig: "libturbojpeg", providers: [.apt(["libturbojpeg0-dev"])]),
+
+        .target(name: "TensorCore", dependencies: ["CDNNL"], swiftSettings: optimize),
+        .target(name: "NeuralNetwork", dependencies: ["TensorCore"], swiftSettings: optimize),
+        .target(name: "Checkpoints", dependencies: ["CZlib"]),
+        .target(name: "Tokenizers", dependencies: ["CZlib"], resources: [.copy("Resources")]),
+        .target(name: "Imaging", dependencies: ["CPNG", "CTurboJPEG", "CZlib"]),
+        .target(name: "Diffusion", dependencies: ["TensorCore"]),
+        .executableTarget(name: "ldm", dependencies: [
+            "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "NeuralNetwork"], exclude: ["Fixtures"]),
+        .testTarget(name: "CheckpointsTests", dependencies: ["Checkpoints"], exclude: ["Fixtures"]),
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], exclude: ["Fixtures"]),
+        .testTarget(name: "ImagingTests", dependencies: ["Imaging"], exclude: ["Fixtures"]),
+        .testTarget(name: "DiffusionTests", dependencies: ["Diffusion", "TensorCore"], exclude: ["Fixtures"]),
+    ]
+)

@@ -1,0 +1,3 @@
+// TurboJPEG API (tjDecompressHeader3 / tjDecompress2) for the Imaging target.
+#include <stddef.h>
+#include <turbojpeg.h>

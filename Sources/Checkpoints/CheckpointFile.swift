@@ -1,0 +1,108 @@
+// Uniform entry point: format detection by magic bytes (zip "PK" -> torch.save, 0x80 -> legacy
+// pickle, otherwise safetensors' u64 header length + '{') or folder (diffusers), giving
+// `[String: TensorRecord]` plus metadata. EMA helpers follow CompVis ldm/modules/ema.py (LitEma).
+import Foundation
+
+public struct CheckpointFile {
+    public enum Format: String { case safetensors, torchZip = "torch zip", diffusersFolder = "diffusers folder" }
+    public let url: URL?
+    public let format: Format
+    public let tensors: [String: TensorRecord]
+    public let metadata: [String: String]
+    public let diffusers: DiffusersFolder?
+    public let torch: TorchCheckpoint?
+
+    public static func open(_ url: URL, variant: String? = nil) throws -> CheckpointFile {
+        if DiffusersFolder.isFolder(url) {
+            let f = try DiffusersFolder(url: url, variant: variant)
+            var all: [String: TensorRecord] = [:]
+            for c in f.components {
+                for (k, r) in try c.tensors() {
+                    let name = c.name.isEmpty ? k : c.name + "." + k
+                    all[name] = r.renamed(name)
+                }
+            }
+            var meta: [String: String] = [:]
+            if let cls = f.className { meta["_class_name"] = cls }
+            if let v = f.modelIndex?["_diffusers_version"] as? String { meta["_diffusers_version"] = v }
+            return CheckpointFile(url: url, format: .diffusersFolder, tensors: all, metadata: meta, diffusers: f, torch: nil)
+        }
+        return try openFile(url)
+    }
+
+    static func openFile(_ url: URL) throws -> CheckpointFile {
+        do { return try open(buffer: ByteBuffer(mapping: url), url: url) }
+        catch let e as CheckpointError where !e.message.contains(url.lastPathComponent) {
+            throw CheckpointError("\(url.lastPathComponent): \(e.message)")
+        }
+    }
+
+    /// In-memory input (tests, fuzzing).
+    public static func open(data: Data) throws -> CheckpointFile {
+        try open(buffer: ByteBuffer(copying: data), url: nil)
+    }
+
+    public static func detectFormat(_ b: ByteBuffer) -> Format {
+        if b.count >= 2, b.u8(0) == UInt8(ascii: "P"), b.u8(1) == UInt8(ascii: "K") { return .torchZip }
+        if b.count >= 2, b.u8(0) == 0x80, b.u8(1) <= 5 { return .torchZip }   // legacy torch: refused with a message
+        return .safetensors
+    }
+
+    static func open(buffer: ByteBuffer, url: URL?) throws -> CheckpointFile {
+        switch detectFormat(buffer) {
+        case .torchZip:
+            let ck = try TorchCheckpoint(buffer: buffer)
+            var meta: [String: String] = [:]
+            if let top = ck.root.dictValue {
+                for i in 0..<top.count {
+                    guard let k = top.keys[i].stringValue, k != "state_dict" else { continue }
+                    switch top.values[i] {
+                    case .int(let n): meta[k] = String(n)
+                    case .string(let s): meta[k] = s
+                    case .float(let f): meta[k] = String(f)
+                    default: break
+                    }
+                }
+            }
+            return CheckpointFile(url: url, format: .torchZip, tensors: try ck.records(), metadata: meta, diffusers: nil, torch: ck)
+        default:
+            let st = try SafeTensors(buffer: buffer)
+            return CheckpointFile(url: url, format: .safetensors, tensors: st.tensors, metadata: st.metadata ?? [:],
+                                  diffusers: nil, torch: nil)
+        }
+    }
+
+    /// Weights with EMA parameters substituted (see `EMA.substituted`).
+    public var emaTensors: [String: TensorRecord]? { EMA.hasEMA(Array(tensors.keys)) ? EMA.substituted(tensors) : nil }
+}
+
+/// CompVis LitEma (ldm/modules/ema.py): the EMA copy of parameter `model.<p>` is the buffer
+/// `model_ema.<p with '.' removed>` (plus `model_ema.decay` / `model_ema.num_updates`).
+public enum EMA {
+    public static func litEmaName(_ name: String) -> String? {
+        guard name.hasPrefix("model.") else { return nil }
+        return "model_ema." + name.dropFirst("model.".count).replacingOccurrences(of: ".", with: "")
+    }
+
+    public static func hasEMA(_ keys: [String]) -> Bool {
+        keys.contains { $0.hasPrefix("model_ema.") && $0 != "model_ema.decay" && $0 != "model_ema.num_updates" }
+    }
+
+    /// model key -> EMA key, for every `model.*` key whose EMA buffer exists.
+    public static func keyMap(_ keys: [String]) -> [String: String] {
+        let set = Set(keys)
+        var out: [String: String] = [:]
+        for k in keys { if let e = litEmaName(k), set.contains(e) { out[k] = e } }
+        return out
+    }
+
+    /// `model.*` tensors replaced by their EMA buffers (under the model names); `model_ema.*` dropped.
+    public static func substituted(_ tensors: [String: TensorRecord]) -> [String: TensorRecord] {
+        let map = keyMap(Array(tensors.keys))
+        var out: [String: TensorRecord] = [:]
+        for (k, r) in tensors where !k.hasPrefix("model_ema.") {
+            if let e = map[k], let ema = tensors[e] { out[k] = ema.renamed(k) } else { out[k] = r }
+        }
+        return out
+    }
+}

@@ -1,0 +1,96 @@
+// Reverse-mode autograd in the manner of torch.autograd: an op whose inputs require gradients records a GradNode
+// (its inputs and a backward closure) on its output; `backward()` walks the recorded graph in reverse topological
+// order. Under `GradMode.noGrad` nothing is recorded, so inference allocates nothing for autograd.
+
+public final class GradNode {
+    public let name: String
+    let inputs: [Tensor]
+    let backward: (Tensor) -> [Tensor?]
+    init(name: String, inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?]) {
+        self.name = name; self.inputs = inputs; self.backward = backward
+    }
+}
+
+public enum GradMode {
+    /// Global switch (the training loop and inference each run on one driver thread; kernels never touch it).
+    public nonisolated(unsafe) static var isEnabled = true
+
+    public static func noGrad<T>(_ body: () throws -> T) rethrows -> T {
+        let saved = isEnabled; isEnabled = false
+        defer { isEnabled = saved }
+        return try body()
+    }
+    public static func withGrad<T>(_ body: () throws -> T) rethrows -> T {
+        let saved = isEnabled; isEnabled = true
+        defer { isEnabled = saved }
+        return try body()
+    }
+    @inline(__always) static func shouldRecord(_ inputs: Tensor...) -> Bool {
+        guard isEnabled else { return false }
+        for t in inputs where t.requiresGrad { return true }
+        return false
+    }
+    @inline(__always) static func shouldRecord(_ inputs: [Tensor]) -> Bool {
+        guard isEnabled else { return false }
+        for t in inputs where t.requiresGrad { return true }
+        return false
+    }
+}
+
+extension Tensor {
+    /// Attaches a backward function to `self` (an op's fresh output) when any input requires gradients.
+    @discardableResult
+    func recorded(_ name: String, _ inputs: [Tensor], _ backward: @escaping (Tensor) -> [Tensor?]) -> Tensor {
+        guard GradMode.shouldRecord(inputs) else { return self }
+        requiresGrad = true
+        gradFn = GradNode(name: name, inputs: inputs, backward: backward)
+        return self
+    }
+
+    /// A view of the same values cut off from the graph (torch.Tensor.detach).
+    public func detach() -> Tensor {
+        Tensor(storage: storage, shape: shape, strides: strides, offset: offset, dtype: dtype)
+    }
+
+    /// Accumulates d(self)/d(leaf) into every leaf's `.grad` (summing with what is there, as PyTorch does).
+    /// `self` must be a scalar unless `gradient` is given. The graph is freed afterwards.
+    public func backward(_ gradient: Tensor? = nil) {
+        precondition(requiresGrad, "backward: tensor does not require grad")
+        let seed = gradient ?? Tensor.ones(shape)
+        precondition(seed.shape == shape, "backward: gradient shape \(seed.shape) != \(shape)")
+        // Topological order by iterative DFS over grad_fn edges.
+        var order: [Tensor] = []
+        var visited = Set<ObjectIdentifier>()
+        var stack: [(Tensor, Bool)] = [(self, false)]
+        while let (t, expanded) = stack.popLast() {
+            if expanded { order.append(t); continue }
+            guard visited.insert(ObjectIdentifier(t)).inserted else { continue }
+            stack.append((t, true))
+            for input in t.gradFn?.inputs ?? [] where input.requiresGrad && !visited.contains(ObjectIdentifier(input)) {
+                stack.append((input, false))
+            }
+        }
+        var grads: [ObjectIdentifier: Tensor] = [ObjectIdentifier(self): seed]
+        GradMode.noGrad {
+            for t in order.reversed() {
+                guard let g = grads.removeValue(forKey: ObjectIdentifier(t)) else { continue }
+                guard let node = t.gradFn else {
+                    let g32 = g.shape == t.shape ? g : g.reshaped(t.shape)
+                    t.grad = t.grad.map { $0 + g32 } ?? g32.contiguous()
+                    continue
+                }
+                let inputGrads = node.backward(g)
+                for (input, ig) in zip(node.inputs, inputGrads) where input.requiresGrad {
+                    guard let ig else { continue }
+                    precondition(ig.shape == input.shape, "\(node.name) backward: grad shape \(ig.shape) != input \(input.shape)")
+                    let key = ObjectIdentifier(input)
+                    grads[key] = grads[key].map { $0 + ig } ?? ig
+                }
+                t.gradFn = nil
+            }
+        }
+    }
+
+    /// Sets `.grad` to nil (optimizer.zero_grad(set_to_none=True)).
+    public func zeroGrad() { grad = nil }
+}

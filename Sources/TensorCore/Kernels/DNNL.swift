@@ -1,0 +1,139 @@
+import CDNNL
+import Foundation
+
+// The oneDNN backend (Debian's libdnnl 2.6, v2 C API): one engine and stream, primitives cached per problem shape,
+// plain user layouts (NCHW / OIHW) reordered to whatever layout the chosen kernel prefers (nChw8c on AVX2,
+// nChw16c on AVX-512), weights reordered once and cached on the weight tensor until it changes.
+
+typealias Dims = dnnl_dims_t
+
+@inline(__always) func dnnlCheck(_ status: dnnl_status_t, _ what: @autoclosure () -> String) {
+    precondition(status == dnnl_success, "oneDNN: \(what()) failed with status \(status.rawValue)")
+}
+
+func dims(_ v: [Int]) -> Dims {
+    var d: Dims = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+    withUnsafeMutableBytes(of: &d) { raw in
+        let p = raw.bindMemory(to: Int64.self)
+        for (i, x) in v.enumerated() { p[i] = Int64(x) }
+    }
+    return d
+}
+
+/// A memory descriptor for a plain (row-major) layout, or `any` for "let the primitive choose".
+func memoryDesc(_ shape: [Int], _ type: dnnl_data_type_t = dnnl_f32, tag: dnnl_format_tag_t? = nil) -> dnnl_memory_desc_t {
+    var md = dnnl_memory_desc_t()
+    var d = dims(shape)
+    let plain: dnnl_format_tag_t = [dnnl_a, dnnl_ab, dnnl_abc, dnnl_abcd, dnnl_abcde][shape.count - 1]
+    dnnlCheck(dnnl_memory_desc_init_by_tag(&md, Int32(shape.count), &d.0, type, tag ?? plain), "memory_desc_init \(shape)")
+    return md
+}
+
+enum DNNL {
+    nonisolated(unsafe) static let engine: dnnl_engine_t = {
+        var e: dnnl_engine_t?
+        dnnlCheck(dnnl_engine_create(&e, dnnl_cpu, 0), "engine_create")
+        return e!
+    }()
+    nonisolated(unsafe) static let stream: dnnl_stream_t = {
+        var s: dnnl_stream_t?
+        dnnlCheck(dnnl_stream_create(&s, engine, dnnl_stream_default_flags.rawValue), "stream_create")
+        return s!
+    }()
+    private static let lock = NSRecursiveLock()
+    nonisolated(unsafe) private static var cache: [String: Primitive] = [:]
+
+    /// Returns the cached primitive for `key`, creating it with `make` on first use.
+    static func primitive(_ key: String, _ make: () -> Primitive) -> Primitive {
+        lock.lock(); defer { lock.unlock() }
+        if let p = cache[key] { return p }
+        let p = make(); cache[key] = p; return p
+    }
+
+    /// Wraps a user pointer in a memory object of descriptor `md`.
+    static func memory(_ md: UnsafePointer<dnnl_memory_desc_t>, _ ptr: UnsafeMutableRawPointer?) -> dnnl_memory_t {
+        var m: dnnl_memory_t?
+        dnnlCheck(dnnl_memory_create(&m, md, engine, ptr ?? UnsafeMutableRawPointer(bitPattern: 0)), "memory_create")
+        return m!
+    }
+
+    static func reorder(from: dnnl_memory_desc_t, _ src: UnsafeMutableRawPointer, to: dnnl_memory_desc_t, _ dst: UnsafeMutableRawPointer) {
+        var f = from, t = to
+        let key = "reorder:" + descKey(&f) + "->" + descKey(&t)
+        let p = primitive(key) {
+            var pd: dnnl_primitive_desc_t?
+            dnnlCheck(dnnl_reorder_primitive_desc_create(&pd, &f, engine, &t, engine, nil), "reorder pd")
+            return Primitive(pd: pd!)
+        }
+        let ms = memory(&f, src), md = memory(&t, dst)
+        defer { dnnl_memory_destroy(ms); dnnl_memory_destroy(md) }
+        var args = [dnnl_exec_arg_t(arg: DNNL_ARG_FROM, memory: ms), dnnl_exec_arg_t(arg: DNNL_ARG_TO, memory: md)]
+        dnnlCheck(dnnl_primitive_execute(p.prim, stream, 2, &args), "reorder")
+        dnnlCheck(dnnl_stream_wait(stream), "stream_wait")
+    }
+
+    static func descKey(_ md: UnsafePointer<dnnl_memory_desc_t>) -> String {
+        let size = MemoryLayout<dnnl_memory_desc_t>.size
+        return withUnsafeBytes(of: md.pointee) { raw in raw.prefix(size).map { String($0, radix: 16) }.joined(separator: ".") }
+    }
+
+    /// Row-major sgemm (C = alpha * op(A) op(B) + beta * C) through oneDNN's JIT GEMM. Inside a parallel region it
+    /// runs on the calling thread only.
+    @inline(__always)
+    static func sgemm(_ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
+                      _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
+                      _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int) {
+        let st = dnnl_sgemm(transA ? 84 : 78, transB ? 84 : 78, Int64(m), Int64(n), Int64(k), alpha, a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc))
+        precondition(st == dnnl_success, "oneDNN sgemm \(m)x\(n)x\(k) failed: \(st.rawValue)")
+    }
+}
+
+/// A created primitive with its descriptor; executed through `run`, which reorders plain user buffers in and out.
+final class Primitive: @unchecked Sendable {
+    let pd: dnnl_primitive_desc_t
+    let prim: dnnl_primitive_t
+    init(pd: dnnl_primitive_desc_t) {
+        self.pd = pd
+        var p: dnnl_primitive_t?
+        dnnlCheck(dnnl_primitive_create(&p, pd), "primitive_create")
+        prim = p!
+    }
+    var implementation: String {
+        var s: UnsafePointer<CChar>?
+        _ = withUnsafeMutablePointer(to: &s) { dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, $0) }
+        return s.map { String(cString: $0) } ?? "?"
+    }
+    func md(_ what: dnnl_query_t, _ index: Int32 = 0) -> dnnl_memory_desc_t { dnnl_primitive_desc_query_md(pd, what, index).pointee }
+
+    /// One argument: its DNNL_ARG, the query for the layout the primitive wants, the user's plain layout and buffer,
+    /// and whether the primitive writes it. `cached` (weights) is a reordered copy to use as is.
+    struct Arg {
+        var arg: Int32; var query: dnnl_query_t; var plain: dnnl_memory_desc_t; var ptr: UnsafeMutableRawPointer
+        var isOutput = false; var cached: UnsafeMutableRawPointer? = nil; var index: Int32 = 0
+    }
+
+    func run(_ args: [Arg]) {
+        var mems: [dnnl_memory_t] = [], exec: [dnnl_exec_arg_t] = []
+        var post: [(dnnl_memory_desc_t, UnsafeMutableRawPointer, dnnl_memory_desc_t, UnsafeMutableRawPointer)] = []
+        var scratch: [Storage] = []
+        for a in args {
+            var want = md(a.query, a.index), plain = a.plain
+            var ptr = a.ptr
+            if let c = a.cached { ptr = c }
+            else if dnnl_memory_desc_equal(&want, &plain) == 0 {
+                let buf = Storage(byteCount: dnnl_memory_desc_get_size(&want))
+                scratch.append(buf)
+                if a.isOutput { post.append((want, buf.base, plain, a.ptr)) }
+                else { DNNL.reorder(from: plain, a.ptr, to: want, buf.base) }
+                ptr = buf.base
+            }
+            let m = DNNL.memory(&want, ptr)
+            mems.append(m); exec.append(dnnl_exec_arg_t(arg: a.arg, memory: m))
+        }
+        dnnlCheck(dnnl_primitive_execute(prim, DNNL.stream, Int32(exec.count), &exec), "execute \(implementation)")
+        dnnlCheck(dnnl_stream_wait(DNNL.stream), "stream_wait")
+        for (from, src, to, dst) in post { DNNL.reorder(from: from, src, to: to, dst) }
+        mems.forEach { dnnl_memory_destroy($0) }
+        _ = scratch
+    }
+}

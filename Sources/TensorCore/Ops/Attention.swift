@@ -1,0 +1,142 @@
+import Foundation
+
+// Scaled dot-product attention as one fused, tiled kernel (FlashAttention-2, Dao 2023): queries in blocks of
+// `blockQ`, keys/values streamed in blocks of `blockK` with an online softmax, so no Lq x Lk matrix is ever held;
+// extra memory is O(threads * blockQ * blockK) plus the per-row log-sum-exp kept for the backward pass.
+// Semantics of torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal:, scale:).
+
+private let blockQ = 64, blockK = 256
+
+/// Row pointer arithmetic for a (B, H, L, D) view whose last axis is contiguous.
+private struct HeadView {
+    let base: UnsafeMutablePointer<Float>, sb: Int, sh: Int, sl: Int
+    init(_ t: Tensor) {
+        precondition(t.strides[3] == 1, "attention: last axis must be contiguous")
+        base = t.data; sb = t.strides[0]; sh = t.strides[1]; sl = t.strides[2]
+    }
+    @inline(__always) func row(_ b: Int, _ h: Int, _ i: Int) -> UnsafeMutablePointer<Float> { base + b * sb + h * sh + i * sl }
+}
+
+/// q (B, H, Lq, D), k (B, H, Lk, D), v (B, H, Lk, Dv) -> (B, H, Lq, Dv). Any layout whose last axis is contiguous is
+/// read in place (for example the (B, L, H, D) view of a linear projection); the result is a (B, H, Lq, Dv) view of
+/// (B, Lq, H, Dv) memory, so that merging heads back is free.
+public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Float? = nil, causal: Bool = false) -> Tensor {
+    precondition(q.rank == 4 && k.rank == 4 && v.rank == 4, "attention: q \(q.shape), k \(k.shape), v \(v.shape) must be 4-d (B, H, L, D)")
+    let (bs, heads, lq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+    let lk = k.shape[2], dv = v.shape[3]
+    precondition(k.shape == [bs, heads, lk, d] && v.shape[0...2] == [bs, heads, lk], "attention: mismatched q \(q.shape), k \(k.shape), v \(v.shape)")
+    let sc = scale ?? 1 / Float(d).squareRoot()
+    let lastContiguous = { (t: Tensor) in t.dtype == .float32 && t.strides[3] == 1 ? t : t.float32().contiguous() }
+    let qc = lastContiguous(q), kc = lastContiguous(k), vc = lastContiguous(v)
+    let Q = HeadView(qc), K = HeadView(kc), V = HeadView(vc)
+    let outMem = Tensor.empty([bs, lq, heads, dv])
+    let O = HeadView(outMem.permuted([0, 2, 1, 3]).detach())
+    let lse = Tensor.empty([bs, heads, lq])
+    let L = lse.data
+    let qBlocks = (lq + blockQ - 1) / blockQ
+    defer { withExtendedLifetime((qc, kc, vc)) {} }
+    Parallel.forEach(bs * heads * qBlocks, costPerItem: 1 << 16) { task in
+        let qb = task % qBlocks, bh = task / qBlocks, b = bh / heads, h = bh % heads
+        let i0 = qb * blockQ, rows = min(blockQ, lq - i0)
+        let s = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK)
+        let m = UnsafeMutablePointer<Float>.allocate(capacity: blockQ), l = UnsafeMutablePointer<Float>.allocate(capacity: blockQ)
+        defer { s.deallocate(); m.deallocate(); l.deallocate() }
+        m.update(repeating: -.infinity, count: rows); l.update(repeating: 0, count: rows)
+        let o = O.row(b, h, i0)
+        for r in 0..<rows { (o + r * O.sl).update(repeating: 0, count: dv) }
+        let kEnd = causal ? min(lk, i0 + rows + (lk - lq)) : lk
+        var j0 = 0
+        while j0 < kEnd {
+            let cols = min(blockK, kEnd - j0)
+            DNNL.sgemm(false, true, rows, cols, d, sc, Q.row(b, h, i0), Q.sl, K.row(b, h, j0), K.sl, 0, s, blockK)
+            for r in 0..<rows {
+                let srow = s + r * blockK
+                if causal { let lim = i0 + r + (lk - lq); for c in 0..<cols where j0 + c > lim { srow[c] = -.infinity } }
+                var mx = m[r]
+                for c in 0..<cols { mx = max(mx, srow[c]) }
+                let corr = mx == -.infinity ? 1 : fastExp(m[r] - mx)
+                var sum: Float = 0
+                for c in 0..<cols { let e = mx == -.infinity ? 0 : fastExp(srow[c] - mx); srow[c] = e; sum += e }
+                l[r] = l[r] * corr + sum; m[r] = mx
+                if corr != 1 { let orow = o + r * O.sl; for c in 0..<dv { orow[c] *= corr } }
+            }
+            DNNL.sgemm(false, false, rows, dv, cols, 1, s, blockK, V.row(b, h, j0), V.sl, 1, o, O.sl)
+            j0 += cols
+        }
+        for r in 0..<rows {
+            let inv = l[r] > 0 ? 1 / l[r] : 0, orow = o + r * O.sl
+            for c in 0..<dv { orow[c] *= inv }
+            L[(b * heads + h) * lq + i0 + r] = m[r] + Foundation.log(l[r])
+        }
+    }
+    let out = outMem.permuted([0, 2, 1, 3]).detach()
+    return out.recorded("scaled_dot_product_attention", [q, k, v]) { g in
+        attentionBackward(g, qc, kc, vc, out, lse, scale: sc, causal: causal)
+    }
+}
+
+/// FlashAttention-2 backward: pass 1 over key blocks accumulates dK, dV; pass 2 over query blocks accumulates dQ.
+/// Both recompute P = exp(S - logsumexp) tile by tile.
+private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Tensor, _ out: Tensor, _ lse: Tensor,
+                               scale: Float, causal: Bool) -> [Tensor?] {
+    let (bs, heads, lq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+    let lk = k.shape[2], dv = v.shape[3]
+    let gO = gOut.contiguous()
+    let Q = HeadView(q), K = HeadView(k), V = HeadView(v), O = HeadView(out), dO = HeadView(gO)
+    let dq = Tensor(zeros: q.shape), dk = Tensor(zeros: k.shape), dvT = Tensor(zeros: v.shape)
+    let dQ = HeadView(dq), dK = HeadView(dk), dV = HeadView(dvT)
+    let L = lse.data
+    defer { withExtendedLifetime((gO, q, k, v, out, lse)) {} }
+    // D_i = rowsum(dO_i * O_i)
+    let delta = Tensor.empty([bs, heads, lq]), D = delta.data
+    for b in 0..<bs { for h in 0..<heads { for i in 0..<lq {
+        let a = dO.row(b, h, i), o = O.row(b, h, i)
+        var s: Float = 0
+        for c in 0..<dv { s += a[c] * o[c] }
+        D[(b * heads + h) * lq + i] = s
+    } } }
+    let offset = lk - lq
+    /// Fills p (rows x cols) with P and ds with dS for the tile (i0, j0).
+    func tile(_ b: Int, _ h: Int, _ i0: Int, _ rows: Int, _ j0: Int, _ cols: Int, _ p: UnsafeMutablePointer<Float>, _ ds: UnsafeMutablePointer<Float>) {
+        DNNL.sgemm(false, true, rows, cols, d, scale, Q.row(b, h, i0), Q.sl, K.row(b, h, j0), K.sl, 0, p, cols)
+        DNNL.sgemm(false, true, rows, cols, dv, 1, dO.row(b, h, i0), dO.sl, V.row(b, h, j0), V.sl, 0, ds, cols)
+        for r in 0..<rows {
+            let li = L[(b * heads + h) * lq + i0 + r], di = D[(b * heads + h) * lq + i0 + r]
+            let pr = p + r * cols, dr = ds + r * cols
+            for c in 0..<cols {
+                let masked = causal && j0 + c > i0 + r + offset
+                let e = masked ? 0 : fastExp(pr[c] - li)
+                pr[c] = e; dr[c] = e * (dr[c] - di)
+            }
+        }
+    }
+    let kBlocks = (lk + blockK - 1) / blockK, qBlocks = (lq + blockQ - 1) / blockQ
+    Parallel.forEach(bs * heads * kBlocks, costPerItem: 1 << 16) { task in
+        let kb = task % kBlocks, bh = task / kBlocks, b = bh / heads, h = bh % heads
+        let j0 = kb * blockK, cols = min(blockK, lk - j0)
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * cols), ds = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * cols)
+        defer { p.deallocate(); ds.deallocate() }
+        var i0 = 0
+        while i0 < lq {
+            let rows = min(blockQ, lq - i0)
+            tile(b, h, i0, rows, j0, cols, p, ds)
+            DNNL.sgemm(true, false, cols, dv, rows, 1, p, cols, dO.row(b, h, i0), dO.sl, 1, dV.row(b, h, j0), dV.sl)
+            DNNL.sgemm(true, false, cols, d, rows, scale, ds, cols, Q.row(b, h, i0), Q.sl, 1, dK.row(b, h, j0), dK.sl)
+            i0 += rows
+        }
+    }
+    Parallel.forEach(bs * heads * qBlocks, costPerItem: 1 << 16) { task in
+        let qb = task % qBlocks, bh = task / qBlocks, b = bh / heads, h = bh % heads
+        let i0 = qb * blockQ, rows = min(blockQ, lq - i0)
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK), ds = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK)
+        defer { p.deallocate(); ds.deallocate() }
+        var j0 = 0
+        while j0 < lk {
+            let cols = min(blockK, lk - j0)
+            tile(b, h, i0, rows, j0, cols, p, ds)
+            DNNL.sgemm(false, false, rows, d, cols, scale, ds, cols, K.row(b, h, j0), K.sl, 1, dQ.row(b, h, i0), dQ.sl)
+            j0 += cols
+        }
+    }
+    return [dq, dk, dvT]
+}

@@ -1,0 +1,81 @@
+// torch.matmul (batched, broadcasting over leading axes) and torch.nn.functional.linear on oneDNN's sgemm.
+// Transposed views are passed to sgemm as transposed operands, not copied.
+
+/// A float32 matrix operand view: pointer to batch 0, whether transposed, leading dimension, batch strides.
+private struct GemmOperand {
+    let tensor: Tensor, trans: Bool, ld: Int
+    init(_ t: Tensor) {
+        var t = t.float32()
+        let r = t.rank, rows = t.shape[r - 2], cols = t.shape[r - 1]
+        let s0 = t.strides[r - 2], s1 = t.strides[r - 1]
+        if s1 == 1 && (s0 >= cols || rows == 1) { trans = false; ld = Swift.max(s0, cols) }
+        else if s0 == 1 && (s1 >= rows || cols == 1) { trans = true; ld = Swift.max(s1, rows) }
+        else { t = t.contiguous(); trans = false; ld = cols }
+        tensor = t
+    }
+}
+
+/// Batched C[b] = A[b] @ B[b] for 2-d matrices with batch offsets given per batch index.
+private func batchedGemm(_ a: Tensor, _ b: Tensor) -> Tensor {
+    precondition(a.rank >= 2 && b.rank >= 2, "matmul: operands must be at least 2-d, got \(a.shape) and \(b.shape)")
+    let m = a.shape[a.rank - 2], k = a.shape[a.rank - 1], n = b.shape[b.rank - 1]
+    precondition(b.shape[b.rank - 2] == k, "matmul: \(a.shape) @ \(b.shape): inner sizes differ")
+    let batch = broadcastShape(Array(a.shape.dropLast(2)), Array(b.shape.dropLast(2)))
+    let av = a.broadcasted(to: batch + [m, k], recording: false), bv = b.broadcasted(to: batch + [k, n], recording: false)
+    let A = GemmOperand(av), B = GemmOperand(bv)
+    let out = Tensor.empty(batch + [m, n])
+    let count = batch.reduce(1, *)
+    // Element offsets of each batch entry (strides of broadcast axes are 0).
+    func offsets(_ t: Tensor) -> [Int] {
+        var offs = [Int](repeating: 0, count: count)
+        var idx = [Int](repeating: 0, count: batch.count)
+        for i in 0..<count {
+            offs[i] = zip(idx, t.strides).reduce(0) { $0 + $1.0 * $1.1 }
+            var d = batch.count - 1
+            while d >= 0 { idx[d] += 1; if idx[d] < batch[d] { break }; idx[d] = 0; d -= 1 }
+        }
+        return offs
+    }
+    let ao = offsets(A.tensor), bo = offsets(B.tensor)
+    let ap = A.tensor.data, bp = B.tensor.data, cp = out.data
+    defer { withExtendedLifetime((A.tensor, B.tensor)) {} }
+    let one = { (i: Int) in
+        DNNL.sgemm(A.trans, B.trans, m, n, k, 1, ap + ao[i], A.ld, bp + bo[i], B.ld, 0, cp + i * m * n, n)
+    }
+    if count >= Parallel.threadCount && m * n * k < 1 << 22 { Parallel.forEach(count, costPerItem: 1 << 20, one) }
+    else { for i in 0..<count { one(i) } }
+    return out
+}
+
+/// torch.matmul for operands of rank >= 2 (leading axes broadcast).
+public func matmul(_ a: Tensor, _ b: Tensor) -> Tensor {
+    batchedGemm(a, b).recorded("matmul", [a, b]) { g in
+        [a.requiresGrad ? batchedGemm(g, b.transposed()).sum(toShape: a.shape) : nil,
+         b.requiresGrad ? batchedGemm(a.transposed(), g).sum(toShape: b.shape) : nil]
+    }
+}
+
+/// torch.nn.functional.linear: x (..., in) @ weight(out, in)^T + bias(out).
+public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tensor {
+    let inF = weight.shape[1], outF = weight.shape[0]
+    precondition(x.shape.last == inF, "linear: input \(x.shape) does not match weight \(weight.shape)")
+    let rows = x.count / inF
+    let x2 = x.float32().contiguous(), w = weight.float32().contiguous()
+    defer { withExtendedLifetime((x2, w)) {} }
+    let out = Tensor.empty(Array(x.shape.dropLast()) + [outF])
+    if let bias {
+        let bc = bias.float32().contiguous(), o = out.data
+        withExtendedLifetime(bc) { for r in 0..<rows { (o + r * outF).update(from: bc.data, count: outF) } }
+    }
+    DNNL.sgemm(false, true, rows, outF, inF, 1, x2.data, inF, w.data, inF, bias == nil ? 0 : 1, out.data, outF)
+    var inputs = [x, weight]
+    if let bias { inputs.append(bias) }
+    return out.recorded("linear", inputs) { g in
+        let g2 = g.contiguous().reshaped([rows, outF])
+        var grads: [Tensor?] = []
+        grads.append(x.requiresGrad ? batchedGemm(g2, w).reshaped(x.shape) : nil)
+        grads.append(weight.requiresGrad ? batchedGemm(g2.transposed(), x2.reshaped([rows, inF])) : nil)
+        if bias != nil { grads.append(g2.sum(axes: [0])) }
+        return grads
+    }
+}

@@ -1,0 +1,164 @@
+import Foundation
+
+// torch.nn.functional.group_norm (optionally fused with SiLU, the CompVis `Normalize` + `nonlinearity` pair),
+// layer_norm, softmax and log_softmax along the last axis, with backward passes.
+
+extension Tensor {
+    /// F.group_norm over (N, C, *) with affine `weight`/`bias` (C); `silu` fuses the activation that follows it.
+    public func groupNorm(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float = 1e-5, silu: Bool = false) -> Tensor {
+        let n = shape[0], c = shape[1]
+        precondition(rank >= 2 && c % groups == 0, "group_norm: \(c) channels not divisible into \(groups) groups (shape \(shape))")
+        let x = float32().contiguous()
+        let spatial = count / (n * c), cpg = c / groups, m = cpg * spatial
+        let out = Tensor.empty(shape)
+        let mean = Tensor.empty([n, groups]), rstd = Tensor.empty([n, groups])
+        let xs = x.data, ys = out.data, mp = mean.data, rp = rstd.data
+        let gw = weight?.float32().contiguous(), gb = bias?.float32().contiguous()
+        let wp = gw?.data, bp = gb?.data
+        defer { withExtendedLifetime((x, gw, gb)) {} }
+        Parallel.forEach(n * groups, costPerItem: m * 3) { ng in
+            let base = xs + ng * m
+            // Two-pass statistics in float64 partial sums, as accurate as PyTorch's Welford on these sizes.
+            var s = 0.0
+            var i = 0
+            while i + 16 <= m { var f: Float = 0; for k in 0..<16 { f += base[i + k] }; s += Double(f); i += 16 }
+            while i < m { s += Double(base[i]); i += 1 }
+            let mu = Float(s / Double(m))
+            var v = 0.0
+            i = 0
+            while i + 16 <= m { var f: Float = 0; for k in 0..<16 { let d = base[i + k] - mu; f += d * d }; v += Double(f); i += 16 }
+            while i < m { let d = base[i] - mu; v += Double(d * d); i += 1 }
+            let r = Float(1 / (v / Double(m) + Double(eps)).squareRoot())
+            mp[ng] = mu; rp[ng] = r
+            let g0 = (ng % groups) * cpg
+            for cc in 0..<cpg {
+                let a = r * (wp?[g0 + cc] ?? 1), b = (bp?[g0 + cc] ?? 0) - mu * a
+                let src = base + cc * spatial, dst = ys + ng * m + cc * spatial
+                if silu { for j in 0..<spatial { let z = src[j] * a + b; dst[j] = z * fastSigmoid(z) } }
+                else { for j in 0..<spatial { dst[j] = src[j] * a + b } }
+            }
+        }
+        if silu && GradMode.shouldRecord([self] + [weight, bias].compactMap { $0 }) {
+            return groupNorm(groups: groups, weight: weight, bias: bias, eps: eps, silu: false).silu()
+        }
+        var inputs = [self]
+        if let weight { inputs.append(weight) }
+        if let bias { inputs.append(bias) }
+        let shp = shape
+        return out.recorded("group_norm", inputs) { g in
+            // The kernels below read through raw pointers: keep their tensors alive.
+            withExtendedLifetime((x, mean, rstd, gw)) {}
+            let gy = g.contiguous()
+            let gx = Tensor.empty(shp), dgamma = Tensor(zeros: [n, c]), dbeta = Tensor(zeros: [n, c])
+            let gp = gy.data, dx = gx.data, dgp = dgamma.data, dbp = dbeta.data
+            Parallel.forEach(n * groups, costPerItem: m * 4) { ng in
+                let mu = mp[ng], r = rp[ng], g0 = (ng % groups) * cpg, nIdx = ng / groups
+                var sumDy = 0.0, sumDyXhat = 0.0
+                for cc in 0..<cpg {
+                    let w = wp?[g0 + cc] ?? 1
+                    let xr = xs + ng * m + cc * spatial, gr = gp + ng * m + cc * spatial
+                    var a: Float = 0, b: Float = 0
+                    for j in 0..<spatial { let xh = (xr[j] - mu) * r; a += gr[j]; b += gr[j] * xh }
+                    dgp[nIdx * c + g0 + cc] = b; dbp[nIdx * c + g0 + cc] = a
+                    sumDy += Double(a * w); sumDyXhat += Double(b * w)
+                }
+                let meanDy = Float(sumDy / Double(m)), meanDyXhat = Float(sumDyXhat / Double(m))
+                for cc in 0..<cpg {
+                    let w = wp?[g0 + cc] ?? 1
+                    let xr = xs + ng * m + cc * spatial, gr = gp + ng * m + cc * spatial, dr = dx + ng * m + cc * spatial
+                    for j in 0..<spatial { let xh = (xr[j] - mu) * r; dr[j] = r * (gr[j] * w - meanDy - xh * meanDyXhat) }
+                }
+            }
+            var grads: [Tensor?] = [gx]
+            if weight != nil { grads.append(dgamma.sum(axes: [0])) }
+            if bias != nil { grads.append(dbeta.sum(axes: [0])) }
+            withExtendedLifetime((x, mean, rstd, gw, gy)) {}
+            return grads
+        }
+    }
+
+    /// F.layer_norm over the last axis.
+    public func layerNorm(weight: Tensor?, bias: Tensor?, eps: Float = 1e-5) -> Tensor {
+        let d = shape[rank - 1], rows = count / d
+        let x = float32().contiguous(), out = Tensor.empty(shape)
+        let rstd = Tensor.empty([rows]), xhat = Tensor.empty(shape)
+        let xs = x.data, ys = out.data, rp = rstd.data, hp = xhat.data
+        let gw = weight?.float32().contiguous(), gb = bias?.float32().contiguous()
+        let wp = gw?.data, bp = gb?.data
+        defer { withExtendedLifetime((x, gw, gb)) {} }
+        Parallel.forEach(rows, costPerItem: d * 3) { r in
+            let row = xs + r * d
+            var s: Float = 0
+            for j in 0..<d { s += row[j] }
+            let mu = s / Float(d)
+            var v: Float = 0
+            for j in 0..<d { let t = row[j] - mu; v += t * t }
+            let rs = 1 / (v / Float(d) + eps).squareRoot()
+            rp[r] = rs
+            let o = ys + r * d, h = hp + r * d
+            for j in 0..<d { let xh = (row[j] - mu) * rs; h[j] = xh; o[j] = xh * (wp?[j] ?? 1) + (bp?[j] ?? 0) }
+        }
+        var inputs = [self]
+        if let weight { inputs.append(weight) }
+        if let bias { inputs.append(bias) }
+        let shp = shape
+        return out.recorded("layer_norm", inputs) { g in
+            let gy = g.contiguous(), gx = Tensor.empty(shp)
+            defer { withExtendedLifetime((rstd, xhat, gw)) {} }
+            let gp = gy.data, dx = gx.data
+            Parallel.forEach(rows, costPerItem: d * 4) { r in
+                let gr = gp + r * d, h = hp + r * d, o = dx + r * d
+                var a: Float = 0, b: Float = 0
+                for j in 0..<d { let gw = gr[j] * (wp?[j] ?? 1); a += gw; b += gw * h[j] }
+                let rs = rp[r], ma = a / Float(d), mb = b / Float(d)
+                for j in 0..<d { o[j] = rs * (gr[j] * (wp?[j] ?? 1) - ma - h[j] * mb) }
+            }
+            var grads: [Tensor?] = [gx]
+            let flat = gy.reshaped([rows, d])
+            if weight != nil { grads.append((flat * xhat.reshaped([rows, d])).sum(axes: [0])) }
+            if bias != nil { grads.append(flat.sum(axes: [0])) }
+            return grads
+        }
+    }
+
+    /// Softmax along the last axis.
+    public func softmax() -> Tensor {
+        let d = shape[rank - 1], rows = count / d
+        let x = float32().contiguous(), out = Tensor.empty(shape)
+        let xs = x.data, ys = out.data
+        defer { withExtendedLifetime(x) {} }
+        Parallel.forEach(rows, costPerItem: d * 4) { r in
+            let row = xs + r * d, o = ys + r * d
+            var mx = -Float.infinity
+            for j in 0..<d { mx = Swift.max(mx, row[j]) }
+            var s: Float = 0
+            for j in 0..<d { let e = fastExp(row[j] - mx); o[j] = e; s += e }
+            let inv = 1 / s
+            for j in 0..<d { o[j] *= inv }
+        }
+        return out.recorded("softmax", [self]) { g in
+            let gy = g * out
+            return [gy - out * gy.sum(axes: [-1], keepDims: true)]
+        }
+    }
+
+    /// log_softmax along the last axis.
+    public func logSoftmax() -> Tensor {
+        let d = shape[rank - 1], rows = count / d
+        let x = float32().contiguous(), out = Tensor.empty(shape)
+        let xs = x.data, ys = out.data
+        defer { withExtendedLifetime(x) {} }
+        Parallel.forEach(rows, costPerItem: d * 4) { r in
+            let row = xs + r * d, o = ys + r * d
+            var mx = -Float.infinity
+            for j in 0..<d { mx = Swift.max(mx, row[j]) }
+            var s: Float = 0
+            for j in 0..<d { s += fastExp(row[j] - mx) }
+            let lse = mx + Foundation.log(s)
+            for j in 0..<d { o[j] = row[j] - lse }
+        }
+        return out.recorded("log_softmax", [self]) { g in
+            [g - out.exp() * g.sum(axes: [-1], keepDims: true)]
+        }
+    }
+}

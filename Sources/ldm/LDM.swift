@@ -1,0 +1,8 @@
+import ArgumentParser
+
+struct LDM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ldm",
+        abstract: "Latent diffusion models (Rombach et al., CVPR 2022) on the CPU.",
+        subcommands: [])
+}
