@@ -10,7 +10,7 @@ let package = Package(
     name: "LatentDiffusion",
     products: [
         .executable(name: "ldm", targets: ["ldm"]),
-        .library(name: "LatentDiffusion", targets: ["TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion"]),
+        .library(name: "LatentDiffusion", targets: ["TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -22,13 +22,16 @@ let package = Package(
         .systemLibrary(name: "CTurboJPEG", path: "Sources/CTurboJPEG", pkgConfig: "libturbojpeg", providers: [.apt(["libturbojpeg0-dev"])]),
 
         .target(name: "TensorCore", dependencies: ["CDNNL"], swiftSettings: optimize),
-        .target(name: "NeuralNetwork", dependencies: ["TensorCore"], swiftSettings: optimize),
+        .target(name: "NeuralNetwork", dependencies: ["TensorCore", "Checkpoints"], swiftSettings: optimize),
         .target(name: "Checkpoints", dependencies: ["CZlib"]),
         .target(name: "Tokenizers", dependencies: ["CZlib"], resources: [.copy("Resources")]),
         .target(name: "Imaging", dependencies: ["CPNG", "CTurboJPEG", "CZlib"]),
         .target(name: "Diffusion", dependencies: ["TensorCore"]),
+        .target(name: "Autoencoders", dependencies: ["NeuralNetwork", "Checkpoints"], swiftSettings: optimize),
+        .target(name: "UNetModels", dependencies: ["NeuralNetwork", "Checkpoints"], swiftSettings: optimize),
+        .target(name: "Conditioning", dependencies: ["NeuralNetwork", "Checkpoints", "Tokenizers"], swiftSettings: optimize),
         .executableTarget(name: "ldm", dependencies: [
-            "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion",
+            "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -37,5 +40,8 @@ let package = Package(
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], exclude: ["Fixtures"]),
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion", "TensorCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "AutoencodersTests", dependencies: ["Autoencoders"], exclude: ["Fixtures"]),
+        .testTarget(name: "UNetModelsTests", dependencies: ["UNetModels"], exclude: ["Fixtures"]),
+        .testTarget(name: "ConditioningTests", dependencies: ["Conditioning"], exclude: ["Fixtures"]),
     ]
 )

@@ -1,0 +1,1 @@
+// Autoencoders module: see the files beside this one.

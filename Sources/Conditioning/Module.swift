@@ -1,0 +1,1 @@
+// Conditioning module: see the files beside this one.

@@ -1,0 +1,1 @@
+// UNetModels module: see the files beside this one.
