@@ -4,7 +4,7 @@
 // Checkpoints / Tokenizers / Imaging (formats) -> Diffusion (schedules, samplers) -> ldm (command line).
 import PackageDescription
 
-let optimize: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"])]
+let optimize: [SwiftSetting] = [.unsafeFlags(["-O"])]
 
 let package = Package(
     name: "LatentDiffusion",

@@ -1,1 +1,0 @@
-// Autoencoders module: see the files beside this one.

@@ -1,0 +1,122 @@
+// Loading first-stage weights: a diffusers `vae/` (or `vqvae/`) folder (config.json +
+// diffusion_pytorch_model[.fp16].safetensors / .bin, as diffusers ModelMixin.from_pretrained reads it) or a CompVis
+// checkpoint (first_stage_model.* records + the YAML's first_stage_config, as diffusers' from_single_file converts it).
+// Every load is strict: missing or mis-shaped weights throw a LoadError listing them; unexpected keys are reported.
+import Checkpoints
+import Foundation
+import NeuralNetwork
+import TensorCore
+
+/// A loaded first stage of either kind, with the report of its weight loading.
+public enum FirstStageModel {
+    case kl(AutoencoderKL)
+    case vq(VQModel)
+
+    public var scalingFactor: Float {
+        switch self { case .kl(let m): return m.config.scalingFactor; case .vq(let m): return m.config.scalingFactor }
+    }
+
+    /// A diffusers folder: the component folder itself, or a pipeline folder with `vae/` (or `vqvae/`).
+    public static func load(folder: URL, variant: String? = nil) throws -> (model: FirstStageModel, report: LoadReport) {
+        let (dir, config) = try componentFolder(folder)
+        let cls = (try? JSONSerialization.jsonObject(with: Data(contentsOf: config)) as? [String: Any])?["_class_name"] as? String
+        let records = try weights(dir, variant: variant)
+        switch cls {
+        case "VQModel":
+            let m = try VQModel(config: try VQModelConfig.load(config))
+            let report = try m.load(records, component: dir.lastPathComponent)
+            m.loadReport = report
+            return (.vq(m), report)
+        case "AutoencoderKL", nil:
+            let m = try AutoencoderKL(config: try AutoencoderKLConfig.load(config))
+            let report = try m.load(records, component: dir.lastPathComponent)
+            m.loadReport = report
+            return (.kl(m), report)
+        case let other?:
+            throw AutoencoderError("\(config.path): _class_name \(other) is not AutoencoderKL or VQModel")
+        }
+    }
+
+    /// A CompVis checkpoint's records (full LatentDiffusion with `first_stage_model.` keys, or a bare first stage)
+    /// with the parsed YAML (see FirstStageConfig.fromCompVis). A `scale_factor` buffer in the checkpoint
+    /// (scale_by_std) overrides the YAML's.
+    public static func loadCompVis(records: [String: TensorRecord], yaml: [String: Any],
+                                   normNumGroups: Int = 32) throws -> (model: FirstStageModel, report: LoadReport) {
+        let config = try FirstStageConfig.fromCompVis(yaml, normNumGroups: normNumGroups)
+        var scale: Float?
+        if let r = records["scale_factor"], r.elementCount == 1, let v = try r.floats().first { scale = v }
+        let mapped = CompVisVAEKeys.map(records, blockCount: config.blockCount)
+        guard !mapped.isEmpty else {
+            throw AutoencoderError("the checkpoint has no first-stage weights (no encoder.* / decoder.* keys, with or without first_stage_model.)")
+        }
+        switch config {
+        case .kl(var c):
+            if let scale { c.scalingFactor = scale }
+            let m = try AutoencoderKL(config: c)
+            let report = try m.load(mapped, component: "first_stage_model")
+            m.loadReport = report
+            return (.kl(m), report)
+        case .vq(var c):
+            if let scale { c.scalingFactor = scale }
+            let m = try VQModel(config: c)
+            let report = try m.load(mapped, component: "first_stage_model")
+            m.loadReport = report
+            return (.vq(m), report)
+        }
+    }
+
+    public static func loadCompVis(checkpoint: URL, yaml: [String: Any], normNumGroups: Int = 32) throws -> (model: FirstStageModel, report: LoadReport) {
+        try loadCompVis(records: CheckpointFile.open(checkpoint).tensors, yaml: yaml, normNumGroups: normNumGroups)
+    }
+
+    static func componentFolder(_ folder: URL) throws -> (URL, URL) {
+        let fm = FileManager.default
+        for dir in [folder, folder.appendingPathComponent("vae"), folder.appendingPathComponent("vqvae")] {
+            let c = dir.appendingPathComponent("config.json")
+            if fm.fileExists(atPath: c.path) { return (dir, c) }
+        }
+        throw AutoencoderError("\(folder.path): no config.json (nor vae/config.json, vqvae/config.json)")
+    }
+
+    static func weights(_ dir: URL, variant: String?) throws -> [String: TensorRecord] {
+        let component = try DiffusersFolder(url: dir, variant: variant).components.first
+        guard let component, !component.weightFiles.isEmpty else {
+            throw AutoencoderError("\(dir.path): no diffusion_pytorch_model.safetensors / .bin weights")
+        }
+        return try component.tensors()
+    }
+}
+
+extension AutoencoderKL {
+    /// An AutoencoderKL from a diffusers folder (the `vae/` folder or the pipeline folder holding it).
+    public static func load(folder: URL, variant: String? = nil) throws -> AutoencoderKL {
+        let (dir, config) = try FirstStageModel.componentFolder(folder)
+        let m = try AutoencoderKL(config: AutoencoderKLConfig.load(config))
+        m.loadReport = try m.load(FirstStageModel.weights(dir, variant: variant), component: dir.lastPathComponent)
+        return m
+    }
+
+    /// Loads CompVis-named weights (see CompVisVAEKeys) into this model; returns the load report.
+    @discardableResult
+    public func loadCompVis(_ records: [String: TensorRecord], prefix: String? = nil) throws -> LoadReport {
+        let report = try load(CompVisVAEKeys.map(records, blockCount: config.blockOutChannels.count, prefix: prefix), component: "first_stage_model")
+        loadReport = report
+        return report
+    }
+}
+
+extension VQModel {
+    public static func load(folder: URL, variant: String? = nil) throws -> VQModel {
+        let (dir, config) = try FirstStageModel.componentFolder(folder)
+        let m = try VQModel(config: VQModelConfig.load(config))
+        m.loadReport = try m.load(FirstStageModel.weights(dir, variant: variant), component: dir.lastPathComponent)
+        return m
+    }
+
+    @discardableResult
+    public func loadCompVis(_ records: [String: TensorRecord], prefix: String? = nil) throws -> LoadReport {
+        let report = try load(CompVisVAEKeys.map(records, blockCount: config.blockOutChannels.count, prefix: prefix), component: "first_stage_model")
+        loadReport = report
+        return report
+    }
+}

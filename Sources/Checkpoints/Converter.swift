@@ -1,0 +1,247 @@
+// Library side of `ldm convert`: any readable checkpoint (torch zip, safetensors, diffusers folder)
+// to one safetensors file, a diffusers folder to one CompVis-named file, a CompVis file to a diffusers
+// folder (as diffusers/loaders/single_file_utils.py and scripts/convert_diffusers_to_original_stable_diffusion.py
+// do, with the rule table of LayoutMapping.swift). Outputs are written atomically; dtype casts round
+// to nearest even as torch's Tensor.to(dtype) does.
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+public struct ConvertOptions {
+    public enum Target: String, CaseIterable, Sendable { case safetensors, diffusers, compvis }
+    public enum DType: String, CaseIterable, Sendable { case keep, f32, f16, bf16 }
+    public var target: Target?
+    public var overwrite = false
+    public var dtype: DType = .keep
+    /// Use LitEma weights (model_ema.*) in place of the model weights.
+    public var ema = false
+    public var variant: String?
+    public init(target: Target? = nil, overwrite: Bool = false, dtype: DType = .keep, ema: Bool = false, variant: String? = nil) {
+        self.target = target; self.overwrite = overwrite; self.dtype = dtype; self.ema = ema; self.variant = variant
+    }
+}
+
+/// A tensor under its output name and shape (same element count and bytes as `source`).
+public struct MappedTensor {
+    public let name: String
+    public let shape: [Int]
+    public let source: TensorRecord
+}
+
+public enum Converter {
+    static let componentWeights = ["unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+                                   "text_encoder": "model.safetensors"]
+
+    /// CompVis names -> diffusers components; names no rule covers are returned in `unmapped`.
+    public static func compvisToDiffusers(_ tensors: [String: TensorRecord]) throws
+        -> (layout: PipelineLayout, components: [String: [MappedTensor]], unmapped: [String]) {
+        let layout = try PipelineLayout.detect(compvis: Array(tensors.keys))
+        var out: [String: [MappedTensor]] = [:], seen: [String: String] = [:], unmapped: [String] = []
+        for name in tensors.keys.sorted() {
+            guard let r = tensors[name] else { continue }
+            guard let m = layout.toDiffusers(name, shape: r.shape) else { unmapped.append(name); continue }
+            let full = m.component + "." + m.key
+            if let prev = seen[full] { throw CheckpointError("\(prev) and \(name) both map to \(full)") }
+            seen[full] = name
+            out[m.component, default: []].append(MappedTensor(name: m.key, shape: m.shape, source: r))
+        }
+        return (layout, out, unmapped)
+    }
+
+    /// diffusers names "<component>.<key>" -> CompVis names.
+    public static func diffusersToCompVis(_ tensors: [String: TensorRecord]) throws -> (mapped: [MappedTensor], unmapped: [String]) {
+        let layout = try PipelineLayout.detect(diffusers: Array(tensors.keys))
+        var out: [MappedTensor] = [], seen: [String: String] = [:], unmapped: [String] = []
+        for name in tensors.keys.sorted() {
+            guard let r = tensors[name] else { continue }
+            let parts = name.split(separator: ".", maxSplits: 1)
+            guard parts.count == 2,
+                  let m = layout.toCompVis(component: String(parts[0]), key: String(parts[1]), shape: r.shape) else {
+                unmapped.append(name); continue
+            }
+            if let prev = seen[m.name] { throw CheckpointError("\(prev) and \(name) both map to \(m.name)") }
+            seen[m.name] = name
+            out.append(MappedTensor(name: m.name, shape: m.shape, source: r))
+        }
+        return (out, unmapped)
+    }
+
+    static func isDiffusersNamed(_ names: [String]) -> Bool {
+        !names.contains { $0.hasPrefix(PipelineLayout.unetPrefix) || $0.hasPrefix(PipelineLayout.vaePrefix) || $0.hasPrefix(PipelineLayout.clipPrefix) }
+            && names.contains { $0.hasPrefix("unet.") || $0.hasPrefix("vae.") || $0.hasPrefix("text_encoder.") }
+    }
+
+    /// `--to` when not given: a path ending in .safetensors gets one file (CompVis names from a
+    /// diffusers folder, the same names otherwise); any other path gets a diffusers folder.
+    public static func defaultTarget(inputIsFolder: Bool, output: URL) -> ConvertOptions.Target {
+        if output.pathExtension.lowercased() == "safetensors" { return inputIsFolder ? .compvis : .safetensors }
+        return .diffusers
+    }
+
+    /// Converts and writes; returns the lines to show the user.
+    @discardableResult
+    public static func convert(input: URL, output: URL, options: ConvertOptions) throws -> [String] {
+        do { return try run(input: input, output: output, options: options) }
+        catch let e as CheckpointError where !e.message.contains(input.lastPathComponent) && !e.message.contains(output.lastPathComponent) {
+            throw CheckpointError("\(input.path): \(e.message)")
+        }
+    }
+
+    static func run(input: URL, output: URL, options: ConvertOptions) throws -> [String] {
+        let fm = FileManager.default
+        guard fm.fileExists(atPath: input.path) else { throw CheckpointError("\(input.path): no such file or folder") }
+        guard input.standardizedFileURL.resolvingSymlinksInPath().path != output.standardizedFileURL.resolvingSymlinksInPath().path else {
+            throw CheckpointError("\(output.path): output is the input")
+        }
+        if fm.fileExists(atPath: output.path) && !options.overwrite {
+            throw CheckpointError("\(output.path) already exists (pass --overwrite to replace it)")
+        }
+        let parent = output.deletingLastPathComponent()
+        guard DiffusersFolder.isFolder(parent) else { throw CheckpointError("\(parent.path): output folder does not exist") }
+        let file = try CheckpointFile.open(input, variant: options.variant)
+        var tensors = file.tensors
+        if options.ema {
+            guard let e = file.emaTensors else { throw CheckpointError("\(input.path): no EMA weights (model_ema.*) to use") }
+            tensors = e
+        }
+        let target = options.target ?? defaultTarget(inputIsFolder: file.format == .diffusersFolder, output: output)
+        var lines: [String] = []
+        var meta = file.metadata
+        meta["format"] = "pt"
+        meta["ldm_source_format"] = file.format.rawValue
+        meta["ldm_source"] = input.lastPathComponent
+        switch target {
+        case .safetensors, .compvis:
+            var mapped: [MappedTensor]
+            if target == .compvis && isDiffusersNamed(Array(tensors.keys)) {
+                let (m, un) = try diffusersToCompVis(tensors)
+                mapped = m
+                lines += describe(unmapped: un, to: "CompVis")
+                meta["ldm_layout"] = "compvis"
+            } else {
+                mapped = tensors.keys.sorted().compactMap { k in tensors[k].map { MappedTensor(name: k, shape: $0.shape, source: $0) } }
+            }
+            if file.format == .diffusersFolder { meta.removeValue(forKey: "_class_name") }
+            let out = try entries(mapped, dtype: options.dtype)
+            // The writer renames its temp file over `output`; only a folder in the way is removed first.
+            if options.overwrite, DiffusersFolder.isFolder(output) { try fm.removeItem(at: output) }
+            try SafeTensors.write(out, metadata: meta, to: output)
+            lines.insert("wrote \(output.path): \(mapped.count) tensors (\(target.rawValue), from \(file.format.rawValue))", at: 0)
+        case .diffusers:
+            guard file.format != .diffusersFolder else { throw CheckpointError("\(input.path) is already a diffusers folder") }
+            guard !isDiffusersNamed(Array(tensors.keys)) else {
+                throw CheckpointError("\(input.path): names are diffusers-style (unet.*); convert to compvis first")
+            }
+            let (layout, comps, un) = try compvisToDiffusers(tensors)
+            guard !comps.isEmpty else {
+                throw CheckpointError("\(input.path): no CompVis UNet/VAE/CLIP tensors (model.diffusion_model.*, first_stage_model.*, cond_stage_model.transformer.*)")
+            }
+            lines += try writeDiffusers(layout: layout, components: comps, output: output, options: options)
+            lines += describe(unmapped: un, to: "diffusers")
+        }
+        return lines
+    }
+
+    static func describe(unmapped: [String], to layout: String) -> [String] {
+        guard !unmapped.isEmpty else { return [] }
+        var groups: [String: Int] = [:]
+        for n in unmapped {
+            let p = n.split(separator: ".")
+            groups[p.count > 2 ? p[0..<2].joined(separator: ".") + ".*" : n, default: 0] += 1
+        }
+        return ["not converted (no \(layout) equivalent in the layout mapping): \(unmapped.count) tensors: "
+                + groups.keys.sorted().map { groups[$0]! > 1 ? "\($0) (\(groups[$0]!))" : $0 }.joined(separator: ", ")]
+    }
+
+    static func writeDiffusers(layout: PipelineLayout, components: [String: [MappedTensor]], output: URL, options: ConvertOptions) throws -> [String] {
+        let fm = FileManager.default
+        let tmp = output.deletingLastPathComponent().appendingPathComponent(".\(output.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try fm.createDirectory(at: tmp, withIntermediateDirectories: false)
+        var done = false
+        defer { if !done { try? fm.removeItem(at: tmp) } }
+        var lines: [String] = ["wrote \(output.path) (diffusers folder):"]
+        for name in components.keys.sorted() {
+            guard let mapped = components[name], let weights = componentWeights[name] else { continue }
+            let dir = tmp.appendingPathComponent(name)
+            try fm.createDirectory(at: dir, withIntermediateDirectories: false)
+            try SafeTensors.write(try entries(mapped, dtype: options.dtype), metadata: ["format": "pt"], to: dir.appendingPathComponent(weights))
+            let shapes = Dictionary(mapped.map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
+            var derived: DerivedConfig?
+            do {
+                switch name {
+                case "unet": derived = try layout.unet.map { try DiffusersConfigs.unet($0, shapes: shapes) }
+                case "vae": derived = try layout.vae.map { try DiffusersConfigs.vae($0, shapes: shapes) }
+                default: derived = try DiffusersConfigs.clipText(shapes: shapes)
+                }
+            } catch let e as CheckpointError {
+                lines.append("  \(name)/: \(mapped.count) tensors in \(weights); no config.json (\(e.message))")
+                continue
+            }
+            if let d = derived {
+                try DiffusersConfigs.json(d.config).write(to: dir.appendingPathComponent("config.json"))
+                lines.append("  \(name)/: \(mapped.count) tensors in \(weights); config.json derived from shapes, defaulted: "
+                             + d.defaulted.joined(separator: ", "))
+            }
+        }
+        try DiffusersConfigs.json(DiffusersConfigs.modelIndex(components: components.keys.sorted()))
+            .write(to: tmp.appendingPathComponent("model_index.json"))
+        try replace(output, with: tmp, overwrite: options.overwrite)
+        done = true
+        return lines
+    }
+
+    /// Output bytes under the requested dtype; only floating-point tensors are cast.
+    public static func entries(_ mapped: [MappedTensor], dtype: ConvertOptions.DType) throws -> [SafeTensorsEntry] {
+        try mapped.map { m in
+            let r = m.source
+            let target: StorageDType? = switch dtype {
+            case .keep: nil
+            case .f32: .F32
+            case .f16: .F16
+            case .bf16: .BF16
+            }
+            let floating: Set<StorageDType> = [.F64, .F32, .F16, .BF16]
+            guard let t = target, t != r.dtype, floating.contains(r.dtype) else {
+                return SafeTensorsEntry(name: m.name, dtype: r.dtype, shape: m.shape, bytes: try r.rawData())
+            }
+            return SafeTensorsEntry(name: m.name, dtype: t, shape: m.shape, bytes: encode(try r.floats(), as: t))
+        }
+    }
+
+    /// Float -> F32 / F16 / BF16 little-endian bytes, round to nearest even (NaN stays NaN).
+    public static func encode(_ f: [Float], as dtype: StorageDType) -> Data {
+        switch dtype {
+        case .F16:
+            return f.map { Float16($0).bitPattern.littleEndian }.withUnsafeBytes { Data($0) }
+        case .BF16:
+            return f.map { x -> UInt16 in
+                let b = x.bitPattern
+                if x.isNaN { return UInt16(b >> 16) | 0x0040 }
+                return UInt16(truncatingIfNeeded: (b &+ 0x7FFF &+ ((b >> 16) & 1)) >> 16)
+            }.map { $0.littleEndian }.withUnsafeBytes { Data($0) }
+        default:
+            return f.map { $0.bitPattern.littleEndian }.withUnsafeBytes { Data($0) }
+        }
+    }
+
+    /// Renames `tmp` to `output`; an existing output (with overwrite) is moved aside first and removed after.
+    static func replace(_ output: URL, with tmp: URL, overwrite: Bool) throws {
+        let fm = FileManager.default
+        var aside: URL?
+        if fm.fileExists(atPath: output.path) {
+            guard overwrite else { throw CheckpointError("\(output.path) already exists (pass --overwrite to replace it)") }
+            let a = output.deletingLastPathComponent().appendingPathComponent(".\(output.lastPathComponent).old-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+            guard rename(output.path, a.path) == 0 else { throw CheckpointError("cannot move \(output.path) aside: \(String(cString: strerror(errno)))") }
+            aside = a
+        }
+        guard rename(tmp.path, output.path) == 0 else {
+            let msg = String(cString: strerror(errno))
+            if let a = aside { _ = rename(a.path, output.path) }
+            throw CheckpointError("cannot rename \(tmp.path) to \(output.path): \(msg)")
+        }
+        if let a = aside { try? fm.removeItem(at: a) }
+    }
+}

@@ -1,0 +1,119 @@
+// config.json for a diffusers folder made from a CompVis file, derived from tensor shapes as
+// diffusers/loaders/single_file_utils.py does (create_unet_diffusers_config_from_ldm,
+// create_vae_diffusers_config_from_ldm; block_out_channels, layers_per_block, block types, context
+// dim, transformer depth, linear projection) and transformers CLIPTextConfig for the text encoder.
+// Values the weights do not determine (sample sizes, head counts, group counts) take the defaults of
+// those tools and are listed in `defaulted`.
+import Foundation
+
+public struct DerivedConfig {
+    public var config: [String: Any]
+    /// "field=value (reason)" for every value not determined by the weights.
+    public var defaulted: [String]
+}
+
+public enum DiffusersConfigs {
+    /// Version of the diffusers converters this mapping follows (diffusers 0.42.1).
+    public static let diffusersVersion = "0.42.1"
+
+    static func dim(_ shapes: [String: [Int]], _ key: String, _ i: Int) throws -> Int {
+        guard let s = shapes[key], i < s.count else { throw CheckpointError("cannot derive the config: tensor \(key) is missing") }
+        return s[i]
+    }
+
+    /// UNet2DConditionModel config; `shapes` are diffusers keys (without "unet.").
+    public static func unet(_ layout: UNetLayout, shapes: [String: [Int]]) throws -> DerivedConfig {
+        let channels = try (0..<layout.levels).map { try dim(shapes, "down_blocks.\($0).resnets.0.conv1.weight", 0) }
+        var depth: [Int] = [], linear = false
+        for l in 0..<layout.levels {
+            guard layout.attention[l] else { depth.append(1); continue }
+            let p = "down_blocks.\(l).attentions.0."
+            depth.append(indices(Array(shapes.keys.filter { $0.hasPrefix(p) }.map { String($0.dropFirst(p.count)) }), "transformer_blocks.").count)
+            linear = shapes[p + "proj_in.weight"]?.count == 2
+        }
+        let attnDepths = Set(zip(depth, layout.attention).filter(\.1).map(\.0))
+        let context = shapes.first { $0.key.hasSuffix("attn2.to_k.weight") }?.value.last
+        var defaulted = ["sample_size=64 (SD1 512 px / 8)", "norm_num_groups=32"]
+        let heads: Any
+        if linear, channels.allSatisfy({ $0 % 64 == 0 }) {
+            heads = channels.map { $0 / 64 }   // SD2 yaml num_head_channels 64
+            defaulted.append("attention_head_dim=\(channels.map { $0 / 64 }) (num_head_channels 64, as SD2)")
+        } else {
+            heads = 8
+            defaulted.append("attention_head_dim=8 (num_heads 8, as SD1)")
+        }
+        let cfg: [String: Any] = [
+            "_class_name": "UNet2DConditionModel", "_diffusers_version": diffusersVersion,
+            "sample_size": 64, "in_channels": try dim(shapes, "conv_in.weight", 1), "out_channels": try dim(shapes, "conv_out.weight", 0),
+            "down_block_types": layout.attention.map { $0 ? "CrossAttnDownBlock2D" : "DownBlock2D" },
+            "mid_block_type": layout.midAttention ? "UNetMidBlock2DCrossAttn" : "UNetMidBlock2D",
+            "up_block_types": layout.attention.reversed().map { $0 ? "CrossAttnUpBlock2D" : "UpBlock2D" },
+            "block_out_channels": channels, "layers_per_block": layout.layersPerBlock,
+            "cross_attention_dim": context.map { $0 as Any } ?? NSNull(),
+            "attention_head_dim": heads, "use_linear_projection": linear,
+            "transformer_layers_per_block": attnDepths.count <= 1 ? (attnDepths.first ?? 1) as Any : depth as Any,
+            "norm_num_groups": 32, "act_fn": "silu", "flip_sin_to_cos": true, "freq_shift": 0,
+            "center_input_sample": false, "downsample_padding": 1, "mid_block_scale_factor": 1, "norm_eps": 1e-05,
+        ]
+        return DerivedConfig(config: cfg, defaulted: defaulted)
+    }
+
+    /// AutoencoderKL config; `shapes` are diffusers keys (without "vae.").
+    public static func vae(_ layout: VAELayout, shapes: [String: [Int]]) throws -> DerivedConfig {
+        let channels = try (0..<layout.levels).map { try dim(shapes, "encoder.down_blocks.\($0).resnets.0.conv1.weight", 0) }
+        let cfg: [String: Any] = [
+            "_class_name": "AutoencoderKL", "_diffusers_version": diffusersVersion,
+            "in_channels": try dim(shapes, "encoder.conv_in.weight", 1), "out_channels": try dim(shapes, "decoder.conv_out.weight", 0),
+            "latent_channels": try dim(shapes, "post_quant_conv.weight", 0),
+            "down_block_types": Array(repeating: "DownEncoderBlock2D", count: layout.levels),
+            "up_block_types": Array(repeating: "UpDecoderBlock2D", count: layout.levels),
+            "block_out_channels": channels, "layers_per_block": layout.layersPerBlock,
+            "act_fn": "silu", "norm_num_groups": 32, "sample_size": 512, "scaling_factor": 0.18215,
+        ]
+        return DerivedConfig(config: cfg, defaulted: ["sample_size=512", "norm_num_groups=32",
+                                                      "scaling_factor=0.18215 (LDM_VAE_DEFAULT_SCALING_FACTOR)"])
+    }
+
+    /// transformers CLIPTextModel config; `shapes` are keys without "text_encoder.".
+    public static func clipText(shapes: [String: [Int]]) throws -> DerivedConfig {
+        // transformers < 5 saves "text_model.embeddings...", transformers 5 saves "embeddings...".
+        let p = shapes["text_model.embeddings.token_embedding.weight"] != nil ? "text_model." : ""
+        let tok = p + "embeddings.token_embedding.weight"
+        let hidden = try dim(shapes, tok, 1)
+        let layers = indices(Array(shapes.keys), p + "encoder.layers.").count
+        var cfg: [String: Any] = [
+            "architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
+            "vocab_size": try dim(shapes, tok, 0), "hidden_size": hidden,
+            "max_position_embeddings": try dim(shapes, p + "embeddings.position_embedding.weight", 0),
+            "intermediate_size": try dim(shapes, p + "encoder.layers.0.mlp.fc1.weight", 0),
+            "num_hidden_layers": layers, "num_attention_heads": max(1, hidden / 64),
+            // Float fields whose value is whole (dropout 0.0) are left to transformers' defaults: JSONSerialization
+            // writes them as integers, which transformers' strict config validation rejects.
+            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-05, "projection_dim": 768,
+        ]
+        var defaulted = ["num_attention_heads=\(max(1, hidden / 64)) (head size 64, as OpenAI CLIP)",
+                         "hidden_act=quick_gelu (OpenAI CLIP)", "projection_dim=768"]
+        if cfg["vocab_size"] as? Int == 49408 {
+            cfg["bos_token_id"] = 49406; cfg["eos_token_id"] = 49407; cfg["pad_token_id"] = 1
+            defaulted.append("bos/eos/pad token ids 49406/49407/1 (OpenAI CLIP tokenizer)")
+        }
+        return DerivedConfig(config: cfg, defaulted: defaulted)
+    }
+
+    public static func modelIndex(components: [String]) -> [String: Any] {
+        var idx: [String: Any] = ["_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusersVersion]
+        for c in components {
+            switch c {
+            case "unet": idx[c] = ["diffusers", "UNet2DConditionModel"]
+            case "vae": idx[c] = ["diffusers", "AutoencoderKL"]
+            case "text_encoder": idx[c] = ["transformers", "CLIPTextModel"]
+            default: break
+            }
+        }
+        return idx
+    }
+
+    public static func json(_ o: [String: Any]) throws -> Data {
+        try JSONSerialization.data(withJSONObject: o, options: [.prettyPrinted, .sortedKeys])
+    }
+}

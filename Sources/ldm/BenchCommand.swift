@@ -1,0 +1,63 @@
+import ArgumentParser
+import Foundation
+import TensorCore
+
+/// `ldm bench core`: times the tensor engine's key kernels and, when LDM_TORCH_PYTHON names a Python with torch,
+/// PyTorch's on the same shapes and thread count in the same run, and prints the ratios.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmarks against PyTorch (set LDM_TORCH_PYTHON=/path/to/python with torch installed).",
+        subcommands: [BenchCore.self])
+}
+
+struct BenchCore: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "core", abstract: "matmul, conv, attention, group norm + SiLU.")
+
+    @Option(help: "Repetitions per op (median is reported).") var reps = 5
+
+    func validate() throws { guard reps >= 1 else { throw ValidationError("--reps must be at least 1") } }
+
+    func run() throws {
+        let torch = try BenchSupport.torchFigures(script: "tools/bench/torch_core.py")
+        let g = TorchGenerator(seed: 0)
+        var rows: [BenchSupport.Row] = []
+        GradMode.noGrad {
+            let a = Tensor.randn([2048, 2048], generator: g), b = Tensor.randn([2048, 2048], generator: g)
+            let t = BenchSupport.median(reps) { _ = matmul(a, b) }
+            rows.append(.init(op: "matmul 2048^2 f32", ours: t, torch: torch["matmul_f32"], work: 2 * pow(2048, 3), unit: "GFLOP/s"))
+            rows.append(.init(op: "matmul 2048^2 bf16", ours: nil, torch: torch["matmul_bf16"], work: 2 * pow(2048, 3), unit: "GFLOP/s",
+                              note: BenchSupport.bf16Note))
+
+            let x = Tensor.randn([1, 320, 64, 64], generator: g), w = Tensor.randn([320, 320, 3, 3], generator: g) * 0.02
+            let bias = Tensor.randn([320], generator: g)
+            let tc = BenchSupport.median(reps) { _ = conv2d(x, w, bias, Conv2dOptions(padding: 1)) }
+            let convFlops = 2.0 * 320 * 320 * 9 * 64 * 64
+            rows.append(.init(op: "conv3x3 320->320 64x64 f32", ours: tc, torch: torch["conv_f32"], work: convFlops, unit: "GFLOP/s"))
+            rows.append(.init(op: "conv3x3 320->320 64x64 bf16", ours: nil, torch: torch["conv_bf16"], work: convFlops, unit: "GFLOP/s",
+                              note: BenchSupport.bf16Note))
+
+            for (heads, d) in [(8, 40), (1, 512)] {
+                let q = Tensor.randn([1, heads, 4096, d], generator: g), k = Tensor.randn([1, heads, 4096, d], generator: g)
+                let v = Tensor.randn([1, heads, 4096, d], generator: g)
+                let ta = BenchSupport.median(max(1, reps / 2)) { _ = scaledDotProductAttention(q, k, v) }
+                let flops = 4.0 * Double(heads) * 4096 * 4096 * Double(d)
+                rows.append(.init(op: "attention 4096 tok, \(heads)x\(d)", ours: ta, torch: torch["attention_\(heads)x\(d)"], work: flops, unit: "GFLOP/s",
+                                  note: "extra memory: \(BenchSupport.attentionScratchKB(heads: heads)) KB tiles + 16 KB log-sum-exp per head (linear in tokens)"))
+            }
+
+            let xn = Tensor.randn([1, 320, 64, 64], generator: g), gw = Tensor.randn([320], generator: g), gb = Tensor.randn([320], generator: g)
+            let bytes = Double(xn.count * 4 * 2)
+            let tn = BenchSupport.median(reps * 4) { _ = xn.groupNorm(groups: 32, weight: gw, bias: gb, eps: 1e-6, silu: true) }
+            let tcopy = BenchSupport.median(reps * 4) { _ = (xn.permuted([0, 1, 3, 2]).contiguous()) }
+            let tmem = BenchSupport.median(reps * 4) {
+                let o = Tensor.empty(xn.shape)
+                withExtendedLifetime(xn) { o.data.update(from: xn.data, count: xn.count) }
+            }
+            rows.append(.init(op: "group norm + SiLU 1x320x64x64", ours: tn, torch: torch["groupnorm_silu"], work: bytes, unit: "GB/s",
+                              note: String(format: "%.0f%% of plain-copy bandwidth (%.1f GB/s)", 100 * tmem / tn, bytes / tmem / 1e9)))
+            rows.append(.init(op: "copy 1x320x64x64 (memcpy)", ours: tmem, torch: torch["copy"], work: bytes, unit: "GB/s"))
+            rows.append(.init(op: "transpose-copy 1x320x64x64", ours: tcopy, torch: nil, work: bytes, unit: "GB/s"))
+        }
+        BenchSupport.printTable(rows, torchAvailable: !torch.isEmpty)
+    }
+}

@@ -1,0 +1,66 @@
+import Foundation
+import TensorCore
+
+/// Timing and PyTorch-comparison helpers shared by the `ldm bench` commands.
+enum BenchSupport {
+    struct Row {
+        var op: String; var ours: Double?; var torch: Double?; var work: Double; var unit: String; var note = ""
+    }
+
+    static let bf16Note = "oneDNN has no bf16 kernel for this CPU's ISA (no AVX512-BF16/AMX): bf16 is storage-only here"
+
+    static func attentionScratchKB(heads: Int) -> Int { Parallel.threadCount * 2 * 64 * 256 * 4 / 1024 }
+
+    static func now() -> Double {
+        var ts = timespec(); clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+
+    /// Median wall time of `reps` runs after one warm-up run.
+    static func median(_ reps: Int, _ body: () -> Void) -> Double {
+        body()
+        var times: [Double] = []
+        for _ in 0..<reps { let t = now(); body(); times.append(now() - t) }
+        return times.sorted()[times.count / 2]
+    }
+
+    /// Runs the PyTorch side if LDM_TORCH_PYTHON is set; returns op -> seconds (empty without it).
+    static func torchFigures(script: String, arguments: [String] = []) throws -> [String: Double] {
+        guard let python = ProcessInfo.processInfo.environment["LDM_TORCH_PYTHON"], !python.isEmpty else {
+            FileHandle.standardError.write("LDM_TORCH_PYTHON is not set: PyTorch figures and ratios are skipped.\n".data(using: .utf8)!)
+            return [:]
+        }
+        guard FileManager.default.fileExists(atPath: script) else { throw BenchError("benchmark script \(script) not found: run from the repository root") }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: python)
+        p.arguments = [script, "\(Parallel.threadCount)"] + arguments
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        do { try p.run() } catch { throw BenchError("cannot run LDM_TORCH_PYTHON=\(python): \(error.localizedDescription)") }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0,
+              let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Double] else {
+            throw BenchError("the PyTorch benchmark (\(script)) failed with status \(p.terminationStatus)")
+        }
+        return obj
+    }
+
+    static func printTable(_ rows: [Row], torchAvailable: Bool) {
+        print("threads: \(Parallel.threadCount)")
+        print("| op | ours (ms) | ours rate | PyTorch (ms) | PyTorch rate | PyTorch time / ours | note |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows {
+            func ms(_ t: Double?) -> String { t.map { String(format: "%.2f", $0 * 1e3) } ?? "n/a" }
+            func rate(_ t: Double?) -> String { t.map { String(format: "%.1f %@", r.work / $0 / 1e9, r.unit) } ?? "n/a" }
+            let ratio = (r.ours != nil && r.torch != nil) ? String(format: "%.2fx", r.torch! / r.ours!) : "n/a"
+            print("| \(r.op) | \(ms(r.ours)) | \(rate(r.ours)) | \(ms(r.torch)) | \(rate(r.torch)) | \(ratio) | \(r.note) |")
+        }
+        if !torchAvailable { print("(PyTorch not measured: set LDM_TORCH_PYTHON)") }
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
