@@ -44,6 +44,9 @@ public struct CheckpointFile {
 
     public static func detectFormat(_ b: ByteBuffer) -> Format {
         if b.count >= 2, b.u8(0) == UInt8(ascii: "P"), b.u8(1) == UInt8(ascii: "K") { return .torchZip }
+        // A safetensors header is JSON: '{' right after the 8-byte length. Checked before the legacy-pickle magic,
+        // because a header length of 0x80 + 256k also starts with the bytes 0x80, k.
+        if b.count >= 9, b.u8(8) == UInt8(ascii: "{") { return .safetensors }
         if b.count >= 2, b.u8(0) == 0x80, b.u8(1) <= 5 { return .torchZip }   // legacy torch: refused with a message
         return .safetensors
     }

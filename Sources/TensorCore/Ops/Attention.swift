@@ -52,12 +52,11 @@ public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, sca
             for r in 0..<rows {
                 let srow = s + r * blockK
                 if causal { let lim = i0 + r + (lk - lq); for c in 0..<cols where j0 + c > lim { srow[c] = -.infinity } }
-                var mx = m[r]
-                for c in 0..<cols { mx = max(mx, srow[c]) }
-                let corr = mx == -.infinity ? 1 : fastExp(m[r] - mx)
-                var sum: Float = 0
-                for c in 0..<cols { let e = mx == -.infinity ? 0 : fastExp(srow[c] - mx); srow[c] = e; sum += e }
-                l[r] = l[r] * corr + sum; m[r] = mx
+                let mx = max(m[r], vectorMax(srow, cols))
+                if mx == -.infinity { for c in 0..<cols { srow[c] = 0 }; continue } // fully masked so far
+                let corr = fastExp(m[r] - mx)
+                for c in 0..<cols { srow[c] = fastExp(srow[c] - mx) } // vectorised; the sum is a separate SIMD pass
+                l[r] = l[r] * corr + vectorSum(srow, cols); m[r] = mx
                 if corr != 1 { let orow = o + r * O.sl; for c in 0..<dv { orow[c] *= corr } }
             }
             DNNL.sgemm(false, false, rows, dv, cols, 1, s, blockK, V.row(b, h, j0), V.sl, 1, o, O.sl)

@@ -18,16 +18,13 @@ extension Tensor {
         defer { withExtendedLifetime((x, gw, gb)) {} }
         Parallel.forEach(n * groups, costPerItem: m * 3) { ng in
             let base = xs + ng * m
-            // Two-pass statistics in float64 partial sums, as accurate as PyTorch's Welford on these sizes.
+            // Two-pass statistics (mean, then squared deviations), summed per channel row in float32 SIMD lanes
+            // and across rows in Double.
             var s = 0.0
-            var i = 0
-            while i + 16 <= m { var f: Float = 0; for k in 0..<16 { f += base[i + k] }; s += Double(f); i += 16 }
-            while i < m { s += Double(base[i]); i += 1 }
+            for cc in 0..<cpg { s += Double(vectorSum(base + cc * spatial, spatial)) }
             let mu = Float(s / Double(m))
             var v = 0.0
-            i = 0
-            while i + 16 <= m { var f: Float = 0; for k in 0..<16 { let d = base[i + k] - mu; f += d * d }; v += Double(f); i += 16 }
-            while i < m { let d = base[i] - mu; v += Double(d * d); i += 1 }
+            for cc in 0..<cpg { v += Double(vectorSumSquaredDeviation(base + cc * spatial, spatial, mu)) }
             let r = Float(1 / (v / Double(m) + Double(eps)).squareRoot())
             mp[ng] = mu; rp[ng] = r
             let g0 = (ng % groups) * cpg
@@ -88,12 +85,8 @@ extension Tensor {
         defer { withExtendedLifetime((x, gw, gb)) {} }
         Parallel.forEach(rows, costPerItem: d * 3) { r in
             let row = xs + r * d
-            var s: Float = 0
-            for j in 0..<d { s += row[j] }
-            let mu = s / Float(d)
-            var v: Float = 0
-            for j in 0..<d { let t = row[j] - mu; v += t * t }
-            let rs = 1 / (v / Float(d) + eps).squareRoot()
+            let mu = vectorSum(row, d) / Float(d)
+            let rs = 1 / (vectorSumSquaredDeviation(row, d, mu) / Float(d) + eps).squareRoot()
             rp[r] = rs
             let o = ys + r * d, h = hp + r * d
             for j in 0..<d { let xh = (row[j] - mu) * rs; h[j] = xh; o[j] = xh * (wp?[j] ?? 1) + (bp?[j] ?? 0) }
@@ -129,10 +122,10 @@ extension Tensor {
         defer { withExtendedLifetime(x) {} }
         Parallel.forEach(rows, costPerItem: d * 4) { r in
             let row = xs + r * d, o = ys + r * d
-            var mx = -Float.infinity
-            for j in 0..<d { mx = Swift.max(mx, row[j]) }
+            let mx = vectorMax(row, d)
             var s: Float = 0
-            for j in 0..<d { let e = fastExp(row[j] - mx); o[j] = e; s += e }
+            for j in 0..<d { o[j] = fastExp(row[j] - mx) }
+            s = vectorSum(o, d)
             let inv = 1 / s
             for j in 0..<d { o[j] *= inv }
         }
@@ -150,10 +143,10 @@ extension Tensor {
         defer { withExtendedLifetime(x) {} }
         Parallel.forEach(rows, costPerItem: d * 4) { r in
             let row = xs + r * d, o = ys + r * d
-            var mx = -Float.infinity
-            for j in 0..<d { mx = Swift.max(mx, row[j]) }
+            let mx = vectorMax(row, d)
             var s: Float = 0
-            for j in 0..<d { s += fastExp(row[j] - mx) }
+            for j in 0..<d { o[j] = fastExp(row[j] - mx) }
+            s = vectorSum(o, d)
             let lse = mx + Foundation.log(s)
             for j in 0..<d { o[j] = row[j] - lse }
         }

@@ -26,16 +26,10 @@ extension Tensor {
         let out = Tensor.empty(keepDims ? keptDims(axes) : kept)
         let s = p.data, d = out.data
         Parallel.forEach(outer, costPerItem: inner) { o in
-            var acc = 0.0
+            // SIMD partial sums over blocks of 4096, accumulated in Double.
+            var acc = 0.0, i = 0
             let row = s + o * inner
-            var i = 0
-            // Four partial float sums per Double accumulation keep the loop vectorisable.
-            while i + 8 <= inner {
-                var f: Float = 0
-                for k in 0..<8 { f += row[i + k] }
-                acc += Double(f); i += 8
-            }
-            while i < inner { acc += Double(row[i]); i += 1 }
+            while i < inner { let len = Swift.min(4096, inner - i); acc += Double(vectorSum(row + i, len)); i += len }
             d[o] = Float(acc)
         }
         let inShape = shape, keptShape = keptDims(axes)

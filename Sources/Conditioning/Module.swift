@@ -1,1 +1,0 @@
-// Conditioning module: see the files beside this one.

@@ -1,1 +1,0 @@
-// UNetModels module: see the files beside this one.

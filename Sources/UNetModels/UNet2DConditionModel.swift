@@ -1,0 +1,144 @@
+import Foundation
+import NeuralNetwork
+import TensorCore
+
+// Matches diffusers models/unets/unet_2d_condition.py `UNet2DConditionModel` (SD 1.x / 2.x, inpainting with extra
+// input channels, class-conditional) and models/unets/unet_2d.py `UNet2DModel` (unconditional / class-conditional LDM
+// with legacy attention blocks): one type built from `UNetConfig`, parameters named as the diffusers state_dict.
+
+public struct UNetError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ message: String) { description = message }
+}
+
+/// The unconditional LDM UNet is the same type; its config has `_class_name` "UNet2DModel".
+public typealias UNet2DModel = UNet2DConditionModel
+
+public final class UNet2DConditionModel: Module {
+    public let config: UNetConfig
+    public let convIn: Conv2d
+    public let timeEmbedding: TimestepEmbedding
+    /// num_class_embeds without class_embed_type: nn.Embedding; class_embed_type "timestep": a TimestepEmbedding.
+    public let classEmbedding: Embedding?
+    public let classTimestepEmbedding: TimestepEmbedding?
+    public let downBlocks: [UNetDownBlock2D]
+    public let midBlock: UNetMidBlock2D?
+    public let upBlocks: [UNetUpBlock2D]
+    public let convNormOut: GroupNorm
+    public let convOut: Conv2d
+
+    public init(config: UNetConfig) throws {
+        try config.validate()
+        self.config = config
+        let boc = config.blockOutChannels, n = boc.count, temb = config.timeEmbedDim
+        convIn = Conv2d(config.inChannels, boc[0], kernel: config.convInKernel, padding: (config.convInKernel - 1) / 2)
+        timeEmbedding = TimestepEmbedding(inChannels: boc[0], timeEmbedDim: temb)
+        if config.classEmbedType == "timestep" {
+            classTimestepEmbedding = TimestepEmbedding(inChannels: boc[0], timeEmbedDim: temb); classEmbedding = nil
+        } else {
+            classTimestepEmbedding = nil; classEmbedding = config.numClassEmbeds.map { Embedding($0, temb) }
+        }
+        let s = BlockSettings(tembChannels: temb, groups: config.normNumGroups, eps: config.normEps,
+                              timeScaleShift: config.resnetTimeScaleShift, useLinearProjection: config.useLinearProjection,
+                              attnGroups: config.attnNormNumGroups)
+        let cross = config.crossAttentionDim
+        var output = boc[0]
+        downBlocks = (0..<n).map { i in
+            let input = output
+            output = boc[i]
+            return UNetDownBlock2D(type: config.downBlockTypes[i], layers: config.layersPerBlock[i], inChannels: input,
+                                   outChannels: output, addDownsample: i < n - 1, downsamplePadding: config.downsamplePadding,
+                                   heads: config.transformerHeads(i), legacyHeadDim: config.legacyHeadDim(i, channels: output),
+                                   transformerLayers: config.transformerLayersPerBlock[i], crossAttentionDim: cross?[i], s)
+        }
+        midBlock = config.midBlockType.map { type in
+            UNetMidBlock2D(type: type, channels: boc[n - 1], heads: config.transformerHeads(n - 1),
+                           legacyHeadDim: config.legacyHeadDim(n - 1, channels: boc[n - 1]),
+                           transformerLayers: config.transformerLayersPerBlock[n - 1], crossAttentionDim: cross?[n - 1],
+                           addAttention: config.addAttention, outputScaleFactor: config.midBlockScaleFactor, s)
+        }
+        let reversed = Array(boc.reversed())
+        let reversedTransformerLayers = config.reverseTransformerLayersPerBlock ?? config.transformerLayersPerBlock.reversed()
+        output = reversed[0]
+        upBlocks = (0..<n).map { i in
+            let prev = output
+            output = reversed[i]
+            let input = reversed[min(i + 1, n - 1)]
+            // diffusers passes attention_head_dim[i] (not reversed) and the reversed head counts to the up blocks.
+            return UNetUpBlock2D(type: config.upBlockTypes[i], layers: config.layersPerBlock[n - 1 - i] + 1, inChannels: input,
+                                 outChannels: output, prevOutputChannels: prev, addUpsample: i < n - 1,
+                                 heads: config.transformerHeads(n - 1 - i), legacyHeadDim: config.legacyHeadDim(i, channels: output),
+                                 transformerLayers: reversedTransformerLayers[i], crossAttentionDim: cross?[n - 1 - i], s)
+        }
+        convNormOut = GroupNorm(groups: config.normNumGroups, channels: boc[0], eps: config.normEps)
+        convOut = Conv2d(boc[0], config.outChannels, kernel: config.convOutKernel, padding: (config.convOutKernel - 1) / 2)
+    }
+
+    /// Builds the model from a diffusers `config.json`.
+    public convenience init(configData: Data) throws { try self.init(config: UNetConfig.decode(configData)) }
+
+    /// Predicts the model output (noise, v or x0 as trained) for `sample` (B, C, H, W) at `timestep` (one value or one
+    /// per batch item), with `encoderHiddenStates` (B, S, cross_attention_dim) for cross-attention models and
+    /// `classLabels` (B) for class-conditional ones. Differentiable; wrap in `GradMode.noGrad` for inference.
+    public func callAsFunction(sample: Tensor, timestep: [Float], encoderHiddenStates: Tensor? = nil,
+                               classLabels: [Int]? = nil) throws -> Tensor {
+        guard sample.rank == 4, sample.shape[1] == config.inChannels else {
+            throw UNetError("UNet: sample \(sample.shape) must be (B, \(config.inChannels), H, W)")
+        }
+        let b = sample.shape[0]
+        guard timestep.count == 1 || timestep.count == b else { throw UNetError("UNet: \(timestep.count) timesteps for batch \(b)") }
+        let usesCross = downBlocks.contains { $0.attentions.first is Transformer2DModel }
+            || upBlocks.contains { $0.attentions.first is Transformer2DModel } || midBlock?.attentions.first is Transformer2DModel
+        if usesCross {
+            guard let ctx = encoderHiddenStates, ctx.rank == 3, ctx.shape[0] == b, ctx.shape[2] == config.crossAttentionDim?.first else {
+                throw UNetError("UNet: encoderHiddenStates \(encoderHiddenStates?.shape ?? []) must be (\(b), S, \(config.crossAttentionDim?.first ?? 0))")
+            }
+        }
+        let steps = timestep.count == 1 ? [Float](repeating: timestep[0], count: b) : timestep
+        let proj = { (t: [Float]) in
+            timestepEmbedding(t, dim: self.config.blockOutChannels[0], flipSinToCos: self.config.flipSinToCos,
+                              downscaleFreqShift: self.config.freqShift)
+        }
+        var emb = timeEmbedding(proj(steps))
+        if classEmbedding != nil || classTimestepEmbedding != nil {
+            guard let labels = classLabels, labels.count == b else {
+                throw UNetError("UNet: class-conditional model needs \(b) class labels, got \(classLabels?.count ?? 0)")
+            }
+            if let table = classEmbedding {
+                let count = table.weight.shape[0]
+                guard labels.allSatisfy({ $0 >= 0 && $0 < count }) else { throw UNetError("UNet: class labels \(labels) outside 0..<\(count)") }
+                emb = emb + table(labels, shape: [b])
+            } else if let te = classTimestepEmbedding {
+                emb = emb + te(proj(labels.map(Float.init)))
+            }
+        } else if classLabels != nil {
+            throw UNetError("UNet: classLabels given but the model has no class embedding")
+        }
+        let tembAct = emb.silu()
+        var h = config.centerInputSample ? sample * 2 - 1 : sample
+        h = convIn(h)
+        var skips = [h]
+        for block in downBlocks {
+            let (out, states) = block(h, tembAct: tembAct, context: encoderHiddenStates)
+            h = out; skips += states
+        }
+        if let midBlock { h = midBlock(h, tembAct: tembAct, context: encoderHiddenStates) }
+        for block in upBlocks {
+            let remaining = skips.count - block.resnets.count
+            let size = remaining > 0 ? (skips[remaining - 1].shape[2], skips[remaining - 1].shape[3]) : nil
+            h = block(h, skips: &skips, tembAct: tembAct, context: encoderHiddenStates, upsampleSize: size)
+        }
+        return convOut(convNormOut(h, silu: true))
+    }
+
+    public func callAsFunction(sample: Tensor, timestep: Float, encoderHiddenStates: Tensor? = nil,
+                               classLabels: [Int]? = nil) throws -> Tensor {
+        try self(sample: sample, timestep: [timestep], encoderHiddenStates: encoderHiddenStates, classLabels: classLabels)
+    }
+
+    public var namedParameters: [(String, Tensor)] {
+        scoped("conv_in", convIn) + scoped("time_embedding", timeEmbedding) + scoped("class_embedding", classEmbedding)
+            + scoped("class_embedding", classTimestepEmbedding) + scoped("down_blocks", downBlocks) + scoped("mid_block", midBlock)
+            + scoped("up_blocks", upBlocks) + scoped("conv_norm_out", convNormOut) + scoped("conv_out", convOut)
+    }
+}

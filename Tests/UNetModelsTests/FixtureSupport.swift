@@ -1,0 +1,25 @@
+import Checkpoints
+import Foundation
+import NeuralNetwork
+import TensorCore
+import XCTest
+
+// Loading of the fixtures written by tools/fixtures/unet.py.
+
+let fixturesURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures")
+
+func fixtureTensors(_ relativePath: String) throws -> [String: Tensor] {
+    let file = try CheckpointFile.open(fixturesURL.appendingPathComponent(relativePath))
+    return try file.tensors.mapValues { try $0.tensor().float32() }
+}
+
+/// Max |a - b| and the tolerance 1e-4 * max(1, max|ref|).
+func parity(_ out: Tensor, _ ref: Tensor, file: StaticString = #filePath, line: UInt = #line) -> Float {
+    XCTAssertEqual(out.shape, ref.shape, file: file, line: line)
+    let a = out.toArray(), b = ref.toArray()
+    guard a.count == b.count else { return .infinity }
+    let err = zip(a, b).map { abs($0 - $1) }.max() ?? 0
+    let tol = 1e-4 * max(1, b.map(abs).max() ?? 0)
+    XCTAssertLessThanOrEqual(err, tol, file: file, line: line)
+    return err
+}
