@@ -10,7 +10,7 @@ let package = Package(
     name: "LatentDiffusion",
     products: [
         .executable(name: "ldm", targets: ["ldm"]),
-        .library(name: "LatentDiffusion", targets: ["TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning"]),
+        .library(name: "LatentDiffusion", targets: ["TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -30,8 +30,10 @@ let package = Package(
         .target(name: "Autoencoders", dependencies: ["NeuralNetwork", "Checkpoints"], swiftSettings: optimize),
         .target(name: "UNetModels", dependencies: ["NeuralNetwork", "Checkpoints"], swiftSettings: optimize),
         .target(name: "Conditioning", dependencies: ["NeuralNetwork", "Checkpoints", "Tokenizers"], swiftSettings: optimize),
+        .target(name: "Pipelines", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Tokenizers", "Checkpoints"], swiftSettings: optimize),
+        .target(name: "Training", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Checkpoints"], swiftSettings: optimize),
         .executableTarget(name: "ldm", dependencies: [
-            "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning",
+            "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -43,5 +45,7 @@ let package = Package(
         .testTarget(name: "AutoencodersTests", dependencies: ["Autoencoders"], exclude: ["Fixtures"]),
         .testTarget(name: "UNetModelsTests", dependencies: ["UNetModels"], exclude: ["Fixtures"]),
         .testTarget(name: "ConditioningTests", dependencies: ["Conditioning"], exclude: ["Fixtures"]),
+        .testTarget(name: "PipelinesTests", dependencies: ["Pipelines"], exclude: ["Fixtures"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training"], exclude: ["Fixtures"]),
     ]
 )

@@ -1,0 +1,1 @@
+// Pipelines module: see the files beside this one.
