@@ -1,0 +1,90 @@
+import ArgumentParser
+import Autoencoders
+import Foundation
+import TensorCore
+import UNetModels
+
+/// `ldm bench vae` and `ldm bench unet`: full-model timings and peak memory against PyTorch. Each part runs in its
+/// own child process (ours: this binary with --part; PyTorch's: tools/bench/torch_models.py) so that the peak RSS
+/// reported is that part's alone.
+struct BenchModels {
+    static func run(parts: [(label: String, ours: String?, torch: String)], reps: Int) throws {
+        let torchPython = ProcessInfo.processInfo.environment["LDM_TORCH_PYTHON"].flatMap { $0.isEmpty ? nil : $0 }
+        if torchPython == nil { FileHandle.standardError.write("LDM_TORCH_PYTHON is not set: PyTorch figures are skipped.\n".data(using: .utf8)!) }
+        print("threads: \(Parallel.threadCount)")
+        print("| part | ours (s) | ours peak RSS (MB) | PyTorch (s) | PyTorch peak RSS (MB) | ours / PyTorch time | ours / PyTorch RSS |")
+        print("|---|---|---|---|---|---|---|")
+        for p in parts {
+            let ours = try p.ours.map { try child(CommandLine.arguments[0], ["bench", "part", $0, "--reps", "\(reps)"]) }
+            let torch = try torchPython.map { try child($0, ["tools/bench/torch_models.py", "\(Parallel.threadCount)", p.torch, "\(reps)"]) }
+            func f(_ v: Double?, _ fmt: String) -> String { v.map { String(format: fmt, $0) } ?? "n/a" }
+            func ratio(_ a: Double?, _ b: Double?) -> String { (a != nil && b != nil) ? String(format: "%.2f", a! / b!) : "n/a" }
+            print("| \(p.label) | \(f(ours?.0, "%.2f")) | \(f(ours?.1, "%.0f")) | \(f(torch?.0, "%.2f")) | \(f(torch?.1, "%.0f")) | \(ratio(ours?.0, torch?.0)) | \(ratio(ours?.1, torch?.1)) |")
+        }
+    }
+
+    /// Runs a child that prints {"seconds": s, "peak_rss_mb": m}.
+    static func child(_ exe: String, _ args: [String]) throws -> (Double, Double) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: exe)
+        p.arguments = args
+        let pipe = Pipe(); p.standardOutput = pipe
+        do { try p.run() } catch { throw BenchError("cannot run \(exe): \(error.localizedDescription)") }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0, let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Double],
+              let s = obj["seconds"], let m = obj["peak_rss_mb"] else {
+            throw BenchError("benchmark child \(exe) \(args.joined(separator: " ")) failed (status \(p.terminationStatus))")
+        }
+        return (s, m)
+    }
+}
+
+struct BenchVAE: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "vae", abstract: "SD VAE: decode 1x4x64x64 to 512x512, encode 512x512 (random weights).")
+    @Option(help: "Repetitions per part (median).") var reps = 2
+    func validate() throws { guard reps >= 1 else { throw ValidationError("--reps must be at least 1") } }
+    func run() throws {
+        try BenchModels.run(parts: [("SD VAE decode 64x64 -> 512x512 f32", "vae-decode", "vae-decode"),
+                                    ("SD VAE encode 512x512 f32", "vae-encode", "vae-encode")], reps: reps)
+    }
+}
+
+struct BenchUNet: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "unet", abstract: "SD-1.5 UNet, batch 2, 64x64x4 latent, 77x768 context (random weights).")
+    @Option(help: "Repetitions per part (median).") var reps = 2
+    func validate() throws { guard reps >= 1 else { throw ValidationError("--reps must be at least 1") } }
+    func run() throws {
+        try BenchModels.run(parts: [("SD-1.5 UNet batch 2 f32", "unet-f32", "unet-f32"),
+                                    ("SD-1.5 UNet batch 2 bf16", nil, "unet-bf16")], reps: reps)
+        print("bf16: \(BenchSupport.bf16Note)")
+    }
+}
+
+/// The measured side of one part, run in a child process by BenchVAE/BenchUNet.
+struct BenchPart: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "part", abstract: "Runs one benchmark part and prints JSON (used by bench vae/unet).", shouldDisplay: false)
+    @Argument var part: String
+    @Option var reps = 2
+    func run() throws {
+        let g = TorchGenerator(seed: 0)
+        var seconds = 0.0
+        try GradMode.noGrad {
+            switch part {
+            case "vae-decode":
+                let vae = AutoencoderKL.randomStableDiffusion(seed: 0), z = Tensor.randn([1, 4, 64, 64], generator: g)
+                seconds = BenchSupport.median(reps) { _ = try? vae.decode(z, tiled: .never) }
+            case "vae-encode":
+                let vae = AutoencoderKL.randomStableDiffusion(seed: 0), x = Tensor.randn([1, 3, 512, 512], generator: g)
+                seconds = BenchSupport.median(reps) { _ = try? vae.encode(x, tiled: .never) }
+            case "unet-f32":
+                let unet = try UNet2DConditionModel.random(config: .stableDiffusion15, seed: 0)
+                let x = Tensor.randn([2, 4, 64, 64], generator: g), c = Tensor.randn([2, 77, 768], generator: g)
+                seconds = BenchSupport.median(reps) { _ = try? unet(sample: x, timestep: 500, encoderHiddenStates: c) }
+            default: throw ValidationError("unknown benchmark part \(part)")
+            }
+        }
+        var usage = rusage(); getrusage(RUSAGE_SELF.rawValue, &usage)
+        print("{\"seconds\": \(seconds), \"peak_rss_mb\": \(Double(usage.ru_maxrss) / 1024)}")
+    }
+}
