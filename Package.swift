@@ -31,7 +31,7 @@ let package = Package(
         .target(name: "UNetModels", dependencies: ["NeuralNetwork", "Checkpoints"], swiftSettings: optimize),
         .target(name: "Conditioning", dependencies: ["NeuralNetwork", "Checkpoints", "Tokenizers"], swiftSettings: optimize),
         .target(name: "Pipelines", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Tokenizers", "Checkpoints"], swiftSettings: optimize),
-        .target(name: "Training", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Checkpoints"], swiftSettings: optimize),
+        .target(name: "Training", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Checkpoints", "Tokenizers"], swiftSettings: optimize),
         .executableTarget(name: "ldm", dependencies: [
             "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -114,8 +114,8 @@ extension Tensor {
         }
     }
 
-    /// Softmax along the last axis.
-    public func softmax() -> Tensor {
+    /// Row-wise softmax kernel over the last axis: writes exp(x - max) normalised (`log: false`) or x - logsumexp.
+    private func lastAxisSoftmax(log: Bool) -> Tensor {
         let d = shape[rank - 1], rows = count / d
         let x = float32().contiguous(), out = Tensor.empty(shape)
         let xs = x.data, ys = out.data
@@ -123,12 +123,17 @@ extension Tensor {
         Parallel.forEach(rows, costPerItem: d * 4) { r in
             let row = xs + r * d, o = ys + r * d
             let mx = vectorMax(row, d)
-            var s: Float = 0
-            for j in 0..<d { o[j] = fastExp(row[j] - mx) }
-            s = vectorSum(o, d)
-            let inv = 1 / s
-            for j in 0..<d { o[j] *= inv }
+            for j in 0..<d { o[j] = fastExp(row[j] - mx) } // vectorised; the sum is a separate SIMD pass
+            let s = vectorSum(o, d)
+            if log { let lse = mx + Foundation.log(s); for j in 0..<d { o[j] = row[j] - lse } }
+            else { let inv = 1 / s; for j in 0..<d { o[j] *= inv } }
         }
+        return out
+    }
+
+    /// Softmax along the last axis.
+    public func softmax() -> Tensor {
+        let out = lastAxisSoftmax(log: false)
         return out.recorded("softmax", [self]) { g in
             let gy = g * out
             return [gy - out * gy.sum(axes: [-1], keepDims: true)]
@@ -137,21 +142,7 @@ extension Tensor {
 
     /// log_softmax along the last axis.
     public func logSoftmax() -> Tensor {
-        let d = shape[rank - 1], rows = count / d
-        let x = float32().contiguous(), out = Tensor.empty(shape)
-        let xs = x.data, ys = out.data
-        defer { withExtendedLifetime(x) {} }
-        Parallel.forEach(rows, costPerItem: d * 4) { r in
-            let row = xs + r * d, o = ys + r * d
-            let mx = vectorMax(row, d)
-            var s: Float = 0
-            for j in 0..<d { o[j] = fastExp(row[j] - mx) }
-            s = vectorSum(o, d)
-            let lse = mx + Foundation.log(s)
-            for j in 0..<d { o[j] = row[j] - lse }
-        }
-        return out.recorded("log_softmax", [self]) { g in
-            [g - out.exp() * g.sum(axes: [-1], keepDims: true)]
-        }
+        let out = lastAxisSoftmax(log: true)
+        return out.recorded("log_softmax", [self]) { g in [g - out.exp() * g.sum(axes: [-1], keepDims: true)] }
     }
 }

@@ -1,1 +1,0 @@
-// Training module: see the files beside this one.

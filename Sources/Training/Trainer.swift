@@ -1,0 +1,189 @@
+// The training loop of CompVis LatentDiffusion (main.py + pytorch_lightning: training_step -> backward ->
+// optimizer.step -> on_train_batch_end LitEma update, ModelCheckpoint every N steps) and diffusers
+// examples/text_to_image (gradient accumulation, clip_grad_norm_, lr_scheduler, save_state / resume_from_checkpoint).
+// Checkpoints (see TrainingCheckpoint.swift) hold everything a resumed run needs to continue bit for bit.
+import Foundation
+import Imaging
+import NeuralNetwork
+import TensorCore
+import UNetModels
+
+public struct TrainerOptions {
+    public var learningRate: Double
+    public var betas: (Double, Double) = (0.9, 0.999)
+    public var adamEps: Double = 1e-8
+    public var weightDecay: Double = 1e-2
+    /// clip_grad_norm_ max norm; nil disables clipping.
+    public var maxGradNorm: Float? = 1
+    public var gradientAccumulationSteps = 1
+    public var lrSchedule: LRSchedule = .constant
+    /// LitEma decay; nil disables EMA.
+    public var emaDecay: Float? = 0.9999
+    public var batchSize: Int
+    public var maxSteps: Int
+    public var checkpointEvery: Int
+    /// Steps between sample grids (only when a sample callback is set).
+    public var sampleEvery: Int?
+    public var seed: UInt64
+    /// scale_by_std: scale_factor = 1 / std of the first batch's latents; otherwise `scaleFactor`.
+    public var scaleByStd = false
+    public var scaleFactor: Float = 1
+
+    public init(learningRate: Double, batchSize: Int, maxSteps: Int, checkpointEvery: Int, seed: UInt64) {
+        self.learningRate = learningRate; self.batchSize = batchSize; self.maxSteps = maxSteps
+        self.checkpointEvery = checkpointEvery; self.seed = seed
+    }
+
+    public func validate() throws {
+        guard learningRate > 0, learningRate.isFinite else { throw TrainingError("learning rate must be positive, got \(learningRate)") }
+        guard batchSize > 0 else { throw TrainingError("batch_size must be positive, got \(batchSize)") }
+        guard maxSteps > 0 else { throw TrainingError("max_steps must be positive, got \(maxSteps)") }
+        guard checkpointEvery > 0 else { throw TrainingError("ckpt_every must be positive, got \(checkpointEvery)") }
+        guard gradientAccumulationSteps > 0 else { throw TrainingError("gradient accumulation steps must be positive") }
+        if let n = maxGradNorm, !(n > 0) { throw TrainingError("max_grad_norm must be positive, got \(n)") }
+        if let s = sampleEvery, s <= 0 { throw TrainingError("sample_every must be positive, got \(s)") }
+        guard scaleFactor > 0, scaleFactor.isFinite else { throw TrainingError("scale_factor must be positive, got \(scaleFactor)") }
+    }
+}
+
+/// One logged optimizer step.
+public struct TrainingLogEntry: Codable, Equatable {
+    public var step: Int, epoch: Int, loss: Float, lr: Double, gradNorm: Float?
+    enum CodingKeys: String, CodingKey { case step, epoch, loss, lr, gradNorm = "grad_norm" }
+}
+
+public final class Trainer {
+    public let model: UNet2DConditionModel
+    public let loss: DiffusionLoss
+    public let encoder: LatentEncoder
+    public let sampler: BatchSampler
+    public let options: TrainerOptions
+    public let runDir: URL
+    public let optimizer: AdamW
+    public let ema: LitEma?
+    /// Draws timesteps, noise, dropout masks and posterior samples.
+    public let generator: TorchGenerator
+    public internal(set) var step = 0
+    public internal(set) var epoch = 0
+    public internal(set) var batchInEpoch = 0
+    public internal(set) var scaleFactor: Float?
+    /// Maps a batch to the UNet conditioning; the default uses class labels when the UNet has a class embedding.
+    public var makeConditioning: (TrainingBatch) throws -> TrainingConditioning
+    /// Renders a sample grid with the model (EMA weights swapped in); written to samples/step-N.png.
+    public var sampleCallback: ((UNet2DConditionModel, Int) throws -> RGBImage)?
+    /// Called after each step with its log entry.
+    public var onStep: ((TrainingLogEntry) -> Void)?
+
+    public var checkpointsDir: URL { runDir.appendingPathComponent("checkpoints") }
+    public var logURL: URL { runDir.appendingPathComponent("loss.jsonl") }
+
+    public init(model: UNet2DConditionModel, loss: DiffusionLoss, encoder: LatentEncoder = .identity,
+                dataset: TrainingDataset, options: TrainerOptions, runDir: URL) throws {
+        try options.validate()
+        self.model = model; self.loss = loss; self.encoder = encoder; self.options = options; self.runDir = runDir
+        sampler = try BatchSampler(dataset: dataset, batchSize: options.batchSize, seed: options.seed)
+        optimizer = try AdamW(module: model, lr: options.learningRate, betas: options.betas, eps: options.adamEps,
+                              weightDecay: options.weightDecay)
+        ema = try options.emaDecay.map { try LitEma(module: model, decay: $0) }
+        generator = TorchGenerator(seed: options.seed)
+        let hasClasses = model.classEmbedding != nil || model.classTimestepEmbedding != nil
+        makeConditioning = { batch in
+            guard hasClasses else { return .none }
+            guard let labels = batch.classLabels else { throw TrainingError("the UNet is class-conditional but the data has no class labels") }
+            return .classLabels(labels)
+        }
+        try FileManager.default.createDirectory(at: checkpointsDir, withIntermediateDirectories: true)
+    }
+
+    func nextBatch() throws -> TrainingBatch {
+        let batch = try sampler.batch(epoch: epoch, index: batchInEpoch)
+        batchInEpoch += 1
+        if batchInEpoch == sampler.batchesPerEpoch { batchInEpoch = 0; epoch += 1 }
+        return batch
+    }
+
+    /// One optimizer step over `gradientAccumulationSteps` micro-batches; returns the (accumulated) loss.
+    @discardableResult
+    public func trainStep() throws -> TrainingLogEntry {
+        let params = optimizer.parameters
+        optimizer.zeroGrad()
+        optimizer.lr = options.learningRate * options.lrSchedule.multiplier(step: step)
+        let accum = options.gradientAccumulationSteps
+        var total: Float = 0
+        for _ in 0..<accum {
+            let batch = try nextBatch()
+            let z = try encoder.encode(batch.images, generator: generator)
+            if scaleFactor == nil { scaleFactor = try options.scaleByStd ? scaleFactorByStd(z) : options.scaleFactor }
+            let latents = z * (scaleFactor ?? 1)
+            let out = try loss(model: model, latents: latents, conditioning: try makeConditioning(batch), generator: generator)
+            let l = accum > 1 ? out.loss / Float(accum) : out.loss
+            let value = l.item
+            guard value.isFinite else { throw TrainingError("loss is \(value) at step \(step + 1)") }
+            total += value
+            l.backward()
+        }
+        let gradNorm = options.maxGradNorm.map { clipGradNorm(params.map(\.1), maxNorm: $0) }
+        optimizer.step()
+        ema?.update(params)
+        step += 1
+        let entry = TrainingLogEntry(step: step, epoch: epoch, loss: total, lr: optimizer.lr, gradNorm: gradNorm)
+        try appendLog(entry)
+        onStep?(entry)
+        if step % options.checkpointEvery == 0 || step == options.maxSteps { try saveCheckpoint() }
+        if let every = options.sampleEvery, step % every == 0, sampleCallback != nil { try writeSample() }
+        return entry
+    }
+
+    /// Trains until `options.maxSteps` (or `steps` more steps), then exports the final weights.
+    public func train(steps: Int? = nil) throws {
+        let end = min(options.maxSteps, steps.map { step + $0 } ?? options.maxSteps)
+        while step < end { try trainStep() }
+        if step == options.maxSteps { try exportWeights() }
+    }
+
+    func appendLog(_ entry: TrainingLogEntry) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        var line = try encoder.encode(entry)
+        line.append(0x0A)
+        if !FileManager.default.fileExists(atPath: logURL.path) {
+            guard FileManager.default.createFile(atPath: logURL.path, contents: nil) else { throw TrainingError("cannot create \(logURL.path)") }
+        }
+        let h = try FileHandle(forWritingTo: logURL)
+        defer { try? h.close() }
+        try h.seekToEnd()
+        try h.write(contentsOf: line)
+    }
+
+    /// Runs `body` with the EMA weights in the model (CompVis ema_scope), restoring the trained weights after.
+    public func withEMAWeights<T>(_ body: () throws -> T) rethrows -> T {
+        guard let ema else { return try body() }
+        let params = model.namedParameters
+        let saved = params.map { $0.1.copied() }
+        ema.copy(to: params)
+        defer { for ((_, p), s) in zip(params, saved) { p.assign(s) } }
+        return try body()
+    }
+
+    func writeSample() throws {
+        guard let callback = sampleCallback else { return }
+        let image = try withEMAWeights { try GradMode.noGrad { try callback(model, step) } }
+        let dir = runDir.appendingPathComponent("samples")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try image.writePNG(to: dir.appendingPathComponent(String(format: "step-%08d.png", step)).path, overwrite: true)
+    }
+
+    /// Writes `unet/` (diffusers layout: config.json + diffusion_pytorch_model.safetensors) with the EMA weights
+    /// when EMA is on, the trained weights otherwise.
+    public func exportWeights() throws {
+        let dir = runDir.appendingPathComponent("unet")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(model.config).write(to: dir.appendingPathComponent("config.json"), options: .atomic)
+        try withEMAWeights {
+            try model.save(to: dir.appendingPathComponent("diffusion_pytorch_model.safetensors"),
+                           metadata: ["step": String(step), "weights": ema == nil ? "trained" : "ema"])
+        }
+    }
+}
