@@ -4,5 +4,5 @@ struct LDM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ldm",
         abstract: "Latent diffusion models (Rombach et al., CVPR 2022) on the CPU.",
-        subcommands: [Inspect.self, Convert.self, Train.self, Bench.self])
+        subcommands: [Autoencode.self, Inspect.self, Convert.self, Train.self, Bench.self])
 }
