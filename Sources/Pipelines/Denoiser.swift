@@ -1,0 +1,82 @@
+// The model side of every sampling loop, as the diffusers pipelines call their UNet
+// (pipelines/stable_diffusion/pipeline_stable_diffusion.py __call__: classifier-free guidance with the unconditional and
+// conditional inputs in ONE batch of 2B, noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond);
+// pipeline_stable_diffusion_inpaint.py: 9-channel UNets get [latents, mask, masked image latents] concatenated after
+// scale_model_input; latent_diffusion/pipeline_latent_diffusion_superresolution.py: the low-res image is concatenated
+// before scale_model_input). Class-conditional guidance uses a "null" class as the unconditional label.
+import Diffusion
+import Foundation
+import TensorCore
+import UNetModels
+
+public final class Denoiser {
+    public let unet: UNet2DConditionModel
+    public var guidanceScale: Float
+    /// Conditional cross-attention context (B, S, D) and its unconditional counterpart (negative prompt).
+    public let context: Tensor?
+    public let uncondContext: Tensor?
+    /// Class labels (B) and the unconditional (null class) labels for class-conditional guidance.
+    public let classLabels: [Int]?
+    public let uncondClassLabels: [Int]?
+    /// Extra input channels (B, k, h, w): appended after scale_model_input (inpainting) or before (super-resolution).
+    public var concat: Tensor?
+    public var concatBeforeScaling = false
+
+    public init(unet: UNet2DConditionModel, guidanceScale: Float = 1, context: Tensor? = nil, uncondContext: Tensor? = nil,
+                classLabels: [Int]? = nil, uncondClassLabels: [Int]? = nil) {
+        self.unet = unet; self.guidanceScale = guidanceScale
+        self.context = context; self.uncondContext = uncondContext
+        self.classLabels = classLabels; self.uncondClassLabels = uncondClassLabels
+    }
+
+    /// diffusers `do_classifier_free_guidance`: guidance_scale > 1 and an unconditional input exists.
+    public var doClassifierFreeGuidance: Bool {
+        guidanceScale > 1 && (uncondContext != nil || uncondClassLabels != nil)
+    }
+
+    /// The scheduler-ready model output for latents `x` (flat NCHW of `shape`) at `timesteps[stepIndex]`.
+    public func predict(_ x: [Float], shape: [Int], scheduler: Scheduler, stepIndex: Int) throws -> [Float] {
+        let t = Float(scheduler.timesteps[stepIndex])
+        var input: Tensor
+        if concatBeforeScaling, let c = concat {
+            let joined = concat2([Tensor(x, shape: shape), c])
+            input = Tensor(scheduler.scaleModelInput(joined.toArray(), stepIndex: stepIndex), shape: joined.shape)
+        } else {
+            input = Tensor(scheduler.scaleModelInput(x, stepIndex: stepIndex), shape: shape)
+            if let c = concat { input = concat2([input, c]) }
+        }
+        let out = try GradMode.noGrad { () throws -> Tensor in
+            if doClassifierFreeGuidance {
+                let ctx = try pair(uncondContext, context, what: "context")
+                let labels = try pairLabels()
+                let both = try unet(sample: TensorCore.concat([input, input], axis: 0), timestep: t,
+                                    encoderHiddenStates: ctx, classLabels: labels)
+                let halves = both.chunk(2, axis: 0)
+                return halves[0] + (halves[1] - halves[0]) * guidanceScale
+            }
+            return try unet(sample: input, timestep: t, encoderHiddenStates: context, classLabels: classLabels)
+        }
+        // Learned-variance UNets (out_channels = 2 * latent channels): the first half is the prediction.
+        let channels = shape[1]
+        let pred = out.shape[1] == channels ? out : out.narrow(1, 0, channels)
+        return pred.contiguous().toArray()
+    }
+
+    private func concat2(_ parts: [Tensor]) -> Tensor { TensorCore.concat(parts, axis: 1) }
+
+    private func pair(_ u: Tensor?, _ c: Tensor?, what: String) throws -> Tensor? {
+        switch (u, c) {
+        case (nil, nil): return nil
+        case let (u?, c?): return TensorCore.concat([u, c], axis: 0)
+        default: throw PipelineError("classifier-free guidance needs both a conditional and an unconditional \(what)")
+        }
+    }
+
+    private func pairLabels() throws -> [Int]? {
+        switch (uncondClassLabels, classLabels) {
+        case (nil, nil): return nil
+        case let (u?, c?): return u + c
+        default: throw PipelineError("classifier-free guidance needs both class labels and null-class labels")
+        }
+    }
+}

@@ -1,0 +1,67 @@
+// Pipelines of the original latent diffusion models: unconditional sampling (diffusers LDMPipeline,
+// pipelines/deprecated/latent_diffusion_uncond), class-conditional sampling through the UNet's class embedding with a
+// null class for guidance (CompVis cin models: the unconditional class is n_classes - 1), and 4x super-resolution
+// (diffusers LDMSuperResolutionPipeline: low-res image concatenated to the latents, VQ decode without scaling).
+import Autoencoders
+import Diffusion
+import Foundation
+import Imaging
+import TensorCore
+
+public final class LatentDiffusionPipeline {
+    public let bundle: ModelBundle
+    public init(bundle: ModelBundle) { self.bundle = bundle }
+
+    /// LDMPipeline.__call__; with `classLabel` the UNet's class embedding is used (guided with the null class
+    /// num_class_embeds - 1 when guidanceScale > 1). width/height default to sample_size * vae factor.
+    public func sample(_ o: SamplingOptions, classLabel: Int? = nil, guidanceScale: Double = 1, width: Int? = nil,
+                       height: Int? = nil, generator: RandomSource, progress: ProgressHandler? = nil) throws -> GenerationResult {
+        try o.validate(); try Validation.checkGuidance(guidanceScale)
+        let cfg = bundle.unet.config, f = bundle.vaeScaleFactor
+        let (h, w) = (height ?? bundle.sampleSize * f, width ?? bundle.sampleSize * f)
+        try Validation.checkSize(width: w, height: h, multiple: f)
+        guard cfg.crossAttentionDim == nil || bundle.textEncoder == nil else {
+            throw PipelineError("\(bundle.url.path) is a text-conditioned model: use `ldm txt2img`")
+        }
+        var labels: [Int]?, null: [Int]?
+        if let k = classLabel {
+            guard let n = cfg.numClassEmbeds else { throw PipelineError("the model is not class-conditional (no num_class_embeds); drop --class") }
+            guard k >= 0, k < n else { throw PipelineError("class \(k) outside 0..<\(n)") }
+            labels = Array(repeating: k, count: o.batchSize)
+            if guidanceScale > 1 { null = Array(repeating: n - 1, count: o.batchSize) }
+        } else if let n = cfg.numClassEmbeds {
+            throw PipelineError("the model is class-conditional (\(n) classes): pass --class")
+        }
+        let den = Denoiser(unet: bundle.unet, guidanceScale: Float(guidanceScale), classLabels: labels, uncondClassLabels: null)
+        let shape = [o.batchSize, cfg.inChannels, h / f, w / f]
+        let noise = randnTensor(shape, generator: generator)
+        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
+        let sigma = Float(scheduler.initNoiseSigma)
+        let out = try denoise(latents: noise.map { $0 * sigma }, shape: shape, scheduler: scheduler, denoiser: den,
+                              generator: generator, progress: progress)
+        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage)
+    }
+
+    /// LDMSuperResolutionPipeline.__call__ (one image; resized down to a multiple of 32 with Lanczos as its preprocess).
+    public func upscale(_ image: RGBImage, _ o: SamplingOptions, generator: RandomSource,
+                        progress: ProgressHandler? = nil) throws -> GenerationResult {
+        try o.validate()
+        let cfg = bundle.unet.config
+        guard cfg.inChannels == cfg.outChannels + 3, cfg.crossAttentionDim == nil, cfg.numClassEmbeds == nil else {
+            throw PipelineError("\(bundle.url.path) is not a super-resolution model (its UNet must take latents + the low-res image)")
+        }
+        let w = image.width - image.width % 32, h = image.height - image.height % 32
+        guard w >= 32, h >= 32 else { throw PipelineError("init image \(image.width)x\(image.height) is smaller than 32x32") }
+        let resized = (w, h) == (image.width, image.height) ? image : try image.resized(width: w, height: h, filter: .lanczos)
+        let low = Tensor(VaeImageProcessor.toTensor(resized), shape: [1, 3, h, w])
+        let shape = [1, cfg.outChannels, h, w]
+        let noise = randnTensor(shape, generator: generator)
+        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
+        let den = Denoiser(unet: bundle.unet)
+        den.concat = low; den.concatBeforeScaling = true
+        let sigma = Float(scheduler.initNoiseSigma)
+        let out = try denoise(latents: noise.map { $0 * sigma }, shape: shape, scheduler: scheduler, denoiser: den,
+                              generator: generator, progress: progress)
+        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage, scaled: false)
+    }
+}

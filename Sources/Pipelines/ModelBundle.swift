@@ -1,0 +1,182 @@
+// The components a pipeline needs, loaded the way diffusers DiffusionPipeline.from_pretrained reads a folder
+// (model_index.json + unet/, vae/ or vqvae/, text_encoder/, tokenizer/, scheduler/) or the way
+// StableDiffusionPipeline.from_single_file reads a CompVis checkpoint (model.diffusion_model.*, first_stage_model.*,
+// cond_stage_model.*; configs derived from tensor shapes, OpenAI/OpenCLIP vocabulary shipped with Tokenizers).
+// YAML configs (--config) are not read: Yams is not a dependency; shapes and SD defaults are used instead.
+import Autoencoders
+import Checkpoints
+import Conditioning
+import Diffusion
+import Foundation
+import Tokenizers
+import UNetModels
+
+/// What a model offers, read from configs only (before loading weights), for validating commands early.
+public struct ModelSummary: Equatable {
+    public var hasTextEncoder: Bool
+    public var unetInChannels: Int
+    public var unetOutChannels: Int
+    public var numClassEmbeds: Int?
+    public var firstStage: String      // "AutoencoderKL", "VQModel" or "none"
+    public var isCompVisFile: Bool
+
+    /// Reads model_index.json and the UNet config of a diffusers folder, or the shapes of a single file.
+    public static func read(_ url: URL) throws -> ModelSummary {
+        if DiffusersFolder.isFolder(url) {
+            let folder = try DiffusersFolder(url: url)
+            guard let unet = folder.component("unet"), let cfg = unet.config else {
+                throw PipelineError("\(url.path): no unet/config.json")
+            }
+            let fs = folder.component("vae") != nil ? "AutoencoderKL" : folder.component("vqvae") != nil ? "VQModel" : "none"
+            return ModelSummary(hasTextEncoder: folder.component("text_encoder") != nil && folder.component("tokenizer") != nil,
+                                unetInChannels: cfg["in_channels"] as? Int ?? 4, unetOutChannels: cfg["out_channels"] as? Int ?? 4,
+                                numClassEmbeds: cfg["num_class_embeds"] as? Int, firstStage: fs, isCompVisFile: false)
+        }
+        let file: CheckpointFile
+        do { file = try CheckpointFile.open(url) } catch { throw PipelineError("model \(url.path) cannot be read: \(error)") }
+        let keys = ModelFamily.Keys(file.tensors.mapValues { $0.shape })
+        guard let inC = keys.unetInChannels, let outC = keys.dim("model.diffusion_model.out.2.weight", 0) else {
+            throw PipelineError("\(url.path): not a CompVis latent diffusion checkpoint (no model.diffusion_model.* weights)")
+        }
+        return ModelSummary(hasTextEncoder: keys.any("cond_stage_model."), unetInChannels: inC, unetOutChannels: outC,
+                            numClassEmbeds: keys.dim("model.diffusion_model.label_emb.weight", 0),
+                            firstStage: keys.any("first_stage_model.encoder.") ? "AutoencoderKL" : "none", isCompVisFile: true)
+    }
+}
+
+public final class ModelBundle {
+    public let url: URL
+    public let unet: UNet2DConditionModel
+    public let firstStage: FirstStageModel
+    public let textEncoder: CLIPTextModel?
+    public let tokenizer: CLIPTokenizer?
+    public let schedulerConfig: SchedulerConfig
+    /// UNet sample_size (latent side) from its config; 64 for CompVis SD files (512 px).
+    public let sampleSize: Int
+    /// diffusers `clip_skip` for the prompt encoder (0 = last hidden state).
+    public var clipSkip = 0
+
+    public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel, textEncoder: CLIPTextModel?,
+                tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {
+        self.url = url; self.unet = unet; self.firstStage = firstStage; self.textEncoder = textEncoder
+        self.tokenizer = tokenizer; self.schedulerConfig = schedulerConfig; self.sampleSize = sampleSize
+    }
+
+    /// diffusers `vae_scale_factor` = 2 ** (len(vae.config.block_out_channels) - 1).
+    public var vaeScaleFactor: Int {
+        switch firstStage { case .kl(let m): return m.downsamplingFactor; case .vq(let m): return m.downsamplingFactor }
+    }
+    /// Default image size: unet.config.sample_size * vae_scale_factor (diffusers' default height/width).
+    public var defaultImageSize: Int { sampleSize * vaeScaleFactor }
+    public var latentChannels: Int {
+        switch firstStage { case .kl(let m): return m.config.latentChannels; case .vq(let m): return m.config.latentChannels }
+    }
+
+    /// A diffusers folder or a CompVis single file (.safetensors / .ckpt).
+    public static func load(_ url: URL) throws -> ModelBundle {
+        DiffusersFolder.isFolder(url) ? try loadDiffusers(url) : try loadCompVis(url)
+    }
+
+    public static func loadDiffusers(_ url: URL) throws -> ModelBundle {
+        let folder = try DiffusersFolder(url: url)
+        guard let unetComponent = folder.component("unet") else { throw PipelineError("\(url.path): no unet component") }
+        let unet = try UNet2DConditionModel(pretrained: unetComponent)
+        let sample = sampleSize(unetComponent.config?["sample_size"]) ?? 64
+        let (firstStage, _) = try FirstStageModel.load(folder: url)
+        var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?
+        if let te = folder.component("text_encoder") {
+            guard te.className == nil || te.className == "CLIPTextModel" else {
+                throw PipelineError("\(url.path): text encoder \(te.className ?? "") is not supported (CLIPTextModel only)")
+            }
+            encoder = try CLIPTextModel(pretrained: te)
+            tokenizer = try CLIPTokenizer(folder: url.appendingPathComponent("tokenizer"))
+        }
+        let schedURL = url.appendingPathComponent("scheduler/scheduler_config.json")
+        let sched = FileManager.default.fileExists(atPath: schedURL.path) ? try SchedulerConfig.load(contentsOf: schedURL)
+                                                                          : stableDiffusionScheduler
+        return ModelBundle(url: url, unet: unet, firstStage: firstStage, textEncoder: encoder, tokenizer: tokenizer,
+                           schedulerConfig: sched, sampleSize: sample)
+    }
+
+    static func sampleSize(_ v: Any?) -> Int? {
+        if let i = v as? Int { return i }
+        if let a = v as? [Int] { return a.first }
+        return nil
+    }
+
+    /// The PNDM configuration Stable Diffusion 1.x/2.x ship (scheduler/scheduler_config.json of runwayml/stable-diffusion-v1-5).
+    public static var stableDiffusionScheduler: SchedulerConfig {
+        var c = SchedulerConfig()
+        c.className = "PNDMScheduler"; c.numTrainTimesteps = 1000; c.betaStart = 0.00085; c.betaEnd = 0.012
+        c.betaSchedule = "scaled_linear"; c.setAlphaToOne = false; c.skipPrkSteps = true; c.stepsOffset = 1
+        return c
+    }
+
+    /// A CompVis Stable Diffusion checkpoint: UNet and VAE renamed by Checkpoints' layout table (configs derived from
+    /// shapes), CLIP (SD 1.x) or OpenCLIP (SD 2.x, penultimate layer) text encoder, the shipped BPE vocabulary.
+    public static func loadCompVis(_ url: URL) throws -> ModelBundle {
+        let file = try CheckpointFile.open(url)
+        let (layout, components, _) = try Converter.compvisToDiffusers(file.tensors)
+        guard let unetLayout = layout.unet, let unetTensors = components["unet"] else {
+            throw PipelineError("\(url.path): no UNet weights (model.diffusion_model.*)")
+        }
+        guard let vaeLayout = layout.vae, let vaeTensors = components["vae"] else {
+            throw PipelineError("\(url.path): no VAE weights (first_stage_model.*)")
+        }
+        let unetRecords = try records(unetTensors)
+        let unetCfg = try DiffusersConfigs.unet(unetLayout, shapes: unetRecords.mapValues { $0.shape })
+        try checkGroups(unetCfg.config, what: "UNet")
+        let unet = try UNet2DConditionModel(configData: DiffusersConfigs.json(unetCfg.config))
+        try unet.load(unetRecords, component: "unet")
+        let vaeRecords = try records(vaeTensors)
+        var vaeCfg = try DiffusersConfigs.vae(vaeLayout, shapes: vaeRecords.mapValues { $0.shape }).config
+        try checkGroups(vaeCfg, what: "VAE")
+        if let r = file.tensors["scale_factor"], r.elementCount == 1, let v = try r.floats().first { vaeCfg["scaling_factor"] = Double(v) }
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-vae-\(UUID().uuidString).json")
+        try DiffusersConfigs.json(vaeCfg).write(to: tmp)
+        defer { try? FileManager.default.removeItem(at: tmp) }
+        let vae = try AutoencoderKL(config: AutoencoderKLConfig.load(tmp))
+        try vae.load(vaeRecords, component: "vae")
+
+        var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?, clipSkip = 0
+        let keys = file.tensors.keys
+        if keys.contains(where: { $0.hasPrefix("cond_stage_model.model.") }) {
+            encoder = try CLIPTextModel(config: .stableDiffusion2)
+            try encoder?.loadOpenCLIPWeights(file.tensors)
+            tokenizer = try CLIPTokenizer.openCLIPDefault(padToken: "!")
+        } else if keys.contains(where: { $0.hasPrefix("cond_stage_model.transformer.") }) {
+            let clip = CLIPTextModel.normalizedKeys(file.tensors.filter { $0.key.hasPrefix("cond_stage_model.transformer.") })
+            let cfg = try DiffusersConfigs.clipText(shapes: clip.mapValues { $0.shape })
+            encoder = try CLIPTextModel(configData: DiffusersConfigs.json(cfg.config))
+            try encoder?.loadWeights(clip)
+            tokenizer = try CLIPTokenizer.openCLIPDefault()
+        }
+        let bundle = ModelBundle(url: url, unet: unet, firstStage: .kl(vae), textEncoder: encoder, tokenizer: tokenizer,
+                                 schedulerConfig: stableDiffusionScheduler, sampleSize: 64)
+        bundle.clipSkip = clipSkip
+        return bundle
+    }
+
+    /// Derived configs assume norm_num_groups 32 (as diffusers' converter): refuse shapes it cannot divide.
+    static func checkGroups(_ config: [String: Any], what: String) throws {
+        let channels = config["block_out_channels"] as? [Int] ?? []
+        let groups = config["norm_num_groups"] as? Int ?? 32
+        guard !channels.isEmpty, channels.allSatisfy({ $0 > 0 && $0 % groups == 0 }) else {
+            throw PipelineError("CompVis checkpoint: \(what) channels \(channels) are not multiples of \(groups) groups; convert it to a diffusers folder with its config")
+        }
+    }
+
+    /// MappedTensors -> records under their diffusers names and shapes (views of the same storage).
+    static func records(_ mapped: [MappedTensor]) throws -> [String: TensorRecord] {
+        var out: [String: TensorRecord] = [:]
+        for m in mapped {
+            let r = m.source
+            if r.shape == m.shape { out[m.name] = r; continue }
+            guard r.shape.reduce(1, *) == m.shape.reduce(1, *), r.strides == TensorRecord.contiguousStrides(r.shape) else {
+                throw PipelineError("\(r.name): cannot view \(r.shape) as \(m.shape)")
+            }
+            out[m.name] = try TensorRecord(name: m.name, dtype: r.dtype, shape: m.shape, byteOffset: r.byteOffset, storage: r.storage)
+        }
+        return out
+    }
+}

@@ -1,1 +1,0 @@
-// Pipelines module: see the files beside this one.

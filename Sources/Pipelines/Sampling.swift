@@ -1,0 +1,80 @@
+// Shared pieces of the pipelines: sampler construction (diffusers `Scheduler.from_config(pipe.scheduler.config)`),
+// initial noise (diffusers utils/torch_utils.py randn_tensor: one torch.randn of the whole (B, C, h, w) batch),
+// first-stage decoding and VaeImageProcessor.postprocess ((x / 2 + 0.5).clamp(0, 1) * 255, rounded).
+import Autoencoders
+import Diffusion
+import Foundation
+import Imaging
+import TensorCore
+
+/// Options every sampling pipeline takes.
+public struct SamplingOptions {
+    /// A SchedulerFactory name ("ddim", "Euler a", "DPM++ 2M Karras", ...); nil: the model's scheduler_config.json class.
+    public var sampler: String?
+    public var steps: Int
+    public var eta: Double
+    public var batchSize: Int
+    public init(sampler: String? = nil, steps: Int = 50, eta: Double = 0, batchSize: Int = 1) {
+        self.sampler = sampler; self.steps = steps; self.eta = eta; self.batchSize = batchSize
+    }
+
+    public func validate() throws {
+        try Validation.checkSteps(steps); try Validation.checkEta(eta); try Validation.checkBatchSize(batchSize)
+        if let s = sampler, !SchedulerFactory.validNames.contains(where: { $0.lowercased() == s.trimmingCharacters(in: .whitespaces).lowercased() }) {
+            throw PipelineError("unknown sampler '\(s)'; valid: \(SchedulerFactory.validNames.joined(separator: ", "))")
+        }
+    }
+
+    /// The scheduler, with `setTimesteps(steps)` done.
+    public func makeScheduler(config: SchedulerConfig) throws -> Scheduler {
+        let s: Scheduler
+        if let name = sampler {
+            if eta != 0, ["compvis-ddim", "ddim (compvis)"].contains(name.lowercased()) {
+                s = try CompVisSampler(config: config, method: .ddim, eta: eta)
+            } else {
+                s = try SchedulerFactory.make(name, config: config)
+            }
+        } else {
+            s = try SchedulerFactory.make(config: config)
+        }
+        if let d = s as? DDIMScheduler { d.eta = eta }
+        try s.setTimesteps(steps)
+        return s
+    }
+}
+
+/// Generated images: the decoder output (B, 3, H, W) in [-1, 1] and the 8-bit images.
+public struct GenerationResult {
+    public var decoded: [Float]
+    public var shape: [Int]
+    public var images: [RGBImage]
+}
+
+/// diffusers randn_tensor(shape, generator) on the CPU.
+public func randnTensor(_ shape: [Int], generator: RandomSource) -> [Float] {
+    Tensor.randn(shape, generator: generator).toArray()
+}
+
+/// Decodes diffusion latents (scaled) to images: vae.decode(latents / scaling_factor), postprocessed.
+public func decodeLatents(_ latents: [Float], shape: [Int], firstStage: FirstStageModel, scaled: Bool = true,
+                          clampFirst: Bool = false) throws -> GenerationResult {
+    let z = Tensor(latents, shape: shape)
+    let x: Tensor
+    switch firstStage {
+    case .kl(let vae): x = try scaled ? vae.decodeScaled(z) : vae.decode(z)
+    case .vq(let vq): x = try vq.decode(scaled ? z * (1 / vq.config.scalingFactor) : z)
+    }
+    let out = x.contiguous()
+    let decoded = out.toArray()
+    let (b, h, w) = (out.shape[0], out.shape[2], out.shape[3])
+    let n = 3 * h * w
+    let images = try (0..<b).map { i in try VaeImageProcessor.toImage(Array(decoded[(i * n)..<((i + 1) * n)]), height: h, width: w) }
+    return GenerationResult(decoded: decoded, shape: out.shape, images: images)
+}
+
+/// Repeats a (1, ...) flat tensor `count` times along the batch axis.
+func repeatBatch(_ x: [Float], _ count: Int) -> [Float] {
+    var out: [Float] = []; out.reserveCapacity(x.count * count)
+    for _ in 0..<count { out += x }
+    return out
+}

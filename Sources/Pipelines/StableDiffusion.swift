@@ -1,0 +1,160 @@
+// Text-to-image, image-to-image and inpainting for Stable Diffusion 1.x / 2.x, following diffusers 0.42
+// StableDiffusionPipeline (pipeline_stable_diffusion.py), StableDiffusionImg2ImgPipeline
+// (pipeline_stable_diffusion_img2img.py) and StableDiffusionInpaintPipeline (pipeline_stable_diffusion_inpaint.py),
+// with the same order of random draws from one generator, so a seed reproduces diffusers' images.
+import Autoencoders
+import Conditioning
+import Diffusion
+import Foundation
+import Imaging
+import TensorCore
+import Tokenizers
+import UNetModels
+
+public struct PromptOptions {
+    public var prompt: String
+    public var negativePrompt: String
+    public var guidanceScale: Double
+    public var width: Int?
+    public var height: Int?
+    public init(prompt: String, negativePrompt: String = "", guidanceScale: Double = 7.5, width: Int? = nil, height: Int? = nil) {
+        self.prompt = prompt; self.negativePrompt = negativePrompt; self.guidanceScale = guidanceScale
+        self.width = width; self.height = height
+    }
+    public func validate() throws {
+        try Validation.checkGuidance(guidanceScale)
+        if width != nil || height != nil { try Validation.checkSize(width: width ?? 8, height: height ?? 8) }
+    }
+}
+
+public final class StableDiffusionPipeline {
+    public let bundle: ModelBundle
+    let vae: AutoencoderKL
+    public init(bundle: ModelBundle) throws {
+        guard bundle.textEncoder != nil, bundle.tokenizer != nil else {
+            throw PipelineError("\(bundle.url.path) has no text encoder/tokenizer: it cannot be prompted (use `ldm sample`)")
+        }
+        guard case .kl(let vae) = bundle.firstStage else { throw PipelineError("\(bundle.url.path): Stable Diffusion needs an AutoencoderKL") }
+        self.bundle = bundle; self.vae = vae
+    }
+
+    /// encode_prompt: CLIP last hidden state of the padded prompt (and of the negative prompt when guiding),
+    /// repeated for the batch. Returns (cond, uncond).
+    public func encodePrompt(_ p: PromptOptions, batch: Int, guidance: Bool) throws -> (Tensor, Tensor?) {
+        guard let encoder = bundle.textEncoder, let tokenizer = bundle.tokenizer else { throw PipelineError("no text encoder") }
+        let length = min(tokenizer.modelMaxLength, encoder.config.maxPositionEmbeddings)
+        func embed(_ text: String) throws -> Tensor {
+            let e = try GradMode.noGrad { try encoder.encode([tokenizer(text, maxLength: length)], clipSkip: bundle.clipSkip) }
+            return batch == 1 ? e : concat([Tensor](repeating: e, count: batch), axis: 0)
+        }
+        return (try embed(p.prompt), guidance ? try embed(p.negativePrompt) : nil)
+    }
+
+    func size(_ p: PromptOptions) -> (height: Int, width: Int) {
+        (p.height ?? bundle.defaultImageSize, p.width ?? bundle.defaultImageSize)
+    }
+
+    func denoiser(_ p: PromptOptions, batch: Int) throws -> Denoiser {
+        let guidance = p.guidanceScale > 1
+        let (cond, uncond) = try encodePrompt(p, batch: batch, guidance: guidance)
+        return Denoiser(unet: bundle.unet, guidanceScale: Float(p.guidanceScale), context: cond, uncondContext: uncond)
+    }
+
+    /// StableDiffusionPipeline.__call__.
+    public func textToImage(_ p: PromptOptions, _ o: SamplingOptions, generator: RandomSource,
+                            progress: ProgressHandler? = nil) throws -> GenerationResult {
+        try p.validate(); try o.validate()
+        let (h, w) = size(p)
+        try Validation.checkSize(width: w, height: h, multiple: bundle.vaeScaleFactor)
+        guard bundle.unet.config.inChannels == bundle.latentChannels else {
+            throw PipelineError("the UNet takes \(bundle.unet.config.inChannels) channels (an inpainting model?): use `ldm inpaint`")
+        }
+        let den = try denoiser(p, batch: o.batchSize)
+        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
+        let shape = [o.batchSize, bundle.latentChannels, h / bundle.vaeScaleFactor, w / bundle.vaeScaleFactor]
+        let sigma = Float(scheduler.initNoiseSigma)
+        let latents = randnTensor(shape, generator: generator).map { $0 * sigma }
+        let out = try denoise(latents: latents, shape: shape, scheduler: scheduler, denoiser: den, generator: generator, progress: progress)
+        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage)
+    }
+
+    /// VaeImageProcessor.preprocess of an init image: (1, 3, H, W) in [-1, 1], size rounded down to the VAE factor.
+    func preprocess(_ image: RGBImage, _ p: PromptOptions) throws -> Tensor {
+        let proc = VaeImageProcessor(vaeScaleFactor: bundle.vaeScaleFactor)
+        let (t, h, w) = try proc.preprocess(image, height: p.height, width: p.width)
+        return Tensor(t, shape: [1, 3, h, w])
+    }
+
+    /// _encode_vae_image: scaling_factor * vae.encode(x).latent_dist.sample(generator).
+    func encodeImage(_ x: Tensor, generator: RandomSource) throws -> Tensor {
+        vae.scale(try vae.encode(x).sample(generator: generator))
+    }
+
+    /// StableDiffusionImg2ImgPipeline.__call__ (strength: how much of the schedule is run).
+    public func imageToImage(_ p: PromptOptions, _ o: SamplingOptions, image: RGBImage, strength: Double,
+                             generator: RandomSource, progress: ProgressHandler? = nil) throws -> GenerationResult {
+        try p.validate(); try o.validate(); try Validation.checkStrength(strength)
+        try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength)
+        let den = try denoiser(p, batch: o.batchSize)
+        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
+        let start = try scheduler.img2imgStartIndex(strength: strength)
+        let x = try preprocess(image, p)
+        let initLatents = try encodeImage(x, generator: generator)
+        let shape = [o.batchSize] + Array(initLatents.shape.dropFirst())
+        let initFlat = repeatBatch(initLatents.contiguous().toArray(), o.batchSize)
+        let noise = randnTensor(shape, generator: generator)
+        let latents = scheduler.addNoise(original: initFlat, noise: noise, stepIndex: start)
+        let out = try denoise(latents: latents, shape: shape, scheduler: scheduler, denoiser: den, startIndex: start,
+                              generator: generator, progress: progress)
+        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage)
+    }
+
+    /// StableDiffusionInpaintPipeline.__call__: 9-channel inpainting UNets get [latents, mask, masked-image latents];
+    /// 4-channel UNets keep the unmasked area on the noised original after every step. White (>= 0.5) = repaint.
+    public func inpaint(_ p: PromptOptions, _ o: SamplingOptions, image: RGBImage, mask: GrayImage, strength: Double = 1,
+                        generator: RandomSource, progress: ProgressHandler? = nil) throws -> GenerationResult {
+        try p.validate(); try o.validate(); try Validation.checkStrength(strength)
+        try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength)
+        try Validation.checkMaskSize(image: (image.width, image.height), mask: (mask.width, mask.height))
+        let unetChannels = bundle.unet.config.inChannels, c = bundle.latentChannels
+        guard unetChannels == c || unetChannels == 2 * c + 1 else {
+            throw PipelineError("the UNet takes \(unetChannels) channels; inpainting needs \(c) or \(2 * c + 1)")
+        }
+        let den = try denoiser(p, batch: o.batchSize)
+        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
+        let start = try scheduler.img2imgStartIndex(strength: strength)
+        let isStrengthMax = strength == 1
+        let x = try preprocess(image, p)
+        let (b, h, w) = (o.batchSize, x.shape[2], x.shape[3])
+        let f = bundle.vaeScaleFactor
+        let shape = [b, c, h / f, w / f]
+        // prepare_latents
+        var imageLatents: [Float]?
+        if unetChannels == c || !isStrengthMax {
+            imageLatents = repeatBatch(try encodeImage(x, generator: generator).contiguous().toArray(), b)
+        }
+        let noise = randnTensor(shape, generator: generator)
+        let latents = isStrengthMax ? noise.map { $0 * Float(scheduler.initNoiseSigma) }
+                                    : scheduler.addNoise(original: imageLatents ?? [], noise: noise, stepIndex: start)
+        // mask_processor.preprocess (binarized), masked image, prepare_mask_latents (nearest resize to the latent grid)
+        let proc = VaeImageProcessor(vaeScaleFactor: f)
+        let (m, _, _) = try proc.preprocessMask(mask, height: h, width: w)
+        var masked = x.contiguous().toArray()
+        let hw = h * w
+        for ch in 0..<3 { for i in 0..<hw where m[i] >= 0.5 { masked[ch * hw + i] = 0 } }
+        let maskedLatents = try encodeImage(Tensor(masked, shape: [1, 3, h, w]), generator: generator).contiguous().toArray()
+        var small = [Float](repeating: 0, count: (h / f) * (w / f))
+        for y in 0..<(h / f) { for xx in 0..<(w / f) { small[y * (w / f) + xx] = m[(y * f) * w + xx * f] } }
+        let maskBatch = repeatBatch(small, b)
+        var blend: LatentMask?
+        if unetChannels == c {
+            blend = LatentMask(mask: maskBatch, imageLatents: imageLatents ?? [], noise: noise)
+        } else {
+            den.concat = concat([Tensor(maskBatch, shape: [b, 1, h / f, w / f]),
+                                 Tensor(repeatBatch(maskedLatents, b), shape: shape)], axis: 1)
+        }
+        let out = try denoise(latents: latents, shape: shape, scheduler: scheduler, denoiser: den, mask: blend,
+                              startIndex: start, generator: generator, progress: progress)
+        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage)
+    }
+}

@@ -1,0 +1,39 @@
+// `ldm img2img`: diffusers StableDiffusionImg2ImgPipeline from the command line.
+import ArgumentParser
+import Foundation
+import Imaging
+import Pipelines
+
+struct Img2Img: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "img2img", abstract: "Transform an image guided by a text prompt.")
+
+    @OptionGroup var options: GenerationOptions
+    @OptionGroup var prompt: PromptArguments
+
+    @Option(name: .customLong("init-image"), help: "The starting image (PNG or JPEG).")
+    var initImage: String
+
+    @Option(help: "How much to change the image, in [0, 1] (1: ignore it).")
+    var strength: Double = 0.8
+
+    func run() throws {
+        let (sampling, paths) = try options.check()
+        let p = try prompt.check()
+        try Validation.checkStrength(strength)
+        try Validation.checkImg2ImgSteps(steps: sampling.steps, strength: strength)
+        try Validation.checkReadableFile(initImage, what: "init image")
+        let image = try ImageIO.loadRGB(path: initImage)
+        try requireTextModel(try options.summary(), options.model)
+        let seed = options.resolvedSeed
+        options.log("loading \(options.model)")
+        let pipe = try StableDiffusionPipeline(bundle: ModelBundle.load(URL(fileURLWithPath: options.model)))
+        let bar = options.progressBar("img2img")
+        let result = try pipe.imageToImage(p, sampling, image: image, strength: strength,
+                                           generator: options.generator(seed: seed), progress: bar.update)
+        var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
+        prompt.annotate(&params)
+        params.extra.append(.init("Denoising strength", "\(strength)"))
+        options.log("seed \(seed)")
+        try options.write(result, to: paths, parameters: params)
+    }
+}

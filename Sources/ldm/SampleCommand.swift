@@ -1,0 +1,47 @@
+// `ldm sample`: unconditional (diffusers LDMPipeline) or class-conditional sampling of a latent diffusion model.
+import ArgumentParser
+import Foundation
+import Pipelines
+
+struct Sample: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "sample", abstract: "Sample an unconditional or class-conditional latent diffusion model.")
+
+    @OptionGroup var options: GenerationOptions
+
+    @Option(name: .customLong("class"), help: "Class label for class-conditional models.")
+    var classLabel: Int?
+
+    @Option(name: .customLong("cfg-scale"), help: "Guidance scale against the null class (class-conditional models).")
+    var cfgScale: Double = 1
+
+    @Option(help: "Image width in pixels (default: the model's sample size).")
+    var width: Int?
+
+    @Option(help: "Image height in pixels (default: the model's sample size).")
+    var height: Int?
+
+    func run() throws {
+        let (sampling, paths) = try options.check()
+        try Validation.checkGuidance(cfgScale)
+        if width != nil || height != nil { try Validation.checkSize(width: width ?? 8, height: height ?? 8) }
+        let s = try options.summary()
+        guard !s.hasTextEncoder else { throw PipelineError("model \(options.model) is text-conditioned: use `ldm txt2img`") }
+        guard s.firstStage != "none" else { throw PipelineError("model \(options.model) has no first stage (vae/ or vqvae/)") }
+        if let k = classLabel {
+            guard let n = s.numClassEmbeds else { throw PipelineError("model \(options.model) is not class-conditional: drop --class") }
+            guard k >= 0, k < n else { throw PipelineError("--class \(k) outside 0..<\(n)") }
+        } else if let n = s.numClassEmbeds {
+            throw PipelineError("model \(options.model) is class-conditional (\(n) classes): pass --class")
+        }
+        let seed = options.resolvedSeed
+        options.log("loading \(options.model)")
+        let pipe = LatentDiffusionPipeline(bundle: try ModelBundle.load(URL(fileURLWithPath: options.model)))
+        let bar = options.progressBar("sample")
+        let result = try pipe.sample(sampling, classLabel: classLabel, guidanceScale: cfgScale, width: width, height: height,
+                                     generator: options.generator(seed: seed), progress: bar.update)
+        var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
+        if let k = classLabel { params.extra.append(.init("Class", "\(k)")); params.cfgScale = cfgScale }
+        options.log("seed \(seed)")
+        try options.write(result, to: paths, parameters: params)
+    }
+}

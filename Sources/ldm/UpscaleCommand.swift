@@ -1,0 +1,35 @@
+// `ldm upscale`: diffusers LDMSuperResolutionPipeline (CompVis/ldm-super-resolution-4x-openimages) from the command line.
+import ArgumentParser
+import Foundation
+import Imaging
+import Pipelines
+
+struct Upscale: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "upscale", abstract: "4x super-resolution with a latent diffusion upscaler.")
+
+    @OptionGroup var options: GenerationOptions
+
+    @Option(name: .customLong("init-image"), help: "The low-resolution image (cut down to a multiple of 32 pixels).")
+    var initImage: String
+
+    func run() throws {
+        guard options.batchSize == 1 else { throw PipelineError("upscale takes one image: --batch-size must be 1") }
+        let (sampling, paths) = try options.check(defaultSteps: 100)
+        try Validation.checkReadableFile(initImage, what: "init image")
+        let image = try ImageIO.loadRGB(path: initImage)
+        guard image.width >= 32, image.height >= 32 else {
+            throw PipelineError("init image \(image.width)x\(image.height) is smaller than 32x32")
+        }
+        let s = try options.summary()
+        guard !s.hasTextEncoder, s.firstStage == "VQModel", s.unetInChannels == s.unetOutChannels + 3 else {
+            throw PipelineError("model \(options.model) is not a super-resolution model (VQ first stage, UNet taking latents + the low-res image)")
+        }
+        let seed = options.resolvedSeed
+        options.log("loading \(options.model)")
+        let pipe = LatentDiffusionPipeline(bundle: try ModelBundle.load(URL(fileURLWithPath: options.model)))
+        let bar = options.progressBar("upscale")
+        let result = try pipe.upscale(image, sampling, generator: options.generator(seed: seed), progress: bar.update)
+        options.log("seed \(seed)")
+        try options.write(result, to: paths, parameters: options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className))
+    }
+}
