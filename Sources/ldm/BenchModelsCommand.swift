@@ -53,10 +53,13 @@ struct BenchVAE: ParsableCommand {
 struct BenchUNet: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "unet", abstract: "SD-1.5 UNet, batch 2, 64x64x4 latent, 77x768 context (random weights).")
     @Option(help: "Repetitions per part (median).") var reps = 2
+    @Flag(help: "Also time PyTorch's bf16 UNet (very slow on CPUs without AVX512-BF16/AMX, where torch emulates bf16).")
+    var includeBF16 = false
     func validate() throws { guard reps >= 1 else { throw ValidationError("--reps must be at least 1") } }
     func run() throws {
-        try BenchModels.run(parts: [("SD-1.5 UNet batch 2 f32", "unet-f32", "unet-f32"),
-                                    ("SD-1.5 UNet batch 2 bf16", nil, "unet-bf16")], reps: reps)
+        var parts: [(label: String, ours: String?, torch: String)] = [("SD-1.5 UNet batch 2 f32", "unet-f32", "unet-f32")]
+        if includeBF16 { parts.append(("SD-1.5 UNet batch 2 bf16", nil, "unet-bf16")) }
+        try BenchModels.run(parts: parts, reps: reps)
         print("bf16: \(BenchSupport.bf16Note)")
     }
 }

@@ -9,7 +9,7 @@ enum BenchSupport {
 
     static let bf16Note = "oneDNN has no bf16 kernel for this CPU's ISA (no AVX512-BF16/AMX): bf16 is storage-only here"
 
-    static func attentionScratchKB(heads: Int) -> Int { Parallel.threadCount * 2 * 64 * 256 * 4 / 1024 }
+    static func attentionScratchKB(heads: Int) -> Int { Parallel.threadCount * AttentionTiling.blockQ * AttentionTiling.blockK * 4 / 1024 }
 
     static func now() -> Double {
         var ts = timespec(); clock_gettime(CLOCK_MONOTONIC, &ts)

@@ -5,7 +5,9 @@ import Foundation
 // extra memory is O(threads * blockQ * blockK) plus the per-row log-sum-exp kept for the backward pass.
 // Semantics of torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal:, scale:).
 
-private let blockQ = 64, blockK = 256
+/// Tile sizes of the fused kernel (query rows x key columns per tile; one tile of scores per thread).
+public enum AttentionTiling { public static let blockQ = 128, blockK = 512 }
+private let blockQ = AttentionTiling.blockQ, blockK = AttentionTiling.blockK
 
 /// Row pointer arithmetic for a (B, H, L, D) view whose last axis is contiguous.
 private struct HeadView {
