@@ -1,6 +1,7 @@
 // Pipelines of the original latent diffusion models: unconditional sampling (diffusers LDMPipeline,
 // pipelines/deprecated/latent_diffusion_uncond), class-conditional sampling through the UNet's class embedding with a
-// null class for guidance (CompVis cin models: the unconditional class is n_classes - 1), and 4x super-resolution
+// null class for guidance (CompVis cin models: the unconditional class is n_classes - 1; loaded from their YAML, the
+// ClassEmbedder output is the cross-attention context, as ldm LatentDiffusion does), and 4x super-resolution
 // (diffusers LDMSuperResolutionPipeline: low-res image concatenated to the latents, VQ decode without scaling).
 import Autoencoders
 import Diffusion
@@ -24,15 +25,23 @@ public final class LatentDiffusionPipeline {
             throw PipelineError("\(bundle.url.path) is a text-conditioned model: use `ldm txt2img`")
         }
         var labels: [Int]?, null: [Int]?
+        let classCount = bundle.classEmbedder?.nClasses ?? cfg.numClassEmbeds
         if let k = classLabel {
-            guard let n = cfg.numClassEmbeds else { throw PipelineError("the model is not class-conditional (no num_class_embeds); drop --class") }
+            guard let n = classCount else { throw PipelineError("the model is not class-conditional (no num_class_embeds); drop --class") }
             guard k >= 0, k < n else { throw PipelineError("class \(k) outside 0..<\(n)") }
             labels = Array(repeating: k, count: o.batchSize)
             if guidanceScale > 1 { null = Array(repeating: n - 1, count: o.batchSize) }
-        } else if let n = cfg.numClassEmbeds {
+        } else if let n = classCount {
             throw PipelineError("the model is class-conditional (\(n) classes): pass --class")
         }
-        let den = Denoiser(unet: bundle.unet, guidanceScale: Float(guidanceScale), classLabels: labels, uncondClassLabels: null)
+        let den: Denoiser
+        if let embedder = bundle.classEmbedder, let labels {
+            // CompVis ClassEmbedder: the class embedding (B, 1, D) is the cross-attention context; null class for guidance.
+            den = Denoiser(unet: bundle.unet, guidanceScale: Float(guidanceScale), context: try embedder(labels),
+                           uncondContext: try null.map { try embedder($0) })
+        } else {
+            den = Denoiser(unet: bundle.unet, guidanceScale: Float(guidanceScale), classLabels: labels, uncondClassLabels: null)
+        }
         let shape = [o.batchSize, cfg.inChannels, h / f, w / f]
         let noise = randnTensor(shape, generator: generator)
         let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)

@@ -2,7 +2,7 @@
 // (model_index.json + unet/, vae/ or vqvae/, text_encoder/, tokenizer/, scheduler/) or the way
 // StableDiffusionPipeline.from_single_file reads a CompVis checkpoint (model.diffusion_model.*, first_stage_model.*,
 // cond_stage_model.*; configs derived from tensor shapes, OpenAI/OpenCLIP vocabulary shipped with Tokenizers).
-// YAML configs (--config) are not read: Yams is not a dependency; shapes and SD defaults are used instead.
+// With a CompVis YAML config (--config), see CompVisYAMLLoading.swift; without one, shapes and SD defaults are used.
 import Autoencoders
 import Checkpoints
 import Conditioning
@@ -55,6 +55,8 @@ public final class ModelBundle {
     public let sampleSize: Int
     /// diffusers `clip_skip` for the prompt encoder (0 = last hidden state).
     public var clipSkip = 0
+    /// CompVis ClassEmbedder conditioning (cin256 YAML configs): class labels -> cross-attention context.
+    public var classEmbedder: ClassEmbedder?
 
     public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel, textEncoder: CLIPTextModel?,
                 tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {

@@ -1,6 +1,7 @@
 // Options shared by the generation commands (txt2img, img2img, inpaint, upscale, sample), their validation before
 // any model is loaded, the terminal progress bar and PNG output with the web UI `parameters` chunk.
 import ArgumentParser
+import Checkpoints
 import Foundation
 import Imaging
 import Pipelines
@@ -14,6 +15,9 @@ import Darwin
 struct GenerationOptions: ParsableArguments {
     @Option(help: "A diffusers pipeline folder (model_index.json) or a CompVis .safetensors/.ckpt file.")
     var model: String
+
+    @Option(help: "CompVis YAML config of a .ckpt/.safetensors --model (e.g. v1-inference.yaml, v2-inference-v.yaml, cin256-v2.yaml): architecture, conditioning and noise schedule come from it instead of tensor shapes.")
+    var config: String?
 
     @Option(help: "Denoising steps (default: 50; 100 for upscale).")
     var steps: Int?
@@ -48,6 +52,10 @@ struct GenerationOptions: ParsableArguments {
         let o = SamplingOptions(sampler: sampler, steps: steps ?? defaultSteps, eta: eta, batchSize: batchSize)
         try o.validate()
         try Validation.checkModelPath(model)
+        if config != nil {
+            if DiffusersFolder.isFolder(URL(fileURLWithPath: model)) { throw PipelineError("--config is for CompVis checkpoint files; \(model) is a diffusers folder") }
+            _ = try CompVisModelConfig(yaml: compVisYAML())
+        }
         let paths = Validation.outputPaths(output, batch: batchSize)
         try Validation.checkOutputs(paths, overwrite: overwrite)
         return (o, paths)
@@ -60,7 +68,21 @@ struct GenerationOptions: ParsableArguments {
     }
 
     /// Reads the model's configs (not its weights) and checks it can serve the command.
-    func summary() throws -> ModelSummary { try ModelSummary.read(URL(fileURLWithPath: model)) }
+    func summary() throws -> ModelSummary {
+        try config != nil ? ModelSummary.read(yaml: compVisYAML()) : ModelSummary.read(URL(fileURLWithPath: model))
+    }
+
+    /// The parsed --config file (a YAML mapping).
+    func compVisYAML() throws -> [String: Any] {
+        guard let config else { throw PipelineError("no --config given") }
+        return try loadYAMLMapping(config)
+    }
+
+    /// The model: with --config, the CompVis checkpoint built from its YAML; otherwise a folder or single file.
+    func loadBundle() throws -> ModelBundle {
+        let url = URL(fileURLWithPath: model)
+        return try config != nil ? ModelBundle.load(checkpoint: url, yaml: compVisYAML()) : ModelBundle.load(url)
+    }
 
     func progressBar(_ title: String) -> ProgressBar { ProgressBar(title: title, enabled: !quiet && isatty(STDERR_FILENO) != 0) }
 

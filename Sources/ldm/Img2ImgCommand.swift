@@ -26,7 +26,7 @@ struct Img2Img: ParsableCommand {
         try requireTextModel(try options.summary(), options.model)
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
-        let pipe = try StableDiffusionPipeline(bundle: ModelBundle.load(URL(fileURLWithPath: options.model)))
+        let pipe = try StableDiffusionPipeline(bundle: options.loadBundle())
         let bar = options.progressBar("img2img")
         let result = try pipe.imageToImage(p, sampling, image: image, strength: strength,
                                            generator: options.generator(seed: seed), progress: bar.update)

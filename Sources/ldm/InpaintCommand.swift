@@ -37,7 +37,7 @@ struct Inpaint: ParsableCommand {
         }
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
-        let pipe = try StableDiffusionPipeline(bundle: ModelBundle.load(URL(fileURLWithPath: options.model)))
+        let pipe = try StableDiffusionPipeline(bundle: options.loadBundle())
         let bar = options.progressBar("inpaint")
         let result = try pipe.inpaint(p, sampling, image: image, mask: maskImage, strength: strength,
                                       generator: options.generator(seed: seed), progress: bar.update)

@@ -35,7 +35,7 @@ struct Sample: ParsableCommand {
         }
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
-        let pipe = LatentDiffusionPipeline(bundle: try ModelBundle.load(URL(fileURLWithPath: options.model)))
+        let pipe = LatentDiffusionPipeline(bundle: try options.loadBundle())
         let bar = options.progressBar("sample")
         let result = try pipe.sample(sampling, classLabel: classLabel, guidanceScale: cfgScale, width: width, height: height,
                                      generator: options.generator(seed: seed), progress: bar.update)

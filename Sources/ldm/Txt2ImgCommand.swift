@@ -15,7 +15,7 @@ struct Txt2Img: ParsableCommand {
         try requireTextModel(try options.summary(), options.model)
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
-        let pipe = try StableDiffusionPipeline(bundle: ModelBundle.load(URL(fileURLWithPath: options.model)))
+        let pipe = try StableDiffusionPipeline(bundle: options.loadBundle())
         let bar = options.progressBar("txt2img")
         let result = try pipe.textToImage(p, sampling, generator: options.generator(seed: seed), progress: bar.update)
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)

@@ -26,7 +26,7 @@ struct Upscale: ParsableCommand {
         }
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
-        let pipe = LatentDiffusionPipeline(bundle: try ModelBundle.load(URL(fileURLWithPath: options.model)))
+        let pipe = LatentDiffusionPipeline(bundle: try options.loadBundle())
         let bar = options.progressBar("upscale")
         let result = try pipe.upscale(image, sampling, generator: options.generator(seed: seed), progress: bar.update)
         options.log("seed \(seed)")

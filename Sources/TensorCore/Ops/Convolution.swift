@@ -1,3 +1,4 @@
+import Foundation
 import CDNNL
 
 // torch.nn.functional.conv2d on oneDNN: stride, symmetric or asymmetric padding, dilation, groups; forward and both
@@ -83,18 +84,28 @@ private struct ConvGeometry {
     }
 }
 
+/// Whether reordered convolution weights are kept between calls. PyTorch reorders every call; keeping every weight
+/// twice (as loaded and as reordered) would add the size of all convolution weights to peak memory (1.7 GB for the
+/// SD-1.5 UNet), so only weights up to `maxCachedBytes` stay cached; larger ones are reordered per call into a
+/// recycled buffer (about 4% of a UNet forward).
+public enum ConvWeightCache {
+    public nonisolated(unsafe) static var maxCachedBytes = (ProcessInfo.processInfo.environment["LDM_CONV_WEIGHT_CACHE_MB"].flatMap { Int($0) } ?? 1) << 20
+}
+
 extension Tensor {
-    /// The weight in the layout `prim` wants, reordered from this tensor (float32 or bfloat16 storage) and cached.
-    fileprivate func reorderedWeight(for prim: Primitive, plain: dnnl_memory_desc_t, key: String) -> UnsafeMutableRawPointer {
-        if let c = layoutCache, c.key == key, c.version == version { return c.storage.base }
+    /// The weight in the layout `prim` wants, reordered from this tensor (float32 or bfloat16 storage). Returns the
+    /// pointer and the storage that owns it (cached on the tensor, or a temporary the caller keeps alive).
+    fileprivate func reorderedWeight(for prim: Primitive, plain: dnnl_memory_desc_t, key: String) -> (UnsafeMutableRawPointer, Storage) {
+        if let c = layoutCache, c.key == key, c.version == version { return (c.storage.base, c.storage) }
         let w32 = float32().contiguous()
         defer { withExtendedLifetime(w32) {} }
         var want = prim.md(dnnl_query_weights_md), p = plain
-        let buf = Storage(byteCount: dnnl_memory_desc_get_size(&want))
-        if dnnl_memory_desc_equal(&want, &p) != 0 { buf.base.copyMemory(from: w32.data, byteCount: w32.count * 4) }
-        else { DNNL.reorder(from: plain, UnsafeMutableRawPointer(w32.data), to: want, buf.base) }
-        layoutCache = (key, version, buf)
-        return buf.base
+        if dnnl_memory_desc_equal(&want, &p) != 0 { return (UnsafeMutableRawPointer(w32.data), w32.storage) }
+        let bytes = dnnl_memory_desc_get_size(&want)
+        let buf = Storage(byteCount: bytes)
+        DNNL.reorder(from: plain, UnsafeMutableRawPointer(w32.data), to: want, buf.base)
+        if bytes <= ConvWeightCache.maxCachedBytes { layoutCache = (key, version, buf) }
+        return (buf.base, buf)
     }
 }
 
@@ -104,7 +115,7 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ optio
     let xin = x.float32().contiguous()
     let out = Tensor.empty([g.n, g.oc, g.oh, g.ow])
     let prim = g.forward(bias: bias != nil)
-    let wptr = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + g.key)
+    let (wptr, wstorage) = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + g.key)
     var args: [Primitive.Arg] = [
         .init(arg: DNNL_ARG_SRC, query: dnnl_query_src_md, plain: g.src, ptr: UnsafeMutableRawPointer(xin.data)),
         .init(arg: DNNL_ARG_WEIGHTS, query: dnnl_query_weights_md, plain: g.wei, ptr: wptr, cached: wptr),
@@ -115,7 +126,7 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ optio
         b32 = bias.float32().contiguous()
         args.append(.init(arg: DNNL_ARG_BIAS, query: dnnl_query_weights_md, plain: memoryDesc([g.oc]), ptr: UnsafeMutableRawPointer(b32!.data), index: 1))
     }
-    withExtendedLifetime((xin, b32)) { prim.run(args) }
+    withExtendedLifetime((xin, b32, wstorage)) { prim.run(args) }
     var inputs = [x, weight]
     if let bias { inputs.append(bias) }
     return out.recorded("conv2d", inputs) { gy in
