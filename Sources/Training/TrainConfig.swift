@@ -43,13 +43,17 @@ public struct LDMTrainConfig {
     public var weightDecay = 0.01, adamBeta1 = 0.9, adamBeta2 = 0.999, adamEpsilon = 1e-8
     public var maxGradNorm: Float? = 1
     public var runDir: String?
+    /// Steps between sample grids written to runDir/samples (by `ldm train ldm`); nil: no samples.
+    public var sampleEvery: Int?
+    /// DDIM steps of those sample grids.
+    public var sampleSteps = 20
 
     static let knownKeys: Set<String> = [
         "base_learning_rate", "scale_lr", "batch_size", "accumulate_grad_batches", "max_steps", "ckpt_every", "unet",
         "unet_config", "first_stage", "conditioning", "text_encoder", "tokenizer", "data_dir", "image_size", "random_crop", "random_flip", "seed",
         "ema_decay", "use_ema", "parameterization", "loss_type", "cond_drop_prob", "scale_by_std", "scale_factor",
         "timesteps", "linear_start", "linear_end", "beta_schedule", "lr_scheduler", "lr_warmup_steps", "weight_decay",
-        "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "run_dir",
+        "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "run_dir", "sample_every", "sample_steps",
     ]
 
     public static func load(_ url: URL) throws -> LDMTrainConfig {
@@ -153,6 +157,9 @@ public struct LDMTrainConfig {
             c.maxGradNorm = Float(n)
         }
         c.runDir = try path("run_dir")
+        c.sampleEvery = try int("sample_every").map { try positive("sample_every", $0) }
+        c.sampleSteps = try positive("sample_steps", try int("sample_steps") ?? 20)
+        guard c.sampleSteps <= c.timesteps else { throw err("sample_steps", "must be at most timesteps (\(c.timesteps)), got \(c.sampleSteps)") }
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: c.dataDir, isDirectory: &isDir), isDir.boolValue else {
             throw err("data_dir", "\(c.dataDir) does not exist or is not a folder")
@@ -180,6 +187,27 @@ public struct LDMTrainConfig {
         return try NoiseSchedule(schedule: kind, trainSteps: timesteps, betaStart: linearStart, betaEnd: linearEnd, precision: .float64)
     }
 
+    /// The diffusers scheduler config of the training schedule, for sampling with it: CompVis "linear" (linear in
+    /// sqrt(beta)) is diffusers "scaled_linear", "sqrt_linear" is "linear", "cosine" is "squaredcos_cap_v2"; the betas
+    /// themselves travel as trained_betas so every schedule (also CompVis "sqrt") is reproduced. Prediction type from
+    /// the parameterization; no sample clipping (CompVis DDIMSampler does not clip).
+    public func samplingSchedulerConfig(className: String = "DDIMScheduler") throws -> SchedulerConfig {
+        var s = SchedulerConfig()
+        s.className = className
+        s.numTrainTimesteps = timesteps
+        s.betaStart = linearStart; s.betaEnd = linearEnd
+        s.betaSchedule = ["linear": "scaled_linear", "scaled_linear": "scaled_linear", "sqrt_linear": "linear",
+                          "cosine": "squaredcos_cap_v2"][betaSchedule]
+        s.trainedBetas = try noiseSchedule().betas
+        switch parameterization {
+        case .eps: s.predictionType = PredictionType.epsilon.rawValue
+        case .x0: s.predictionType = PredictionType.sample.rawValue
+        case .v: s.predictionType = PredictionType.vPrediction.rawValue
+        }
+        s.clipSample = false; s.setAlphaToOne = false; s.stepsOffset = 1
+        return s
+    }
+
     /// lr = accumulate_grad_batches * batch_size * base_learning_rate when scale_lr (CompVis main.py, one device).
     public var learningRate: Double { scaleLR ? Double(accumulateGradBatches * batchSize) * baseLearningRate : baseLearningRate }
 
@@ -189,6 +217,7 @@ public struct LDMTrainConfig {
         o.maxGradNorm = maxGradNorm; o.gradientAccumulationSteps = accumulateGradBatches
         o.lrSchedule = try LRSchedule(name: lrScheduler, warmup: lrWarmupSteps, total: maxSteps)
         o.emaDecay = emaDecay; o.scaleByStd = scaleByStd; o.scaleFactor = scaleFactor ?? 1
+        o.sampleEvery = sampleEvery
         try o.validate()
         guard (0..<1).contains(adamBeta1), (0..<1).contains(adamBeta2), adamEpsilon >= 0, weightDecay >= 0 else {
             throw TrainingError("adam_beta1 / adam_beta2 must be in [0, 1), adam_epsilon and weight_decay >= 0")

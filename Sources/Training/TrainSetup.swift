@@ -107,7 +107,7 @@ extension LDMTrainConfig {
 
     /// The frozen text encoder (CompVis FrozenCLIPEmbedder, cond_stage_trainable false): captions -> last_hidden_state,
     /// tokens padded / truncated to max_position_embeddings.
-    func textEncoderFunction(crossAttentionDim: Int?) throws -> ([String]) throws -> Tensor {
+    public func textEncoderFunction(crossAttentionDim: Int?) throws -> ([String]) throws -> Tensor {
         guard let textEncoder, let tokenizer else { throw TrainingError("conditioning \"text\" needs text_encoder and tokenizer") }
         guard let component = try DiffusersFolder(url: URL(fileURLWithPath: textEncoder)).components.first else {
             throw TrainingError("\(textEncoder): no text encoder component")

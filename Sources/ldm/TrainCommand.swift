@@ -1,9 +1,17 @@
 // `ldm train ldm --config FILE.json [--resume RUN_DIR]`: trains a latent diffusion UNet (CompVis main.py with a
 // LatentDiffusion config; keys in Training/TrainConfig.swift). Checkpoints, loss.jsonl and the exported unet/ go to
-// the run directory. `ldm train autoencoder` (LPIPS + patch discriminator) is not implemented yet.
+// the run directory; with sample_every, a DDIM sample grid of the EMA UNet goes to samples/step-N.png (CompVis
+// ImageLogger / LatentDiffusion.log_images with ddim_steps, diffusers examples' log_validation).
+// `ldm train autoencoder` (LPIPS + patch discriminator) is not implemented yet.
 import ArgumentParser
+import Autoencoders
+import Diffusion
 import Foundation
+import Imaging
+import Pipelines
+import TensorCore
 import Training
+import UNetModels
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -23,7 +31,8 @@ struct TrainLDM: ParsableCommand {
             class = sub-folder of data_dir), seed, ema_decay, use_ema, parameterization (eps | x0 | v), loss_type \
             (l1 | l2), cond_drop_prob, scale_by_std, scale_factor, timesteps, linear_start, linear_end, beta_schedule, \
             lr_scheduler (constant | constant_with_warmup | linear | cosine), lr_warmup_steps, scale_lr, \
-            accumulate_grad_batches, weight_decay, adam_beta1, adam_beta2, adam_epsilon, max_grad_norm, run_dir.
+            accumulate_grad_batches, weight_decay, adam_beta1, adam_beta2, adam_epsilon, max_grad_norm, run_dir, \
+            sample_every (steps between 2x2 DDIM sample grids in RUN_DIR/samples), sample_steps (DDIM steps, default 20).
             """)
 
     @Option(help: "JSON training config.")
@@ -62,6 +71,7 @@ struct TrainLDM: ParsableCommand {
         }
         try? FileManager.default.removeItem(at: dir.appendingPathComponent("config.json"))
         try FileManager.default.copyItem(at: configURL, to: dir.appendingPathComponent("config.json"))
+        if cfg.sampleEvery != nil { trainer.sampleCallback = try makeSampleGridCallback(config: cfg, trainer: trainer) }
         let every = logEvery, total = cfg.maxSteps
         trainer.onStep = { e in
             if e.step % every == 0 || e.step == total {
@@ -72,5 +82,59 @@ struct TrainLDM: ParsableCommand {
         print("training \(trainer.model.parameterCount) parameters, lr \(trainer.optimizer.lr), \(trainer.sampler.dataset.count) images, run dir \(dir.path)")
         try trainer.train()
         print("done: step \(trainer.step); weights in \(dir.appendingPathComponent("unet").path)")
+    }
+}
+
+/// Number of images in a training sample grid (2 x 2).
+let trainSampleCount = 4
+
+/// The Trainer's sample callback: `trainSampleCount` images from the same initial noise (seed = the config's seed)
+/// denoised by DDIM (the training schedule, `sample_steps` steps, eta 0) with the UNet the Trainer passes (its EMA
+/// weights), decoded through the training first stage after dividing by the training scale factor (pixel space:
+/// the samples are the images). Class-conditional: classes 0, 1, ... cycling; text: the first captions of the data.
+func makeSampleGridCallback(config cfg: LDMTrainConfig, trainer: Trainer) throws -> (UNet2DConditionModel, Int) throws -> RGBImage {
+    let schedulerConfig = try cfg.samplingSchedulerConfig()
+    _ = try DDIMScheduler(config: schedulerConfig)   // fail before training when the schedule does not convert
+    let count = trainSampleCount, dataset = trainer.sampler.dataset
+    var labels: [Int]?, context: Tensor?
+    switch cfg.conditioning {
+    case .none: break
+    case .class:
+        guard let n = dataset.classCount, n > 0 else { throw TrainingError("sample grid: the data has no classes") }
+        labels = (0..<count).map { $0 % n }
+    case .text:
+        let encode = try cfg.textEncoderFunction(crossAttentionDim: trainer.model.config.crossAttentionDim?.first)
+        let g = TorchGenerator(seed: cfg.seed)
+        let captions = try (0..<min(count, dataset.count)).map { try dataset.example(at: $0, generator: g).caption ?? "" }
+        guard !captions.isEmpty else { throw TrainingError("sample grid: the data set is empty") }
+        context = try encode((0..<count).map { captions[$0 % captions.count] })
+    }
+    let down: Int
+    let firstStage: FirstStageModel?
+    switch trainer.encoder {
+    case .identity: down = 1; firstStage = nil
+    case .kl(let m): down = m.downsamplingFactor; firstStage = .kl(m)
+    case .vq(let m): down = m.downsamplingFactor; firstStage = .vq(m)
+    }
+    let shape = [count, trainer.model.config.inChannels, cfg.imageSize / down, cfg.imageSize / down]
+    return { [unowned trainer] unet, _ in
+        let scheduler = try DDIMScheduler(config: schedulerConfig, eta: 0)
+        try scheduler.setTimesteps(cfg.sampleSteps)
+        let generator = TorchGenerator(seed: cfg.seed)
+        let noise = randnTensor(shape, generator: generator)
+        let denoiser = Denoiser(unet: unet, context: context, classLabels: labels)
+        let z = try denoise(latents: noise, shape: shape, scheduler: scheduler, denoiser: denoiser, generator: generator)
+        let scale = trainer.scaleFactor ?? 1
+        let unscaled = z.map { $0 / scale }
+        let images: [RGBImage]
+        if let firstStage {
+            images = try decodeLatents(unscaled, shape: shape, firstStage: firstStage, scaled: false).images
+        } else {
+            let n = unscaled.count / count
+            images = try (0..<count).map { i in
+                try VaeImageProcessor.toImage(Array(unscaled[(i * n)..<((i + 1) * n)]), height: shape[2], width: shape[3])
+            }
+        }
+        return try imageGrid(images, rows: 2)
     }
 }

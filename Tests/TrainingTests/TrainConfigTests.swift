@@ -71,21 +71,6 @@ final class TrainConfigTests: XCTestCase {
         XCTAssertThrowsError(try LDMTrainConfig.parse(Data("[1]".utf8)))
     }
 
-    /// A transformers CLIPTextModel folder (the tiny fixture of ConditioningTests) and a letters-only CLIP tokenizer
-    /// whose ids fit its 500-token vocabulary (BOS 498, EOS 499).
-    func makeTextParts() throws -> (encoder: URL, tokenizer: URL) {
-        let root = try tempDirectory("text-parts")
-        let enc = root.appendingPathComponent("text_encoder"), tok = root.appendingPathComponent("tokenizer")
-        for d in [enc, tok] { try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true) }
-        let src = fixturesURL.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("ConditioningTests/Fixtures/clip_quick_gelu")
-        for f in ["config.json", "model.safetensors"] { try FileManager.default.copyItem(at: src.appendingPathComponent(f), to: enc.appendingPathComponent(f)) }
-        var vocab: [String: Int] = ["<|startoftext|>": 498, "<|endoftext|>": 499]
-        for (i, ch) in "abcdefghijklmnopqrstuvwxyz0123456789".enumerated() { vocab[String(ch)] = 2 * i; vocab["\(ch)</w>"] = 2 * i + 1 }
-        try JSONSerialization.data(withJSONObject: vocab).write(to: tok.appendingPathComponent("vocab.json"))
-        try "#version: 0.2\n".write(to: tok.appendingPathComponent("merges.txt"), atomically: true, encoding: .utf8)
-        return (enc, tok)
-    }
-
     func testTextConditionedTraining() throws {
         let (enc, tok) = try makeTextParts()
         defer { try? FileManager.default.removeItem(at: enc.deletingLastPathComponent()) }
