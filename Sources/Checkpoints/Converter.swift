@@ -38,10 +38,17 @@ public enum Converter {
     /// CompVis names -> diffusers components; names no rule covers are returned in `unmapped`.
     public static func compvisToDiffusers(_ tensors: [String: TensorRecord]) throws
         -> (layout: PipelineLayout, components: [String: [MappedTensor]], unmapped: [String]) {
-        let layout = try PipelineLayout.detect(compvis: Array(tensors.keys))
+        var layout = try PipelineLayout.detect(compvis: Array(tensors.keys))
         var out: [String: [MappedTensor]] = [:], seen: [String: String] = [:], unmapped: [String] = []
+        let openCLIP = !layout.textEncoder && tensors.keys.contains { $0.hasPrefix(OpenCLIPMapping.prefix) }
+        if openCLIP {
+            let (m, un) = try OpenCLIPMapping.toDiffusers(tensors)
+            if !m.isEmpty { out["text_encoder"] = m; layout.openCLIPTextEncoder = true }
+            unmapped += un
+        }
         for name in tensors.keys.sorted() {
             guard let r = tensors[name] else { continue }
+            if openCLIP && name.hasPrefix(OpenCLIPMapping.prefix) { continue }
             guard let m = layout.toDiffusers(name, shape: r.shape) else { unmapped.append(name); continue }
             let full = m.component + "." + m.key
             if let prev = seen[full] { throw CheckpointError("\(prev) and \(name) both map to \(full)") }
@@ -52,11 +59,24 @@ public enum Converter {
     }
 
     /// diffusers names "<component>.<key>" -> CompVis names.
-    public static func diffusersToCompVis(_ tensors: [String: TensorRecord]) throws -> (mapped: [MappedTensor], unmapped: [String]) {
+    /// `openCLIP`: the text encoder is SD2's OpenCLIP (config hidden_act "gelu"); nil: diffusers' layer-count test.
+    public static func diffusersToCompVis(_ tensors: [String: TensorRecord], openCLIP: Bool? = nil) throws
+        -> (mapped: [MappedTensor], unmapped: [String]) {
         let layout = try PipelineLayout.detect(diffusers: Array(tensors.keys))
         var out: [MappedTensor] = [], seen: [String: String] = [:], unmapped: [String] = []
+        let te = "text_encoder."
+        let isOpenCLIP = openCLIP ?? OpenCLIPMapping.looksLikeOpenCLIP(diffusersKeys: Array(tensors.keys))
+        if isOpenCLIP {
+            var sub: [String: TensorRecord] = [:]
+            for (k, r) in tensors where k.hasPrefix(te) { sub[String(k.dropFirst(te.count))] = r }
+            let (m, un) = try OpenCLIPMapping.toCompVis(sub)
+            for t in m { seen[t.name] = te + t.name }
+            out += m
+            unmapped += un.map { te + $0 }
+        }
         for name in tensors.keys.sorted() {
             guard let r = tensors[name] else { continue }
+            if isOpenCLIP && name.hasPrefix(te) { continue }
             let parts = name.split(separator: ".", maxSplits: 1)
             guard parts.count == 2,
                   let m = layout.toCompVis(component: String(parts[0]), key: String(parts[1]), shape: r.shape) else {
@@ -117,8 +137,11 @@ public enum Converter {
         case .safetensors, .compvis:
             var mapped: [MappedTensor]
             if target == .compvis && isDiffusersNamed(Array(tensors.keys)) {
-                let (m, un) = try diffusersToCompVis(tensors)
+                let act = file.diffusers?.components.first { $0.name == "text_encoder" }?.config?["hidden_act"] as? String
+                let openCLIP = act.map { $0 == "gelu" } ?? OpenCLIPMapping.looksLikeOpenCLIP(diffusersKeys: Array(tensors.keys))
+                let (m, un) = try diffusersToCompVis(tensors, openCLIP: openCLIP)
                 mapped = m
+                if openCLIP && tensors.keys.contains(where: { $0.hasPrefix("text_encoder.") }) { lines.append(OpenCLIPMapping.reverseNote) }
                 lines += describe(unmapped: un, to: "CompVis")
                 meta["ldm_layout"] = "compvis"
             } else {
@@ -137,9 +160,10 @@ public enum Converter {
             }
             let (layout, comps, un) = try compvisToDiffusers(tensors)
             guard !comps.isEmpty else {
-                throw CheckpointError("\(input.path): no CompVis UNet/VAE/CLIP tensors (model.diffusion_model.*, first_stage_model.*, cond_stage_model.transformer.*)")
+                throw CheckpointError("\(input.path): no CompVis UNet/VAE/CLIP tensors (model.diffusion_model.*, first_stage_model.*, cond_stage_model.transformer.* or .model.*)")
             }
             lines += try writeDiffusers(layout: layout, components: comps, output: output, options: options)
+            if layout.openCLIPTextEncoder { lines.append(OpenCLIPMapping.forwardNote) }
             lines += describe(unmapped: un, to: "diffusers")
         }
         return lines
@@ -174,7 +198,7 @@ public enum Converter {
                 switch name {
                 case "unet": derived = try layout.unet.map { try DiffusersConfigs.unet($0, shapes: shapes) }
                 case "vae": derived = try layout.vae.map { try DiffusersConfigs.vae($0, shapes: shapes) }
-                default: derived = try DiffusersConfigs.clipText(shapes: shapes)
+                default: derived = try DiffusersConfigs.clipText(shapes: shapes, openCLIP: layout.openCLIPTextEncoder)
                 }
             } catch let e as CheckpointError {
                 lines.append("  \(name)/: \(mapped.count) tensors in \(weights); no config.json (\(e.message))")

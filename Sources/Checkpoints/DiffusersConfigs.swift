@@ -75,7 +75,8 @@ public enum DiffusersConfigs {
     }
 
     /// transformers CLIPTextModel config; `shapes` are keys without "text_encoder.".
-    public static func clipText(shapes: [String: [Int]]) throws -> DerivedConfig {
+    /// `openCLIP`: SD2's text encoder (stabilityai/stable-diffusion-2 text_encoder/config.json values).
+    public static func clipText(shapes: [String: [Int]], openCLIP: Bool = false) throws -> DerivedConfig {
         // transformers < 5 saves "text_model.embeddings...", transformers 5 saves "embeddings...".
         let p = shapes["text_model.embeddings.token_embedding.weight"] != nil ? "text_model." : ""
         let tok = p + "embeddings.token_embedding.weight"
@@ -93,6 +94,12 @@ public enum DiffusersConfigs {
         ]
         var defaulted = ["num_attention_heads=\(max(1, hidden / 64)) (head size 64, as OpenAI CLIP)",
                          "hidden_act=quick_gelu (OpenAI CLIP)", "projection_dim=768"]
+        if openCLIP {
+            cfg["hidden_act"] = "gelu"; cfg["projection_dim"] = 512
+            cfg["bos_token_id"] = 0; cfg["eos_token_id"] = 2; cfg["pad_token_id"] = 1
+            return DerivedConfig(config: cfg, defaulted: ["num_attention_heads=\(max(1, hidden / 64)) (head size 64, as OpenCLIP)",
+                                                           "hidden_act=gelu, projection_dim=512, bos/eos/pad token ids 0/2/1 (SD2 text_encoder config)"])
+        }
         if cfg["vocab_size"] as? Int == 49408 {
             cfg["bos_token_id"] = 49406; cfg["eos_token_id"] = 49407; cfg["pad_token_id"] = 1
             defaulted.append("bos/eos/pad token ids 49406/49407/1 (OpenAI CLIP tokenizer)")

@@ -218,6 +218,8 @@ public struct PipelineLayout: Sendable {
     public var unet: UNetLayout?
     public var vae: VAELayout?
     public var textEncoder: Bool
+    /// The text_encoder component came from SD2's OpenCLIP (cond_stage_model.model.*, OpenCLIPMapping.swift).
+    public var openCLIPTextEncoder = false
 
     public static let unetPrefix = "model.diffusion_model.", vaePrefix = "first_stage_model.",
                       clipPrefix = "cond_stage_model.transformer."

@@ -1,0 +1,128 @@
+// SD2's OpenCLIP text encoder (ldm/modules/encoders/modules.py FrozenOpenCLIPEmbedder, open_clip
+// TextTransformer: cond_stage_model.model.*) <-> transformers CLIPTextModel (text_encoder/), as
+// diffusers/loaders/single_file_utils.py convert_open_clip_checkpoint does (DIFFUSERS_TO_LDM_MAPPING["openclip"],
+// SD_2_TEXT_ENCODER_KEYS_TO_IGNORE: resblocks.23 and text_projection are dropped), and back as
+// scripts/convert_diffusers_to_original_stable_diffusion.py convert_openclip_text_enc_state_dict
+// (q/k/v concatenated into in_proj). Splits are zero-copy views of the in_proj storage.
+import Foundation
+
+public enum OpenCLIPMapping {
+    public static let prefix = "cond_stage_model.model."
+    /// SD_2_TEXT_ENCODER_KEYS_TO_IGNORE: SD2 conditions on the penultimate layer, diffusers drops this resblock.
+    public static let droppedResblock = 23
+    static let resblocks = "transformer.resblocks."
+    static let layers = "text_model.encoder.layers."
+    /// DIFFUSERS_TO_LDM_MAPPING["openclip"]["layers"] (less text_projection, which diffusers ignores).
+    static let direct: [(compvis: String, diffusers: String)] = [
+        ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+        ("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
+        ("ln_final.weight", "text_model.final_layer_norm.weight"), ("ln_final.bias", "text_model.final_layer_norm.bias")]
+    /// DIFFUSERS_TO_LDM_MAPPING["openclip"]["transformer"], per resblock.
+    static let leaves: [(compvis: String, diffusers: String)] = [
+        ("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."), ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2."),
+        ("attn.out_proj.", "self_attn.out_proj.")]
+    static let qkv = ["q_proj", "k_proj", "v_proj"]
+
+    public static let forwardNote = "text_encoder: SD2 OpenCLIP cond_stage_model.model.* -> CLIPTextModel (in_proj split into q/k/v); "
+        + "as diffusers, resblocks.\(droppedResblock) and text_projection are dropped, logit_scale is not part of CLIPTextModel"
+    public static let reverseNote = "text_encoder: CLIPTextModel -> SD2 OpenCLIP cond_stage_model.model.* (q/k/v fused into in_proj); "
+        + "resblocks.\(droppedResblock) (dropped by diffusers), text_projection and logit_scale cannot be restored"
+
+    /// (resblock index, rest) of "transformer.resblocks.N.rest".
+    static func resblock(_ key: String, _ head: String) -> (Int, String)? {
+        guard key.hasPrefix(head) else { return nil }
+        let p = key.dropFirst(head.count).split(separator: ".", maxSplits: 1)
+        guard p.count == 2, let n = Int(p[0]), n >= 0 else { return nil }
+        return (n, String(p[1]))
+    }
+
+    /// Part `part` of 3 equal slices along dim 0, sharing the storage.
+    static func third(_ r: TensorRecord, _ part: Int, name: String) throws -> TensorRecord {
+        guard let rows3 = r.shape.first, rows3 % 3 == 0 else {
+            throw CheckpointError("\(r.name): shape \(r.shape) cannot be split in three along dim 0")
+        }
+        let rows = rows3 / 3
+        return try TensorRecord(name: name, dtype: r.dtype, shape: [rows] + r.shape.dropFirst(), strides: r.strides,
+                                byteOffset: r.byteOffset + part * rows * r.strides[0] * r.dtype.byteSize, storage: r.storage)
+    }
+
+    /// CompVis tensors (full names) -> text_encoder keys; names under `prefix` that diffusers does not keep are `unmapped`.
+    public static func toDiffusers(_ tensors: [String: TensorRecord]) throws -> (mapped: [MappedTensor], unmapped: [String]) {
+        var out: [MappedTensor] = [], unmapped: [String] = []
+        let width = tensors[prefix + "token_embedding.weight"]?.shape.last
+        for name in tensors.keys.sorted() where name.hasPrefix(prefix) {
+            guard let r = tensors[name] else { continue }
+            let key = String(name.dropFirst(prefix.count))
+            if let d = direct.first(where: { $0.compvis == key }) {
+                out.append(MappedTensor(name: d.diffusers, shape: r.shape, source: r)); continue
+            }
+            guard let (n, leaf) = resblock(key, resblocks), n != droppedResblock else { unmapped.append(name); continue }
+            let head = layers + "\(n).self_attn."
+            if leaf == "attn.in_proj_weight" || leaf == "attn.in_proj_bias" {
+                // diffusers slices at text_projection.shape[0] (the width): only equal thirds give a loadable model.
+                if let w = width, r.shape.first != 3 * w {
+                    throw CheckpointError("\(name): shape \(r.shape) is not 3 x width \(w) along dim 0")
+                }
+                let suffix = leaf.hasSuffix("weight") ? ".weight" : ".bias"
+                for (i, q) in qkv.enumerated() {
+                    let s = try third(r, i, name: name)
+                    out.append(MappedTensor(name: head + q + suffix, shape: s.shape, source: s))
+                }
+            } else if let l = leaves.first(where: { leaf.hasPrefix($0.compvis) }) {
+                out.append(MappedTensor(name: layers + "\(n)." + l.diffusers + leaf.dropFirst(l.compvis.count), shape: r.shape, source: r))
+            } else {
+                unmapped.append(name)
+            }
+        }
+        return (out, unmapped)
+    }
+
+    /// text_encoder keys (without "text_encoder."; with or without transformers 5's missing "text_model.") ->
+    /// CompVis tensors; q/k/v are concatenated into in_proj (new bytes, exact).
+    public static func toCompVis(_ tensors: [String: TensorRecord]) throws -> (mapped: [MappedTensor], unmapped: [String]) {
+        var out: [MappedTensor] = [], unmapped: [String] = []
+        var fused: [String: [String: TensorRecord]] = [:]   // "N.weight" -> q_proj/k_proj/v_proj
+        var fusedFrom: [String: [String]] = [:]
+        for name in tensors.keys.sorted() {
+            guard let r = tensors[name] else { continue }
+            let key = name.hasPrefix("text_model.") ? name : "text_model." + name
+            if let d = direct.first(where: { $0.diffusers == key }) {
+                out.append(MappedTensor(name: prefix + d.compvis, shape: r.shape, source: r)); continue
+            }
+            guard let (n, leaf) = resblock(key, layers) else { unmapped.append(name); continue }
+            let parts = leaf.split(separator: ".")
+            if parts.count == 3, parts[0] == "self_attn", qkv.contains(String(parts[1])), parts[2] == "weight" || parts[2] == "bias" {
+                fused["\(n).\(parts[2])", default: [:]][String(parts[1])] = r
+                fusedFrom["\(n).\(parts[2])", default: []].append(name)
+            } else if let l = leaves.first(where: { leaf.hasPrefix($0.diffusers) }) {
+                out.append(MappedTensor(name: prefix + resblocks + "\(n)." + l.compvis + leaf.dropFirst(l.diffusers.count),
+                                        shape: r.shape, source: r))
+            } else {
+                unmapped.append(name)
+            }
+        }
+        for (k, group) in fused.sorted(by: { $0.key < $1.key }) {
+            guard let q = group["q_proj"], let kk = group["k_proj"], let v = group["v_proj"] else {
+                unmapped += fusedFrom[k] ?? []; continue
+            }
+            let kv = k.split(separator: ".")
+            let name = prefix + resblocks + "\(kv[0]).attn.in_proj_" + kv[1]
+            guard q.dtype == kk.dtype, q.dtype == v.dtype, q.shape == kk.shape, q.shape == v.shape, let rows = q.shape.first else {
+                throw CheckpointError("\(name): q/k/v projections differ in dtype or shape (\(q.shape), \(kk.shape), \(v.shape))")
+            }
+            var data = try q.rawData()
+            data.append(try kk.rawData())
+            data.append(try v.rawData())
+            let storage = TensorStorage(buffer: ByteBuffer(copying: data), offset: 0, byteCount: data.count)
+            let shape = [3 * rows] + q.shape.dropFirst()
+            out.append(MappedTensor(name: name, shape: shape,
+                                    source: try TensorRecord(name: name, dtype: q.dtype, shape: shape, storage: storage)))
+        }
+        return (out, unmapped)
+    }
+
+    /// Without a config.json: diffusers' convert_diffusers_to_original_stable_diffusion.py test (a 23rd layer).
+    public static func looksLikeOpenCLIP(diffusersKeys keys: [String]) -> Bool {
+        keys.contains { $0 == "text_encoder.text_model.encoder.layers.22.layer_norm2.bias" || $0 == "text_encoder.encoder.layers.22.layer_norm2.bias" }
+    }
+}
