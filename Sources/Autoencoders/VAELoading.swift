@@ -90,12 +90,23 @@ public enum FirstStageModel {
 extension AutoencoderKL {
     /// An AutoencoderKL from a diffusers folder (the `vae/` folder or the pipeline folder holding it).
     public static func load(folder: URL, variant: String? = nil) throws -> AutoencoderKL {
-        let (dir, config) = try FirstStageModel.componentFolder(folder)
-        let m = try AutoencoderKL(config: AutoencoderKLConfig.load(config))
-        m.loadReport = try m.load(FirstStageModel.weights(dir, variant: variant), component: dir.lastPathComponent)
+        guard case .kl(let m) = try FirstStageModel.load(folder: folder, variant: variant).model else {
+            throw AutoencoderError("\(folder.path) holds a VQModel, not an AutoencoderKL")
+        }
         return m
     }
+}
 
+extension VQModel {
+    public static func load(folder: URL, variant: String? = nil) throws -> VQModel {
+        guard case .vq(let m) = try FirstStageModel.load(folder: folder, variant: variant).model else {
+            throw AutoencoderError("\(folder.path) holds an AutoencoderKL, not a VQModel")
+        }
+        return m
+    }
+}
+
+extension AutoencoderKL {
     /// Loads CompVis-named weights (see CompVisVAEKeys) into this model; returns the load report.
     @discardableResult
     public func loadCompVis(_ records: [String: TensorRecord], prefix: String? = nil) throws -> LoadReport {
@@ -106,13 +117,6 @@ extension AutoencoderKL {
 }
 
 extension VQModel {
-    public static func load(folder: URL, variant: String? = nil) throws -> VQModel {
-        let (dir, config) = try FirstStageModel.componentFolder(folder)
-        let m = try VQModel(config: VQModelConfig.load(config))
-        m.loadReport = try m.load(FirstStageModel.weights(dir, variant: variant), component: dir.lastPathComponent)
-        return m
-    }
-
     @discardableResult
     public func loadCompVis(_ records: [String: TensorRecord], prefix: String? = nil) throws -> LoadReport {
         let report = try load(CompVisVAEKeys.map(records, blockCount: config.blockOutChannels.count, prefix: prefix), component: "first_stage_model")
