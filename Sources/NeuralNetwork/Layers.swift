@@ -42,6 +42,52 @@ public final class GroupNorm: Module {
     public var namedParameters: [(String, Tensor)] { [("weight", weight), ("bias", bias)] }
 }
 
+/// torch.nn.BatchNorm2d (affine, track_running_stats). In training mode it normalises with the batch statistics
+/// (biased variance) and updates running_mean / running_var with `momentum` (running_var from the unbiased
+/// variance) and num_batches_tracked; in eval mode it uses the running statistics. Built from autograd ops, so the
+/// backward (including through the batch statistics) is autograd's.
+public final class BatchNorm2d: Module {
+    public var weight: Tensor, bias: Tensor
+    /// Buffers (no gradients); num_batches_tracked is int64 in PyTorch, a float32 scalar here.
+    public let runningMean: Tensor, runningVar: Tensor, numBatchesTracked: Tensor
+    public let eps: Float, momentum: Float
+    public var training = true
+    public init(_ channels: Int, eps: Float = 1e-5, momentum: Float = 0.1) {
+        self.eps = eps; self.momentum = momentum
+        weight = Tensor.ones([channels]).requiringGrad(); bias = Tensor(zeros: [channels]).requiringGrad()
+        runningMean = Tensor(zeros: [channels]); runningVar = Tensor.ones([channels]); numBatchesTracked = Tensor(zeros: [])
+    }
+    /// `frozen`: the affine weight and bias take part without gradients (detached), running statistics still update.
+    public func callAsFunction(_ x: Tensor, frozen: Bool = false) -> Tensor {
+        let c = weight.count, view = [1, c, 1, 1]
+        precondition(x.rank == 4 && x.shape[1] == c, "BatchNorm2d(\(c)): input \(x.shape)")
+        let normalized: Tensor
+        if training {
+            let n = x.count / c
+            precondition(n > 1, "BatchNorm2d: expected more than 1 value per channel when training, got input \(x.shape)")
+            let mean = x.mean(axes: [0, 2, 3], keepDims: true)
+            let centered = x - mean
+            let variance = centered.square().mean(axes: [0, 2, 3], keepDims: true)
+            normalized = centered * (variance + eps).rsqrt()
+            GradMode.noGrad {
+                runningMean.assign(runningMean * (1 - momentum) + mean.reshaped([c]) * momentum)
+                runningVar.assign(runningVar * (1 - momentum) + variance.reshaped([c]) * (Float(n) / Float(n - 1) * momentum))
+                numBatchesTracked.assign(numBatchesTracked + 1)
+            }
+        } else {
+            normalized = (x - runningMean.reshaped(view)) * (runningVar.reshaped(view) + eps).rsqrt()
+        }
+        let (w, b) = frozen ? (weight.detach(), bias.detach()) : (weight, bias)
+        return normalized * w.reshaped(view) + b.reshaped(view)
+    }
+    public var namedParameters: [(String, Tensor)] {
+        [("weight", weight), ("bias", bias), ("running_mean", runningMean), ("running_var", runningVar),
+         ("num_batches_tracked", numBatchesTracked)]
+    }
+    /// weight and bias (what an optimizer updates).
+    public var trainableParameters: [(String, Tensor)] { [("weight", weight), ("bias", bias)] }
+}
+
 public final class LayerNorm: Module {
     public var weight: Tensor, bias: Tensor
     public let eps: Float

@@ -5,6 +5,7 @@
 import Autoencoders
 import Diffusion
 import Foundation
+import TensorCore
 import UNetModels
 
 public struct LDMTrainConfig {
@@ -25,6 +26,16 @@ public struct LDMTrainConfig {
     /// For text conditioning: a transformers CLIPTextModel folder (config.json + model.safetensors, e.g. a pipeline's
     /// text_encoder/) and a CLIP tokenizer folder (vocab.json + merges.txt); captions are the .txt files beside images.
     public var textEncoder: String?, tokenizer: String?
+    /// An inline transformers CLIPTextConfig (vocab_size, hidden_size, ...) for a text encoder trained from scratch
+    /// with the UNet (CompVis BERTEmbedder text2img models); alternative to `textEncoder`.
+    public var textEncoderConfig: [String: Any]?
+    /// CompVis cond_stage_trainable: the text encoder's parameters join the optimizer (default: true with
+    /// text_encoder_config, false with a text_encoder folder, where true fine-tunes it).
+    public var condStageTrainable = false
+    /// The value of `tokenizer` that selects the CLIP BPE vocabulary shipped with Tokenizers (openai/clip-vit-*).
+    public static let bundledCLIPTokenizer = "openai-clip"
+    /// Storage type of the exported weights (unet/, pipeline/unet, a trained pipeline/text_encoder).
+    public var exportDType: DType = .float32
     public var dataDir: String
     public var imageSize: Int
     public var randomCrop = true, randomFlip = true
@@ -54,6 +65,7 @@ public struct LDMTrainConfig {
         "ema_decay", "use_ema", "parameterization", "loss_type", "cond_drop_prob", "scale_by_std", "scale_factor",
         "timesteps", "linear_start", "linear_end", "beta_schedule", "lr_scheduler", "lr_warmup_steps", "weight_decay",
         "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "run_dir", "sample_every", "sample_steps",
+        "text_encoder_config", "cond_stage_trainable", "export_dtype",
     ]
 
     public static func load(_ url: URL) throws -> LDMTrainConfig {
@@ -118,10 +130,31 @@ public struct LDMTrainConfig {
         guard (c.unet == nil) != (c.unetConfig == nil) else { throw TrainingError("\(name): give exactly one of unet (path) and unet_config (inline)") }
         c.firstStage = try path("first_stage")
         c.conditioning = try choice("conditioning", ConditioningType.none)
-        c.textEncoder = try path("text_encoder"); c.tokenizer = try path("tokenizer")
-        guard (c.conditioning == .text) == (c.textEncoder != nil), (c.conditioning == .text) == (c.tokenizer != nil) else {
-            throw TrainingError("\(name): text_encoder and tokenizer are needed for, and only for, conditioning \"text\"")
+        c.textEncoder = try path("text_encoder")
+        c.tokenizer = try string("tokenizer") == bundledCLIPTokenizer ? bundledCLIPTokenizer : try path("tokenizer")
+        if let v = d["text_encoder_config"], !(v is NSNull) {
+            guard let t = v as? [String: Any] else { throw err("text_encoder_config", "must be a JSON object (a transformers CLIPTextConfig)") }
+            c.textEncoderConfig = t
         }
+        let hasEncoder = c.textEncoder != nil || c.textEncoderConfig != nil
+        guard (c.conditioning == .text) == hasEncoder, (c.conditioning == .text) == (c.tokenizer != nil) else {
+            throw TrainingError("\(name): text_encoder and tokenizer (or text_encoder_config and tokenizer) are needed for, and only for, conditioning \"text\"")
+        }
+        guard c.textEncoder == nil || c.textEncoderConfig == nil else {
+            throw TrainingError("\(name): give one of text_encoder (a pretrained folder) and text_encoder_config (trained from scratch), not both")
+        }
+        let trainable = try bool("cond_stage_trainable")
+        guard trainable == nil || c.conditioning == .text else { throw err("cond_stage_trainable", "needs conditioning \"text\"") }
+        guard !(trainable == false && c.textEncoderConfig != nil) else {
+            throw err("cond_stage_trainable", "cannot be false with text_encoder_config (a randomly initialised encoder must be trained)")
+        }
+        c.condStageTrainable = trainable ?? (c.textEncoderConfig != nil)
+        if let t = c.textEncoderConfig {
+            do { _ = try c.textEncoderCLIPConfig(t) } catch { throw err("text_encoder_config", "is not a valid CLIPTextConfig: \(error)") }
+        }
+        let dtype = try string("export_dtype") ?? "float32"
+        guard let exportDType = DType(rawValue: dtype) else { throw err("export_dtype", "must be one of float32, bfloat16, float16, got \"\(dtype)\"") }
+        c.exportDType = exportDType
         c.randomCrop = try bool("random_crop") ?? true
         c.randomFlip = try bool("random_flip") ?? true
         if let s = try int("seed") { guard s >= 0 else { throw err("seed", "must be >= 0") }; c.seed = UInt64(s) }
@@ -164,7 +197,8 @@ public struct LDMTrainConfig {
         guard FileManager.default.fileExists(atPath: c.dataDir, isDirectory: &isDir), isDir.boolValue else {
             throw err("data_dir", "\(c.dataDir) does not exist or is not a folder")
         }
-        for (key, p) in [("unet", c.unet), ("first_stage", c.firstStage), ("text_encoder", c.textEncoder), ("tokenizer", c.tokenizer)] {
+        for (key, p) in [("unet", c.unet), ("first_stage", c.firstStage), ("text_encoder", c.textEncoder),
+                         ("tokenizer", c.tokenizer == bundledCLIPTokenizer ? nil : c.tokenizer)] {
             if let p, !FileManager.default.fileExists(atPath: p) { throw err(key, "\(p) does not exist") }
         }
         _ = try c.trainerOptions()
@@ -218,6 +252,7 @@ public struct LDMTrainConfig {
         o.lrSchedule = try LRSchedule(name: lrScheduler, warmup: lrWarmupSteps, total: maxSteps)
         o.emaDecay = emaDecay; o.scaleByStd = scaleByStd; o.scaleFactor = scaleFactor ?? 1
         o.sampleEvery = sampleEvery
+        o.exportDType = exportDType
         try o.validate()
         guard (0..<1).contains(adamBeta1), (0..<1).contains(adamBeta2), adamEpsilon >= 0, weightDecay >= 0 else {
             throw TrainingError("adam_beta1 / adam_beta2 must be in [0, 1), adam_epsilon and weight_decay >= 0")

@@ -1,5 +1,6 @@
 // Builds a Trainer from an LDMTrainConfig, as CompVis main.py instantiates LatentDiffusion (UNet, frozen first stage,
-// optional class conditioning) and the data module, checking that the parts fit together before any step runs.
+// optional class or text conditioning, the text encoder frozen or trained with the UNet) and the data module,
+// checking that the parts fit together before any step runs.
 import Autoencoders
 import Checkpoints
 import Conditioning
@@ -35,8 +36,10 @@ extension LDMTrainConfig {
         let model = try makeUNet()
         let encoder: LatentEncoder
         var latentChannels = 3, downsampling = 1, defaultScale: Float = 1
+        var firstStageFolder: URL?
         if let firstStage {
             let (fs, _) = try FirstStageModel.load(folder: URL(fileURLWithPath: firstStage))
+            firstStageFolder = Self.firstStageComponentFolder(URL(fileURLWithPath: firstStage))
             switch fs {
             case .kl(let m):
                 encoder = .kl(m); latentChannels = m.config.latentChannels; downsampling = m.downsamplingFactor
@@ -68,6 +71,7 @@ extension LDMTrainConfig {
         var nullClass: Int?
         var nullText: Tensor?
         var textConditioning: ((TrainingBatch) throws -> TrainingConditioning)?
+        var text: TextConditioner?
         switch conditioning {
         case .none:
             guard classEmbeds == nil, model.classTimestepEmbedding == nil else {
@@ -85,45 +89,44 @@ extension LDMTrainConfig {
             guard classEmbeds == nil, model.classTimestepEmbedding == nil else {
                 throw TrainingError("conditioning is \"text\" but the UNet also has a class embedding")
             }
-            let encode = try textEncoderFunction(crossAttentionDim: model.config.crossAttentionDim?.first)
+            let conditioner = try makeTextConditioner(crossAttentionDim: model.config.crossAttentionDim?.first)
+            text = conditioner
             if let missing = dataset.files.first(where: { !FileManager.default.fileExists(atPath: $0.url.deletingPathExtension().appendingPathExtension("txt").path) }) {
                 throw TrainingError("conditioning is \"text\" but \(missing.url.path) has no caption (.txt beside it)")
             }
-            if condDropProb > 0 { nullText = try encode([""]) }   // the empty-prompt embedding
+            // The empty-prompt embedding; recomputed every step (with its gradient) when the encoder is trained.
+            if condDropProb > 0 && !conditioner.trainable { nullText = try conditioner.encode([""]) }
             textConditioning = { batch in
                 guard let captions = batch.captions else { throw TrainingError("a batch lacks captions") }
-                return .text(try encode(captions))
+                return .text(try conditioner.encode(captions))
             }
         }
         let loss = try DiffusionLoss(schedule: noiseSchedule(), parameterization: parameterization, lossType: lossType,
                                      condDropProb: condDropProb, nullClass: nullClass, nullText: nullText)
         var options = try trainerOptions()
         if scaleFactor == nil && !scaleByStd { options.scaleFactor = defaultScale }
-        let trainer = try Trainer(model: model, loss: loss, encoder: encoder, dataset: dataset, options: options, runDir: runDir)
+        let extra: [(prefix: String, module: Module)] = text.map { $0.trainable ? [("text_encoder.", $0.model)] : [] } ?? []
+        let trainer = try Trainer(model: model, loss: loss, encoder: encoder, dataset: dataset, options: options, runDir: runDir,
+                                  extraModules: extra)
         if conditioning == .none { trainer.makeConditioning = { _ in .none } }
         if let textConditioning { trainer.makeConditioning = textConditioning }
+        trainer.textConditioner = text
+        if let text, text.trainable, condDropProb > 0 { trainer.nullTextEmbedding = { try text.encode([""]) } }
+        if let firstStageFolder {
+            trainer.pipelineExport = PipelineExportSpec(firstStageFolder: firstStageFolder, firstStageClass: encoder.isVQ ? "VQModel" : "AutoencoderKL",
+                                                        schedulerConfig: try samplingSchedulerConfig(), sampleSize: imageSize / downsampling)
+        }
         return trainer
     }
 
-    /// The frozen text encoder (CompVis FrozenCLIPEmbedder, cond_stage_trainable false): captions -> last_hidden_state,
-    /// tokens padded / truncated to max_position_embeddings.
-    public func textEncoderFunction(crossAttentionDim: Int?) throws -> ([String]) throws -> Tensor {
-        guard let textEncoder, let tokenizer else { throw TrainingError("conditioning \"text\" needs text_encoder and tokenizer") }
-        guard let component = try DiffusersFolder(url: URL(fileURLWithPath: textEncoder)).components.first else {
-            throw TrainingError("\(textEncoder): no text encoder component")
-        }
-        let model = try CLIPTextModel(pretrained: component)
-        let tok = try CLIPTokenizer(folder: URL(fileURLWithPath: tokenizer))
-        guard model.config.hiddenSize == crossAttentionDim else {
-            throw TrainingError("text encoder hidden size \(model.config.hiddenSize) does not match the UNet cross_attention_dim \(crossAttentionDim.map(String.init) ?? "none")")
-        }
-        let length = model.config.maxPositionEmbeddings, vocab = model.config.vocabSize
-        return { captions in
-            let ids = captions.map { tok($0, maxLength: length) }
-            guard ids.allSatisfy({ $0.allSatisfy { $0 >= 0 && $0 < vocab } }) else {
-                throw TrainingError("tokenizer \(tokenizer) produced ids outside the text encoder's vocabulary of \(vocab)")
-            }
-            return try GradMode.noGrad { try model.encode(ids) }
-        }
+    /// The folder holding the first stage's config.json: `url` itself, else its vae/ or vqvae/ (a pipeline folder).
+    static func firstStageComponentFolder(_ url: URL) -> URL {
+        for dir in [url, url.appendingPathComponent("vae"), url.appendingPathComponent("vqvae")]
+        where FileManager.default.fileExists(atPath: dir.appendingPathComponent("config.json").path) { return dir }
+        return url
     }
+}
+
+extension LatentEncoder {
+    var isVQ: Bool { if case .vq = self { return true }; return false }
 }

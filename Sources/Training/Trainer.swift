@@ -28,6 +28,8 @@ public struct TrainerOptions {
     /// scale_by_std: scale_factor = 1 / std of the first batch's latents; otherwise `scaleFactor`.
     public var scaleByStd = false
     public var scaleFactor: Float = 1
+    /// Storage type of the exported weights (unet/ and pipeline/).
+    public var exportDType: DType = .float32
 
     public init(learningRate: Double, batchSize: Int, maxSteps: Int, checkpointEvery: Int, seed: UInt64) {
         self.learningRate = learningRate; self.batchSize = batchSize; self.maxSteps = maxSteps
@@ -54,7 +56,18 @@ public struct TrainingLogEntry: Codable, Equatable {
 
 public final class Trainer {
     public let model: UNet2DConditionModel
-    public let loss: DiffusionLoss
+    public internal(set) var loss: DiffusionLoss
+    /// Modules trained with the UNet (CompVis cond_stage_trainable: the text encoder), keyed by their checkpoint
+    /// prefix ("text_encoder."): their parameters join the optimizer under "<prefix><name>"; EMA covers the UNet only
+    /// (CompVis LitEma(self.model)).
+    public let extraModules: [(prefix: String, module: Module)]
+    /// The text conditioning (frozen or trainable CLIP text encoder + tokenizer), for sample grids and the export.
+    public var textConditioner: TextConditioner?
+    /// Recomputes the empty-prompt embedding used for conditioning dropout before every micro-batch (a trainable text
+    /// encoder changes it each step, and its gradient flows through it).
+    public var nullTextEmbedding: (() throws -> Tensor)?
+    /// What `exportWeights` writes to RUN_DIR/pipeline beside unet/ (nil: unet/ only, e.g. pixel-space training).
+    public var pipelineExport: PipelineExportSpec?
     public let encoder: LatentEncoder
     public let sampler: BatchSampler
     public let options: TrainerOptions
@@ -78,12 +91,22 @@ public final class Trainer {
     public var logURL: URL { runDir.appendingPathComponent("loss.jsonl") }
 
     public init(model: UNet2DConditionModel, loss: DiffusionLoss, encoder: LatentEncoder = .identity,
-                dataset: TrainingDataset, options: TrainerOptions, runDir: URL) throws {
+                dataset: TrainingDataset, options: TrainerOptions, runDir: URL,
+                extraModules: [(prefix: String, module: Module)] = []) throws {
         try options.validate()
+        for (i, e) in extraModules.enumerated() {
+            guard e.prefix.hasSuffix("."), !["model.", "ema.", "optimizer."].contains(e.prefix),
+                  !extraModules[..<i].contains(where: { $0.prefix == e.prefix }) else {
+                throw TrainingError("extra module prefix \"\(e.prefix)\" must end in \".\" and be unique (not model., ema., optimizer.)")
+            }
+        }
         self.model = model; self.loss = loss; self.encoder = encoder; self.options = options; self.runDir = runDir
+        self.extraModules = extraModules
         sampler = try BatchSampler(dataset: dataset, batchSize: options.batchSize, seed: options.seed)
-        optimizer = try AdamW(module: model, lr: options.learningRate, betas: options.betas, eps: options.adamEps,
-                              weightDecay: options.weightDecay)
+        // CompVis configure_optimizers: params = model.parameters() (+ cond_stage_model.parameters() when trainable).
+        let extraParams = extraModules.flatMap { e in e.module.namedParameters.map { (e.prefix + $0.0, $0.1) } }
+        optimizer = try AdamW(parameters: model.namedParameters + extraParams, lr: options.learningRate, betas: options.betas,
+                              eps: options.adamEps, weightDecay: options.weightDecay)
         ema = try options.emaDecay.map { try LitEma(module: model, decay: $0) }
         generator = TorchGenerator(seed: options.seed)
         let hasClasses = model.classEmbedding != nil || model.classTimestepEmbedding != nil
@@ -111,6 +134,7 @@ public final class Trainer {
         let accum = options.gradientAccumulationSteps
         var total: Float = 0
         for _ in 0..<accum {
+            if let nullTextEmbedding { loss.nullText = try nullTextEmbedding() }
             let batch = try nextBatch()
             let z = try encoder.encode(batch.images, generator: generator)
             if scaleFactor == nil { scaleFactor = try options.scaleByStd ? scaleFactorByStd(z) : options.scaleFactor }
@@ -124,7 +148,7 @@ public final class Trainer {
         }
         let gradNorm = options.maxGradNorm.map { clipGradNorm(params.map(\.1), maxNorm: $0) }
         optimizer.step()
-        ema?.update(params)
+        if let ema { ema.update(model.namedParameters) }
         step += 1
         let entry = TrainingLogEntry(step: step, epoch: epoch, loss: total, lr: optimizer.lr, gradNorm: gradNorm)
         try appendLog(entry)
@@ -173,17 +197,30 @@ public final class Trainer {
         try image.writePNG(to: dir.appendingPathComponent(String(format: "step-%08d.png", step)).path, overwrite: true)
     }
 
-    /// Writes `unet/` (diffusers layout: config.json + diffusion_pytorch_model.safetensors) with the EMA weights
-    /// when EMA is on, the trained weights otherwise.
+    /// Writes `unet/` (diffusers layout: config.json + diffusion_pytorch_model.safetensors in `options.exportDType`)
+    /// with the EMA weights when EMA is on, the trained weights otherwise; then `pipeline/` when `pipelineExport` is set.
     public func exportWeights() throws {
         let dir = runDir.appendingPathComponent("unet")
+        try writeUNet(to: dir)
+        if pipelineExport != nil { try exportPipeline(unetFolder: dir) }
+    }
+
+    func writeUNet(to dir: URL) throws {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try encoder.encode(model.config).write(to: dir.appendingPathComponent("config.json"), options: .atomic)
+        var config = try JSONSerialization.jsonObject(with: JSONEncoder().encode(model.config)) as? [String: Any] ?? [:]
+        // diffusers' default image size is unet.config.sample_size * vae_scale_factor: the training latent size.
+        if let size = pipelineExport?.sampleSize { config["sample_size"] = size }
+        try writeJSON(config, to: dir.appendingPathComponent("config.json"))
         try withEMAWeights {
-            try model.save(to: dir.appendingPathComponent("diffusion_pytorch_model.safetensors"),
+            try model.save(to: dir.appendingPathComponent("diffusion_pytorch_model.safetensors"), dtype: options.exportDType,
                            metadata: ["step": String(step), "weights": ema == nil ? "trained" : "ema"])
         }
     }
+}
+
+/// Pretty-printed JSON with sorted keys and unescaped slashes (as diffusers' to_json_string), written atomically.
+func writeJSON(_ object: Any, to url: URL) throws {
+    var data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+    data.append(0x0A)
+    try data.write(to: url, options: .atomic)
 }

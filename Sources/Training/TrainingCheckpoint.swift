@@ -1,6 +1,7 @@
 // Training checkpoints, in the spirit of diffusers accelerator.save_state / CompVis ModelCheckpoint(last.ckpt), as one
 // safetensors file per save (written atomically: temp file, fsync, rename): "model.<name>" weights, "ema.<name>"
-// LitEma shadows, "optimizer.exp_avg.<name>" / "optimizer.exp_avg_sq.<name>" AdamW moments, "generator_state" (the
+// LitEma shadows, "<prefix><name>" weights of the extra trainable modules (a trainable text encoder:
+// "text_encoder.<name>"), "optimizer.exp_avg.<name>" / "optimizer.exp_avg_sq.<name>" AdamW moments, "generator_state" (the
 // 5056-byte torch.Generator state, U8) and metadata (step, epoch, batch_in_epoch, optimizer_step, ema_num_updates,
 // scale_factor). `resume` restores all of it and trims the loss log to the checkpoint's step.
 import Checkpoints
@@ -35,13 +36,15 @@ extension Trainer {
     @discardableResult
     public func saveCheckpoint() throws -> URL {
         var entries = model.namedParameters.map { Self.entry("model.\($0.0)", $0.1) }
+        for (prefix, module) in extraModules { entries += module.namedParameters.map { Self.entry(prefix + $0.0, $0.1) } }
         if let ema { entries += ema.names.compactMap { n in ema.shadow[n].map { Self.entry("ema.\(n)", $0) } } }
         entries += optimizer.stateTensors.map { Self.entry("optimizer.\($0.0)", $0.1) }
         let state = generator.state
         entries.append(SafeTensorsEntry(name: "generator_state", dtype: .U8, shape: [state.count], bytes: Data(state)))
         var meta = ["format": Self.checkpointFormat, "step": String(step), "epoch": String(epoch),
                     "batch_in_epoch": String(batchInEpoch), "optimizer_step": String(optimizer.stepCount),
-                    "seed": String(options.seed), "batch_size": String(options.batchSize)]
+                    "seed": String(options.seed), "batch_size": String(options.batchSize),
+                    "trainable_modules": extraModules.map(\.prefix).joined(separator: ",")]
         if let ema { meta["ema_num_updates"] = String(ema.numUpdates) }
         if let scaleFactor { meta["scale_factor"] = String(scaleFactor.bitPattern) }
         let url = checkpointURL(step: step)
@@ -68,7 +71,15 @@ extension Trainer {
         }
         let records = file.tensors
         func group(_ prefix: String) -> [String: TensorRecord] { mapKeys(records, [.stripPrefix(prefix)]) }
+        let saved = (meta["trainable_modules"] ?? "").split(separator: ",").map(String.init)
+        guard saved == extraModules.map(\.prefix) else {
+            let list = { (a: [String]) in a.isEmpty ? "the UNet only" : "the UNet and " + a.map { $0 + "*" }.joined(separator: ", ") }
+            throw TrainingError("\(url.path) trained \(list(saved)); this configuration trains \(list(extraModules.map(\.prefix))) (cond_stage_trainable must match the run)")
+        }
         try model.load(group("model."), component: "\(url.lastPathComponent) model")
+        for (prefix, module) in extraModules {
+            try module.load(group(prefix), component: "\(url.lastPathComponent) \(prefix.dropLast())")
+        }
         if let ema {
             guard let n = meta["ema_num_updates"].flatMap(Int.init) else { throw TrainingError("\(url.path) has no EMA state but EMA is enabled") }
             try ema.restore(shadow: group("ema.").mapValues { try $0.tensor().float32() }, numUpdates: n)

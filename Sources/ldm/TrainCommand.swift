@@ -1,7 +1,9 @@
-// `ldm train ldm --config FILE.json [--resume RUN_DIR]`: trains a latent diffusion UNet (CompVis main.py with a
-// LatentDiffusion config; keys in Training/TrainConfig.swift). Checkpoints, loss.jsonl and the exported unet/ go to
-// the run directory; with sample_every, a DDIM sample grid of the EMA UNet goes to samples/step-N.png (CompVis
-// ImageLogger / LatentDiffusion.log_images with ddim_steps, diffusers examples' log_validation).
+// `ldm train ldm --config FILE.json [--resume RUN_DIR [--export-only]]`: trains a latent diffusion UNet (CompVis
+// main.py with a LatentDiffusion config; keys in Training/TrainConfig.swift), optionally with its text encoder
+// (cond_stage_trainable). Checkpoints, loss.jsonl, the exported unet/ and a diffusers pipeline folder pipeline/
+// (Training/PipelineExport.swift) go to the run directory; with sample_every, a DDIM sample grid of the EMA UNet goes
+// to samples/step-N.png (CompVis ImageLogger / LatentDiffusion.log_images with ddim_steps, diffusers examples'
+// log_validation).
 // `ldm train autoencoder` (LPIPS + patch discriminator) is not implemented yet.
 import ArgumentParser
 import Autoencoders
@@ -17,7 +19,7 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
         abstract: "Train models.",
-        subcommands: [TrainLDM.self])
+        subcommands: [TrainLDM.self, TrainAutoencoder.self])
 }
 
 struct TrainLDM: ParsableCommand {
@@ -28,7 +30,10 @@ struct TrainLDM: ParsableCommand {
             The JSON config needs base_learning_rate, batch_size, max_steps, ckpt_every, data_dir, image_size and \
             one of unet (a diffusers unet folder or config.json) / unet_config (inline). Optional: first_stage \
             (a diffusers vae or vqvae folder; without it training runs in pixel space), conditioning (none | class: \
-            class = sub-folder of data_dir), seed, ema_decay, use_ema, parameterization (eps | x0 | v), loss_type \
+            class = sub-folder of data_dir | text: captions = .txt beside each image, with text_encoder (a CLIPTextModel \
+            folder) or text_encoder_config (an inline CLIPTextConfig, trained from scratch), tokenizer (a CLIP tokenizer \
+            folder, or "openai-clip" for the shipped CLIP vocabulary) and cond_stage_trainable (train the text encoder \
+            with the UNet)), export_dtype (float32 | bfloat16 | float16: the exported weights), seed, ema_decay, use_ema, parameterization (eps | x0 | v), loss_type \
             (l1 | l2), cond_drop_prob, scale_by_std, scale_factor, timesteps, linear_start, linear_end, beta_schedule, \
             lr_scheduler (constant | constant_with_warmup | linear | cosine), lr_warmup_steps, scale_lr, \
             accumulate_grad_batches, weight_decay, adam_beta1, adam_beta2, adam_epsilon, max_grad_norm, run_dir, \
@@ -47,9 +52,13 @@ struct TrainLDM: ParsableCommand {
     @Option(help: "Print the loss every N steps.")
     var logEvery = 10
 
+    @Flag(help: "With --resume: write RUN_DIR/unet and RUN_DIR/pipeline from the latest checkpoint without training.")
+    var exportOnly = false
+
     func validate() throws {
         guard logEvery > 0 else { throw ValidationError("--log-every must be positive") }
         guard resume == nil || runDir == nil else { throw ValidationError("give --resume RUN_DIR or --run-dir, not both") }
+        guard !exportOnly || resume != nil else { throw ValidationError("--export-only needs --resume RUN_DIR") }
     }
 
     func run() throws {
@@ -69,6 +78,11 @@ struct TrainLDM: ParsableCommand {
             try trainer.resume()
             print("resumed \(dir.path) at step \(trainer.step) (epoch \(trainer.epoch))")
         }
+        if exportOnly {
+            try trainer.exportWeights()
+            print("exported step \(trainer.step): \(exportedPaths(trainer))")
+            return
+        }
         try? FileManager.default.removeItem(at: dir.appendingPathComponent("config.json"))
         try FileManager.default.copyItem(at: configURL, to: dir.appendingPathComponent("config.json"))
         if cfg.sampleEvery != nil { trainer.sampleCallback = try makeSampleGridCallback(config: cfg, trainer: trainer) }
@@ -81,7 +95,13 @@ struct TrainLDM: ParsableCommand {
         }
         print("training \(trainer.model.parameterCount) parameters, lr \(trainer.optimizer.lr), \(trainer.sampler.dataset.count) images, run dir \(dir.path)")
         try trainer.train()
-        print("done: step \(trainer.step); weights in \(dir.appendingPathComponent("unet").path)")
+        print("done: step \(trainer.step); \(exportedPaths(trainer))")
+    }
+
+    func exportedPaths(_ trainer: Trainer) -> String {
+        "weights in \(trainer.runDir.appendingPathComponent("unet").path)"
+            + (trainer.pipelineExport != nil ? ", pipeline in \(trainer.pipelineURL.path)"
+                                             : " (no pipeline/: pixel-space training has no first stage)")
     }
 }
 
@@ -91,23 +111,25 @@ let trainSampleCount = 4
 /// The Trainer's sample callback: `trainSampleCount` images from the same initial noise (seed = the config's seed)
 /// denoised by DDIM (the training schedule, `sample_steps` steps, eta 0) with the UNet the Trainer passes (its EMA
 /// weights), decoded through the training first stage after dividing by the training scale factor (pixel space:
-/// the samples are the images). Class-conditional: classes 0, 1, ... cycling; text: the first captions of the data.
+/// the samples are the images). Class-conditional: classes 0, 1, ... cycling; text: the first captions of the data,
+/// encoded by the trainer's text encoder (again at every grid when it is being trained).
 func makeSampleGridCallback(config cfg: LDMTrainConfig, trainer: Trainer) throws -> (UNet2DConditionModel, Int) throws -> RGBImage {
     let schedulerConfig = try cfg.samplingSchedulerConfig()
     _ = try DDIMScheduler(config: schedulerConfig)   // fail before training when the schedule does not convert
     let count = trainSampleCount, dataset = trainer.sampler.dataset
-    var labels: [Int]?, context: Tensor?
+    var labels: [Int]?, context: Tensor?, prompts: [String] = []
     switch cfg.conditioning {
     case .none: break
     case .class:
         guard let n = dataset.classCount, n > 0 else { throw TrainingError("sample grid: the data has no classes") }
         labels = (0..<count).map { $0 % n }
     case .text:
-        let encode = try cfg.textEncoderFunction(crossAttentionDim: trainer.model.config.crossAttentionDim?.first)
+        guard let text = trainer.textConditioner else { throw TrainingError("sample grid: the trainer has no text encoder") }
         let g = TorchGenerator(seed: cfg.seed)
         let captions = try (0..<min(count, dataset.count)).map { try dataset.example(at: $0, generator: g).caption ?? "" }
         guard !captions.isEmpty else { throw TrainingError("sample grid: the data set is empty") }
-        context = try encode((0..<count).map { captions[$0 % captions.count] })
+        prompts = (0..<count).map { captions[$0 % captions.count] }
+        if !text.trainable { context = try GradMode.noGrad { try text.encode(prompts) } }
     }
     let down: Int
     let firstStage: FirstStageModel?
@@ -122,6 +144,8 @@ func makeSampleGridCallback(config cfg: LDMTrainConfig, trainer: Trainer) throws
         try scheduler.setTimesteps(cfg.sampleSteps)
         let generator = TorchGenerator(seed: cfg.seed)
         let noise = randnTensor(shape, generator: generator)
+        var context = context
+        if context == nil, let text = trainer.textConditioner, !prompts.isEmpty { context = try GradMode.noGrad { try text.encode(prompts) } }
         let denoiser = Denoiser(unet: unet, context: context, classLabels: labels)
         let z = try denoise(latents: noise, shape: shape, scheduler: scheduler, denoiser: denoiser, generator: generator)
         let scale = trainer.scaleFactor ?? 1

@@ -131,4 +131,18 @@ final class SampleGridTests: XCTestCase {
                                 "cross_attention_dim": 32] as [String: Any]
         }, side: 16)
     }
+
+    /// Caption-conditioned with a text encoder trained from scratch (text_encoder_config, the shipped CLIP vocabulary):
+    /// the grid encodes the captions with the current encoder.
+    func testTrainCommandWritesGridsWithTrainableTextEncoder() throws {
+        try assertTrainWritesGrids({ c in
+            c["conditioning"] = "text"; c["tokenizer"] = "openai-clip"; c["cond_drop_prob"] = 0.3
+            c["text_encoder_config"] = ["vocab_size": 49408, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1,
+                                        "num_attention_heads": 4, "max_position_embeddings": 8] as [String: Any]
+            c["unet_config"] = ["_class_name": "UNet2DConditionModel", "in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16],
+                                "layers_per_block": 1, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "norm_num_groups": 4, "attention_head_dim": 2,
+                                "cross_attention_dim": 32] as [String: Any]
+        }, side: 16)
+    }
 }

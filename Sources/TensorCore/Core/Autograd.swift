@@ -91,6 +91,57 @@ extension Tensor {
         }
     }
 
+    /// d(self)/d(t) for each tensor of `wrt`, as torch.autograd.grad(self, wrt, retain_graph=...): `.grad` is not
+    /// touched, only the part of the graph between `self` and `wrt` is walked, and the graph is kept when
+    /// `retainGraph` (so a later `backward()` or another `gradients` call still works); otherwise it is freed as
+    /// `backward()` frees it. A tensor of `wrt` that `self` does not depend on gets zeros (torch would raise unless
+    /// allow_unused; zeros are what calculate_adaptive_weight-style callers want). `self` must be a scalar unless
+    /// `gradient` is given.
+    public func gradients(wrt targets: [Tensor], gradient: Tensor? = nil, retainGraph: Bool = false) -> [Tensor] {
+        precondition(requiresGrad, "gradients: tensor does not require grad")
+        let seed = gradient ?? Tensor.ones(shape)
+        precondition(seed.shape == shape, "gradients: gradient shape \(seed.shape) != \(shape)")
+        let wanted = Set(targets.map(ObjectIdentifier.init))
+        // Post-order DFS; `reaches` marks the nodes from which some target is reachable (only those are walked).
+        var order: [Tensor] = []
+        var reaches = Set<ObjectIdentifier>()
+        var visited = Set<ObjectIdentifier>()
+        var stack: [(Tensor, Bool)] = [(self, false)]
+        while let (t, expanded) = stack.popLast() {
+            let id = ObjectIdentifier(t)
+            if expanded {
+                if wanted.contains(id) || (t.gradFn?.inputs ?? []).contains(where: { reaches.contains(ObjectIdentifier($0)) }) {
+                    reaches.insert(id); order.append(t)
+                }
+                continue
+            }
+            guard visited.insert(id).inserted else { continue }
+            stack.append((t, true))
+            for input in t.gradFn?.inputs ?? [] where input.requiresGrad && !visited.contains(ObjectIdentifier(input)) {
+                stack.append((input, false))
+            }
+        }
+        var grads: [ObjectIdentifier: Tensor] = [ObjectIdentifier(self): seed]
+        var result: [ObjectIdentifier: Tensor] = [:]
+        GradMode.noGrad {
+            for t in order.reversed() {
+                let id = ObjectIdentifier(t)
+                guard let g = grads.removeValue(forKey: id) else { continue }
+                if wanted.contains(id) { result[id] = (g.shape == t.shape ? g : g.reshaped(t.shape)).contiguous() }
+                guard let node = t.gradFn else { continue }
+                let inputGrads = node.backward(g)
+                for (input, ig) in zip(node.inputs, inputGrads) where input.requiresGrad {
+                    guard let ig, reaches.contains(ObjectIdentifier(input)) else { continue }
+                    precondition(ig.shape == input.shape, "\(node.name) backward: grad shape \(ig.shape) != input \(input.shape)")
+                    let key = ObjectIdentifier(input)
+                    grads[key] = grads[key].map { $0 + ig } ?? ig
+                }
+                if !retainGraph { t.gradFn = nil }
+            }
+        }
+        return targets.map { result[ObjectIdentifier($0)] ?? Tensor(zeros: $0.shape) }
+    }
+
     /// Sets `.grad` to nil (optimizer.zero_grad(set_to_none=True)).
     public func zeroGrad() { grad = nil }
 }

@@ -1,7 +1,7 @@
 import Foundation
 
 // Activations of torch.nn.functional with their derivatives: silu (swish), gelu (erf and tanh forms), CLIP's
-// quick_gelu, sigmoid, tanh, relu.
+// quick_gelu, sigmoid, tanh, relu, leaky_relu, softplus.
 
 public enum GELUApproximation: String, Sendable { case none, tanh }
 
@@ -23,6 +23,18 @@ extension Tensor {
     public func relu() -> Tensor {
         let x = self
         return mapKernel(x) { Swift.max($0, 0) }.recorded("relu", [x]) { g in [g * mapKernel(x) { $0 > 0 ? 1 : 0 }] }
+    }
+    /// F.leaky_relu(x, slope); the backward takes the slope where x <= 0 (as leaky_relu_backward).
+    public func leakyReLU(_ slope: Float = 0.01) -> Tensor {
+        let x = self
+        return mapKernel(x) { $0 > 0 ? $0 : $0 * slope }.recorded("leaky_relu", [x]) { g in [g * mapKernel(x) { $0 > 0 ? 1 : slope }] }
+    }
+    /// F.softplus(x) with beta 1, threshold 20 (x itself above the threshold).
+    public func softplus() -> Tensor {
+        let x = self
+        return mapKernel(x) { $0 > 20 ? $0 : Foundation.log1p(Foundation.exp($0)) }.recorded("softplus", [x]) { g in
+            [g * mapKernel(x) { v in v > 20 ? 1 : { let z = Foundation.exp(v); return z / (z + 1) }() }]
+        }
     }
     /// F.gelu(x, approximate=...).
     public func gelu(_ approximate: GELUApproximation = .none) -> Tensor {

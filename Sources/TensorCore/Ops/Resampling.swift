@@ -1,4 +1,4 @@
-// F.interpolate (nearest, bilinear with align_corners=False) and F.avg_pool2d on (N, C, H, W), with backward.
+// F.interpolate (nearest, bilinear with align_corners=False), F.avg_pool2d and F.max_pool2d on (N, C, H, W), with backward.
 
 extension Tensor {
     /// F.interpolate(mode="nearest") by integer factors: src index = floor(dst * in / out), as PyTorch.
@@ -65,6 +65,46 @@ extension Tensor {
                         dst[y0 * w + x0] += v * (1 - fy) * (1 - fx); dst[y0 * w + x1] += v * (1 - fy) * fx
                         dst[y1 * w + x0] += v * fy * (1 - fx); dst[y1 * w + x1] += v * fy * fx
                     }
+                }
+            }
+            return [gx]
+        }
+    }
+
+    /// F.max_pool2d(kernel, stride) without padding or dilation; the gradient goes to the first maximum of each
+    /// window in row-major order (as PyTorch's CPU kernel: `val > maxval || isnan(val)`).
+    public func maxPool2d(kernel k: Int, stride s: Int? = nil) -> Tensor {
+        let s = s ?? k
+        let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3])
+        let oh = (h - k) / s + 1, ow = (w - k) / s + 1
+        precondition(oh > 0 && ow > 0, "max_pool2d: kernel \(k) larger than input \(shape)")
+        let x = float32().contiguous(), out = Tensor.empty([n, c, oh, ow])
+        var argmax = [Int32](repeating: 0, count: n * c * oh * ow)
+        defer { withExtendedLifetime(x) {} }
+        let xs = x.data, ys = out.data
+        argmax.withUnsafeMutableBufferPointer { am in
+            let ap = am.baseAddress!
+            Parallel.forEach(n * c, costPerItem: oh * ow * k * k) { p in
+                let src = xs + p * h * w, dst = ys + p * oh * ow, idx = ap + p * oh * ow
+                for i in 0..<oh { for j in 0..<ow {
+                    var best = -Float.infinity, bi = (i * s) * w + j * s
+                    for a in 0..<k { for b in 0..<k {
+                        let q = (i * s + a) * w + j * s + b, v = src[q]
+                        if v > best || v.isNaN { best = v; bi = q }
+                    } }
+                    dst[i * ow + j] = best; idx[i * ow + j] = Int32(bi)
+                } }
+            }
+        }
+        let inShape = shape
+        return out.recorded("max_pool2d", [self]) { g in
+            let gy = g.contiguous(), gx = Tensor(zeros: inShape), gp = gy.data, dp = gx.data
+            defer { withExtendedLifetime(gy) {} }
+            argmax.withUnsafeBufferPointer { am in
+                let ap = am.baseAddress!
+                Parallel.forEach(n * c, costPerItem: oh * ow) { p in
+                    let src = gp + p * oh * ow, dst = dp + p * h * w, idx = ap + p * oh * ow
+                    for q in 0..<(oh * ow) { dst[Int(idx[q])] += src[q] }
                 }
             }
             return [gx]

@@ -1,0 +1,92 @@
+// `ldm train autoencoder --config FILE.json [--resume RUN_DIR]`: trains a first stage (AutoencoderKL or VQModel;
+// CompVis main.py with configs/autoencoder/*.yaml). Keys: Training/AutoencoderTrainConfig.swift.
+import ArgumentParser
+import Foundation
+import Training
+
+struct TrainAutoencoder: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "autoencoder",
+        abstract: "Train a first-stage autoencoder (KL or VQ) on an image folder.",
+        discussion: """
+            The JSON config needs base_learning_rate, batch_size, max_steps, ckpt_every, data_dir, image_size and one \
+            of model (a diffusers vae/vqvae folder; fine-tuned when it holds weights) / model_config (an inline \
+            diffusers AutoencoderKL or VQModel config; "_class_name" picks the kind, default AutoencoderKL). Loss keys \
+            as CompVis LPIPSWithDiscriminator / VQLPIPSWithDiscriminator: kl_weight, logvar_init, codebook_weight, \
+            pixel_loss (VQ: l1 | l2), perceptual_weight with lpips_vgg (torchvision vgg16 weights) and lpips_lin (the \
+            lpips package's vgg.pth), disc_start, disc_weight, disc_factor, disc_num_layers, disc_in_channels, \
+            disc_ndf, disc_loss (hinge | vanilla), use_discriminator. Optimizer: adam_beta1 (0.5), adam_beta2 (0.9), \
+            adam_epsilon, weight_decay, max_grad_norm, lr_scheduler, lr_warmup_steps, scale_lr. Also seed, \
+            random_crop, random_flip, run_dir, sample_every (reconstruction grids in RUN_DIR/samples), export_dtype \
+            (float32 | bfloat16 | float16). The trained model is written to RUN_DIR/vae (or vqvae) with the \
+            scaling_factor measured on the data.
+            """)
+
+    @Option(help: "JSON training config.")
+    var config: String
+
+    @Option(help: "Continue the run in RUN_DIR from its latest checkpoint.")
+    var resume: String?
+
+    @Option(help: "Run directory for a new run (default: the config's run_dir, else runs/<config name>).")
+    var runDir: String?
+
+    @Option(help: "Print the losses every N steps.")
+    var logEvery = 10
+
+    func validate() throws {
+        guard logEvery > 0 else { throw ValidationError("--log-every must be positive") }
+        guard resume == nil || runDir == nil else { throw ValidationError("give --resume RUN_DIR or --run-dir, not both") }
+    }
+
+    func run() throws {
+        let configURL = URL(fileURLWithPath: config)
+        let cfg = try AutoencoderTrainConfig.load(configURL)
+        let dir = try trainingRunDirectory(config: configURL, resume: resume, runDir: runDir ?? cfg.runDir)
+        let trainer = try cfg.makeTrainer(runDir: dir, log: { print($0) })
+        if resume != nil {
+            try trainer.resume()
+            print("resumed \(dir.path) at step \(trainer.step) (epoch \(trainer.epoch))")
+        }
+        try copyConfig(configURL, into: dir)
+        let every = logEvery, total = cfg.maxSteps
+        let start = Date()
+        let firstStep = trainer.step
+        trainer.onStep = { e in
+            guard e.step % every == 0 || e.step == total else { return }
+            let rate = Double(e.step - firstStep) / max(Date().timeIntervalSince(start), 1e-9)
+            let parts = ["total_loss", "rec_loss", "kl_loss", "quant_loss", "p_loss", "g_loss", "d_weight", "disc_loss"]
+                .compactMap { k in e.losses[k].map { String(format: "%@ %.5g", k, $0) } }
+            print(String(format: "step %d/%d  epoch %d  ", e.step, total, e.epoch) + parts.joined(separator: "  ")
+                  + String(format: "  %.2f it/s  ETA %@", rate, formatDuration(Double(total - e.step) / max(rate, 1e-9))))
+        }
+        print("training \(trainer.model.module.parameterCount) parameters (\(cfg.kind.rawValue)), lr \(trainer.learningRate), \(trainer.sampler.dataset.count) images, run dir \(dir.path)")
+        try trainer.train()
+        print("done: step \(trainer.step); weights in \(dir.appendingPathComponent(trainer.model.folderName).path)")
+    }
+}
+
+/// The run directory of a training command: --resume's, or a new one that must not already hold checkpoints.
+func trainingRunDirectory(config: URL, resume: String?, runDir: String?) throws -> URL {
+    if let resume { return URL(fileURLWithPath: resume) }
+    let dir = URL(fileURLWithPath: runDir ?? "runs/" + config.deletingPathExtension().lastPathComponent)
+    if Trainer.latestCheckpoint(in: dir) != nil {
+        throw TrainingError("\(dir.path) already holds checkpoints; pass --resume \(dir.path) to continue it")
+    }
+    return dir
+}
+
+/// Keeps a copy of the config beside the run's checkpoints.
+func copyConfig(_ config: URL, into dir: URL) throws {
+    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    let dest = dir.appendingPathComponent("config.json")
+    guard config.standardizedFileURL != dest.standardizedFileURL else { return }
+    try? FileManager.default.removeItem(at: dest)
+    try FileManager.default.copyItem(at: config, to: dest)
+}
+
+func formatDuration(_ seconds: Double) -> String {
+    guard seconds.isFinite else { return "?" }
+    let s = Int(seconds.rounded())
+    return s >= 3600 ? String(format: "%dh%02dm", s / 3600, s % 3600 / 60) : String(format: "%dm%02ds", s / 60, s % 60)
+}
