@@ -47,7 +47,8 @@ public struct ModelSummary: Equatable {
 public final class ModelBundle {
     public let url: URL
     public let unet: UNet2DConditionModel
-    public let firstStage: FirstStageModel
+    /// nil for pixel-space models (diffusers DDPMPipeline / DDIMPipeline folders: unet + scheduler).
+    public let firstStage: FirstStageModel?
     public let textEncoder: CLIPTextModel?
     public let tokenizer: CLIPTokenizer?
     public let schedulerConfig: SchedulerConfig
@@ -58,7 +59,7 @@ public final class ModelBundle {
     /// CompVis ClassEmbedder conditioning (cin256 YAML configs): class labels -> cross-attention context.
     public var classEmbedder: ClassEmbedder?
 
-    public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel, textEncoder: CLIPTextModel?,
+    public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel?, textEncoder: CLIPTextModel?,
                 tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {
         self.url = url; self.unet = unet; self.firstStage = firstStage; self.textEncoder = textEncoder
         self.tokenizer = tokenizer; self.schedulerConfig = schedulerConfig; self.sampleSize = sampleSize
@@ -66,12 +67,16 @@ public final class ModelBundle {
 
     /// diffusers `vae_scale_factor` = 2 ** (len(vae.config.block_out_channels) - 1).
     public var vaeScaleFactor: Int {
-        switch firstStage { case .kl(let m): return m.downsamplingFactor; case .vq(let m): return m.downsamplingFactor }
+        switch firstStage { case .kl(let m): return m.downsamplingFactor; case .vq(let m): return m.downsamplingFactor; case nil: return 1 }
     }
     /// Default image size: unet.config.sample_size * vae_scale_factor (diffusers' default height/width).
     public var defaultImageSize: Int { sampleSize * vaeScaleFactor }
     public var latentChannels: Int {
-        switch firstStage { case .kl(let m): return m.config.latentChannels; case .vq(let m): return m.config.latentChannels }
+        switch firstStage {
+        case .kl(let m): return m.config.latentChannels
+        case .vq(let m): return m.config.latentChannels
+        case nil: return unet.config.inChannels
+        }
     }
 
     /// A diffusers folder or a CompVis single file (.safetensors / .ckpt).
@@ -84,7 +89,8 @@ public final class ModelBundle {
         guard let unetComponent = folder.component("unet") else { throw PipelineError("\(url.path): no unet component") }
         let unet = try UNet2DConditionModel(pretrained: unetComponent)
         let sample = sampleSize(unetComponent.config?["sample_size"]) ?? 64
-        let (firstStage, _) = try FirstStageModel.load(folder: url)
+        let hasFirstStage = folder.component("vae") != nil || folder.component("vqvae") != nil
+        let firstStage = hasFirstStage ? try FirstStageModel.load(folder: url).model : nil
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?
         if let te = folder.component("text_encoder") {
             guard te.className == nil || te.className == "CLIPTextModel" else {

@@ -55,14 +55,18 @@ public func randnTensor(_ shape: [Int], generator: RandomSource) -> [Float] {
     Tensor.randn(shape, generator: generator).toArray()
 }
 
-/// Decodes diffusion latents (scaled) to images: vae.decode(latents / scaling_factor), postprocessed.
-public func decodeLatents(_ latents: [Float], shape: [Int], firstStage: FirstStageModel, scaled: Bool = true,
+/// Decodes diffusion latents (scaled) to images: vae.decode(latents / scaling_factor), postprocessed. Without a first
+/// stage (pixel space) the latents are the image.
+public func decodeLatents(_ latents: [Float], shape: [Int], firstStage: FirstStageModel?, scaled: Bool = true,
                           clampFirst: Bool = false) throws -> GenerationResult {
     let z = Tensor(latents, shape: shape)
     let x: Tensor
     switch firstStage {
     case .kl(let vae): x = try scaled ? vae.decodeScaled(z) : vae.decode(z)
     case .vq(let vq): x = try vq.decode(scaled ? z * (1 / vq.config.scalingFactor) : z)
+    case nil:
+        guard shape.count == 4, shape[1] == 3 else { throw PipelineError("a pixel-space model must produce 3 channels, got shape \(shape)") }
+        x = z
     }
     let out = x.contiguous()
     let decoded = out.toArray()

@@ -3,7 +3,8 @@
 // vae/ (AutoencoderKL) or vqvae/ (VQModel) with config.json's scaling_factor set to the training scale factor
 // (scale_by_std measures it; CompVis stores it as the scale_factor buffer), scheduler/scheduler_config.json (DDIM with
 // the training betas and prediction type), and for text models text_encoder/ and tokenizer/. `ldm sample` /
-// `ldm txt2img` / ModelBundle.load read it directly.
+// `ldm txt2img` / ModelBundle.load read it directly. A pixel-space run (no first stage) is exported as diffusers'
+// DDIMPipeline (unet/ + scheduler/), which `ldm sample` reads too.
 import Checkpoints
 import Conditioning
 import Diffusion
@@ -14,20 +15,21 @@ import Tokenizers
 
 /// What the pipeline export needs besides the trained modules.
 public struct PipelineExportSpec {
-    /// The first stage's component folder (config.json + weights) and its class ("AutoencoderKL" or "VQModel").
-    public var firstStageFolder: URL
-    public var firstStageClass: String
+    /// The first stage's component folder (config.json + weights) and its class ("AutoencoderKL" or "VQModel");
+    /// nil for pixel-space training.
+    public var firstStageFolder: URL?
+    public var firstStageClass: String?
     public var schedulerConfig: SchedulerConfig
     /// unet.config.sample_size: the latent side at the training image size.
     public var sampleSize: Int
 
-    public init(firstStageFolder: URL, firstStageClass: String, schedulerConfig: SchedulerConfig, sampleSize: Int) {
+    public init(firstStageFolder: URL?, firstStageClass: String?, schedulerConfig: SchedulerConfig, sampleSize: Int) {
         self.firstStageFolder = firstStageFolder; self.firstStageClass = firstStageClass
         self.schedulerConfig = schedulerConfig; self.sampleSize = sampleSize
     }
 
     /// diffusers' folder name of the first stage.
-    public var firstStageName: String { firstStageClass == "VQModel" ? "vqvae" : "vae" }
+    public var firstStageName: String? { firstStageClass.map { $0 == "VQModel" ? "vqvae" : "vae" } }
 }
 
 extension Trainer {
@@ -37,7 +39,13 @@ extension Trainer {
     /// an already written unet/ to copy (else it is written from the model).
     public func exportPipeline(unetFolder: URL? = nil) throws {
         guard let spec = pipelineExport else {
-            throw TrainingError("no pipeline export for this run (pixel-space training has no first stage: only unet/ is written)")
+            throw TrainingError("no pipeline export is configured for this trainer")
+        }
+        if spec.firstStageFolder == nil {
+            guard textConditioner == nil else { throw TrainingError("no pipeline export for a pixel-space text-conditioned run (diffusers has no such pipeline): only unet/ is written") }
+            guard (scaleFactor ?? options.scaleFactor) == 1 else {
+                throw TrainingError("a pixel-space pipeline needs scale factor 1 (the sampler does not rescale pixels); this run used \(scaleFactor ?? options.scaleFactor)")
+            }
         }
         let fm = FileManager.default
         let tmp = runDir.appendingPathComponent(".pipeline-\(UUID().uuidString)")
@@ -55,14 +63,16 @@ extension Trainer {
             try writeUNet(to: unetDir)
         }
         // vae/ or vqvae/ with the training scale factor.
-        let fsDir = tmp.appendingPathComponent(spec.firstStageName)
-        try copyFolder(spec.firstStageFolder, to: fsDir)
-        let fsConfigURL = fsDir.appendingPathComponent("config.json")
-        guard var fsConfig = try JSONSerialization.jsonObject(with: Data(contentsOf: fsConfigURL)) as? [String: Any] else {
-            throw TrainingError("\(spec.firstStageFolder.path)/config.json is not a JSON object")
+        if let folder = spec.firstStageFolder, let name = spec.firstStageName {
+            let fsDir = tmp.appendingPathComponent(name)
+            try copyFolder(folder, to: fsDir)
+            let fsConfigURL = fsDir.appendingPathComponent("config.json")
+            guard var fsConfig = try JSONSerialization.jsonObject(with: Data(contentsOf: fsConfigURL)) as? [String: Any] else {
+                throw TrainingError("\(folder.path)/config.json is not a JSON object")
+            }
+            fsConfig["scaling_factor"] = Double(scaleFactor ?? options.scaleFactor)
+            try writeJSON(fsConfig, to: fsConfigURL)
         }
-        fsConfig["scaling_factor"] = Double(scaleFactor ?? options.scaleFactor)
-        try writeJSON(fsConfig, to: fsConfigURL)
         // scheduler/
         let schedDir = tmp.appendingPathComponent("scheduler")
         try fm.createDirectory(at: schedDir, withIntermediateDirectories: true)
@@ -73,9 +83,9 @@ extension Trainer {
         var index: [String: Any] = [
             "_diffusers_version": "0.30.0",
             "unet": ["diffusers", model.config.className],
-            spec.firstStageName: ["diffusers", spec.firstStageClass],
             "scheduler": ["diffusers", spec.schedulerConfig.className ?? "DDIMScheduler"],
         ]
+        if let name = spec.firstStageName, let cls = spec.firstStageClass { index[name] = ["diffusers", cls] }
         if let text = textConditioner {
             try writeTextEncoder(text, to: tmp.appendingPathComponent("text_encoder"))
             try writeTokenizer(text, to: tmp.appendingPathComponent("tokenizer"))
@@ -91,6 +101,9 @@ extension Trainer {
             } else {
                 index["_class_name"] = "LDMTextToImagePipeline"
             }
+        } else if spec.firstStageFolder == nil {
+            // diffusers DDIMPipeline (pixel space: unet + scheduler).
+            index["_class_name"] = "DDIMPipeline"
         } else {
             // diffusers LDMPipeline (unconditional); a class-conditional UNet2DModel keeps the same layout.
             index["_class_name"] = "LDMPipeline"

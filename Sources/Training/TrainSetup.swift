@@ -112,10 +112,9 @@ extension LDMTrainConfig {
         if let textConditioning { trainer.makeConditioning = textConditioning }
         trainer.textConditioner = text
         if let text, text.trainable, condDropProb > 0 { trainer.nullTextEmbedding = { try text.encode([""]) } }
-        if let firstStageFolder {
-            trainer.pipelineExport = PipelineExportSpec(firstStageFolder: firstStageFolder, firstStageClass: encoder.isVQ ? "VQModel" : "AutoencoderKL",
-                                                        schedulerConfig: try samplingSchedulerConfig(), sampleSize: imageSize / downsampling)
-        }
+        trainer.pipelineExport = PipelineExportSpec(firstStageFolder: firstStageFolder,
+                                                    firstStageClass: firstStageFolder == nil ? nil : encoder.isVQ ? "VQModel" : "AutoencoderKL",
+                                                    schedulerConfig: try samplingSchedulerConfig(), sampleSize: imageSize / downsampling)
         return trainer
     }
 

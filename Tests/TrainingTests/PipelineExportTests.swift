@@ -145,14 +145,21 @@ final class PipelineExportTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("export_dtype must be one of float32, bfloat16, float16"), "\($0)")
         }
         XCTAssertEqual(try LDMTrainConfig.load(classConfig(data: data, run: run, ["export_dtype": NSNull()])).exportDType, .float32)
-        // Pixel space: unet/ only; exporting a pipeline says why it cannot.
+        // Pixel space: a DDIMPipeline folder (unet/ + scheduler/, no first stage) that `ldm sample` reads.
         var pixel = try LDMTrainConfig.load(classConfig(data: data, run: run, ["max_steps": 1, "scale_by_std": false]))
         pixel.firstStage = nil
         pixel.unetConfig?["in_channels"] = 3; pixel.unetConfig?["out_channels"] = 3
         let t = try pixel.makeTrainer(runDir: run)
         try t.train()
         XCTAssertTrue(FileManager.default.fileExists(atPath: run.appendingPathComponent("unet/config.json").path))
-        XCTAssertFalse(FileManager.default.fileExists(atPath: run.appendingPathComponent("pipeline").path))
-        XCTAssertThrowsError(try t.exportPipeline()) { XCTAssertTrue("\($0)".contains("pixel-space"), "\($0)") }
+        let pipe = run.appendingPathComponent("pipeline")
+        let index = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: pipe.appendingPathComponent("model_index.json"))) as? [String: Any])
+        XCTAssertEqual(index["_class_name"] as? String, "DDIMPipeline")
+        XCTAssertNil(index["vae"]); XCTAssertNil(index["vqvae"])
+        let out = work.appendingPathComponent("pixel.png")
+        let r = try runLDM(["sample", "--model", pipe.path, "--class", "0", "--steps", "2", "--seed", "1", "--output", out.path, "--quiet"])
+        XCTAssertEqual(r.status, 0, r.output)
+        let img = try ImageIO.loadRGB(path: out.path)
+        XCTAssertEqual([img.width, img.height], [16, 16])
     }
 }
