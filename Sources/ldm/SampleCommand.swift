@@ -11,8 +11,8 @@ struct Sample: ParsableCommand {
     @Option(name: .customLong("class"), help: "Class label for class-conditional models.")
     var classLabel: Int?
 
-    @Option(name: .customLong("cfg-scale"), help: "Guidance scale against the null class (class-conditional models).")
-    var cfgScale: Double = 1
+    @Option(name: .customLong("cfg-scale"), help: "Guidance scale against the null class (class-conditional models; default 3, the scale of CompVis' class-conditional sampling notebook; 1 turns guidance off).")
+    var cfgScale: Double?
 
     @Option(help: "Image width in pixels (default: the model's sample size).")
     var width: Int?
@@ -22,7 +22,7 @@ struct Sample: ParsableCommand {
 
     func run() throws {
         let (sampling, paths) = try options.check()
-        try Validation.checkGuidance(cfgScale)
+        if let cfgScale { try Validation.checkGuidance(cfgScale) }
         if width != nil || height != nil { try Validation.checkSize(width: width ?? 8, height: height ?? 8) }
         let s = try options.summary()
         guard !s.hasTextEncoder else { throw PipelineError("model \(options.model) is text-conditioned: use `ldm txt2img`") }
@@ -32,6 +32,7 @@ struct Sample: ParsableCommand {
         } else if let n = s.numClassEmbeds {
             throw PipelineError("model \(options.model) is class-conditional (\(n) classes): pass --class")
         }
+        let cfgScale = self.cfgScale ?? (classLabel == nil ? 1 : 3)
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
         let pipe = LatentDiffusionPipeline(bundle: try options.loadBundle())
