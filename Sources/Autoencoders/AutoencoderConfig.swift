@@ -1,5 +1,7 @@
 // Configurations that decode diffusers' config.json directly: AutoencoderKL (models/autoencoders/autoencoder_kl.py
 // __init__ arguments) and VQModel (models/autoencoders/vq_model.py), with diffusers' defaults for absent keys.
+// Block types: DownEncoderBlock2D / AttnDownEncoderBlock2D and UpDecoderBlock2D / AttnUpDecoderBlock2D (the Attn
+// variants put a single-head attention after every resnet: CompVis attn_resolutions).
 // force_upcast and other dtype / loading hints are accepted and ignored.
 import Foundation
 
@@ -87,7 +89,9 @@ public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
     public var architecture: VAEArchitecture {
         VAEArchitecture(inChannels: inChannels, outChannels: outChannels, blockOutChannels: blockOutChannels,
                         layersPerBlock: layersPerBlock, latentChannels: latentChannels, normNumGroups: normNumGroups,
-                        midBlockAddAttention: midBlockAddAttention)
+                        midBlockAddAttention: midBlockAddAttention,
+                        downAttention: downBlockTypes.map { $0 == "AttnDownEncoderBlock2D" },
+                        upAttention: upBlockTypes.map { $0 == "AttnUpDecoderBlock2D" })
     }
 
     public func validate() throws {
@@ -155,7 +159,9 @@ public struct VQModelConfig: Codable, Equatable, Sendable {
     public var architecture: VAEArchitecture {
         VAEArchitecture(inChannels: inChannels, outChannels: outChannels, blockOutChannels: blockOutChannels,
                         layersPerBlock: layersPerBlock, latentChannels: latentChannels, normNumGroups: normNumGroups,
-                        midBlockAddAttention: midBlockAddAttention)
+                        midBlockAddAttention: midBlockAddAttention,
+                        downAttention: downBlockTypes.map { $0 == "AttnDownEncoderBlock2D" },
+                        upAttention: upBlockTypes.map { $0 == "AttnUpDecoderBlock2D" })
     }
 
     public func validate() throws {
@@ -172,7 +178,8 @@ func validateBlocks(down: [String], up: [String], count: Int, actFn: String) thr
     guard down.count == count, up.count == count else {
         throw AutoencoderError("\(down.count) down_block_types and \(up.count) up_block_types for \(count) block_out_channels")
     }
-    if let bad = down.first(where: { $0 != "DownEncoderBlock2D" }) { throw AutoencoderError("unsupported down block type \(bad)") }
-    if let bad = up.first(where: { $0 != "UpDecoderBlock2D" }) { throw AutoencoderError("unsupported up block type \(bad)") }
+    let downTypes = ["DownEncoderBlock2D", "AttnDownEncoderBlock2D"], upTypes = ["UpDecoderBlock2D", "AttnUpDecoderBlock2D"]
+    if let bad = down.first(where: { !downTypes.contains($0) }) { throw AutoencoderError("unsupported down block type \(bad)") }
+    if let bad = up.first(where: { !upTypes.contains($0) }) { throw AutoencoderError("unsupported up block type \(bad)") }
     guard actFn == "silu" || actFn == "swish" else { throw AutoencoderError("unsupported act_fn \(actFn) (only silu)") }
 }

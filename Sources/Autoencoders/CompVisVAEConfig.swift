@@ -1,7 +1,8 @@
 // Translation of a CompVis YAML first stage (configs/latent-diffusion/*.yaml, configs/stable-diffusion/*.yaml:
 // model.params.first_stage_config with target ldm.models.autoencoder.AutoencoderKL / VQModel(Interface) and its
 // ddconfig) into the diffusers configurations, following diffusers' create_vae_diffusers_config_from_ldm
-// (loaders/single_file_utils.py). Takes the already-parsed YAML as [String: Any] (any YAML parser's output).
+// (loaders/single_file_utils.py), which however ignores ddconfig.attn_resolutions: levels with attention become
+// AttnDownEncoderBlock2D / AttnUpDecoderBlock2D here (see blockTypes). Takes the already-parsed YAML as [String: Any].
 import Foundation
 
 /// The first stage a CompVis configuration describes.
@@ -39,9 +40,6 @@ public enum FirstStageConfig: Equatable {
         let mult = try ints(need("ch_mult"), "ch_mult")
         guard !mult.isEmpty else { throw AutoencoderError("ddconfig: ch_mult is empty") }
         let attnRes = try dd["attn_resolutions"].map { try ints($0, "attn_resolutions") } ?? []
-        guard attnRes.isEmpty else {
-            throw AutoencoderError("ddconfig: attn_resolutions \(attnRes) (attention outside the mid-block) has no diffusers equivalent")
-        }
         let attnType = (dd["attn_type"] as? String) ?? "vanilla"
         guard attnType == "vanilla" || attnType == "none" else { throw AutoencoderError("ddconfig: unsupported attn_type \(attnType)") }
         for flag in ["give_pre_end", "tanh_out", "use_linear_attn"] {
@@ -55,6 +53,9 @@ public enum FirstStageConfig: Equatable {
         let embedDim = try params["embed_dim"].map { try int($0, "embed_dim") } ?? zChannels
         let blocks = mult.map { ch * $0 }
         let groups = normNumGroups
+        // attn_type "none" makes every attention (mid and levels) an nn.Identity.
+        let (downTypes, upTypes) = blockTypes(levels: blocks.count, resolution: resolution,
+                                              attnResolutions: attnType == "none" ? [] : attnRes)
         if target.hasSuffix("AutoencoderKL") {
             guard doubleZ else { throw AutoencoderError("AutoencoderKL ddconfig: double_z must be true") }
             guard embedDim == zChannels else {
@@ -62,8 +63,7 @@ public enum FirstStageConfig: Equatable {
             }
             var c = AutoencoderKLConfig()
             c.inChannels = inChannels; c.outChannels = outCh; c.blockOutChannels = blocks; c.layersPerBlock = resBlocks
-            c.downBlockTypes = Array(repeating: "DownEncoderBlock2D", count: blocks.count)
-            c.upBlockTypes = Array(repeating: "UpDecoderBlock2D", count: blocks.count)
+            c.downBlockTypes = downTypes; c.upBlockTypes = upTypes
             c.latentChannels = zChannels; c.normNumGroups = groups; c.sampleSize = resolution; c.scalingFactor = scale
             c.midBlockAddAttention = attnType == "vanilla"
             try c.validate()
@@ -76,8 +76,7 @@ public enum FirstStageConfig: Equatable {
             }
             var c = VQModelConfig()
             c.inChannels = inChannels; c.outChannels = outCh; c.blockOutChannels = blocks; c.layersPerBlock = resBlocks
-            c.downBlockTypes = Array(repeating: "DownEncoderBlock2D", count: blocks.count)
-            c.upBlockTypes = Array(repeating: "UpDecoderBlock2D", count: blocks.count)
+            c.downBlockTypes = downTypes; c.upBlockTypes = upTypes
             c.latentChannels = zChannels; c.vqEmbedDim = embedDim; c.normNumGroups = groups; c.sampleSize = resolution
             c.numVqEmbeddings = try int(params["n_embed"] ?? NSNull(), "n_embed"); c.scalingFactor = scale
             c.midBlockAddAttention = attnType == "vanilla"
@@ -86,6 +85,25 @@ public enum FirstStageConfig: Equatable {
         }
         throw AutoencoderError("first_stage_config target \(target) is not an AutoencoderKL or VQModel")
     }
+}
+
+/// diffusers block types for a CompVis Encoder/Decoder: a level has attention when its resolution is in
+/// attn_resolutions, the resolution followed exactly as Encoder (from `resolution`, halved after each level) and
+/// Decoder (from resolution // 2^(levels-1), doubled after each level) do; decoder up blocks in diffusers order.
+func blockTypes(levels n: Int, resolution: Int, attnResolutions: [Int]) -> (down: [String], up: [String]) {
+    var enc: [Bool] = [], res = resolution
+    for i in 0..<n {
+        enc.append(attnResolutions.contains(res))
+        if i != n - 1 { res /= 2 }
+    }
+    var dec = [Bool](repeating: false, count: n)
+    res = resolution / (1 << (n - 1))
+    for i in stride(from: n - 1, through: 0, by: -1) {
+        dec[i] = attnResolutions.contains(res)
+        if i != 0 { res *= 2 }
+    }
+    return (enc.map { $0 ? "AttnDownEncoderBlock2D" : "DownEncoderBlock2D" },
+            (0..<n).map { dec[n - 1 - $0] ? "AttnUpDecoderBlock2D" : "UpDecoderBlock2D" })
 }
 
 private func int(_ v: Any, _ key: String) throws -> Int {

@@ -18,24 +18,29 @@ public enum CompVisVAEKeys {
     }
 
     /// Rules mapping CompVis names to diffusers names for a model with `blockCount` resolution levels (len(ch_mult));
-    /// decoder `up.N` becomes `up_blocks.(blockCount - 1 - N)`.
+    /// decoder `up.N` becomes `up_blocks.(blockCount - 1 - N)`; level attentions `down.N.attn.M` / `up.N.attn.M`
+    /// (attn_resolutions) become `attentions.M` of that block, with the leaves of the mid-block attention.
     public static func rules(blockCount: Int, prefix: String = "first_stage_model.") -> [KeyRule] {
         var r: [KeyRule] = prefix.isEmpty ? [] : [.stripPrefix(prefix)]
         r += [
             .regex(#"^(encoder|decoder)\.norm_out\."#, "$1.conv_norm_out."),
             .regex(#"^encoder\.down\.(\d+)\.block\."#, "encoder.down_blocks.$1.resnets."),
             .regex(#"^encoder\.down\.(\d+)\.downsample\.conv\."#, "encoder.down_blocks.$1.downsamplers.0.conv."),
+            .regex(#"^encoder\.down\.(\d+)\.attn\.(\d+)\."#, "encoder.down_blocks.$1.attentions.$2."),
         ]
         for n in 0..<blockCount {
             r.append(.regex(#"^decoder\.up\.\#(n)\.block\."#, "decoder.up_blocks.\(blockCount - 1 - n).resnets."))
+            r.append(.regex(#"^decoder\.up\.\#(n)\.attn\."#, "decoder.up_blocks.\(blockCount - 1 - n).attentions."))
             r.append(.regex(#"^decoder\.up\.\#(n)\.upsample\.conv\."#, "decoder.up_blocks.\(blockCount - 1 - n).upsamplers.0.conv."))
         }
         r += [
             .regex(#"^(encoder|decoder)\.mid\.block_1\."#, "$1.mid_block.resnets.0."),
             .regex(#"^(encoder|decoder)\.mid\.block_2\."#, "$1.mid_block.resnets.1."),
-            .regex(#"^(encoder|decoder)\.mid\.attn_1\.norm\."#, "$1.mid_block.attentions.0.group_norm."),
-            .regex(#"^(encoder|decoder)\.mid\.attn_1\.(q|k|v)\."#, "$1.mid_block.attentions.0.to_$2."),
-            .regex(#"^(encoder|decoder)\.mid\.attn_1\.proj_out\."#, "$1.mid_block.attentions.0.to_out.0."),
+            .regex(#"^(encoder|decoder)\.mid\.attn_1\."#, "$1.mid_block.attentions.0."),
+            // AttnBlock leaves (mid.attn_1 and the level attentions down.N.attn.M / up.N.attn.M).
+            .regex(#"\.attentions\.(\d+)\.norm\."#, ".attentions.$1.group_norm."),
+            .regex(#"\.attentions\.(\d+)\.(q|k|v)\."#, ".attentions.$1.to_$2."),
+            .regex(#"\.attentions\.(\d+)\.proj_out\."#, ".attentions.$1.to_out.0."),
             .replace(".nin_shortcut.", ".conv_shortcut."),
         ]
         return r

@@ -1,6 +1,6 @@
 // VAEDecoder matches diffusers Decoder (models/autoencoders/vae.py, norm_type "group"): conv_in, UNetMidBlock2D, one
 // UpDecoderBlock2D per block_out_channels entry in reverse order with layers_per_block + 1 resnets (upsampling after
-// all but the last), GroupNorm(eps 1e-6) + swish, conv_out. CompVis: Decoder in ldm/modules/diffusionmodules/model.py,
+// all but the last; AttnUpDecoderBlock2D: an attention after every resnet), GroupNorm(eps 1e-6) + swish, conv_out. CompVis: Decoder in ldm/modules/diffusionmodules/model.py,
 // whose `up` list is indexed in the opposite order (up.0 is the last block applied).
 import NeuralNetwork
 import TensorCore
@@ -18,7 +18,7 @@ public final class VAEDecoder: Module {
         midBlock = UNetMidBlock2D(channels: rev[0], groups: a.normNumGroups, addAttention: a.midBlockAddAttention)
         upBlocks = rev.indices.map { i in
             UpDecoderBlock2D(inChannels: i == 0 ? rev[0] : rev[i - 1], outChannels: rev[i], layers: a.layersPerBlock + 1,
-                             groups: a.normNumGroups, addUpsample: i < rev.count - 1)
+                             groups: a.normNumGroups, addUpsample: i < rev.count - 1, addAttention: a.hasUpAttention(i))
         }
         convNormOut = GroupNorm(groups: a.normNumGroups, channels: a.blockOutChannels[0], eps: 1e-6)
         convOut = Conv2d(a.blockOutChannels[0], a.outChannels, kernel: 3, padding: 1)

@@ -50,38 +50,51 @@ public final class Upsample2D: Module {
     public var namedParameters: [(String, Tensor)] { scoped("conv", conv) }
 }
 
-/// diffusers DownEncoderBlock2D: `layers` resnets, then an optional Downsample2D ("downsamplers.0").
+/// diffusers DownEncoderBlock2D: `layers` resnets, then an optional Downsample2D ("downsamplers.0"); with
+/// `addAttention`, AttnDownEncoderBlock2D: an attention (one head, "attentions.N") after every resnet, as the CompVis
+/// Encoder's `down[i].attn` at the levels whose resolution is in attn_resolutions.
 public final class DownEncoderBlock2D: Module {
     public let resnets: [ResnetBlock2D]
+    public let attentions: [SpatialSelfAttention]
     public let downsampler: Downsample2D?
-    public init(inChannels: Int, outChannels: Int, layers: Int, groups: Int, addDownsample: Bool) {
+    public init(inChannels: Int, outChannels: Int, layers: Int, groups: Int, addDownsample: Bool, addAttention: Bool = false) {
         resnets = (0..<layers).map { ResnetBlock2D(inChannels: $0 == 0 ? inChannels : outChannels, outChannels: outChannels, groups: groups) }
+        attentions = addAttention ? (0..<layers).map { _ in SpatialSelfAttention(channels: outChannels, groups: groups) } : []
         downsampler = addDownsample ? Downsample2D(channels: outChannels) : nil
     }
     public func callAsFunction(_ x: Tensor) -> Tensor {
         var h = x
-        for r in resnets { h = r(h) }
+        for (i, r) in resnets.enumerated() {
+            h = r(h)
+            if i < attentions.count { h = attentions[i](h) }
+        }
         return downsampler?(h) ?? h
     }
     public var namedParameters: [(String, Tensor)] {
-        scoped("resnets", resnets) + (downsampler.map { scoped("downsamplers", [$0]) } ?? [])
+        scoped("resnets", resnets) + scoped("attentions", attentions) + (downsampler.map { scoped("downsamplers", [$0]) } ?? [])
     }
 }
 
-/// diffusers UpDecoderBlock2D: `layers` (= layers_per_block + 1) resnets, then an optional Upsample2D ("upsamplers.0").
+/// diffusers UpDecoderBlock2D: `layers` (= layers_per_block + 1) resnets, then an optional Upsample2D ("upsamplers.0");
+/// with `addAttention`, AttnUpDecoderBlock2D (an attention after every resnet; CompVis Decoder `up[i].attn`).
 public final class UpDecoderBlock2D: Module {
     public let resnets: [ResnetBlock2D]
+    public let attentions: [SpatialSelfAttention]
     public let upsampler: Upsample2D?
-    public init(inChannels: Int, outChannels: Int, layers: Int, groups: Int, addUpsample: Bool) {
+    public init(inChannels: Int, outChannels: Int, layers: Int, groups: Int, addUpsample: Bool, addAttention: Bool = false) {
         resnets = (0..<layers).map { ResnetBlock2D(inChannels: $0 == 0 ? inChannels : outChannels, outChannels: outChannels, groups: groups) }
+        attentions = addAttention ? (0..<layers).map { _ in SpatialSelfAttention(channels: outChannels, groups: groups) } : []
         upsampler = addUpsample ? Upsample2D(channels: outChannels) : nil
     }
     public func callAsFunction(_ x: Tensor) -> Tensor {
         var h = x
-        for r in resnets { h = r(h) }
+        for (i, r) in resnets.enumerated() {
+            h = r(h)
+            if i < attentions.count { h = attentions[i](h) }
+        }
         return upsampler?(h) ?? h
     }
     public var namedParameters: [(String, Tensor)] {
-        scoped("resnets", resnets) + (upsampler.map { scoped("upsamplers", [$0]) } ?? [])
+        scoped("resnets", resnets) + scoped("attentions", attentions) + (upsampler.map { scoped("upsamplers", [$0]) } ?? [])
     }
 }

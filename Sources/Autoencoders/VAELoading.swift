@@ -16,11 +16,21 @@ public enum FirstStageModel {
         switch self { case .kl(let m): return m.config.scalingFactor; case .vq(let m): return m.config.scalingFactor }
     }
 
-    /// A diffusers folder: the component folder itself, or a pipeline folder with `vae/` (or `vqvae/`).
+    /// diffusers' old attention names (AttentionBlock before diffusers 0.14: query, key, value, proj_attn), which
+    /// diffusers' ModelMixin._fix_state_dict_keys_on_load still renames on load; group_norm keeps its name.
+    public static let legacyAttentionRules: [KeyRule] = [
+        .regex(#"\.attentions\.(\d+)\.query\."#, ".attentions.$1.to_q."),
+        .regex(#"\.attentions\.(\d+)\.key\."#, ".attentions.$1.to_k."),
+        .regex(#"\.attentions\.(\d+)\.value\."#, ".attentions.$1.to_v."),
+        .regex(#"\.attentions\.(\d+)\.proj_attn\."#, ".attentions.$1.to_out.0."),
+    ]
+
+    /// A diffusers folder: the component folder itself, or a pipeline folder with `vae/` (or `vqvae/`). Attention
+    /// weights saved under diffusers' old names are renamed (`legacyAttentionRules`).
     public static func load(folder: URL, variant: String? = nil) throws -> (model: FirstStageModel, report: LoadReport) {
         let (dir, config) = try componentFolder(folder)
         let cls = (try? JSONSerialization.jsonObject(with: Data(contentsOf: config)) as? [String: Any])?["_class_name"] as? String
-        let records = try weights(dir, variant: variant)
+        let records = mapKeys(try weights(dir, variant: variant), legacyAttentionRules)
         switch cls {
         case "VQModel":
             let m = try VQModel(config: try VQModelConfig.load(config))

@@ -65,8 +65,8 @@ public enum DiffusersConfigs {
             "_class_name": "AutoencoderKL", "_diffusers_version": diffusersVersion,
             "in_channels": try dim(shapes, "encoder.conv_in.weight", 1), "out_channels": try dim(shapes, "decoder.conv_out.weight", 0),
             "latent_channels": try dim(shapes, "post_quant_conv.weight", 0),
-            "down_block_types": Array(repeating: "DownEncoderBlock2D", count: layout.levels),
-            "up_block_types": Array(repeating: "UpDecoderBlock2D", count: layout.levels),
+            "down_block_types": layout.encoderAttention.map { $0 ? "AttnDownEncoderBlock2D" : "DownEncoderBlock2D" },
+            "up_block_types": layout.decoderAttention.map { $0 ? "AttnUpDecoderBlock2D" : "UpDecoderBlock2D" },
             "block_out_channels": channels, "layers_per_block": layout.layersPerBlock,
             "act_fn": "silu", "norm_num_groups": 32, "sample_size": 512, "scaling_factor": 0.18215,
         ]

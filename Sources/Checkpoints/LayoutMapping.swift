@@ -110,12 +110,22 @@ public struct UNetLayout: Equatable, Sendable {
     }
 }
 
-/// ldm/modules/diffusionmodules/model.py Encoder/Decoder <-> AutoencoderKL.
+/// ldm/modules/diffusionmodules/model.py Encoder/Decoder <-> AutoencoderKL. Levels whose resolution is in the
+/// ddconfig's attn_resolutions hold an AttnBlock after every resnet (`down.N.attn.M`, `up.N.attn.M`), diffusers'
+/// AttnDownEncoderBlock2D / AttnUpDecoderBlock2D `attentions.M`.
 public struct VAELayout: Equatable, Sendable {
     public var levels: Int
     /// Encoder resnets per level (the decoder has one more).
     public var layersPerBlock: Int
-    public init(levels: Int, layersPerBlock: Int) { self.levels = levels; self.layersPerBlock = layersPerBlock }
+    /// Per encoder level (CompVis down.i = diffusers down_blocks.i): attention after every resnet.
+    public var encoderAttention: [Bool]
+    /// Per decoder block in diffusers order (up_blocks.i = CompVis up.(levels - 1 - i)).
+    public var decoderAttention: [Bool]
+    public init(levels: Int, layersPerBlock: Int, encoderAttention: [Bool]? = nil, decoderAttention: [Bool]? = nil) {
+        self.levels = levels; self.layersPerBlock = layersPerBlock
+        self.encoderAttention = encoderAttention ?? Array(repeating: false, count: levels)
+        self.decoderAttention = decoderAttention ?? Array(repeating: false, count: levels)
+    }
 
     public var rules: [LayoutRule] {
         var r = ["encoder.conv_in", "encoder.conv_out", "decoder.conv_in", "decoder.conv_out", "quant_conv", "post_quant_conv"]
@@ -129,11 +139,17 @@ public struct VAELayout: Equatable, Sendable {
         for i in 0..<levels {
             for j in 0..<layersPerBlock {
                 r.append(LayoutRule("encoder.down.\(i).block.\(j)", "encoder.down_blocks.\(i).resnets.\(j)", .vaeResnet))
+                if encoderAttention[i] {
+                    r.append(LayoutRule("encoder.down.\(i).attn.\(j)", "encoder.down_blocks.\(i).attentions.\(j)", .vaeAttention))
+                }
             }
             if i < levels - 1 { r.append(LayoutRule("encoder.down.\(i).downsample.conv", "encoder.down_blocks.\(i).downsamplers.0.conv")) }
             let b = levels - 1 - i   // decoder.up is stored in reverse order
             for j in 0...layersPerBlock {
                 r.append(LayoutRule("decoder.up.\(b).block.\(j)", "decoder.up_blocks.\(i).resnets.\(j)", .vaeResnet))
+                if decoderAttention[i] {
+                    r.append(LayoutRule("decoder.up.\(b).attn.\(j)", "decoder.up_blocks.\(i).attentions.\(j)", .vaeAttention))
+                }
             }
             if b > 0 { r.append(LayoutRule("decoder.up.\(b).upsample.conv", "decoder.up_blocks.\(i).upsamplers.0.conv")) }
         }
@@ -141,11 +157,18 @@ public struct VAELayout: Equatable, Sendable {
     }
 
     public static func detect(compvis keys: [String]) throws -> VAELayout {
-        try make(indices(keys, "encoder.down.").count, indices(keys, "encoder.down.0.block.").count)
+        var layout = try make(indices(keys, "encoder.down.").count, indices(keys, "encoder.down.0.block.").count)
+        let n = layout.levels
+        layout.encoderAttention = (0..<n).map { i in keys.contains { $0.hasPrefix("encoder.down.\(i).attn.") } }
+        layout.decoderAttention = (0..<n).map { i in keys.contains { $0.hasPrefix("decoder.up.\(n - 1 - i).attn.") } }
+        return layout
     }
 
     public static func detect(diffusers keys: [String]) throws -> VAELayout {
-        try make(indices(keys, "encoder.down_blocks.").count, indices(keys, "encoder.down_blocks.0.resnets.").count)
+        var layout = try make(indices(keys, "encoder.down_blocks.").count, indices(keys, "encoder.down_blocks.0.resnets.").count)
+        layout.encoderAttention = (0..<layout.levels).map { i in keys.contains { $0.hasPrefix("encoder.down_blocks.\(i).attentions.") } }
+        layout.decoderAttention = (0..<layout.levels).map { i in keys.contains { $0.hasPrefix("decoder.up_blocks.\(i).attentions.") } }
+        return layout
     }
 
     static func make(_ levels: Int, _ L: Int) throws -> VAELayout {

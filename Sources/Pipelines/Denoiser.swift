@@ -46,6 +46,13 @@ public final class Denoiser {
             if let c = concat { input = concat2([input, c]) }
         }
         let out = try GradMode.noGrad { () throws -> Tensor in
+            if doClassifierFreeGuidance, let u = uncondContext, let c = context, u.shape != c.shape {
+                // Prompts of different lengths (web-UI chunking): one pass each, as AUTOMATIC1111's CFGDenoiser does
+                // when cond and uncond have different token counts (sd_samplers_cfg_denoiser.py).
+                let outU = try unet(sample: input, timestep: t, encoderHiddenStates: u, classLabels: uncondClassLabels)
+                let outC = try unet(sample: input, timestep: t, encoderHiddenStates: c, classLabels: classLabels)
+                return outU + (outC - outU) * guidanceScale
+            }
             if doClassifierFreeGuidance {
                 let ctx = try pair(uncondContext, context, what: "context")
                 let labels = try pairLabels()

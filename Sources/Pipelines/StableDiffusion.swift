@@ -11,15 +11,40 @@ import TensorCore
 import Tokenizers
 import UNetModels
 
+/// How a prompt becomes CLIP conditioning.
+/// - `diffusers`: diffusers' encode_prompt: one window of model_max_length tokens (longer prompts truncated),
+///   brackets are plain text.
+/// - the others are AUTOMATIC1111's emphasis modes (modules/sd_emphasis.py, sd_hijack_clip.py tokenize_line): the
+///   prompt is cut into 75-token chunks (BREAK, comma back-tracking) encoded one by one and concatenated;
+///   `original` ("Original") weights the tokens of "(word:1.3)", "(word)", "[word]" and restores the mean,
+///   `noNorm` ("No norm") weights without restoring it, `ignore` ("Ignore") strips the syntax and weights nothing,
+///   `none` ("None") keeps the brackets as text.
+public enum PromptEmphasis: String, CaseIterable, Sendable {
+    case diffusers, original, noNorm = "no-norm", ignore, none
+
+    /// The web UI's name of the mode (its infotext "Emphasis" value); nil for `diffusers`.
+    public var webUIName: String? {
+        switch self {
+        case .diffusers: return nil
+        case .original: return "Original"
+        case .noNorm: return "No norm"
+        case .ignore: return "Ignore"
+        case .none: return "None"
+        }
+    }
+}
+
 public struct PromptOptions {
     public var prompt: String
     public var negativePrompt: String
     public var guidanceScale: Double
     public var width: Int?
     public var height: Int?
-    public init(prompt: String, negativePrompt: String = "", guidanceScale: Double = 7.5, width: Int? = nil, height: Int? = nil) {
+    public var emphasis: PromptEmphasis
+    public init(prompt: String, negativePrompt: String = "", guidanceScale: Double = 7.5, width: Int? = nil, height: Int? = nil,
+                emphasis: PromptEmphasis = .diffusers) {
         self.prompt = prompt; self.negativePrompt = negativePrompt; self.guidanceScale = guidanceScale
-        self.width = width; self.height = height
+        self.width = width; self.height = height; self.emphasis = emphasis
     }
     public func validate() throws {
         try Validation.checkGuidance(guidanceScale)
@@ -39,12 +64,25 @@ public final class StableDiffusionPipeline {
     }
 
     /// encode_prompt: CLIP last hidden state of the padded prompt (and of the negative prompt when guiding),
-    /// repeated for the batch. Returns (cond, uncond).
+    /// repeated for the batch. Returns (cond, uncond). With a web-UI emphasis mode the two can have different
+    /// numbers of 77-token chunks (the Denoiser then runs them as separate UNet passes, as the web UI does).
     public func encodePrompt(_ p: PromptOptions, batch: Int, guidance: Bool) throws -> (Tensor, Tensor?) {
         guard let encoder = bundle.textEncoder, let tokenizer = bundle.tokenizer else { throw PipelineError("no text encoder") }
+        guard bundle.clipSkip >= 0, bundle.clipSkip < encoder.layers.count else {
+            throw PipelineError("clip skip \(bundle.clipSkip + 1) is outside 1...\(encoder.layers.count) (the text encoder has \(encoder.layers.count) layers)")
+        }
         let length = min(tokenizer.modelMaxLength, encoder.config.maxPositionEmbeddings)
         func embed(_ text: String) throws -> Tensor {
-            let e = try GradMode.noGrad { try encoder.encode([tokenizer(text, maxLength: length)], clipSkip: bundle.clipSkip) }
+            let e = try GradMode.noGrad { () throws -> Tensor in
+                switch p.emphasis {
+                case .diffusers:
+                    return try encoder.encode([tokenizer(text, maxLength: length)], clipSkip: bundle.clipSkip)
+                case .original, .noNorm, .ignore, .none:
+                    let wp = tokenizer.weightedPrompt(text, emphasis: p.emphasis != .none)
+                    return try encoder.encode(wp, clipSkip: bundle.clipSkip, emphasis: p.emphasis == .original || p.emphasis == .noNorm,
+                                              normalize: p.emphasis == .original)
+                }
+            }
             return batch == 1 ? e : concat([Tensor](repeating: e, count: batch), axis: 0)
         }
         return (try embed(p.prompt), guidance ? try embed(p.negativePrompt) : nil)

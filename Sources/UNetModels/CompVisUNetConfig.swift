@@ -5,7 +5,8 @@ import Foundation
 // block_out_channels = model_channels * channel_mult; a block has attention when its downsampling factor is in
 // attention_resolutions; `attention_head_dim` is the head count of the transformers (diffusers issue #2011): num_heads,
 // or channels / num_head_channels when num_heads is -1 (SD 2.x). Without use_spatial_transformer the model is a
-// diffusers UNet2DModel with legacy AttentionBlocks, whose `attention_head_dim` is a head dimension.
+// diffusers UNet2DModel with legacy AttentionBlocks, whose `attention_head_dim` is a head dimension; resblock_updown
+// (lsun_churches) is expressed with diffusers' resnet resampling blocks (see below).
 
 public enum CompVisUNetConfig {
     /// The diffusers config.json dictionary for `yaml` (the whole parsed file, `model:` or `model.params`).
@@ -52,9 +53,7 @@ public enum CompVisUNetConfig {
             if let b = v as? Bool { return b }
             throw UNetConfigError("YAML unet_config.params.\(key): expected true or false, got \(v)")
         }
-        if try bool("resblock_updown") {
-            throw UNetConfigError("YAML unet_config.params.resblock_updown: true (ResBlock up/downsampling) has no diffusers UNet2DConditionModel equivalent")
-        }
+        let resblockUpdown = try bool("resblock_updown")
         if try bool("use_new_attention_order") { throw UNetConfigError("YAML unet_config.params.use_new_attention_order is not supported") }
         if p["num_classes"] is String { throw UNetConfigError("YAML unet_config.params.num_classes \"sequential\" (SDXL/unCLIP ADM input) is not supported") }
         if p["disable_self_attentions"] != nil { throw UNetConfigError("YAML unet_config.params.disable_self_attentions is not supported") }
@@ -85,6 +84,10 @@ public enum CompVisUNetConfig {
                                   "resnet_time_scale_shift": try bool("use_scale_shift_norm") ? "scale_shift" : "default"]
         if let classes = try int("num_classes") { cfg["num_class_embeds"] = classes }
         if spatial {
+            if resblockUpdown {
+                // diffusers' CrossAttnDownBlock2D / CrossAttnUpBlock2D resample with convolutions only.
+                throw UNetConfigError("YAML unet_config.params: resblock_updown with use_spatial_transformer has no diffusers UNet2DConditionModel equivalent")
+            }
             guard let context = p["context_dim"], !(context is NSNull) else {
                 throw UNetConfigError("YAML unet_config.params: use_spatial_transformer needs context_dim")
             }
@@ -114,8 +117,11 @@ public enum CompVisUNetConfig {
                 return ch / numHeads
             }
             cfg["_class_name"] = "UNet2DModel"
-            cfg["down_block_types"] = attn.map { $0 ? "AttnDownBlock2D" : "DownBlock2D" }
-            cfg["up_block_types"] = attn.reversed().map { $0 ? "AttnUpBlock2D" : "UpBlock2D" }
+            // resblock_updown: ResBlock(down/up=True) resamplers, diffusers' ResnetDownsampleBlock2D /
+            // ResnetUpsampleBlock2D and AttnDown/UpBlock2D with downsample_type / upsample_type "resnet".
+            cfg["down_block_types"] = attn.map { $0 ? "AttnDownBlock2D" : (resblockUpdown ? "ResnetDownsampleBlock2D" : "DownBlock2D") }
+            cfg["up_block_types"] = attn.reversed().map { $0 ? "AttnUpBlock2D" : (resblockUpdown ? "ResnetUpsampleBlock2D" : "UpBlock2D") }
+            if resblockUpdown { cfg["downsample_type"] = "resnet"; cfg["upsample_type"] = "resnet" }
             cfg["mid_block_type"] = "UNetMidBlock2D"
             cfg["add_attention"] = true
             cfg["attention_head_dim"] = headDims

@@ -6,7 +6,9 @@ import TensorCore
 // (model.diffusion_model.input_blocks.N.M..., middle_block, output_blocks, time_embed, label_emb, out) and diffusers
 // UNet2DConditionModel / UNet2DModel names, generated from the config as diffusers loaders/single_file_utils.py
 // `convert_ldm_unet_checkpoint` does: a table of block prefixes, plus the resnet leaf renames of
-// `update_unet_resnet_ldm_to_diffusers`. SpatialTransformer leaves have the same names on both sides. Legacy
+// `update_unet_resnet_ldm_to_diffusers`. SpatialTransformer leaves have the same names on both sides. With
+// resblock_updown the resamplers are ResBlocks (input_blocks.N.0 / output_blocks.N.(1|2) with resnet leaves) mapped
+// to the ResnetBlock2D(down/up=True) at downsamplers.0 / upsamplers.0 (diffusers' converter has no rule for them). Legacy
 // `AttentionBlock`s (unconditional LDMs) store q, k, v as one 1-d conv `qkv` split per head
 // (QKVAttentionLegacy: heads first) or per q/k/v (QKVAttention, use_new_attention_order); `load` splits them.
 
@@ -52,7 +54,12 @@ public struct CompVisUNetKeyMap: Sendable {
                 if let attn { add("input_blocks.\(k).1", "down_blocks.\(i).attentions.\(j)", attn) }
                 k += 1
             }
-            if i < n - 1 { add("input_blocks.\(k).0.op", "down_blocks.\(i).downsamplers.0.conv"); k += 1 }
+            if i < n - 1 {
+                // resblock_updown: the downsampler is ResBlock(down=True) instead of Downsample's `op` conv.
+                if config.resnetDownsample(i) { add("input_blocks.\(k).0", "down_blocks.\(i).downsamplers.0", .resnet) }
+                else { add("input_blocks.\(k).0.op", "down_blocks.\(i).downsamplers.0.conv") }
+                k += 1
+            }
         }
         if let mid = config.midBlockType {
             add("middle_block.0", "mid_block.resnets.0", .resnet)
@@ -70,7 +77,9 @@ public struct CompVisUNetKeyMap: Sendable {
             for j in 0..<layers {
                 add("output_blocks.\(k).0", "up_blocks.\(i).resnets.\(j)", .resnet)
                 if let attn { add("output_blocks.\(k).1", "up_blocks.\(i).attentions.\(j)", attn) }
-                if j == layers - 1 && i < n - 1 { add("output_blocks.\(k).\(attn == nil ? 1 : 2)", "up_blocks.\(i).upsamplers.0") }
+                if j == layers - 1 && i < n - 1 {
+                    add("output_blocks.\(k).\(attn == nil ? 1 : 2)", "up_blocks.\(i).upsamplers.0", config.resnetUpsample(i) ? .resnet : .plain)
+                }
                 k += 1
             }
         }

@@ -38,15 +38,21 @@ public final class TimestepEmbedding: Module {
 
 /// ResnetBlock2D with time_embedding_norm "default" (h + temb before norm2) or "scale_shift"
 /// (norm2(h) * (1 + scale) + shift). Callers pass the time embedding already through SiLU (skip_time_act False).
+/// `resample` .down / .up (diffusers down=True / up=True; CompVis openaimodel ResBlock down/up, resblock_updown):
+/// after norm1 + SiLU, both the hidden state and the shortcut input are 2x2-average-pooled (Downsample2D without conv,
+/// CompVis avg_pool_nd) or nearest-upsampled 2x (Upsample2D without conv, F.interpolate) before conv1.
 public final class ResnetBlock2D: Module {
+    public enum Resample: Sendable { case none, down, up }
     public let norm1: GroupNorm, conv1: Conv2d, timeEmbProj: Linear?, norm2: GroupNorm, conv2: Conv2d, convShortcut: Conv2d?
     public let scaleShift: Bool, outputScaleFactor: Float
+    public let resample: Resample
 
     public init(inChannels: Int, outChannels: Int, tembChannels: Int?, groups: Int, eps: Float,
-                timeEmbeddingNorm: String = "default", outputScaleFactor: Float = 1) {
+                timeEmbeddingNorm: String = "default", outputScaleFactor: Float = 1, resample: Resample = .none) {
         let scaleShift = timeEmbeddingNorm == "scale_shift"
         self.scaleShift = scaleShift
         self.outputScaleFactor = outputScaleFactor
+        self.resample = resample
         norm1 = GroupNorm(groups: groups, channels: inChannels, eps: eps)
         conv1 = Conv2d(inChannels, outChannels, kernel: 3, padding: 1)
         timeEmbProj = tembChannels.map { Linear($0, scaleShift ? 2 * outChannels : outChannels) }
@@ -56,8 +62,17 @@ public final class ResnetBlock2D: Module {
     }
 
     /// `tembAct`: SiLU(time embedding), (B, temb_channels).
-    public func callAsFunction(_ x: Tensor, tembAct: Tensor?) -> Tensor {
-        var h = conv1(norm1(x, silu: true))
+    public func callAsFunction(_ input: Tensor, tembAct: Tensor?) -> Tensor {
+        var h = norm1(input, silu: true), x = input
+        switch resample {
+        case .none: break
+        case .down:
+            h = h.avgPool2d(kernel: 2); x = x.avgPool2d(kernel: 2)
+        case .up:
+            let (oh, ow) = (x.shape[2] * 2, x.shape[3] * 2)
+            h = h.upsampleNearest(height: oh, width: ow); x = x.upsampleNearest(height: oh, width: ow)
+        }
+        h = conv1(h)
         if let proj = timeEmbProj, let tembAct {
             let t = proj(tembAct)
             let b = t.shape[0], c = t.shape[1]

@@ -40,7 +40,8 @@ public final class UNet2DConditionModel: Module {
         }
         let s = BlockSettings(tembChannels: temb, groups: config.normNumGroups, eps: config.normEps,
                               timeScaleShift: config.resnetTimeScaleShift, useLinearProjection: config.useLinearProjection,
-                              attnGroups: config.attnNormNumGroups)
+                              attnGroups: config.attnNormNumGroups, downsampleType: config.downsampleType,
+                              upsampleType: config.upsampleType)
         let cross = config.crossAttentionDim
         var output = boc[0]
         downBlocks = (0..<n).map { i in

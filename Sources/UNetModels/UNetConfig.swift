@@ -38,6 +38,10 @@ public struct UNetConfig: Codable, Sendable, Equatable {
     public var resnetTimeScaleShift: String
     public var addAttention: Bool
     public var downsamplePadding: Int
+    /// UNet2DModel downsample_type / upsample_type: "conv", or "resnet" (AttnDownBlock2D / AttnUpBlock2D resample with
+    /// a ResnetBlock2D(down/up=True), as CompVis resblock_updown).
+    public var downsampleType: String
+    public var upsampleType: String
     public var midBlockScaleFactor: Float
     public var actFn: String
     public var timeEmbeddingDim: Int?
@@ -63,7 +67,8 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         case normNumGroups = "norm_num_groups", attnNormNumGroups = "attn_norm_num_groups", normEps = "norm_eps"
         case classEmbedType = "class_embed_type", numClassEmbeds = "num_class_embeds"
         case resnetTimeScaleShift = "resnet_time_scale_shift", addAttention = "add_attention"
-        case downsamplePadding = "downsample_padding", midBlockScaleFactor = "mid_block_scale_factor", actFn = "act_fn"
+        case downsamplePadding = "downsample_padding", downsampleType = "downsample_type", upsampleType = "upsample_type"
+        case midBlockScaleFactor = "mid_block_scale_factor", actFn = "act_fn"
         case timeEmbeddingDim = "time_embedding_dim", timeEmbeddingType = "time_embedding_type"
         case convInKernel = "conv_in_kernel", convOutKernel = "conv_out_kernel"
         case centerInputSample = "center_input_sample", upcastAttention = "upcast_attention"
@@ -133,6 +138,8 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         resnetTimeScaleShift = try c.decodeIfPresent(String.self, forKey: .resnetTimeScaleShift) ?? "default"
         addAttention = try c.decodeIfPresent(Bool.self, forKey: .addAttention) ?? true
         downsamplePadding = try c.decodeIfPresent(Int.self, forKey: .downsamplePadding) ?? 1
+        downsampleType = try c.decodeIfPresent(String.self, forKey: .downsampleType) ?? "conv"
+        upsampleType = try c.decodeIfPresent(String.self, forKey: .upsampleType) ?? "conv"
         midBlockScaleFactor = try c.decodeIfPresent(Float.self, forKey: .midBlockScaleFactor) ?? 1
         actFn = try c.decodeIfPresent(String.self, forKey: .actFn) ?? "silu"
         timeEmbeddingDim = try c.decodeIfPresent(Int.self, forKey: .timeEmbeddingDim)
@@ -153,7 +160,7 @@ public struct UNetConfig: Codable, Sendable, Equatable {
             if (try? x.decodeIfPresent(Bool.self, forKey: k)) == true { unsupported.append(key) }
             if let v = try? x.decodeIfPresent([Bool].self, forKey: k), v.contains(true) { unsupported.append(key) }
         }
-        let checks: [(String, String)] = [("attention_type", "default"), ("downsample_type", "conv"), ("upsample_type", "conv")]
+        let checks: [(String, String)] = [("attention_type", "default")]
         for (key, ok) in checks {
             if let v = try? x.decodeIfPresent(String.self, forKey: Extra(stringValue: key)), v != ok { unsupported.append("\(key)=\(v)") }
         }
@@ -181,6 +188,7 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         try c.encode(normEps, forKey: .normEps)
         try c.encodeIfPresent(classEmbedType, forKey: .classEmbedType); try c.encodeIfPresent(numClassEmbeds, forKey: .numClassEmbeds)
         try c.encode(resnetTimeScaleShift, forKey: .resnetTimeScaleShift); try c.encode(addAttention, forKey: .addAttention)
+        try c.encode(downsampleType, forKey: .downsampleType); try c.encode(upsampleType, forKey: .upsampleType)
         try c.encode(downsamplePadding, forKey: .downsamplePadding); try c.encode(midBlockScaleFactor, forKey: .midBlockScaleFactor)
         try c.encode(actFn, forKey: .actFn); try c.encodeIfPresent(timeEmbeddingDim, forKey: .timeEmbeddingDim)
         try c.encode(timeEmbeddingType, forKey: .timeEmbeddingType)
@@ -195,8 +203,15 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         guard n > 0, blockOutChannels.count == n, upBlockTypes.count == n else {
             throw UNetConfigError("down_block_types (\(n)), up_block_types (\(upBlockTypes.count)) and block_out_channels (\(blockOutChannels.count)) must have the same length > 0")
         }
-        for t in downBlockTypes where !["CrossAttnDownBlock2D", "DownBlock2D", "AttnDownBlock2D"].contains(t) { throw UNetConfigError("unsupported down block \(t)") }
-        for t in upBlockTypes where !["CrossAttnUpBlock2D", "UpBlock2D", "AttnUpBlock2D"].contains(t) { throw UNetConfigError("unsupported up block \(t)") }
+        for t in downBlockTypes where !["CrossAttnDownBlock2D", "DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"].contains(t) {
+            throw UNetConfigError("unsupported down block \(t)")
+        }
+        for t in upBlockTypes where !["CrossAttnUpBlock2D", "UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"].contains(t) {
+            throw UNetConfigError("unsupported up block \(t)")
+        }
+        guard ["conv", "resnet"].contains(downsampleType), ["conv", "resnet"].contains(upsampleType) else {
+            throw UNetConfigError("downsample_type \(downsampleType) / upsample_type \(upsampleType) (only conv or resnet)")
+        }
         if let m = midBlockType, !["UNetMidBlock2DCrossAttn", "UNetMidBlock2D"].contains(m) { throw UNetConfigError("unsupported mid block \(m)") }
         guard ["silu", "swish"].contains(actFn) else { throw UNetConfigError("act_fn \(actFn) (only silu)") }
         guard timeEmbeddingType == "positional" else { throw UNetConfigError("time_embedding_type \(timeEmbeddingType) (only positional)") }
@@ -222,6 +237,15 @@ public struct UNetConfig: Codable, Sendable, Equatable {
                 throw UNetConfigError("\(ch) channels cannot be split into heads of \(hd) (block \(i))")
             }
         }
+    }
+
+    /// Whether down block `i` downsamples with a ResnetBlock2D(down=True) (only when it downsamples at all).
+    public func resnetDownsample(_ i: Int) -> Bool {
+        i < blockOutChannels.count - 1 && resnetDownsampling(downBlockTypes[i], downsampleType: downsampleType)
+    }
+    /// Whether up block `i` (diffusers order) upsamples with a ResnetBlock2D(up=True).
+    public func resnetUpsample(_ i: Int) -> Bool {
+        i < blockOutChannels.count - 1 && resnetUpsampling(upBlockTypes[i], upsampleType: upsampleType)
     }
 
     /// Heads of the transformer blocks at down-block index `i` (diffusers: num_attention_heads or attention_head_dim).

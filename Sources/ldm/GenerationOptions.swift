@@ -31,8 +31,14 @@ struct GenerationOptions: ParsableArguments {
     @Option(help: "Random seed (default: random; it is printed and stored in the PNG).")
     var seed: UInt64?
 
-    @Option(help: "Random number generator: torch (reproduces torch.Generator on x86 CPUs) or torch-scalar (ARM/portable torch).")
+    @Option(help: "Random number generator: torch (torch.Generator on x86 CPUs; the web UIs' \"CPU\" source), torch-scalar (ARM/portable torch) or cuda (torch.Generator(\"cuda\"): the web UIs' GPU noise on NVIDIA cards, bit-exact with AUTOMATIC1111's \"NV\" source).")
     var rng: String = "torch"
+
+    @Option(name: .customLong("cuda-sms"), help: "With --rng cuda: the GPU's multiprocessor count (e.g. 82 for an RTX 3090, 128 for an RTX 4090). Only changes tensors larger than the GPU's resident threads; give it with --cuda-threads-per-sm.")
+    var cudaSMs: Int?
+
+    @Option(name: .customLong("cuda-threads-per-sm"), help: "With --rng cuda: the GPU's maxThreadsPerMultiProcessor (1536 for RTX 30/40, 2048 for A100/H100, 1024 for RTX 20).")
+    var cudaThreadsPerSM: Int?
 
     @Option(name: .customLong("batch-size"), help: "Images to generate in one batch (written as FILE-1.png, FILE-2.png, ...).")
     var batchSize: Int = 1
@@ -48,7 +54,8 @@ struct GenerationOptions: ParsableArguments {
 
     /// Checks every option and file that does not need the model; returns the sampling options and output paths.
     func check(defaultSteps: Int = 50) throws -> (SamplingOptions, [String]) {
-        guard ["torch", "torch-scalar"].contains(rng) else { throw PipelineError("--rng must be torch or torch-scalar, got \(rng)") }
+        guard ["torch", "torch-scalar", "cuda"].contains(rng) else { throw PipelineError("--rng must be torch, torch-scalar or cuda, got \(rng)") }
+        _ = try cudaDevice()
         let o = SamplingOptions(sampler: sampler, steps: steps ?? defaultSteps, eta: eta, batchSize: batchSize)
         try o.validate()
         try Validation.checkModelPath(model)
@@ -63,9 +70,29 @@ struct GenerationOptions: ParsableArguments {
 
     var resolvedSeed: UInt64 { seed ?? UInt64.random(in: 0..<(1 << 32)) }
 
-    func generator(seed: UInt64) -> TorchGenerator {
-        TorchGenerator(seed: seed, normalKernel: rng == "torch-scalar" ? .scalar : .avx2)
+    /// The GPU whose launch configuration --rng cuda reproduces (nil: one element per thread, A1111's "NV").
+    func cudaDevice() throws -> CUDAGenerator.Device? {
+        switch (cudaSMs, cudaThreadsPerSM) {
+        case (nil, nil): return nil
+        case let (sms?, threads?):
+            guard rng == "cuda" else { throw PipelineError("--cuda-sms and --cuda-threads-per-sm need --rng cuda") }
+            guard (1...1024).contains(sms) else { throw PipelineError("--cuda-sms must be in 1...1024, got \(sms)") }
+            guard (256...4096).contains(threads), threads % 32 == 0 else {
+                throw PipelineError("--cuda-threads-per-sm must be a multiple of 32 in 256...4096, got \(threads)")
+            }
+            return CUDAGenerator.Device(multiprocessorCount: sms, maxThreadsPerMultiprocessor: threads)
+        default: throw PipelineError("--cuda-sms and --cuda-threads-per-sm go together")
+        }
     }
+
+    func generator(seed: UInt64) -> RandomSource {
+        if rng == "cuda" { return CUDAGenerator(seed: seed, device: try? cudaDevice()) }
+        return TorchGenerator(seed: seed, normalKernel: rng == "torch-scalar" ? .scalar : .avx2)
+    }
+
+    /// The web UI's infotext "RNG" value (modules/processing.py: randn_source "CPU", "GPU" or "NV"): torch's CPU
+    /// generator is "CPU"; --rng cuda is exactly the "NV" generator, or "GPU" when a device's launch is reproduced.
+    var webUIRNG: String { rng == "cuda" ? (cudaSMs != nil ? "GPU" : "NV") : "CPU" }
 
     /// Reads the model's configs (not its weights) and checks it can serve the command.
     func summary() throws -> ModelSummary {
@@ -103,7 +130,7 @@ struct GenerationOptions: ParsableArguments {
     func parameters(seed: UInt64, steps: Int, scheduler: String?) -> GenerationParameters {
         GenerationParameters(steps: steps, sampler: webUISamplerName(sampler ?? scheduler ?? "default"), seed: Int(truncatingIfNeeded: seed),
                              model: URL(fileURLWithPath: model).deletingPathExtension().lastPathComponent,
-                             extra: eta != 0 ? [.init("Eta", "\(eta)")] : [])
+                             extra: (eta != 0 ? [.init("Eta", "\(eta)")] : []) + [.init("RNG", webUIRNG)])
     }
 }
 
@@ -134,14 +161,40 @@ struct PromptArguments: ParsableArguments {
     @Option(name: .customLong("cfg-scale"), help: "Classifier-free guidance scale (<= 1 disables guidance).")
     var cfgScale: Double = 7.5
 
+    @Option(name: .customLong("clip-skip"), help: "Web UI clip skip: 1 = the text encoder's last layer, 2 = the penultimate, ... (at most its layer count; counted on the encoder the model ships, for SD 2.x diffusers' 23-layer one). Default: the model's.")
+    var clipSkip: Int?
+
+    @Option(help: "Prompt syntax: diffusers (default: one 77-token window, brackets are text), or a web UI emphasis mode with 75-token chunks and BREAK: original (\"(word:1.3)\", \"(word)\", \"[word]\" weights, mean restored), no-norm (weights, mean not restored), ignore (syntax stripped, no weights), none (brackets kept as text).")
+    var emphasis: String = "diffusers"
+
     func check() throws -> PromptOptions {
-        let p = PromptOptions(prompt: prompt, negativePrompt: negativePrompt, guidanceScale: cfgScale, width: width, height: height)
+        guard let mode = PromptEmphasis(rawValue: emphasis) else {
+            throw PipelineError("--emphasis must be one of \(PromptEmphasis.allCases.map(\.rawValue).joined(separator: ", ")), got \(emphasis)")
+        }
+        if let k = clipSkip, k < 1 { throw PipelineError("--clip-skip must be >= 1 (1 = last layer), got \(k)") }
+        let p = PromptOptions(prompt: prompt, negativePrompt: negativePrompt, guidanceScale: cfgScale, width: width, height: height,
+                              emphasis: mode)
         try p.validate()
         return p
     }
 
-    func annotate(_ g: inout GenerationParameters) {
+    /// Applies --clip-skip to the loaded model, checked against its text encoder's layer count.
+    func configure(_ bundle: ModelBundle) throws -> ModelBundle {
+        guard let k = clipSkip else { return bundle }
+        let layers = bundle.textEncoder?.layers.count ?? 0
+        guard k <= layers else { throw PipelineError("--clip-skip \(k) is outside 1...\(layers): the text encoder has \(layers) layers") }
+        bundle.clipSkip = k - 1
+        return bundle
+    }
+
+    /// Prompt fields of the infotext; "Clip skip" and "Emphasis" as the web UI writes them (processing.py: clip skip
+    /// when > 1; sd_hijack_clip.py: the emphasis mode when it is not "Original" and a prompt has "(" or "[").
+    func annotate(_ g: inout GenerationParameters, bundle: ModelBundle) {
         g.prompt = prompt; g.negativePrompt = negativePrompt; g.cfgScale = cfgScale
+        if bundle.clipSkip > 0 { g.extra.append(.init("Clip skip", "\(bundle.clipSkip + 1)")) }
+        let mode = PromptEmphasis(rawValue: emphasis) ?? .diffusers
+        let hasSyntax = [prompt, negativePrompt].contains { $0.contains("(") || $0.contains("[") }
+        if mode != .original, hasSyntax { g.extra.append(.init("Emphasis", mode.webUIName ?? "None")) }
     }
 }
 

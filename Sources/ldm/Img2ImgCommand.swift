@@ -26,12 +26,12 @@ struct Img2Img: ParsableCommand {
         try requireTextModel(try options.summary(), options.model)
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
-        let pipe = try StableDiffusionPipeline(bundle: options.loadBundle())
+        let pipe = try StableDiffusionPipeline(bundle: prompt.configure(options.loadBundle()))
         let bar = options.progressBar("img2img")
         let result = try pipe.imageToImage(p, sampling, image: image, strength: strength,
                                            generator: options.generator(seed: seed), progress: bar.update)
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
-        prompt.annotate(&params)
+        prompt.annotate(&params, bundle: pipe.bundle)
         params.extra.append(.init("Denoising strength", "\(strength)"))
         options.log("seed \(seed)")
         try options.write(result, to: paths, parameters: params)

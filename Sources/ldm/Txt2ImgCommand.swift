@@ -15,11 +15,11 @@ struct Txt2Img: ParsableCommand {
         try requireTextModel(try options.summary(), options.model)
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
-        let pipe = try StableDiffusionPipeline(bundle: options.loadBundle())
+        let pipe = try StableDiffusionPipeline(bundle: prompt.configure(options.loadBundle()))
         let bar = options.progressBar("txt2img")
         let result = try pipe.textToImage(p, sampling, generator: options.generator(seed: seed), progress: bar.update)
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
-        prompt.annotate(&params)
+        prompt.annotate(&params, bundle: pipe.bundle)
         options.log("seed \(seed)")
         try options.write(result, to: paths, parameters: params)
     }

@@ -92,11 +92,13 @@ final class CompVisTests: XCTestCase {
         XCTAssertEqual(v.embedDim, 3)
         XCTAssertEqual(v.blockOutChannels, [128, 256, 512])
         XCTAssertFalse(v.midBlockAddAttention)
-        // Attention outside the mid-block (e.g. vq-f8's attn_resolutions [32]) is refused with a message.
+        // Attention outside the mid-block (vq-f8's attn_resolutions [32]; resolution defaults to 256): AttentionLevelTests.
         var withAttn = sd
         withAttn["params"] = ["embed_dim": 4, "ddconfig": ["double_z": true, "z_channels": 4, "in_channels": 3, "out_ch": 3, "ch": 128,
-                                                           "ch_mult": [1, 2], "num_res_blocks": 2, "attn_resolutions": [32]] as [String: Any]]
-        XCTAssertThrowsError(try FirstStageConfig.fromCompVis(withAttn)) { XCTAssertTrue("\($0)".contains("attn_resolutions"), "\($0)") }
+                                                           "ch_mult": [1, 2], "num_res_blocks": 2, "attn_resolutions": [128]] as [String: Any]]
+        guard case .kl(let a) = try FirstStageConfig.fromCompVis(withAttn) else { return XCTFail("expected KL") }
+        XCTAssertEqual(a.downBlockTypes, ["DownEncoderBlock2D", "AttnDownEncoderBlock2D"])
+        XCTAssertEqual(a.upBlockTypes, ["AttnUpDecoderBlock2D", "UpDecoderBlock2D"])
         XCTAssertThrowsError(try FirstStageConfig.fromCompVis(["target": "ldm.models.autoencoder.AutoencoderKL"])) { _ in }
         XCTAssertThrowsError(try FirstStageConfig.fromCompVis(["target": "ldm.models.autoencoder.IdentityFirstStage", "params": ["ddconfig": sd]])) { _ in }
     }

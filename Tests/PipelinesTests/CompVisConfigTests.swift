@@ -56,10 +56,17 @@ final class CompVisConfigTests: XCTestCase {
             let summary = try ModelSummary.read(yaml: parsed(name))
             XCTAssertFalse(summary.hasTextEncoder); XCTAssertNil(summary.numClassEmbeds)
         }
-        // LSUN churches down/upsamples inside ResBlocks (resblock_updown): no diffusers equivalent, refused by name.
-        XCTAssertThrowsError(try CompVisUNetConfig.unetConfig(parsed("lsun_churches-ldm-kl-8"))) {
-            XCTAssertTrue("\($0)".contains("resblock_updown"), "\($0)")
-        }
+        // LSUN churches down/upsamples inside ResBlocks (resblock_updown, scale-shift norm; attention at 1, 2, 4, 8 of
+        // five levels): diffusers' resnet resampling blocks (parity: UNetModelsTests.ResblockUpdownTests).
+        let churches = try CompVisUNetConfig.unetConfig(parsed("lsun_churches-ldm-kl-8"))
+        XCTAssertEqual(churches.className, "UNet2DModel")
+        XCTAssertEqual(churches.downBlockTypes, ["AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"])
+        XCTAssertEqual(churches.upBlockTypes, ["ResnetUpsampleBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D"])
+        XCTAssertEqual([churches.downsampleType, churches.upsampleType, churches.resnetTimeScaleShift], ["resnet", "resnet", "scale_shift"])
+        XCTAssertEqual((0..<5).map(churches.resnetDownsample), [true, true, true, true, false])
+        let churchMap = try CompVisUNetKeyMap(config: churches)
+        XCTAssertEqual(churchMap.diffusersName("input_blocks.3.0.in_layers.2.weight"), "down_blocks.0.downsamplers.0.conv1.weight")
+        XCTAssertEqual(churchMap.diffusersName("output_blocks.2.1.emb_layers.1.weight"), "up_blocks.0.upsamplers.0.time_emb_proj.weight")
     }
 
     func testModelConfigs() throws {

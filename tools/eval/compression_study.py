@@ -106,7 +106,7 @@ def evaluate(args):
             judge = json.load(open(js))
             results[key] = {"model": name, "budget_s": t, "checkpoint_s": elapsed, "step": step, "sample_s": sample_s,
                             "accuracy": judge["overall_accuracy"], "fd": judge["fd_samples_vs_test"]}
-            print(f"{key}: step {step} ({elapsed:.0f} s) accuracy {judge['overall_accuracy']:.3f} FD {judge['fd_mlp']:.3f}",
+            print(f"{key}: step {step} ({elapsed:.0f} s) accuracy {judge['overall_accuracy']:.3f} FD {judge['fd_samples_vs_test']:.3f}",
                   flush=True)
             with open(os.path.join(args.out, "results.json"), "w") as fh:
                 json.dump(results, fh, indent=2, sort_keys=True)

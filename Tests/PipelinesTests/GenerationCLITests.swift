@@ -1,0 +1,164 @@
+// The generation commands' --rng cuda, --clip-skip and --emphasis, end to end through the built `ldm` executable on
+// the tiny diffusers model of tools/fixtures/pipelines.py (Fixtures/tiny-sd: 64 px, a 2-layer CLIP), plus the
+// library behaviour behind them (emphasis modes, prompts of different chunk counts under guidance).
+import Foundation
+import Imaging
+import Pipelines
+import TensorCore
+import XCTest
+
+final class GenerationCLITests: XCTestCase {
+    var ldm: URL {
+        #if os(macOS)
+        for b in Bundle.allBundles where b.bundlePath.hasSuffix(".xctest") { return b.bundleURL.deletingLastPathComponent().appendingPathComponent("ldm") }
+        #endif
+        return Bundle.main.bundleURL.appendingPathComponent("ldm")
+    }
+    var model: String { fixtures.appendingPathComponent("tiny-sd").path }
+
+    func tempDir() throws -> URL {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: d) }
+        return d
+    }
+
+    /// Runs ldm; returns (exit status, stderr).
+    func run(_ args: [String]) throws -> (Int32, String) {
+        guard FileManager.default.isExecutableFile(atPath: ldm.path) else {
+            XCTFail("the ldm executable is not built at \(ldm.path)")
+            return (-1, "")
+        }
+        let p = Process()
+        p.executableURL = ldm
+        p.arguments = args
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        let data = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    func txt2img(_ out: URL, _ extra: [String]) throws -> (Int32, String) {
+        try run(["txt2img", "--model", model, "--prompt", "a red cube", "--steps", "2", "--seed", "7", "--sampler", "euler-a",
+                 "--output", out.path, "--quiet"] + extra)
+    }
+
+    func parameters(_ url: URL) throws -> GenerationParameters {
+        let text = try XCTUnwrap(try ImageIO.load(path: url.path).text("parameters"))
+        return GenerationParameters(parsing: text)
+    }
+
+    func testRNGCudaMatchesTheLibraryAndIsRecorded() throws {
+        let dir = try tempDir()
+        let cuda = dir.appendingPathComponent("cuda.png"), torch = dir.appendingPathComponent("torch.png")
+        let (s1, e1) = try txt2img(cuda, ["--rng", "cuda"])
+        XCTAssertEqual(s1, 0, e1)
+        let (s2, e2) = try txt2img(torch, [])
+        XCTAssertEqual(s2, 0, e2)
+        XCTAssertEqual(try parameters(cuda).extraValue("RNG"), "NV")
+        XCTAssertEqual(try parameters(torch).extraValue("RNG"), "CPU")
+
+        let pipe = try StableDiffusionPipeline(bundle: Shared.sd.get())
+        let sampling = SamplingOptions(sampler: "euler-a", steps: 2, eta: 0, batchSize: 1)
+        let prompt = PromptOptions(prompt: "a red cube")
+        let want = try pipe.textToImage(prompt, sampling, generator: CUDAGenerator(seed: 7)).images[0].pixels
+        XCTAssertEqual(try ImageIO.loadRGB(path: cuda.path).pixels, want)
+        XCTAssertNotEqual(try ImageIO.loadRGB(path: torch.path).pixels, want)
+
+        let gpu = dir.appendingPathComponent("gpu.png")
+        let (s3, e3) = try txt2img(gpu, ["--rng", "cuda", "--cuda-sms", "82", "--cuda-threads-per-sm", "1536"])
+        XCTAssertEqual(s3, 0, e3)
+        XCTAssertEqual(try parameters(gpu).extraValue("RNG"), "GPU")
+        XCTAssertEqual(try ImageIO.loadRGB(path: gpu.path).pixels, want, "a 256-element latent is one wave on any GPU")
+    }
+
+    func testClipSkipAndEmphasisAreRecorded() throws {
+        let dir = try tempDir()
+        let out = dir.appendingPathComponent("a.png")
+        let (s, e) = try run(["txt2img", "--model", model, "--prompt", "a (red:1.3) cube", "--steps", "1", "--seed", "1",
+                              "--clip-skip", "2", "--emphasis", "original", "--output", out.path, "--quiet"])
+        XCTAssertEqual(s, 0, e)
+        let p = try parameters(out)
+        XCTAssertEqual(p.extraValue("Clip skip"), "2")
+        XCTAssertNil(p.extraValue("Emphasis"), "the web UI does not write its default mode")
+        XCTAssertEqual(p.prompt, "a (red:1.3) cube")
+
+        let b = dir.appendingPathComponent("b.png")
+        let (s2, e2) = try run(["txt2img", "--model", model, "--prompt", "a (red:1.3) cube", "--steps", "1", "--seed", "1",
+                                "--emphasis", "no-norm", "--output", b.path, "--quiet"])
+        XCTAssertEqual(s2, 0, e2)
+        XCTAssertEqual(try parameters(b).extraValue("Emphasis"), "No norm")
+        XCTAssertNil(try parameters(b).extraValue("Clip skip"))
+    }
+
+    func testBadValuesFailWithAMessage() throws {
+        let dir = try tempDir()
+        let out = dir.appendingPathComponent("x.png")
+        let cases: [([String], String)] = [
+            (["--rng", "gpu"], "--rng must be"),
+            (["--rng", "cuda", "--cuda-sms", "82"], "go together"),
+            (["--cuda-sms", "82", "--cuda-threads-per-sm", "1536"], "need --rng cuda"),
+            (["--rng", "cuda", "--cuda-sms", "0", "--cuda-threads-per-sm", "1536"], "--cuda-sms must be"),
+            (["--rng", "cuda", "--cuda-sms", "8", "--cuda-threads-per-sm", "100"], "--cuda-threads-per-sm must be"),
+            (["--clip-skip", "0"], "--clip-skip must be >= 1"),
+            (["--clip-skip", "3"], "text encoder has 2 layers"),
+            (["--emphasis", "loud"], "--emphasis must be one of"),
+        ]
+        for (args, message) in cases {
+            let (status, err) = try txt2img(out, args)
+            XCTAssertNotEqual(status, 0, "\(args)")
+            XCTAssertTrue(err.contains(message), "\(args): \(err)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out.path), "\(args)")
+        }
+        for command in ["img2img", "inpaint", "upscale", "sample"] {
+            let (status, err) = try run([command, "--model", model, "--output", out.path, "--rng", "philox"])
+            XCTAssertNotEqual(status, 0, command)
+            XCTAssertTrue(err.contains("--rng must be") || err.contains("Missing expected argument"), "\(command): \(err)")
+        }
+        let (status, err) = try run(["sample", "--model", model, "--output", out.path, "--rng", "philox"])
+        XCTAssertNotEqual(status, 0)
+        XCTAssertTrue(err.contains("--rng must be torch, torch-scalar or cuda"), err)
+    }
+
+    func testEmphasisModes() throws {
+        let pipe = try StableDiffusionPipeline(bundle: Shared.sd.get())
+        func cond(_ text: String, _ mode: PromptEmphasis) throws -> [Float] {
+            try pipe.encodePrompt(PromptOptions(prompt: text, emphasis: mode), batch: 1, guidance: false).0.toArray()
+        }
+        let original = try cond("a (red:1.5) cube", .original)
+        XCTAssertNotEqual(original, try cond("a red cube", .original))
+        XCTAssertNotEqual(original, try cond("a (red:1.5) cube", .noNorm))
+        XCTAssertEqual(try cond("a (red:1.5) cube", .ignore), try cond("a red cube", .original))
+        XCTAssertNotEqual(try cond("a (red:1.5) cube", .none), try cond("a red cube", .original))
+        // A prompt longer than one chunk: 2 x 77 tokens with the web UI's chunking, 77 with diffusers' truncation.
+        let long = Array(repeating: "red cube", count: 60).joined(separator: " ")
+        XCTAssertEqual(try pipe.encodePrompt(PromptOptions(prompt: long, emphasis: .original), batch: 1, guidance: false).0.shape[1], 154)
+        XCTAssertEqual(try pipe.encodePrompt(PromptOptions(prompt: long), batch: 1, guidance: false).0.shape[1], 77)
+    }
+
+    /// Cond and uncond of different chunk counts run as two UNet passes (A1111's CFGDenoiser); the result equals
+    /// guidance computed from the two separately.
+    func testGuidanceWithPromptsOfDifferentLengths() throws {
+        let bundle = try Shared.sd.get()
+        let pipe = try StableDiffusionPipeline(bundle: bundle)
+        let long = Array(repeating: "red cube", count: 60).joined(separator: " ")
+        let p = PromptOptions(prompt: long, negativePrompt: "blurry", guidanceScale: 5, emphasis: .original)
+        let (c, u) = try pipe.encodePrompt(p, batch: 1, guidance: true)
+        let uncond = try XCTUnwrap(u)
+        XCTAssertNotEqual(c.shape, uncond.shape)
+        let sampling = SamplingOptions(sampler: "euler", steps: 2, eta: 0, batchSize: 1)
+        let scheduler = try sampling.makeScheduler(config: bundle.schedulerConfig)
+        let shape = [1, 4, 8, 8]
+        let x = Tensor.randn(shape, generator: TorchGenerator(seed: 3)).toArray()
+        let den = Denoiser(unet: bundle.unet, guidanceScale: 5, context: c, uncondContext: uncond)
+        let got = try den.predict(x, shape: shape, scheduler: scheduler, stepIndex: 0)
+        let eps = { (ctx: Tensor) throws -> [Float] in
+            try Denoiser(unet: bundle.unet, context: ctx).predict(x, shape: shape, scheduler: scheduler, stepIndex: 0)
+        }
+        let (ec, eu) = (try eps(c), try eps(uncond))
+        for i in 0..<got.count { XCTAssertEqual(got[i], eu[i] + (ec[i] - eu[i]) * 5, accuracy: 1e-5) }
+    }
+}
