@@ -76,8 +76,10 @@ public final class AutoencoderTrainer {
             let posterior = DiagonalGaussianDistribution(m.encodeMoments(x))
             return (m.decodeWhole(posterior.sample(generator: generator)), posterior, nil)
         case .vq(let m):
-            let (rec, qloss) = try m.decodeWithLoss(try m.encode(x))
-            return (rec, nil, qloss)
+            // VQModel.forward with gradients (its encode/decode methods are inference-only): encoder -> quant_conv ->
+            // quantize (straight-through, codebook + commitment loss) -> post_quant_conv -> decoder.
+            let q = try m.quantize(m.quantConv(m.encoder(x)))
+            return (m.decoder(m.postQuantConv(q.quantized)), nil, q.loss)
         }
     }
 
