@@ -112,9 +112,14 @@ extension LDMTrainConfig {
         if let textConditioning { trainer.makeConditioning = textConditioning }
         trainer.textConditioner = text
         if let text, text.trainable, condDropProb > 0 { trainer.nullTextEmbedding = { try text.encode([""]) } }
-        trainer.pipelineExport = PipelineExportSpec(firstStageFolder: firstStageFolder,
+        // Pixel space: a DDIMPipeline folder for unconditional / class-conditional runs that sample without rescaling;
+        // a pixel-space text model has no diffusers pipeline (unet/ only).
+        let pixelExportable = conditioning != .text && !scaleByStd && (scaleFactor ?? 1) == 1
+        if firstStageFolder != nil || pixelExportable {
+            trainer.pipelineExport = PipelineExportSpec(firstStageFolder: firstStageFolder,
                                                     firstStageClass: firstStageFolder == nil ? nil : encoder.isVQ ? "VQModel" : "AutoencoderKL",
                                                     schedulerConfig: try samplingSchedulerConfig(), sampleSize: imageSize / downsampling)
+        }
         return trainer
     }
 
