@@ -112,6 +112,20 @@ private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Te
         }
     }
     let kBlocks = (lk + blockK - 1) / blockK, qBlocks = (lq + blockQ - 1) / blockQ
+    if kBlocks == 1 && qBlocks == 1 {
+        // One tile per (batch, head) (the UNet's small attentions): compute P and dS once and take dV, dK and dQ from
+        // them, instead of recomputing the tile in a second pass.
+        Parallel.forEach(bs * heads, costPerItem: 1 << 16) { bh in
+            let b = bh / heads, h = bh % heads
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: lq * lk), ds = UnsafeMutablePointer<Float>.allocate(capacity: lq * lk)
+            defer { p.deallocate(); ds.deallocate() }
+            tile(b, h, 0, lq, 0, lk, p, ds)
+            DNNL.sgemm(true, false, lk, dv, lq, 1, p, lk, dO.row(b, h, 0), dO.sl, 1, dV.row(b, h, 0), dV.sl)
+            DNNL.sgemm(true, false, lk, d, lq, scale, ds, lk, Q.row(b, h, 0), Q.sl, 1, dK.row(b, h, 0), dK.sl)
+            DNNL.sgemm(false, false, lq, d, lk, scale, ds, lk, K.row(b, h, 0), K.sl, 1, dQ.row(b, h, 0), dQ.sl)
+        }
+        return [dq, dk, dvT]
+    }
     Parallel.forEach(bs * heads * kBlocks, costPerItem: 1 << 16) { task in
         let kb = task % kBlocks, bh = task / kBlocks, b = bh / heads, h = bh % heads
         let j0 = kb * blockK, cols = min(blockK, lk - j0)
