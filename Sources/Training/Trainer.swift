@@ -165,19 +165,7 @@ public final class Trainer {
         if step == options.maxSteps { try exportWeights() }
     }
 
-    func appendLog(_ entry: TrainingLogEntry) throws {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        var line = try encoder.encode(entry)
-        line.append(0x0A)
-        if !FileManager.default.fileExists(atPath: logURL.path) {
-            guard FileManager.default.createFile(atPath: logURL.path, contents: nil) else { throw TrainingError("cannot create \(logURL.path)") }
-        }
-        let h = try FileHandle(forWritingTo: logURL)
-        defer { try? h.close() }
-        try h.seekToEnd()
-        try h.write(contentsOf: line)
-    }
+    func appendLog(_ entry: TrainingLogEntry) throws { try appendJSONLine(entry, to: logURL) }
 
     /// Runs `body` with the EMA weights in the model (CompVis ema_scope), restoring the trained weights after.
     public func withEMAWeights<T>(_ body: () throws -> T) rethrows -> T {

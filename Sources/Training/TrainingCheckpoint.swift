@@ -98,14 +98,5 @@ extension Trainer {
     }
 
     /// Drops log lines of steps after `step` (written after the checkpoint by an interrupted run).
-    func trimLog(after step: Int) throws {
-        guard let data = FileManager.default.contents(atPath: logURL.path) else { return }
-        let decoder = JSONDecoder()
-        let kept = data.split(separator: 0x0A).filter { line in
-            (try? decoder.decode(TrainingLogEntry.self, from: Data(line))).map { $0.step <= step } ?? false
-        }
-        var out = Data()
-        for line in kept { out.append(contentsOf: line); out.append(0x0A) }
-        try out.write(to: logURL, options: .atomic)
-    }
+    func trimLog(after step: Int) throws { try trimJSONLines(logURL, keepingStepsUpTo: step) }
 }

@@ -22,6 +22,37 @@ struct TrainAutoencoder: ParsableCommand {
             scaling_factor measured on the data.
             """)
 
+    @OptionGroup var runOptions: TrainRunOptions
+
+    func run() throws {
+        let configURL = URL(fileURLWithPath: runOptions.config)
+        let cfg = try AutoencoderTrainConfig.load(configURL)
+        let dir = try runOptions.directory(configRunDir: cfg.runDir)
+        let trainer = try cfg.makeTrainer(runDir: dir, log: { print($0) })
+        if runOptions.resume != nil {
+            try trainer.resume()
+            print("resumed \(dir.path) at step \(trainer.step) (epoch \(trainer.epoch))")
+        }
+        try copyConfig(configURL, into: dir)
+        let every = runOptions.logEvery, total = cfg.maxSteps
+        let start = Date()
+        let firstStep = trainer.step
+        trainer.onStep = { e in
+            guard e.step % every == 0 || e.step == total else { return }
+            let rate = Double(e.step - firstStep) / max(Date().timeIntervalSince(start), 1e-9)
+            let parts = ["total_loss", "rec_loss", "kl_loss", "quant_loss", "p_loss", "g_loss", "d_weight", "disc_loss"]
+                .compactMap { k in e.losses[k].map { String(format: "%@ %.5g", k, $0) } }
+            print(String(format: "step %d/%d  epoch %d  ", e.step, total, e.epoch) + parts.joined(separator: "  ")
+                  + String(format: "  %.2f it/s  ETA %@", rate, formatDuration(Double(total - e.step) / max(rate, 1e-9))))
+        }
+        print("training \(trainer.model.module.parameterCount) parameters (\(cfg.kind.rawValue)), lr \(trainer.learningRate), \(trainer.sampler.dataset.count) images, run dir \(dir.path)")
+        try trainer.train()
+        print("done: step \(trainer.step); weights in \(dir.appendingPathComponent(trainer.model.folderName).path)")
+    }
+}
+
+/// The options every `ldm train` command takes: the config, a new run directory or one to resume, the log interval.
+struct TrainRunOptions: ParsableArguments {
     @Option(help: "JSON training config.")
     var config: String
 
@@ -39,41 +70,16 @@ struct TrainAutoencoder: ParsableCommand {
         guard resume == nil || runDir == nil else { throw ValidationError("give --resume RUN_DIR or --run-dir, not both") }
     }
 
-    func run() throws {
-        let configURL = URL(fileURLWithPath: config)
-        let cfg = try AutoencoderTrainConfig.load(configURL)
-        let dir = try trainingRunDirectory(config: configURL, resume: resume, runDir: runDir ?? cfg.runDir)
-        let trainer = try cfg.makeTrainer(runDir: dir, log: { print($0) })
-        if resume != nil {
-            try trainer.resume()
-            print("resumed \(dir.path) at step \(trainer.step) (epoch \(trainer.epoch))")
+    /// --resume's directory, or a new one (--run-dir, the config's run_dir, runs/<config name>) that must not already
+    /// hold checkpoints.
+    func directory(configRunDir: String?) throws -> URL {
+        if let resume { return URL(fileURLWithPath: resume) }
+        let dir = URL(fileURLWithPath: runDir ?? configRunDir ?? "runs/" + URL(fileURLWithPath: config).deletingPathExtension().lastPathComponent)
+        if Trainer.latestCheckpoint(in: dir) != nil {
+            throw TrainingError("\(dir.path) already holds checkpoints; pass --resume \(dir.path) to continue it")
         }
-        try copyConfig(configURL, into: dir)
-        let every = logEvery, total = cfg.maxSteps
-        let start = Date()
-        let firstStep = trainer.step
-        trainer.onStep = { e in
-            guard e.step % every == 0 || e.step == total else { return }
-            let rate = Double(e.step - firstStep) / max(Date().timeIntervalSince(start), 1e-9)
-            let parts = ["total_loss", "rec_loss", "kl_loss", "quant_loss", "p_loss", "g_loss", "d_weight", "disc_loss"]
-                .compactMap { k in e.losses[k].map { String(format: "%@ %.5g", k, $0) } }
-            print(String(format: "step %d/%d  epoch %d  ", e.step, total, e.epoch) + parts.joined(separator: "  ")
-                  + String(format: "  %.2f it/s  ETA %@", rate, formatDuration(Double(total - e.step) / max(rate, 1e-9))))
-        }
-        print("training \(trainer.model.module.parameterCount) parameters (\(cfg.kind.rawValue)), lr \(trainer.learningRate), \(trainer.sampler.dataset.count) images, run dir \(dir.path)")
-        try trainer.train()
-        print("done: step \(trainer.step); weights in \(dir.appendingPathComponent(trainer.model.folderName).path)")
+        return dir
     }
-}
-
-/// The run directory of a training command: --resume's, or a new one that must not already hold checkpoints.
-func trainingRunDirectory(config: URL, resume: String?, runDir: String?) throws -> URL {
-    if let resume { return URL(fileURLWithPath: resume) }
-    let dir = URL(fileURLWithPath: runDir ?? "runs/" + config.deletingPathExtension().lastPathComponent)
-    if Trainer.latestCheckpoint(in: dir) != nil {
-        throw TrainingError("\(dir.path) already holds checkpoints; pass --resume \(dir.path) to continue it")
-    }
-    return dir
 }
 
 /// Keeps a copy of the config beside the run's checkpoints.

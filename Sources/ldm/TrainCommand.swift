@@ -40,41 +40,21 @@ struct TrainLDM: ParsableCommand {
             sample_every (steps between 2x2 DDIM sample grids in RUN_DIR/samples), sample_steps (DDIM steps, default 20).
             """)
 
-    @Option(help: "JSON training config.")
-    var config: String
-
-    @Option(help: "Continue the run in RUN_DIR from its latest checkpoint.")
-    var resume: String?
-
-    @Option(help: "Run directory for a new run (default: the config's run_dir, else runs/<config name>).")
-    var runDir: String?
-
-    @Option(help: "Print the loss every N steps.")
-    var logEvery = 10
+    @OptionGroup var runOptions: TrainRunOptions
 
     @Flag(help: "With --resume: write RUN_DIR/unet and RUN_DIR/pipeline from the latest checkpoint without training.")
     var exportOnly = false
 
     func validate() throws {
-        guard logEvery > 0 else { throw ValidationError("--log-every must be positive") }
-        guard resume == nil || runDir == nil else { throw ValidationError("give --resume RUN_DIR or --run-dir, not both") }
-        guard !exportOnly || resume != nil else { throw ValidationError("--export-only needs --resume RUN_DIR") }
+        guard !exportOnly || runOptions.resume != nil else { throw ValidationError("--export-only needs --resume RUN_DIR") }
     }
 
     func run() throws {
-        let configURL = URL(fileURLWithPath: config)
+        let configURL = URL(fileURLWithPath: runOptions.config)
         let cfg = try LDMTrainConfig.load(configURL)
-        let dir: URL
-        if let resume {
-            dir = URL(fileURLWithPath: resume)
-        } else {
-            dir = URL(fileURLWithPath: runDir ?? cfg.runDir ?? "runs/" + configURL.deletingPathExtension().lastPathComponent)
-            if Trainer.latestCheckpoint(in: dir) != nil {
-                throw TrainingError("\(dir.path) already holds checkpoints; pass --resume \(dir.path) to continue it")
-            }
-        }
+        let dir = try runOptions.directory(configRunDir: cfg.runDir)
         let trainer = try cfg.makeTrainer(runDir: dir)
-        if resume != nil {
+        if runOptions.resume != nil {
             try trainer.resume()
             print("resumed \(dir.path) at step \(trainer.step) (epoch \(trainer.epoch))")
         }
@@ -83,10 +63,9 @@ struct TrainLDM: ParsableCommand {
             print("exported step \(trainer.step): \(exportedPaths(trainer))")
             return
         }
-        try? FileManager.default.removeItem(at: dir.appendingPathComponent("config.json"))
-        try FileManager.default.copyItem(at: configURL, to: dir.appendingPathComponent("config.json"))
+        try copyConfig(configURL, into: dir)
         if cfg.sampleEvery != nil { trainer.sampleCallback = try makeSampleGridCallback(config: cfg, trainer: trainer) }
-        let every = logEvery, total = cfg.maxSteps
+        let every = runOptions.logEvery, total = cfg.maxSteps
         trainer.onStep = { e in
             if e.step % every == 0 || e.step == total {
                 print(String(format: "step %d/%d  epoch %d  loss %.5f  lr %.3g", e.step, total, e.epoch, e.loss, e.lr)
@@ -101,7 +80,7 @@ struct TrainLDM: ParsableCommand {
     func exportedPaths(_ trainer: Trainer) -> String {
         "weights in \(trainer.runDir.appendingPathComponent("unet").path)"
             + (trainer.pipelineExport != nil ? ", pipeline in \(trainer.pipelineURL.path)"
-                                             : " (no pipeline/: pixel-space training has no first stage)")
+                                             : " (no pipeline/: a pixel-space text model has no diffusers pipeline)")
     }
 }
 
