@@ -22,7 +22,9 @@ let package = Package(
         .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng", providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CTurboJPEG", path: "Sources/CTurboJPEG", pkgConfig: "libturbojpeg", providers: [.apt(["libturbojpeg0-dev"])]),
 
-        .target(name: "TensorCore", dependencies: ["CDNNL"], swiftSettings: optimize),
+        // Hot vector kernels in C, cloned per ISA (AVX-512 / AVX2+FMA / baseline) and picked at load time.
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "TensorCore", dependencies: ["CDNNL", "CKernels"], swiftSettings: optimize),
         .target(name: "NeuralNetwork", dependencies: ["TensorCore", "Checkpoints"], swiftSettings: optimize),
         .target(name: "Checkpoints", dependencies: ["CZlib"]),
         .target(name: "Tokenizers", dependencies: ["CZlib"], resources: [.copy("Resources")]),

@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 
 // Elementwise kernels over float32: contiguous fast paths (auto-vectorised) and a strided broadcasting path.
 
@@ -75,4 +76,27 @@ func forEachRow3(shape: [Int], _ s0: [Int], _ s1: [Int], _ s2: [Int], _ body: (I
             a -= s0[k] * shape[k]; b -= s1[k] * shape[k]; c -= s2[k] * shape[k]; idx[k] = 0; k -= 1
         }
     }
+}
+
+/// An activation through the C kernels (full SIMD width of the CPU): y = f(x).
+func activationKernel(_ x: Tensor, _ op: ck_activation) -> Tensor {
+    let src = x.float32().contiguous()
+    defer { withExtendedLifetime(src) {} }
+    let out = Tensor.empty(x.shape)
+    let s = src.data, d = out.data
+    Parallel.forRange(out.count, costPerItem: 8) { r in ck_activation_forward(op, s + r.lowerBound, d + r.lowerBound, r.count) }
+    return out
+}
+
+/// dx = g * f'(x) through the C kernels.
+func activationBackwardKernel(_ g: Tensor, _ x: Tensor, _ op: ck_activation) -> Tensor {
+    let gc = g.float32().contiguous(), xc = x.float32().contiguous()
+    defer { withExtendedLifetime((gc, xc)) {} }
+    precondition(gc.shape == xc.shape, "activation backward: gradient \(gc.shape) vs input \(xc.shape)")
+    let out = Tensor.empty(x.shape)
+    let gp = gc.data, xp = xc.data, d = out.data
+    Parallel.forRange(out.count, costPerItem: 10) { r in
+        ck_activation_backward(op, gp + r.lowerBound, xp + r.lowerBound, d + r.lowerBound, r.count)
+    }
+    return out
 }

@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 
 // Activations of torch.nn.functional with their derivatives: silu (swish), gelu (erf and tanh forms), CLIP's
 // quick_gelu, sigmoid, tanh, relu, leaky_relu, softplus.
@@ -6,19 +7,13 @@ import Foundation
 public enum GELUApproximation: String, Sendable { case none, tanh }
 
 extension Tensor {
-    public func silu() -> Tensor {
+    public func silu() -> Tensor { activation(CK_SILU, "silu") }
+    public func sigmoid() -> Tensor { activation(CK_SIGMOID, "sigmoid") }
+    public func tanh() -> Tensor { activation(CK_TANH, "tanh") }
+    /// An activation computed by the C kernels, its backward one fused pass g * f'(x).
+    private func activation(_ op: ck_activation, _ name: String) -> Tensor {
         let x = self
-        return mapKernel(x) { $0 * fastSigmoid($0) }.recorded("silu", [x]) { g in
-            [g * mapKernel(x) { v in let s = fastSigmoid(v); return s * (1 + v * (1 - s)) }]
-        }
-    }
-    public func sigmoid() -> Tensor {
-        let y = mapKernel(self, fastSigmoid)
-        return y.recorded("sigmoid", [self]) { g in [g * mapKernel(y) { $0 * (1 - $0) }] }
-    }
-    public func tanh() -> Tensor {
-        let y = mapKernel(self, fastTanh)
-        return y.recorded("tanh", [self]) { g in [g * mapKernel(y) { 1 - $0 * $0 }] }
+        return activationKernel(x, op).recorded(name, [x]) { g in [activationBackwardKernel(g, x, op)] }
     }
     public func relu() -> Tensor {
         let x = self
@@ -38,27 +33,11 @@ extension Tensor {
     }
     /// F.gelu(x, approximate=...).
     public func gelu(_ approximate: GELUApproximation = .none) -> Tensor {
-        let x = self
-        let k: Float = 0.7978845608 // sqrt(2/pi)
         switch approximate {
-        case .none:
-            return mapKernel(x) { 0.5 * $0 * (1 + fastErf($0 * 0.7071067812)) }.recorded("gelu", [x]) { g in
-                [g * mapKernel(x) { v in 0.5 * (1 + fastErf(v * 0.7071067812)) + v * 0.3989422804 * fastExp(-0.5 * v * v) }]
-            }
-        case .tanh:
-            return mapKernel(x) { v in 0.5 * v * (1 + fastTanh(k * (v + 0.044715 * v * v * v))) }.recorded("gelu_tanh", [x]) { g in
-                [g * mapKernel(x) { v in
-                    let t = fastTanh(k * (v + 0.044715 * v * v * v))
-                    return 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * 0.044715 * v * v)
-                }]
-            }
+        case .none: return activation(CK_GELU_ERF, "gelu")
+        case .tanh: return activation(CK_GELU_TANH, "gelu_tanh")
         }
     }
     /// CLIP's quick_gelu: x * sigmoid(1.702 x).
-    public func quickGELU() -> Tensor {
-        let x = self
-        return mapKernel(x) { $0 * fastSigmoid(1.702 * $0) }.recorded("quick_gelu", [x]) { g in
-            [g * mapKernel(x) { v in let s = fastSigmoid(1.702 * v); return s + 1.702 * v * s * (1 - s) }]
-        }
-    }
+    public func quickGELU() -> Tensor { activation(CK_QUICK_GELU, "quick_gelu") }
 }

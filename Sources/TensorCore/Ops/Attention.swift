@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 
 // Scaled dot-product attention as one fused, tiled kernel (FlashAttention-2, Dao 2023): queries in blocks of
 // `blockQ`, keys/values streamed in blocks of `blockK` with an online softmax, so no Lq x Lk matrix is ever held;
@@ -54,11 +55,10 @@ public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, sca
             for r in 0..<rows {
                 let srow = s + r * blockK
                 if causal { let lim = i0 + r + (lk - lq); for c in 0..<cols where j0 + c > lim { srow[c] = -.infinity } }
-                let mx = max(m[r], vectorMax(srow, cols))
+                let mx = max(m[r], ck_max(srow, cols))
                 if mx == -.infinity { for c in 0..<cols { srow[c] = 0 }; continue } // fully masked so far
                 let corr = fastExp(m[r] - mx)
-                for c in 0..<cols { srow[c] = fastExp(srow[c] - mx) } // vectorised; the sum is a separate SIMD pass
-                l[r] = l[r] * corr + vectorSum(srow, cols); m[r] = mx
+                l[r] = l[r] * corr + ck_exp_shifted_sum(srow, cols, mx); m[r] = mx
                 if corr != 1 { let orow = o + r * O.sl; for c in 0..<dv { orow[c] *= corr } }
             }
             DNNL.sgemm(false, false, rows, dv, cols, 1, s, blockK, V.row(b, h, j0), V.sl, 1, o, O.sl)
@@ -103,12 +103,8 @@ private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Te
         DNNL.sgemm(false, true, rows, cols, dv, 1, dO.row(b, h, i0), dO.sl, V.row(b, h, j0), V.sl, 0, ds, cols)
         for r in 0..<rows {
             let li = L[(b * heads + h) * lq + i0 + r], di = D[(b * heads + h) * lq + i0 + r]
-            let pr = p + r * cols, dr = ds + r * cols
-            for c in 0..<cols {
-                let masked = causal && j0 + c > i0 + r + offset
-                let e = masked ? 0 : fastExp(pr[c] - li)
-                pr[c] = e; dr[c] = e * (dr[c] - di)
-            }
+            // Causal: column c is masked when j0 + c > i0 + r + offset.
+            ck_attention_backward_row(p + r * cols, ds + r * cols, cols, li, di, causal ? i0 + r + offset - j0 + 1 : cols)
         }
     }
     let kBlocks = (lk + blockK - 1) / blockK, qBlocks = (lq + blockQ - 1) / blockQ

@@ -1,4 +1,5 @@
 import Foundation
+import CKernels
 
 // torch.nn.functional.group_norm (optionally fused with SiLU, the CompVis `Normalize` + `nonlinearity` pair),
 // layer_norm, softmax and log_softmax along the last axis, with backward passes.
@@ -31,20 +32,16 @@ extension Tensor {
             for cc in 0..<cpg {
                 let a = r * (wp?[g0 + cc] ?? 1), b = (bp?[g0 + cc] ?? 0) - mu * a
                 let src = base + cc * spatial, dst = ys + ng * m + cc * spatial
-                if silu { for j in 0..<spatial { let z = src[j] * a + b; dst[j] = z * fastSigmoid(z) } }
-                else { for j in 0..<spatial { dst[j] = src[j] * a + b } }
+                ck_affine(src, dst, spatial, a, b, silu ? 1 : 0)
             }
-        }
-        if silu && GradMode.shouldRecord([self] + [weight, bias].compactMap { $0 }) {
-            return groupNorm(groups: groups, weight: weight, bias: bias, eps: eps, silu: false).silu()
         }
         var inputs = [self]
         if let weight { inputs.append(weight) }
         if let bias { inputs.append(bias) }
         let shp = shape
-        return out.recorded("group_norm", inputs) { g in
+        return out.recorded(silu ? "group_norm_silu" : "group_norm", inputs) { g in
             // The kernels below read through raw pointers: keep their tensors alive.
-            withExtendedLifetime((x, mean, rstd, gw)) {}
+            withExtendedLifetime((x, mean, rstd, gw, gb)) {}
             let gy = g.contiguous()
             let gx = Tensor.empty(shp), dgamma = Tensor(zeros: [n, c]), dbeta = Tensor(zeros: [n, c])
             let gp = gy.data, dx = gx.data, dgp = dgamma.data, dbp = dbeta.data
@@ -55,21 +52,29 @@ extension Tensor {
                     let w = wp?[g0 + cc] ?? 1
                     let xr = xs + ng * m + cc * spatial, gr = gp + ng * m + cc * spatial
                     var a: Float = 0, b: Float = 0
-                    for j in 0..<spatial { let xh = (xr[j] - mu) * r; a += gr[j]; b += gr[j] * xh }
+                    if silu {
+                        // Fused SiLU: dy = g * silu'(z), z = x * (r w) + (beta - mu r w) as in the forward; dy is
+                        // parked in the dx buffer and read back by the second pass.
+                        let za = r * w, zb = (bp?[g0 + cc] ?? 0) - mu * za, dr = dx + ng * m + cc * spatial
+                        ck_silu_affine_backward(xr, gr, dr, spatial, za, zb, mu, r, &a, &b)
+                    } else {
+                        for j in 0..<spatial { let xh = (xr[j] - mu) * r; a += gr[j]; b += gr[j] * xh }
+                    }
                     dgp[nIdx * c + g0 + cc] = b; dbp[nIdx * c + g0 + cc] = a
                     sumDy += Double(a * w); sumDyXhat += Double(b * w)
                 }
                 let meanDy = Float(sumDy / Double(m)), meanDyXhat = Float(sumDyXhat / Double(m))
                 for cc in 0..<cpg {
                     let w = wp?[g0 + cc] ?? 1
-                    let xr = xs + ng * m + cc * spatial, gr = gp + ng * m + cc * spatial, dr = dx + ng * m + cc * spatial
+                    let xr = xs + ng * m + cc * spatial, dr = dx + ng * m + cc * spatial
+                    let gr = silu ? UnsafePointer(dr) : UnsafePointer(gp + ng * m + cc * spatial)
                     for j in 0..<spatial { let xh = (xr[j] - mu) * r; dr[j] = r * (gr[j] * w - meanDy - xh * meanDyXhat) }
                 }
             }
             var grads: [Tensor?] = [gx]
             if weight != nil { grads.append(dgamma.sum(axes: [0])) }
             if bias != nil { grads.append(dbeta.sum(axes: [0])) }
-            withExtendedLifetime((x, mean, rstd, gw, gy)) {}
+            withExtendedLifetime((x, mean, rstd, gw, gb, gy)) {}
             return grads
         }
     }
@@ -123,8 +128,8 @@ extension Tensor {
         Parallel.forEach(rows, costPerItem: d * 4) { r in
             let row = xs + r * d, o = ys + r * d
             let mx = vectorMax(row, d)
-            for j in 0..<d { o[j] = fastExp(row[j] - mx) } // vectorised; the sum is a separate SIMD pass
-            let s = vectorSum(o, d)
+            o.update(from: row, count: d)
+            let s = ck_exp_shifted_sum(o, d, mx)
             if log { let lse = mx + Foundation.log(s); for j in 0..<d { o[j] = row[j] - lse } }
             else { let inv = 1 / s; for j in 0..<d { o[j] *= inv } }
         }

@@ -21,6 +21,34 @@ extension Tensor {
     /// Sum over `axes` (all axes when nil).
     public func sum(axes: [Int]? = nil, keepDims: Bool = false) -> Tensor {
         let axes = axes ?? Array(0..<rank)
+        let inShape = shape, keptShape = keptDims(axes)
+        let lead = Set(axes.map(normalize)).sorted()
+        if dtype == .float32, isContiguous, !lead.isEmpty, lead.count < rank, lead == Array(0..<lead.count) {
+            // Leading axes of a contiguous tensor (bias gradients, batch sums): column sums in place, without the
+            // transposed copy the general path makes.
+            let rows = shape[0..<lead.count].reduce(1, *), cols = count / Swift.max(rows, 1)
+            let out = Tensor.empty(keepDims ? keptShape : Array(shape[lead.count...]))
+            let s = data, d = out.data
+            withExtendedLifetime(self) {
+                Parallel.forRange(cols, costPerItem: rows) { r in
+                    let block = 2048
+                    let acc = UnsafeMutablePointer<Double>.allocate(capacity: block)
+                    defer { acc.deallocate() }
+                    var j0 = r.lowerBound
+                    while j0 < r.upperBound {
+                        let len = Swift.min(block, r.upperBound - j0)
+                        acc.update(repeating: 0, count: len)
+                        for i in 0..<rows {
+                            let row = s + i * cols + j0
+                            for j in 0..<len { acc[j] += Double(row[j]) }
+                        }
+                        for j in 0..<len { d[j0 + j] = Float(acc[j]) }
+                        j0 += len
+                    }
+                }
+            }
+            return out.recorded("sum", [self]) { g in [g.reshaped(keptShape).expanded(to: inShape).contiguous()] }
+        }
         let (p, outer, inner, kept) = splitForReduction(axes)
         defer { withExtendedLifetime(p) {} }
         let out = Tensor.empty(keepDims ? keptDims(axes) : kept)
@@ -32,7 +60,6 @@ extension Tensor {
             while i < inner { let len = Swift.min(4096, inner - i); acc += Double(vectorSum(row + i, len)); i += len }
             d[o] = Float(acc)
         }
-        let inShape = shape, keptShape = keptDims(axes)
         return out.recorded("sum", [self]) { g in [g.reshaped(keptShape).expanded(to: inShape).contiguous()] }
     }
     public func sum(axis: Int, keepDims: Bool = false) -> Tensor { sum(axes: [axis], keepDims: keepDims) }

@@ -1,0 +1,38 @@
+// Vector kernels of the tensor engine that need the CPU's full SIMD width: exp-based activations, the online
+// softmax of the fused attention, group norm's fused SiLU. Swift code compiles for baseline x86-64 (SSE2, 4 lanes);
+// these functions are compiled several times (AVX-512, AVX2+FMA, baseline) and the loader picks the best clone for
+// the CPU it runs on (GCC/Clang `target_clones`), so one portable binary runs at the width of the machine.
+#ifndef CKERNELS_H
+#define CKERNELS_H
+
+/// Elementwise activations (torch.nn.functional semantics; exp as Cephes' expf, erf as Abramowitz & Stegun 7.1.26).
+typedef enum {
+    CK_SILU = 0,       // x * sigmoid(x)
+    CK_GELU_ERF = 1,   // 0.5 x (1 + erf(x / sqrt 2))
+    CK_GELU_TANH = 2,  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    CK_QUICK_GELU = 3, // x * sigmoid(1.702 x)
+    CK_SIGMOID = 4,
+    CK_TANH = 5,
+} ck_activation;
+
+/// y[i] = f(x[i]).
+void ck_activation_forward(ck_activation op, const float *x, float *y, long n);
+/// dx[i] = g[i] * f'(x[i]).
+void ck_activation_backward(ck_activation op, const float *g, const float *x, float *dx, long n);
+
+/// max(x[0..n)), -inf for n = 0.
+float ck_max(const float *x, long n);
+/// x[i] = exp(x[i] - shift) in place; returns the sum of the new values.
+float ck_exp_shifted_sum(float *x, long n, float shift);
+/// Attention backward row: p[i] = exp(p[i] - lse); ds[i] = p[i] * (ds[i] - delta) (p holds scaled scores on entry,
+/// ds holds dO V^T). Columns from `masked_from` on are masked (p = ds = 0); pass n for none.
+void ck_attention_backward_row(float *p, float *ds, long n, float lse, float delta, long masked_from);
+
+/// y[i] = z * sigmoid(z) with z = x[i] * a + b (group norm's affine map fused with SiLU), or y[i] = z when !silu.
+void ck_affine(const float *x, float *y, long n, float a, float b, int silu);
+/// Group norm + SiLU backward, first pass over one channel row: z = x * za + zb, dy = g * silu'(z) written to dy;
+/// returns sum(dy) in *sum_dy and sum(dy * (x - mu) * r) in *sum_dy_xhat.
+void ck_silu_affine_backward(const float *x, const float *g, float *dy, long n, float za, float zb, float mu, float r,
+                             float *sum_dy, float *sum_dy_xhat);
+
+#endif

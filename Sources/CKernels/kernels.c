@@ -1,0 +1,189 @@
+// See include/ckernels.h. Written with Clang/GCC vector extensions (8 float lanes); each exported function is
+// cloned for AVX-512, AVX2+FMA and baseline x86-64, so the same source runs 8 lanes wide in one instruction on AVX2
+// and as two 4-lane halves on SSE2. The math matches FastMath.swift (same constants, same polynomial).
+#include "ckernels.h"
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef int v8i __attribute__((vector_size(32)));
+
+// The helpers are macros (GNU statement expressions), not inline functions: Clang refuses to pass a 256-bit vector
+// by value in the baseline clone, where it is not a register type, even to a function that is always inlined.
+#define SPLAT(s) ((v8f){0, 0, 0, 0, 0, 0, 0, 0} + (float)(s))
+#define LOAD(p) ({ v8f l_; memcpy(&l_, (p), sizeof l_); l_; })
+#define STORE(p, v) do { v8f s_ = (v); memcpy((p), &s_, sizeof s_); } while (0)
+/// Loads n < 8 floats, the other lanes `fill`.
+#define LOAD_PART(p, n, fill) ({ float lp_[8]; for (int k_ = 0; k_ < 8; k_++) lp_[k_] = (fill); \
+    memcpy(lp_, (p), (size_t)(n) * sizeof(float)); LOAD(lp_); })
+#define STORE_PART(p, v, n) do { float sp_[8]; STORE(sp_, (v)); memcpy((p), sp_, (size_t)(n) * sizeof(float)); } while (0)
+#define SELECT(m, a, b) ((v8f)(((v8i)(a) & (m)) | ((v8i)(b) & ~(m))))
+#define VMIN(a, b) ({ v8f mi_a = (a), mi_b = (b); SELECT(mi_a < mi_b, mi_a, mi_b); })
+#define VMAX(a, b) ({ v8f ma_a = (a), ma_b = (b); SELECT(ma_a > ma_b, ma_a, ma_b); })
+#define VABS(a) ((v8f)((v8i)(a) & 0x7fffffff))
+/// The non-negative a with the sign of s.
+#define VCOPYSIGN(a, s) ((v8f)((v8i)(a) | ((v8i)(s) & (int)0x80000000)))
+#define HSUM(v) ({ v8f h_ = (v); ((h_[0] + h_[4]) + (h_[1] + h_[5])) + ((h_[2] + h_[6]) + (h_[3] + h_[7])); })
+
+// Cephes expf: Cody-Waite range reduction, degree-5 polynomial; the power of two is applied in two halves so that
+// n = 128 does not overflow the exponent field.
+#define VEXP(arg) ({ \
+    v8f e_x = VMAX(VMIN((arg), SPLAT(88.72283f)), SPLAT(-87.33654f)); \
+    v8f e_t = e_x * 1.442695041f + 12582912.0f; \
+    v8f e_n = e_t - 12582912.0f; \
+    v8i e_bits = (v8i)e_t - 0x4B400000; \
+    v8f e_r = e_x - e_n * 0.693359375f + e_n * 2.12194440e-4f; \
+    v8f e_p = e_r * 1.9875691500e-4f + 1.3981999507e-3f; \
+    e_p = e_p * e_r + 8.3334519073e-3f; \
+    e_p = e_p * e_r + 4.1665795894e-2f; \
+    e_p = e_p * e_r + 1.6666665459e-1f; \
+    e_p = e_p * e_r + 5.0000001201e-1f; \
+    v8f e_y = e_p * (e_r * e_r) + e_r + 1.0f; \
+    v8i e_half = e_bits >> 1; \
+    e_y * (v8f)((e_half + 127) << 23) * (v8f)((e_bits - e_half + 127) << 23); })
+#define VSIGMOID(arg) (1.0f / (1.0f + VEXP(-(arg))))
+#define VTANH(arg) ({ v8f th_x = (arg); v8f th_e = VEXP(-2.0f * VMIN(VABS(th_x), SPLAT(9.0f))); \
+    VCOPYSIGN((1.0f - th_e) / (1.0f + th_e), th_x); })
+#define VERF(arg) ({ v8f er_x = (arg), er_a = VABS(er_x); \
+    v8f er_t = 1.0f / (1.0f + 0.3275911f * er_a); \
+    v8f er_p = er_t * 1.061405429f - 1.453152027f; \
+    er_p = er_p * er_t + 1.421413741f; \
+    er_p = er_p * er_t - 0.284496736f; \
+    er_p = er_p * er_t + 0.254829592f; \
+    VCOPYSIGN(1.0f - er_p * er_t * VEXP(-er_a * er_a), er_x); })
+
+#define GELU_K 0.7978845608f // sqrt(2/pi)
+
+#define ACT_FORWARD(op, arg) ({ v8f af_x = (arg), af_y; \
+    switch (op) { \
+    case CK_SILU: af_y = af_x * VSIGMOID(af_x); break; \
+    case CK_GELU_ERF: af_y = 0.5f * af_x * (1.0f + VERF(af_x * 0.7071067812f)); break; \
+    case CK_GELU_TANH: af_y = 0.5f * af_x * (1.0f + VTANH(GELU_K * (af_x + 0.044715f * af_x * af_x * af_x))); break; \
+    case CK_QUICK_GELU: af_y = af_x * VSIGMOID(1.702f * af_x); break; \
+    case CK_SIGMOID: af_y = VSIGMOID(af_x); break; \
+    default: af_y = VTANH(af_x); break; \
+    } af_y; })
+#define ACT_DERIVATIVE(op, arg) ({ v8f ad_x = (arg), ad_y; \
+    switch (op) { \
+    case CK_SILU: { v8f ad_s = VSIGMOID(ad_x); ad_y = ad_s * (1.0f + ad_x * (1.0f - ad_s)); break; } \
+    case CK_GELU_ERF: ad_y = 0.5f * (1.0f + VERF(ad_x * 0.7071067812f)) + ad_x * 0.3989422804f * VEXP(-0.5f * ad_x * ad_x); break; \
+    case CK_GELU_TANH: { v8f ad_t = VTANH(GELU_K * (ad_x + 0.044715f * ad_x * ad_x * ad_x)); \
+        ad_y = 0.5f * (1.0f + ad_t) + 0.5f * ad_x * (1.0f - ad_t * ad_t) * GELU_K * (1.0f + 3.0f * 0.044715f * ad_x * ad_x); break; } \
+    case CK_QUICK_GELU: { v8f ad_s = VSIGMOID(1.702f * ad_x); ad_y = ad_s + 1.702f * ad_x * ad_s * (1.0f - ad_s); break; } \
+    case CK_SIGMOID: { v8f ad_s = VSIGMOID(ad_x); ad_y = ad_s * (1.0f - ad_s); break; } \
+    default: { v8f ad_t = VTANH(ad_x); ad_y = 1.0f - ad_t * ad_t; break; } \
+    } ad_y; })
+
+// One loop per activation (the switch is resolved outside the loop after inlining).
+#define FOR_EACH_OP(OP, BODY) \
+    switch (OP) { \
+    case CK_SILU: { const ck_activation op_ = CK_SILU; BODY; break; } \
+    case CK_GELU_ERF: { const ck_activation op_ = CK_GELU_ERF; BODY; break; } \
+    case CK_GELU_TANH: { const ck_activation op_ = CK_GELU_TANH; BODY; break; } \
+    case CK_QUICK_GELU: { const ck_activation op_ = CK_QUICK_GELU; BODY; break; } \
+    case CK_SIGMOID: { const ck_activation op_ = CK_SIGMOID; BODY; break; } \
+    case CK_TANH: { const ck_activation op_ = CK_TANH; BODY; break; } \
+    }
+
+CLONES void ck_activation_forward(ck_activation op, const float *x, float *y, long n) {
+    FOR_EACH_OP(op, {
+        long i = 0;
+        for (; i + 8 <= n; i += 8) STORE(y + i, ACT_FORWARD(op_, LOAD(x + i)));
+        if (i < n) STORE_PART(y + i, ACT_FORWARD(op_, LOAD_PART(x + i, n - i, 0.0f)), n - i);
+    })
+}
+
+CLONES void ck_activation_backward(ck_activation op, const float *g, const float *x, float *dx, long n) {
+    FOR_EACH_OP(op, {
+        long i = 0;
+        for (; i + 8 <= n; i += 8) STORE(dx + i, LOAD(g + i) * ACT_DERIVATIVE(op_, LOAD(x + i)));
+        if (i < n) STORE_PART(dx + i, LOAD_PART(g + i, n - i, 0.0f) * ACT_DERIVATIVE(op_, LOAD_PART(x + i, n - i, 0.0f)), n - i);
+    })
+}
+
+CLONES float ck_max(const float *x, long n) {
+    v8f a = SPLAT(-INFINITY), b = SPLAT(-INFINITY);
+    long i = 0;
+    for (; i + 16 <= n; i += 16) { a = VMAX(a, LOAD(x + i)); b = VMAX(b, LOAD(x + i + 8)); }
+    for (; i + 8 <= n; i += 8) a = VMAX(a, LOAD(x + i));
+    if (i < n) b = VMAX(b, LOAD_PART(x + i, n - i, -INFINITY));
+    v8f m = VMAX(a, b);
+    float r = m[0];
+    for (int k = 1; k < 8; k++) r = m[k] > r ? m[k] : r;
+    return r;
+}
+
+CLONES float ck_exp_shifted_sum(float *x, long n, float shift) {
+    v8f acc0 = SPLAT(0.0f), acc1 = SPLAT(0.0f), s = SPLAT(shift);
+    long i = 0;
+    for (; i + 16 <= n; i += 16) {
+        v8f e0 = VEXP(LOAD(x + i) - s), e1 = VEXP(LOAD(x + i + 8) - s);
+        STORE(x + i, e0); STORE(x + i + 8, e1);
+        acc0 += e0; acc1 += e1;
+    }
+    for (; i + 8 <= n; i += 8) { v8f e = VEXP(LOAD(x + i) - s); STORE(x + i, e); acc0 += e; }
+    if (i < n) {
+        v8f e = VEXP(LOAD_PART(x + i, n - i, -INFINITY) - s); // padding lanes give exp(-inf) = 0 (clamped: ~1e-38)
+        v8f keep = (v8f)((v8i)e & (v8i){0 < n - i ? -1 : 0, 1 < n - i ? -1 : 0, 2 < n - i ? -1 : 0, 3 < n - i ? -1 : 0,
+                                        4 < n - i ? -1 : 0, 5 < n - i ? -1 : 0, 6 < n - i ? -1 : 0, 7 < n - i ? -1 : 0});
+        STORE_PART(x + i, e, n - i);
+        acc1 += keep;
+    }
+    return HSUM(acc0 + acc1);
+}
+
+CLONES void ck_attention_backward_row(float *p, float *ds, long n, float lse, float delta, long masked_from) {
+    long lim = masked_from < n ? (masked_from < 0 ? 0 : masked_from) : n;
+    v8f l = SPLAT(lse), d = SPLAT(delta);
+    long i = 0;
+    for (; i + 8 <= lim; i += 8) {
+        v8f e = VEXP(LOAD(p + i) - l);
+        STORE(p + i, e);
+        STORE(ds + i, e * (LOAD(ds + i) - d));
+    }
+    if (i < lim) {
+        long k = lim - i;
+        v8f e = VEXP(LOAD_PART(p + i, k, 0.0f) - l);
+        STORE_PART(p + i, e, k);
+        STORE_PART(ds + i, e * (LOAD_PART(ds + i, k, 0.0f) - d), k);
+    }
+    if (lim < n) { memset(p + lim, 0, (size_t)(n - lim) * sizeof(float)); memset(ds + lim, 0, (size_t)(n - lim) * sizeof(float)); }
+}
+
+CLONES void ck_affine(const float *x, float *y, long n, float a, float b, int silu) {
+    v8f va = SPLAT(a), vb = SPLAT(b);
+    long i = 0;
+    if (silu) {
+        for (; i + 8 <= n; i += 8) { v8f z = LOAD(x + i) * va + vb; STORE(y + i, z * VSIGMOID(z)); }
+        if (i < n) { v8f z = LOAD_PART(x + i, n - i, 0.0f) * va + vb; STORE_PART(y + i, z * VSIGMOID(z), n - i); }
+    } else {
+        for (; i + 8 <= n; i += 8) STORE(y + i, LOAD(x + i) * va + vb);
+        if (i < n) STORE_PART(y + i, LOAD_PART(x + i, n - i, 0.0f) * va + vb, n - i);
+    }
+}
+
+CLONES void ck_silu_affine_backward(const float *x, const float *g, float *dy, long n, float za, float zb, float mu, float r,
+                                    float *sum_dy, float *sum_dy_xhat) {
+    v8f a = SPLAT(0.0f), b = SPLAT(0.0f), vza = SPLAT(za), vzb = SPLAT(zb), vmu = SPLAT(mu), vr = SPLAT(r);
+    long i = 0;
+    for (; i + 8 <= n; i += 8) {
+        v8f xv = LOAD(x + i), z = xv * vza + vzb, s = VSIGMOID(z);
+        v8f d = LOAD(g + i) * (s * (1.0f + z * (1.0f - s)));
+        STORE(dy + i, d);
+        a += d; b += d * ((xv - vmu) * vr);
+    }
+    if (i < n) {
+        long k = n - i;
+        v8f xv = LOAD_PART(x + i, k, mu), z = xv * vza + vzb, s = VSIGMOID(z);
+        v8f d = LOAD_PART(g + i, k, 0.0f) * (s * (1.0f + z * (1.0f - s)));
+        STORE_PART(dy + i, d, k);
+        a += d; b += d * ((xv - vmu) * vr);
+    }
+    *sum_dy = HSUM(a); *sum_dy_xhat = HSUM(b);
+}
