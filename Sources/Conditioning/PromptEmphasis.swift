@@ -10,13 +10,18 @@ import Tokenizers
 /// z (B, L, D) with one weight per token (B * L values): z * w, then (`normalize`, the web UI's emphasis "Original")
 /// rescaled so that mean(z) is unchanged (the means are over all elements of the batch, as in the reference);
 /// without `normalize` it is `EmphasisOriginalNoNorm` ("No norm").
+/// The reference divides by the weighted mean unguarded: where that is 0 (hidden states of mean exactly 0, e.g. from
+/// a final LayerNorm with zero bias, as in randomly initialised encoders) its ratio is 0/0 or x/0 and the whole
+/// prompt becomes NaN/inf; there we keep the weighted states unrescaled.
 public func applyEmphasis(_ z: Tensor, weights: [Float], normalize: Bool = true) throws -> Tensor {
     guard z.rank == 3, weights.count == z.shape[0] * z.shape[1] else {
         throw ConditioningError("emphasis: \(weights.count) weights for hidden states \(z.shape)")
     }
     let scaled = z * Tensor(weights, shape: [z.shape[0], z.shape[1], 1])
     guard normalize else { return scaled }
-    return scaled * (z.mean() / scaled.mean())
+    let ratio = z.mean() / scaled.mean()
+    guard let r = ratio.detach().toArray().first, r.isFinite else { return scaled }
+    return scaled * ratio
 }
 
 extension CLIPTextModel {

@@ -3,7 +3,8 @@
 // conditional inputs in ONE batch of 2B, noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond);
 // pipeline_stable_diffusion_inpaint.py: 9-channel UNets get [latents, mask, masked image latents] concatenated after
 // scale_model_input; latent_diffusion/pipeline_latent_diffusion_superresolution.py: the low-res image is concatenated
-// before scale_model_input). Class-conditional guidance uses a "null" class as the unconditional label.
+// before scale_model_input; latent_diffusion/pipeline_latent_diffusion.py LDMTextToImagePipeline: the same batch of
+// [uncond, cond]). Class-conditional guidance uses a "null" class as the unconditional label.
 import Diffusion
 import Foundation
 import TensorCore
@@ -29,9 +30,11 @@ public final class Denoiser {
         self.classLabels = classLabels; self.uncondClassLabels = uncondClassLabels
     }
 
-    /// diffusers `do_classifier_free_guidance`: guidance_scale > 1 and an unconditional input exists.
+    /// Guidance runs when the pipeline supplied an unconditional input and the scale is not 1. The pipelines decide
+    /// by supplying it: Stable Diffusion and class-conditional sampling when guidance_scale > 1 (diffusers
+    /// `do_classifier_free_guidance`), LDM-BERT text-to-image when guidance_scale != 1 (LDMTextToImagePipeline).
     public var doClassifierFreeGuidance: Bool {
-        guidanceScale > 1 && (uncondContext != nil || uncondClassLabels != nil)
+        guidanceScale != 1 && (uncondContext != nil || uncondClassLabels != nil)
     }
 
     /// The scheduler-ready model output for latents `x` (flat NCHW of `shape`) at `timesteps[stepIndex]`.

@@ -21,7 +21,7 @@ public final class LatentDiffusionPipeline {
         let cfg = bundle.unet.config, f = bundle.vaeScaleFactor
         let (h, w) = (height ?? bundle.sampleSize * f, width ?? bundle.sampleSize * f)
         try Validation.checkSize(width: w, height: h, multiple: f)
-        guard cfg.crossAttentionDim == nil || bundle.textEncoder == nil else {
+        guard cfg.crossAttentionDim == nil || (bundle.textEncoder == nil && bundle.bert == nil) else {
             throw PipelineError("\(bundle.url.path) is a text-conditioned model: use `ldm txt2img`")
         }
         var labels: [Int]?, null: [Int]?

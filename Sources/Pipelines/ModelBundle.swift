@@ -1,5 +1,6 @@
 // The components a pipeline needs, loaded the way diffusers DiffusionPipeline.from_pretrained reads a folder
-// (model_index.json + unet/, vae/ or vqvae/, text_encoder/, tokenizer/, scheduler/) or the way
+// (model_index.json + unet/, vae/ or vqvae/, text_encoder/ (CLIP) or bert/ (LDMBertModel, LDMTextToImagePipeline),
+// tokenizer/, scheduler/) or the way
 // StableDiffusionPipeline.from_single_file reads a CompVis checkpoint (model.diffusion_model.*, first_stage_model.*,
 // cond_stage_model.*; configs derived from tensor shapes, OpenAI/OpenCLIP vocabulary shipped with Tokenizers).
 // With a CompVis YAML config (--config), see CompVisYAMLLoading.swift; without one, shapes and SD defaults are used.
@@ -14,6 +15,8 @@ import UNetModels
 /// What a model offers, read from configs only (before loading weights), for validating commands early.
 public struct ModelSummary: Equatable {
     public var hasTextEncoder: Bool
+    /// The text encoder is LDM-BERT (diffusers LDMTextToImagePipeline: `bert` + BertTokenizer).
+    public var hasLDMBert = false
     public var unetInChannels: Int
     public var unetOutChannels: Int
     public var numClassEmbeds: Int?
@@ -27,8 +30,17 @@ public struct ModelSummary: Equatable {
             guard let unet = folder.component("unet"), let cfg = unet.config else {
                 throw PipelineError("\(url.path): no unet/config.json")
             }
-            let fs = folder.component("vae") != nil ? "AutoencoderKL" : folder.component("vqvae") != nil ? "VQModel" : "none"
-            return ModelSummary(hasTextEncoder: folder.component("text_encoder") != nil && folder.component("tokenizer") != nil,
+            let fs: String
+            if let c = folder.component("vae") ?? folder.component("vqvae") {
+                // LDMTextToImagePipeline's `vqvae` is an AutoencoderKL: the class decides, not the folder name.
+                fs = c.className ?? (c.name == "vae" ? "AutoencoderKL" : "VQModel")
+            } else {
+                fs = "none"
+            }
+            let hasTokenizer = folder.component("tokenizer") != nil
+            let bert = folder.component("bert") != nil && hasTokenizer
+            return ModelSummary(hasTextEncoder: (folder.component("text_encoder") != nil && hasTokenizer) || bert,
+                                hasLDMBert: bert,
                                 unetInChannels: cfg["in_channels"] as? Int ?? 4, unetOutChannels: cfg["out_channels"] as? Int ?? 4,
                                 numClassEmbeds: cfg["num_class_embeds"] as? Int, firstStage: fs, isCompVisFile: false)
         }
@@ -58,6 +70,9 @@ public final class ModelBundle {
     public var clipSkip = 0
     /// CompVis ClassEmbedder conditioning (cin256 YAML configs): class labels -> cross-attention context.
     public var classEmbedder: ClassEmbedder?
+    /// LDM-BERT conditioning (diffusers LDMTextToImagePipeline folders: `bert/` + a BertTokenizer `tokenizer/`).
+    public var bert: LDMBertModel?
+    public var bertTokenizer: BertTokenizer?
 
     public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel?, textEncoder: CLIPTextModel?,
                 tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {
@@ -92,6 +107,22 @@ public final class ModelBundle {
         let hasFirstStage = folder.component("vae") != nil || folder.component("vqvae") != nil
         let firstStage = hasFirstStage ? try FirstStageModel.load(folder: url).model : nil
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?
+        var bert: LDMBertModel?, bertTokenizer: BertTokenizer?
+        if let b = folder.component("bert") {
+            // LDMTextToImagePipeline: bert (LDMBertModel) + tokenizer (BertTokenizer, vocab.txt).
+            guard b.className == nil || b.className == "LDMBertModel" else {
+                throw PipelineError("\(url.path): bert component \(b.className ?? "") is not supported (LDMBertModel only)")
+            }
+            if let t = folder.component("tokenizer"), let cls = t.className, !["BertTokenizer", "BertTokenizerFast"].contains(cls) {
+                throw PipelineError("\(url.path): LDM-BERT needs a BertTokenizer, the folder's tokenizer is \(cls)")
+            }
+            let model = try LDMBertModel(pretrained: b)
+            guard let dims = unet.config.crossAttentionDim, dims.allSatisfy({ $0 == model.config.dModel }) else {
+                throw PipelineError("\(url.path): the UNet's cross_attention_dim \(unet.config.crossAttentionDim.map { "\($0)" } ?? "none") does not match LDM-BERT's d_model \(model.config.dModel)")
+            }
+            bert = model
+            bertTokenizer = try BertTokenizer(folder: url.appendingPathComponent("tokenizer"))
+        }
         if let te = folder.component("text_encoder") {
             guard te.className == nil || te.className == "CLIPTextModel" else {
                 throw PipelineError("\(url.path): text encoder \(te.className ?? "") is not supported (CLIPTextModel only)")
@@ -102,8 +133,10 @@ public final class ModelBundle {
         let schedURL = url.appendingPathComponent("scheduler/scheduler_config.json")
         let sched = FileManager.default.fileExists(atPath: schedURL.path) ? try SchedulerConfig.load(contentsOf: schedURL)
                                                                           : stableDiffusionScheduler
-        return ModelBundle(url: url, unet: unet, firstStage: firstStage, textEncoder: encoder, tokenizer: tokenizer,
-                           schedulerConfig: sched, sampleSize: sample)
+        let bundle = ModelBundle(url: url, unet: unet, firstStage: firstStage, textEncoder: encoder, tokenizer: tokenizer,
+                                 schedulerConfig: sched, sampleSize: sample)
+        bundle.bert = bert; bundle.bertTokenizer = bertTokenizer
+        return bundle
     }
 
     static func sampleSize(_ v: Any?) -> Int? {

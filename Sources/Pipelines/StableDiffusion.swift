@@ -56,6 +56,9 @@ public final class StableDiffusionPipeline {
     public let bundle: ModelBundle
     let vae: AutoencoderKL
     public init(bundle: ModelBundle) throws {
+        guard bundle.bert == nil else {
+            throw PipelineError("\(bundle.url.path) is an LDM-BERT text-to-image model (LDMTextToImagePipeline): it supports txt2img only")
+        }
         guard bundle.textEncoder != nil, bundle.tokenizer != nil else {
             throw PipelineError("\(bundle.url.path) has no text encoder/tokenizer: it cannot be prompted (use `ldm sample`)")
         }

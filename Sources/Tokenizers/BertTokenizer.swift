@@ -67,12 +67,64 @@ public struct BertTokenizer {
 
     /// Loads a vocab.txt: one token per line, trailing whitespace trimmed (tokenizers `WordPiece::read_file`).
     public init(vocabularyFile url: URL, doLowerCase: Bool = true, stripAccents: Bool? = nil, modelMaxLength: Int = 77) throws {
+        try self.init(vocabulary: Self.readVocabularyLines(url), doLowerCase: doLowerCase, stripAccents: stripAccents, modelMaxLength: modelMaxLength)
+    }
+
+    /// Loads a diffusers / transformers `tokenizer/` folder (the `tokenizer` component of an LDMTextToImagePipeline):
+    /// vocab.txt (what transformers 4 writes and CompVis/ldm-text2im-large-256 ships) or else the WordPiece vocabulary of
+    /// tokenizer.json (what transformers 5 writes); `do_lower_case`, `strip_accents`, `tokenize_chinese_chars` and the
+    /// special tokens from tokenizer_config.json / special_tokens_map.json (tokenizer.json's BertNormalizer settings
+    /// when it is the vocabulary's source and the config does not give them).
+    public init(folder: URL) throws {
+        let special = try SpecialTokens.load(defaults: .bert, folder: folder)
+        var config: [String: Any] = [:]
+        let configURL = folder.appendingPathComponent("tokenizer_config.json")
+        if FileManager.default.fileExists(atPath: configURL.path) {
+            guard let d = try JSONSerialization.jsonObject(with: Data(contentsOf: configURL)) as? [String: Any] else {
+                throw TokenizerError.invalidConfig("tokenizer_config.json is not a JSON object")
+            }
+            config = d
+        }
+        var lower = config["do_lower_case"] as? Bool
+        var strip = config["strip_accents"] as? Bool
+        var chinese = config["tokenize_chinese_chars"] as? Bool
+        let tokens: [String]
+        let vocabURL = folder.appendingPathComponent("vocab.txt"), jsonURL = folder.appendingPathComponent("tokenizer.json")
+        if FileManager.default.fileExists(atPath: vocabURL.path) {
+            tokens = try Self.readVocabularyLines(vocabURL)
+        } else if FileManager.default.fileExists(atPath: jsonURL.path) {
+            let data: Data
+            do { data = try Data(contentsOf: jsonURL) } catch { throw TokenizerError.unreadableFile(jsonURL.path, error.localizedDescription) }
+            guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                  let model = json["model"] as? [String: Any], model["type"] as? String == "WordPiece",
+                  let vocabObject = model["vocab"] else {
+                throw TokenizerError.invalidVocabulary("tokenizer.json has no WordPiece model vocabulary")
+            }
+            // JSONDecoder keeps the exact strings (see CLIPTokenizer.readVocabularyJSON).
+            guard let vocab = try? JSONDecoder().decode([String: Int].self, from: JSONSerialization.data(withJSONObject: vocabObject)),
+                  !vocab.isEmpty, Set(vocab.values) == Set(0..<vocab.count) else {
+                throw TokenizerError.invalidVocabulary("tokenizer.json: the WordPiece vocabulary must map tokens to the ids 0..<n")
+            }
+            tokens = vocab.sorted { $0.value < $1.value }.map(\.key)
+            if let n = json["normalizer"] as? [String: Any], n["type"] as? String == "BertNormalizer" {
+                lower = lower ?? n["lowercase"] as? Bool
+                strip = strip ?? n["strip_accents"] as? Bool
+                chinese = chinese ?? n["handle_chinese_chars"] as? Bool
+            }
+        } else {
+            throw TokenizerError.unreadableFile(folder.path, "no vocab.txt or tokenizer.json")
+        }
+        try self.init(vocabulary: tokens, doLowerCase: lower ?? true, stripAccents: strip, tokenizeChineseChars: chinese ?? true,
+                      specialTokens: special, modelMaxLength: special.modelMaxLength ?? 77)
+    }
+
+    static func readVocabularyLines(_ url: URL) throws -> [String] {
         var lines = try readTextFile(url).split(separator: "\n", omittingEmptySubsequences: false).map { line in
             String(String.UnicodeScalarView(line.unicodeScalars.reversed().drop(while: { $0.properties.isWhitespace }).reversed()))
         }
         if lines.last == "" { lines.removeLast() }
         guard !lines.isEmpty else { throw TokenizerError.invalidVocabulary("\(url.lastPathComponent) is empty") }
-        try self.init(vocabulary: lines, doLowerCase: doLowerCase, stripAccents: stripAccents, modelMaxLength: modelMaxLength)
+        return lines
     }
 
     /// Token ids without [CLS]/[SEP].

@@ -158,8 +158,8 @@ struct PromptArguments: ParsableArguments {
     @Option(help: "Image height in pixels, a multiple of 8 (default: the model's sample size).")
     var height: Int?
 
-    @Option(name: .customLong("cfg-scale"), help: "Classifier-free guidance scale (<= 1 disables guidance).")
-    var cfgScale: Double = 7.5
+    @Option(name: .customLong("cfg-scale"), help: "Classifier-free guidance scale (default 7.5; <= 1 disables guidance). LDM-BERT models (LDMTextToImagePipeline): default 1, any value other than 1 guides.")
+    var cfgScale: Double?
 
     @Option(name: .customLong("clip-skip"), help: "Web UI clip skip: 1 = the text encoder's last layer, 2 = the penultimate, ... (at most its layer count; counted on the encoder the model ships, for SD 2.x diffusers' 23-layer one). Default: the model's.")
     var clipSkip: Int?
@@ -167,12 +167,13 @@ struct PromptArguments: ParsableArguments {
     @Option(help: "Prompt syntax: diffusers (default: one 77-token window, brackets are text), or a web UI emphasis mode with 75-token chunks and BREAK: original (\"(word:1.3)\", \"(word)\", \"[word]\" weights, mean restored), no-norm (weights, mean not restored), ignore (syntax stripped, no weights), none (brackets kept as text).")
     var emphasis: String = "diffusers"
 
-    func check() throws -> PromptOptions {
+    /// `defaultGuidance`: the pipeline's guidance_scale default (7.5 for Stable Diffusion, 1 for LDM-BERT models).
+    func check(defaultGuidance: Double = 7.5) throws -> PromptOptions {
         guard let mode = PromptEmphasis(rawValue: emphasis) else {
             throw PipelineError("--emphasis must be one of \(PromptEmphasis.allCases.map(\.rawValue).joined(separator: ", ")), got \(emphasis)")
         }
         if let k = clipSkip, k < 1 { throw PipelineError("--clip-skip must be >= 1 (1 = last layer), got \(k)") }
-        let p = PromptOptions(prompt: prompt, negativePrompt: negativePrompt, guidanceScale: cfgScale, width: width, height: height,
+        let p = PromptOptions(prompt: prompt, negativePrompt: negativePrompt, guidanceScale: cfgScale ?? defaultGuidance, width: width, height: height,
                               emphasis: mode)
         try p.validate()
         return p
@@ -189,8 +190,8 @@ struct PromptArguments: ParsableArguments {
 
     /// Prompt fields of the infotext; "Clip skip" and "Emphasis" as the web UI writes them (processing.py: clip skip
     /// when > 1; sd_hijack_clip.py: the emphasis mode when it is not "Original" and a prompt has "(" or "[").
-    func annotate(_ g: inout GenerationParameters, bundle: ModelBundle) {
-        g.prompt = prompt; g.negativePrompt = negativePrompt; g.cfgScale = cfgScale
+    func annotate(_ g: inout GenerationParameters, bundle: ModelBundle, options p: PromptOptions) {
+        g.prompt = prompt; g.negativePrompt = negativePrompt; g.cfgScale = p.guidanceScale
         if bundle.clipSkip > 0 { g.extra.append(.init("Clip skip", "\(bundle.clipSkip + 1)")) }
         let mode = PromptEmphasis(rawValue: emphasis) ?? .diffusers
         let hasSyntax = [prompt, negativePrompt].contains { $0.contains("(") || $0.contains("[") }
@@ -198,9 +199,15 @@ struct PromptArguments: ParsableArguments {
     }
 }
 
-/// Checks a model can be prompted (text encoder + latent UNet).
-func requireTextModel(_ s: ModelSummary, _ path: String) throws {
+/// Checks a model can be prompted (text encoder + latent UNet). LDM-BERT models (any first stage) only when
+/// `allowLDMBert` (txt2img: diffusers has no LDM-BERT img2img or inpainting pipeline).
+func requireTextModel(_ s: ModelSummary, _ path: String, allowLDMBert: Bool = false) throws {
     guard s.hasTextEncoder else { throw PipelineError("model \(path) has no text encoder/tokenizer: it cannot take a prompt (try `ldm sample`)") }
+    if s.hasLDMBert {
+        guard allowLDMBert else { throw PipelineError("model \(path) is an LDM-BERT text-to-image model (LDMTextToImagePipeline): use `ldm txt2img`") }
+        guard s.firstStage != "none" else { throw PipelineError("model \(path) has no first stage (vqvae/)") }
+        return
+    }
     guard s.firstStage == "AutoencoderKL" else { throw PipelineError("model \(path) has no AutoencoderKL (vae/)") }
 }
 

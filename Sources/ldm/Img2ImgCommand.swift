@@ -31,7 +31,7 @@ struct Img2Img: ParsableCommand {
         let result = try pipe.imageToImage(p, sampling, image: image, strength: strength,
                                            generator: options.generator(seed: seed), progress: bar.update)
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
-        prompt.annotate(&params, bundle: pipe.bundle)
+        prompt.annotate(&params, bundle: pipe.bundle, options: p)
         params.extra.append(.init("Denoising strength", "\(strength)"))
         options.log("seed \(seed)")
         try options.write(result, to: paths, parameters: params)

@@ -42,7 +42,7 @@ struct Inpaint: ParsableCommand {
         let result = try pipe.inpaint(p, sampling, image: image, mask: maskImage, strength: strength,
                                       generator: options.generator(seed: seed), progress: bar.update)
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
-        prompt.annotate(&params, bundle: pipe.bundle)
+        prompt.annotate(&params, bundle: pipe.bundle, options: p)
         params.extra.append(.init("Denoising strength", "\(strength)"))
         options.log("seed \(seed)")
         try options.write(result, to: paths, parameters: params)

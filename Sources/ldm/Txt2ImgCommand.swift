@@ -1,25 +1,40 @@
-// `ldm txt2img`: diffusers StableDiffusionPipeline from the command line (Pipelines.StableDiffusionPipeline.textToImage).
+// `ldm txt2img`: diffusers StableDiffusionPipeline (Pipelines.StableDiffusionPipeline.textToImage), or for an LDM-BERT
+// folder diffusers LDMTextToImagePipeline (Pipelines.LDMTextToImagePipeline.textToImage), from the command line.
 import ArgumentParser
 import Foundation
 import Pipelines
 
 struct Txt2Img: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "txt2img", abstract: "Generate images from a text prompt (Stable Diffusion 1.x/2.x).")
+    static let configuration = CommandConfiguration(commandName: "txt2img", abstract: "Generate images from a text prompt (Stable Diffusion 1.x/2.x, LDM-BERT text-to-image).")
 
     @OptionGroup var options: GenerationOptions
     @OptionGroup var prompt: PromptArguments
 
     func run() throws {
         let (sampling, paths) = try options.check()
-        let p = try prompt.check()
-        try requireTextModel(try options.summary(), options.model)
+        let summary = try options.summary()
+        try requireTextModel(summary, options.model, allowLDMBert: true)
+        if summary.hasLDMBert {
+            guard prompt.clipSkip == nil else { throw PipelineError("--clip-skip is for CLIP text encoders; \(options.model) has LDM-BERT") }
+            guard prompt.emphasis == PromptEmphasis.diffusers.rawValue else {
+                throw PipelineError("--emphasis is for CLIP text encoders; \(options.model) has LDM-BERT")
+            }
+        }
+        let p = try prompt.check(defaultGuidance: summary.hasLDMBert ? LDMTextToImagePipeline.defaultGuidanceScale : 7.5)
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
-        let pipe = try StableDiffusionPipeline(bundle: prompt.configure(options.loadBundle()))
+        let bundle = try options.loadBundle()
         let bar = options.progressBar("txt2img")
-        let result = try pipe.textToImage(p, sampling, generator: options.generator(seed: seed), progress: bar.update)
-        var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
-        prompt.annotate(&params, bundle: pipe.bundle)
+        let result: GenerationResult
+        if summary.hasLDMBert {
+            result = try LDMTextToImagePipeline(bundle: bundle).textToImage(p, sampling, generator: options.generator(seed: seed),
+                                                                            progress: bar.update)
+        } else {
+            let pipe = try StableDiffusionPipeline(bundle: prompt.configure(bundle))
+            result = try pipe.textToImage(p, sampling, generator: options.generator(seed: seed), progress: bar.update)
+        }
+        var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: bundle.schedulerConfig.className)
+        prompt.annotate(&params, bundle: bundle, options: p)
         options.log("seed \(seed)")
         try options.write(result, to: paths, parameters: params)
     }

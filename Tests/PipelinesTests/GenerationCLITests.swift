@@ -134,11 +134,18 @@ final class GenerationCLITests: XCTestCase {
     }
 
     func testEmphasisModes() throws {
-        let pipe = try StableDiffusionPipeline(bundle: Shared.sd.get())
+        // The fixture's random CLIP ends in a LayerNorm with zero bias: its hidden states have a mean that is rounding
+        // noise (~1e-8, or exactly 0), where the web UI's mean restoration ("original") is undefined. A bias, as
+        // trained encoders have, makes it well defined (a private copy of the model: Shared.sd stays untouched).
+        let bundle = try ModelBundle.load(fixtures.appendingPathComponent("tiny-sd"))
+        let norm = try XCTUnwrap(bundle.textEncoder).finalLayerNorm
+        norm.bias.assign(Tensor((0..<norm.bias.count).map { 0.05 + 0.01 * Float($0 % 7) }, shape: norm.bias.shape))
+        let pipe = try StableDiffusionPipeline(bundle: bundle)
         func cond(_ text: String, _ mode: PromptEmphasis) throws -> [Float] {
             try pipe.encodePrompt(PromptOptions(prompt: text, emphasis: mode), batch: 1, guidance: false).0.toArray()
         }
         let original = try cond("a (red:1.5) cube", .original)
+        XCTAssertFalse(original.contains { !$0.isFinite })
         XCTAssertNotEqual(original, try cond("a red cube", .original))
         XCTAssertNotEqual(original, try cond("a (red:1.5) cube", .noNorm))
         XCTAssertEqual(try cond("a (red:1.5) cube", .ignore), try cond("a red cube", .original))
@@ -147,5 +154,34 @@ final class GenerationCLITests: XCTestCase {
         let long = try twoChunkPrompt(pipe)
         XCTAssertEqual(try pipe.encodePrompt(PromptOptions(prompt: long, emphasis: .original), batch: 1, guidance: false).0.shape[1], 154)
         XCTAssertEqual(try pipe.encodePrompt(PromptOptions(prompt: long), batch: 1, guidance: false).0.shape[1], 77)
+    }
+}
+
+extension GenerationCLITests {
+    /// `ldm txt2img` on an LDM-BERT folder runs diffusers' LDMTextToImagePipeline: guidance 1 by default (its
+    /// __call__ default), the same image as the library, and CLIP-only options refused.
+    func testTxt2ImgRunsLDMBertFolders() throws {
+        let dir = try tempDir()
+        let model = fixtures.appendingPathComponent("ldm-text2img/pipeline").path
+        let out = dir.appendingPathComponent("ldm.png")
+        let args = ["txt2img", "--model", model, "--prompt", "a painting of a squirrel", "--steps", "2", "--seed", "3",
+                    "--sampler", "ddim", "--quiet"]
+        let (s, e) = try run(args + ["--output", out.path])
+        XCTAssertEqual(s, 0, e)
+        let p = try parameters(out)
+        XCTAssertEqual(p.cfgScale, 1)
+        let pipe = try LDMTextToImagePipeline(bundle: ModelBundle.load(URL(fileURLWithPath: model)))
+        let want = try pipe.textToImage(PromptOptions(prompt: "a painting of a squirrel", guidanceScale: 1),
+                                        SamplingOptions(sampler: "ddim", steps: 2), generator: TorchGenerator(seed: 3))
+        XCTAssertEqual(try ImageIO.loadRGB(path: out.path).pixels, want.images[0].pixels)
+        XCTAssertEqual(try ImageIO.loadRGB(path: out.path).width, 32)
+        for (extra, message) in [(["--clip-skip", "2"], "--clip-skip is for CLIP"), (["--emphasis", "original"], "--emphasis is for CLIP")] {
+            let bad = dir.appendingPathComponent("bad.png")
+            let (status, err) = try run(args + extra + ["--output", bad.path])
+            XCTAssertNotEqual(status, 0); XCTAssertTrue(err.contains(message), err)
+        }
+        let (status, err) = try run(["img2img", "--model", model, "--prompt", "a", "--init-image", fixtures.appendingPathComponent("init.png").path,
+                                     "--output", dir.appendingPathComponent("i.png").path])
+        XCTAssertNotEqual(status, 0); XCTAssertTrue(err.contains("use `ldm txt2img`"), err)
     }
 }
