@@ -19,6 +19,13 @@ public final class ResnetBlock2D: Module {
     }
 
     public func callAsFunction(_ x: Tensor) -> Tensor {
+        if !GradMode.isEnabled {
+            // Inference: the norms are applied band by band inside the convolutions and the residual sum overwrites
+            // conv2's fresh output, so a block holds at most x and two activations at once (the VAE decoder's peak
+            // memory at full resolution).
+            let h = conv2.normalized(conv1.normalized(x, norm1, silu: true), norm2, silu: true)
+            return h.accumulate(convShortcut?(x) ?? x)
+        }
         let h = conv2(norm2(conv1(norm1(x, silu: true)), silu: true))
         return (convShortcut?(x) ?? x) + h
     }
@@ -45,7 +52,7 @@ public final class Upsample2D: Module {
     public let conv: Conv2d
     public init(channels: Int) { conv = Conv2d(channels, channels, kernel: 3, padding: 1) }
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        conv(x.upsampleNearest(height: x.shape[2] * 2, width: x.shape[3] * 2))
+        conv.upsampling(x, factor: 2)
     }
     public var namedParameters: [(String, Tensor)] { scoped("conv", conv) }
 }

@@ -25,6 +25,13 @@ public final class Conv2d: Module {
         options = Conv2dOptions(stride: stride, padding: padding, dilation: dilation, groups: groups)
     }
     public func callAsFunction(_ x: Tensor) -> Tensor { conv2d(x, weight, bias, options) }
+    /// self(x.upsampleNearest(factor x)) without materialising the upsampled input when that can be avoided.
+    public func upsampling(_ x: Tensor, factor: Int) -> Tensor { conv2d(upsamplingNearest: x, factor: factor, weight, bias, options) }
+    /// self(norm(x, silu:)) without materialising the normalised input when that can be avoided.
+    public func normalized(_ x: Tensor, _ norm: GroupNorm, silu: Bool) -> Tensor {
+        conv2d(groupNormed: x, groups: norm.groups, normWeight: norm.weight, normBias: norm.bias, eps: norm.eps, silu: silu,
+               weight, bias, options)
+    }
     public var namedParameters: [(String, Tensor)] { [("weight", weight)] + (bias.map { [("bias", $0)] } ?? []) }
 }
 
@@ -38,6 +45,10 @@ public final class GroupNorm: Module {
     /// `silu: true` fuses the swish that follows most GroupNorms in the reference models.
     public func callAsFunction(_ x: Tensor, silu: Bool = false) -> Tensor {
         x.groupNorm(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu)
+    }
+    /// The same over x's own storage: inference only, on a tensor the caller owns exclusively.
+    public func inPlace(_ x: Tensor, silu: Bool = false) -> Tensor {
+        x.groupNormInPlace(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu)
     }
     public var namedParameters: [(String, Tensor)] { [("weight", weight), ("bias", bias)] }
 }

@@ -113,6 +113,7 @@ public final class Upsample2D: Module {
     public init(channels: Int, outChannels: Int) { conv = Conv2d(channels, outChannels, kernel: 3, padding: 1) }
     public func callAsFunction(_ x: Tensor, size: (Int, Int)? = nil) -> Tensor {
         let (h, w) = size ?? (x.shape[2] * 2, x.shape[3] * 2)
+        if h == x.shape[2] * 2 && w == x.shape[3] * 2 { return conv.upsampling(x, factor: 2) }
         return conv(x.upsampleNearest(height: h, width: w))
     }
     public var namedParameters: [(String, Tensor)] { scoped("conv", conv) }

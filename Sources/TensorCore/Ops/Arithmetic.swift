@@ -64,3 +64,17 @@ extension Tensor {
         }
     }
 }
+
+extension Tensor {
+    /// self += other in self's storage, returning self: inference on a tensor the caller owns exclusively (a fresh
+    /// output), to spare the buffer a `+` would allocate. `other` broadcasts only if it has self's shape.
+    @discardableResult
+    public func accumulate(_ other: Tensor) -> Tensor {
+        precondition(dtype == .float32 && isContiguous && other.shape == shape && !GradMode.shouldRecord([self, other]),
+                     "accumulate: needs contiguous float32 tensors of one shape outside autograd (\(shape), \(other.shape))")
+        let o = other.float32().contiguous()
+        let d = data, s = o.data
+        withExtendedLifetime(o) { Parallel.forRange(count, costPerItem: 1) { r in for i in r { d[i] += s[i] } } }
+        return self
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 import CDNNL
+import CKernels
 
 // torch.nn.functional.conv2d on oneDNN: stride, symmetric or asymmetric padding, dilation, groups; forward and both
 // backward passes (data and weights/bias). Weights may be stored in bfloat16; they are reordered (and converted)
@@ -109,9 +110,145 @@ extension Tensor {
     }
 }
 
+/// Inference convolutions with a large output run in horizontal bands of output rows: oneDNN's blocked copies of the
+/// input and output then exist for one band at a time (a few MB) instead of for the whole image, which bounds the
+/// memory of a VAE decode at 512x512 and above and keeps the layout reorders in cache. Each output pixel is computed
+/// by the same kernel from the same inputs either way. `LDM_CONV_BAND_MB` sets the band's output size (0: off).
+public enum ConvBanding {
+    public nonisolated(unsafe) static var bandBytes = (ProcessInfo.processInfo.environment["LDM_CONV_BAND_MB"].flatMap { Int($0) } ?? 4) << 20
+}
+
+/// Plain NCHW descriptor of `rows` rows starting anywhere inside a (n, c, h, w) tensor.
+private func rowBandDesc(_ n: Int, _ c: Int, _ rows: Int, _ w: Int, fullHeight h: Int) -> dnnl_memory_desc_t {
+    var md = dnnl_memory_desc_t()
+    var d = dims([n, c, rows, w]), st = dims([c * h * w, h * w, w, 1])
+    dnnlCheck(dnnl_memory_desc_init_by_strides(&md, 4, &d.0, dnnl_f32, &st.0), "band desc")
+    return md
+}
+
+/// `conv2d` without autograd, over bands of at most `bandRows` output rows (see `ConvBanding`). The input may be
+/// upsampled by nearest-neighbour `upsample` first (Upsample2D's interpolate + conv): each band's input rows are then
+/// assembled from the low-resolution tensor, and the upsampled image never exists in full.
+private enum BandInput {
+    case plain
+    /// Nearest-neighbour upsampling by an integer factor.
+    case upsample(Int)
+    /// Per-(sample, channel) affine map, optionally followed by SiLU: a group norm (+ swish) fused into the band.
+    case affine(scale: [Float], shift: [Float], silu: Bool)
+}
+
+private func conv2dBanded(_ x: Tensor, _ input: BandInput, _ weight: Tensor, _ bias: Tensor?, _ options: Conv2dOptions, bandRows: Int) -> Tensor {
+    let xin = x.float32().contiguous()
+    var upsample = 1
+    if case .upsample(let f) = input { upsample = f }
+    let (n, ic, h, w) = (xin.shape[0], xin.shape[1], xin.shape[2] * upsample, xin.shape[3] * upsample)
+    let g = ConvGeometry([n, ic, h, w], weight.shape, options)
+    let out = Tensor.empty([g.n, g.oc, g.oh, g.ow])
+    let b32 = bias?.float32().contiguous()
+    let o = options
+    var weightCopy: (md: dnnl_memory_desc_t, ptr: UnsafeMutableRawPointer, owner: Storage)?
+    var staged: Storage? // the band's upsampled input rows (plain layout)
+    var r0 = 0
+    while r0 < g.oh {
+        let rows = min(bandRows, g.oh - r0)
+        // Input rows this band reads, in (possibly upsampled) input coordinates; outside [0, h) is padding.
+        let ih0 = r0 * o.stride.0 - o.padding.top
+        let ih1 = (r0 + rows - 1) * o.stride.0 - o.padding.top + (g.kh - 1) * o.dilation.0 + 1
+        let a = max(0, ih0), b = min(h, ih1)
+        var bo = o
+        bo.padding = (max(0, -ih0), o.padding.left, max(0, ih1 - h), o.padding.right)
+        let bg = ConvGeometry([n, ic, b - a, w], weight.shape, bo)
+        precondition(bg.oh == rows && bg.ow == g.ow, "conv2d band: \(bg.oh)x\(bg.ow), expected \(rows)x\(g.ow)")
+        let prim = bg.forward(bias: bias != nil)
+        var want = prim.md(dnnl_query_weights_md)
+        if weightCopy == nil || dnnl_memory_desc_equal(&want, &weightCopy!.md) == 0 {
+            let (ptr, owner) = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + bg.key)
+            weightCopy = (want, ptr, owner)
+        }
+        var src: UnsafeMutableRawPointer, srcDesc: dnnl_memory_desc_t
+        if case .plain = input {
+            src = UnsafeMutableRawPointer(xin.data + a * w)
+            srcDesc = rowBandDesc(n, ic, b - a, w, fullHeight: h)
+        } else {
+            let bytes = n * ic * (b - a) * w * 4
+            if staged == nil || staged!.byteCount < bytes { staged = Storage(byteCount: bytes) }
+            let dst = staged!.base.assumingMemoryBound(to: Float.self), xs = xin.data, bandH = b - a
+            switch input {
+            case .plain: break
+            case .upsample(let f):
+                let (lh, lw) = (h / f, w / f)
+                Parallel.forEach(n * ic, costPerItem: bandH * w) { plane in
+                    let sp = xs + plane * lh * lw, dp = dst + plane * bandH * w
+                    for r in 0..<bandH {
+                        let srow = sp + ((a + r) / f) * lw, drow = dp + r * w
+                        for c in 0..<w { drow[c] = srow[c / f] }
+                    }
+                }
+            case .affine(let scale, let shift, let silu):
+                scale.withUnsafeBufferPointer { sc in shift.withUnsafeBufferPointer { sh in
+                    let scp = sc.baseAddress!, shp = sh.baseAddress!
+                    Parallel.forEach(n * ic, costPerItem: bandH * w) { plane in
+                        ck_affine(xs + plane * h * w + a * w, dst + plane * bandH * w, bandH * w, scp[plane], shp[plane], silu ? 1 : 0)
+                    }
+                } }
+            }
+            src = staged!.base
+            srcDesc = memoryDesc([n, ic, b - a, w])
+        }
+        var args: [Primitive.Arg] = [
+            .init(arg: DNNL_ARG_SRC, query: dnnl_query_src_md, plain: srcDesc, ptr: src),
+            .init(arg: DNNL_ARG_WEIGHTS, query: dnnl_query_weights_md, plain: g.wei, ptr: weightCopy!.ptr, cached: weightCopy!.ptr),
+            .init(arg: DNNL_ARG_DST, query: dnnl_query_dst_md, plain: rowBandDesc(n, g.oc, rows, g.ow, fullHeight: g.oh),
+                  ptr: UnsafeMutableRawPointer(out.data + r0 * g.ow), isOutput: true),
+        ]
+        if let b32 {
+            args.append(.init(arg: DNNL_ARG_BIAS, query: dnnl_query_weights_md, plain: memoryDesc([g.oc]), ptr: UnsafeMutableRawPointer(b32.data), index: 1))
+        }
+        withExtendedLifetime((xin, b32, weightCopy!.owner, staged)) { prim.run(args) }
+        r0 += rows
+    }
+    return out
+}
+
+/// Output rows per band for an inference convolution producing `g`'s output, or nil when it should run whole.
+private func bandRows(_ g: ConvGeometry) -> Int? {
+    let rowBytes = g.n * g.oc * g.ow * 4
+    guard ConvBanding.bandBytes > 0, rowBytes * g.oh > 2 * ConvBanding.bandBytes else { return nil }
+    return max(1, ConvBanding.bandBytes / rowBytes)
+}
+
+/// conv2d(upsampleNearest(x, factor), ...) (diffusers' Upsample2D, CompVis' Upsample with conv): without autograd
+/// and for large outputs the upsampled input is assembled band by band and never held whole.
+public func conv2d(upsamplingNearest x: Tensor, factor: Int, _ weight: Tensor, _ bias: Tensor? = nil, _ options: Conv2dOptions = Conv2dOptions()) -> Tensor {
+    precondition(x.rank == 4 && factor >= 1, "conv2d(upsamplingNearest:): input \(x.shape), factor \(factor)")
+    let up = [x.shape[0], x.shape[1], x.shape[2] * factor, x.shape[3] * factor]
+    let g = ConvGeometry(up, weight.shape, options)
+    if factor == 1 || GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? [])) || bandRows(g) == nil {
+        return conv2d(x.upsampleNearest(height: up[2], width: up[3]), weight, bias, options)
+    }
+    return conv2dBanded(x, .upsample(factor), weight, bias, options, bandRows: bandRows(g)!)
+}
+
+/// conv2d(groupNorm(x) [+ SiLU], ...), the pre-activation of every ResNet block: without autograd and for large
+/// outputs the normalised input is produced band by band and never held whole (same coefficients as `groupNorm`).
+public func conv2d(groupNormed x: Tensor, groups: Int, normWeight: Tensor?, normBias: Tensor?, eps: Float, silu: Bool,
+                   _ weight: Tensor, _ bias: Tensor? = nil, _ options: Conv2dOptions = Conv2dOptions()) -> Tensor {
+    let g = ConvGeometry(x.shape, weight.shape, options)
+    let params = [x, weight] + [bias, normWeight, normBias].compactMap { $0 }
+    guard !GradMode.shouldRecord(params), let rows = bandRows(g), x.rank == 4 else {
+        return conv2d(x.groupNorm(groups: groups, weight: normWeight, bias: normBias, eps: eps, silu: silu), weight, bias, options)
+    }
+    let xin = x.float32().contiguous()
+    let (scale, shift) = groupNormChannelAffine(xin, groups: groups, weight: normWeight, bias: normBias, eps: eps)
+    return conv2dBanded(xin, .affine(scale: scale, shift: shift, silu: silu), weight, bias, options, bandRows: rows)
+}
+
 /// 2-d convolution of `x` (N, C, H, W) with `weight` (O, C/groups, kh, kw) and optional `bias` (O).
 public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ options: Conv2dOptions = Conv2dOptions()) -> Tensor {
     let g = ConvGeometry(x.shape, weight.shape, options)
+    if let rows = bandRows(g), !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? [])) {
+        return conv2dBanded(x, .plain, weight, bias, options, bandRows: rows)
+    }
     let xin = x.float32().contiguous()
     let out = Tensor.empty([g.n, g.oc, g.oh, g.ow])
     let prim = g.forward(bias: bias != nil)

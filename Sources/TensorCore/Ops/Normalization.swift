@@ -7,11 +7,24 @@ import CKernels
 extension Tensor {
     /// F.group_norm over (N, C, *) with affine `weight`/`bias` (C); `silu` fuses the activation that follows it.
     public func groupNorm(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float = 1e-5, silu: Bool = false) -> Tensor {
+        groupNorm(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu, inPlace: false)
+    }
+
+    /// `groupNorm` written over this tensor's own storage (no new activation buffer), for inference on a tensor the
+    /// caller owns exclusively, such as a convolution's fresh output. Requires float32, contiguous, no autograd.
+    public func groupNormInPlace(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float = 1e-5, silu: Bool = false) -> Tensor {
+        precondition(dtype == .float32 && isContiguous && !GradMode.shouldRecord([self] + [weight, bias].compactMap { $0 }),
+                     "groupNormInPlace: needs a contiguous float32 tensor outside autograd")
+        return groupNorm(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu, inPlace: true)
+    }
+
+    private func groupNorm(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float, silu: Bool, inPlace: Bool) -> Tensor {
         let n = shape[0], c = shape[1]
         precondition(rank >= 2 && c % groups == 0, "group_norm: \(c) channels not divisible into \(groups) groups (shape \(shape))")
         let x = float32().contiguous()
         let spatial = count / (n * c), cpg = c / groups, m = cpg * spatial
-        let out = Tensor.empty(shape)
+        // In place, each group's statistics are taken before any of its elements are overwritten.
+        let out = inPlace ? x : Tensor.empty(shape)
         let mean = Tensor.empty([n, groups]), rstd = Tensor.empty([n, groups])
         let xs = x.data, ys = out.data, mp = mean.data, rp = rstd.data
         let gw = weight?.float32().contiguous(), gb = bias?.float32().contiguous()
@@ -19,14 +32,7 @@ extension Tensor {
         defer { withExtendedLifetime((x, gw, gb)) {} }
         Parallel.forEach(n * groups, costPerItem: m * 3) { ng in
             let base = xs + ng * m
-            // Two-pass statistics (mean, then squared deviations), summed per channel row in float32 SIMD lanes
-            // and across rows in Double.
-            var s = 0.0
-            for cc in 0..<cpg { s += Double(vectorSum(base + cc * spatial, spatial)) }
-            let mu = Float(s / Double(m))
-            var v = 0.0
-            for cc in 0..<cpg { v += Double(vectorSumSquaredDeviation(base + cc * spatial, spatial, mu)) }
-            let r = Float(1 / (v / Double(m) + Double(eps)).squareRoot())
+            let (mu, r) = groupStatistics(base, channels: cpg, spatial: spatial, eps: eps)
             mp[ng] = mu; rp[ng] = r
             let g0 = (ng % groups) * cpg
             for cc in 0..<cpg {
@@ -150,4 +156,42 @@ extension Tensor {
         let out = lastAxisSoftmax(log: true)
         return out.recorded("log_softmax", [self]) { g in [g - out.exp() * g.sum(axes: [-1], keepDims: true)] }
     }
+}
+
+/// Mean and 1/sqrt(var + eps) of one group (`channels` rows of `spatial` values): two passes (mean, then squared
+/// deviations), summed per channel row in float32 SIMD lanes and across rows in Double.
+@inline(__always)
+func groupStatistics(_ base: UnsafePointer<Float>, channels cpg: Int, spatial: Int, eps: Float) -> (mean: Float, rstd: Float) {
+    let m = cpg * spatial
+    var s = 0.0
+    for cc in 0..<cpg { s += Double(vectorSum(base + cc * spatial, spatial)) }
+    let mu = Float(s / Double(m))
+    var v = 0.0
+    for cc in 0..<cpg { v += Double(vectorSumSquaredDeviation(base + cc * spatial, spatial, mu)) }
+    return (mu, Float(1 / (v / Double(m) + Double(eps)).squareRoot()))
+}
+
+/// Group norm as a per-(sample, channel) affine map: normalised x = x * scale + shift, exactly the coefficients
+/// `groupNorm` applies. `x` must be contiguous float32 (N, C, *).
+func groupNormChannelAffine(_ x: Tensor, groups: Int, weight: Tensor?, bias: Tensor?, eps: Float) -> (scale: [Float], shift: [Float]) {
+    let n = x.shape[0], c = x.shape[1]
+    precondition(x.rank >= 2 && c % groups == 0, "group_norm: \(c) channels not divisible into \(groups) groups (shape \(x.shape))")
+    let spatial = x.count / (n * c), cpg = c / groups
+    let gw = weight?.float32().contiguous(), gb = bias?.float32().contiguous()
+    var scale = [Float](repeating: 0, count: n * c), shift = [Float](repeating: 0, count: n * c)
+    withExtendedLifetime((x, gw, gb)) {
+        let xs = x.data, wp = gw?.data, bp = gb?.data
+        scale.withUnsafeMutableBufferPointer { sc in shift.withUnsafeMutableBufferPointer { sh in
+            let scp = sc.baseAddress!, shp = sh.baseAddress!
+            Parallel.forEach(n * groups, costPerItem: cpg * spatial * 2) { ng in
+                let (mu, r) = groupStatistics(xs + ng * cpg * spatial, channels: cpg, spatial: spatial, eps: eps)
+                let g0 = (ng % groups) * cpg, row = (ng / groups) * c
+                for cc in 0..<cpg {
+                    let a = r * (wp?[g0 + cc] ?? 1)
+                    scp[row + g0 + cc] = a; shp[row + g0 + cc] = (bp?[g0 + cc] ?? 0) - mu * a
+                }
+            }
+        } }
+    }
+    return (scale, shift)
 }
