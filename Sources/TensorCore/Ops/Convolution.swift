@@ -213,7 +213,9 @@ private func conv2dBanded(_ x: Tensor, _ input: BandInput, _ weight: Tensor, _ b
 /// Output rows per band for an inference convolution producing `g`'s output, or nil when it should run whole.
 private func bandRows(_ g: ConvGeometry) -> Int? {
     let rowBytes = g.n * g.oc * g.ow * 4
-    guard ConvBanding.bandBytes > 0, rowBytes * g.oh > 2 * ConvBanding.bandBytes else { return nil }
+    // Only outputs of 8 bands or more: the memory saved matters there, and smaller convolutions (a UNet's at 64x64)
+    // run faster whole.
+    guard ConvBanding.bandBytes > 0, rowBytes * g.oh >= 8 * ConvBanding.bandBytes else { return nil }
     return max(1, ConvBanding.bandBytes / rowBytes)
 }
 
