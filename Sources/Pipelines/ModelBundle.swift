@@ -145,11 +145,14 @@ public final class ModelBundle {
         return nil
     }
 
-    /// The PNDM configuration Stable Diffusion 1.x/2.x ship (scheduler/scheduler_config.json of runwayml/stable-diffusion-v1-5).
+    /// The PNDM configuration Stable Diffusion 1.x/2.x ship (scheduler/scheduler_config.json of runwayml/stable-diffusion-v1-5),
+    /// key for key: `clip_sample: false` carries over to DDIM when it is swapped in (its own default clips x0), while
+    /// the absent `timestep_spacing` leaves each sampler its own default, as diffusers' from_config does.
     public static var stableDiffusionScheduler: SchedulerConfig {
         var c = SchedulerConfig()
         c.className = "PNDMScheduler"; c.numTrainTimesteps = 1000; c.betaStart = 0.00085; c.betaEnd = 0.012
         c.betaSchedule = "scaled_linear"; c.setAlphaToOne = false; c.skipPrkSteps = true; c.stepsOffset = 1
+        c.clipSample = false
         return c
     }
 
