@@ -82,3 +82,27 @@ final class ConvBandingTests: XCTestCase {
         XCTAssertEqual(sum, zip(ref.toArray(), x.toArray()).map { $0 + $1 }, accuracy: 1e-6)
     }
 }
+
+/// The attention backward's one-pass path (a task per (batch, head) walking all its tiles) against the two-pass path,
+/// on shapes with several query and key tiles (lq 300 > 128, lk 700 > 512), causal or not.
+final class AttentionBackwardPathTests: XCTestCase {
+    func testOnePassBackwardEqualsTwoPass() {
+        let g = TorchGenerator(seed: 21)
+        for causal in [false, true] {
+            let lk = causal ? 300 : 700
+            let q = Tensor.randn([2, 3, 300, 16], generator: g), k = Tensor.randn([2, 3, lk, 16], generator: g)
+            let v = Tensor.randn([2, 3, lk, 8], generator: g), w = Tensor.randn([2, 3, 300, 8], generator: g)
+            func grads(_ onePass: Bool) -> [[Float]] {
+                let saved = AttentionTiling.onePassBackward
+                AttentionTiling.onePassBackward = onePass
+                defer { AttentionTiling.onePassBackward = saved }
+                let (qr, kr, vr) = (q.detach().requiringGrad(), k.detach().requiringGrad(), v.detach().requiringGrad())
+                (scaledDotProductAttention(qr, kr, vr, causal: causal) * w).sum().backward()
+                return [qr.grad!.toArray(), kr.grad!.toArray(), vr.grad!.toArray()]
+            }
+            let one = grads(true), two = grads(false)
+            for (a, b) in zip(one, two) { XCTAssertEqual(a, b, accuracy: 1e-4) }
+            XCTAssertGreaterThan(one[0].map(abs).max() ?? 0, 1e-3)
+        }
+    }
+}

@@ -7,7 +7,12 @@ import CKernels
 // Semantics of torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal:, scale:).
 
 /// Tile sizes of the fused kernel (query rows x key columns per tile; one tile of scores per thread).
-public enum AttentionTiling { public static let blockQ = 128, blockK = 512 }
+public enum AttentionTiling {
+    public static let blockQ = 128, blockK = 512
+    /// Backward in one pass per (batch, head) when there are enough of them for all threads (else two passes, over
+    /// key blocks for dK/dV and over query blocks for dQ, each recomputing the tiles). Settable for tests.
+    public nonisolated(unsafe) static var onePassBackward = true
+}
 private let blockQ = AttentionTiling.blockQ, blockK = AttentionTiling.blockK
 
 /// Row pointer arithmetic for a (B, H, L, D) view whose last axis is contiguous.
@@ -119,6 +124,31 @@ private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Te
             DNNL.sgemm(true, false, lk, dv, lq, 1, p, lk, dO.row(b, h, 0), dO.sl, 1, dV.row(b, h, 0), dV.sl)
             DNNL.sgemm(true, false, lk, d, lq, scale, ds, lk, Q.row(b, h, 0), Q.sl, 1, dK.row(b, h, 0), dK.sl)
             DNNL.sgemm(false, false, lq, d, lk, scale, ds, lk, K.row(b, h, 0), K.sl, 1, dQ.row(b, h, 0), dQ.sl)
+        }
+        return [dq, dk, dvT]
+    }
+    if AttentionTiling.onePassBackward && bs * heads >= 2 * Parallel.threadCount {
+        // Enough (batch, head) pairs to keep every thread busy: one task per pair walks all its tiles once, adding to
+        // its own rows of dQ, dK and dV (no other task writes them), so P and dS are computed once per tile instead
+        // of once in the dK/dV pass and again in the dQ pass.
+        Parallel.forEach(bs * heads, costPerItem: 1 << 20) { bh in
+            let b = bh / heads, h = bh % heads
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK), ds = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK)
+            defer { p.deallocate(); ds.deallocate() }
+            var j0 = 0
+            while j0 < lk {
+                let cols = min(blockK, lk - j0)
+                var i0 = 0
+                while i0 < lq {
+                    let rows = min(blockQ, lq - i0)
+                    tile(b, h, i0, rows, j0, cols, p, ds)
+                    DNNL.sgemm(true, false, cols, dv, rows, 1, p, cols, dO.row(b, h, i0), dO.sl, 1, dV.row(b, h, j0), dV.sl)
+                    DNNL.sgemm(true, false, cols, d, rows, scale, ds, cols, Q.row(b, h, i0), Q.sl, 1, dK.row(b, h, j0), dK.sl)
+                    DNNL.sgemm(false, false, rows, d, cols, scale, ds, cols, K.row(b, h, j0), K.sl, 1, dQ.row(b, h, i0), dQ.sl)
+                    i0 += rows
+                }
+                j0 += cols
+            }
         }
         return [dq, dk, dvT]
     }
