@@ -19,6 +19,8 @@ public struct ConvertOptions {
     /// Use LitEma weights (model_ema.*) in place of the model weights.
     public var ema = false
     public var variant: String?
+    /// bert-base-uncased's vocab.txt, written as tokenizer/ when a CompVis LDM-BERT file becomes a diffusers folder.
+    public var bertVocabulary: URL?
     public init(target: Target? = nil, overwrite: Bool = false, dtype: DType = .keep, ema: Bool = false, variant: String? = nil) {
         self.target = target; self.overwrite = overwrite; self.dtype = dtype; self.ema = ema; self.variant = variant
     }
@@ -33,7 +35,8 @@ public struct MappedTensor {
 
 public enum Converter {
     static let componentWeights = ["unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
-                                   "text_encoder": "model.safetensors"]
+                                   "text_encoder": "model.safetensors", "vqvae": "diffusion_pytorch_model.safetensors",
+                                   "bert": "model.safetensors"]
 
     /// CompVis names -> diffusers components; names no rule covers are returned in `unmapped`.
     public static func compvisToDiffusers(_ tensors: [String: TensorRecord]) throws
@@ -50,6 +53,8 @@ public enum Converter {
             guard let r = tensors[name] else { continue }
             if openCLIP && name.hasPrefix(OpenCLIPMapping.prefix) { continue }
             guard let m = layout.toDiffusers(name, shape: r.shape) else { unmapped.append(name); continue }
+            // BERTEmbedder: only tensors LDMBertModel has (x-transformers options it lacks stay unconverted).
+            if m.component == "bert", let b = layout.bert, !b.diffusersKeys.contains(m.key) { unmapped.append(name); continue }
             let full = m.component + "." + m.key
             if let prev = seen[full] { throw CheckpointError("\(prev) and \(name) both map to \(full)") }
             seen[full] = name
@@ -79,6 +84,7 @@ public enum Converter {
             if isOpenCLIP && name.hasPrefix(te) { continue }
             let parts = name.split(separator: ".", maxSplits: 1)
             guard parts.count == 2,
+                  parts[0] != "bert" || layout.bert?.diffusersKeys.contains(String(parts[1])) == true,
                   let m = layout.toCompVis(component: String(parts[0]), key: String(parts[1]), shape: r.shape) else {
                 unmapped.append(name); continue
             }
@@ -196,8 +202,16 @@ public enum Converter {
             var derived: DerivedConfig?
             do {
                 switch name {
-                case "unet": derived = try layout.unet.map { try DiffusersConfigs.unet($0, shapes: shapes) }
-                case "vae": derived = try layout.vae.map { try DiffusersConfigs.vae($0, shapes: shapes) }
+                case "unet":
+                    derived = try layout.unet.map { try DiffusersConfigs.unet($0, shapes: shapes) }
+                    if layout.bert != nil, var d = derived {
+                        // CompVis/ldm-text2im-large-256: 256 px / 8 (txt2img-1p4B-eval.yaml image_size 32).
+                        d.config["sample_size"] = 32
+                        d.defaulted = d.defaulted.map { $0.hasPrefix("sample_size=") ? "sample_size=32 (txt2img-1p4B 256 px / 8)" : $0 }
+                        derived = d
+                    }
+                case "vae", "vqvae": derived = try layout.vae.map { try DiffusersConfigs.vae($0, shapes: shapes) }
+                case "bert": derived = try DiffusersConfigs.ldmBert(shapes: shapes)
                 default: derived = try DiffusersConfigs.clipText(shapes: shapes, openCLIP: layout.openCLIPTextEncoder)
                 }
             } catch let e as CheckpointError {
@@ -210,7 +224,26 @@ public enum Converter {
                              + d.defaulted.joined(separator: ", "))
             }
         }
-        try DiffusersConfigs.json(DiffusersConfigs.modelIndex(components: components.keys.sorted()))
+        var index = components.keys.sorted()
+        if layout.bert != nil {
+            // LDMTextToImagePipeline also needs its scheduler and BertTokenizer (bert-base-uncased's vocab.txt).
+            let sched = tmp.appendingPathComponent("scheduler")
+            try fm.createDirectory(at: sched, withIntermediateDirectories: false)
+            try DiffusersConfigs.json(DiffusersConfigs.ldmTextToImageScheduler).write(to: sched.appendingPathComponent("scheduler_config.json"))
+            index.append("scheduler")
+            lines.append("  scheduler/: DDIMScheduler as CompVis' DDIMSampler runs txt2img-1p4B (betas 0.00085..0.012 scaled_linear, leading, steps_offset 1)")
+            if let vocab = options.bertVocabulary {
+                let tok = tmp.appendingPathComponent("tokenizer")
+                try fm.createDirectory(at: tok, withIntermediateDirectories: false)
+                try fm.copyItem(at: vocab, to: tok.appendingPathComponent("vocab.txt"))
+                try DiffusersConfigs.json(DiffusersConfigs.bertTokenizerConfig).write(to: tok.appendingPathComponent("tokenizer_config.json"))
+                index.append("tokenizer")
+                lines.append("  tokenizer/: BertTokenizer with \(vocab.lastPathComponent) (do_lower_case, model_max_length 77)")
+            } else {
+                lines.append("  tokenizer/: not written (no --bert-vocab): copy bert-base-uncased's vocab.txt into tokenizer/ before use")
+            }
+        }
+        try DiffusersConfigs.json(DiffusersConfigs.modelIndex(components: index))
             .write(to: tmp.appendingPathComponent("model_index.json"))
         try replace(output, with: tmp, overwrite: options.overwrite)
         done = true

@@ -107,13 +107,53 @@ public enum DiffusersConfigs {
         return DerivedConfig(config: cfg, defaulted: defaulted)
     }
 
+    /// diffusers LDMBertConfig, as convert_from_ckpt.py create_ldm_bert_config (d_model = n_embed, encoder_layers =
+    /// n_layer, encoder_ffn_dim = 4 n_embed) but read from the shapes; heads and head_dim are x-transformers' defaults
+    /// (BERTEmbedder passes neither: 8 heads of DEFAULT_DIM_HEAD 64), checked against the q projection.
+    public static func ldmBert(shapes: [String: [Int]]) throws -> DerivedConfig {
+        let dModel = try dim(shapes, "model.embed_tokens.weight", 1), inner = try dim(shapes, "model.layers.0.self_attn.q_proj.weight", 0)
+        guard inner == 8 * 64 else {
+            throw CheckpointError("LDM-BERT attention width \(inner) is not x-transformers' 8 heads x 64 (the head count is not in the weights)")
+        }
+        let cfg: [String: Any] = [
+            "_class_name": "LDMBertModel", "model_type": "ldmbert", "architectures": ["LDMBertModel"],
+            "vocab_size": try dim(shapes, "model.embed_tokens.weight", 0),
+            "max_position_embeddings": try dim(shapes, "model.embed_positions.weight", 0),
+            "encoder_layers": indices(Array(shapes.keys), "model.layers.").count,
+            "encoder_ffn_dim": try dim(shapes, "model.layers.0.fc1.weight", 0),
+            "encoder_attention_heads": 8, "head_dim": 64, "d_model": dModel, "activation_function": "gelu",
+            "pad_token_id": 0,
+        ]
+        return DerivedConfig(config: cfg, defaulted: ["encoder_attention_heads=8, head_dim=64 (x-transformers defaults)",
+                                                      "activation_function=gelu (FeedForward glu=False: nn.GELU)"])
+    }
+
+    /// scheduler/scheduler_config.json of CompVis/ldm-text2im-large-256 with steps_offset 1 and "leading" spacing, which
+    /// is CompVis' DDIMSampler (make_ddim_timesteps "uniform": range(0, 1000, 1000 // S) + 1); the hub folder leaves
+    /// steps_offset at 0, one timestep off CompVis' schedule.
+    public static var ldmTextToImageScheduler: [String: Any] {
+        ["_class_name": "DDIMScheduler", "_diffusers_version": diffusersVersion, "num_train_timesteps": 1000,
+         "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": false,
+         "set_alpha_to_one": false, "steps_offset": 1, "timestep_spacing": "leading", "prediction_type": "epsilon"]
+    }
+
+    /// tokenizer_config.json for bert-base-uncased's vocab.txt (CompVis BERTTokenizer: BertTokenizerFast, max_length 77).
+    public static var bertTokenizerConfig: [String: Any] {
+        ["tokenizer_class": "BertTokenizer", "do_lower_case": true, "model_max_length": 77]
+    }
+
     public static func modelIndex(components: [String]) -> [String: Any] {
-        var idx: [String: Any] = ["_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusersVersion]
+        let ldmBert = components.contains("bert")
+        var idx: [String: Any] = ["_class_name": ldmBert ? "LDMTextToImagePipeline" : "StableDiffusionPipeline",
+                                  "_diffusers_version": diffusersVersion]
         for c in components {
             switch c {
             case "unet": idx[c] = ["diffusers", "UNet2DConditionModel"]
-            case "vae": idx[c] = ["diffusers", "AutoencoderKL"]
+            case "vae", "vqvae": idx[c] = ["diffusers", "AutoencoderKL"]
             case "text_encoder": idx[c] = ["transformers", "CLIPTextModel"]
+            case "bert": idx[c] = ["latent_diffusion", "LDMBertModel"]
+            case "scheduler": idx[c] = ["diffusers", "DDIMScheduler"]
+            case "tokenizer": idx[c] = ["transformers", "BertTokenizer"]
             default: break
             }
         }

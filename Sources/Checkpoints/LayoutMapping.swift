@@ -1,14 +1,15 @@
 // Declarative name mapping between CompVis single-file checkpoints (ldm/modules/diffusionmodules/
 // openaimodel.py UNetModel, ldm/modules/diffusionmodules/model.py Encoder/Decoder, FrozenCLIPEmbedder)
 // and diffusers folders, following diffusers/loaders/single_file_utils.py (convert_ldm_unet_checkpoint,
-// convert_ldm_vae_checkpoint, convert_ldm_clip_checkpoint, DIFFUSERS_TO_LDM_MAPPING). The rule table
+// convert_ldm_vae_checkpoint, convert_ldm_clip_checkpoint, DIFFUSERS_TO_LDM_MAPPING; LDM-BERT after
+// pipelines/stable_diffusion/convert_from_ckpt.py convert_ldm_bert_checkpoint). The rule table
 // is generated from a small layout description (levels, resnets per level, which levels have attention)
 // and is applied in both directions: longest CompVis/diffusers prefix, then a leaf-rename table.
 import Foundation
 
 /// How the names below a matched prefix are renamed.
 public enum LeafKind: Sendable {
-    case same, unetResnet, vaeResnet, vaeAttention
+    case same, unetResnet, vaeResnet, vaeAttention, bertAttention
 
     /// (CompVis leaf head, diffusers leaf head); `update_unet_resnet_ldm_to_diffusers`,
     /// `update_vae_resnet_ldm_to_diffusers`, `update_vae_attentions_ldm_to_diffusers`.
@@ -19,6 +20,8 @@ public enum LeafKind: Sendable {
                                   ("out_layers.3", "conv2"), ("emb_layers.1", "time_emb_proj"), ("skip_connection", "conv_shortcut")]
         case .vaeResnet: return [("nin_shortcut", "conv_shortcut")]
         case .vaeAttention: return [("norm", "group_norm"), ("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0")]
+        // x_transformer.py Attention (to_out is a plain Linear: on_attn=False) <-> LDMBertAttention.
+        case .bertAttention: return [("to_q", "q_proj"), ("to_k", "k_proj"), ("to_v", "v_proj"), ("to_out", "out_proj")]
         }
     }
 
@@ -177,6 +180,88 @@ public struct VAELayout: Equatable, Sendable {
     }
 }
 
+/// CompVis BERTEmbedder (ldm/modules/encoders/modules.py) = x_transformer.py TransformerWrapper(num_tokens=vocab_size,
+/// max_seq_len, attn_layers=Encoder(dim=n_embed, depth=n_layer)) under `cond_stage_model.transformer.` <->
+/// diffusers LDMBertModel (`bert/`), as convert_ldm_bert_checkpoint copies it. AttentionLayers builds
+/// layer_types ('a', 'f') * depth, each `layers.N` a ModuleList [norm, block, Residual()] (pre_norm: norm -> block ->
+/// + residual), so Encoder layer i is CompVis layers 2i (LayerNorm + Attention, no q/k/v bias) and 2i+1 (LayerNorm +
+/// FeedForward: net.0 = Sequential(Linear, nn.GELU()) since glu=False, net.1 Dropout, net.2 Linear).
+/// TransformerWrapper: token_emb, pos_emb.emb (AbsolutePositionalEmbedding, added unscaled), final `norm`; `to_logits`
+/// exists in every checkpoint but BERTEmbedder calls the wrapper with return_embeddings=True, which skips it
+/// (`unusedByEmbedder`): it is still carried (diffusers' LDMBertModel has it too) but loading does not require it.
+public struct BERTLayout: Equatable, Sendable {
+    public var layers: Int
+    public static let compvisPrefix = "cond_stage_model.transformer."
+    /// Tensors BERTEmbedder never reads (diffusers names; the same under CompVis names).
+    public static let unusedByEmbedder: Set<String> = ["to_logits.weight", "to_logits.bias"]
+
+    public init(layers: Int) { self.layers = layers }
+
+    public var rules: [LayoutRule] {
+        var r = [LayoutRule("token_emb", "model.embed_tokens"), LayoutRule("pos_emb.emb", "model.embed_positions"),
+                 LayoutRule("norm", "model.layer_norm"), LayoutRule("to_logits", "to_logits")]
+        for i in 0..<layers {
+            let a = "attn_layers.layers.\(2 * i)", f = "attn_layers.layers.\(2 * i + 1)", d = "model.layers.\(i)"
+            r += [LayoutRule(a + ".0", d + ".self_attn_layer_norm"), LayoutRule(a + ".1", d + ".self_attn", .bertAttention),
+                  LayoutRule(f + ".0", d + ".final_layer_norm"), LayoutRule(f + ".1.net.0.0", d + ".fc1"),
+                  LayoutRule(f + ".1.net.2", d + ".fc2")]
+        }
+        return r
+    }
+
+    /// Every tensor of LDMBertModel (diffusers names): a mapped name outside this set has no counterpart (e.g. GLU
+    /// feed-forwards, memory key/values, ReZero gains of x-transformers options BERTEmbedder does not use).
+    public var diffusersKeys: Set<String> {
+        var s: Set<String> = ["model.embed_tokens.weight", "model.embed_positions.weight", "model.layer_norm.weight",
+                              "model.layer_norm.bias", "to_logits.weight", "to_logits.bias"]
+        for i in 0..<layers {
+            let d = "model.layers.\(i)."
+            for k in ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.out_proj.weight",
+                      "self_attn.out_proj.bias", "self_attn_layer_norm.weight", "self_attn_layer_norm.bias", "fc1.weight", "fc1.bias",
+                      "fc2.weight", "fc2.bias", "final_layer_norm.weight", "final_layer_norm.bias"] { s.insert(d + k) }
+        }
+        return s
+    }
+
+    /// Whether CompVis names (without `compvisPrefix`) are an x-transformers TransformerWrapper rather than a CLIP model.
+    public static func isBERTEmbedder(compvis keys: [String]) -> Bool { keys.contains("token_emb.weight") }
+
+    /// From CompVis names without `compvisPrefix`: attention sub-layers at even indices, feed-forwards at odd ones.
+    public static func detect(compvis keys: [String]) throws -> BERTLayout {
+        let n = indices(keys, "attn_layers.layers.")
+        guard !n.isEmpty, n.count % 2 == 0, n == Set(0..<n.count) else {
+            throw CheckpointError("BERTEmbedder: attn_layers.layers.* are not an ('a', 'f') * depth Encoder (\(n.count) sub-layers)")
+        }
+        for i in stride(from: 0, to: n.count, by: 2) where !keys.contains("attn_layers.layers.\(i).1.to_q.weight") {
+            throw CheckpointError("BERTEmbedder: attn_layers.layers.\(i) is not an attention sub-layer (no to_q)")
+        }
+        return BERTLayout(layers: n.count / 2)
+    }
+
+    /// From diffusers names (without "bert.").
+    public static func detect(diffusers keys: [String]) throws -> BERTLayout {
+        let n = indices(keys, "model.layers.")
+        guard !n.isEmpty, n == Set(0..<n.count) else { throw CheckpointError("LDMBertModel: no model.layers.* tensors") }
+        return BERTLayout(layers: n.count)
+    }
+
+    public var mapping: ComponentMapping { ComponentMapping(compvisPrefix: Self.compvisPrefix, component: "bert", rules: rules) }
+
+    /// CompVis tensors (full names) -> LDMBertModel names; names without a counterpart are returned in `unmapped`.
+    public static func toDiffusers(_ tensors: [String: TensorRecord]) throws -> (layout: BERTLayout, mapped: [MappedTensor], unmapped: [String]) {
+        let names = tensors.keys.filter { $0.hasPrefix(compvisPrefix) }.sorted()
+        let layout = try detect(compvis: names.map { String($0.dropFirst(compvisPrefix.count)) })
+        let m = layout.mapping, keys = layout.diffusersKeys
+        var out: [MappedTensor] = [], unmapped: [String] = []
+        for name in names {
+            guard let r = tensors[name], let (k, s) = m.toDiffusers(String(name.dropFirst(compvisPrefix.count)), shape: r.shape),
+                  keys.contains(k) else { unmapped.append(name); continue }
+            out.append(MappedTensor(name: k, shape: s, source: r))
+        }
+        return (layout, out, unmapped)
+    }
+}
+
 /// Distinct integers that follow `prefix` in `keys`.
 func indices(_ keys: [String], _ prefix: String) -> Set<Int> {
     var s = Set<Int>()
@@ -243,6 +328,10 @@ public struct PipelineLayout: Sendable {
     public var textEncoder: Bool
     /// The text_encoder component came from SD2's OpenCLIP (cond_stage_model.model.*, OpenCLIPMapping.swift).
     public var openCLIPTextEncoder = false
+    /// LDM-BERT text-to-image (CompVis BERTEmbedder <-> diffusers LDMTextToImagePipeline): the text encoder is the
+    /// `bert` component and the first stage is named `vqvae` (an AutoencoderKL there).
+    public var bert: BERTLayout?
+    public var vaeComponent: String { bert != nil ? "vqvae" : "vae" }
 
     public static let unetPrefix = "model.diffusion_model.", vaePrefix = "first_stage_model.",
                       clipPrefix = "cond_stage_model.transformer."
@@ -254,7 +343,8 @@ public struct PipelineLayout: Sendable {
     public var components: [ComponentMapping] {
         var c: [ComponentMapping] = []
         if let unet { c.append(ComponentMapping(compvisPrefix: Self.unetPrefix, component: "unet", rules: unet.rules)) }
-        if let vae { c.append(ComponentMapping(compvisPrefix: Self.vaePrefix, component: "vae", rules: vae.rules)) }
+        if let vae { c.append(ComponentMapping(compvisPrefix: Self.vaePrefix, component: vaeComponent, rules: vae.rules)) }
+        if let bert { c.append(bert.mapping) }
         if textEncoder { c.append(ComponentMapping(compvisPrefix: Self.clipPrefix, component: "text_encoder", rules: nil)) }
         return c
     }
@@ -265,18 +355,24 @@ public struct PipelineLayout: Sendable {
 
     /// From CompVis names ("model.diffusion_model.*", "first_stage_model.*", "cond_stage_model.transformer.*").
     public static func detect(compvis names: [String]) throws -> PipelineLayout {
-        let u = stripped(names, unetPrefix), v = stripped(names, vaePrefix)
-        return PipelineLayout(unet: u.isEmpty ? nil : try UNetLayout.detect(compvis: u),
-                              vae: v.isEmpty ? nil : try VAELayout.detect(compvis: v),
-                              textEncoder: names.contains { $0.hasPrefix(clipPrefix) })
+        let u = stripped(names, unetPrefix), v = stripped(names, vaePrefix), t = stripped(names, clipPrefix)
+        let isBERT = BERTLayout.isBERTEmbedder(compvis: t)
+        var layout = PipelineLayout(unet: u.isEmpty ? nil : try UNetLayout.detect(compvis: u),
+                                    vae: v.isEmpty ? nil : try VAELayout.detect(compvis: v),
+                                    textEncoder: !t.isEmpty && !isBERT)
+        if isBERT { layout.bert = try BERTLayout.detect(compvis: t) }
+        return layout
     }
 
     /// From diffusers names "<component>.<key>" (unet., vae., text_encoder.).
     public static func detect(diffusers names: [String]) throws -> PipelineLayout {
-        let u = stripped(names, "unet."), v = stripped(names, "vae.")
-        return PipelineLayout(unet: u.isEmpty ? nil : try UNetLayout.detect(diffusers: u),
-                              vae: v.isEmpty ? nil : try VAELayout.detect(diffusers: v),
-                              textEncoder: names.contains { $0.hasPrefix("text_encoder.") })
+        let b = stripped(names, "bert.")
+        let u = stripped(names, "unet."), v = stripped(names, b.isEmpty ? "vae." : "vqvae.")
+        var layout = PipelineLayout(unet: u.isEmpty ? nil : try UNetLayout.detect(diffusers: u),
+                                    vae: v.isEmpty ? nil : try VAELayout.detect(diffusers: v),
+                                    textEncoder: names.contains { $0.hasPrefix("text_encoder.") })
+        if !b.isEmpty { layout.bert = try BERTLayout.detect(diffusers: b) }
+        return layout
     }
 
     /// CompVis name -> (component, diffusers key, shape); nil when no rule covers it.

@@ -30,6 +30,8 @@ public struct LoadReport: CustomStringConvertible {
     public var missing: [String] = []
     public var unexpected: [String] = []
     public var mismatched: [(name: String, expected: [Int], found: [Int])] = []
+    /// Parameters the caller declared optional that the records lack (left as initialised).
+    public var skipped: [String] = []
     public var isComplete: Bool { missing.isEmpty && mismatched.isEmpty }
     public var description: String {
         var lines = ["loaded \(loaded.count) tensors"]
@@ -68,13 +70,17 @@ extension TensorRecord {
 extension Module {
     /// Loads `records` (already renamed to our names, e.g. by `mapKeys`) into the parameters. Throws a `LoadError`
     /// listing missing and mis-shaped weights; unexpected keys are returned in the report. 1x1-conv <-> linear
-    /// reshapes (SD1 vs SD2 proj_in/proj_out) are accepted when the element counts agree.
+    /// reshapes (SD1 vs SD2 proj_in/proj_out) are accepted when the element counts agree. Names in `optional` (weights
+    /// the forward pass never reads) may be absent; they are listed in `skipped`.
     @discardableResult
-    public func load(_ records: [String: TensorRecord], component: String = "model") throws -> LoadReport {
+    public func load(_ records: [String: TensorRecord], component: String = "model", optional: Set<String> = []) throws -> LoadReport {
         var report = LoadReport()
         var used = Set<String>()
         for (name, param) in namedParameters {
-            guard let r = records[name] else { report.missing.append(name); continue }
+            guard let r = records[name] else {
+                if optional.contains(name) { report.skipped.append(name) } else { report.missing.append(name) }
+                continue
+            }
             used.insert(name)
             let squeezed = { (s: [Int]) in s.filter { $0 != 1 } }
             guard r.shape == param.shape || (squeezed(r.shape) == squeezed(param.shape) && r.elementCount == param.count) else {

@@ -3,7 +3,9 @@
 // and a checkpoint, as diffusers loaders/single_file_utils.py does with `original_config`
 // (create_unet_diffusers_config_from_ldm, _legacy_load_scheduler: SCHEDULER_DEFAULT_CONFIG with the YAML's betas,
 // scaled_linear schedule). Conditioning: FrozenCLIPEmbedder (SD 1.x CLIP ViT-L), FrozenOpenCLIPEmbedder (SD 2.x,
-// penultimate layer), ClassEmbedder (cin256 class context), __is_unconditional__. The YAML is parsed by the caller.
+// penultimate layer), ClassEmbedder (cin256 class context), BERTEmbedder (LDM text-to-image, txt2img-1p4B-eval.yaml:
+// LDM-BERT + bert-base-uncased's WordPiece vocabulary, which the user supplies), __is_unconditional__.
+// The YAML is parsed by the caller.
 import Autoencoders
 import Checkpoints
 import Conditioning
@@ -41,8 +43,8 @@ public struct CompVisModelConfig {
         }
         if let t = condTarget {
             let name = t.split(separator: ".").last.map(String.init) ?? t
-            guard ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "ClassEmbedder"].contains(name) else {
-                throw PipelineError("YAML config: cond_stage_config \(name) is not supported yet (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, ClassEmbedder or __is_unconditional__)")
+            guard ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "ClassEmbedder", "BERTEmbedder"].contains(name) else {
+                throw PipelineError("YAML config: cond_stage_config \(name) is not supported yet (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, ClassEmbedder, BERTEmbedder or __is_unconditional__)")
             }
             if name == "FrozenOpenCLIPEmbedder", let layer = condParams["layer"] as? String, layer != "penultimate" {
                 throw PipelineError("YAML config: FrozenOpenCLIPEmbedder layer \(layer) is not supported (penultimate only)")
@@ -51,6 +53,25 @@ public struct CompVisModelConfig {
     }
 
     public var condName: String? { condTarget.flatMap { $0.split(separator: ".").last.map(String.init) } }
+
+    /// BERTEmbedder(n_embed, n_layer, vocab_size=30522, max_seq_len=77, use_tokenizer=True) as LDMBertConfig.
+    public func bertConfig() throws -> LDMBertConfig {
+        func int(_ key: String, _ d: Int?) throws -> Int {
+            switch condParams[key] {
+            case let i as Int: return i
+            case nil where d != nil: return d!
+            case nil: throw PipelineError("YAML config: BERTEmbedder needs params.\(key)")
+            case let v?: throw PipelineError("YAML config: BERTEmbedder params.\(key) must be an integer, got \(v)")
+            }
+        }
+        if let t = condParams["use_tokenizer"] as? Bool, !t {
+            throw PipelineError("YAML config: BERTEmbedder with use_tokenizer: false takes token ids, not prompts")
+        }
+        do {
+            return try .bertEmbedder(nEmbed: int("n_embed", nil), nLayer: int("n_layer", nil),
+                                     vocabSize: int("vocab_size", 30522), maxSeqLen: int("max_seq_len", 77))
+        } catch let e as ConditioningError { throw PipelineError("YAML config: \(e)") }
+    }
 
     func number(_ key: String) throws -> Double? {
         guard let v = params[key], !(v is NSNull) else { return nil }
@@ -93,17 +114,48 @@ extension ModelSummary {
         let name = c.condName
         var classes = c.unet.numClassEmbeds
         if name == "ClassEmbedder" { classes = c.condParams["n_classes"] as? Int ?? 1000 }
+        if name == "BERTEmbedder" {
+            let bert = try c.bertConfig()
+            guard c.unet.crossAttentionDim.map({ $0.allSatisfy { $0 == bert.dModel } }) ?? false else {
+                throw PipelineError("YAML config: the UNet's context_dim does not match BERTEmbedder's n_embed \(bert.dModel)")
+            }
+        }
         let fs: String
         switch first { case .kl: fs = "AutoencoderKL"; case .vq: fs = "VQModel" }
-        return ModelSummary(hasTextEncoder: name == "FrozenCLIPEmbedder" || name == "FrozenOpenCLIPEmbedder",
-                            unetInChannels: c.unet.inChannels, unetOutChannels: c.unet.outChannels,
+        return ModelSummary(hasTextEncoder: ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "BERTEmbedder"].contains(name ?? ""),
+                            hasLDMBert: name == "BERTEmbedder", unetInChannels: c.unet.inChannels, unetOutChannels: c.unet.outChannels,
                             numClassEmbeds: classes, firstStage: fs, isCompVisFile: true)
     }
 }
 
 extension ModelBundle {
-    /// A CompVis checkpoint (.ckpt / .safetensors) with its parsed YAML config.
-    public static func load(checkpoint url: URL, yaml: [String: Any]) throws -> ModelBundle {
+    /// The WordPiece vocabulary of a BERTEmbedder checkpoint: `explicit` (a vocab.txt, or a tokenizer folder with
+    /// vocab.txt / tokenizer.json), else vocab.txt beside the checkpoint. CompVis' BERTTokenizer loads HF
+    /// bert-base-uncased (BertTokenizerFast) from the hub, which this program does not download.
+    public static func bertVocabulary(checkpoint url: URL, explicit: URL?) throws -> URL {
+        let fm = FileManager.default
+        if let e = explicit {
+            guard fm.fileExists(atPath: e.path) else { throw PipelineError("--bert-vocab \(e.path): no such file or folder") }
+            return e
+        }
+        let beside = url.deletingLastPathComponent().appendingPathComponent("vocab.txt")
+        guard fm.fileExists(atPath: beside.path) else {
+            throw PipelineError("\(url.lastPathComponent) is an LDM-BERT (BERTEmbedder) model: its prompts are tokenized with bert-base-uncased's "
+                                + "WordPiece vocabulary (CompVis downloads BertTokenizerFast \"bert-base-uncased\"), which is not shipped here: "
+                                + "pass --bert-vocab PATH/vocab.txt or put vocab.txt beside the checkpoint")
+        }
+        return beside
+    }
+
+    static func bertTokenizer(_ url: URL, maxLength: Int) throws -> BertTokenizer {
+        // bert-base-uncased: do_lower_case, accents stripped with it (BertTokenizerFast's defaults there).
+        DiffusersFolder.isFolder(url) || (try? url.resourceValues(forKeys: [.isDirectoryKey]).isDirectory) == true
+            ? try BertTokenizer(folder: url) : try BertTokenizer(vocabularyFile: url, doLowerCase: true, modelMaxLength: maxLength)
+    }
+
+    /// A CompVis checkpoint (.ckpt / .safetensors) with its parsed YAML config. `bertVocabulary`: see
+    /// `bertVocabulary(checkpoint:explicit:)` (BERTEmbedder configs only).
+    public static func load(checkpoint url: URL, yaml: [String: Any], bertVocabulary: URL? = nil) throws -> ModelBundle {
         let config = try CompVisModelConfig(yaml: yaml)
         let file: CheckpointFile
         do { file = try CheckpointFile.open(url) } catch { throw PipelineError("model \(url.path) cannot be read: \(error)") }
@@ -115,7 +167,25 @@ extension ModelBundle {
         let (firstStage, _) = try FirstStageModel.loadCompVis(records: records, yaml: yaml)
 
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?, classEmbedder: ClassEmbedder?
+        var bert: LDMBertModel?, bertTokenizer: BertTokenizer?, bertLength: Int?
         switch config.condName {
+        case "BERTEmbedder":
+            let c = try config.bertConfig()
+            guard config.unet.crossAttentionDim.map({ $0.allSatisfy { $0 == c.dModel } }) ?? false else {
+                throw PipelineError("YAML config: the UNet's context_dim does not match BERTEmbedder's n_embed \(c.dModel)")
+            }
+            let vocab = try ModelBundle.bertVocabulary(checkpoint: url, explicit: bertVocabulary)
+            let t = try ModelBundle.bertTokenizer(vocab, maxLength: c.maxPositionEmbeddings)
+            guard t.vocabulary.count <= c.vocabSize else {
+                throw PipelineError("\(vocab.path): \(t.vocabulary.count) tokens, more than BERTEmbedder's vocab_size \(c.vocabSize)")
+            }
+            let own = records.filter { $0.key.hasPrefix(BERTLayout.compvisPrefix) }
+            guard !own.isEmpty else { throw PipelineError("\(url.path): no cond_stage_model.transformer.* weights for BERTEmbedder") }
+            do { bert = try LDMBertModel(config: c, bertEmbedder: own) } catch let e as CheckpointError {
+                throw PipelineError("\(url.path): \(e.message)")
+            }
+            bertTokenizer = t
+            bertLength = c.maxPositionEmbeddings      // BERTTokenizer pads/truncates to max_seq_len
         case "FrozenCLIPEmbedder":
             let clip = records.filter { $0.key.hasPrefix("cond_stage_model.transformer.") }
             guard !clip.isEmpty else { throw PipelineError("\(url.path): no cond_stage_model.transformer.* weights for FrozenCLIPEmbedder") }
@@ -141,6 +211,7 @@ extension ModelBundle {
         let bundle = ModelBundle(url: url, unet: unet, firstStage: firstStage, textEncoder: encoder, tokenizer: tokenizer,
                                  schedulerConfig: try config.schedulerConfig(), sampleSize: config.sampleSize)
         bundle.classEmbedder = classEmbedder
+        bundle.bert = bert; bundle.bertTokenizer = bertTokenizer; bundle.bertMaxLength = bertLength
         return bundle
     }
 }

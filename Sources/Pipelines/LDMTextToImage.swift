@@ -8,6 +8,11 @@
 //   scheduler.step(noise_pred, t, latents, eta=eta) where the scheduler takes eta;
 //   image = vqvae.decode(latents / vqvae.config.scaling_factor), (image / 2 + 0.5).clamp(0, 1).
 //   Defaults: 50 steps, guidance 1.0, size unet.config.sample_size * vae_scale_factor.
+// CompVis' own scripts/txt2img.py (a BERTEmbedder checkpoint + txt2img-1p4B-eval.yaml, ModelBundle.load(checkpoint:
+// yaml:)) does the same: uc = get_learned_conditioning(n * [""]) only when scale != 1.0, DDIMSampler (or PLMSSampler)
+// with cond/uncond in one batch [uc, c] and e_uncond + scale * (e_cond - e_uncond), decode_first_stage(z / scale_factor),
+// clamp((x + 1) / 2); its defaults differ (200 DDIM steps, eta 0, scale 5.0, 256 px): pass --steps 200 --cfg-scale 5.
+// Its DDIM timesteps (range(0, 1000, 1000 // S) + 1) are the YAML scheduler's (leading, steps_offset 1).
 // Where we differ from that file, on purpose:
 // - it calls scheduler.step without its generator, so ancestral noise comes from torch's global generator; we draw it
 //   from the one generator (diffusers' output is reproduced by passing generator=torch.manual_seed(seed), which is
@@ -43,9 +48,10 @@ public final class LDMTextToImagePipeline {
         self.bundle = bundle; self.bert = bert; self.tokenizer = tokenizer
     }
 
-    /// bert(tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids)[0], repeated `batch` times.
+    /// bert(tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids)[0], repeated `batch` times;
+    /// for a CompVis BERTEmbedder (YAML) max_length is its max_seq_len, as its BERTTokenizer pads.
     public func encodePrompt(_ text: String, batch: Int) throws -> Tensor {
-        let length = min(Self.maxLength, bert.config.maxPositionEmbeddings)
+        let length = bundle.bertMaxLength ?? min(Self.maxLength, bert.config.maxPositionEmbeddings)
         let e = try GradMode.noGrad { try bert(inputIDs: [tokenizer(text, maxLength: length)]) }
         return batch == 1 ? e : concat([Tensor](repeating: e, count: batch), axis: 0)
     }

@@ -46,6 +46,7 @@ public struct ModelSummary: Equatable {
         }
         let file: CheckpointFile
         do { file = try CheckpointFile.open(url) } catch { throw PipelineError("model \(url.path) cannot be read: \(error)") }
+        if file.tensors[BERTLayout.compvisPrefix + "token_emb.weight"] != nil { throw ModelBundle.bertNeedsConfig(url) }
         let keys = ModelFamily.Keys(file.tensors.mapValues { $0.shape })
         guard let inC = keys.unetInChannels, let outC = keys.dim("model.diffusion_model.out.2.weight", 0) else {
             throw PipelineError("\(url.path): not a CompVis latent diffusion checkpoint (no model.diffusion_model.* weights)")
@@ -73,6 +74,8 @@ public final class ModelBundle {
     /// LDM-BERT conditioning (diffusers LDMTextToImagePipeline folders: `bert/` + a BertTokenizer `tokenizer/`).
     public var bert: LDMBertModel?
     public var bertTokenizer: BertTokenizer?
+    /// Prompt length for LDM-BERT: CompVis BERTEmbedder's max_seq_len (YAML); nil: LDMTextToImagePipeline's 77.
+    public var bertMaxLength: Int?
 
     public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel?, textEncoder: CLIPTextModel?,
                 tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {
@@ -160,6 +163,7 @@ public final class ModelBundle {
     /// shapes), CLIP (SD 1.x) or OpenCLIP (SD 2.x, penultimate layer) text encoder, the shipped BPE vocabulary.
     public static func loadCompVis(_ url: URL) throws -> ModelBundle {
         let file = try CheckpointFile.open(url)
+        if file.tensors[BERTLayout.compvisPrefix + "token_emb.weight"] != nil { throw bertNeedsConfig(url) }
         let (layout, components, _) = try Converter.compvisToDiffusers(file.tensors)
         guard let unetLayout = layout.unet, let unetTensors = components["unet"] else {
             throw PipelineError("\(url.path): no UNet weights (model.diffusion_model.*)")
@@ -199,6 +203,11 @@ public final class ModelBundle {
                                  schedulerConfig: stableDiffusionScheduler, sampleSize: 64)
         bundle.clipSkip = clipSkip
         return bundle
+    }
+
+    static func bertNeedsConfig(_ url: URL) -> PipelineError {
+        PipelineError("\(url.path) is a CompVis LDM-BERT text-to-image checkpoint (BERTEmbedder: cond_stage_model.transformer.token_emb): "
+                      + "pass its YAML with --config (txt2img-1p4B-eval.yaml) and bert-base-uncased's vocab.txt with --bert-vocab")
     }
 
     /// Derived configs assume norm_num_groups 32 (as diffusers' converter): refuse shapes it cannot divide.

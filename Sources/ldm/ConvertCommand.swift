@@ -38,8 +38,15 @@ struct Convert: ParsableCommand {
     @Option(help: "Weight variant to prefer when IN is a diffusers folder (e.g. fp16).")
     var variant: String?
 
+    @Option(name: .customLong("bert-vocab"), help: "bert-base-uncased's vocab.txt, written as tokenizer/ when IN is a CompVis LDM-BERT (BERTEmbedder) text-to-image file.")
+    var bertVocab: String?
+
     func run() throws {
-        let options = ConvertOptions(target: to, overwrite: overwrite, dtype: dtype, ema: ema, variant: variant)
+        var options = ConvertOptions(target: to, overwrite: overwrite, dtype: dtype, ema: ema, variant: variant)
+        if let v = bertVocab {
+            guard FileManager.default.fileExists(atPath: v) else { throw CheckpointError("--bert-vocab \(v): no such file") }
+            options.bertVocabulary = URL(fileURLWithPath: v)
+        }
         let lines = try Converter.convert(input: URL(fileURLWithPath: input), output: URL(fileURLWithPath: output), options: options)
         for l in lines { print(l) }
     }

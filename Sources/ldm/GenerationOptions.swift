@@ -19,6 +19,9 @@ struct GenerationOptions: ParsableArguments {
     @Option(help: "CompVis YAML config of a .ckpt/.safetensors --model (e.g. v1-inference.yaml, v2-inference-v.yaml, cin256-v2.yaml): architecture, conditioning and noise schedule come from it instead of tensor shapes.")
     var config: String?
 
+    @Option(name: .customLong("bert-vocab"), help: "With --config of a CompVis LDM-BERT text-to-image model (cond_stage_config BERTEmbedder, txt2img-1p4B-eval.yaml): bert-base-uncased's vocab.txt (or a tokenizer folder). Default: vocab.txt beside the checkpoint.")
+    var bertVocab: String?
+
     @Option(help: "Denoising steps (default: 50; 100 for upscale).")
     var steps: Int?
 
@@ -61,7 +64,10 @@ struct GenerationOptions: ParsableArguments {
         try Validation.checkModelPath(model)
         if config != nil {
             if DiffusersFolder.isFolder(URL(fileURLWithPath: model)) { throw PipelineError("--config is for CompVis checkpoint files; \(model) is a diffusers folder") }
-            _ = try CompVisModelConfig(yaml: compVisYAML())
+            let c = try CompVisModelConfig(yaml: compVisYAML())
+            if c.condName == "BERTEmbedder" { _ = try bertVocabularyURL() }
+        } else if bertVocab != nil {
+            throw PipelineError("--bert-vocab is for CompVis LDM-BERT checkpoints given with --config")
         }
         let paths = Validation.outputPaths(output, batch: batchSize)
         try Validation.checkOutputs(paths, overwrite: overwrite)
@@ -108,7 +114,15 @@ struct GenerationOptions: ParsableArguments {
     /// The model: with --config, the CompVis checkpoint built from its YAML; otherwise a folder or single file.
     func loadBundle() throws -> ModelBundle {
         let url = URL(fileURLWithPath: model)
-        return try config != nil ? ModelBundle.load(checkpoint: url, yaml: compVisYAML()) : ModelBundle.load(url)
+        guard config != nil else { return try ModelBundle.load(url) }
+        let yaml = try compVisYAML()
+        let vocab = try CompVisModelConfig(yaml: yaml).condName == "BERTEmbedder" ? bertVocabularyURL() : nil
+        return try ModelBundle.load(checkpoint: url, yaml: yaml, bertVocabulary: vocab)
+    }
+
+    /// --bert-vocab, or vocab.txt beside the checkpoint (BERTEmbedder configs).
+    func bertVocabularyURL() throws -> URL {
+        try ModelBundle.bertVocabulary(checkpoint: URL(fileURLWithPath: model), explicit: bertVocab.map { URL(fileURLWithPath: $0) })
     }
 
     func progressBar(_ title: String) -> ProgressBar { ProgressBar(title: title, enabled: !quiet && isatty(STDERR_FILENO) != 0) }

@@ -90,7 +90,14 @@ final class CompVisConfigTests: XCTestCase {
         func message(_ yaml: [String: Any]) -> String {
             do { _ = try CompVisModelConfig(yaml: yaml); return "" } catch { return "\(error)" }
         }
-        XCTAssertTrue(message(try parsed("txt2img-1p4B-eval")).contains("BERTEmbedder"))
+        // txt2img-1p4B-eval (BERTEmbedder) is accepted: diffusers' create_ldm_bert_config values (d_model = n_embed,
+        // encoder_layers = n_layer, ffn 4 n_embed) with x-transformers' 8 heads of 64, vocab 30522, 77 positions.
+        XCTAssertEqual(message(try parsed("txt2img-1p4B-eval")), "")
+        let bert = try CompVisModelConfig(yaml: parsed("txt2img-1p4B-eval")).bertConfig()
+        XCTAssertEqual([bert.dModel, bert.encoderLayers, bert.encoderFFNDim, bert.encoderAttentionHeads, bert.headDim, bert.vocabSize,
+                        bert.maxPositionEmbeddings], [1280, 32, 5120, 8, 64, 30522, 77])
+        let summary = try ModelSummary.read(yaml: parsed("txt2img-1p4B-eval"))
+        XCTAssertTrue(summary.hasLDMBert); XCTAssertTrue(summary.hasTextEncoder); XCTAssertEqual(summary.firstStage, "AutoencoderKL")
         XCTAssertTrue(message(["model": ["params": ["linear_start": 0.1]]]).contains("unet_config"))
         XCTAssertTrue(message(["data": 1]).contains("model.params"))
         var sd1 = try parsed("v1-inference")

@@ -185,3 +185,39 @@ extension GenerationCLITests {
         XCTAssertNotEqual(status, 0); XCTAssertTrue(err.contains("use `ldm txt2img`"), err)
     }
 }
+
+extension GenerationCLITests {
+    /// `ldm txt2img --config` on a CompVis BERTEmbedder checkpoint (tools/fixtures/compvis_ldm_bert.py): the YAML and
+    /// vocab.txt beside the file or --bert-vocab; the image is the library's; without a vocabulary it refuses before
+    /// loading, and --bert-vocab without --config is refused.
+    func testTxt2ImgRunsCompVisLDMBert() throws {
+        let dir = try tempDir()
+        let src = fixtures.appendingPathComponent("compvis-ldm-bert")
+        let yaml = src.appendingPathComponent("txt2img-tiny.yaml").path
+        let out = dir.appendingPathComponent("cv.png")
+        let common = ["txt2img", "--prompt", "a red cube", "--steps", "2", "--seed", "4", "--cfg-scale", "5", "--width", "16",
+                      "--height", "16", "--quiet"]
+        let (s, e) = try run(common + ["--model", src.appendingPathComponent("model.ckpt").path, "--config", yaml, "--output", out.path])
+        XCTAssertEqual(s, 0, e)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: src.appendingPathComponent("txt2img-tiny.json"))) as? [String: Any])
+        let bundle = try ModelBundle.load(checkpoint: src.appendingPathComponent("model.ckpt"), yaml: json)
+        let want = try LDMTextToImagePipeline(bundle: bundle).textToImage(PromptOptions(prompt: "a red cube", guidanceScale: 5, width: 16, height: 16),
+                                                                          SamplingOptions(steps: 2), generator: TorchGenerator(seed: 4))
+        XCTAssertEqual(try ImageIO.loadRGB(path: out.path).pixels, want.images[0].pixels)
+
+        let lone = dir.appendingPathComponent("model.ckpt")
+        try FileManager.default.copyItem(at: src.appendingPathComponent("model.ckpt"), to: lone)
+        let (s2, e2) = try run(common + ["--model", lone.path, "--config", yaml, "--output", dir.appendingPathComponent("a.png").path])
+        XCTAssertNotEqual(s2, 0); XCTAssertTrue(e2.contains("--bert-vocab"), e2)
+        let withVocab = dir.appendingPathComponent("b.png")
+        let (s3, e3) = try run(common + ["--model", lone.path, "--config", yaml, "--bert-vocab", src.appendingPathComponent("vocab.txt").path,
+                                         "--output", withVocab.path])
+        XCTAssertEqual(s3, 0, e3)
+        XCTAssertEqual(try ImageIO.loadRGB(path: withVocab.path).pixels, want.images[0].pixels)
+        let (s4, e4) = try run(common + ["--model", lone.path, "--output", dir.appendingPathComponent("c.png").path])
+        XCTAssertNotEqual(s4, 0); XCTAssertTrue(e4.contains("--config"), e4)
+        let (s5, e5) = try run(common + ["--model", fixtures.appendingPathComponent("ldm-text2img/pipeline").path, "--bert-vocab",
+                                         src.appendingPathComponent("vocab.txt").path, "--output", dir.appendingPathComponent("d.png").path])
+        XCTAssertNotEqual(s5, 0); XCTAssertTrue(e5.contains("--bert-vocab is for"), e5)
+    }
+}
