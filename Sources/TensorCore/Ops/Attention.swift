@@ -112,6 +112,15 @@ private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Te
             ck_attention_backward_row(p + r * cols, ds + r * cols, cols, li, di, causal ? i0 + r + offset - j0 + 1 : cols)
         }
     }
+    /// dV += P^T dO and dK += scale dS^T Q for the tile's key rows.
+    func addKeyGradients(_ b: Int, _ h: Int, _ i0: Int, _ rows: Int, _ j0: Int, _ cols: Int, _ p: UnsafeMutablePointer<Float>, _ ds: UnsafeMutablePointer<Float>) {
+        DNNL.sgemm(true, false, cols, dv, rows, 1, p, cols, dO.row(b, h, i0), dO.sl, 1, dV.row(b, h, j0), dV.sl)
+        DNNL.sgemm(true, false, cols, d, rows, scale, ds, cols, Q.row(b, h, i0), Q.sl, 1, dK.row(b, h, j0), dK.sl)
+    }
+    /// dQ += scale dS K for the tile's query rows.
+    func addQueryGradients(_ b: Int, _ h: Int, _ i0: Int, _ rows: Int, _ j0: Int, _ cols: Int, _ ds: UnsafeMutablePointer<Float>) {
+        DNNL.sgemm(false, false, rows, d, cols, scale, ds, cols, K.row(b, h, j0), K.sl, 1, dQ.row(b, h, i0), dQ.sl)
+    }
     let kBlocks = (lk + blockK - 1) / blockK, qBlocks = (lq + blockQ - 1) / blockQ
     if kBlocks == 1 && qBlocks == 1 {
         // One tile per (batch, head) (the UNet's small attentions): compute P and dS once and take dV, dK and dQ from
@@ -121,9 +130,8 @@ private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Te
             let p = UnsafeMutablePointer<Float>.allocate(capacity: lq * lk), ds = UnsafeMutablePointer<Float>.allocate(capacity: lq * lk)
             defer { p.deallocate(); ds.deallocate() }
             tile(b, h, 0, lq, 0, lk, p, ds)
-            DNNL.sgemm(true, false, lk, dv, lq, 1, p, lk, dO.row(b, h, 0), dO.sl, 1, dV.row(b, h, 0), dV.sl)
-            DNNL.sgemm(true, false, lk, d, lq, scale, ds, lk, Q.row(b, h, 0), Q.sl, 1, dK.row(b, h, 0), dK.sl)
-            DNNL.sgemm(false, false, lq, d, lk, scale, ds, lk, K.row(b, h, 0), K.sl, 1, dQ.row(b, h, 0), dQ.sl)
+            addKeyGradients(b, h, 0, lq, 0, lk, p, ds)
+            addQueryGradients(b, h, 0, lq, 0, lk, ds)
         }
         return [dq, dk, dvT]
     }
@@ -142,9 +150,8 @@ private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Te
                 while i0 < lq {
                     let rows = min(blockQ, lq - i0)
                     tile(b, h, i0, rows, j0, cols, p, ds)
-                    DNNL.sgemm(true, false, cols, dv, rows, 1, p, cols, dO.row(b, h, i0), dO.sl, 1, dV.row(b, h, j0), dV.sl)
-                    DNNL.sgemm(true, false, cols, d, rows, scale, ds, cols, Q.row(b, h, i0), Q.sl, 1, dK.row(b, h, j0), dK.sl)
-                    DNNL.sgemm(false, false, rows, d, cols, scale, ds, cols, K.row(b, h, j0), K.sl, 1, dQ.row(b, h, i0), dQ.sl)
+                    addKeyGradients(b, h, i0, rows, j0, cols, p, ds)
+                    addQueryGradients(b, h, i0, rows, j0, cols, ds)
                     i0 += rows
                 }
                 j0 += cols
@@ -161,8 +168,7 @@ private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Te
         while i0 < lq {
             let rows = min(blockQ, lq - i0)
             tile(b, h, i0, rows, j0, cols, p, ds)
-            DNNL.sgemm(true, false, cols, dv, rows, 1, p, cols, dO.row(b, h, i0), dO.sl, 1, dV.row(b, h, j0), dV.sl)
-            DNNL.sgemm(true, false, cols, d, rows, scale, ds, cols, Q.row(b, h, i0), Q.sl, 1, dK.row(b, h, j0), dK.sl)
+            addKeyGradients(b, h, i0, rows, j0, cols, p, ds)
             i0 += rows
         }
     }
@@ -175,7 +181,7 @@ private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Te
         while j0 < lk {
             let cols = min(blockK, lk - j0)
             tile(b, h, i0, rows, j0, cols, p, ds)
-            DNNL.sgemm(false, false, rows, d, cols, scale, ds, cols, K.row(b, h, j0), K.sl, 1, dQ.row(b, h, i0), dQ.sl)
+            addQueryGradients(b, h, i0, rows, j0, cols, ds)
             j0 += cols
         }
     }
