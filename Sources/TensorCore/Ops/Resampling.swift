@@ -2,13 +2,19 @@
 
 extension Tensor {
     /// F.interpolate(mode="nearest") by integer factors: src index = floor(dst * in / out), as PyTorch.
-    public func upsampleNearest(height oh: Int, width ow: Int) -> Tensor {
+    /// `sourceScale` (src = dst * scale per axis) is PyTorch's 1 / scale_factor when F.interpolate is given a
+    /// scale_factor rather than a size (it differs from in / out when the size does not divide evenly).
+    public func upsampleNearest(height oh: Int, width ow: Int, sourceScale: (Float, Float)? = nil) -> Tensor {
         let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3])
         let x = float32().contiguous(), out = Tensor.empty([n, c, oh, ow])
         defer { withExtendedLifetime(x) {} }
         let xs = x.data, ys = out.data
-        let colIdx = (0..<ow).map { Swift.min(Int(Float($0) * Float(w) / Float(ow)), w - 1) }
-        let rowIdx = (0..<oh).map { Swift.min(Int(Float($0) * Float(h) / Float(oh)), h - 1) }
+        func index(_ dst: Int, _ outN: Int, _ inN: Int, _ scale: Float?) -> Int {
+            let src = scale.map { Int(Float(dst) * $0) } ?? Int(Float(dst) * Float(inN) / Float(outN))
+            return Swift.min(src, inN - 1)
+        }
+        let colIdx = (0..<ow).map { index($0, ow, w, sourceScale?.1) }
+        let rowIdx = (0..<oh).map { index($0, oh, h, sourceScale?.0) }
         Parallel.forEach(n * c, costPerItem: oh * ow) { p in
             let src = xs + p * h * w, dst = ys + p * oh * ow
             for i in 0..<oh { let s = src + rowIdx[i] * w, d = dst + i * ow; for j in 0..<ow { d[j] = s[colIdx[j]] } }
@@ -26,17 +32,18 @@ extension Tensor {
     }
 
     /// F.interpolate(mode="bilinear", align_corners=False) (PyTorch's source index: (dst + 0.5) * scale - 0.5, clamped at 0).
-    public func upsampleBilinear(height oh: Int, width ow: Int) -> Tensor {
+    /// `sourceScale` as for `upsampleNearest` (PyTorch's 1 / scale_factor).
+    public func upsampleBilinear(height oh: Int, width ow: Int, sourceScale: (Float, Float)? = nil) -> Tensor {
         let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3])
-        func weights(_ outN: Int, _ inN: Int) -> [(Int, Int, Float)] {
-            let scale = Float(inN) / Float(outN)
+        func weights(_ outN: Int, _ inN: Int, _ given: Float?) -> [(Int, Int, Float)] {
+            let scale = given ?? Float(inN) / Float(outN)
             return (0..<outN).map { i in
                 let src = Swift.max((Float(i) + 0.5) * scale - 0.5, 0)
                 let i0 = Swift.min(Int(src), inN - 1), i1 = Swift.min(i0 + 1, inN - 1)
                 return (i0, i1, src - Float(i0))
             }
         }
-        let ry = weights(oh, h), rx = weights(ow, w)
+        let ry = weights(oh, h, sourceScale?.0), rx = weights(ow, w, sourceScale?.1)
         let x = float32().contiguous(), out = Tensor.empty([n, c, oh, ow])
         defer { withExtendedLifetime(x) {} }
         let xs = x.data, ys = out.data
