@@ -4,7 +4,9 @@
 // (create_unet_diffusers_config_from_ldm, _legacy_load_scheduler: SCHEDULER_DEFAULT_CONFIG with the YAML's betas,
 // scaled_linear schedule). Conditioning: FrozenCLIPEmbedder (SD 1.x CLIP ViT-L), FrozenOpenCLIPEmbedder (SD 2.x,
 // penultimate layer), ClassEmbedder (cin256 class context), BERTEmbedder (LDM text-to-image, txt2img-1p4B-eval.yaml:
-// LDM-BERT + bert-base-uncased's WordPiece vocabulary, which the user supplies), __is_unconditional__.
+// LDM-BERT + bert-base-uncased's WordPiece vocabulary, which the user supplies), __is_unconditional__, and
+// torch.nn.Identity with conditioning_key concat (super-resolution, models/ldm/bsr_sr/config.yaml: the low-res image
+// in [-1, 1] is concatenated to the latents, as diffusers LDMSuperResolutionPipeline does).
 // The YAML is parsed by the caller.
 import Autoencoders
 import Checkpoints
@@ -20,6 +22,9 @@ public struct CompVisModelConfig {
     public let unet: UNetConfig
     public let condTarget: String?          // nil: __is_unconditional__ / absent
     public let condParams: [String: Any]
+    /// LatentDiffusion's conditioning_key: the YAML's, else `concat` when concat_mode (default true), else
+    /// `crossattn`; nil for __is_unconditional__ (ddpm.py LatentDiffusion.__init__).
+    public let conditioningKey: String?
 
     public init(yaml: [String: Any]) throws {
         guard let model = yaml["model"] as? [String: Any], let params = model["params"] as? [String: Any] else {
@@ -41,10 +46,27 @@ public struct CompVisModelConfig {
             condTarget = t; condParams = c["params"] as? [String: Any] ?? [:]
         default: throw PipelineError("YAML config: cond_stage_config must be a mapping or __is_unconditional__")
         }
+        if params["cond_stage_config"] as? String == "__is_unconditional__" {
+            conditioningKey = nil
+        } else if let k = params["conditioning_key"], !(k is NSNull) {
+            guard let k = k as? String else { throw PipelineError("YAML config: model.params.conditioning_key must be a string, got \(k)") }
+            conditioningKey = k
+        } else {
+            conditioningKey = (params["concat_mode"] as? Bool ?? true) ? "concat" : "crossattn"
+        }
         if let t = condTarget {
             let name = t.split(separator: ".").last.map(String.init) ?? t
-            guard ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "ClassEmbedder", "BERTEmbedder"].contains(name) else {
-                throw PipelineError("YAML config: cond_stage_config \(name) is not supported yet (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, ClassEmbedder, BERTEmbedder or __is_unconditional__)")
+            guard ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "ClassEmbedder", "BERTEmbedder", "Identity"].contains(name) else {
+                throw PipelineError("YAML config: cond_stage_config \(name) is not supported yet (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, ClassEmbedder, BERTEmbedder, torch.nn.Identity with conditioning_key concat, or __is_unconditional__)")
+            }
+            if name == "Identity" {
+                guard t == "torch.nn.Identity" || t == "Identity" else {
+                    throw PipelineError("YAML config: cond_stage_config target \(t) is not supported (torch.nn.Identity)")
+                }
+                guard conditioningKey == "concat" else {
+                    throw PipelineError("YAML config: cond_stage_config torch.nn.Identity is supported with conditioning_key concat only "
+                                        + "(super-resolution: the low-res image concatenated to the latents, bsr_sr), got conditioning_key \(conditioningKey ?? "none")")
+                }
             }
             if name == "FrozenOpenCLIPEmbedder", let layer = condParams["layer"] as? String, layer != "penultimate" {
                 throw PipelineError("YAML config: FrozenOpenCLIPEmbedder layer \(layer) is not supported (penultimate only)")
@@ -196,6 +218,12 @@ extension ModelBundle {
             encoder = try CLIPTextModel(config: .stableDiffusion2)
             _ = try encoder?.loadOpenCLIPWeights(records)
             tokenizer = try CLIPTokenizer.openCLIPDefault(padToken: "!")
+        case "Identity":
+            // bsr_sr: c = the low-res image in [-1, 1], concatenated to x (DiffusionWrapper, conditioning_key concat).
+            guard config.unet.inChannels == config.unet.outChannels + 3, config.unet.crossAttentionDim == nil else {
+                throw PipelineError("YAML config: cond_stage_config torch.nn.Identity (concat) needs a UNet taking latents + the 3-channel low-res image "
+                                    + "(in_channels = out_channels + 3, no context_dim), got in_channels \(config.unet.inChannels), out_channels \(config.unet.outChannels)")
+            }
         case "ClassEmbedder":
             let n = config.condParams["n_classes"] as? Int ?? 1000
             guard let dim = config.condParams["embed_dim"] as? Int, dim > 0, n > 0 else {
@@ -211,6 +239,7 @@ extension ModelBundle {
         let bundle = ModelBundle(url: url, unet: unet, firstStage: firstStage, textEncoder: encoder, tokenizer: tokenizer,
                                  schedulerConfig: try config.schedulerConfig(), sampleSize: config.sampleSize)
         bundle.classEmbedder = classEmbedder
+        bundle.superResolutionScaledDecode = true       // decode_first_stage: z / scale_factor (YAML, default 1.0)
         bundle.bert = bert; bundle.bertTokenizer = bertTokenizer; bundle.bertMaxLength = bertLength
         return bundle
     }

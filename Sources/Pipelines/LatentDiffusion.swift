@@ -2,7 +2,8 @@
 // pipelines/deprecated/latent_diffusion_uncond), class-conditional sampling through the UNet's class embedding with a
 // null class for guidance (CompVis cin models: the unconditional class is n_classes - 1; loaded from their YAML, the
 // ClassEmbedder output is the cross-attention context, as ldm LatentDiffusion does), and 4x super-resolution
-// (diffusers LDMSuperResolutionPipeline: low-res image concatenated to the latents, VQ decode without scaling).
+// (diffusers LDMSuperResolutionPipeline: low-res image concatenated to the latents, VQ decode without scaling; the
+// CompVis form, bsr_sr config.yaml: cond_stage torch.nn.Identity + conditioning_key concat, the same computation).
 import Autoencoders
 import Diffusion
 import Foundation
@@ -23,6 +24,10 @@ public final class LatentDiffusionPipeline {
         try Validation.checkSize(width: w, height: h, multiple: f)
         guard cfg.crossAttentionDim == nil || (bundle.textEncoder == nil && bundle.bert == nil) else {
             throw PipelineError("\(bundle.url.path) is a text-conditioned model: use `ldm txt2img`")
+        }
+        guard cfg.inChannels == cfg.outChannels else {
+            throw PipelineError("\(bundle.url.path) takes \(cfg.inChannels - cfg.outChannels) conditioning channels besides the latents"
+                                + (cfg.inChannels == cfg.outChannels + 3 ? " (a super-resolution model): use `ldm upscale`" : ": it cannot sample unconditionally"))
         }
         var labels: [Int]?, null: [Int]?
         let classCount = bundle.classEmbedder?.nClasses ?? cfg.numClassEmbeds
@@ -71,6 +76,6 @@ public final class LatentDiffusionPipeline {
         let sigma = Float(scheduler.initNoiseSigma)
         let out = try denoise(latents: noise.map { $0 * sigma }, shape: shape, scheduler: scheduler, denoiser: den,
                               generator: generator, progress: progress)
-        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage, scaled: false)
+        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage, scaled: bundle.superResolutionScaledDecode)
     }
 }

@@ -76,6 +76,9 @@ public final class ModelBundle {
     public var bertTokenizer: BertTokenizer?
     /// Prompt length for LDM-BERT: CompVis BERTEmbedder's max_seq_len (YAML); nil: LDMTextToImagePipeline's 77.
     public var bertMaxLength: Int?
+    /// Super-resolution decode divides latents by the first stage's scale factor (CompVis decode_first_stage, YAML
+    /// `scale_factor`, 1.0 in bsr_sr); diffusers LDMSuperResolutionPipeline decodes them as they are.
+    public var superResolutionScaledDecode = false
 
     public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel?, textEncoder: CLIPTextModel?,
                 tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {

@@ -1,4 +1,5 @@
-// `ldm upscale`: diffusers LDMSuperResolutionPipeline (CompVis/ldm-super-resolution-4x-openimages) from the command line.
+// `ldm upscale`: diffusers LDMSuperResolutionPipeline (CompVis/ldm-super-resolution-4x-openimages) from the command line,
+// or the CompVis form of the same model: `--config bsr_sr/config.yaml --model model.ckpt` (Identity cond stage, concat).
 import ArgumentParser
 import Foundation
 import Imaging

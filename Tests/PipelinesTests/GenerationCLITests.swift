@@ -221,3 +221,22 @@ extension GenerationCLITests {
         XCTAssertNotEqual(s5, 0); XCTAssertTrue(e5.contains("--bert-vocab is for"), e5)
     }
 }
+
+extension GenerationCLITests {
+    /// `ldm upscale --config bsr.yaml --model model.ckpt` on a CompVis bsr_sr-shaped checkpoint
+    /// (tools/fixtures/compvis_bsr_sr.py): the YAML is parsed by the command and the image is the library's.
+    func testUpscaleRunsCompVisBSR() throws {
+        let dir = try tempDir()
+        let src = fixtures.appendingPathComponent("compvis-bsr-sr")
+        let out = dir.appendingPathComponent("up.png")
+        let (s, e) = try run(["upscale", "--model", src.appendingPathComponent("model.ckpt").path, "--config", src.appendingPathComponent("bsr-tiny.yaml").path,
+                              "--init-image", src.appendingPathComponent("lowres.png").path, "--steps", "2", "--seed", "5", "--quiet", "--output", out.path])
+        XCTAssertEqual(s, 0, e)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: src.appendingPathComponent("bsr-tiny.json"))) as? [String: Any])
+        let bundle = try ModelBundle.load(checkpoint: src.appendingPathComponent("model.ckpt"), yaml: json)
+        let want = try LatentDiffusionPipeline(bundle: bundle).upscale(try ImageIO.loadRGB(path: src.appendingPathComponent("lowres.png").path),
+                                                                       SamplingOptions(steps: 2), generator: TorchGenerator(seed: 5))
+        let got = try ImageIO.loadRGB(path: out.path)
+        XCTAssertEqual(got.width, 128); XCTAssertEqual(got.pixels, want.images[0].pixels)
+    }
+}
