@@ -1,0 +1,134 @@
+# Prepares the natural photographs that ship inside the scikit-image wheel (skimage/data/*.png|jpg, read with
+# skimage.data.*; no network) for `ldm train autoencoder`: random training crops from some photos, whole held-out
+# photos for evaluation. The split is BY PHOTO: no pixel of a held-out photo is in the training folder.
+#  - Colour photographs: astronaut, coffee, chelsea (the cat), rocket, motorcycle (the left and right views of
+#    skimage's stereo pair are one scene, so one split unit), immunohistochemistry, hubble_deep_field, retina.
+#    Left out: colorwheel, logo, chessboard (synthetic), lfw_subset (25x25 faces), and everything the wheel does
+#    not contain (kidney, lily, skin, eagle, ... need a download).
+#  - Greyscale photographs (training only, grey replicated to RGB, --no-grey drops them): camera, moon, coins,
+#    grass, gravel, brick. They add texture; the held-out photos are all colour.
+#  - Held out (HELDOUT): astronaut, chelsea, coffee: written whole to DIR/heldout/<name>.png, centre-cropped to
+#    multiples of 8 (chelsea 300x451 -> 296x448; astronaut 512x512 and coffee 400x600 unchanged).
+#  - Training crops: DIR/train/<photo>-NNNN.png, SIZE x SIZE RGB. For each crop: a scale drawn from SCALES (the photo
+#    is downsampled by that factor with PIL bicubic first; scales that would make the short side smaller than SIZE
+#    are skipped), a uniformly random position, a horizontal flip with probability 1/2. Crops whose pixel standard
+#    deviation is below FLAT_STD (black sky of hubble, black border of retina) are redrawn (up to 50 tries).
+#    --per-photo crops per colour scene (split evenly over the two motorcycle views), half as many per grey photo.
+#  - DIR/split.json records the photos of each split, image sizes, and the parameters.
+#  - --fixture FILE: also write FIXTURE_BOX of the held-out astronaut (96x96: the face) to FILE, the crop that
+#    Tests/PipelinesTests/ShippedModelsTests.swift reconstructs through models/photo-vae.
+# Deterministic: numpy.random.default_rng(--seed); the same files on every run.
+# Run: /work/venv/bin/python tools/data/photos.py --out DIR [--size 64] [--per-photo 600] [--seed 0] [--no-grey]
+#      [--fixture Tests/PipelinesTests/Fixtures/photos/astronaut-96.png]
+import argparse
+import json
+import os
+
+import numpy as np
+import skimage
+import skimage.data as sd
+from PIL import Image
+
+# Split unit -> list of (file stem, loader). A unit with several views is split as a whole.
+COLOUR = {
+    "astronaut": [("astronaut", sd.astronaut)],
+    "chelsea": [("chelsea", sd.chelsea)],
+    "coffee": [("coffee", sd.coffee)],
+    "rocket": [("rocket", sd.rocket)],
+    "motorcycle": [("motorcycle_left", lambda: sd.stereo_motorcycle()[0]),
+                   ("motorcycle_right", lambda: sd.stereo_motorcycle()[1])],
+    "immunohistochemistry": [("immunohistochemistry", sd.immunohistochemistry)],
+    "hubble_deep_field": [("hubble_deep_field", sd.hubble_deep_field)],
+    "retina": [("retina", sd.retina)],
+}
+GREY = {name: [(name, getattr(sd, name))] for name in ["camera", "moon", "coins", "grass", "gravel", "brick"]}
+HELDOUT = ["astronaut", "chelsea", "coffee"]
+SCALES = [1.0, 1.0, 1.5, 2.0, 3.0]  # 1.0 twice: full resolution (what the evaluation sees) is drawn 40% of the time
+FLAT_STD = 4.0
+FIXTURE_BOX = (176, 64, 96, 96)  # left, top, width, height in astronaut.png
+SEED = 0
+
+
+def rgb(a):
+    """uint8 HxW or HxWx3/4 -> HxWx3 uint8."""
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = np.stack([a] * 3, axis=2)
+    return np.ascontiguousarray(a[:, :, :3]).astype(np.uint8)
+
+
+def centre_crop(a, multiple):
+    h, w = a.shape[:2]
+    H, W = h // multiple * multiple, w // multiple * multiple
+    t, l = (h - H) // 2, (w - W) // 2
+    return a[t:t + H, l:l + W]
+
+
+def crops(photo, count, size, rng):
+    """`count` random SIZE x SIZE crops of `photo` (uint8 HxWx3) at random scales, with random flips."""
+    h, w = photo.shape[:2]
+    pyramid = {}
+    for s in sorted(set(SCALES)):
+        H, W = round(h / s), round(w / s)
+        if min(H, W) >= size:
+            pyramid[s] = photo if s == 1.0 else np.asarray(Image.fromarray(photo).resize((W, H), Image.BICUBIC))
+    scales = [s for s in SCALES if s in pyramid]
+    out = []
+    for _ in range(count):
+        for _ in range(50):
+            img = pyramid[scales[rng.integers(len(scales))]]
+            t = rng.integers(img.shape[0] - size + 1)
+            l = rng.integers(img.shape[1] - size + 1)
+            c = img[t:t + size, l:l + size]
+            flip = rng.random() < 0.5
+            if c.std() >= FLAT_STD:
+                break
+        out.append(c[:, ::-1] if flip else c)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description="Write skimage's photographs as training crops + held-out whole photos.")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
+    ap.add_argument("--per-photo", type=int, default=600, help="crops per colour photo (default 600; grey: half)")
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--no-grey", action="store_true", help="leave out the greyscale photographs")
+    ap.add_argument("--fixture", help="also write the 96x96 held-out test crop of astronaut here")
+    args = ap.parse_args()
+    rng = np.random.default_rng(args.seed)
+    train_dir, held_dir = os.path.join(args.out, "train"), os.path.join(args.out, "heldout")
+    os.makedirs(train_dir, exist_ok=True)
+    os.makedirs(held_dir, exist_ok=True)
+    split = {"source": "skimage.data (scikit-image %s wheel)" % skimage.__version__, "seed": args.seed,
+             "size": args.size, "per_photo": args.per_photo, "scales": SCALES, "flat_std": FLAT_STD,
+             "heldout": {}, "train": {}}
+    for unit in HELDOUT:
+        for stem, load in COLOUR[unit]:
+            a = centre_crop(rgb(load()), 8)
+            Image.fromarray(a).save(os.path.join(held_dir, stem + ".png"))
+            split["heldout"][stem] = list(a.shape[:2])
+    if args.fixture:
+        l, t, w, h = FIXTURE_BOX
+        os.makedirs(os.path.dirname(os.path.abspath(args.fixture)), exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(rgb(sd.astronaut())[t:t + h, l:l + w])).save(args.fixture)
+    units = [(u, v, args.per_photo) for u, v in COLOUR.items() if u not in HELDOUT]
+    if not args.no_grey:
+        units += [(u, v, args.per_photo // 2) for u, v in GREY.items()]
+    total = 0
+    for unit, views, count in units:
+        for k, (stem, load) in enumerate(views):
+            n = count // len(views) + (1 if k < count % len(views) else 0)
+            photo = rgb(load())
+            for i, c in enumerate(crops(photo, n, args.size, rng)):
+                Image.fromarray(np.ascontiguousarray(c)).save(os.path.join(train_dir, "%s-%04d.png" % (stem, i)))
+            split["train"][stem] = {"size": list(photo.shape[:2]), "crops": n}
+            total += n
+    with open(os.path.join(args.out, "split.json"), "w") as f:
+        json.dump(split, f, indent=1)
+    print("wrote %d training crops (%dx%d) from %d photos to %s" % (total, args.size, args.size, len(split["train"]), train_dir))
+    print("held out (whole):", ", ".join("%s %dx%d" % (k, v[1], v[0]) for k, v in split["heldout"].items()))
+
+
+if __name__ == "__main__":
+    main()
