@@ -114,7 +114,6 @@ extension LDMTrainConfig {
         let trainer = try Trainer(model: model, loss: loss, encoder: encoder,
                                   dataset: try cache.map { try CachedLatentDataset(cache: $0, source: dataset) } ?? dataset,
                                   options: options, runDir: runDir, extraModules: extra)
-        trainer.latentCache = cache
         if conditioning == .none { trainer.makeConditioning = { _ in .none } }
         if let textConditioning { trainer.makeConditioning = textConditioning }
         trainer.textConditioner = text

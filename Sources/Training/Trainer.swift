@@ -76,8 +76,9 @@ public final class Trainer {
     public let encoder: LatentEncoder
     public let loader: BatchLoader
     public var sampler: BatchSampler { loader.sampler }
-    /// Set when the dataset yields the first stage's cached outputs (KL moments / VQ latents) instead of images.
-    public internal(set) var latentCache: LatentCache?
+    /// Set when the dataset is a CachedLatentDataset: its batches hold the first stage's cached outputs (KL moments /
+    /// VQ latents) instead of images.
+    public let latentCache: LatentCache?
     public let options: TrainerOptions
     public let runDir: URL
     public let optimizer: AdamW
@@ -112,6 +113,8 @@ public final class Trainer {
         self.extraModules = extraModules
         loader = BatchLoader(sampler: try BatchSampler(dataset: dataset, batchSize: options.batchSize, seed: options.seed),
                              prefetch: options.prefetch)
+        latentCache = (dataset as? CachedLatentDataset)?.cache
+        if latentCache != nil, case .identity = encoder { throw TrainingError("a latent cache needs the first stage it was made with") }
         // CompVis configure_optimizers: params = model.parameters() (+ cond_stage_model.parameters() when trainable).
         let extraParams = extraModules.flatMap { e in e.module.namedParameters.map { (e.prefix + $0.0, $0.1) } }
         optimizer = try AdamW(parameters: model.namedParameters + extraParams, lr: options.learningRate, betas: options.betas,

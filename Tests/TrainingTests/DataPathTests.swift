@@ -165,6 +165,35 @@ final class DataPathTests: XCTestCase {
         XCTAssertTrue(reason.contains("unreadable"), reason)
     }
 
+    func testVQLatentCache() throws {
+        let work = try tempDirectory("cache-vq")
+        defer { try? FileManager.default.removeItem(at: work) }
+        let data = work.appendingPathComponent("data"), run = work.appendingPathComponent("run")
+        try writeTinyImageFolder(data)
+        let vqFolder = tinyKLFirstStage.deletingLastPathComponent().appendingPathComponent("vq_f4")
+        let cfg = try LDMTrainConfig.load(config(data: data, run: run, firstStage: vqFolder, ["random_flip": false, "max_steps": 2]))
+        var unet = try XCTUnwrap(cfg.unetConfig)
+        unet["in_channels"] = 3; unet["out_channels"] = 3
+        var c = cfg
+        c.unetConfig = unet
+        let t = try c.makeTrainer(runDir: run)
+        let cache = try XCTUnwrap(t.latentCache)
+        XCTAssertEqual(cache.kind, .vqLatents)
+        XCTAssertEqual([cache.count, cache.variants] + cache.entryShape, [4, 1, 3, 4, 4])
+        guard case .vq(let vq) = t.encoder else { return XCTFail("not a VQ first stage") }
+        let images = try ImageFolderDataset(root: data, size: 16, randomCrop: false, randomFlip: false)
+        for i in 0..<4 {
+            let x = try images.centeredExample(at: i, flipped: false).image.unsqueezed(0)
+            assertClose(try cache.entry(i, variant: 0).toArray(), try vq.encode(x).toArray(), tol: 1e-5, "VQ latents \(i)")
+        }
+        // VQ latents are deterministic: used as they are, nothing drawn.
+        let batch = try t.sampler.batch(epoch: 0, index: 0), g = TorchGenerator(seed: 1)
+        XCTAssertEqual(try t.encoder.latents(fromCached: batch.images, generator: g).toArray(), batch.images.toArray())
+        XCTAssertEqual(g.state, TorchGenerator(seed: 1).state)
+        try t.train()
+        XCTAssertEqual(t.step, 2)
+    }
+
     func testCachedRunResumesBitIdenticalWithAndWithoutPrefetch() throws {
         let work = try tempDirectory("cache-resume")
         defer { try? FileManager.default.removeItem(at: work) }
