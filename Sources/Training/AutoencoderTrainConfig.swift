@@ -22,6 +22,8 @@ public struct AutoencoderTrainConfig {
     public var dataDir: String
     public var imageSize: Int
     public var randomCrop = true, randomFlip = true
+    /// Decode and augment the next batch on a background thread during each step.
+    public var prefetch = true
     public var seed: UInt64 = 23
     // Loss (LPIPSWithDiscriminator / VQLPIPSWithDiscriminator defaults).
     public var klWeight: Float = 1, logvarInit: Float = 0
@@ -52,7 +54,7 @@ public struct AutoencoderTrainConfig {
         "codebook_weight", "pixel_loss", "perceptual_weight", "lpips_vgg", "lpips_lin", "disc_start", "disc_weight",
         "disc_factor", "disc_num_layers", "disc_in_channels", "disc_ndf", "disc_loss", "use_discriminator", "adam_beta1",
         "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm", "lr_scheduler", "lr_warmup_steps", "run_dir",
-        "sample_every", "export_dtype",
+        "sample_every", "export_dtype", "prefetch",
     ]
 
     public static func load(_ url: URL) throws -> AutoencoderTrainConfig {
@@ -84,6 +86,7 @@ public struct AutoencoderTrainConfig {
         c.scaleLR = try r.bool("scale_lr") ?? true
         c.randomCrop = try r.bool("random_crop") ?? true
         c.randomFlip = try r.bool("random_flip") ?? true
+        c.prefetch = try r.bool("prefetch") ?? true
         if let s = try r.int("seed") { guard s >= 0 else { throw r.error("seed", "must be >= 0") }; c.seed = UInt64(s) }
         c.klWeight = Float(try r.nonNegative("kl_weight") ?? 1)
         c.logvarInit = Float(try r.number("logvar_init") ?? 0)

@@ -38,7 +38,8 @@ public struct AutoencoderLogEntry: Codable, Equatable {
 public final class AutoencoderTrainer {
     public let model: FirstStageModel
     public let loss: FirstStageLoss
-    public let sampler: BatchSampler
+    public let loader: BatchLoader
+    public var sampler: BatchSampler { loader.sampler }
     public let optimizer: AdamW
     public let discOptimizer: AdamW?
     public let generator: TorchGenerator
@@ -57,16 +58,18 @@ public final class AutoencoderTrainer {
 
     public init(model: FirstStageModel, loss: FirstStageLoss, dataset: TrainingDataset, batchSize: Int, learningRate: Double,
                 maxSteps: Int, checkpointEvery: Int, seed: UInt64, betas: (Double, Double) = (0.5, 0.9), eps: Double = 1e-8,
-                weightDecay: Double = 0, runDir: URL) throws {
+                weightDecay: Double = 0, prefetch: Bool = true, runDir: URL) throws {
         guard learningRate > 0, maxSteps > 0, checkpointEvery > 0 else { throw TrainingError("learning rate, max_steps and ckpt_every must be positive") }
         self.model = model; self.loss = loss; self.runDir = runDir; self.learningRate = learningRate
         self.maxSteps = maxSteps; self.checkpointEvery = checkpointEvery; self.seed = seed
-        sampler = try BatchSampler(dataset: dataset, batchSize: batchSize, seed: seed)
+        loader = BatchLoader(sampler: try BatchSampler(dataset: dataset, batchSize: batchSize, seed: seed), prefetch: prefetch)
         optimizer = try AdamW(module: model.module, lr: learningRate, betas: betas, eps: eps, weightDecay: weightDecay)
         discOptimizer = try loss.adversarial.map { try AdamW(parameters: $0.parameters, lr: learningRate, betas: betas, eps: eps, weightDecay: weightDecay) }
         generator = TorchGenerator(seed: seed)
         try FileManager.default.createDirectory(at: checkpointsDir, withIntermediateDirectories: true)
     }
+
+    deinit { loader.finish() }
 
     /// forward(): encode, sample the posterior (KL) or quantise (VQ), decode. Returns the reconstructions and the
     /// posterior or codebook loss.
@@ -85,7 +88,8 @@ public final class AutoencoderTrainer {
 
     @discardableResult
     public func trainStep() throws -> AutoencoderLogEntry {
-        let batch = try sampler.batch(epoch: epoch, index: batchInEpoch)
+        // The next batch is decoded in the background while this step runs (BatchLoader).
+        let batch = try loader.batch(epoch: epoch, index: batchInEpoch, prefetchNext: step + 1 < maxSteps)
         let lr = learningRate * lrSchedule.multiplier(step: step)
         optimizer.lr = lr; discOptimizer?.lr = lr
         let x = batch.images

@@ -115,7 +115,8 @@ extension AutoencoderTrainConfig {
         let dataset = try ImageFolderDataset(root: URL(fileURLWithPath: dataDir), size: imageSize, randomCrop: randomCrop, randomFlip: randomFlip)
         let trainer = try AutoencoderTrainer(model: model, loss: try makeLoss(log: log), dataset: dataset, batchSize: batchSize,
                                              learningRate: learningRate, maxSteps: maxSteps, checkpointEvery: ckptEvery, seed: seed,
-                                             betas: (adamBeta1, adamBeta2), eps: adamEpsilon, weightDecay: weightDecay, runDir: runDir)
+                                             betas: (adamBeta1, adamBeta2), eps: adamEpsilon, weightDecay: weightDecay,
+                                             prefetch: prefetch, runDir: runDir)
         trainer.lrSchedule = try LRSchedule(name: lrScheduler, warmup: lrWarmupSteps, total: maxSteps)
         trainer.maxGradNorm = maxGradNorm
         trainer.sampleEvery = sampleEvery

@@ -3,7 +3,10 @@
 // ImageFolder (class = sorted sub-folder index). Captions come from a .txt file beside each image.
 // Randomness is a pure function of (seed, epoch, index): each epoch's order is a Fisher-Yates shuffle drawn from
 // TorchGenerator(seed: mix(seed, epoch)), each example's crop/flip from TorchGenerator(seed: mix(seed, epoch, index)),
-// so a resumed run sees exactly the batches an uninterrupted one would. No background prefetch.
+// so a resumed run sees exactly the batches an uninterrupted one would. Because a batch is a pure function of
+// (epoch, index), the background loader (BatchLoader.swift) can prepare the next one while a step runs and still hand
+// out exactly the batches of the synchronous path. Datasets therefore build their tensors from plain arrays
+// (no TensorCore kernels, which would start a second OpenMP team off the training thread, and no autograd views).
 import Foundation
 import Imaging
 import TensorCore
@@ -22,6 +25,9 @@ public protocol TrainingDataset: AnyObject {
     var count: Int { get }
     /// Number of classes, when examples carry class labels.
     var classCount: Int? { get }
+    /// The example at `index`, its augmentation drawn from `generator` only. Called from the loader's background
+    /// thread while the training thread runs a step: it must not change shared state, and should build its tensor
+    /// from an array (`Tensor(values, shape:)`) rather than with tensor ops.
     func example(at index: Int, generator: TorchGenerator) throws -> TrainingExample
 }
 
@@ -46,7 +52,9 @@ public final class TensorDataset: TrainingDataset {
     public var count: Int { images.shape[0] }
     public func example(at index: Int, generator: TorchGenerator) throws -> TrainingExample {
         guard (0..<count).contains(index) else { throw TrainingError("TensorDataset index \(index) outside 0..<\(count)") }
-        return TrainingExample(image: images.narrow(0, index, 1).squeezed(0).contiguous(), classLabel: labels?[index])
+        let n = images.count / count
+        let values = withExtendedLifetime(images) { Array(UnsafeBufferPointer(start: images.data + index * n, count: n)) }
+        return TrainingExample(image: Tensor(values, shape: Array(images.shape.dropFirst())), classLabel: labels?[index])
     }
 }
 
@@ -92,24 +100,47 @@ public final class ImageFolderDataset: TrainingDataset {
         self.files = files.map { (url: $0.0, label: $0.1) }; classNames = names
     }
 
+    /// torchvision Resize(size) + RandomCrop / CenterCrop + RandomHorizontalFlip: the crop offsets (randint for the
+    /// top, then the left) and the flip (rand < 0.5) come from `generator`, in that order.
     public func example(at index: Int, generator: TorchGenerator) throws -> TrainingExample {
         guard (0..<count).contains(index) else { throw TrainingError("image index \(index) outside 0..<\(count)") }
-        let (url, label) = files[index]
-        var img = try ImageIO.loadRGB(path: url.path)
-        // Resize(size, BILINEAR): the shorter side becomes `size`.
-        let s = Double(size) / Double(min(img.width, img.height))
-        let w = max(size, Int((Double(img.width) * s).rounded())), h = max(size, Int((Double(img.height) * s).rounded()))
-        if w != img.width || h != img.height { img = try img.resized(width: w, height: h, filter: .bilinear) }
-        var top = (h - size) / 2, left = (w - size) / 2
+        var img = try resizedImage(at: index)
+        var top = (img.height - size) / 2, left = (img.width - size) / 2
         if randomCrop {
-            top = Int(try generator.randomInt(upperBound: Int64(h - size + 1), count: 1)[0])
-            left = Int(try generator.randomInt(upperBound: Int64(w - size + 1), count: 1)[0])
+            top = Int(try generator.randomInt(upperBound: Int64(img.height - size + 1), count: 1)[0])
+            left = Int(try generator.randomInt(upperBound: Int64(img.width - size + 1), count: 1)[0])
         }
         img = try img.cropped(left: left, top: top, width: size, height: size)
-        if randomFlip, generator.uniform(count: 1)[0] < 0.5 { img = flippedHorizontally(img) }
-        let caption = try? String(contentsOf: url.deletingPathExtension().appendingPathExtension("txt"), encoding: .utf8)
-        return TrainingExample(image: Tensor(VaeImageProcessor.toTensor(img), shape: [3, size, size]), classLabel: label,
-                               caption: caption?.trimmingCharacters(in: .whitespacesAndNewlines))
+        if randomFlip, Self.drawsFlip(generator) { img = flippedHorizontally(img) }
+        return TrainingExample(image: Tensor(VaeImageProcessor.toTensor(img), shape: [3, size, size]), classLabel: files[index].label,
+                               caption: caption(at: index))
+    }
+
+    /// RandomHorizontalFlip's draw: torch.rand(1) < 0.5.
+    static func drawsFlip(_ generator: TorchGenerator) -> Bool { generator.uniform(count: 1)[0] < 0.5 }
+
+    /// The centre-cropped image, flipped or not, without drawing anything (the latent cache encodes both).
+    public func centeredExample(at index: Int, flipped: Bool) throws -> TrainingExample {
+        guard (0..<count).contains(index) else { throw TrainingError("image index \(index) outside 0..<\(count)") }
+        var img = try resizedImage(at: index)
+        img = try img.cropped(left: (img.width - size) / 2, top: (img.height - size) / 2, width: size, height: size)
+        if flipped { img = flippedHorizontally(img) }
+        return TrainingExample(image: Tensor(VaeImageProcessor.toTensor(img), shape: [3, size, size]), classLabel: files[index].label,
+                               caption: caption(at: index))
+    }
+
+    /// The caption file beside the image (trimmed), if there is one.
+    public func caption(at index: Int) -> String? {
+        let url = files[index].url.deletingPathExtension().appendingPathExtension("txt")
+        return (try? String(contentsOf: url, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Resize(size, BILINEAR): the shorter side becomes `size`.
+    func resizedImage(at index: Int) throws -> RGBImage {
+        let img = try ImageIO.loadRGB(path: files[index].url.path)
+        let s = Double(size) / Double(min(img.width, img.height))
+        let w = max(size, Int((Double(img.width) * s).rounded())), h = max(size, Int((Double(img.height) * s).rounded()))
+        return w != img.width || h != img.height ? try img.resized(width: w, height: h, filter: .bilinear) : img
     }
 
     func flippedHorizontally(_ img: RGBImage) -> RGBImage {
@@ -164,11 +195,33 @@ public struct BatchSampler {
         guard (0..<batchesPerEpoch).contains(index) else { throw TrainingError("batch \(index) outside 0..<\(batchesPerEpoch)") }
         let ids = try order(epoch: epoch)[index * batchSize ..< (index + 1) * batchSize]
         let examples = try ids.map { try dataset.example(at: $0, generator: TorchGenerator(seed: Self.mix(seed, UInt64(epoch), UInt64($0), 1))) }
-        let shape = examples[0].image.shape
-        guard examples.allSatisfy({ $0.image.shape == shape }) else { throw TrainingError("examples in a batch have different shapes") }
         let labels = examples.compactMap(\.classLabel), captions = examples.compactMap(\.caption)
-        return TrainingBatch(images: concat(examples.map { $0.image.unsqueezed(0) }, axis: 0),
+        return TrainingBatch(images: try stackExamples(examples.map(\.image)),
                              classLabels: labels.count == examples.count ? labels : nil,
                              captions: captions.count == examples.count ? captions : nil)
     }
+
+    /// The (epoch, batch) that follows `(epoch, index)`.
+    public func position(after epoch: Int, _ index: Int) -> (epoch: Int, index: Int) {
+        index + 1 == batchesPerEpoch ? (epoch + 1, 0) : (epoch, index + 1)
+    }
+}
+
+/// torch.stack on a new first axis by plain copies (no kernel, no autograd: safe on the loader thread).
+func stackExamples(_ images: [Tensor]) throws -> Tensor {
+    guard let shape = images.first?.shape else { throw TrainingError("an empty batch") }
+    guard images.allSatisfy({ $0.shape == shape }) else { throw TrainingError("examples in a batch have different shapes") }
+    let n = shape.reduce(1, *)
+    var values = [Float](repeating: 0, count: n * images.count)
+    values.withUnsafeMutableBufferPointer { dst in
+        for (i, t) in images.enumerated() {
+            if t.dtype == .float32 && t.isContiguous {
+                withExtendedLifetime(t) { (dst.baseAddress! + i * n).update(from: t.data, count: n) }
+            } else {
+                let v = t.toArray()
+                for j in 0..<n { dst[i * n + j] = v[j] }
+            }
+        }
+    }
+    return Tensor(values, shape: [images.count] + shape)
 }

@@ -41,6 +41,21 @@ public enum LatentEncoder {
             }
         }
     }
+
+    /// The same latents from cached encoder outputs (LatentCache): a posterior sample of KL moments (B, 2C, h, w)
+    /// (the same noise draw as `encode`), VQ latents as they are.
+    public func latents(fromCached entries: Tensor, generator: TorchGenerator) throws -> Tensor {
+        try GradMode.noGrad {
+            switch self {
+            case .identity, .vq: return entries
+            case .kl(let m):
+                guard entries.rank == 4, entries.shape[1] == 2 * m.config.latentChannels else {
+                    throw TrainingError("cached moments \(entries.shape) are not (B, \(2 * m.config.latentChannels), h, w)")
+                }
+                return DiagonalGaussianDistribution(entries).sample(generator: generator)
+            }
+        }
+    }
 }
 
 /// scale_by_std: 1 / std(latents.flatten()) (unbiased), the scale_factor CompVis registers from the first batch.

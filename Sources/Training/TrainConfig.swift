@@ -39,6 +39,11 @@ public struct LDMTrainConfig {
     public var dataDir: String
     public var imageSize: Int
     public var randomCrop = true, randomFlip = true
+    /// Encode every image once and keep the first stage's outputs in RUN_DIR/latent_cache.safetensors (LatentCache.swift);
+    /// needs a first_stage and random_crop false (with random_flip both flips are cached).
+    public var cacheLatents = false
+    /// Prepare the next batch on a background thread during each step (BatchLoader.swift); same batches either way.
+    public var prefetch = true
     public var seed: UInt64 = 23
     public var emaDecay: Float? = 0.9999
     public var parameterization: Parameterization = .eps
@@ -65,7 +70,7 @@ public struct LDMTrainConfig {
         "ema_decay", "use_ema", "parameterization", "loss_type", "cond_drop_prob", "scale_by_std", "scale_factor",
         "timesteps", "linear_start", "linear_end", "beta_schedule", "lr_scheduler", "lr_warmup_steps", "weight_decay",
         "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "run_dir", "sample_every", "sample_steps",
-        "text_encoder_config", "cond_stage_trainable", "export_dtype",
+        "text_encoder_config", "cond_stage_trainable", "export_dtype", "cache_latents", "prefetch",
     ]
 
     public static func load(_ url: URL) throws -> LDMTrainConfig {
@@ -157,6 +162,14 @@ public struct LDMTrainConfig {
         c.exportDType = exportDType
         c.randomCrop = try bool("random_crop") ?? true
         c.randomFlip = try bool("random_flip") ?? true
+        c.cacheLatents = try bool("cache_latents") ?? false
+        c.prefetch = try bool("prefetch") ?? true
+        if c.cacheLatents {
+            guard c.firstStage != nil else { throw err("cache_latents", "needs a first_stage (in pixel space there is nothing to encode)") }
+            guard !c.randomCrop else {
+                throw err("cache_latents", "needs random_crop false: a random crop changes the latent every step (random_flip is fine: both flips are cached)")
+            }
+        }
         if let s = try int("seed") { guard s >= 0 else { throw err("seed", "must be >= 0") }; c.seed = UInt64(s) }
         let useEma = try bool("use_ema") ?? true
         let decay = try number("ema_decay") ?? 0.9999
@@ -253,6 +266,7 @@ public struct LDMTrainConfig {
         o.emaDecay = emaDecay; o.scaleByStd = scaleByStd; o.scaleFactor = scaleFactor ?? 1
         o.sampleEvery = sampleEvery
         o.exportDType = exportDType
+        o.prefetch = prefetch
         try o.validate()
         guard (0..<1).contains(adamBeta1), (0..<1).contains(adamBeta2), adamEpsilon >= 0, weightDecay >= 0 else {
             throw TrainingError("adam_beta1 / adam_beta2 must be in [0, 1), adam_epsilon and weight_decay >= 0")

@@ -31,8 +31,9 @@ extension LDMTrainConfig {
         return try UNet2DConditionModel.random(config: UNetConfig.decode(Data(contentsOf: url)), seed: seed)
     }
 
-    /// Everything wired and checked; `runDir` holds checkpoints, loss.jsonl and the exported unet/.
-    public func makeTrainer(runDir: URL) throws -> Trainer {
+    /// Everything wired and checked; `runDir` holds checkpoints, loss.jsonl, the exported unet/ and, with
+    /// cache_latents, the latent cache (built here when missing or stale; `log` reports it).
+    public func makeTrainer(runDir: URL, log: (String) -> Void = { _ in }) throws -> Trainer {
         let model = try makeUNet()
         let encoder: LatentEncoder
         var latentChannels = 3, downsampling = 1, defaultScale: Float = 1
@@ -106,8 +107,13 @@ extension LDMTrainConfig {
         var options = try trainerOptions()
         if scaleFactor == nil && !scaleByStd { options.scaleFactor = defaultScale }
         let extra: [(prefix: String, module: Module)] = text.map { $0.trainable ? [("text_encoder.", $0.model)] : [] } ?? []
-        let trainer = try Trainer(model: model, loss: loss, encoder: encoder, dataset: dataset, options: options, runDir: runDir,
-                                  extraModules: extra)
+        var cache: LatentCache?
+        if cacheLatents {
+            cache = try LatentCache.loadOrBuild(dataset: dataset, encoder: encoder, runDir: runDir, batchSize: batchSize, log: log)
+        }
+        let trainer = try Trainer(model: model, loss: loss, encoder: encoder,
+                                  dataset: try cache.map { try CachedLatentDataset(cache: $0, source: dataset) } ?? dataset,
+                                  options: options, runDir: runDir, extraModules: extra)
         if conditioning == .none { trainer.makeConditioning = { _ in .none } }
         if let textConditioning { trainer.makeConditioning = textConditioning }
         trainer.textConditioner = text

@@ -2,6 +2,9 @@
 // optimizer.step -> on_train_batch_end LitEma update, ModelCheckpoint every N steps) and diffusers
 // examples/text_to_image (gradient accumulation, clip_grad_norm_, lr_scheduler, save_state / resume_from_checkpoint).
 // Checkpoints (see TrainingCheckpoint.swift) hold everything a resumed run needs to continue bit for bit.
+// Data: a BatchLoader prepares the next batch on a background thread during each step (BatchLoader.swift); with a
+// latent cache (LatentCache.swift) the batches hold the first stage's cached outputs, and the posterior sample is
+// drawn here from the training generator at the same point of the step as an encode would draw it.
 import Foundation
 import Imaging
 import NeuralNetwork
@@ -30,6 +33,8 @@ public struct TrainerOptions {
     public var scaleFactor: Float = 1
     /// Storage type of the exported weights (unet/ and pipeline/).
     public var exportDType: DType = .float32
+    /// Prepare the next batch on a background thread while a step runs (same batches as without).
+    public var prefetch = true
 
     public init(learningRate: Double, batchSize: Int, maxSteps: Int, checkpointEvery: Int, seed: UInt64) {
         self.learningRate = learningRate; self.batchSize = batchSize; self.maxSteps = maxSteps
@@ -69,7 +74,11 @@ public final class Trainer {
     /// What `exportWeights` writes to RUN_DIR/pipeline beside unet/ (nil: unet/ only, e.g. pixel-space training).
     public var pipelineExport: PipelineExportSpec?
     public let encoder: LatentEncoder
-    public let sampler: BatchSampler
+    public let loader: BatchLoader
+    public var sampler: BatchSampler { loader.sampler }
+    /// Set when the dataset is a CachedLatentDataset: its batches hold the first stage's cached outputs (KL moments /
+    /// VQ latents) instead of images.
+    public let latentCache: LatentCache?
     public let options: TrainerOptions
     public let runDir: URL
     public let optimizer: AdamW
@@ -102,7 +111,10 @@ public final class Trainer {
         }
         self.model = model; self.loss = loss; self.encoder = encoder; self.options = options; self.runDir = runDir
         self.extraModules = extraModules
-        sampler = try BatchSampler(dataset: dataset, batchSize: options.batchSize, seed: options.seed)
+        loader = BatchLoader(sampler: try BatchSampler(dataset: dataset, batchSize: options.batchSize, seed: options.seed),
+                             prefetch: options.prefetch)
+        latentCache = (dataset as? CachedLatentDataset)?.cache
+        if latentCache != nil, case .identity = encoder { throw TrainingError("a latent cache needs the first stage it was made with") }
         // CompVis configure_optimizers: params = model.parameters() (+ cond_stage_model.parameters() when trainable).
         let extraParams = extraModules.flatMap { e in e.module.namedParameters.map { (e.prefix + $0.0, $0.1) } }
         optimizer = try AdamW(parameters: model.namedParameters + extraParams, lr: options.learningRate, betas: options.betas,
@@ -118,8 +130,11 @@ public final class Trainer {
         try FileManager.default.createDirectory(at: checkpointsDir, withIntermediateDirectories: true)
     }
 
-    func nextBatch() throws -> TrainingBatch {
-        let batch = try sampler.batch(epoch: epoch, index: batchInEpoch)
+    deinit { loader.finish() }
+
+    /// The batch at the current data position; with `prefetchNext` the loader starts on the following one.
+    func nextBatch(prefetchNext: Bool) throws -> TrainingBatch {
+        let batch = try loader.batch(epoch: epoch, index: batchInEpoch, prefetchNext: prefetchNext)
         batchInEpoch += 1
         if batchInEpoch == sampler.batchesPerEpoch { batchInEpoch = 0; epoch += 1 }
         return batch
@@ -133,10 +148,11 @@ public final class Trainer {
         optimizer.lr = options.learningRate * options.lrSchedule.multiplier(step: step)
         let accum = options.gradientAccumulationSteps
         var total: Float = 0
-        for _ in 0..<accum {
+        for micro in 0..<accum {
             if let nullTextEmbedding { loss.nullText = try nullTextEmbedding() }
-            let batch = try nextBatch()
-            let z = try encoder.encode(batch.images, generator: generator)
+            let batch = try nextBatch(prefetchNext: micro + 1 < accum || step + 1 < options.maxSteps)
+            let z = try latentCache == nil ? encoder.encode(batch.images, generator: generator)
+                                           : encoder.latents(fromCached: batch.images, generator: generator)
             if scaleFactor == nil { scaleFactor = try options.scaleByStd ? scaleFactorByStd(z) : options.scaleFactor }
             let latents = z * (scaleFactor ?? 1)
             let out = try loss(model: model, latents: latents, conditioning: try makeConditioning(batch), generator: generator)

@@ -17,7 +17,8 @@ struct TrainAutoencoder: ParsableCommand {
             lpips package's vgg.pth), disc_start, disc_weight, disc_factor, disc_num_layers, disc_in_channels, \
             disc_ndf, disc_loss (hinge | vanilla), use_discriminator. Optimizer: adam_beta1 (0.5), adam_beta2 (0.9), \
             adam_epsilon, weight_decay, max_grad_norm, lr_scheduler, lr_warmup_steps, scale_lr. Also seed, \
-            random_crop, random_flip, run_dir, sample_every (reconstruction grids in RUN_DIR/samples), export_dtype \
+            random_crop, random_flip, prefetch (default true: the next batch is decoded on a background thread \
+            during each step; false loads it synchronously, with the same batches), run_dir, sample_every (reconstruction grids in RUN_DIR/samples), export_dtype \
             (float32 | bfloat16 | float16). The trained model is written to RUN_DIR/vae (or vqvae) with the \
             scaling_factor measured on the data.
             """)

@@ -37,7 +37,12 @@ struct TrainLDM: ParsableCommand {
             (l1 | l2), cond_drop_prob, scale_by_std, scale_factor, timesteps, linear_start, linear_end, beta_schedule, \
             lr_scheduler (constant | constant_with_warmup | linear | cosine), lr_warmup_steps, scale_lr, \
             accumulate_grad_batches, weight_decay, adam_beta1, adam_beta2, adam_epsilon, max_grad_norm, run_dir, \
-            sample_every (steps between 2x2 DDIM sample grids in RUN_DIR/samples), sample_steps (DDIM steps, default 20).
+            sample_every (steps between 2x2 DDIM sample grids in RUN_DIR/samples), sample_steps (DDIM steps, default 20), \
+            prefetch (default true: the next batch is decoded and augmented on a background thread during each step; \
+            false loads it synchronously, with the same batches), cache_latents (default false: true encodes every \
+            image once through the frozen first stage and keeps its outputs in RUN_DIR/latent_cache.safetensors: \
+            AutoencoderKL posterior mean and logvar, sampled anew every step, or VQ latents; rebuilt when the images or \
+            the first stage change. Needs first_stage and random_crop false; with random_flip both flips are cached).
             """)
 
     @OptionGroup var runOptions: TrainRunOptions
@@ -53,7 +58,7 @@ struct TrainLDM: ParsableCommand {
         let configURL = URL(fileURLWithPath: runOptions.config)
         let cfg = try LDMTrainConfig.load(configURL)
         let dir = try runOptions.directory(configRunDir: cfg.runDir)
-        let trainer = try cfg.makeTrainer(runDir: dir)
+        let trainer = try cfg.makeTrainer(runDir: dir, log: { print($0) })
         if runOptions.resume != nil {
             try trainer.resume()
             print("resumed \(dir.path) at step \(trainer.step) (epoch \(trainer.epoch))")
