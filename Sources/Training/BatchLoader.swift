@@ -46,6 +46,8 @@ public final class BatchLoader {
     private var pending: (epoch: Int, index: Int, job: BackgroundJob<TrainingBatch>)?
     /// Batches handed out that the background thread had prepared.
     public private(set) var prefetchedBatches = 0
+    /// Wall-clock seconds the caller spent in `batch` (building a batch, or waiting for the prefetched one).
+    public private(set) var waitSeconds = 0.0
 
     public init(sampler: BatchSampler, prefetch: Bool) {
         self.sampler = sampler; self.prefetch = prefetch
@@ -54,6 +56,8 @@ public final class BatchLoader {
     /// Batch `index` of `epoch`: the prefetched one when it is that batch, else built now. With `prefetchNext`,
     /// starts building the following batch before returning.
     public func batch(epoch: Int, index: Int, prefetchNext: Bool) throws -> TrainingBatch {
+        let start = DispatchTime.now().uptimeNanoseconds
+        defer { waitSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         let ready = pending.flatMap { $0.epoch == epoch && $0.index == index ? $0.job : nil }
         pending = nil   // a prefetched batch for another position (after a resume) is dropped
         let batch: TrainingBatch

@@ -79,6 +79,7 @@ struct TrainLDM: ParsableCommand {
         }
         print("training \(trainer.model.parameterCount) parameters, lr \(trainer.optimizer.lr), \(trainer.sampler.dataset.count) images, run dir \(dir.path)")
         try trainer.train()
+        print(String(format: "data: %.2f s waiting for batches", trainer.loader.waitSeconds) + " (prefetch \(trainer.loader.prefetch ? "on" : "off"))")
         print("done: step \(trainer.step); \(exportedPaths(trainer))")
     }
 
