@@ -46,10 +46,6 @@ public final class GroupNorm: Module {
     public func callAsFunction(_ x: Tensor, silu: Bool = false) -> Tensor {
         x.groupNorm(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu)
     }
-    /// The same over x's own storage: inference only, on a tensor the caller owns exclusively.
-    public func inPlace(_ x: Tensor, silu: Bool = false) -> Tensor {
-        x.groupNormInPlace(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu)
-    }
     public var namedParameters: [(String, Tensor)] { [("weight", weight), ("bias", bias)] }
 }
 

@@ -106,7 +106,7 @@ public struct CompVisModelConfig {
     /// diffusers `_legacy_load_scheduler` with the YAML's linear_start / linear_end / timesteps / parameterization.
     public func schedulerConfig() throws -> SchedulerConfig {
         var c = ModelBundle.stableDiffusionScheduler
-        c.className = "DDIMScheduler"; c.clipSample = false; c.timestepSpacing = "leading"
+        c.className = "DDIMScheduler"; c.timestepSpacing = "leading" // clip_sample false comes with the SD config
         if let v = try number("linear_start") { c.betaStart = v }
         if let v = try number("linear_end") { c.betaEnd = v }
         if let v = try number("timesteps") {

@@ -225,10 +225,10 @@ public func conv2d(upsamplingNearest x: Tensor, factor: Int, _ weight: Tensor, _
     precondition(x.rank == 4 && factor >= 1, "conv2d(upsamplingNearest:): input \(x.shape), factor \(factor)")
     let up = [x.shape[0], x.shape[1], x.shape[2] * factor, x.shape[3] * factor]
     let g = ConvGeometry(up, weight.shape, options)
-    if factor == 1 || GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? [])) || bandRows(g) == nil {
+    guard factor > 1, !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? [])), let rows = bandRows(g) else {
         return conv2d(x.upsampleNearest(height: up[2], width: up[3]), weight, bias, options)
     }
-    return conv2dBanded(x, .upsample(factor), weight, bias, options, bandRows: bandRows(g)!)
+    return conv2dBanded(x, .upsample(factor), weight, bias, options, bandRows: rows)
 }
 
 /// conv2d(groupNorm(x) [+ SiLU], ...), the pre-activation of every ResNet block: without autograd and for large

@@ -7,24 +7,11 @@ import CKernels
 extension Tensor {
     /// F.group_norm over (N, C, *) with affine `weight`/`bias` (C); `silu` fuses the activation that follows it.
     public func groupNorm(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float = 1e-5, silu: Bool = false) -> Tensor {
-        groupNorm(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu, inPlace: false)
-    }
-
-    /// `groupNorm` written over this tensor's own storage (no new activation buffer), for inference on a tensor the
-    /// caller owns exclusively, such as a convolution's fresh output. Requires float32, contiguous, no autograd.
-    public func groupNormInPlace(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float = 1e-5, silu: Bool = false) -> Tensor {
-        precondition(dtype == .float32 && isContiguous && !GradMode.shouldRecord([self] + [weight, bias].compactMap { $0 }),
-                     "groupNormInPlace: needs a contiguous float32 tensor outside autograd")
-        return groupNorm(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu, inPlace: true)
-    }
-
-    private func groupNorm(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float, silu: Bool, inPlace: Bool) -> Tensor {
         let n = shape[0], c = shape[1]
         precondition(rank >= 2 && c % groups == 0, "group_norm: \(c) channels not divisible into \(groups) groups (shape \(shape))")
         let x = float32().contiguous()
         let spatial = count / (n * c), cpg = c / groups, m = cpg * spatial
-        // In place, each group's statistics are taken before any of its elements are overwritten.
-        let out = inPlace ? x : Tensor.empty(shape)
+        let out = Tensor.empty(shape)
         let mean = Tensor.empty([n, groups]), rstd = Tensor.empty([n, groups])
         let xs = x.data, ys = out.data, mp = mean.data, rp = rstd.data
         let gw = weight?.float32().contiguous(), gb = bias?.float32().contiguous()
