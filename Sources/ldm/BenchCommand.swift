@@ -13,21 +13,36 @@ struct Bench: ParsableCommand {
 struct BenchCore: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "core", abstract: "matmul, conv, attention, group norm + SiLU.")
 
+    static let groups = ["matmul", "conv", "convs", "attention", "norm"]
     @Option(help: "Repetitions per op (median is reported).") var reps = 5
+    @Option(help: "Comma-separated op groups: matmul, conv, convs (the SD UNet's and VAE's 3x3 shapes, Winograd and oneDNN direct), attention, norm (default: all).")
+    var ops = "matmul,conv,convs,attention,norm"
 
-    func validate() throws { guard reps >= 1 else { throw ValidationError("--reps must be at least 1") } }
+    func validate() throws {
+        guard reps >= 1 else { throw ValidationError("--reps must be at least 1") }
+        for op in selected where !Self.groups.contains(op) {
+            throw ValidationError("--ops: unknown group '\(op)' (known: \(Self.groups.joined(separator: ", ")))")
+        }
+    }
+    var selected: [String] { ops.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+
+    /// 3x3 padding-1 convolutions of the SD-1.5 UNet at batch 2 (64x64 latent) and of the SD VAE decoder.
+    static let convShapes: [(n: Int, c: Int, size: Int)] = [(2, 320, 64), (2, 640, 32), (2, 1280, 16), (2, 1280, 8), (1, 128, 256), (1, 512, 64)]
 
     func run() throws {
-        let torch = try BenchSupport.torchFigures(script: "tools/bench/torch_core.py")
+        let want = Set(selected)
+        let torch = try BenchSupport.torchFigures(script: "tools/bench/torch_core.py", arguments: [selected.joined(separator: ",")])
         let g = TorchGenerator(seed: 0)
         var rows: [BenchSupport.Row] = []
         GradMode.noGrad {
+          if want.contains("matmul") {
             let a = Tensor.randn([2048, 2048], generator: g), b = Tensor.randn([2048, 2048], generator: g)
             let t = BenchSupport.median(reps) { _ = matmul(a, b) }
             rows.append(.init(op: "matmul 2048^2 f32", ours: t, torch: torch["matmul_f32"], work: 2 * pow(2048, 3), unit: "GFLOP/s"))
             rows.append(.init(op: "matmul 2048^2 bf16", ours: nil, torch: torch["matmul_bf16"], work: 2 * pow(2048, 3), unit: "GFLOP/s",
                               note: BenchSupport.bf16Note))
-
+          }
+          if want.contains("conv") {
             let x = Tensor.randn([1, 320, 64, 64], generator: g), w = Tensor.randn([320, 320, 3, 3], generator: g) * 0.02
             let bias = Tensor.randn([320], generator: g)
             let tc = BenchSupport.median(reps) { _ = conv2d(x, w, bias, Conv2dOptions(padding: 1)) }
@@ -35,7 +50,22 @@ struct BenchCore: ParsableCommand {
             rows.append(.init(op: "conv3x3 320->320 64x64 f32", ours: tc, torch: torch["conv_f32"], work: convFlops, unit: "GFLOP/s"))
             rows.append(.init(op: "conv3x3 320->320 64x64 bf16", ours: nil, torch: torch["conv_bf16"], work: convFlops, unit: "GFLOP/s",
                               note: BenchSupport.bf16Note))
-
+          }
+          if want.contains("convs") {
+            for (n, c, size) in Self.convShapes {
+                let x = Tensor.randn([n, c, size, size], generator: g), w = Tensor.randn([c, c, 3, 3], generator: g) * 0.02
+                let bias = Tensor.randn([c], generator: g)
+                let flops = 2.0 * Double(n * c * c * 9 * size * size)
+                let name = "conv3x3 \(n)x\(c)x\(size)x\(size)"
+                let direct = Winograd.withDisabled { BenchSupport.median(reps) { _ = conv2d(x, w, bias, Conv2dOptions(padding: 1)) } }
+                let tw = BenchSupport.median(reps) { _ = conv2d(x, w, bias, Conv2dOptions(padding: 1)) }
+                let uses = Winograd.applies(n: n, ic: c, oc: c, kh: 3, kw: 3, oh: size, ow: size, Conv2dOptions(padding: 1))
+                rows.append(.init(op: name, ours: tw, torch: torch["conv_\(n)x\(c)x\(size)"], work: flops, unit: "GFLOP/s",
+                                  note: uses ? "Winograd F(4x4,3x3)" : "oneDNN direct (too few tiles for Winograd)"))
+                rows.append(.init(op: name + " oneDNN direct", ours: direct, torch: torch["conv_\(n)x\(c)x\(size)"], work: flops, unit: "GFLOP/s"))
+            }
+          }
+          if want.contains("attention") {
             for (heads, d) in [(8, 40), (1, 512)] {
                 let q = Tensor.randn([1, heads, 4096, d], generator: g), k = Tensor.randn([1, heads, 4096, d], generator: g)
                 let v = Tensor.randn([1, heads, 4096, d], generator: g)
@@ -44,7 +74,8 @@ struct BenchCore: ParsableCommand {
                 rows.append(.init(op: "attention 4096 tok, \(heads)x\(d)", ours: ta, torch: torch["attention_\(heads)x\(d)"], work: flops, unit: "GFLOP/s",
                                   note: "extra memory: \(BenchSupport.attentionScratchKB(heads: heads)) KB tiles + 16 KB log-sum-exp per head (linear in tokens)"))
             }
-
+          }
+          if want.contains("norm") {
             let xn = Tensor.randn([1, 320, 64, 64], generator: g), gw = Tensor.randn([320], generator: g), gb = Tensor.randn([320], generator: g)
             let bytes = Double(xn.count * 4 * 2)
             let tn = BenchSupport.median(reps * 4) { _ = xn.groupNorm(groups: 32, weight: gw, bias: gb, eps: 1e-6, silu: true) }
@@ -57,6 +88,7 @@ struct BenchCore: ParsableCommand {
                               note: String(format: "%.0f%% of plain-copy bandwidth (%.1f GB/s)", 100 * tmem / tn, bytes / tmem / 1e9)))
             rows.append(.init(op: "copy 1x320x64x64 (memcpy)", ours: tmem, torch: torch["copy"], work: bytes, unit: "GB/s"))
             rows.append(.init(op: "transpose-copy 1x320x64x64", ours: tcopy, torch: nil, work: bytes, unit: "GB/s"))
+          }
         }
         BenchSupport.printTable(rows, torchAvailable: !torch.isEmpty)
     }

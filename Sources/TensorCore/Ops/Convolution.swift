@@ -40,6 +40,20 @@ private struct ConvGeometry {
     }
     var weiShape: [Int] { o.groups == 1 ? [oc, ic, kh, kw] : [o.groups, oc / o.groups, ic / o.groups, kh, kw] }
     func any(_ shape: [Int]) -> dnnl_memory_desc_t { memoryDesc(shape, tag: dnnl_format_tag_any) }
+    /// Whether the forward convolution runs as Winograd F(4x4, 3x3).
+    var winograd: Bool { Winograd.applies(n: n, ic: ic, oc: oc, kh: kh, kw: kw, oh: oh, ow: ow, o) }
+    /// The backward-data convolution's options when it can run as Winograd (the stride-1 3x3 case: a convolution of
+    /// the output gradient with the transposed, flipped kernel and the complementary padding).
+    var winogradBackwardData: Conv2dOptions? {
+        guard kh == 3, kw == 3 else { return nil }
+        let p = o.padding
+        var b = Conv2dOptions()
+        b.padding = (2 - p.top, 2 - p.left, 2 - p.bottom, 2 - p.right)
+        guard [b.padding.top, b.padding.left, b.padding.bottom, b.padding.right].allSatisfy({ $0 >= 0 }),
+              o.stride == (1, 1), o.dilation == (1, 1), o.groups == 1,
+              Winograd.applies(n: n, ic: oc, oc: ic, kh: 3, kw: 3, oh: h, ow: w, b) else { return nil }
+        return b
+    }
 
     /// Forward (training = keep for backward hints).
     func forward(bias: Bool) -> Primitive {
@@ -147,6 +161,7 @@ private func conv2dBanded(_ x: Tensor, _ input: BandInput, _ weight: Tensor, _ b
     let b32 = bias?.float32().contiguous()
     let o = options
     var weightCopy: (md: dnnl_memory_desc_t, ptr: UnsafeMutableRawPointer, owner: Storage)?
+    var winograd: Storage? // transformed weights, when the bands go through Winograd
     var staged: Storage? // the band's upsampled input rows (plain layout)
     var r0 = 0
     while r0 < g.oh {
@@ -159,13 +174,18 @@ private func conv2dBanded(_ x: Tensor, _ input: BandInput, _ weight: Tensor, _ b
         bo.padding = (max(0, -ih0), o.padding.left, max(0, ih1 - h), o.padding.right)
         let bg = ConvGeometry([n, ic, b - a, w], weight.shape, bo)
         precondition(bg.oh == rows && bg.ow == g.ow, "conv2d band: \(bg.oh)x\(bg.ow), expected \(rows)x\(g.ow)")
-        let prim = bg.forward(bias: bias != nil)
-        var want = prim.md(dnnl_query_weights_md)
-        if weightCopy == nil || dnnl_memory_desc_equal(&want, &weightCopy!.md) == 0 {
-            let (ptr, owner) = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + bg.key)
-            weightCopy = (want, ptr, owner)
+        let useWinograd = bg.winograd
+        if useWinograd, winograd == nil { winograd = Winograd.transformedWeights(weight, transposed: false).0 }
+        let prim = useWinograd ? nil : bg.forward(bias: bias != nil)
+        if let prim {
+            var want = prim.md(dnnl_query_weights_md)
+            if weightCopy == nil || dnnl_memory_desc_equal(&want, &weightCopy!.md) == 0 {
+                let (ptr, owner) = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + bg.key)
+                weightCopy = (want, ptr, owner)
+            }
         }
         var src: UnsafeMutableRawPointer, srcDesc: dnnl_memory_desc_t
+        var srcPlaneRows = h // rows per channel plane of `src`: the whole input's, or the staged band's
         if case .plain = input {
             src = UnsafeMutableRawPointer(xin.data + a * w)
             srcDesc = rowBandDesc(n, ic, b - a, w, fullHeight: h)
@@ -194,6 +214,16 @@ private func conv2dBanded(_ x: Tensor, _ input: BandInput, _ weight: Tensor, _ b
             }
             src = staged!.base
             srcDesc = memoryDesc([n, ic, b - a, w])
+            srcPlaneRows = b - a
+        }
+        if useWinograd, let u = winograd {
+            withExtendedLifetime((xin, b32, staged)) {
+                Winograd.convolve(src.assumingMemoryBound(to: Float.self), n: n, ic: ic, h: b - a, w: w, xs: (ic * srcPlaneRows * w, srcPlaneRows * w),
+                                  padTop: bo.padding.top, padLeft: bo.padding.left, u: u, oc: g.oc, bias: b32?.data,
+                                  out.data + r0 * g.ow, oh: rows, ow: g.ow, ys: (g.oc * g.oh * g.ow, g.oh * g.ow))
+            }
+            r0 += rows
+            continue
         }
         var args: [Primitive.Arg] = [
             .init(arg: DNNL_ARG_SRC, query: dnnl_query_src_md, plain: srcDesc, ptr: src),
@@ -204,7 +234,7 @@ private func conv2dBanded(_ x: Tensor, _ input: BandInput, _ weight: Tensor, _ b
         if let b32 {
             args.append(.init(arg: DNNL_ARG_BIAS, query: dnnl_query_weights_md, plain: memoryDesc([g.oc]), ptr: UnsafeMutableRawPointer(b32.data), index: 1))
         }
-        withExtendedLifetime((xin, b32, weightCopy!.owner, staged)) { prim.run(args) }
+        withExtendedLifetime((xin, b32, weightCopy!.owner, staged)) { prim!.run(args) }
         r0 += rows
     }
     return out
@@ -253,25 +283,42 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ optio
     }
     let xin = x.float32().contiguous()
     let out = Tensor.empty([g.n, g.oc, g.oh, g.ow])
-    let prim = g.forward(bias: bias != nil)
-    let (wptr, wstorage) = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + g.key)
-    var args: [Primitive.Arg] = [
-        .init(arg: DNNL_ARG_SRC, query: dnnl_query_src_md, plain: g.src, ptr: UnsafeMutableRawPointer(xin.data)),
-        .init(arg: DNNL_ARG_WEIGHTS, query: dnnl_query_weights_md, plain: g.wei, ptr: wptr, cached: wptr),
-        .init(arg: DNNL_ARG_DST, query: dnnl_query_dst_md, plain: g.dst, ptr: UnsafeMutableRawPointer(out.data), isOutput: true),
-    ]
-    var b32: Tensor?
-    if let bias {
-        b32 = bias.float32().contiguous()
-        args.append(.init(arg: DNNL_ARG_BIAS, query: dnnl_query_weights_md, plain: memoryDesc([g.oc]), ptr: UnsafeMutableRawPointer(b32!.data), index: 1))
+    let b32 = bias?.float32().contiguous()
+    if g.winograd {
+        let (u, _, _) = Winograd.transformedWeights(weight, transposed: false)
+        withExtendedLifetime((xin, b32)) {
+            Winograd.convolve(xin.data, n: g.n, ic: g.ic, h: g.h, w: g.w, xs: (g.ic * g.h * g.w, g.h * g.w),
+                              padTop: options.padding.top, padLeft: options.padding.left, u: u, oc: g.oc, bias: b32?.data,
+                              out.data, oh: g.oh, ow: g.ow, ys: (g.oc * g.oh * g.ow, g.oh * g.ow))
+        }
+    } else {
+        let prim = g.forward(bias: bias != nil)
+        let (wptr, wstorage) = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + g.key)
+        var args: [Primitive.Arg] = [
+            .init(arg: DNNL_ARG_SRC, query: dnnl_query_src_md, plain: g.src, ptr: UnsafeMutableRawPointer(xin.data)),
+            .init(arg: DNNL_ARG_WEIGHTS, query: dnnl_query_weights_md, plain: g.wei, ptr: wptr, cached: wptr),
+            .init(arg: DNNL_ARG_DST, query: dnnl_query_dst_md, plain: g.dst, ptr: UnsafeMutableRawPointer(out.data), isOutput: true),
+        ]
+        if let b32 {
+            args.append(.init(arg: DNNL_ARG_BIAS, query: dnnl_query_weights_md, plain: memoryDesc([g.oc]), ptr: UnsafeMutableRawPointer(b32.data), index: 1))
+        }
+        withExtendedLifetime((xin, b32, wstorage)) { prim.run(args) }
     }
-    withExtendedLifetime((xin, b32, wstorage)) { prim.run(args) }
     var inputs = [x, weight]
     if let bias { inputs.append(bias) }
     return out.recorded("conv2d", inputs) { gy in
         let gy = gy.contiguous()
         var grads: [Tensor?] = [nil, nil, nil]
-        if x.requiresGrad {
+        if x.requiresGrad, let bo = g.winogradBackwardData {
+            let gx = Tensor.empty([g.n, g.ic, g.h, g.w])
+            let (u, _, _) = Winograd.transformedWeights(weight, transposed: true)
+            withExtendedLifetime(gy) {
+                Winograd.convolve(gy.data, n: g.n, ic: g.oc, h: g.oh, w: g.ow, xs: (g.oc * g.oh * g.ow, g.oh * g.ow),
+                                  padTop: bo.padding.top, padLeft: bo.padding.left, u: u, oc: g.ic, bias: nil,
+                                  gx.data, oh: g.h, ow: g.w, ys: (g.ic * g.h * g.w, g.h * g.w))
+            }
+            grads[0] = gx
+        } else if x.requiresGrad {
             let gx = Tensor.empty([g.n, g.ic, g.h, g.w])
             let bd = g.backwardData()
             let w32 = weight.float32().contiguous()

@@ -1,0 +1,183 @@
+// Winograd minimal filtering F(4x4, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016):
+// a stride-1 3x3 cross-correlation computed tile by tile as Y = A^T [ (G g G^T) . (B^T d B) ] A, with 6x6 input
+// tiles d, 4x4 output tiles Y and the interpolation points 0, +-1, +-2, inf. The elementwise products over
+// channels become 36 independent GEMMs (one per position alpha of the 6x6 tile):
+//   M[alpha] (tiles x OC) = V[alpha] (tiles x IC) * U[alpha] (IC x OC),
+// 2.25 multiply-adds per output and input channel instead of the direct convolution's 9. Layouts (see ckernels.h):
+//   U[alpha][ocb][ic][16]   transformed weights, output channels in panels of 16 (zero padded)
+//   V[alpha][tile][icp]     transformed input tiles, channels padded to a multiple of 8 with zeros
+//   M[alpha][tile][ocp]     GEMM results, ocp a multiple of 16
+#include "ckernels.h"
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__linux__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
+typedef float v8f __attribute__((vector_size(32)));
+#define SPLAT(s) ({ float b_ = (s); (v8f){b_, b_, b_, b_, b_, b_, b_, b_}; })
+#define LOAD(p) ({ v8f l_; memcpy(&l_, (p), sizeof l_); l_; })
+#define STORE(p, v) do { v8f s_ = (v); memcpy((p), &s_, sizeof s_); } while (0)
+
+// B^T applied to six values (one column or row of a 6x6 input tile).
+#define BT6(d, t) do { \
+    t[0] = 4.0f * d[0] - 5.0f * d[2] + d[4]; \
+    t[1] = -4.0f * (d[1] + d[2]) + d[3] + d[4]; \
+    t[2] = 4.0f * (d[1] - d[2]) - d[3] + d[4]; \
+    t[3] = 2.0f * (d[3] - d[1]) - d[2] + d[4]; \
+    t[4] = 2.0f * (d[1] - d[3]) - d[2] + d[4]; \
+    t[5] = 4.0f * d[1] - 5.0f * d[3] + d[5]; } while (0)
+// A^T applied to six values.
+#define AT6(m, s) do { \
+    s[0] = m[0] + m[1] + m[2] + m[3] + m[4]; \
+    s[1] = m[1] - m[2] + 2.0f * (m[3] - m[4]); \
+    s[2] = m[1] + m[2] + 4.0f * (m[3] + m[4]); \
+    s[3] = m[1] - m[2] + 8.0f * (m[3] - m[4]) + m[5]; } while (0)
+
+long ck_wino_u_floats(long oc, long ic) { return 36 * ((ic + 7) / 8 * 8) * ((oc + 15) / 16 * 16); }
+
+// G applied to three values (one column or row of a 3x3 kernel).
+#define G3(g, t) do { \
+    t[0] = 0.25f * g[0]; \
+    t[1] = (g[0] + g[1] + g[2]) * (-1.0f / 6.0f); \
+    t[2] = (g[0] - g[1] + g[2]) * (-1.0f / 6.0f); \
+    t[3] = g[0] * (1.0f / 24.0f) + g[1] * (1.0f / 12.0f) + g[2] * (1.0f / 6.0f); \
+    t[4] = g[0] * (1.0f / 24.0f) - g[1] * (1.0f / 12.0f) + g[2] * (1.0f / 6.0f); \
+    t[5] = g[2]; } while (0)
+
+CLONES void ck_wino_weights(const float *w, long oc, long ic, int transposed, float *u, long ob0, long ob1) {
+    const long icp = (ic + 7) / 8 * 8, ocp = (oc + 15) / 16 * 16, ocbs = ocp / 16;
+    for (long ob = ob0; ob < ob1; ob++) {
+        for (long i = 0; i < icp; i++) {
+            for (int half = 0; half < 2; half++) {
+                float buf[9][8];
+                for (int l = 0; l < 8; l++) {
+                    const long o = ob * 16 + half * 8 + l;
+                    for (int k = 0; k < 9; k++)
+                        buf[k][l] = (o >= oc || i >= ic) ? 0.0f
+                            : transposed ? w[(i * oc + o) * 9 + 8 - k] // w is (ic, oc, 3, 3), flipped
+                            : w[(o * ic + i) * 9 + k];
+                }
+                v8f g[9], t[18], r[6];
+                for (int k = 0; k < 9; k++) g[k] = LOAD(buf[k]);
+                for (int c = 0; c < 3; c++) { // G g, column c
+                    v8f col[3] = {g[c], g[3 + c], g[6 + c]}, tc[6];
+                    G3(col, tc);
+                    for (int a = 0; a < 6; a++) t[a * 3 + c] = tc[a];
+                }
+                for (int a = 0; a < 6; a++) { // (G g) G^T, row a
+                    G3((t + a * 3), r);
+                    for (int b = 0; b < 6; b++) STORE(u + (((a * 6 + b) * ocbs + ob) * icp + i) * 16 + half * 8, r[b]);
+                }
+            }
+        }
+    }
+}
+
+CLONES void ck_wino_input(const float *x, long c, long h, long w, long sn, long sc, long pt, long pl, long tiles_h,
+                          long tiles_w, long tile0, long t0, long t1, float *v, long tp) {
+    const long icp = (c + 7) / 8 * 8;
+    for (long t = t0; t < t1; t++) {
+        const long g = tile0 + t, img = g / (tiles_h * tiles_w), ty = g / tiles_w % tiles_h, tx = g % tiles_w;
+        const long y0 = ty * 4 - pt, x0 = tx * 4 - pl;
+        const int inside = y0 >= 0 && x0 >= 0 && y0 + 6 <= h && x0 + 6 <= w;
+        const float *base = x + img * sn;
+        for (long c0 = 0; c0 < icp; c0 += 8) {
+            float buf[36][8];
+            for (int l = 0; l < 8; l++) {
+                const long ch = c0 + l;
+                if (ch >= c) { for (int k = 0; k < 36; k++) buf[k][l] = 0.0f; continue; }
+                const float *p = base + ch * sc;
+                if (inside) {
+                    for (int i = 0; i < 6; i++) for (int j = 0; j < 6; j++) buf[i * 6 + j][l] = p[(y0 + i) * w + x0 + j];
+                } else {
+                    for (int i = 0; i < 6; i++) for (int j = 0; j < 6; j++) {
+                        const long yy = y0 + i, xx = x0 + j;
+                        buf[i * 6 + j][l] = (yy >= 0 && yy < h && xx >= 0 && xx < w) ? p[yy * w + xx] : 0.0f;
+                    }
+                }
+            }
+            v8f d[36], s[36];
+            for (int k = 0; k < 36; k++) d[k] = LOAD(buf[k]);
+            for (int j = 0; j < 6; j++) { // columns: s[.][j] = B^T d[.][j]
+                v8f col[6] = {d[j], d[6 + j], d[12 + j], d[18 + j], d[24 + j], d[30 + j]}, r[6];
+                BT6(col, r);
+                for (int i = 0; i < 6; i++) s[i * 6 + j] = r[i];
+            }
+            for (int i = 0; i < 6; i++) { // rows: (B^T d) B
+                v8f r[6];
+                BT6((s + i * 6), r);
+                for (int j = 0; j < 6; j++) STORE(v + ((i * 6 + j) * tp + t) * icp + c0, r[j]);
+            }
+        }
+    }
+}
+
+CLONES void ck_wino_gemm(const float *v, const float *u, float *m, long tp, long icp, long ocp, long item0, long item1) {
+    const long ocbs = ocp / 16;
+    for (long item = item0; item < item1; item++) {
+        const long a = item / ocbs, ob = item % ocbs;
+        const float *va = v + a * tp * icp, *up = u + (a * ocbs + ob) * icp * 16;
+        float *ma = m + a * tp * ocp + ob * 16;
+        for (long t = 0; t < tp; t += 6) {
+            const float *p0 = va + t * icp, *p1 = p0 + icp, *p2 = p1 + icp, *p3 = p2 + icp, *p4 = p3 + icp, *p5 = p4 + icp;
+            v8f c00 = SPLAT(0), c01 = SPLAT(0), c10 = SPLAT(0), c11 = SPLAT(0), c20 = SPLAT(0), c21 = SPLAT(0);
+            v8f c30 = SPLAT(0), c31 = SPLAT(0), c40 = SPLAT(0), c41 = SPLAT(0), c50 = SPLAT(0), c51 = SPLAT(0);
+            const float *b = up;
+            for (long k = 0; k < icp; k++, b += 16) {
+                const v8f b0 = LOAD(b), b1 = LOAD(b + 8);
+                v8f x;
+                x = SPLAT(p0[k]); c00 += x * b0; c01 += x * b1;
+                x = SPLAT(p1[k]); c10 += x * b0; c11 += x * b1;
+                x = SPLAT(p2[k]); c20 += x * b0; c21 += x * b1;
+                x = SPLAT(p3[k]); c30 += x * b0; c31 += x * b1;
+                x = SPLAT(p4[k]); c40 += x * b0; c41 += x * b1;
+                x = SPLAT(p5[k]); c50 += x * b0; c51 += x * b1;
+            }
+            float *q = ma + t * ocp;
+            STORE(q, c00); STORE(q + 8, c01); q += ocp;
+            STORE(q, c10); STORE(q + 8, c11); q += ocp;
+            STORE(q, c20); STORE(q + 8, c21); q += ocp;
+            STORE(q, c30); STORE(q + 8, c31); q += ocp;
+            STORE(q, c40); STORE(q + 8, c41); q += ocp;
+            STORE(q, c50); STORE(q + 8, c51);
+        }
+    }
+}
+
+CLONES void ck_wino_output(const float *m, long tp, long ocp, long oc, const float *bias, float *y, long oh, long ow,
+                           long sn, long sc, long tiles_h, long tiles_w, long tile0, long t0, long t1, int accumulate) {
+    for (long t = t0; t < t1; t++) {
+        const long g = tile0 + t, img = g / (tiles_h * tiles_w), ty = g / tiles_w % tiles_h, tx = g % tiles_w;
+        const long y0 = ty * 4, x0 = tx * 4, rows = oh - y0 < 4 ? oh - y0 : 4, cols = ow - x0 < 4 ? ow - x0 : 4;
+        float *base = y + img * sn + y0 * ow + x0;
+        for (long o0 = 0; o0 < oc; o0 += 8) {
+            v8f mv[36], s[24];
+            for (int k = 0; k < 36; k++) mv[k] = LOAD(m + (k * tp + t) * ocp + o0);
+            for (int j = 0; j < 6; j++) {
+                v8f col[6] = {mv[j], mv[6 + j], mv[12 + j], mv[18 + j], mv[24 + j], mv[30 + j]}, r[4];
+                AT6(col, r);
+                for (int i = 0; i < 4; i++) s[i * 6 + j] = r[i];
+            }
+            float out[16][8];
+            v8f bv = SPLAT(0);
+            if (bias) { float bb[8] = {0}; memcpy(bb, bias + o0, (size_t)(oc - o0 < 8 ? oc - o0 : 8) * sizeof(float)); bv = LOAD(bb); }
+            for (int i = 0; i < 4; i++) {
+                v8f r[4];
+                AT6((s + i * 6), r);
+                for (int j = 0; j < 4; j++) STORE(out[i * 4 + j], r[j] + bv);
+            }
+            const long lanes = oc - o0 < 8 ? oc - o0 : 8;
+            for (long l = 0; l < lanes; l++) {
+                float *p = base + (o0 + l) * sc;
+                for (long i = 0; i < rows; i++)
+                    for (long j = 0; j < cols; j++) {
+                        if (accumulate) p[i * ow + j] += out[i * 4 + j][l];
+                        else p[i * ow + j] = out[i * 4 + j][l];
+                    }
+            }
+        }
+    }
+}

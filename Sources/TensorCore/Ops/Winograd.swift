@@ -1,0 +1,91 @@
+import Foundation
+import CKernels
+
+// 3x3 stride-1 convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, CVPR 2016; CKernels'
+// winograd.c): 2.25 multiply-adds per output, input channel and output channel instead of 9, in our own GEMM
+// micro-kernel. oneDNN 2.6 offers Winograd only for AVX-512; PyTorch's CPU convolutions are direct. The transform
+// adds rounding (relative error ~4e-6 of the output's scale in float32, against ~1e-7 for a direct convolution).
+
+public enum Winograd {
+    /// `LDM_WINOGRAD=0` turns the path off (every convolution then runs on oneDNN's direct kernels).
+    public nonisolated(unsafe) static var enabled = ProcessInfo.processInfo.environment["LDM_WINOGRAD"] != "0"
+    /// Runs `body` with the Winograd path off (benchmarks comparing it with oneDNN's direct convolution).
+    public static func withDisabled<T>(_ body: () throws -> T) rethrows -> T {
+        let was = enabled
+        enabled = false
+        defer { enabled = was }
+        return try body()
+    }
+    /// Bytes of transformed input and GEMM output held at once (tiles are processed in chunks of this size, at
+    /// least the transformed weights' size so that they are streamed few times).
+    public nonisolated(unsafe) static var chunkBytes = (ProcessInfo.processInfo.environment["LDM_WINOGRAD_CHUNK_MB"].flatMap { Int($0) } ?? 16) << 20
+
+    /// Whether a convolution of this geometry goes through Winograd: 3x3, stride 1, no dilation, one group, padding
+    /// at most 2, enough channels for the GEMM panels and enough 4x4 output tiles to repay the weight transform.
+    public static func applies(n: Int, ic: Int, oc: Int, kh: Int, kw: Int, oh: Int, ow: Int, _ o: Conv2dOptions) -> Bool {
+        guard enabled, kh == 3, kw == 3, o.stride == (1, 1), o.dilation == (1, 1), o.groups == 1,
+              [o.padding.top, o.padding.left, o.padding.bottom, o.padding.right].allSatisfy({ $0 <= 2 }),
+              ic >= 16, oc >= 16 else { return false }
+        return n * ((oh + 3) / 4) * ((ow + 3) / 4) >= minTiles
+    }
+    /// Fewest 4x4 output tiles (over the batch) for which Winograd beats oneDNN's direct kernel here (measured with
+    /// `ldm bench core --ops convs`); `LDM_WINOGRAD_MIN_TILES` overrides it.
+    public nonisolated(unsafe) static var minTiles = ProcessInfo.processInfo.environment["LDM_WINOGRAD_MIN_TILES"].flatMap { Int($0) } ?? 24
+
+    /// Runs `body` with Winograd used for every eligible convolution however small (tests).
+    public static func withMinTiles<T>(_ tiles: Int, _ body: () throws -> T) rethrows -> T {
+        let was = minTiles
+        minTiles = tiles
+        defer { minTiles = was }
+        return try body()
+    }
+
+    /// Transformed weights U of `weight` (oc, ic, 3, 3), or, when `transposed`, of the backward-data convolution of
+    /// a weight (ic, oc, 3, 3) (its transpose, flipped spatially).
+    static func transformedWeights(_ weight: Tensor, transposed: Bool) -> (Storage, oc: Int, ic: Int) {
+        let w32 = weight.float32().contiguous()
+        let (oc, ic) = transposed ? (w32.shape[1], w32.shape[0]) : (w32.shape[0], w32.shape[1])
+        let u = Storage(byteCount: ck_wino_u_floats(oc, ic) * 4)
+        let ub = u.base.assumingMemoryBound(to: Float.self), wp = w32.data
+        let panels = (oc + 15) / 16
+        Parallel.forRange(panels, costPerItem: ic * 16 * 100) { r in
+            ck_wino_weights(wp, oc, ic, transposed ? 1 : 0, ub, r.lowerBound, r.upperBound)
+        }
+        withExtendedLifetime(w32) {}
+        return (u, oc, ic)
+    }
+
+    /// y = conv2d(x, w) + bias for one (band of an) image batch: x holds `n` images of `ic` planes of h x w floats
+    /// (`xs` = (image, channel) strides in floats), y `n` images of `oc` planes of oh x ow floats (`ys` likewise),
+    /// padding (top, left) as given; bottom/right padding is implied by oh, ow. `accumulate` adds into y.
+    static func convolve(_ x: UnsafePointer<Float>, n: Int, ic: Int, h: Int, w: Int, xs: (Int, Int), padTop: Int, padLeft: Int,
+                         u: Storage, oc: Int, bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>, oh: Int, ow: Int,
+                         ys: (Int, Int), accumulate: Bool = false) {
+        let icp = (ic + 7) / 8 * 8, ocp = (oc + 15) / 16 * 16
+        let th = (oh + 3) / 4, tw = (ow + 3) / 4, tiles = n * th * tw
+        let perTile = 36 * (icp + ocp) * 4
+        let budget = max(chunkBytes, ck_wino_u_floats(oc, ic) * 4)
+        let chunk = min((tiles + 5) / 6 * 6, max(6, budget / perTile / 6 * 6))
+        let v = Storage(byteCount: 36 * chunk * icp * 4), m = Storage(byteCount: 36 * chunk * ocp * 4)
+        let vp = v.base.assumingMemoryBound(to: Float.self), mp = m.base.assumingMemoryBound(to: Float.self)
+        let up = u.base.assumingMemoryBound(to: Float.self)
+        var t0 = 0
+        while t0 < tiles {
+            let count = min(chunk, tiles - t0), tp = (count + 5) / 6 * 6
+            if tp > count { // padding tiles of the last 6-row GEMM block: zero, so that the unused rows stay finite
+                for a in 0..<36 { memset(vp + (a * tp + count) * icp, 0, (tp - count) * icp * 4) }
+            }
+            Parallel.forRange(count, costPerItem: icp * 36 * 8) { r in
+                ck_wino_input(x, ic, h, w, xs.0, xs.1, padTop, padLeft, th, tw, t0, r.lowerBound, r.upperBound, vp, tp)
+            }
+            Parallel.forRange(36 * (ocp / 16), costPerItem: tp * icp * 16) { r in
+                ck_wino_gemm(vp, up, mp, tp, icp, ocp, r.lowerBound, r.upperBound)
+            }
+            Parallel.forRange(count, costPerItem: ocp * 36 * 8) { r in
+                ck_wino_output(mp, tp, ocp, oc, bias, y, oh, ow, ys.0, ys.1, th, tw, t0, r.lowerBound, r.upperBound, accumulate ? 1 : 0)
+            }
+            t0 += count
+        }
+        withExtendedLifetime((u, v, m)) {}
+    }
+}

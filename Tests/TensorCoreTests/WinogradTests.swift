@@ -1,0 +1,90 @@
+import XCTest
+@testable import TensorCore
+
+// Winograd F(4x4, 3x3) against oneDNN's direct convolution (itself checked against PyTorch in OpParityTests and a
+// direct loop in ConvLayoutTests): forward with bias, paddings 0-2 including asymmetric ones, tile and channel
+// remainders, several tile chunks, the backward-data convolution, and inside the banded inference path.
+final class WinogradTests: XCTestCase {
+    private let cases: [(String, [Int], Int, Conv2dOptions)] = {
+        var asym = Conv2dOptions()
+        asym.padding = (top: 0, left: 1, bottom: 2, right: 1)
+        return [
+            ("pad 1, channel and tile remainders", [2, 17, 13, 11], 33, Conv2dOptions(padding: 1)),
+            ("pad 0", [3, 32, 9, 10], 16, Conv2dOptions()),
+            ("pad 2", [1, 16, 6, 7], 40, Conv2dOptions(padding: 2)),
+            ("asymmetric pad", [1, 24, 12, 8], 20, asym),
+            ("one tile row", [4, 16, 3, 17], 16, Conv2dOptions(padding: 1)),
+        ]
+    }()
+
+    /// max |a - b| / max |b|.
+    private func relativeError(_ a: Tensor, _ b: Tensor) -> Float {
+        let x = a.toArray(), y = b.toArray()
+        XCTAssertEqual(x.count, y.count)
+        let scale = y.map(abs).max() ?? 1
+        return zip(x, y).map { abs($0 - $1) }.max()! / max(scale, 1e-30)
+    }
+
+    func testForwardMatchesDirectConvolution() {
+        let g = TorchGenerator(seed: 5)
+        for (name, xs, oc, o) in cases {
+            let x = Tensor.randn(xs, generator: g), w = Tensor.randn([oc, xs[1], 3, 3], generator: g) * 0.1
+            let b = Tensor.randn([oc], generator: g)
+            let ref = GradMode.noGrad { Winograd.withDisabled { conv2d(x, w, b, o) } }
+            XCTAssertTrue(Winograd.withMinTiles(1) { Winograd.applies(n: xs[0], ic: xs[1], oc: oc, kh: 3, kw: 3, oh: ref.shape[2], ow: ref.shape[3], o) }, name)
+            for chunk in [Winograd.chunkBytes, 0] { // 0: chunks as small as the transformed weights allow
+                let saved = Winograd.chunkBytes
+                Winograd.chunkBytes = chunk
+                let y = GradMode.noGrad { Winograd.withMinTiles(1) { conv2d(x, w, b, o) } }
+                Winograd.chunkBytes = saved
+                XCTAssertEqual(y.shape, ref.shape, name)
+                XCTAssertLessThan(relativeError(y, ref), 2e-5, "\(name), chunk \(chunk)")
+            }
+        }
+    }
+
+    func testBackwardDataMatchesDirectConvolution() {
+        let g = TorchGenerator(seed: 6)
+        for (name, xs, oc, o) in cases {
+            let x0 = Tensor.randn(xs, generator: g), w = Tensor.randn([oc, xs[1], 3, 3], generator: g) * 0.1
+            let b = Tensor.randn([oc], generator: g)
+            func grads() -> (Tensor, Tensor) {
+                let x = Tensor(x0.toArray(), shape: x0.shape).requiringGrad(), wv = Tensor(w.toArray(), shape: w.shape).requiringGrad()
+                let y = conv2d(x, wv, b, o)
+                let upstream = Tensor.randn(y.shape, generator: TorchGenerator(seed: 9))
+                (y * upstream).sum().backward()
+                return (x.grad!, wv.grad!)
+            }
+            let (gxRef, gwRef) = Winograd.withDisabled { grads() }
+            let (gx, gw) = Winograd.withMinTiles(1) { grads() }
+            XCTAssertLessThan(relativeError(gx, gxRef), 2e-5, name)
+            XCTAssertLessThan(relativeError(gw, gwRef), 2e-5, name) // weights: oneDNN either way, from Winograd's output
+        }
+    }
+
+    func testBandedInferencePathsUseWinograd() {
+        let g = TorchGenerator(seed: 7)
+        let x = Tensor.randn([1, 16, 30, 21], generator: g), w = Tensor.randn([24, 16, 3, 3], generator: g) * 0.1
+        let b = Tensor.randn([24], generator: g), nw = Tensor.randn([16], generator: g), nb = Tensor.randn([16], generator: g)
+        let saved = ConvBanding.bandBytes
+        defer { ConvBanding.bandBytes = saved }
+        func run(_ winograd: Bool, bands: Int) -> [Tensor] {
+            ConvBanding.bandBytes = bands
+            let body = {
+                GradMode.noGrad {
+                    [conv2d(x, w, b, Conv2dOptions(padding: 1)),
+                     conv2d(upsamplingNearest: x, factor: 2, w, b, Conv2dOptions(padding: 1)),
+                     conv2d(groupNormed: x, groups: 4, normWeight: nw, normBias: nb, eps: 1e-6, silu: true, w, b, Conv2dOptions(padding: 1))]
+                }
+            }
+            return winograd ? Winograd.withMinTiles(1, body) : Winograd.withDisabled(body)
+        }
+        let ref = run(false, bands: 0)
+        for bytes in [700, 2048] {
+            for (y, r) in zip(run(true, bands: bytes), ref) {
+                XCTAssertEqual(y.shape, r.shape)
+                XCTAssertLessThan(relativeError(y, r), 2e-5, "bands of \(bytes) bytes")
+            }
+        }
+    }
+}
