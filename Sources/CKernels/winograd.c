@@ -181,3 +181,115 @@ CLONES void ck_wino_output(const float *m, long tp, long ocp, long oc, const flo
         }
     }
 }
+
+// ---- Backward weights: dg = G^T [ sum over tiles of (B^T d B) . (A dY A^T) ] G, per (input, output channel) pair.
+
+CLONES void ck_wino_output_grad(const float *dy, long oc, long oh, long ow, long sn, long sc, long tiles_h,
+                                long tiles_w, long tile0, long t0, long t1, float *m, long tp) {
+    const long ocp = (oc + 15) / 16 * 16;
+    for (long t = t0; t < t1; t++) {
+        const long g = tile0 + t, img = g / (tiles_h * tiles_w), ty = g / tiles_w % tiles_h, tx = g % tiles_w;
+        const long y0 = ty * 4, x0 = tx * 4, rows = oh - y0 < 4 ? oh - y0 : 4, cols = ow - x0 < 4 ? ow - x0 : 4;
+        const float *base = dy + img * sn + y0 * ow + x0;
+        for (long o0 = 0; o0 < ocp; o0 += 8) {
+            float buf[16][8];
+            for (int l = 0; l < 8; l++) {
+                const long o = o0 + l;
+                for (int i = 0; i < 4; i++) for (int j = 0; j < 4; j++)
+                    buf[i * 4 + j][l] = (o < oc && i < rows && j < cols) ? base[o * sc + i * ow + j] : 0.0f;
+            }
+            v8f d[16], s[24];
+            for (int k = 0; k < 16; k++) d[k] = LOAD(buf[k]);
+            // A Y A^T with A = (A^T)^T (6x4): A applied to a 4-vector y gives
+            // (y0, y0+y1+y2+y3, y0-y1+y2-y3, y0+2y1+4y2+8y3, y0-2y1+4y2-8y3, y3).
+#define A4(y, z) do { \
+    z[0] = y[0]; \
+    z[1] = y[0] + y[1] + y[2] + y[3]; \
+    z[2] = y[0] - y[1] + y[2] - y[3]; \
+    z[3] = y[0] + 2.0f * y[1] + 4.0f * y[2] + 8.0f * y[3]; \
+    z[4] = y[0] - 2.0f * y[1] + 4.0f * y[2] - 8.0f * y[3]; \
+    z[5] = y[3]; } while (0)
+            for (int j = 0; j < 4; j++) { // columns
+                v8f col[4] = {d[j], d[4 + j], d[8 + j], d[12 + j]}, z[6];
+                A4(col, z);
+                for (int i = 0; i < 6; i++) s[i * 4 + j] = z[i];
+            }
+            for (int i = 0; i < 6; i++) { // rows
+                v8f z[6];
+                A4((s + i * 4), z);
+                for (int j = 0; j < 6; j++) STORE(m + ((i * 6 + j) * tp + t) * ocp + o0, z[j]);
+            }
+        }
+    }
+}
+
+CLONES void ck_wino_weight_gemm(const float *v, const float *m, float *du, long tp, long icp, long ocp, long item0, long item1) {
+    const long ocbs = ocp / 16;
+    for (long item = item0; item < item1; item++) {
+        const long a = item / ocbs, ob = item % ocbs;
+        const float *va = v + a * tp * icp, *ma = m + a * tp * ocp + ob * 16;
+        float *da = du + a * icp * ocp + ob * 16;
+        long i = 0;
+        for (; i + 6 <= icp; i += 6) {
+            v8f c00 = SPLAT(0), c01 = SPLAT(0), c10 = SPLAT(0), c11 = SPLAT(0), c20 = SPLAT(0), c21 = SPLAT(0);
+            v8f c30 = SPLAT(0), c31 = SPLAT(0), c40 = SPLAT(0), c41 = SPLAT(0), c50 = SPLAT(0), c51 = SPLAT(0);
+            const float *p = va + i, *b = ma;
+            for (long k = 0; k < tp; k++, p += icp, b += ocp) {
+                const v8f b0 = LOAD(b), b1 = LOAD(b + 8);
+                v8f x;
+                x = SPLAT(p[0]); c00 += x * b0; c01 += x * b1;
+                x = SPLAT(p[1]); c10 += x * b0; c11 += x * b1;
+                x = SPLAT(p[2]); c20 += x * b0; c21 += x * b1;
+                x = SPLAT(p[3]); c30 += x * b0; c31 += x * b1;
+                x = SPLAT(p[4]); c40 += x * b0; c41 += x * b1;
+                x = SPLAT(p[5]); c50 += x * b0; c51 += x * b1;
+            }
+            float *q = da + i * ocp;
+            STORE(q, LOAD(q) + c00); STORE(q + 8, LOAD(q + 8) + c01); q += ocp;
+            STORE(q, LOAD(q) + c10); STORE(q + 8, LOAD(q + 8) + c11); q += ocp;
+            STORE(q, LOAD(q) + c20); STORE(q + 8, LOAD(q + 8) + c21); q += ocp;
+            STORE(q, LOAD(q) + c30); STORE(q + 8, LOAD(q + 8) + c31); q += ocp;
+            STORE(q, LOAD(q) + c40); STORE(q + 8, LOAD(q + 8) + c41); q += ocp;
+            STORE(q, LOAD(q) + c50); STORE(q + 8, LOAD(q + 8) + c51);
+        }
+        for (; i + 2 <= icp; i += 2) { // icp is a multiple of 8: 0, 2 or 4 rows remain
+            v8f c00 = SPLAT(0), c01 = SPLAT(0), c10 = SPLAT(0), c11 = SPLAT(0);
+            const float *p = va + i, *b = ma;
+            for (long k = 0; k < tp; k++, p += icp, b += ocp) {
+                const v8f b0 = LOAD(b), b1 = LOAD(b + 8);
+                v8f x;
+                x = SPLAT(p[0]); c00 += x * b0; c01 += x * b1;
+                x = SPLAT(p[1]); c10 += x * b0; c11 += x * b1;
+            }
+            float *q = da + i * ocp;
+            STORE(q, LOAD(q) + c00); STORE(q + 8, LOAD(q + 8) + c01); q += ocp;
+            STORE(q, LOAD(q) + c10); STORE(q + 8, LOAD(q + 8) + c11);
+        }
+    }
+}
+
+CLONES void ck_wino_weight_grad(const float *du, long oc, long ic, float *dw, long o0, long o1) {
+    const long icp = (ic + 7) / 8 * 8, ocp = (oc + 15) / 16 * 16;
+    for (long o = o0; o < o1; o++) {
+        for (long i = 0; i < ic; i++) {
+            float z[36], t[18];
+            for (int a = 0; a < 36; a++) z[a] = du[(a * icp + i) * ocp + o];
+            // G^T Z G: G^T (3x6) applied to a 6-vector z gives
+            // (z0/4 - (z1+z2)/6 + (z3+z4)/24, (z2-z1)/6 + (z3-z4)/12, -(z1+z2)/6 + (z3+z4)/6 + z5).
+#define GT6(z, r) do { \
+    r[0] = 0.25f * z[0] - (z[1] + z[2]) * (1.0f / 6.0f) + (z[3] + z[4]) * (1.0f / 24.0f); \
+    r[1] = (z[2] - z[1]) * (1.0f / 6.0f) + (z[3] - z[4]) * (1.0f / 12.0f); \
+    r[2] = -(z[1] + z[2]) * (1.0f / 6.0f) + (z[3] + z[4]) * (1.0f / 6.0f) + z[5]; } while (0)
+            for (int j = 0; j < 6; j++) { // columns
+                float col[6] = {z[j], z[6 + j], z[12 + j], z[18 + j], z[24 + j], z[30 + j]}, r[3];
+                GT6(col, r);
+                for (int k = 0; k < 3; k++) t[k * 6 + j] = r[k];
+            }
+            for (int k = 0; k < 3; k++) { // rows
+                float r[3];
+                GT6((t + k * 6), r);
+                for (int l = 0; l < 3; l++) dw[((o * ic + i) * 3 + k) * 3 + l] = r[l];
+            }
+        }
+    }
+}

@@ -3,7 +3,7 @@ import XCTest
 
 // Winograd F(4x4, 3x3) against oneDNN's direct convolution (itself checked against PyTorch in OpParityTests and a
 // direct loop in ConvLayoutTests): forward with bias, paddings 0-2 including asymmetric ones, tile and channel
-// remainders, several tile chunks, the backward-data convolution, and inside the banded inference path.
+// remainders, several tile chunks, the backward data and weight gradients, and inside the banded inference path.
 final class WinogradTests: XCTestCase {
     private let cases: [(String, [Int], Int, Conv2dOptions)] = {
         var asym = Conv2dOptions()
@@ -43,22 +43,29 @@ final class WinogradTests: XCTestCase {
         }
     }
 
-    func testBackwardDataMatchesDirectConvolution() {
+    func testBackwardMatchesDirectConvolution() {
         let g = TorchGenerator(seed: 6)
         for (name, xs, oc, o) in cases {
             let x0 = Tensor.randn(xs, generator: g), w = Tensor.randn([oc, xs[1], 3, 3], generator: g) * 0.1
             let b = Tensor.randn([oc], generator: g)
-            func grads() -> (Tensor, Tensor) {
+            func grads() -> (Tensor, Tensor, Tensor) {
                 let x = Tensor(x0.toArray(), shape: x0.shape).requiringGrad(), wv = Tensor(w.toArray(), shape: w.shape).requiringGrad()
-                let y = conv2d(x, wv, b, o)
+                let bv = Tensor(b.toArray(), shape: b.shape).requiringGrad()
+                let y = conv2d(x, wv, bv, o)
                 let upstream = Tensor.randn(y.shape, generator: TorchGenerator(seed: 9))
                 (y * upstream).sum().backward()
-                return (x.grad!, wv.grad!)
+                return (x.grad!, wv.grad!, bv.grad!)
             }
-            let (gxRef, gwRef) = Winograd.withDisabled { grads() }
-            let (gx, gw) = Winograd.withMinTiles(1) { grads() }
-            XCTAssertLessThan(relativeError(gx, gxRef), 2e-5, name)
-            XCTAssertLessThan(relativeError(gw, gwRef), 2e-5, name) // weights: oneDNN either way, from Winograd's output
+            let (gxRef, gwRef, gbRef) = Winograd.withDisabled { grads() }
+            for chunk in [Winograd.chunkBytes, 0] {
+                let saved = Winograd.chunkBytes
+                Winograd.chunkBytes = chunk
+                let (gx, gw, gb) = Winograd.withMinTiles(1) { grads() }
+                Winograd.chunkBytes = saved
+                XCTAssertLessThan(relativeError(gx, gxRef), 2e-5, "\(name): input gradient")
+                XCTAssertLessThan(relativeError(gw, gwRef), 2e-5, "\(name): weight gradient")
+                XCTAssertLessThan(relativeError(gb, gbRef), 1e-5, "\(name): bias gradient")
+            }
         }
     }
 

@@ -54,5 +54,13 @@ void ck_wino_gemm(const float *v, const float *u, float *m, long tp, long icp, l
 /// y: planes of oh x ow floats, sn / sc apart per image / channel.
 void ck_wino_output(const float *m, long tp, long ocp, long oc, const float *bias, float *y, long oh, long ow,
                     long sn, long sc, long tiles_h, long tiles_w, long tile0, long t0, long t1, int accumulate);
+/// Backward weights. The transformed output gradient A dY A^T of tiles [t0, t1) into m (36 x tp x ocp floats), dy laid
+/// out as y of ck_wino_output.
+void ck_wino_output_grad(const float *dy, long oc, long oh, long ow, long sn, long sc, long tiles_h, long tiles_w,
+                         long tile0, long t0, long t1, float *m, long tp);
+/// dU[alpha] (icp x ocp) += V[alpha]^T M[alpha] over the chunk's tp tiles, for items alpha * (ocp / 16) + panel.
+void ck_wino_weight_gemm(const float *v, const float *m, float *du, long tp, long icp, long ocp, long item0, long item1);
+/// dw (oc, ic, 3, 3) = G^T dU G for output channels [o0, o1).
+void ck_wino_weight_grad(const float *du, long oc, long ic, float *dw, long o0, long o1);
 
 #endif

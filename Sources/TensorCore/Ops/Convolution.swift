@@ -330,7 +330,13 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ optio
             ])
             grads[0] = gx
         }
-        if weight.requiresGrad || (bias?.requiresGrad ?? false) {
+        if g.winograd, weight.requiresGrad || (bias?.requiresGrad ?? false) {
+            withExtendedLifetime((xin, gy)) {
+                grads[1] = Winograd.weightGradient(xin.data, n: g.n, ic: g.ic, h: g.h, w: g.w, padTop: options.padding.top,
+                                                   padLeft: options.padding.left, dy: gy.data, oc: g.oc, oh: g.oh, ow: g.ow)
+            }
+            if bias != nil { grads[2] = GradMode.noGrad { gy.sum(axes: [0, 2, 3]) } }
+        } else if weight.requiresGrad || (bias?.requiresGrad ?? false) {
             let gw = Tensor.empty(weight.shape), gb = Tensor.empty([g.oc])
             let bw = g.backwardWeights(bias: bias != nil)
             var a: [Primitive.Arg] = [

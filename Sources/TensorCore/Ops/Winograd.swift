@@ -88,4 +88,42 @@ public enum Winograd {
         }
         withExtendedLifetime((u, v, m)) {}
     }
+
+    /// The weight gradient (oc, ic, 3, 3) of y = conv2d(x, w) given dy, x and dy laid out as for `convolve` (whole
+    /// images, plain NCHW): dW = G^T [ sum over tiles of (B^T d B) . (A dY A^T) ] G, the sum as 36 GEMMs over tiles.
+    static func weightGradient(_ x: UnsafePointer<Float>, n: Int, ic: Int, h: Int, w: Int, padTop: Int, padLeft: Int,
+                               dy: UnsafePointer<Float>, oc: Int, oh: Int, ow: Int) -> Tensor {
+        let icp = (ic + 7) / 8 * 8, ocp = (oc + 15) / 16 * 16
+        let th = (oh + 3) / 4, tw = (ow + 3) / 4, tiles = n * th * tw
+        let duBytes = 36 * icp * ocp * 4
+        let budget = max(chunkBytes, duBytes)
+        let chunk = min((tiles + 5) / 6 * 6, max(6, budget / (36 * (icp + ocp) * 4) / 6 * 6))
+        let v = Storage(byteCount: 36 * chunk * icp * 4), m = Storage(byteCount: 36 * chunk * ocp * 4)
+        let du = Storage(byteCount: duBytes, zeroed: true)
+        let vp = v.base.assumingMemoryBound(to: Float.self), mp = m.base.assumingMemoryBound(to: Float.self)
+        let dup = du.base.assumingMemoryBound(to: Float.self)
+        var t0 = 0
+        while t0 < tiles {
+            let count = min(chunk, tiles - t0), tp = (count + 5) / 6 * 6
+            if tp > count { // padding tiles contribute zero to the sums
+                for a in 0..<36 {
+                    memset(vp + (a * tp + count) * icp, 0, (tp - count) * icp * 4)
+                    memset(mp + (a * tp + count) * ocp, 0, (tp - count) * ocp * 4)
+                }
+            }
+            Parallel.forRange(count, costPerItem: (icp + ocp) * 36 * 8) { r in
+                ck_wino_input(x, ic, h, w, ic * h * w, h * w, padTop, padLeft, th, tw, t0, r.lowerBound, r.upperBound, vp, tp)
+                ck_wino_output_grad(dy, oc, oh, ow, oc * oh * ow, oh * ow, th, tw, t0, r.lowerBound, r.upperBound, mp, tp)
+            }
+            Parallel.forRange(36 * (ocp / 16), costPerItem: tp * icp * 16) { r in
+                ck_wino_weight_gemm(vp, mp, dup, tp, icp, ocp, r.lowerBound, r.upperBound)
+            }
+            t0 += count
+        }
+        let dw = Tensor.empty([oc, ic, 3, 3])
+        let dwp = dw.data
+        Parallel.forRange(oc, costPerItem: ic * 200) { r in ck_wino_weight_grad(dup, oc, ic, dwp, r.lowerBound, r.upperBound) }
+        withExtendedLifetime((v, m, du)) {}
+        return dw
+    }
 }
