@@ -6,13 +6,16 @@
 // penultimate layer), ClassEmbedder (cin256 class context), BERTEmbedder (LDM text-to-image, txt2img-1p4B-eval.yaml:
 // LDM-BERT + bert-base-uncased's WordPiece vocabulary, which the user supplies), __is_unconditional__, and
 // torch.nn.Identity with conditioning_key concat (super-resolution, models/ldm/bsr_sr/config.yaml: the low-res image
-// in [-1, 1] is concatenated to the latents, as diffusers LDMSuperResolutionPipeline does).
+// in [-1, 1] is concatenated to the latents, as diffusers LDMSuperResolutionPipeline does), and SpatialRescaler with
+// conditioning_key concat (semantic synthesis, models/ldm/semantic_synthesis256/config.yaml: the one-hot label map
+// rescaled to the latent size, its channels remapped, concatenated to the latents; weights cond_stage_model.*).
 // The YAML is parsed by the caller.
 import Autoencoders
 import Checkpoints
 import Conditioning
 import Diffusion
 import Foundation
+import NeuralNetwork
 import Tokenizers
 import UNetModels
 
@@ -56,8 +59,20 @@ public struct CompVisModelConfig {
         }
         if let t = condTarget {
             let name = t.split(separator: ".").last.map(String.init) ?? t
-            guard ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "ClassEmbedder", "BERTEmbedder", "Identity"].contains(name) else {
-                throw PipelineError("YAML config: cond_stage_config \(name) is not supported yet (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, ClassEmbedder, BERTEmbedder, torch.nn.Identity with conditioning_key concat, or __is_unconditional__)")
+            guard ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "ClassEmbedder", "BERTEmbedder", "Identity", "SpatialRescaler"].contains(name) else {
+                throw PipelineError("YAML config: cond_stage_config \(name) is not supported yet (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, ClassEmbedder, BERTEmbedder, torch.nn.Identity or SpatialRescaler with conditioning_key concat, or __is_unconditional__)")
+            }
+            if name == "SpatialRescaler" {
+                guard t == "ldm.modules.encoders.modules.SpatialRescaler" || t == "SpatialRescaler" else {
+                    throw PipelineError("YAML config: cond_stage_config target \(t) is not supported (ldm.modules.encoders.modules.SpatialRescaler)")
+                }
+                guard conditioningKey == "concat" else {
+                    throw PipelineError("YAML config: cond_stage_config SpatialRescaler is supported with conditioning_key concat only "
+                                        + "(semantic synthesis: the rescaled label map concatenated to the latents), got conditioning_key \(conditioningKey ?? "none")")
+                }
+                if let f = params["cond_stage_forward"], !(f is NSNull) {
+                    throw PipelineError("YAML config: cond_stage_forward \(f) is not supported with SpatialRescaler (its forward/encode only)")
+                }
             }
             if name == "Identity" {
                 guard t == "torch.nn.Identity" || t == "Identity" else {
@@ -93,6 +108,50 @@ public struct CompVisModelConfig {
             return try .bertEmbedder(nEmbed: int("n_embed", nil), nLayer: int("n_layer", nil),
                                      vocabSize: int("vocab_size", 30522), maxSeqLen: int("max_seq_len", 77))
         } catch let e as ConditioningError { throw PipelineError("YAML config: \(e)") }
+    }
+
+    /// SpatialRescaler(n_stages=1, method='bilinear', multiplier=0.5, in_channels=3, out_channels=None, bias=False)
+    /// from cond_stage_config.params (ldm/modules/encoders/modules.py), without weights.
+    public func spatialRescaler() throws -> SpatialRescaler {
+        func int(_ key: String, _ d: Int?) throws -> Int? {
+            switch condParams[key] {
+            case nil, is NSNull: return d
+            case let i as Int: return i
+            case let v?: throw PipelineError("YAML config: SpatialRescaler params.\(key) must be an integer, got \(v)")
+            }
+        }
+        let methodName = condParams["method"] as? String ?? "bilinear"
+        guard let method = SpatialRescaler.Method(rawValue: methodName) else {
+            throw PipelineError("YAML config: SpatialRescaler method \(methodName) is not supported (bilinear or nearest)")
+        }
+        let multiplier: Double
+        switch condParams["multiplier"] {
+        case nil, is NSNull: multiplier = 0.5
+        case let d as Double: multiplier = d
+        case let i as Int: multiplier = Double(i)
+        case let v?: throw PipelineError("YAML config: SpatialRescaler params.multiplier must be a number, got \(v)")
+        }
+        let bias: Bool
+        switch condParams["bias"] {
+        case nil, is NSNull: bias = false
+        case let b as Bool: bias = b
+        case let v?: throw PipelineError("YAML config: SpatialRescaler params.bias must be true or false, got \(v)")
+        }
+        do {
+            return try SpatialRescaler(stages: int("n_stages", 1)!, method: method, multiplier: Float(multiplier),
+                                       inChannels: int("in_channels", 3)!, outChannels: int("out_channels", nil), bias: bias)
+        } catch let e as ConditioningError { throw PipelineError("YAML config: \(e)") }
+    }
+
+    /// A semantic-synthesis model's geometry (cond_stage SpatialRescaler), checked against the UNet and the first
+    /// stage: in_channels = latent channels + the rescaler's output channels, no cross-attention, and the rescaled
+    /// label map the size of the latents.
+    public func semanticSynthesisGeometry(firstStage: FirstStageConfig) throws -> SemanticSynthesisGeometry {
+        let r = try spatialRescaler()
+        let latent: Int
+        switch firstStage { case .kl(let c): latent = c.latentChannels; case .vq(let c): latent = c.vqEmbedDim ?? c.latentChannels }
+        return try SemanticSynthesisGeometry(rescaler: r, unet: unet, firstStageFactor: 1 << max(firstStage.blockCount - 1, 0),
+                                             latentChannels: latent)
     }
 
     func number(_ key: String) throws -> Double? {
@@ -142,11 +201,12 @@ extension ModelSummary {
                 throw PipelineError("YAML config: the UNet's context_dim does not match BERTEmbedder's n_embed \(bert.dModel)")
             }
         }
+        let semantic = name == "SpatialRescaler" ? try c.semanticSynthesisGeometry(firstStage: first) : nil
         let fs: String
         switch first { case .kl: fs = "AutoencoderKL"; case .vq: fs = "VQModel" }
         return ModelSummary(hasTextEncoder: ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "BERTEmbedder"].contains(name ?? ""),
                             hasLDMBert: name == "BERTEmbedder", unetInChannels: c.unet.inChannels, unetOutChannels: c.unet.outChannels,
-                            numClassEmbeds: classes, firstStage: fs, isCompVisFile: true)
+                            numClassEmbeds: classes, firstStage: fs, isCompVisFile: true, semanticSynthesis: semantic)
     }
 }
 
@@ -185,11 +245,14 @@ extension ModelBundle {
         guard records.keys.contains(where: { $0.hasPrefix(CompVisUNetKeyMap.compVisPrefix) }) else {
             throw PipelineError("\(url.path): no UNet weights (model.diffusion_model.*)")
         }
+        // Semantic synthesis: channel counts and sizes checked before any weight is read.
+        let semantic = config.condName == "SpatialRescaler" ? try config.semanticSynthesisGeometry(firstStage: FirstStageConfig.fromCompVis(yaml)) : nil
         let unet = try UNet2DConditionModel(config: config.unet, compVisCheckpoint: records)
         let (firstStage, _) = try FirstStageModel.loadCompVis(records: records, yaml: yaml)
 
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?, classEmbedder: ClassEmbedder?
         var bert: LDMBertModel?, bertTokenizer: BertTokenizer?, bertLength: Int?
+        var spatialRescaler: SpatialRescaler?
         switch config.condName {
         case "BERTEmbedder":
             let c = try config.bertConfig()
@@ -224,6 +287,19 @@ extension ModelBundle {
                 throw PipelineError("YAML config: cond_stage_config torch.nn.Identity (concat) needs a UNet taking latents + the 3-channel low-res image "
                                     + "(in_channels = out_channels + 3, no context_dim), got in_channels \(config.unet.inChannels), out_channels \(config.unet.outChannels)")
             }
+        case "SpatialRescaler":
+            // Semantic synthesis: c = cond_stage_model(one-hot label map) at the latent size, concatenated to x
+            // (get_learned_conditioning -> SpatialRescaler.encode; DiffusionWrapper, conditioning_key concat).
+            let r = try config.spatialRescaler()
+            var own: [String: TensorRecord] = [:]
+            for (k, v) in records where k.hasPrefix("cond_stage_model.") { own[k] = v }
+            let report = try r.load(mapKeys(own, SpatialRescaler.compVisKeyRules), component: "cond_stage_model (SpatialRescaler)")
+            guard report.unexpected.isEmpty else {
+                throw PipelineError("\(url.path): cond_stage_model weights the YAML's SpatialRescaler does not have: "
+                                    + report.unexpected.prefix(5).map { "cond_stage_model." + $0 }.joined(separator: ", ")
+                                    + " (check out_channels / bias in cond_stage_config)")
+            }
+            spatialRescaler = r
         case "ClassEmbedder":
             let n = config.condParams["n_classes"] as? Int ?? 1000
             guard let dim = config.condParams["embed_dim"] as? Int, dim > 0, n > 0 else {
@@ -239,6 +315,7 @@ extension ModelBundle {
         let bundle = ModelBundle(url: url, unet: unet, firstStage: firstStage, textEncoder: encoder, tokenizer: tokenizer,
                                  schedulerConfig: try config.schedulerConfig(), sampleSize: config.sampleSize)
         bundle.classEmbedder = classEmbedder
+        bundle.spatialRescaler = spatialRescaler; bundle.semanticSynthesis = semantic
         bundle.superResolutionScaledDecode = true       // decode_first_stage: z / scale_factor (YAML, default 1.0)
         bundle.bert = bert; bundle.bertTokenizer = bertTokenizer; bundle.bertMaxLength = bertLength
         return bundle

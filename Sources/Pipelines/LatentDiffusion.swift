@@ -27,7 +27,8 @@ public final class LatentDiffusionPipeline {
         }
         guard cfg.inChannels == cfg.outChannels else {
             throw PipelineError("\(bundle.url.path) takes \(cfg.inChannels - cfg.outChannels) conditioning channels besides the latents"
-                                + (cfg.inChannels == cfg.outChannels + 3 ? " (a super-resolution model): use `ldm upscale`" : ": it cannot sample unconditionally"))
+                                + (bundle.spatialRescaler != nil ? " (a semantic-synthesis model): use `ldm semantic`"
+                                   : cfg.inChannels == cfg.outChannels + 3 ? " (a super-resolution model): use `ldm upscale`" : ": it cannot sample unconditionally"))
         }
         var labels: [Int]?, null: [Int]?
         let classCount = bundle.classEmbedder?.nClasses ?? cfg.numClassEmbeds
@@ -61,6 +62,9 @@ public final class LatentDiffusionPipeline {
                         progress: ProgressHandler? = nil) throws -> GenerationResult {
         try o.validate()
         let cfg = bundle.unet.config
+        guard bundle.spatialRescaler == nil else {
+            throw PipelineError("\(bundle.url.path) is a semantic-synthesis model (its 3 extra channels are a rescaled label map): use `ldm semantic`")
+        }
         guard cfg.inChannels == cfg.outChannels + 3, cfg.crossAttentionDim == nil, cfg.numClassEmbeds == nil else {
             throw PipelineError("\(bundle.url.path) is not a super-resolution model (its UNet must take latents + the low-res image)")
         }

@@ -48,6 +48,8 @@ public struct GenerationResult {
     public var decoded: [Float]
     public var shape: [Int]
     public var images: [RGBImage]
+    /// The denoised latents that were decoded (flat, the pipeline's latent shape).
+    public var latents: [Float] = []
 }
 
 /// diffusers randn_tensor(shape, generator) on the CPU.
@@ -73,7 +75,7 @@ public func decodeLatents(_ latents: [Float], shape: [Int], firstStage: FirstSta
     let (b, h, w) = (out.shape[0], out.shape[2], out.shape[3])
     let n = 3 * h * w
     let images = try (0..<b).map { i in try VaeImageProcessor.toImage(Array(decoded[(i * n)..<((i + 1) * n)]), height: h, width: w) }
-    return GenerationResult(decoded: decoded, shape: out.shape, images: images)
+    return GenerationResult(decoded: decoded, shape: out.shape, images: images, latents: latents)
 }
 
 /// Repeats a (1, ...) flat tensor `count` times along the batch axis.

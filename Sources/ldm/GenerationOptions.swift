@@ -1,4 +1,4 @@
-// Options shared by the generation commands (txt2img, img2img, inpaint, upscale, sample), their validation before
+// Options shared by the generation commands (txt2img, img2img, inpaint, upscale, semantic, sample), their validation before
 // any model is loaded, the terminal progress bar and PNG output with the web UI `parameters` chunk.
 import ArgumentParser
 import Checkpoints
@@ -16,7 +16,7 @@ struct GenerationOptions: ParsableArguments {
     @Option(help: "A diffusers pipeline folder (model_index.json) or a CompVis .safetensors/.ckpt file.")
     var model: String
 
-    @Option(help: "CompVis YAML config of a .ckpt/.safetensors --model (e.g. v1-inference.yaml, v2-inference-v.yaml, cin256-v2.yaml, bsr_sr/config.yaml for upscale): architecture, conditioning and noise schedule come from it instead of tensor shapes.")
+    @Option(help: "CompVis YAML config of a .ckpt/.safetensors --model (e.g. v1-inference.yaml, v2-inference-v.yaml, cin256-v2.yaml, bsr_sr/config.yaml for upscale, semantic_synthesis256/config.yaml for semantic): architecture, conditioning and noise schedule come from it instead of tensor shapes.")
     var config: String?
 
     @Option(name: .customLong("bert-vocab"), help: "With --config of a CompVis LDM-BERT text-to-image model (cond_stage_config BERTEmbedder, txt2img-1p4B-eval.yaml): bert-base-uncased's vocab.txt (or a tokenizer folder). Default: vocab.txt beside the checkpoint.")

@@ -22,6 +22,9 @@ struct Upscale: ParsableCommand {
             throw PipelineError("init image \(image.width)x\(image.height) is smaller than 32x32")
         }
         let s = try options.summary()
+        guard s.semanticSynthesis == nil else {
+            throw PipelineError("model \(options.model) is a semantic-synthesis model (its extra channels are a rescaled label map): use `ldm semantic`")
+        }
         guard !s.hasTextEncoder, s.firstStage == "VQModel", s.unetInChannels == s.unetOutChannels + 3 else {
             throw PipelineError("model \(options.model) is not a super-resolution model (VQ first stage, UNet taking latents + the low-res image)")
         }

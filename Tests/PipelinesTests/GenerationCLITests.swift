@@ -240,3 +240,79 @@ extension GenerationCLITests {
         XCTAssertEqual(got.width, 128); XCTAssertEqual(got.pixels, want.images[0].pixels)
     }
 }
+
+extension GenerationCLITests {
+    /// `ldm semantic --config semantic.yaml --model model.ckpt --segmentation labels.png` on a CompVis
+    /// semantic_synthesis-shaped checkpoint (tools/fixtures/compvis_semantic.py): the image is the library's (and
+    /// CompVis'), --width/--height resize the map with nearest-neighbour; bad inputs fail with a message, exit non-zero
+    /// and write nothing.
+    func testSemanticRunsCompVisSemanticSynthesis() throws {
+        let dir = try tempDir()
+        let src = fixtures.appendingPathComponent("compvis-semantic")
+        let model = src.appendingPathComponent("model.ckpt").path, config = src.appendingPathComponent("semantic-tiny.yaml").path
+        let labels = src.appendingPathComponent("labels-palette.png").path
+        func semantic(_ out: URL, _ extra: [String]) throws -> (Int32, String) {
+            try run(["semantic", "--model", model, "--config", config, "--steps", "5", "--eta", "1", "--seed", "3", "--quiet", "--output", out.path] + extra)
+        }
+        let out = dir.appendingPathComponent("s.png")
+        let (s, e) = try semantic(out, ["--segmentation", labels])
+        XCTAssertEqual(s, 0, e)
+        XCTAssertEqual(try ImageIO.loadRGB(path: out.path).pixels, try ImageIO.loadRGB(path: src.appendingPathComponent("ddim_eta1.png").path).pixels,
+                       "CompVis' DDIMSampler image (tools/fixtures/compvis_semantic.py case ddim_eta1)")
+        XCTAssertEqual(try parameters(out).extraValue("Segmentation"), "labels-palette.png")
+
+        // A 16x16 map (its class indices) upsized to 32x32 with nearest-neighbour: the library on the resized map.
+        let gray = try ImageIO.loadLabelMap(path: labels)
+        let small = try gray.resized(width: 16, height: 16, filter: .nearest)
+        let smallPath = dir.appendingPathComponent("small.png")
+        try small.writePNG(to: smallPath.path)
+        let big = dir.appendingPathComponent("big.png")
+        let (s2, e2) = try semantic(big, ["--segmentation", smallPath.path, "--width", "32", "--height", "32"])
+        XCTAssertEqual(s2, 0, e2)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: src.appendingPathComponent("semantic-tiny.json"))) as? [String: Any])
+        let bundle = try ModelBundle.load(checkpoint: src.appendingPathComponent("model.ckpt"), yaml: json)
+        let want = try LatentDiffusionPipeline(bundle: bundle).semanticSynthesis(try small.resized(width: 32, height: 32, filter: .nearest),
+                                                                                 SamplingOptions(steps: 5, eta: 1), generator: TorchGenerator(seed: 3))
+        XCTAssertEqual(try ImageIO.loadRGB(path: big.path).pixels, want.images[0].pixels)
+
+        var bad = gray
+        bad.pixels[2 * 32 + 9] = 7
+        let badPath = dir.appendingPathComponent("bad.png")
+        try bad.writePNG(to: badPath.path)
+        let odd = dir.appendingPathComponent("odd.png")
+        try GrayImage(width: 30, height: 32, pixels: Array(repeating: 1, count: 960)).writePNG(to: odd.path)
+        let colour = dir.appendingPathComponent("colour.png")
+        try RGBImage(width: 32, height: 32, fill: (10, 20, 30)).writePNG(to: colour.path)
+        let bsr = fixtures.appendingPathComponent("compvis-bsr-sr")
+        let x = dir.appendingPathComponent("x.png")
+        let failures: [([String], String)] = [
+            (["--segmentation", badPath.path], "segmentation map \(badPath.path): pixel (9, 2) has class index 7"),
+            (["--segmentation", badPath.path, "--label-offset", "-300"], "--label-offset must be in -255...255"),
+            (["--segmentation", odd.path], "its width 30 is not a multiple of 4"),
+            (["--segmentation", labels, "--width", "30"], "image width 30 is not a multiple of 4"),
+            (["--segmentation", colour.path], "has colour (10, 20, 30)"),
+            (["--segmentation", dir.appendingPathComponent("missing.png").path], "does not exist"),
+            (["--segmentation", model], "not a PNG or JPEG image"),
+            (["--segmentation", labels, "--config", bsr.appendingPathComponent("bsr-tiny.yaml").path], "is not a semantic-synthesis model"),
+            (["--segmentation", labels, "--steps", "0"], "steps must be >= 1"),
+        ]
+        for (args, message) in failures {
+            let (status, err) = try semantic(x, args)
+            XCTAssertNotEqual(status, 0, "\(args)")
+            XCTAssertTrue(err.contains(message), "\(args): \(err)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: x.path), "\(args)")
+        }
+        let (s3, e3) = try run(["semantic", "--model", model, "--segmentation", labels, "--output", x.path])
+        XCTAssertNotEqual(s3, 0); XCTAssertTrue(e3.contains("pass their YAML with --config"), e3)
+        // An existing output is kept unless --overwrite.
+        let before = try Data(contentsOf: out)
+        let (s4, e4) = try semantic(out, ["--segmentation", labels, "--seed", "4"])
+        XCTAssertNotEqual(s4, 0); XCTAssertTrue(e4.contains("already exists (pass --overwrite"), e4)
+        XCTAssertEqual(try Data(contentsOf: out), before)
+        // The other commands point to `ldm semantic`.
+        for command in [["upscale", "--init-image", labels], ["sample"]] {
+            let (status, err) = try run(command + ["--model", model, "--config", config, "--output", x.path])
+            XCTAssertNotEqual(status, 0); XCTAssertTrue(err.contains("use `ldm semantic`"), "\(command): \(err)")
+        }
+    }
+}
