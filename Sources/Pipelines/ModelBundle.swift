@@ -22,6 +22,8 @@ public struct ModelSummary: Equatable {
     public var numClassEmbeds: Int?
     public var firstStage: String      // "AutoencoderKL", "VQModel" or "none"
     public var isCompVisFile: Bool
+    /// A layout-to-image model (CompVis layout2img: BERTEmbedder on layout token ids, `ldm layout`).
+    public var isLayout = false
 
     /// Reads model_index.json and the UNet config of a diffusers folder, or the shapes of a single file.
     public static func read(_ url: URL) throws -> ModelSummary {
@@ -79,6 +81,9 @@ public final class ModelBundle {
     /// Super-resolution decode divides latents by the first stage's scale factor (CompVis decode_first_stage, YAML
     /// `scale_factor`, 1.0 in bsr_sr); diffusers LDMSuperResolutionPipeline decodes them as they are.
     public var superResolutionScaledDecode = false
+    /// Layout-to-image models (CompVis YAML, cond_stage_key coordinates_bbox): the layout tokenizer whose ids `bert`
+    /// takes (bertTokenizer is nil then).
+    public var layoutBuilder: ObjectsBoundingBoxConditionalBuilder?
 
     public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel?, textEncoder: CLIPTextModel?,
                 tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {
