@@ -140,7 +140,8 @@ public struct ObjectsBoundingBoxConditionalBuilder: Equatable, Sendable {
         tokens += [Int](repeating: none, count: 3 * (noMaxObjects - anns.count)) + extra
         assert(tokens.count == embeddingDim)
         if let bad = tokens.first(where: { $0 < 0 || $0 >= noTokens }) {
-            throw BuildError("objects-bbox builder: token \(bad) is outside 0..<\(noTokens) (no_tokens)")
+            throw BuildError("objects-bbox builder: token \(bad) is outside 0..<\(noTokens) (no_tokens, the model's vocabulary): an object's "
+                             + "token is its class + \(noObjectClasses) * its flag bits (group_of 1, occluded 2, depiction 4, inside 8)")
         }
         return tokens
     }

@@ -50,7 +50,7 @@ struct Layout: ParsableCommand {
         let builder = try CompVisModelConfig(yaml: options.compVisYAML()).layoutBuilder(objectClasses: objectClasses ?? OpenImagesCategories.count)
         let layout = try LayoutObject.parseList(data, classNames: OpenImagesCategories.names(), objectClasses: builder.noObjectClasses,
                                                 maxObjects: builder.noMaxObjects)
-        _ = try builder.build(layout.map(\.annotation))             // every token inside the vocabulary
+        do { _ = try builder.build(layout.map(\.annotation)) } catch { throw PipelineError("layout: \(error)") }   // tokens < vocab_size
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
         let pipe = try LayoutToImagePipeline(bundle: try options.loadBundle(), objectClasses: objectClasses)
