@@ -103,6 +103,18 @@ public struct LayoutObject: Equatable {
         }
     }
 
+    /// The objects as one line of JSON in the input format (class numbers, shortest decimal coordinates, flags only
+    /// when set): what `ldm layout` records in the PNG's parameters, readable by `parseList`.
+    public static func encodeList(_ objects: [LayoutObject]) -> String {
+        "[" + objects.map { o in
+            var parts = ["\"class\": \(o.classNumber)", "\"box\": [" + o.box.map { "\($0)" }.joined(separator: ", ") + "]"]
+            for (k, v) in [("group_of", o.groupOf), ("occluded", o.occluded), ("depiction", o.depiction), ("inside", o.inside)] where v {
+                parts.append("\"\(k)\": true")
+            }
+            return "{" + parts.joined(separator: ", ") + "}"
+        }.joined(separator: ", ") + "]"
+    }
+
     /// JSON true/false: JSONSerialization gives them as __NSCFBoolean (Linux and Darwin), numbers as NSNumber.
     static func isBool(_ n: NSNumber) -> Bool { String(describing: type(of: n)).contains("Boolean") }
 }

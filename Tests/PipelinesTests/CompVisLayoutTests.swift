@@ -145,6 +145,8 @@ final class CompVisLayoutTests: XCTestCase {
         }
         let ok = try parse(#"{"objects": [{"class": "tortoise", "box": [0, 0.25, 0.5, 1], "group_of": true}, {"class": 339, "box": [0.1, 0.1, 0.2, 0.2]}]}"#)
         XCTAssertEqual(ok, [LayoutObject(classNumber: 0, box: [0, 0.25, 0.5, 1], groupOf: true), LayoutObject(classNumber: 339, box: [0.1, 0.1, 0.2, 0.2])])
+        XCTAssertEqual(LayoutObject.encodeList(ok), #"[{"class": 0, "box": [0.0, 0.25, 0.5, 1.0], "group_of": true}, {"class": 339, "box": [0.1, 0.1, 0.2, 0.2]}]"#)
+        XCTAssertEqual(try parse(LayoutObject.encodeList(ok)), ok)
         XCTAssertEqual(try parse("[]"), [])
         fails("[{\"class\": 1, \"box\": [0, 0, 1, 1]", "not valid JSON")
         fails(#"{"class": 1, "box": [0, 0, 1, 1]}"#, "expected a JSON list")
@@ -188,8 +190,11 @@ extension GenerationCLITests {
         let want = try pipe.layoutToImage(objects, SamplingOptions(steps: 2), generator: TorchGenerator(seed: 9))
         let got = try ImageIO.loadRGB(path: out.path)
         XCTAssertEqual(got.width, 32); XCTAssertEqual(got.pixels, want.images[0].pixels)
-        XCTAssertEqual(GenerationParameters(parsing: try XCTUnwrap(try ImageIO.load(path: out.path).text("parameters"))).extra
-            .first { $0.key == "Layout objects" }?.value, "2")
+        let recorded = GenerationParameters(parsing: try XCTUnwrap(try ImageIO.load(path: out.path).text("parameters"))).extra
+        XCTAssertEqual(recorded.first { $0.key == "Layout objects" }?.value, "2")
+        // The layout itself, as JSON that --objects reads back to the same objects (names become class numbers).
+        let layoutText = try XCTUnwrap(recorded.first { $0.key == "Layout" }?.value)
+        XCTAssertEqual(try LayoutObject.parseList(Data(layoutText.utf8), classNames: [], objectClasses: 340, maxObjects: 4), objects)
 
         // An existing output is kept without --overwrite.
         let before = try Data(contentsOf: out)
