@@ -15,6 +15,10 @@
 // The shuffle is a training augmentation: here objects keep the caller's order unless `order` rearranges them where
 // taming shuffles (after truncation, before filtering). Boxes are (x0, y0, w, h) as taming's BoundingBox; from
 // corners, w = x1 - x0 as taming's Open Images loader computes it (the corner token then uses x0 + w, like taming).
+// The released layout model's data module (ldm.data.openimages -> rdm's OpenImagesBBoxBase, not in latent-diffusion)
+// uses a CoordinatesBoundingBoxConditionalBuilder of the same triples, padding and crop tokens; with encode_crop it
+// truncates after shuffling and keeps boxes that miss the crop. For what `ldm layout` accepts (at most no_max_objects
+// boxes inside [0, 1] with positive area) both give these tokens.
 import Foundation
 
 public struct ObjectsBoundingBoxConditionalBuilder: Equatable, Sendable {
