@@ -6,9 +6,11 @@
 // penultimate layer), ClassEmbedder (cin256 class context), BERTEmbedder (LDM text-to-image, txt2img-1p4B-eval.yaml:
 // LDM-BERT + bert-base-uncased's WordPiece vocabulary, which the user supplies), __is_unconditional__, and
 // torch.nn.Identity with conditioning_key concat (super-resolution, models/ldm/bsr_sr/config.yaml: the low-res image
-// in [-1, 1] is concatenated to the latents, as diffusers LDMSuperResolutionPipeline does), and SpatialRescaler with
+// in [-1, 1] is concatenated to the latents, as diffusers LDMSuperResolutionPipeline does), SpatialRescaler with
 // conditioning_key concat (semantic synthesis, models/ldm/semantic_synthesis256/config.yaml: the one-hot label map
-// rescaled to the latent size, its channels remapped, concatenated to the latents; weights cond_stage_model.*).
+// rescaled to the latent size, its channels remapped, concatenated to the latents; weights cond_stage_model.*), and
+// BERTEmbedder with use_tokenizer: false under cond_stage_key coordinates_bbox (layout-to-image,
+// models/ldm/layout2img-openimages256: token ids from taming's ObjectsBoundingBoxConditionalBuilder, see LayoutToImage.swift).
 // The YAML is parsed by the caller.
 import Autoencoders
 import Checkpoints
@@ -34,8 +36,9 @@ public struct CompVisModelConfig {
             throw PipelineError("YAML config: no model.params mapping (not a CompVis LatentDiffusion config)")
         }
         guard params["unet_config"] is [String: Any] else { throw PipelineError("YAML config: no model.params.unet_config") }
-        if let target = model["target"] as? String, !target.hasSuffix("LatentDiffusion") {
-            throw PipelineError("YAML config: model target \(target) is not supported (ldm.models.diffusion.ddpm.LatentDiffusion only)")
+        // Layout2ImgDiffusion is LatentDiffusion plus a log_images for layouts (ddpm.py).
+        if let target = model["target"] as? String, !target.hasSuffix("LatentDiffusion"), !target.hasSuffix("Layout2ImgDiffusion") {
+            throw PipelineError("YAML config: model target \(target) is not supported (ldm.models.diffusion.ddpm.LatentDiffusion or Layout2ImgDiffusion)")
         }
         self.params = params
         do { unet = try CompVisUNetConfig.unetConfig(yaml) } catch { throw PipelineError("YAML config: \(error)") }
@@ -87,11 +90,46 @@ public struct CompVisModelConfig {
                 throw PipelineError("YAML config: FrozenOpenCLIPEmbedder layer \(layer) is not supported (penultimate only)")
             }
         }
+        let key = params["cond_stage_key"] as? String
+        if condName == "BERTEmbedder", condParams["use_tokenizer"] as? Bool == false {
+            // BERTEmbedder.forward(text) with use_tknz_fn False: `text` are token ids already.
+            guard key == "coordinates_bbox" else {
+                throw PipelineError("YAML config: BERTEmbedder with use_tokenizer: false takes token ids; they are supported for layouts only "
+                                    + "(cond_stage_key coordinates_bbox, layout2img-openimages256), got cond_stage_key \(key ?? "none")")
+            }
+        } else if key == "coordinates_bbox" {
+            throw PipelineError("YAML config: cond_stage_key coordinates_bbox (layouts) is supported with cond_stage_config BERTEmbedder "
+                                + "use_tokenizer: false only, got \(condName ?? "none")")
+        }
+        if key == "coordinates_bbox", conditioningKey != "crossattn" {
+            throw PipelineError("YAML config: a layout model (cond_stage_key coordinates_bbox) must have conditioning_key crossattn, got \(conditioningKey ?? "none")")
+        }
+    }
+
+    /// A layout-to-image model: cond_stage_key coordinates_bbox, BERTEmbedder on token ids (use_tokenizer: false).
+    public var isLayout: Bool { params["cond_stage_key"] as? String == "coordinates_bbox" }
+
+    /// The layout tokenizer of a layout model: taming's ObjectsBoundingBoxConditionalBuilder with no_tokens = the
+    /// BERTEmbedder's vocab_size and max_seq_len = 3 * no_max_objects (+ 2 crop tokens when it leaves 2 over:
+    /// layout2img-openimages256's 92 = 3 * 30 + 2, the sequence ddpm.py's patch code cuts the last two crop tokens
+    /// of). Classes, group and additional parameters: Open Images' (taming's open_images_scene_images_transformer.yaml).
+    public func layoutBuilder(objectClasses: Int = OpenImagesCategories.count) throws -> ObjectsBoundingBoxConditionalBuilder {
+        guard isLayout else { throw PipelineError("YAML config: not a layout model (cond_stage_key coordinates_bbox)") }
+        let bert = try bertConfig()
+        let seq = bert.maxPositionEmbeddings
+        guard seq % 3 != 1, seq >= 3 else {
+            throw PipelineError("YAML config: BERTEmbedder max_seq_len \(seq) is not 3 tokens per object (+ 2 crop tokens)")
+        }
+        do {
+            return try ObjectsBoundingBoxConditionalBuilder(noObjectClasses: objectClasses, noMaxObjects: seq / 3, noTokens: bert.vocabSize,
+                                                            encodeCrop: seq % 3 == 2)
+        } catch { throw PipelineError("YAML config: \(error)") }
     }
 
     public var condName: String? { condTarget.flatMap { $0.split(separator: ".").last.map(String.init) } }
 
-    /// BERTEmbedder(n_embed, n_layer, vocab_size=30522, max_seq_len=77, use_tokenizer=True) as LDMBertConfig.
+    /// BERTEmbedder(n_embed, n_layer, vocab_size=30522, max_seq_len=77, use_tokenizer=True) as LDMBertConfig (the
+    /// same network with or without its tokenizer).
     public func bertConfig() throws -> LDMBertConfig {
         func int(_ key: String, _ d: Int?) throws -> Int {
             switch condParams[key] {
@@ -100,9 +138,6 @@ public struct CompVisModelConfig {
             case nil: throw PipelineError("YAML config: BERTEmbedder needs params.\(key)")
             case let v?: throw PipelineError("YAML config: BERTEmbedder params.\(key) must be an integer, got \(v)")
             }
-        }
-        if let t = condParams["use_tokenizer"] as? Bool, !t {
-            throw PipelineError("YAML config: BERTEmbedder with use_tokenizer: false takes token ids, not prompts")
         }
         do {
             return try .bertEmbedder(nEmbed: int("n_embed", nil), nLayer: int("n_layer", nil),
@@ -204,9 +239,10 @@ extension ModelSummary {
         let semantic = name == "SpatialRescaler" ? try c.semanticSynthesisGeometry(firstStage: first) : nil
         let fs: String
         switch first { case .kl: fs = "AutoencoderKL"; case .vq: fs = "VQModel" }
-        return ModelSummary(hasTextEncoder: ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "BERTEmbedder"].contains(name ?? ""),
-                            hasLDMBert: name == "BERTEmbedder", unetInChannels: c.unet.inChannels, unetOutChannels: c.unet.outChannels,
-                            numClassEmbeds: classes, firstStage: fs, isCompVisFile: true, semanticSynthesis: semantic)
+        if c.isLayout { _ = try c.layoutBuilder() }
+        return ModelSummary(hasTextEncoder: ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "BERTEmbedder"].contains(name ?? "") && !c.isLayout,
+                            hasLDMBert: name == "BERTEmbedder" && !c.isLayout, unetInChannels: c.unet.inChannels, unetOutChannels: c.unet.outChannels,
+                            numClassEmbeds: classes, firstStage: fs, isCompVisFile: true, semanticSynthesis: semantic, isLayout: c.isLayout)
     }
 }
 
@@ -253,24 +289,29 @@ extension ModelBundle {
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?, classEmbedder: ClassEmbedder?
         var bert: LDMBertModel?, bertTokenizer: BertTokenizer?, bertLength: Int?
         var spatialRescaler: SpatialRescaler?
+        var layout: ObjectsBoundingBoxConditionalBuilder?
         switch config.condName {
         case "BERTEmbedder":
             let c = try config.bertConfig()
             guard config.unet.crossAttentionDim.map({ $0.allSatisfy { $0 == c.dModel } }) ?? false else {
                 throw PipelineError("YAML config: the UNet's context_dim does not match BERTEmbedder's n_embed \(c.dModel)")
             }
-            let vocab = try ModelBundle.bertVocabulary(checkpoint: url, explicit: bertVocabulary)
-            let t = try ModelBundle.bertTokenizer(vocab, maxLength: c.maxPositionEmbeddings)
-            guard t.vocabulary.count <= c.vocabSize else {
-                throw PipelineError("\(vocab.path): \(t.vocabulary.count) tokens, more than BERTEmbedder's vocab_size \(c.vocabSize)")
+            if config.isLayout {
+                layout = try config.layoutBuilder()        // token ids from layouts, no WordPiece vocabulary
+            } else {
+                let vocab = try ModelBundle.bertVocabulary(checkpoint: url, explicit: bertVocabulary)
+                let t = try ModelBundle.bertTokenizer(vocab, maxLength: c.maxPositionEmbeddings)
+                guard t.vocabulary.count <= c.vocabSize else {
+                    throw PipelineError("\(vocab.path): \(t.vocabulary.count) tokens, more than BERTEmbedder's vocab_size \(c.vocabSize)")
+                }
+                bertTokenizer = t
+                bertLength = c.maxPositionEmbeddings      // BERTTokenizer pads/truncates to max_seq_len
             }
             let own = records.filter { $0.key.hasPrefix(BERTLayout.compvisPrefix) }
             guard !own.isEmpty else { throw PipelineError("\(url.path): no cond_stage_model.transformer.* weights for BERTEmbedder") }
             do { bert = try LDMBertModel(config: c, bertEmbedder: own) } catch let e as CheckpointError {
                 throw PipelineError("\(url.path): \(e.message)")
             }
-            bertTokenizer = t
-            bertLength = c.maxPositionEmbeddings      // BERTTokenizer pads/truncates to max_seq_len
         case "FrozenCLIPEmbedder":
             let clip = records.filter { $0.key.hasPrefix("cond_stage_model.transformer.") }
             guard !clip.isEmpty else { throw PipelineError("\(url.path): no cond_stage_model.transformer.* weights for FrozenCLIPEmbedder") }
@@ -318,6 +359,7 @@ extension ModelBundle {
         bundle.spatialRescaler = spatialRescaler; bundle.semanticSynthesis = semantic
         bundle.superResolutionScaledDecode = true       // decode_first_stage: z / scale_factor (YAML, default 1.0)
         bundle.bert = bert; bundle.bertTokenizer = bertTokenizer; bundle.bertMaxLength = bertLength
+        bundle.layoutBuilder = layout
         return bundle
     }
 }

@@ -22,6 +22,7 @@ public final class LatentDiffusionPipeline {
         let cfg = bundle.unet.config, f = bundle.vaeScaleFactor
         let (h, w) = (height ?? bundle.sampleSize * f, width ?? bundle.sampleSize * f)
         try Validation.checkSize(width: w, height: h, multiple: f)
+        guard bundle.layoutBuilder == nil else { throw PipelineError("\(bundle.url.path) is a layout-to-image model: use `ldm layout`") }
         guard cfg.crossAttentionDim == nil || (bundle.textEncoder == nil && bundle.bert == nil) else {
             throw PipelineError("\(bundle.url.path) is a text-conditioned model: use `ldm txt2img`")
         }

@@ -24,6 +24,8 @@ public struct ModelSummary: Equatable {
     public var isCompVisFile: Bool
     /// Semantic-synthesis models (CompVis cond_stage SpatialRescaler + concat): what their label maps must be.
     public var semanticSynthesis: SemanticSynthesisGeometry? = nil
+    /// A layout-to-image model (CompVis layout2img: BERTEmbedder on layout token ids, `ldm layout`).
+    public var isLayout = false
 
     /// Reads model_index.json and the UNet config of a diffusers folder, or the shapes of a single file.
     public static func read(_ url: URL) throws -> ModelSummary {
@@ -84,6 +86,9 @@ public final class ModelBundle {
     /// CompVis semantic synthesis (cond_stage SpatialRescaler, concat): the label map's conditioning and geometry.
     public var spatialRescaler: SpatialRescaler?
     public var semanticSynthesis: SemanticSynthesisGeometry?
+    /// Layout-to-image models (CompVis YAML, cond_stage_key coordinates_bbox): the layout tokenizer whose ids `bert`
+    /// takes (bertTokenizer is nil then).
+    public var layoutBuilder: ObjectsBoundingBoxConditionalBuilder?
 
     public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel?, textEncoder: CLIPTextModel?,
                 tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {

@@ -16,7 +16,7 @@ struct GenerationOptions: ParsableArguments {
     @Option(help: "A diffusers pipeline folder (model_index.json) or a CompVis .safetensors/.ckpt file.")
     var model: String
 
-    @Option(help: "CompVis YAML config of a .ckpt/.safetensors --model (e.g. v1-inference.yaml, v2-inference-v.yaml, cin256-v2.yaml, bsr_sr/config.yaml for upscale, semantic_synthesis256/config.yaml for semantic): architecture, conditioning and noise schedule come from it instead of tensor shapes.")
+    @Option(help: "CompVis YAML config of a .ckpt/.safetensors --model (e.g. v1-inference.yaml, v2-inference-v.yaml, cin256-v2.yaml, bsr_sr/config.yaml for upscale, semantic_synthesis256/config.yaml for semantic, layout2img-openimages256/config.yaml for layout): architecture, conditioning and noise schedule come from it instead of tensor shapes.")
     var config: String?
 
     @Option(name: .customLong("bert-vocab"), help: "With --config of a CompVis LDM-BERT text-to-image model (cond_stage_config BERTEmbedder, txt2img-1p4B-eval.yaml): bert-base-uncased's vocab.txt (or a tokenizer folder). Default: vocab.txt beside the checkpoint.")
@@ -65,7 +65,8 @@ struct GenerationOptions: ParsableArguments {
         if config != nil {
             if DiffusersFolder.isFolder(URL(fileURLWithPath: model)) { throw PipelineError("--config is for CompVis checkpoint files; \(model) is a diffusers folder") }
             let c = try CompVisModelConfig(yaml: compVisYAML())
-            if c.condName == "BERTEmbedder" { _ = try bertVocabularyURL() }
+            if c.condName == "BERTEmbedder", !c.isLayout { _ = try bertVocabularyURL() }
+            if c.isLayout, bertVocab != nil { throw PipelineError("--bert-vocab is for LDM-BERT text-to-image; a layout model takes no vocabulary") }
         } else if bertVocab != nil {
             throw PipelineError("--bert-vocab is for CompVis LDM-BERT checkpoints given with --config")
         }
@@ -116,7 +117,8 @@ struct GenerationOptions: ParsableArguments {
         let url = URL(fileURLWithPath: model)
         guard config != nil else { return try ModelBundle.load(url) }
         let yaml = try compVisYAML()
-        let vocab = try CompVisModelConfig(yaml: yaml).condName == "BERTEmbedder" ? bertVocabularyURL() : nil
+        let c = try CompVisModelConfig(yaml: yaml)
+        let vocab = c.condName == "BERTEmbedder" && !c.isLayout ? try bertVocabularyURL() : nil
         return try ModelBundle.load(checkpoint: url, yaml: yaml, bertVocabulary: vocab)
     }
 
@@ -216,6 +218,7 @@ struct PromptArguments: ParsableArguments {
 /// Checks a model can be prompted (text encoder + latent UNet). LDM-BERT models (any first stage) only when
 /// `allowLDMBert` (txt2img: diffusers has no LDM-BERT img2img or inpainting pipeline).
 func requireTextModel(_ s: ModelSummary, _ path: String, allowLDMBert: Bool = false) throws {
+    guard !s.isLayout else { throw PipelineError("model \(path) is a layout-to-image model: use `ldm layout`") }
     guard s.hasTextEncoder else { throw PipelineError("model \(path) has no text encoder/tokenizer: it cannot take a prompt (try `ldm sample`)") }
     if s.hasLDMBert {
         guard allowLDMBert else { throw PipelineError("model \(path) is an LDM-BERT text-to-image model (LDMTextToImagePipeline): use `ldm txt2img`") }
