@@ -47,8 +47,9 @@ long ck_wino_u_floats(long oc, long ic) { return 36 * ((ic + 7) / 8 * 8) * ((oc 
     t[4] = g[0] * (1.0f / 24.0f) - g[1] * (1.0f / 12.0f) + g[2] * (1.0f / 6.0f); \
     t[5] = g[2]; } while (0)
 
-CLONES void ck_wino_weights(const float *w, long oc, long ic, int transposed, float *u, long ob0, long ob1) {
-    const long icp = (ic + 7) / 8 * 8, ocp = (oc + 15) / 16 * 16, ocbs = ocp / 16;
+CLONES void ck_wino_weights(const float *w, long oc, long ic, int transposed, float *u, long u_ob0, long u_obs,
+                            long ob0, long ob1) {
+    const long icp = (ic + 7) / 8 * 8;
     for (long ob = ob0; ob < ob1; ob++) {
         for (long i = 0; i < icp; i++) {
             for (int half = 0; half < 2; half++) {
@@ -69,7 +70,7 @@ CLONES void ck_wino_weights(const float *w, long oc, long ic, int transposed, fl
                 }
                 for (int a = 0; a < 6; a++) { // (G g) G^T, row a
                     G3((t + a * 3), r);
-                    for (int b = 0; b < 6; b++) STORE(u + (((a * 6 + b) * ocbs + ob) * icp + i) * 16 + half * 8, r[b]);
+                    for (int b = 0; b < 6; b++) STORE(u + (((a * 6 + b) * u_obs + ob - u_ob0) * icp + i) * 16 + half * 8, r[b]);
                 }
             }
         }
@@ -115,11 +116,11 @@ CLONES void ck_wino_input(const float *x, long c, long h, long w, long sn, long 
     }
 }
 
-CLONES void ck_wino_gemm(const float *v, const float *u, float *m, long tp, long icp, long ocp, long item0, long item1) {
-    const long ocbs = ocp / 16;
+CLONES void ck_wino_gemm(const float *v, const float *u, long u_ob0, long u_obs, float *m, long tp, long icp, long ocp,
+                         long item0, long item1) {
     for (long item = item0; item < item1; item++) {
-        const long a = item / ocbs, ob = item % ocbs;
-        const float *va = v + a * tp * icp, *up = u + (a * ocbs + ob) * icp * 16;
+        const long a = item / u_obs, ob = u_ob0 + item % u_obs;
+        const float *va = v + a * tp * icp, *up = u + (a * u_obs + ob - u_ob0) * icp * 16;
         float *ma = m + a * tp * ocp + ob * 16;
         for (long t = 0; t < tp; t += 6) {
             const float *p0 = va + t * icp, *p1 = p0 + icp, *p2 = p1 + icp, *p3 = p2 + icp, *p4 = p3 + icp, *p5 = p4 + icp;

@@ -17,6 +17,16 @@ final class WinogradTests: XCTestCase {
         ]
     }()
 
+    /// Runs `body` with tile chunks of `chunk` bytes and U held whole up to `whole` bytes (0: U by groups of two
+    /// output-channel panels).
+    private func settings<T>(chunk: Int, whole: Int, _ body: () -> T) -> T {
+        let saved = (Winograd.chunkBytes, Winograd.wholeWeightsBytes, Winograd.panelGroupBytes)
+        (Winograd.chunkBytes, Winograd.wholeWeightsBytes) = (chunk, whole)
+        if whole == 0 { Winograd.panelGroupBytes = 0 }
+        defer { (Winograd.chunkBytes, Winograd.wholeWeightsBytes, Winograd.panelGroupBytes) = saved }
+        return body()
+    }
+
     /// max |a - b| / max |b|.
     private func relativeError(_ a: Tensor, _ b: Tensor) -> Float {
         let x = a.toArray(), y = b.toArray()
@@ -32,13 +42,11 @@ final class WinogradTests: XCTestCase {
             let b = Tensor.randn([oc], generator: g)
             let ref = GradMode.noGrad { Winograd.withDisabled { conv2d(x, w, b, o) } }
             XCTAssertTrue(Winograd.withMinTiles(1) { Winograd.applies(n: xs[0], ic: xs[1], oc: oc, kh: 3, kw: 3, oh: ref.shape[2], ow: ref.shape[3], o) }, name)
-            for chunk in [Winograd.chunkBytes, 0] { // 0: chunks as small as the transformed weights allow
-                let saved = Winograd.chunkBytes
-                Winograd.chunkBytes = chunk
-                let y = GradMode.noGrad { Winograd.withMinTiles(1) { conv2d(x, w, b, o) } }
-                Winograd.chunkBytes = saved
+            // chunk 0: chunks as small as the transformed weights allow; whole 0: U computed two panels at a time.
+            for (chunk, whole) in [(Winograd.chunkBytes, Winograd.wholeWeightsBytes), (0, Winograd.wholeWeightsBytes), (0, 0)] {
+                let y = settings(chunk: chunk, whole: whole) { GradMode.noGrad { Winograd.withMinTiles(1) { conv2d(x, w, b, o) } } }
                 XCTAssertEqual(y.shape, ref.shape, name)
-                XCTAssertLessThan(relativeError(y, ref), 2e-5, "\(name), chunk \(chunk)")
+                XCTAssertLessThan(relativeError(y, ref), 2e-5, "\(name), chunk \(chunk), whole U up to \(whole) bytes")
             }
         }
     }
@@ -57,11 +65,8 @@ final class WinogradTests: XCTestCase {
                 return (x.grad!, wv.grad!, bv.grad!)
             }
             let (gxRef, gwRef, gbRef) = Winograd.withDisabled { grads() }
-            for chunk in [Winograd.chunkBytes, 0] {
-                let saved = Winograd.chunkBytes
-                Winograd.chunkBytes = chunk
-                let (gx, gw, gb) = Winograd.withMinTiles(1) { grads() }
-                Winograd.chunkBytes = saved
+            for (chunk, whole) in [(Winograd.chunkBytes, Winograd.wholeWeightsBytes), (0, 0)] {
+                let (gx, gw, gb) = settings(chunk: chunk, whole: whole) { Winograd.withMinTiles(1) { grads() } }
                 XCTAssertLessThan(relativeError(gx, gxRef), 2e-5, "\(name): input gradient")
                 XCTAssertLessThan(relativeError(gw, gwRef), 2e-5, "\(name): weight gradient")
                 XCTAssertLessThan(relativeError(gb, gbRef), 1e-5, "\(name): bias gradient")
@@ -88,7 +93,7 @@ final class WinogradTests: XCTestCase {
         }
         let ref = run(false, bands: 0)
         for bytes in [700, 2048] {
-            for (y, r) in zip(run(true, bands: bytes), ref) {
+            for (y, r) in zip(run(true, bands: bytes) + settings(chunk: 0, whole: 0) { run(true, bands: bytes) }, ref + ref) {
                 XCTAssertEqual(y.shape, r.shape)
                 XCTAssertLessThan(relativeError(y, r), 2e-5, "bands of \(bytes) bytes")
             }

@@ -39,17 +39,19 @@ void ck_silu_affine_backward(const float *x, const float *g, float *dy, long n, 
 /// Floats of the transformed weights U for `oc` output and `ic` input channels: 36 * icp * ocp (icp = ic rounded up
 /// to 8, ocp = oc rounded up to 16).
 long ck_wino_u_floats(long oc, long ic);
-/// U for the panels [ob0, ob1) of 16 output channels (ocp / 16 panels in all): from w (oc, ic, 3, 3), or when
-/// `transposed` from w (ic, oc, 3, 3) flipped in both spatial axes (the backward-data convolution of a (ic, oc) weight).
-void ck_wino_weights(const float *w, long oc, long ic, int transposed, float *u, long ob0, long ob1);
+/// U for the panels [ob0, ob1) of 16 output channels (ocp / 16 panels in all) into u, which holds the u_obs panels
+/// from u_ob0 on (u[alpha][panel - u_ob0][icp][16]): from w (oc, ic, 3, 3), or when `transposed` from w (ic, oc, 3, 3)
+/// flipped in both spatial axes (the backward-data convolution of a (ic, oc) weight).
+void ck_wino_weights(const float *w, long oc, long ic, int transposed, float *u, long u_ob0, long u_obs, long ob0, long ob1);
 /// V for tiles [t0, t1) of a chunk whose first tile is the global tile `tile0` (tiles numbered image by image, row by
 /// row, tiles_h x tiles_w per image; tile (ty, tx) reads input rows 4ty-pt..4ty-pt+5, outside [0,h)x[0,w) as zero).
 /// x: channel planes of h x w floats, sn / sc floats apart per image / channel. v: 36 x tp x icp floats.
 void ck_wino_input(const float *x, long c, long h, long w, long sn, long sc, long pt, long pl, long tiles_h,
                    long tiles_w, long tile0, long t0, long t1, float *v, long tp);
-/// M[alpha] = V[alpha] U[alpha] for work items [item0, item1), item = alpha * (ocp / 16) + output panel; tp is a
-/// multiple of 6.
-void ck_wino_gemm(const float *v, const float *u, float *m, long tp, long icp, long ocp, long item0, long item1);
+/// M[alpha] = V[alpha] U[alpha] for the panels of u (u_obs panels from u_ob0 on, laid out as ck_wino_weights writes
+/// them), work items [item0, item1) of alpha * u_obs + (panel - u_ob0); tp is a multiple of 6.
+void ck_wino_gemm(const float *v, const float *u, long u_ob0, long u_obs, float *m, long tp, long icp, long ocp,
+                  long item0, long item1);
 /// The output tiles [t0, t1) of the chunk: y = A^T M A + bias (or y += that when `accumulate`), clipped to oh x ow;
 /// y: planes of oh x ow floats, sn / sc apart per image / channel.
 void ck_wino_output(const float *m, long tp, long ocp, long oc, const float *bias, float *y, long oh, long ow,

@@ -161,7 +161,7 @@ private func conv2dBanded(_ x: Tensor, _ input: BandInput, _ weight: Tensor, _ b
     let b32 = bias?.float32().contiguous()
     let o = options
     var weightCopy: (md: dnnl_memory_desc_t, ptr: UnsafeMutableRawPointer, owner: Storage)?
-    var winograd: Storage? // transformed weights, when the bands go through Winograd
+    var winograd: Winograd.Weights? // when the bands go through Winograd
     var staged: Storage? // the band's upsampled input rows (plain layout)
     var r0 = 0
     while r0 < g.oh {
@@ -175,7 +175,7 @@ private func conv2dBanded(_ x: Tensor, _ input: BandInput, _ weight: Tensor, _ b
         let bg = ConvGeometry([n, ic, b - a, w], weight.shape, bo)
         precondition(bg.oh == rows && bg.ow == g.ow, "conv2d band: \(bg.oh)x\(bg.ow), expected \(rows)x\(g.ow)")
         let useWinograd = bg.winograd
-        if useWinograd, winograd == nil { winograd = Winograd.transformedWeights(weight, transposed: false).0 }
+        if useWinograd, winograd == nil { winograd = Winograd.Weights(weight, transposed: false) }
         let prim = useWinograd ? nil : bg.forward(bias: bias != nil)
         if let prim {
             var want = prim.md(dnnl_query_weights_md)
@@ -216,10 +216,10 @@ private func conv2dBanded(_ x: Tensor, _ input: BandInput, _ weight: Tensor, _ b
             srcDesc = memoryDesc([n, ic, b - a, w])
             srcPlaneRows = b - a
         }
-        if useWinograd, let u = winograd {
+        if useWinograd, let winograd {
             withExtendedLifetime((xin, b32, staged)) {
-                Winograd.convolve(src.assumingMemoryBound(to: Float.self), n: n, ic: ic, h: b - a, w: w, xs: (ic * srcPlaneRows * w, srcPlaneRows * w),
-                                  padTop: bo.padding.top, padLeft: bo.padding.left, u: u, oc: g.oc, bias: b32?.data,
+                Winograd.convolve(src.assumingMemoryBound(to: Float.self), n: n, h: b - a, w: w, xs: (ic * srcPlaneRows * w, srcPlaneRows * w),
+                                  padTop: bo.padding.top, padLeft: bo.padding.left, weights: winograd, bias: b32?.data,
                                   out.data + r0 * g.ow, oh: rows, ow: g.ow, ys: (g.oc * g.oh * g.ow, g.oh * g.ow))
             }
             r0 += rows
@@ -285,10 +285,10 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ optio
     let out = Tensor.empty([g.n, g.oc, g.oh, g.ow])
     let b32 = bias?.float32().contiguous()
     if g.winograd {
-        let (u, _, _) = Winograd.transformedWeights(weight, transposed: false)
+        let weights = Winograd.Weights(weight, transposed: false)
         withExtendedLifetime((xin, b32)) {
-            Winograd.convolve(xin.data, n: g.n, ic: g.ic, h: g.h, w: g.w, xs: (g.ic * g.h * g.w, g.h * g.w),
-                              padTop: options.padding.top, padLeft: options.padding.left, u: u, oc: g.oc, bias: b32?.data,
+            Winograd.convolve(xin.data, n: g.n, h: g.h, w: g.w, xs: (g.ic * g.h * g.w, g.h * g.w),
+                              padTop: options.padding.top, padLeft: options.padding.left, weights: weights, bias: b32?.data,
                               out.data, oh: g.oh, ow: g.ow, ys: (g.oc * g.oh * g.ow, g.oh * g.ow))
         }
     } else {
@@ -311,10 +311,10 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ optio
         var grads: [Tensor?] = [nil, nil, nil]
         if x.requiresGrad, let bo = g.winogradBackwardData {
             let gx = Tensor.empty([g.n, g.ic, g.h, g.w])
-            let (u, _, _) = Winograd.transformedWeights(weight, transposed: true)
+            let weights = Winograd.Weights(weight, transposed: true)
             withExtendedLifetime(gy) {
-                Winograd.convolve(gy.data, n: g.n, ic: g.oc, h: g.oh, w: g.ow, xs: (g.oc * g.oh * g.ow, g.oh * g.ow),
-                                  padTop: bo.padding.top, padLeft: bo.padding.left, u: u, oc: g.ic, bias: nil,
+                Winograd.convolve(gy.data, n: g.n, h: g.oh, w: g.ow, xs: (g.oc * g.oh * g.ow, g.oh * g.ow),
+                                  padTop: bo.padding.top, padLeft: bo.padding.left, weights: weights, bias: nil,
                                   gx.data, oh: g.h, ow: g.w, ys: (g.ic * g.h * g.w, g.h * g.w))
             }
             grads[0] = gx

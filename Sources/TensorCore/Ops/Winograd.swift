@@ -40,35 +40,66 @@ public enum Winograd {
         return try body()
     }
 
-    /// Transformed weights U of `weight` (oc, ic, 3, 3), or, when `transposed`, of the backward-data convolution of
-    /// a weight (ic, oc, 3, 3) (its transpose, flipped spatially).
-    static func transformedWeights(_ weight: Tensor, transposed: Bool) -> (Storage, oc: Int, ic: Int) {
-        let w32 = weight.float32().contiguous()
-        let (oc, ic) = transposed ? (w32.shape[1], w32.shape[0]) : (w32.shape[0], w32.shape[1])
-        let u = Storage(byteCount: ck_wino_u_floats(oc, ic) * 4)
-        let ub = u.base.assumingMemoryBound(to: Float.self), wp = w32.data
-        let panels = (oc + 15) / 16
-        Parallel.forRange(panels, costPerItem: ic * 16 * 100) { r in
-            ck_wino_weights(wp, oc, ic, transposed ? 1 : 0, ub, r.lowerBound, r.upperBound)
+    /// Transformed weights U up to this size are computed once per convolution; larger ones (the UNet's 640- and
+    /// 1280-channel convolutions: 59-472 MB) a few output-channel panels at a time (about `panelGroupBytes`), right
+    /// before the GEMMs that use them, so that they are produced and consumed in cache and never held whole.
+    public nonisolated(unsafe) static var wholeWeightsBytes = 40 << 20
+    public nonisolated(unsafe) static var panelGroupBytes = 6 << 20
+
+    /// A convolution's weights ready for `convolve`: (oc, ic, 3, 3) float32, or, when `transposed`, the backward-data
+    /// convolution of a weight (ic, oc, 3, 3) (its transpose, flipped spatially); with U when it is small.
+    struct Weights {
+        let w32: Tensor
+        let oc: Int, ic: Int
+        let transposed: Bool
+        let whole: Storage?
+
+        init(_ weight: Tensor, transposed: Bool) {
+            w32 = weight.float32().contiguous()
+            (oc, ic) = transposed ? (w32.shape[1], w32.shape[0]) : (w32.shape[0], w32.shape[1])
+            self.transposed = transposed
+            let bytes = ck_wino_u_floats(oc, ic) * 4
+            if bytes <= Winograd.wholeWeightsBytes {
+                let u = Storage(byteCount: bytes)
+                Weights.transform(w32, oc: oc, ic: ic, transposed: transposed, into: u, panels: 0..<((oc + 15) / 16))
+                whole = u
+            } else {
+                whole = nil
+            }
         }
-        withExtendedLifetime(w32) {}
-        return (u, oc, ic)
+
+        /// U of the output-channel panels `panels` into `u` (laid out for those panels only).
+        func transform(into u: Storage, panels: Range<Int>) {
+            Weights.transform(w32, oc: oc, ic: ic, transposed: transposed, into: u, panels: panels)
+        }
+        static func transform(_ w32: Tensor, oc: Int, ic: Int, transposed: Bool, into u: Storage, panels: Range<Int>) {
+            let ub = u.base.assumingMemoryBound(to: Float.self), wp = w32.data
+            let t: Int32 = transposed ? 1 : 0
+            Parallel.forRange(panels.count, costPerItem: ic * 16 * 100) { r in
+                ck_wino_weights(wp, oc, ic, t, ub, panels.lowerBound, panels.count,
+                                panels.lowerBound + r.lowerBound, panels.lowerBound + r.upperBound)
+            }
+        }
     }
 
     /// y = conv2d(x, w) + bias for one (band of an) image batch: x holds `n` images of `ic` planes of h x w floats
     /// (`xs` = (image, channel) strides in floats), y `n` images of `oc` planes of oh x ow floats (`ys` likewise),
     /// padding (top, left) as given; bottom/right padding is implied by oh, ow. `accumulate` adds into y.
-    static func convolve(_ x: UnsafePointer<Float>, n: Int, ic: Int, h: Int, w: Int, xs: (Int, Int), padTop: Int, padLeft: Int,
-                         u: Storage, oc: Int, bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>, oh: Int, ow: Int,
+    static func convolve(_ x: UnsafePointer<Float>, n: Int, h: Int, w: Int, xs: (Int, Int), padTop: Int, padLeft: Int,
+                         weights: Weights, bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>, oh: Int, ow: Int,
                          ys: (Int, Int), accumulate: Bool = false) {
-        let icp = (ic + 7) / 8 * 8, ocp = (oc + 15) / 16 * 16
+        let (ic, oc) = (weights.ic, weights.oc)
+        let icp = (ic + 7) / 8 * 8, ocp = (oc + 15) / 16 * 16, ocbs = ocp / 16
         let th = (oh + 3) / 4, tw = (ow + 3) / 4, tiles = n * th * tw
         let perTile = 36 * (icp + ocp) * 4
-        let budget = max(chunkBytes, ck_wino_u_floats(oc, ic) * 4)
+        // Whole U: chunks of at least U's size, so that U is streamed a few times at most. U by panel groups:
+        // recomputed per chunk, so chunks are large (usually all tiles).
+        let budget = weights.whole != nil ? max(chunkBytes, ck_wino_u_floats(oc, ic) * 4) : max(chunkBytes, 64 << 20)
         let chunk = min((tiles + 5) / 6 * 6, max(6, budget / perTile / 6 * 6))
         let v = Storage(byteCount: 36 * chunk * icp * 4), m = Storage(byteCount: 36 * chunk * ocp * 4)
+        let groupPanels = min(ocbs, max(2, panelGroupBytes / (36 * icp * 16 * 4)))
+        let groupU = weights.whole == nil ? Storage(byteCount: 36 * icp * 16 * groupPanels * 4) : nil
         let vp = v.base.assumingMemoryBound(to: Float.self), mp = m.base.assumingMemoryBound(to: Float.self)
-        let up = u.base.assumingMemoryBound(to: Float.self)
         var t0 = 0
         while t0 < tiles {
             let count = min(chunk, tiles - t0), tp = (count + 5) / 6 * 6
@@ -78,15 +109,27 @@ public enum Winograd {
             Parallel.forRange(count, costPerItem: icp * 36 * 8) { r in
                 ck_wino_input(x, ic, h, w, xs.0, xs.1, padTop, padLeft, th, tw, t0, r.lowerBound, r.upperBound, vp, tp)
             }
-            Parallel.forRange(36 * (ocp / 16), costPerItem: tp * icp * 16) { r in
-                ck_wino_gemm(vp, up, mp, tp, icp, ocp, r.lowerBound, r.upperBound)
+            if let u = weights.whole {
+                let up = u.base.assumingMemoryBound(to: Float.self)
+                Parallel.forRange(36 * ocbs, costPerItem: tp * icp * 16) { r in
+                    ck_wino_gemm(vp, up, 0, ocbs, mp, tp, icp, ocp, r.lowerBound, r.upperBound)
+                }
+            } else if let groupU {
+                let up = groupU.base.assumingMemoryBound(to: Float.self)
+                for first in stride(from: 0, to: ocbs, by: groupPanels) {
+                    let panels = first..<min(ocbs, first + groupPanels)
+                    weights.transform(into: groupU, panels: panels)
+                    Parallel.forRange(36 * panels.count, costPerItem: tp * icp * 16) { r in
+                        ck_wino_gemm(vp, up, panels.lowerBound, panels.count, mp, tp, icp, ocp, r.lowerBound, r.upperBound)
+                    }
+                }
             }
             Parallel.forRange(count, costPerItem: ocp * 36 * 8) { r in
                 ck_wino_output(mp, tp, ocp, oc, bias, y, oh, ow, ys.0, ys.1, th, tw, t0, r.lowerBound, r.upperBound, accumulate ? 1 : 0)
             }
             t0 += count
         }
-        withExtendedLifetime((u, v, m)) {}
+        withExtendedLifetime((weights.w32, weights.whole, groupU, v, m)) {}
     }
 
     /// The weight gradient (oc, ic, 3, 3) of y = conv2d(x, w) given dy, x and dy laid out as for `convolve` (whole
