@@ -269,28 +269,32 @@ CLONES void ck_wino_weight_gemm(const float *v, const float *m, float *du, long 
     }
 }
 
-CLONES void ck_wino_weight_grad(const float *du, long oc, long ic, float *dw, long o0, long o1) {
+CLONES void ck_wino_weight_grad(const float *du, long oc, long ic, float *dw, long ob0, long ob1) {
     const long icp = (ic + 7) / 8 * 8, ocp = (oc + 15) / 16 * 16;
-    for (long o = o0; o < o1; o++) {
-        for (long i = 0; i < ic; i++) {
-            float z[36], t[18];
-            for (int a = 0; a < 36; a++) z[a] = du[(a * icp + i) * ocp + o];
-            // G^T Z G: G^T (3x6) applied to a 6-vector z gives
-            // (z0/4 - (z1+z2)/6 + (z3+z4)/24, (z2-z1)/6 + (z3-z4)/12, -(z1+z2)/6 + (z3+z4)/6 + z5).
+    // G^T (3x6) applied to a 6-vector z gives
+    // (z0/4 - (z1+z2)/6 + (z3+z4)/24, (z2-z1)/6 + (z3-z4)/12, -(z1+z2)/6 + (z3+z4)/6 + z5).
 #define GT6(z, r) do { \
     r[0] = 0.25f * z[0] - (z[1] + z[2]) * (1.0f / 6.0f) + (z[3] + z[4]) * (1.0f / 24.0f); \
     r[1] = (z[2] - z[1]) * (1.0f / 6.0f) + (z[3] - z[4]) * (1.0f / 12.0f); \
     r[2] = -(z[1] + z[2]) * (1.0f / 6.0f) + (z[3] + z[4]) * (1.0f / 6.0f) + z[5]; } while (0)
-            for (int j = 0; j < 6; j++) { // columns
-                float col[6] = {z[j], z[6 + j], z[12 + j], z[18 + j], z[24 + j], z[30 + j]}, r[3];
+    for (long o0 = ob0 * 8; o0 < ob1 * 8 && o0 < oc; o0 += 8) { // 8 output channels per vector
+        for (long i = 0; i < ic; i++) {
+            v8f z[36], t[18];
+            for (int a = 0; a < 36; a++) z[a] = LOAD(du + (a * icp + i) * ocp + o0);
+            for (int j = 0; j < 6; j++) { // columns: G^T Z
+                v8f col[6] = {z[j], z[6 + j], z[12 + j], z[18 + j], z[24 + j], z[30 + j]}, r[3];
                 GT6(col, r);
                 for (int k = 0; k < 3; k++) t[k * 6 + j] = r[k];
             }
-            for (int k = 0; k < 3; k++) { // rows
-                float r[3];
+            float out[9][8];
+            for (int k = 0; k < 3; k++) { // rows: (G^T Z) G
+                v8f r[3];
                 GT6((t + k * 6), r);
-                for (int l = 0; l < 3; l++) dw[((o * ic + i) * 3 + k) * 3 + l] = r[l];
+                for (int l = 0; l < 3; l++) STORE(out[k * 3 + l], r[l]);
             }
+            const long lanes = oc - o0 < 8 ? oc - o0 : 8;
+            for (long l = 0; l < lanes; l++)
+                for (int k = 0; k < 9; k++) dw[((o0 + l) * ic + i) * 9 + k] = out[k][l];
         }
     }
 }

@@ -62,7 +62,7 @@ void ck_wino_output_grad(const float *dy, long oc, long oh, long ow, long sn, lo
                          long tile0, long t0, long t1, float *m, long tp);
 /// dU[alpha] (icp x ocp) += V[alpha]^T M[alpha] over the chunk's tp tiles, for items alpha * (ocp / 16) + panel.
 void ck_wino_weight_gemm(const float *v, const float *m, float *du, long tp, long icp, long ocp, long item0, long item1);
-/// dw (oc, ic, 3, 3) = G^T dU G for output channels [o0, o1).
-void ck_wino_weight_grad(const float *du, long oc, long ic, float *dw, long o0, long o1);
+/// dw (oc, ic, 3, 3) = G^T dU G for the groups [ob0, ob1) of 8 output channels.
+void ck_wino_weight_grad(const float *du, long oc, long ic, float *dw, long ob0, long ob1);
 
 #endif

@@ -18,7 +18,7 @@ public enum Winograd {
     }
     /// Bytes of transformed input and GEMM output held at once (tiles are processed in chunks of this size, at
     /// least the transformed weights' size so that they are streamed few times).
-    public nonisolated(unsafe) static var chunkBytes = (ProcessInfo.processInfo.environment["LDM_WINOGRAD_CHUNK_MB"].flatMap { Int($0) } ?? 16) << 20
+    public nonisolated(unsafe) static var chunkBytes = (ProcessInfo.processInfo.environment["LDM_WINOGRAD_CHUNK_MB"].flatMap { Int($0) } ?? 8) << 20
 
     /// Whether a convolution of this geometry goes through Winograd: 3x3, stride 1, no dilation, one group, padding
     /// at most 2, enough channels for the GEMM panels and enough 4x4 output tiles to repay the weight transform.
@@ -165,7 +165,7 @@ public enum Winograd {
         }
         let dw = Tensor.empty([oc, ic, 3, 3])
         let dwp = dw.data
-        Parallel.forRange(oc, costPerItem: ic * 200) { r in ck_wino_weight_grad(dup, oc, ic, dwp, r.lowerBound, r.upperBound) }
+        Parallel.forRange((oc + 7) / 8, costPerItem: ic * 800) { r in ck_wino_weight_grad(dup, oc, ic, dwp, r.lowerBound, r.upperBound) }
         withExtendedLifetime((v, m, du)) {}
         return dw
     }
