@@ -5,20 +5,8 @@
 #include <math.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__linux__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
+#include "simd.h"
 
-typedef float v8f __attribute__((vector_size(32)));
-typedef int v8i __attribute__((vector_size(32)));
-
-// The helpers are macros (GNU statement expressions), not inline functions: Clang refuses to pass a 256-bit vector
-// by value in the baseline clone, where it is not a register type, even to a function that is always inlined.
-#define SPLAT(s) ((v8f){0, 0, 0, 0, 0, 0, 0, 0} + (float)(s))
-#define LOAD(p) ({ v8f l_; memcpy(&l_, (p), sizeof l_); l_; })
-#define STORE(p, v) do { v8f s_ = (v); memcpy((p), &s_, sizeof s_); } while (0)
 /// Loads n < 8 floats, the other lanes `fill`.
 #define LOAD_PART(p, n, fill) ({ float lp_[8]; for (int k_ = 0; k_ < 8; k_++) lp_[k_] = (fill); \
     memcpy(lp_, (p), (size_t)(n) * sizeof(float)); LOAD(lp_); })

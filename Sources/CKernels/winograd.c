@@ -8,18 +8,7 @@
 //   V[alpha][tile][icp]     transformed input tiles, channels padded to a multiple of 8 with zeros
 //   M[alpha][tile][ocp]     GEMM results, ocp a multiple of 16
 #include "ckernels.h"
-#include <string.h>
-
-#if defined(__x86_64__) && defined(__linux__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
-
-typedef float v8f __attribute__((vector_size(32)));
-#define SPLAT(s) ({ float b_ = (s); (v8f){b_, b_, b_, b_, b_, b_, b_, b_}; })
-#define LOAD(p) ({ v8f l_; memcpy(&l_, (p), sizeof l_); l_; })
-#define STORE(p, v) do { v8f s_ = (v); memcpy((p), &s_, sizeof s_); } while (0)
+#include "simd.h"
 
 // B^T applied to six values (one column or row of a 6x6 input tile).
 #define BT6(d, t) do { \
