@@ -285,12 +285,14 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ optio
     let out = Tensor.empty([g.n, g.oc, g.oh, g.ow])
     let b32 = bias?.float32().contiguous()
     if g.winograd {
-        let weights = Winograd.Weights(weight, transposed: false)
+        let training = GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
+        let weights = Winograd.Weights(weight, transposed: false, retain: training)
         withExtendedLifetime((xin, b32)) {
             Winograd.convolve(xin.data, n: g.n, h: g.h, w: g.w, xs: (g.ic * g.h * g.w, g.h * g.w),
                               padTop: options.padding.top, padLeft: options.padding.left, weights: weights, bias: b32?.data,
-                              out.data, oh: g.oh, ow: g.ow, ys: (g.oc * g.oh * g.ow, g.oh * g.ow))
+                              out.data, oh: g.oh, ow: g.ow, ys: (g.oc * g.oh * g.ow, g.oh * g.ow), retain: training)
         }
+        weights.done()
     } else {
         let prim = g.forward(bias: bias != nil)
         let (wptr, wstorage) = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + g.key)
@@ -311,12 +313,13 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ optio
         var grads: [Tensor?] = [nil, nil, nil]
         if x.requiresGrad, let bo = g.winogradBackwardData {
             let gx = Tensor.empty([g.n, g.ic, g.h, g.w])
-            let weights = Winograd.Weights(weight, transposed: true)
+            let weights = Winograd.Weights(weight, transposed: true, retain: true)
             withExtendedLifetime(gy) {
                 Winograd.convolve(gy.data, n: g.n, h: g.oh, w: g.ow, xs: (g.oc * g.oh * g.ow, g.oh * g.ow),
                                   padTop: bo.padding.top, padLeft: bo.padding.left, weights: weights, bias: nil,
-                                  gx.data, oh: g.h, ow: g.w, ys: (g.ic * g.h * g.w, g.h * g.w))
+                                  gx.data, oh: g.h, ow: g.w, ys: (g.ic * g.h * g.w, g.h * g.w), retain: true)
             }
+            weights.done()
             grads[0] = gx
         } else if x.requiresGrad {
             let gx = Tensor.empty([g.n, g.ic, g.h, g.w])

@@ -40,6 +40,35 @@ public enum Winograd {
         return try body()
     }
 
+    /// Scratch of the transforms, kept between the calls of training steps (which run the same convolutions every step;
+    /// transient buffers rarely match the buffer cache's sizes and page-fault in afresh: a tenth of a small training
+    /// step). One slot for transformed weights, one for tiles, each grown to the largest request up to `retainedBytes`
+    /// and lent to one call at a time. Inference calls use transient buffers and hold nothing at their peak.
+    final class ScratchSlot: @unchecked Sendable {
+        static let weights = ScratchSlot(), tiles = ScratchSlot()
+        nonisolated(unsafe) static var retainedBytes = (ProcessInfo.processInfo.environment["LDM_WINOGRAD_SCRATCH_MB"].flatMap { Int($0) } ?? 32) << 20
+        private var buffer: Storage?
+        private var busy = false
+        private let lock = NSLock()
+
+        /// A buffer of at least `bytes`: the slot's own when `retain` (and it is free and the size allowed), else a
+        /// transient one. Hand it back with `give`.
+        func take(_ bytes: Int, retain: Bool) -> Storage {
+            if retain && bytes <= ScratchSlot.retainedBytes {
+                lock.lock(); defer { lock.unlock() }
+                if !busy {
+                    if buffer.map({ $0.byteCount < bytes }) ?? true { buffer = nil; buffer = Storage(byteCount: bytes) }
+                    busy = true
+                    return buffer!
+                }
+            }
+            return Storage(byteCount: bytes)
+        }
+        func give(_ s: Storage?) {
+            lock.lock(); if let s, s === buffer { busy = false }; lock.unlock()
+        }
+    }
+
     /// Transformed weights U up to this size are computed once per convolution; larger ones (the UNet's 640- and
     /// 1280-channel convolutions: 59-472 MB) a few output-channel panels at a time (about `panelGroupBytes`), right
     /// before the GEMMs that use them, so that they are produced and consumed in cache and never held whole.
@@ -54,26 +83,29 @@ public enum Winograd {
         let transposed: Bool
         let whole: Storage?
 
-        init(_ weight: Tensor, transposed: Bool) {
+        /// `retain`: U in the retained scratch (training; hand it back with `done`).
+        init(_ weight: Tensor, transposed: Bool, retain: Bool = false) {
             w32 = weight.float32().contiguous()
             (oc, ic) = transposed ? (w32.shape[1], w32.shape[0]) : (w32.shape[0], w32.shape[1])
             self.transposed = transposed
             let bytes = ck_wino_u_floats(oc, ic) * 4
             if bytes <= Winograd.wholeWeightsBytes {
-                let u = Storage(byteCount: bytes)
-                Weights.transform(w32, oc: oc, ic: ic, transposed: transposed, into: u, panels: 0..<((oc + 15) / 16))
+                let u = ScratchSlot.weights.take(bytes, retain: retain)
+                Weights.transform(w32, oc: oc, ic: ic, transposed: transposed, into: u.floats(), panels: 0..<((oc + 15) / 16))
                 whole = u
             } else {
                 whole = nil
             }
         }
 
+        func done() { ScratchSlot.weights.give(whole) }
+
         /// U of the output-channel panels `panels` into `u` (laid out for those panels only).
-        func transform(into u: Storage, panels: Range<Int>) {
+        func transform(into u: UnsafeMutablePointer<Float>, panels: Range<Int>) {
             Weights.transform(w32, oc: oc, ic: ic, transposed: transposed, into: u, panels: panels)
         }
-        static func transform(_ w32: Tensor, oc: Int, ic: Int, transposed: Bool, into u: Storage, panels: Range<Int>) {
-            let ub = u.base.assumingMemoryBound(to: Float.self), wp = w32.data
+        static func transform(_ w32: Tensor, oc: Int, ic: Int, transposed: Bool, into ub: UnsafeMutablePointer<Float>, panels: Range<Int>) {
+            let wp = w32.data
             let t: Int32 = transposed ? 1 : 0
             Parallel.forRange(panels.count, costPerItem: ic * 16 * 100) { r in
                 ck_wino_weights(wp, oc, ic, t, ub, panels.lowerBound, panels.count,
@@ -87,7 +119,7 @@ public enum Winograd {
     /// padding (top, left) as given; bottom/right padding is implied by oh, ow. `accumulate` adds into y.
     static func convolve(_ x: UnsafePointer<Float>, n: Int, h: Int, w: Int, xs: (Int, Int), padTop: Int, padLeft: Int,
                          weights: Weights, bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>, oh: Int, ow: Int,
-                         ys: (Int, Int), accumulate: Bool = false) {
+                         ys: (Int, Int), accumulate: Bool = false, retain: Bool = false) {
         let (ic, oc) = (weights.ic, weights.oc)
         let icp = (ic + 7) / 8 * 8, ocp = (oc + 15) / 16 * 16, ocbs = ocp / 16
         let th = (oh + 3) / 4, tw = (ow + 3) / 4, tiles = n * th * tw
@@ -96,10 +128,13 @@ public enum Winograd {
         // recomputed per chunk, so chunks are large (usually all tiles).
         let budget = weights.whole != nil ? max(chunkBytes, ck_wino_u_floats(oc, ic) * 4) : max(chunkBytes, 64 << 20)
         let chunk = min((tiles + 5) / 6 * 6, max(6, budget / perTile / 6 * 6))
-        let v = Storage(byteCount: 36 * chunk * icp * 4), m = Storage(byteCount: 36 * chunk * ocp * 4)
         let groupPanels = min(ocbs, max(2, panelGroupBytes / (36 * icp * 16 * 4)))
-        let groupU = weights.whole == nil ? Storage(byteCount: 36 * icp * 16 * groupPanels * 4) : nil
-        let vp = v.base.assumingMemoryBound(to: Float.self), mp = m.base.assumingMemoryBound(to: Float.self)
+        let vBytes = 36 * chunk * icp * 4, mBytes = 36 * chunk * ocp * 4
+        let groupBytes = weights.whole == nil ? 36 * icp * 16 * groupPanels * 4 : 0
+        let scratch = ScratchSlot.tiles.take(vBytes + mBytes + groupBytes, retain: retain)
+        defer { ScratchSlot.tiles.give(scratch) }
+        let vp = scratch.floats(), mp = vp + vBytes / 4
+        let groupU = weights.whole == nil ? vp + (vBytes + mBytes) / 4 : nil
         var t0 = 0
         while t0 < tiles {
             let count = min(chunk, tiles - t0), tp = (count + 5) / 6 * 6
@@ -114,11 +149,10 @@ public enum Winograd {
                 Parallel.forRange(36 * ocbs, costPerItem: tp * icp * 16) { r in
                     ck_wino_gemm(vp, up, 0, ocbs, mp, tp, icp, ocp, r.lowerBound, r.upperBound)
                 }
-            } else if let groupU {
-                let up = groupU.base.assumingMemoryBound(to: Float.self)
+            } else if let up = groupU {
                 for first in stride(from: 0, to: ocbs, by: groupPanels) {
                     let panels = first..<min(ocbs, first + groupPanels)
-                    weights.transform(into: groupU, panels: panels)
+                    weights.transform(into: up, panels: panels)
                     Parallel.forRange(36 * panels.count, costPerItem: tp * icp * 16) { r in
                         ck_wino_gemm(vp, up, panels.lowerBound, panels.count, mp, tp, icp, ocp, r.lowerBound, r.upperBound)
                     }
@@ -129,7 +163,7 @@ public enum Winograd {
             }
             t0 += count
         }
-        withExtendedLifetime((weights.w32, weights.whole, groupU, v, m)) {}
+        withExtendedLifetime((weights.w32, weights.whole, scratch)) {}
     }
 
     /// The weight gradient (oc, ic, 3, 3) of y = conv2d(x, w) given dy, x and dy laid out as for `convolve` (whole
@@ -141,10 +175,12 @@ public enum Winograd {
         let duBytes = 36 * icp * ocp * 4
         let budget = max(chunkBytes, duBytes)
         let chunk = min((tiles + 5) / 6 * 6, max(6, budget / (36 * (icp + ocp) * 4) / 6 * 6))
-        let v = Storage(byteCount: 36 * chunk * icp * 4), m = Storage(byteCount: 36 * chunk * ocp * 4)
-        let du = Storage(byteCount: duBytes, zeroed: true)
-        let vp = v.base.assumingMemoryBound(to: Float.self), mp = m.base.assumingMemoryBound(to: Float.self)
-        let dup = du.base.assumingMemoryBound(to: Float.self)
+        let vBytes = 36 * chunk * icp * 4
+        let scratch = ScratchSlot.tiles.take(vBytes + 36 * chunk * ocp * 4, retain: true)
+        let du = ScratchSlot.weights.take(duBytes, retain: true)
+        defer { ScratchSlot.tiles.give(scratch); ScratchSlot.weights.give(du) }
+        let vp = scratch.floats(), mp = vp + vBytes / 4, dup = du.floats()
+        memset(dup, 0, duBytes)
         var t0 = 0
         while t0 < tiles {
             let count = min(chunk, tiles - t0), tp = (count + 5) / 6 * 6
@@ -166,7 +202,7 @@ public enum Winograd {
         let dw = Tensor.empty([oc, ic, 3, 3])
         let dwp = dw.data
         Parallel.forRange((oc + 7) / 8, costPerItem: ic * 800) { r in ck_wino_weight_grad(dup, oc, ic, dwp, r.lowerBound, r.upperBound) }
-        withExtendedLifetime((v, m, du)) {}
+        withExtendedLifetime((scratch, du)) {}
         return dw
     }
 }
