@@ -1,10 +1,11 @@
-// Uniform entry point: format detection by magic bytes (zip "PK" -> torch.save, 0x80 -> legacy
-// pickle, otherwise safetensors' u64 header length + '{') or folder (diffusers), giving
+// Uniform entry point: format detection by magic bytes (zip "PK" -> torch.save, 0x80 -> legacy torch.save
+// pickles, "ustar" at 257 -> legacy tar (refused), otherwise safetensors' u64 header length + '{') or folder
+// (diffusers), giving
 // `[String: TensorRecord]` plus metadata. EMA helpers follow CompVis ldm/modules/ema.py (LitEma).
 import Foundation
 
 public struct CheckpointFile {
-    public enum Format: String { case safetensors, torchZip = "torch zip", diffusersFolder = "diffusers folder" }
+    public enum Format: String { case safetensors, torchZip = "torch zip", torchLegacy = "torch legacy", diffusersFolder = "diffusers folder" }
     public let url: URL?
     public let format: Format
     public let tensors: [String: TensorRecord]
@@ -47,13 +48,13 @@ public struct CheckpointFile {
         // A safetensors header is JSON: '{' right after the 8-byte length. Checked before the legacy-pickle magic,
         // because a header length of 0x80 + 256k also starts with the bytes 0x80, k.
         if b.count >= 9, b.u8(8) == UInt8(ascii: "{") { return .safetensors }
-        if b.count >= 2, b.u8(0) == 0x80, b.u8(1) <= 5 { return .torchZip }   // legacy torch: refused with a message
+        if TorchCheckpoint.isLegacyPickle(b) || TorchCheckpoint.isLegacyTar(b) { return .torchLegacy }   // tar: refused
         return .safetensors
     }
 
     static func open(buffer: ByteBuffer, url: URL?) throws -> CheckpointFile {
         switch detectFormat(buffer) {
-        case .torchZip:
+        case .torchZip, .torchLegacy:
             let ck = try TorchCheckpoint(buffer: buffer)
             var meta: [String: String] = [:]
             if let top = ck.root.dictValue {
@@ -67,7 +68,7 @@ public struct CheckpointFile {
                     }
                 }
             }
-            return CheckpointFile(url: url, format: .torchZip, tensors: try ck.records(), metadata: meta, diffusers: nil, torch: ck)
+            return CheckpointFile(url: url, format: ck.isLegacy ? .torchLegacy : .torchZip, tensors: try ck.records(), metadata: meta, diffusers: nil, torch: ck)
         default:
             let st = try SafeTensors(buffer: buffer)
             return CheckpointFile(url: url, format: .safetensors, tensors: st.tensors, metadata: st.metadata ?? [:],

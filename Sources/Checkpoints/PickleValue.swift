@@ -101,6 +101,7 @@ public enum PickleValue {
         }
     }
 
+    public var isNone: Bool { if case .none = self { return true }; return false }
     public var intValue: Int? { if case .int(let i) = self { return i }; if case .bool(let b) = self { return b ? 1 : 0 }; return nil }
     public var stringValue: String? { if case .string(let s) = self { return s }; return nil }
     public var dictValue: PickleDict? { if case .dict(let d) = self { return d }; return nil }

@@ -45,6 +45,16 @@ public final class Unpickler {
         }
     }
 
+    /// Unpickles the pickle at the start of `bytes`, which may go on past its STOP (legacy torch files are several
+    /// pickles and raw data in a row): the value, the objects created and the number of bytes the pickle took.
+    public static func loadPrefix(_ bytes: UnsafeRawBufferPointer, limits: UnpicklerLimits = .init(),
+                                  policy: UnknownCallPolicy = .refuse,
+                                  persistentLoad: @escaping (PickleValue) throws -> PickleValue) throws -> (PickleValue, Int, Int) {
+        let u = Unpickler(bytes, limits: limits, policy: policy, persistentLoad: persistentLoad)
+        let v = try u.load()
+        return (v, u.objectCount, u.pos)
+    }
+
     public func load() throws -> PickleValue {
         do {
             let v = try run()
@@ -159,8 +169,8 @@ public final class Unpickler {
             case 0x58: push(.string(try utf8(try le(4))))                          // BINUNICODE
             case 0x8C: push(.string(try utf8(try le(1))))                          // SHORT_BINUNICODE
             case 0x8D: push(.string(try utf8(try le(8))))                          // BINUNICODE8
-            case 0x54: push(.bytes(Data(try bytes(try le(4)))))                    // BINSTRING (py2 str)
-            case 0x55: push(.bytes(Data(try bytes(try le(1)))))                    // SHORT_BINSTRING
+            case 0x54: push(try py2String(try bytes(try le(4))))                   // BINSTRING (py2 str)
+            case 0x55: push(try py2String(try bytes(try le(1))))                   // SHORT_BINSTRING
             case 0x42: push(.bytes(Data(try bytes(try le(4)))))                    // BINBYTES
             case 0x43: push(.bytes(Data(try bytes(try le(1)))))                    // SHORT_BINBYTES
             case 0x8E, 0x96: push(.bytes(Data(try bytes(try le(8)))))              // BINBYTES8, BYTEARRAY8
@@ -239,6 +249,13 @@ public final class Unpickler {
             default: throw fail(String(format: "unknown opcode 0x%02x", op))
             }
         }
+    }
+
+    /// A Python 2 `str` (legacy torch files saved by Python 2, e.g. the lpips package's weights): torch.load unpickles
+    /// with encoding="utf-8", so it becomes a str, and invalid UTF-8 fails as it does there.
+    private func py2String(_ b: UnsafeRawBufferPointer) throws -> PickleValue {
+        guard let s = String(validating: b, as: UTF8.self) else { throw fail("Python 2 str is not valid UTF-8 (torch.load decodes it as utf-8)") }
+        return .string(s)
     }
 
     private func long(_ n: Int) throws -> PickleValue {

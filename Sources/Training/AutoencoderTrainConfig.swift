@@ -31,7 +31,7 @@ public struct AutoencoderTrainConfig {
     public var pixelLoss: LossType = .l1
     public var perceptualWeight: Float = 1
     /// LPIPS weights: torchvision's vgg16 checkpoint (features.*) and the lpips package's / taming's linear layers
-    /// (vgg.pth: lin0..lin4), or one combined file in `lpipsVGG`. Without them the perceptual term is off.
+    /// (vgg.pth: lin0..lin4, a legacy torch file read as is), or one combined file in `lpipsVGG`. Without them the perceptual term is off.
     public var lpipsVGG: String?, lpipsLin: String?
     public var discStart = 50001
     public var discWeight: Float = 1, discFactor: Float = 1

@@ -7,7 +7,8 @@
 //
 // Weights (all frozen: requires_grad False; gradients still flow to the inputs) come from user files:
 //  - torchvision's vgg16 checkpoint (`features.N.weight/bias`; its `classifier.*` keys are ignored) plus the linear
-//    layers of the lpips package's weights/v0.1/vgg.pth or taming's vgg.pth (`lin0.model.1.weight` ... `lin4...`),
+//    layers of the lpips package's weights/v0.1/vgg.pth or taming's vgg.pth (`lin0.model.1.weight` ... `lin4...`;
+//    legacy non-zip torch files, read as they are),
 //  - or one file in the layout of taming's LPIPS state_dict (`net.slice1.0.weight` ..., `lin0.model.1.weight` ...,
 //    optionally `scaling_layer.shift/scale`, which must hold the constants; the lpips package's `lins.K.*` aliases of
 //    `linK.*` are accepted too).
@@ -67,7 +68,8 @@ public final class LPIPS: Module, PerceptualLoss {
 
     // MARK: loading
 
-    /// From torchvision's vgg16 weights and the lpips/taming linear layers (safetensors or torch zip files).
+    /// From torchvision's vgg16 weights and the lpips/taming linear layers (safetensors or torch files, zip or legacy:
+    /// the lpips package's vgg.pth as shipped).
     public convenience init(vgg: URL, linear: URL) throws {
         self.init()
         try load(vgg: try CheckpointFile.open(vgg).tensors, linear: try CheckpointFile.open(linear).tensors)

@@ -14,7 +14,7 @@ struct TrainAutoencoder: ParsableCommand {
             diffusers AutoencoderKL or VQModel config; "_class_name" picks the kind, default AutoencoderKL). Loss keys \
             as CompVis LPIPSWithDiscriminator / VQLPIPSWithDiscriminator: kl_weight, logvar_init, codebook_weight, \
             pixel_loss (VQ: l1 | l2), perceptual_weight with lpips_vgg (torchvision vgg16 weights) and lpips_lin (the \
-            lpips package's vgg.pth), disc_start, disc_weight, disc_factor, disc_num_layers, disc_in_channels, \
+            lpips package's weights/v0.1/vgg.pth, as shipped), disc_start, disc_weight, disc_factor, disc_num_layers, disc_in_channels, \
             disc_ndf, disc_loss (hinge | vanilla), use_discriminator. Optimizer: adam_beta1 (0.5), adam_beta2 (0.9), \
             adam_epsilon, weight_decay, max_grad_norm, lr_scheduler, lr_warmup_steps, scale_lr. Also seed, \
             random_crop, random_flip, prefetch (default true: the next batch is decoded on a background thread \

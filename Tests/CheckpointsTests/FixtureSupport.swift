@@ -14,13 +14,24 @@ enum Fixtures {
               let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any],
               let ts = o["tensors"] as? [String: [String: Any]], let meta = o["metadata"] as? [String: String]
         else { return ([:], [:]) }
+        return (tensors(ts), meta)
+    }()
+
+    /// legacy/expected.json (tools/fixtures/legacy_torch.py): file name -> tensor name -> expected tensor.
+    static let legacyExpected: [String: [String: Tensor]] = {
+        guard let d = try? Data(contentsOf: url("legacy/expected.json")),
+              let o = try? JSONSerialization.jsonObject(with: d) as? [String: [String: [String: Any]]] else { return [:] }
+        return o.mapValues(tensors)
+    }()
+
+    private static func tensors(_ ts: [String: [String: Any]]) -> [String: Tensor] {
         var out: [String: Tensor] = [:]
         for (k, v) in ts {
             out[k] = Tensor(dtype: v["dtype"] as? String ?? "?", shape: v["shape"] as? [Int] ?? [],
                             hex: v["hex"] as? String ?? "", floatBits: (v["float_bits"] as? [Int] ?? []).map { UInt32($0) })
         }
-        return (out, meta)
-    }()
+        return out
+    }
 
     static let torchDType: [String: StorageDType] = [
         "float32": .F32, "float16": .F16, "bfloat16": .BF16, "float64": .F64, "int64": .I64, "int32": .I32,
@@ -39,8 +50,8 @@ enum Fixtures {
 
     /// Checks every expected tensor is present in `records` (under `prefix`+name) bit for bit.
     static func assertMatchesExpected(_ records: [String: TensorRecord], names: [String]? = nil, prefix: String = "",
+                                      expected exp: [String: Tensor] = expected.tensors,
                                       file: StaticString = #filePath, line: UInt = #line) throws {
-        let exp = expected.tensors
         XCTAssertFalse(exp.isEmpty, "expected.json missing", file: file, line: line)
         for name in names ?? Array(exp.keys) {
             guard let e = exp[name] else { XCTFail("no expected \(name)", file: file, line: line); continue }
@@ -57,9 +68,14 @@ enum Fixtures {
         }
     }
 
+    /// corpus/manifest.json (tools/fixtures/checkpoints.py) and corpus/manifest_legacy.json (legacy_torch.py).
     static func corpusManifest() -> [String: String] {
-        guard let d = try? Data(contentsOf: url("corpus/manifest.json")),
-              let m = try? JSONSerialization.jsonObject(with: d) as? [String: String] else { return [:] }
-        return m
+        var out: [String: String] = [:]
+        for name in ["manifest.json", "manifest_legacy.json"] {
+            guard let d = try? Data(contentsOf: url("corpus/" + name)),
+                  let m = try? JSONSerialization.jsonObject(with: d) as? [String: String] else { return [:] }
+            out.merge(m) { a, _ in a }
+        }
+        return out
     }
 }

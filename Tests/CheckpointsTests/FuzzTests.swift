@@ -8,7 +8,8 @@ final class FuzzTests: XCTestCase {
         let env = ProcessInfo.processInfo.environment
         let iterations = env["LDM_FUZZ_ITERATIONS"].flatMap(Int.init) ?? 300
         let seed = env["LDM_FUZZ_SEED"].flatMap(UInt64.init) ?? 1
-        let seeds = try ["reference.safetensors", "lightning.ckpt", "lightning_p4.ckpt", "lightning_deflated.ckpt", "state_dict.pt"]
+        let seeds = try ["reference.safetensors", "lightning.ckpt", "lightning_p4.ckpt", "lightning_deflated.ckpt", "state_dict.pt",
+                         "legacy/state_dict.pt", "legacy/lightning_p4.ckpt", "legacy/storage_view.pt"]
             .map { try Data(contentsOf: Fixtures.url($0)) }
         for s in seeds { XCTAssertTrue(try Fuzz.exercise(s)) }
         let r = Fuzz.run(iterations: iterations, seed: seed, seeds: seeds)

@@ -80,6 +80,26 @@ final class AutoencoderLossTests: XCTestCase {
         XCTAssertTrue(model.namedParameters.allSatisfy { $0.1.grad == nil })
     }
 
+    /// lpips_lin straight from the lpips package: its weights/v0.1/vgg.pth is a legacy (non-zip) torch file. The fixture
+    /// (tools/fixtures/legacy_torch.py) is that file's pickles with seeded weights; LDM_LPIPS_VGG_PTH may name the real
+    /// file, whose lin layers must be the reference fixture's (lpips' own) bit for bit, giving the reference LPIPS.
+    func testLPIPSLinearLayersFromTheLPIPSPackagesLegacyFile() throws {
+        let files = try LPIPSFiles.get()
+        let layout = fixturesURL.appendingPathComponent("lpips_vgg_layout.pth")
+        let m = try LPIPS(vgg: files.vgg, linear: layout)
+        let records = try CheckpointFile.open(layout).tensors
+        for k in 0..<5 {
+            XCTAssertEqual(m.lins[k].weight.toArray(), try XCTUnwrap(records["lin\(k).model.1.weight"]).floats(), "lin\(k)")
+        }
+        guard let path = ProcessInfo.processInfo.environment["LDM_LPIPS_VGG_PTH"] else { return }
+        let real = try LPIPS(vgg: files.vgg, linear: URL(fileURLWithPath: path))
+        for k in 0..<5 {
+            XCTAssertEqual(real.lins[k].weight.toArray(), files.fixture["lin\(k).model.1.weight"]!.toArray(), "real lin\(k)")
+        }
+        let v = try real(files.fixture["x"]!, files.fixture["y"]!)
+        assertClose(v.toArray(), files.fixture["lpips"]!.toArray(), tol: 1e-4, "lpips with the real vgg.pth")
+    }
+
     func testLPIPSLoadingIsStrictAndCombinedFilesRoundTrip() throws {
         let files = try LPIPSFiles.get()
         let missing = files.dir.appendingPathComponent("missing.safetensors")
