@@ -15,9 +15,9 @@ import TensorCore
 // Deliberate differences from torch's CPU autocast, which keeps every op that follows a bf16 op in bf16 (group_norm,
 // layer_norm, silu, gelu, residual adds all round their outputs to bf16 there): here those run in float32 on the
 // rounded values, as CUDA autocast does for the norms and softmax (its fp32 list); the fused attention keeps its
-// probabilities in float32 (torch's CPU flash kernel rounds them to bf16 before P @ V). Both are bf16-sized
-// differences: one-step gradients differ from torch's by about as much as torch's bf16 differs from float32
-// (Tests/TrainingTests/MixedPrecisionTests.swift).
+// probabilities in float32 (torch's CPU flash kernel rounds them to bf16 before P @ V); VectorQuantizer's distance
+// matmul (not a layer) stays float32. These are bf16-sized differences: one-step gradients differ from torch's by
+// about as much as torch's bf16 differs from float32 (Tests/TrainingTests/MixedPrecisionTests.swift).
 
 public enum Autocast {
     /// The lower-precision type of the current scope (nil: float32, autocast off). Global, like GradMode: the
