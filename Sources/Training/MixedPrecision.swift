@@ -33,9 +33,11 @@ public enum TrainingPrecision: String, Sendable {
     static func fromConfig(_ d: [String: Any], name: String) throws -> TrainingPrecision {
         func read(_ key: String) throws -> TrainingPrecision? {
             guard let v = d[key], !(v is NSNull) else { return nil }
-            if let n = v as? NSNumber, !LDMTrainConfig.isJSONBool(n) { return try parse(n.stringValue, key: key) }
+            if let n = v as? NSNumber, !LDMTrainConfig.isJSONBool(n) {
+                do { return try parse(n.stringValue, key: key) } catch { throw TrainingError("\(name): \(error)") }
+            }
             guard let s = v as? String else { throw TrainingError("\(name): \(key) must be a string") }
-            return try parse(s, key: key)
+            do { return try parse(s, key: key) } catch { throw TrainingError("\(name): \(error)") }
         }
         let a = try read("precision"), b = try read("mixed_precision")
         if let a, let b, a != b { throw TrainingError("\(name): precision \"\(a.rawValue)\" and mixed_precision disagree; give one") }
