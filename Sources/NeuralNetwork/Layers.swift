@@ -10,7 +10,10 @@ public final class Linear: Module {
         weight = Tensor(zeros: [outFeatures, inFeatures]).requiringGrad()
         self.bias = bias ? Tensor(zeros: [outFeatures]).requiringGrad() : nil
     }
-    public func callAsFunction(_ x: Tensor) -> Tensor { linear(x, weight, bias) }
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        guard Autocast.isBF16 else { return linear(x, weight, bias) }
+        return Autocast.cast(linear(Autocast.cast(x), Autocast.cast(weight), Autocast.cast(bias)))
+    }
     public var namedParameters: [(String, Tensor)] { [("weight", weight)] + (bias.map { [("bias", $0)] } ?? []) }
 }
 
@@ -24,13 +27,24 @@ public final class Conv2d: Module {
         self.bias = bias ? Tensor(zeros: [outChannels]).requiringGrad() : nil
         options = Conv2dOptions(stride: stride, padding: padding, dilation: dilation, groups: groups)
     }
-    public func callAsFunction(_ x: Tensor) -> Tensor { conv2d(x, weight, bias, options) }
+    public func callAsFunction(_ x: Tensor) -> Tensor {
+        guard Autocast.isBF16 else { return conv2d(x, weight, bias, options) }
+        return Autocast.cast(conv2d(Autocast.cast(x), Autocast.cast(weight), Autocast.cast(bias), options))
+    }
     /// self(x.upsampleNearest(factor x)) without materialising the upsampled input when that can be avoided.
-    public func upsampling(_ x: Tensor, factor: Int) -> Tensor { conv2d(upsamplingNearest: x, factor: factor, weight, bias, options) }
+    /// (Under bf16 autocast the input is rounded before the upsampling, which commutes with it.)
+    public func upsampling(_ x: Tensor, factor: Int) -> Tensor {
+        guard Autocast.isBF16 else { return conv2d(upsamplingNearest: x, factor: factor, weight, bias, options) }
+        return Autocast.cast(conv2d(upsamplingNearest: Autocast.cast(x), factor: factor, Autocast.cast(weight), Autocast.cast(bias), options))
+    }
     /// self(norm(x, silu:)) without materialising the normalised input when that can be avoided.
+    /// (Under bf16 autocast the normalised input is materialised: the convolution sees it rounded to bf16.)
     public func normalized(_ x: Tensor, _ norm: GroupNorm, silu: Bool) -> Tensor {
-        conv2d(groupNormed: x, groups: norm.groups, normWeight: norm.weight, normBias: norm.bias, eps: norm.eps, silu: silu,
-               weight, bias, options)
+        guard Autocast.isBF16 else {
+            return conv2d(groupNormed: x, groups: norm.groups, normWeight: norm.weight, normBias: norm.bias, eps: norm.eps, silu: silu,
+                          weight, bias, options)
+        }
+        return self(norm(x, silu: silu))
     }
     public var namedParameters: [(String, Tensor)] { [("weight", weight)] + (bias.map { [("bias", $0)] } ?? []) }
 }

@@ -47,6 +47,8 @@ public struct AutoencoderTrainConfig {
     /// Steps between reconstruction grids (inputs above, reconstructions below) in RUN_DIR/samples.
     public var sampleEvery: Int?
     public var exportDType: DType = .float32
+    /// `precision` ("32-true" | "bf16-mixed") or `mixed_precision` ("no" | "bf16"), as for `ldm train ldm`.
+    public var precision: TrainingPrecision = .float32
 
     static let knownKeys: Set<String> = [
         "model", "model_config", "base_learning_rate", "scale_lr", "batch_size", "max_steps",
@@ -54,7 +56,7 @@ public struct AutoencoderTrainConfig {
         "codebook_weight", "pixel_loss", "perceptual_weight", "lpips_vgg", "lpips_lin", "disc_start", "disc_weight",
         "disc_factor", "disc_num_layers", "disc_in_channels", "disc_ndf", "disc_loss", "use_discriminator", "adam_beta1",
         "adam_beta2", "adam_epsilon", "weight_decay", "max_grad_norm", "lr_scheduler", "lr_warmup_steps", "run_dir",
-        "sample_every", "export_dtype", "prefetch",
+        "sample_every", "export_dtype", "prefetch", "precision", "mixed_precision",
     ]
 
     public static func load(_ url: URL) throws -> AutoencoderTrainConfig {
@@ -87,6 +89,7 @@ public struct AutoencoderTrainConfig {
         c.randomCrop = try r.bool("random_crop") ?? true
         c.randomFlip = try r.bool("random_flip") ?? true
         c.prefetch = try r.bool("prefetch") ?? true
+        c.precision = try TrainingPrecision.fromConfig(r.values, name: name)
         if let s = try r.int("seed") { guard s >= 0 else { throw r.error("seed", "must be >= 0") }; c.seed = UInt64(s) }
         c.klWeight = Float(try r.nonNegative("kl_weight") ?? 1)
         c.logvarInit = Float(try r.number("logvar_init") ?? 0)

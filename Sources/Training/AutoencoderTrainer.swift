@@ -33,6 +33,8 @@ public struct AutoencoderLogEntry: Codable, Equatable {
     /// The loss parts of both optimizers, named as the reference's log_dict ("total_loss", "rec_loss", "kl_loss",
     /// "nll_loss", "d_weight", "disc_loss", ...).
     public var losses: [String: Float]
+    /// "bf16-mixed" for mixed-precision steps; absent for float32 ones.
+    public var precision: String? = nil
 }
 
 public final class AutoencoderTrainer {
@@ -50,6 +52,10 @@ public final class AutoencoderTrainer {
     public var maxGradNorm: Float?
     public var sampleEvery: Int?
     public var exportDType: DType = .float32
+    /// float32, or bf16 mixed precision: autocast around the autoencoder forward, its loss (LPIPS, the discriminator
+    /// as the generator's critic, the adaptive weight's gradients) and the discriminator step; float32 master weights
+    /// and optimizer state (Lightning's bf16-mixed).
+    public var precision: TrainingPrecision = .float32
     public internal(set) var step = 0, epoch = 0, batchInEpoch = 0
     public var onStep: ((AutoencoderLogEntry) -> Void)?
 
@@ -93,16 +99,20 @@ public final class AutoencoderTrainer {
         let lr = learningRate * lrSchedule.multiplier(step: step)
         optimizer.lr = lr; discOptimizer?.lr = lr
         let x = batch.images
-        let (rec, posterior, qloss) = try forward(x)
+        let (rec, posterior, qloss) = try precision.forward { try forward(x) }
         optimizer.zeroGrad()
-        var (aeLoss, log) = try loss.autoencoderLoss(inputs: x, reconstructions: rec, posterior: posterior, codebookLoss: qloss,
-                                                     globalStep: step, lastLayer: model.lastLayer)
+        var (aeLoss, log) = try precision.forward {
+            try loss.autoencoderLoss(inputs: x, reconstructions: rec, posterior: posterior, codebookLoss: qloss,
+                                     globalStep: step, lastLayer: model.lastLayer)
+        }
         guard aeLoss.item.isFinite else { throw TrainingError("autoencoder loss is \(aeLoss.item) at step \(step + 1)") }
         aeLoss.backward()
         if let n = maxGradNorm { log["grad_norm"] = clipGradNorm(optimizer.parameters.map(\.1), maxNorm: n) }
         optimizer.step()
         if let adversarial = loss.adversarial, let discOptimizer,
-           let (dLoss, dlog) = try adversarial.discriminatorLoss(inputs: x.detach(), reconstructions: rec.detach(), globalStep: step) {
+           let (dLoss, dlog) = try precision.forward({
+               try adversarial.discriminatorLoss(inputs: x.detach(), reconstructions: rec.detach(), globalStep: step)
+           }) {
             discOptimizer.zeroGrad()
             guard dLoss.item.isFinite else { throw TrainingError("discriminator loss is \(dLoss.item) at step \(step + 1)") }
             dLoss.backward()
@@ -112,7 +122,8 @@ public final class AutoencoderTrainer {
         batchInEpoch += 1
         if batchInEpoch == sampler.batchesPerEpoch { batchInEpoch = 0; epoch += 1 }
         step += 1
-        let entry = AutoencoderLogEntry(step: step, epoch: epoch, lr: lr, losses: log)
+        let entry = AutoencoderLogEntry(step: step, epoch: epoch, lr: lr, losses: log,
+                                        precision: precision == .float32 ? nil : precision.rawValue)
         try appendJSONLine(entry, to: logURL)
         onStep?(entry)
         if step % checkpointEvery == 0 || step == maxSteps { try saveCheckpoint() }

@@ -20,7 +20,7 @@ extension AutoencoderTrainer {
         entries.append(SafeTensorsEntry(name: "generator_state", dtype: .U8, shape: [state.count], bytes: Data(state)))
         var meta = ["format": Self.checkpointFormat, "step": String(step), "epoch": String(epoch),
                     "batch_in_epoch": String(batchInEpoch), "optimizer_step": String(optimizer.stepCount),
-                    "seed": String(seed), "batch_size": String(sampler.batchSize)]
+                    "seed": String(seed), "batch_size": String(sampler.batchSize), "precision": precision.rawValue]
         if let discOptimizer { meta["disc_optimizer_step"] = String(discOptimizer.stepCount) }
         let url = checkpointsDir.appendingPathComponent(String(format: "step-%08d.safetensors", step))
         try SafeTensors.write(entries, metadata: meta, to: url)
@@ -41,6 +41,10 @@ extension AutoencoderTrainer {
         }
         guard try int("batch_size") == sampler.batchSize, meta["seed"] == String(seed) else {
             throw TrainingError("\(url.path) was written with batch_size \(meta["batch_size"] ?? "?") and seed \(meta["seed"] ?? "?"); the data order would not continue")
+        }
+        let savedPrecision = meta["precision"] ?? TrainingPrecision.float32.rawValue   // older checkpoints: float32
+        guard savedPrecision == precision.rawValue else {
+            throw TrainingError("\(url.path) was trained with precision \(savedPrecision); this configuration uses \(precision.rawValue) (a resumed run keeps its precision: set precision to \(savedPrecision))")
         }
         let records = file.tensors
         func group(_ prefix: String) -> [String: TensorRecord] { mapKeys(records, [.stripPrefix(prefix)]) }
@@ -121,6 +125,7 @@ extension AutoencoderTrainConfig {
         trainer.maxGradNorm = maxGradNorm
         trainer.sampleEvery = sampleEvery
         trainer.exportDType = exportDType
+        trainer.precision = precision
         return trainer
     }
 }

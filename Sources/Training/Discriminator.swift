@@ -83,7 +83,9 @@ public final class NLayerDiscriminator: Module {
         var h = x
         for layer in main {
             switch layer {
-            case .conv(let c): h = frozen ? conv2d(h, c.weight.detach(), c.bias?.detach(), c.options) : c(h)
+            case .conv(let c):
+                h = frozen ? Autocast.cast(conv2d(Autocast.cast(h), Autocast.cast(c.weight.detach()), Autocast.cast(c.bias?.detach()), c.options))
+                           : c(h)
             case .batchNorm(let bn): h = bn(h, frozen: frozen)
             case .leakyReLU: h = h.leakyReLU(0.2)
             }

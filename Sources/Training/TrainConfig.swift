@@ -63,6 +63,8 @@ public struct LDMTrainConfig {
     public var sampleEvery: Int?
     /// DDIM steps of those sample grids.
     public var sampleSteps = 20
+    /// `precision` ("32-true" | "bf16-mixed", Lightning) or `mixed_precision` ("no" | "bf16", accelerate).
+    public var precision: TrainingPrecision = .float32
 
     static let knownKeys: Set<String> = [
         "base_learning_rate", "scale_lr", "batch_size", "accumulate_grad_batches", "max_steps", "ckpt_every", "unet",
@@ -70,7 +72,8 @@ public struct LDMTrainConfig {
         "ema_decay", "use_ema", "parameterization", "loss_type", "cond_drop_prob", "scale_by_std", "scale_factor",
         "timesteps", "linear_start", "linear_end", "beta_schedule", "lr_scheduler", "lr_warmup_steps", "weight_decay",
         "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "run_dir", "sample_every", "sample_steps",
-        "text_encoder_config", "cond_stage_trainable", "export_dtype", "cache_latents", "prefetch",
+        "text_encoder_config", "cond_stage_trainable", "export_dtype", "cache_latents", "prefetch", "precision",
+        "mixed_precision",
     ]
 
     public static func load(_ url: URL) throws -> LDMTrainConfig {
@@ -164,6 +167,7 @@ public struct LDMTrainConfig {
         c.randomFlip = try bool("random_flip") ?? true
         c.cacheLatents = try bool("cache_latents") ?? false
         c.prefetch = try bool("prefetch") ?? true
+        c.precision = try TrainingPrecision.fromConfig(d, name: name)
         if c.cacheLatents {
             guard c.firstStage != nil else { throw err("cache_latents", "needs a first_stage (in pixel space there is nothing to encode)") }
             guard !c.randomCrop else {
@@ -267,6 +271,7 @@ public struct LDMTrainConfig {
         o.sampleEvery = sampleEvery
         o.exportDType = exportDType
         o.prefetch = prefetch
+        o.precision = precision
         try o.validate()
         guard (0..<1).contains(adamBeta1), (0..<1).contains(adamBeta2), adamEpsilon >= 0, weightDecay >= 0 else {
             throw TrainingError("adam_beta1 / adam_beta2 must be in [0, 1), adam_epsilon and weight_decay >= 0")

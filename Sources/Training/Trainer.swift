@@ -35,6 +35,9 @@ public struct TrainerOptions {
     public var exportDType: DType = .float32
     /// Prepare the next batch on a background thread while a step runs (same batches as without).
     public var prefetch = true
+    /// float32, or bf16 mixed precision (autocast around the conditioning, UNet forward and loss; float32 master
+    /// weights, optimizer state and EMA). The frozen first-stage encode stays float32 (its latents are data).
+    public var precision: TrainingPrecision = .float32
 
     public init(learningRate: Double, batchSize: Int, maxSteps: Int, checkpointEvery: Int, seed: UInt64) {
         self.learningRate = learningRate; self.batchSize = batchSize; self.maxSteps = maxSteps
@@ -56,7 +59,12 @@ public struct TrainerOptions {
 /// One logged optimizer step.
 public struct TrainingLogEntry: Codable, Equatable {
     public var step: Int, epoch: Int, loss: Float, lr: Double, gradNorm: Float?
-    enum CodingKeys: String, CodingKey { case step, epoch, loss, lr, gradNorm = "grad_norm" }
+    /// "bf16-mixed" for mixed-precision steps; absent (nil) for float32 ones.
+    public var precision: String?
+    enum CodingKeys: String, CodingKey { case step, epoch, loss, lr, gradNorm = "grad_norm", precision }
+    public init(step: Int, epoch: Int, loss: Float, lr: Double, gradNorm: Float?, precision: String? = nil) {
+        self.step = step; self.epoch = epoch; self.loss = loss; self.lr = lr; self.gradNorm = gradNorm; self.precision = precision
+    }
 }
 
 public final class Trainer {
@@ -149,13 +157,15 @@ public final class Trainer {
         let accum = options.gradientAccumulationSteps
         var total: Float = 0
         for micro in 0..<accum {
-            if let nullTextEmbedding { loss.nullText = try nullTextEmbedding() }
+            if let nullTextEmbedding { loss.nullText = try options.precision.forward { try nullTextEmbedding() } }
             let batch = try nextBatch(prefetchNext: micro + 1 < accum || step + 1 < options.maxSteps)
             let z = try latentCache == nil ? encoder.encode(batch.images, generator: generator)
                                            : encoder.latents(fromCached: batch.images, generator: generator)
             if scaleFactor == nil { scaleFactor = try options.scaleByStd ? scaleFactorByStd(z) : options.scaleFactor }
             let latents = z * (scaleFactor ?? 1)
-            let out = try loss(model: model, latents: latents, conditioning: try makeConditioning(batch), generator: generator)
+            let out = try options.precision.forward {
+                try loss(model: model, latents: latents, conditioning: try makeConditioning(batch), generator: generator)
+            }
             let l = accum > 1 ? out.loss / Float(accum) : out.loss
             let value = l.item
             guard value.isFinite else { throw TrainingError("loss is \(value) at step \(step + 1)") }
@@ -166,7 +176,8 @@ public final class Trainer {
         optimizer.step()
         if let ema { ema.update(model.namedParameters) }
         step += 1
-        let entry = TrainingLogEntry(step: step, epoch: epoch, loss: total, lr: optimizer.lr, gradNorm: gradNorm)
+        let entry = TrainingLogEntry(step: step, epoch: epoch, loss: total, lr: optimizer.lr, gradNorm: gradNorm,
+                                     precision: options.precision == .float32 ? nil : options.precision.rawValue)
         try appendLog(entry)
         onStep?(entry)
         if step % options.checkpointEvery == 0 || step == options.maxSteps { try saveCheckpoint() }

@@ -3,7 +3,8 @@
 // LitEma shadows, "<prefix><name>" weights of the extra trainable modules (a trainable text encoder:
 // "text_encoder.<name>"), "optimizer.exp_avg.<name>" / "optimizer.exp_avg_sq.<name>" AdamW moments, "generator_state" (the
 // 5056-byte torch.Generator state, U8) and metadata (step, epoch, batch_in_epoch, optimizer_step, ema_num_updates,
-// scale_factor). `resume` restores all of it and trims the loss log to the checkpoint's step.
+// scale_factor, precision). `resume` restores all of it (refusing a run whose precision differs) and trims the loss
+// log to the checkpoint's step.
 import Checkpoints
 import Foundation
 import NeuralNetwork
@@ -44,7 +45,8 @@ extension Trainer {
         var meta = ["format": Self.checkpointFormat, "step": String(step), "epoch": String(epoch),
                     "batch_in_epoch": String(batchInEpoch), "optimizer_step": String(optimizer.stepCount),
                     "seed": String(options.seed), "batch_size": String(options.batchSize),
-                    "trainable_modules": extraModules.map(\.prefix).joined(separator: ",")]
+                    "trainable_modules": extraModules.map(\.prefix).joined(separator: ","),
+                    "precision": options.precision.rawValue]
         if let ema { meta["ema_num_updates"] = String(ema.numUpdates) }
         if let scaleFactor { meta["scale_factor"] = String(scaleFactor.bitPattern) }
         let url = checkpointURL(step: step)
@@ -68,6 +70,11 @@ extension Trainer {
         }
         guard try int("batch_size") == options.batchSize, meta["seed"] == String(options.seed) else {
             throw TrainingError("\(url.path) was written with batch_size \(meta["batch_size"] ?? "?") and seed \(meta["seed"] ?? "?"); the data order would not continue")
+        }
+        // Checkpoints written before mixed precision existed were float32 runs.
+        let savedPrecision = meta["precision"] ?? TrainingPrecision.float32.rawValue
+        guard savedPrecision == options.precision.rawValue else {
+            throw TrainingError("\(url.path) was trained with precision \(savedPrecision); this configuration uses \(options.precision.rawValue) (a resumed run keeps its precision: set precision to \(savedPrecision))")
         }
         let records = file.tensors
         func group(_ prefix: String) -> [String: TensorRecord] { mapKeys(records, [.stripPrefix(prefix)]) }

@@ -19,7 +19,8 @@ struct TrainAutoencoder: ParsableCommand {
             adam_epsilon, weight_decay, max_grad_norm, lr_scheduler, lr_warmup_steps, scale_lr. Also seed, \
             random_crop, random_flip, prefetch (default true: the next batch is decoded on a background thread \
             during each step; false loads it synchronously, with the same batches), run_dir, sample_every (reconstruction grids in RUN_DIR/samples), export_dtype \
-            (float32 | bfloat16 | float16). The trained model is written to RUN_DIR/vae (or vqvae) with the \
+            (float32 | bfloat16 | float16), precision ("32-true" | "bf16-mixed", or mixed_precision "no" | "bf16": \
+            bf16 mixed precision as for train ldm). The trained model is written to RUN_DIR/vae (or vqvae) with the \
             scaling_factor measured on the data.
             """)
 

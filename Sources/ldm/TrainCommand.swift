@@ -42,7 +42,11 @@ struct TrainLDM: ParsableCommand {
             false loads it synchronously, with the same batches), cache_latents (default false: true encodes every \
             image once through the frozen first stage and keeps its outputs in RUN_DIR/latent_cache.safetensors: \
             AutoencoderKL posterior mean and logvar, sampled anew every step, or VQ latents; rebuilt when the images or \
-            the first stage change. Needs first_stage and random_crop false; with random_flip both flips are cached).
+            the first stage change. Needs first_stage and random_crop false; with random_flip both flips are cached), \
+            precision ("32-true", default, or "bf16-mixed": Lightning's bf16 mixed precision, torch CPU autocast \
+            semantics: conv / linear inputs, weights and outputs rounded to bfloat16, float32 master weights, optimizer \
+            state and EMA; this CPU computes the bf16 products in float32, so it is no faster) or mixed_precision \
+            ("no" | "bf16", accelerate's name for the same).
             """)
 
     @OptionGroup var runOptions: TrainRunOptions
@@ -77,7 +81,7 @@ struct TrainLDM: ParsableCommand {
                       + (e.gradNorm.map { String(format: "  grad_norm %.4f", $0) } ?? ""))
             }
         }
-        print("training \(trainer.model.parameterCount) parameters, lr \(trainer.optimizer.lr), \(trainer.sampler.dataset.count) images, run dir \(dir.path)")
+        print("training \(trainer.model.parameterCount) parameters, lr \(trainer.optimizer.lr), \(trainer.sampler.dataset.count) images, precision \(cfg.precision.rawValue), run dir \(dir.path)")
         try trainer.train()
         print(String(format: "data: %.2f s waiting for batches", trainer.loader.waitSeconds) + " (prefetch \(trainer.loader.prefetch ? "on" : "off"))")
         print("done: step \(trainer.step); \(exportedPaths(trainer))")

@@ -1,6 +1,7 @@
 // `ldm train autoencoder`: config validation, a KL run with the PatchGAN discriminator switched on mid-run that resumes
 // bit for bit after an interruption, a VQ run, and the exported folder loading as a diffusers first stage.
 import Autoencoders
+import Checkpoints
 import Foundation
 import TensorCore
 import XCTest
@@ -64,6 +65,41 @@ final class AutoencoderTrainerTests: XCTestCase {
         let x = try straight.fixedImages(count: 2)
         let rec = try GradMode.noGrad { try m.reconstruct(x, tiled: .never) }
         XCTAssertEqual(rec.shape, x.shape)
+    }
+
+    /// bf16-mixed (with the discriminator from step 3): the losses stay within bf16 noise of float32's, the precision is
+    /// logged and checkpointed, and a float32 configuration refuses to resume the run.
+    func testBF16MixedRunTracksFloat32() throws {
+        let work = try tempDirectory("ae-bf16")
+        defer { try? FileManager.default.removeItem(at: work) }
+        let data = work.appendingPathComponent("data")
+        try writeTinyImageFolder(data)
+        var curves: [[String: Float]] = []
+        var bf16Run: URL?
+        for extra in [[:], ["precision": "bf16-mixed"]] as [[String: Any]] {
+            let run = work.appendingPathComponent("run-\(curves.count)")
+            let trainer = try AutoencoderTrainConfig.load(config(data: data, run: run, extra)).makeTrainer(runDir: run)
+            var losses: [String: Float] = [:]
+            trainer.onStep = { e in
+                XCTAssertEqual(e.precision, extra.isEmpty ? nil : "bf16-mixed")
+                for k in ["total_loss", "disc_loss"] { if let v = e.losses[k] { losses["\(k).\(e.step)"] = v } }
+            }
+            try trainer.train()
+            curves.append(losses)
+            if !extra.isEmpty { bf16Run = run }
+        }
+        XCTAssertEqual(Set(curves[0].keys), Set(curves[1].keys))
+        var worst: Float = 0
+        for (k, v) in curves[0] { worst = max(worst, abs(try XCTUnwrap(curves[1][k]) - v) / max(abs(v), 1e-3)) }
+        print("autoencoder bf16-mixed vs float32, 6 steps: max relative loss difference \(worst)")
+        XCTAssertNotEqual(curves[0], curves[1], "bf16-mixed ran the float32 computation")
+        XCTAssertLessThanOrEqual(worst, 0.05)
+        let run = try XCTUnwrap(bf16Run)
+        let ckpt = try XCTUnwrap(Trainer.latestCheckpoint(in: run))
+        XCTAssertEqual(try SafeTensors(url: ckpt).metadata?["precision"], "bf16-mixed")
+        XCTAssertThrowsError(try AutoencoderTrainConfig.load(config(data: data, run: run)).makeTrainer(runDir: run).resume()) { e in
+            XCTAssertTrue("\(e)".contains("precision bf16-mixed"), "\(e)")
+        }
     }
 
     func testVQRunLowersTheLoss() throws {

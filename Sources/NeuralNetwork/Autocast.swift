@@ -1,0 +1,44 @@
+import TensorCore
+
+// bf16 mixed precision in the manner of torch.autocast(device_type="cpu", dtype=torch.bfloat16) / Lightning's
+// precision="bf16-mixed": float32 master weights (and optimizer state); inside the scope, the ops on torch's CPU
+// lower_precision_fp list that our layers run (conv2d, linear; attention's projections are linears) take their
+// inputs, weights and biases rounded to bfloat16 and return a bfloat16 result (round to nearest even, as
+// `.to(torch.bfloat16)`), products accumulating in float32 as in oneDNN's / mkldnn's bf16 GEMMs. Normalizations,
+// activations, softmax and losses run in float32 on those values. Gradients flow through the casts to the float32
+// master weights; as in torch, a gradient reaching a bf16 tensor is bf16 (`Tensor.roundedToBFloat16`).
+//
+// This CPU has no bf16 arithmetic (AVX2: no AVX512-BF16 / AMX, and oneDNN 2.6 has no bf16 kernels for it), so the
+// products are computed by the float32 kernels on bf16-representable values: the numbers are those of bf16 compute
+// (up to float32 summation order), the speed is float32's (a little slower: the rounding passes).
+//
+// Deliberate differences from torch's CPU autocast, which keeps every op that follows a bf16 op in bf16 (group_norm,
+// layer_norm, silu, gelu, residual adds all round their outputs to bf16 there): here those run in float32 on the
+// rounded values, as CUDA autocast does for the norms and softmax (its fp32 list); the fused attention keeps its
+// probabilities in float32 (torch's CPU flash kernel rounds them to bf16 before P @ V); VectorQuantizer's distance
+// matmul (not a layer) stays float32. These are bf16-sized differences: one-step gradients differ from torch's by
+// about as much as torch's bf16 differs from float32 (Tests/TrainingTests/MixedPrecisionTests.swift).
+
+public enum Autocast {
+    /// The lower-precision type of the current scope (nil: float32, autocast off). Global, like GradMode: the
+    /// training loop runs on one driver thread and kernels never read it.
+    public nonisolated(unsafe) static private(set) var dtype: DType?
+
+    /// Runs `body` under bf16 autocast (nested scopes restore the outer state).
+    public static func bf16<T>(_ body: () throws -> T) rethrows -> T { try scope(.bfloat16, body) }
+
+    /// Runs `body` with autocast set to `dtype` (nil or .float32: off). Only bfloat16 is supported.
+    public static func scope<T>(_ dtype: DType?, _ body: () throws -> T) rethrows -> T {
+        precondition(dtype == nil || dtype == .float32 || dtype == .bfloat16, "Autocast: only bfloat16 is supported, got \(dtype!)")
+        let saved = self.dtype
+        self.dtype = dtype == .float32 ? nil : dtype
+        defer { self.dtype = saved }
+        return try body()
+    }
+
+    public static var isBF16: Bool { dtype == .bfloat16 }
+
+    /// `t` as the lower-precision op sees it: rounded to bf16 inside a bf16 scope, unchanged otherwise.
+    @inline(__always) public static func cast(_ t: Tensor) -> Tensor { isBF16 ? t.roundedToBFloat16() : t }
+    @inline(__always) public static func cast(_ t: Tensor?) -> Tensor? { isBF16 ? t.map { $0.roundedToBFloat16() } : t }
+}
