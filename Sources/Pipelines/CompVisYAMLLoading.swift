@@ -65,26 +65,23 @@ public struct CompVisModelConfig {
             guard ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "ClassEmbedder", "BERTEmbedder", "Identity", "SpatialRescaler"].contains(name) else {
                 throw PipelineError("YAML config: cond_stage_config \(name) is not supported yet (FrozenCLIPEmbedder, FrozenOpenCLIPEmbedder, ClassEmbedder, BERTEmbedder, torch.nn.Identity or SpatialRescaler with conditioning_key concat, or __is_unconditional__)")
             }
-            if name == "SpatialRescaler" {
-                guard t == "ldm.modules.encoders.modules.SpatialRescaler" || t == "SpatialRescaler" else {
-                    throw PipelineError("YAML config: cond_stage_config target \(t) is not supported (ldm.modules.encoders.modules.SpatialRescaler)")
+            // Cond stages that only make sense concatenated to the latents.
+            let concatOnly: [String: (target: String, shown: String, purpose: String)] = [
+                "SpatialRescaler": ("ldm.modules.encoders.modules.SpatialRescaler", "SpatialRescaler",
+                                    "semantic synthesis: the rescaled label map concatenated to the latents"),
+                "Identity": ("torch.nn.Identity", "torch.nn.Identity", "super-resolution: the low-res image concatenated to the latents, bsr_sr"),
+            ]
+            if let c = concatOnly[name] {
+                guard t == c.target || t == name else {
+                    throw PipelineError("YAML config: cond_stage_config target \(t) is not supported (\(c.target))")
                 }
                 guard conditioningKey == "concat" else {
-                    throw PipelineError("YAML config: cond_stage_config SpatialRescaler is supported with conditioning_key concat only "
-                                        + "(semantic synthesis: the rescaled label map concatenated to the latents), got conditioning_key \(conditioningKey ?? "none")")
-                }
-                if let f = params["cond_stage_forward"], !(f is NSNull) {
-                    throw PipelineError("YAML config: cond_stage_forward \(f) is not supported with SpatialRescaler (its forward/encode only)")
+                    throw PipelineError("YAML config: cond_stage_config \(c.shown) is supported with conditioning_key concat only "
+                                        + "(\(c.purpose)), got conditioning_key \(conditioningKey ?? "none")")
                 }
             }
-            if name == "Identity" {
-                guard t == "torch.nn.Identity" || t == "Identity" else {
-                    throw PipelineError("YAML config: cond_stage_config target \(t) is not supported (torch.nn.Identity)")
-                }
-                guard conditioningKey == "concat" else {
-                    throw PipelineError("YAML config: cond_stage_config torch.nn.Identity is supported with conditioning_key concat only "
-                                        + "(super-resolution: the low-res image concatenated to the latents, bsr_sr), got conditioning_key \(conditioningKey ?? "none")")
-                }
+            if name == "SpatialRescaler", let f = params["cond_stage_forward"], !(f is NSNull) {
+                throw PipelineError("YAML config: cond_stage_forward \(f) is not supported with SpatialRescaler (its forward/encode only)")
             }
             if name == "FrozenOpenCLIPEmbedder", let layer = condParams["layer"] as? String, layer != "penultimate" {
                 throw PipelineError("YAML config: FrozenOpenCLIPEmbedder layer \(layer) is not supported (penultimate only)")
