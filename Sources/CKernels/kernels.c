@@ -175,3 +175,34 @@ CLONES void ck_silu_affine_backward(const float *x, const float *g, float *dy, l
     }
     *sum_dy = HSUM(a); *sum_dy_xhat = HSUM(b);
 }
+
+// GEGLU (diffusers' activations.GEGLU with exact GELU): x rows hold [hidden | gate] (2n floats), y = hidden * gelu(gate).
+CLONES void ck_geglu_forward(const float *x, float *y, long rows, long n) {
+    for (long r = 0; r < rows; r++) {
+        const float *h = x + r * 2 * n, *g = h + n;
+        float *o = y + r * n;
+        long i = 0;
+        for (; i + 8 <= n; i += 8) STORE(o + i, LOAD(h + i) * ACT_FORWARD(CK_GELU_ERF, LOAD(g + i)));
+        if (i < n) STORE_PART(o + i, LOAD_PART(h + i, n - i, 0.0f) * ACT_FORWARD(CK_GELU_ERF, LOAD_PART(g + i, n - i, 0.0f)), n - i);
+    }
+}
+
+// dx rows = [dy * gelu(gate) | dy * hidden * gelu'(gate)].
+CLONES void ck_geglu_backward(const float *x, const float *dy, float *dx, long rows, long n) {
+    for (long r = 0; r < rows; r++) {
+        const float *h = x + r * 2 * n, *g = h + n, *d = dy + r * n;
+        float *dh = dx + r * 2 * n, *dg = dh + n;
+        long i = 0;
+        for (; i + 8 <= n; i += 8) {
+            v8f gv = LOAD(g + i), dv = LOAD(d + i);
+            STORE(dh + i, dv * ACT_FORWARD(CK_GELU_ERF, gv));
+            STORE(dg + i, dv * LOAD(h + i) * ACT_DERIVATIVE(CK_GELU_ERF, gv));
+        }
+        if (i < n) {
+            long k = n - i;
+            v8f gv = LOAD_PART(g + i, k, 0.0f), dv = LOAD_PART(d + i, k, 0.0f);
+            STORE_PART(dh + i, dv * ACT_FORWARD(CK_GELU_ERF, gv), k);
+            STORE_PART(dg + i, dv * LOAD_PART(h + i, k, 0.0f) * ACT_DERIVATIVE(CK_GELU_ERF, gv), k);
+        }
+    }
+}

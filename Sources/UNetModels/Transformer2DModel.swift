@@ -52,10 +52,7 @@ public final class Attention: Module {
 public final class FeedForward: Module {
     public let proj: Linear, out: Linear
     public init(dim: Int, mult: Int = 4) { proj = Linear(dim, dim * mult * 2); out = Linear(dim * mult, dim) }
-    public func callAsFunction(_ x: Tensor) -> Tensor {
-        let parts = proj(x).chunk(2, axis: -1)
-        return out(parts[0] * parts[1].gelu())
-    }
+    public func callAsFunction(_ x: Tensor) -> Tensor { out(proj(x).geglu()) }
     public var namedParameters: [(String, Tensor)] { scoped("net.0.proj", proj) + scoped("net.2", out) }
 }
 

@@ -35,6 +35,11 @@ void ck_affine(const float *x, float *y, long n, float a, float b, int silu);
 void ck_silu_affine_backward(const float *x, const float *g, float *dy, long n, float za, float zb, float mu, float r,
                              float *sum_dy, float *sum_dy_xhat);
 
+/// GEGLU: rows of x hold [hidden | gate] (2n floats each); y (rows x n) = hidden * gelu(gate) (erf form).
+void ck_geglu_forward(const float *x, float *y, long rows, long n);
+/// Its backward: rows of dx (2n floats) = [dy * gelu(gate) | dy * hidden * gelu'(gate)].
+void ck_geglu_backward(const float *x, const float *dy, float *dx, long rows, long n);
+
 /// Winograd F(4x4, 3x3) convolution pieces (winograd.c): stride 1, dilation 1, one group, NCHW float32.
 /// Floats of the transformed weights U for `oc` output and `ic` input channels: 36 * icp * ocp (icp = ic rounded up
 /// to 8, ocp = oc rounded up to 16).

@@ -40,4 +40,26 @@ extension Tensor {
     }
     /// CLIP's quick_gelu: x * sigmoid(1.702 x).
     public func quickGELU() -> Tensor { activation(CK_QUICK_GELU, "quick_gelu") }
+    /// GEGLU (diffusers' activations.GEGLU): the last axis holds [hidden | gate]; returns hidden * gelu(gate) (erf
+    /// form), one fused pass forward and one backward (instead of chunk, a copy of the strided gate, gelu, a strided
+    /// product, and their backward scattering into a zeroed gradient).
+    public func geglu() -> Tensor {
+        let x = self.float32().contiguous()
+        let width = shape.last ?? 0
+        precondition(rank >= 1 && width % 2 == 0, "geglu: last axis of \(shape) must be even")
+        let n = width / 2, rows = count / Swift.max(width, 1)
+        let out = Tensor.empty(Array(shape.dropLast()) + [n])
+        let xp = x.data, yp = out.data
+        Parallel.forRange(rows, costPerItem: n * 30) { r in ck_geglu_forward(xp + r.lowerBound * 2 * n, yp + r.lowerBound * n, r.count, n) }
+        return out.recorded("geglu", [self]) { g in
+            let gc = g.float32().contiguous()
+            let dx = Tensor.empty(x.shape)
+            let gp = gc.data, dp = dx.data
+            Parallel.forRange(rows, costPerItem: n * 60) { r in
+                ck_geglu_backward(xp + r.lowerBound * 2 * n, gp + r.lowerBound * n, dp + r.lowerBound * 2 * n, r.count, n)
+            }
+            withExtendedLifetime((x, gc)) {}
+            return [dx]
+        }
+    }
 }
