@@ -138,7 +138,7 @@ CLONES void ck_wino_gemm(const float *v, const float *u, long u_ob0, long u_obs,
 }
 
 CLONES void ck_wino_output(const float *m, long tp, long ocp, long oc, const float *bias, float *y, long oh, long ow,
-                           long sn, long sc, long tiles_h, long tiles_w, long tile0, long t0, long t1, int accumulate) {
+                           long sn, long sc, long tiles_h, long tiles_w, long tile0, long t0, long t1) {
     for (long t = t0; t < t1; t++) {
         const long g = tile0 + t, img = g / (tiles_h * tiles_w), ty = g / tiles_w % tiles_h, tx = g % tiles_w;
         const long y0 = ty * 4, x0 = tx * 4, rows = oh - y0 < 4 ? oh - y0 : 4, cols = ow - x0 < 4 ? ow - x0 : 4;
@@ -163,10 +163,7 @@ CLONES void ck_wino_output(const float *m, long tp, long ocp, long oc, const flo
             for (long l = 0; l < lanes; l++) {
                 float *p = base + (o0 + l) * sc;
                 for (long i = 0; i < rows; i++)
-                    for (long j = 0; j < cols; j++) {
-                        if (accumulate) p[i * ow + j] += out[i * 4 + j][l];
-                        else p[i * ow + j] = out[i * 4 + j][l];
-                    }
+                    for (long j = 0; j < cols; j++) p[i * ow + j] = out[i * 4 + j][l];
             }
         }
     }

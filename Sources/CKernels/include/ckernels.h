@@ -57,10 +57,10 @@ void ck_wino_input(const float *x, long c, long h, long w, long sn, long sc, lon
 /// them), work items [item0, item1) of alpha * u_obs + (panel - u_ob0); tp is a multiple of 6.
 void ck_wino_gemm(const float *v, const float *u, long u_ob0, long u_obs, float *m, long tp, long icp, long ocp,
                   long item0, long item1);
-/// The output tiles [t0, t1) of the chunk: y = A^T M A + bias (or y += that when `accumulate`), clipped to oh x ow;
-/// y: planes of oh x ow floats, sn / sc apart per image / channel.
+/// The output tiles [t0, t1) of the chunk: y = A^T M A + bias, clipped to oh x ow; y: planes of oh x ow floats,
+/// sn / sc apart per image / channel.
 void ck_wino_output(const float *m, long tp, long ocp, long oc, const float *bias, float *y, long oh, long ow,
-                    long sn, long sc, long tiles_h, long tiles_w, long tile0, long t0, long t1, int accumulate);
+                    long sn, long sc, long tiles_h, long tiles_w, long tile0, long t0, long t1);
 /// Backward weights. The transformed output gradient A dY A^T of tiles [t0, t1) into m (36 x tp x ocp floats), dy laid
 /// out as y of ck_wino_output.
 void ck_wino_output_grad(const float *dy, long oc, long oh, long ow, long sn, long sc, long tiles_h, long tiles_w,

@@ -7,18 +7,6 @@ extension Tensor {
     /// the same way, as in torch autocast, where the gradient of a bf16 tensor is itself bf16 (a bf16 op's backward
     /// returns bf16 gradients; the cast back to the float32 master weight is exact).
     public func roundedToBFloat16() -> Tensor {
-        let src = float32().contiguous()
-        let out = Tensor.empty(shape)
-        Self.roundBF16(src.data, out.data, count)
-        withExtendedLifetime(src) {}
-        return out.recorded("round_bf16", [self]) { g in [g.roundedToBFloat16()] }
-    }
-
-    static func roundBF16(_ s: UnsafeMutablePointer<Float>, _ d: UnsafeMutablePointer<Float>, _ n: Int) {
-        let chunk = 1 << 16, chunks = (n + chunk - 1) / chunk
-        Parallel.forEach(chunks, costPerItem: chunk) { c in
-            let lo = c * chunk, hi = Swift.min(n, lo + chunk)
-            for i in lo..<hi { d[i] = floatFromBF16(bf16Bits(s[i])) }
-        }
+        mapKernel(self) { floatFromBF16(bf16Bits($0)) }.recorded("round_bf16", [self]) { g in [g.roundedToBFloat16()] }
     }
 }

@@ -45,13 +45,11 @@ private struct ConvGeometry {
     /// The backward-data convolution's options when it can run as Winograd (the stride-1 3x3 case: a convolution of
     /// the output gradient with the transposed, flipped kernel and the complementary padding).
     var winogradBackwardData: Conv2dOptions? {
-        guard kh == 3, kw == 3 else { return nil }
         let p = o.padding
-        var b = Conv2dOptions()
+        var b = o
         b.padding = (2 - p.top, 2 - p.left, 2 - p.bottom, 2 - p.right)
         guard [b.padding.top, b.padding.left, b.padding.bottom, b.padding.right].allSatisfy({ $0 >= 0 }),
-              o.stride == (1, 1), o.dilation == (1, 1), o.groups == 1,
-              Winograd.applies(n: n, ic: oc, oc: ic, kh: 3, kw: 3, oh: h, ow: w, b) else { return nil }
+              Winograd.applies(n: n, ic: oc, oc: ic, kh: kh, kw: kw, oh: h, ow: w, b) else { return nil }
         return b
     }
 

@@ -81,7 +81,7 @@ public enum Winograd {
         let w32: Tensor
         let oc: Int, ic: Int
         let transposed: Bool
-        let whole: Storage?
+        private(set) var whole: Storage?
 
         /// `retain`: U in the retained scratch (training; hand it back with `done`).
         init(_ weight: Tensor, transposed: Bool, retain: Bool = false) {
@@ -91,10 +91,8 @@ public enum Winograd {
             let bytes = ck_wino_u_floats(oc, ic) * 4
             if bytes <= Winograd.wholeWeightsBytes {
                 let u = ScratchSlot.weights.take(bytes, retain: retain)
-                Weights.transform(w32, oc: oc, ic: ic, transposed: transposed, into: u.floats(), panels: 0..<((oc + 15) / 16))
+                transform(into: u.floats(), panels: 0..<((oc + 15) / 16))
                 whole = u
-            } else {
-                whole = nil
             }
         }
 
@@ -102,45 +100,61 @@ public enum Winograd {
 
         /// U of the output-channel panels `panels` into `u` (laid out for those panels only).
         func transform(into u: UnsafeMutablePointer<Float>, panels: Range<Int>) {
-            Weights.transform(w32, oc: oc, ic: ic, transposed: transposed, into: u, panels: panels)
-        }
-        static func transform(_ w32: Tensor, oc: Int, ic: Int, transposed: Bool, into ub: UnsafeMutablePointer<Float>, panels: Range<Int>) {
-            let wp = w32.data
+            let (wp, oc, ic) = (w32.data, oc, ic)
             let t: Int32 = transposed ? 1 : 0
             Parallel.forRange(panels.count, costPerItem: ic * 16 * 100) { r in
-                ck_wino_weights(wp, oc, ic, t, ub, panels.lowerBound, panels.count,
+                ck_wino_weights(wp, oc, ic, t, u, panels.lowerBound, panels.count,
                                 panels.lowerBound + r.lowerBound, panels.lowerBound + r.upperBound)
+            }
+        }
+    }
+
+    /// The 4x4 output tiles of a convolution, numbered image by image, processed in chunks of `chunk` tiles (a
+    /// multiple of 6, the GEMM micro-kernel's rows) whose transformed input V and GEMM side M together stay within
+    /// `budget` bytes.
+    private struct Tiling {
+        let icp: Int, ocp: Int, th: Int, tw: Int, tiles: Int, chunk: Int
+        init(n: Int, ic: Int, oc: Int, oh: Int, ow: Int, budget: Int) {
+            icp = (ic + 7) / 8 * 8; ocp = (oc + 15) / 16 * 16
+            th = (oh + 3) / 4; tw = (ow + 3) / 4; tiles = n * th * tw
+            chunk = min((tiles + 5) / 6 * 6, max(6, budget / (36 * (icp + ocp) * 4) / 6 * 6))
+        }
+        var vBytes: Int { 36 * chunk * icp * 4 }
+        var mBytes: Int { 36 * chunk * ocp * 4 }
+        /// Runs `body(first tile, tiles, rows padded to 6)` per chunk, after zeroing the padding rows of the given
+        /// V / M buffers (so that they stay finite, or add nothing to sums over tiles).
+        func forEachChunk(zeroing buffers: [(UnsafeMutablePointer<Float>, width: Int)], _ body: (Int, Int, Int) -> Void) {
+            var t0 = 0
+            while t0 < tiles {
+                let count = min(chunk, tiles - t0), tp = (count + 5) / 6 * 6
+                if tp > count {
+                    for (p, width) in buffers { for a in 0..<36 { memset(p + (a * tp + count) * width, 0, (tp - count) * width * 4) } }
+                }
+                body(t0, count, tp)
+                t0 += count
             }
         }
     }
 
     /// y = conv2d(x, w) + bias for one (band of an) image batch: x holds `n` images of `ic` planes of h x w floats
     /// (`xs` = (image, channel) strides in floats), y `n` images of `oc` planes of oh x ow floats (`ys` likewise),
-    /// padding (top, left) as given; bottom/right padding is implied by oh, ow. `accumulate` adds into y.
+    /// padding (top, left) as given; bottom/right padding is implied by oh, ow.
     static func convolve(_ x: UnsafePointer<Float>, n: Int, h: Int, w: Int, xs: (Int, Int), padTop: Int, padLeft: Int,
                          weights: Weights, bias: UnsafePointer<Float>?, _ y: UnsafeMutablePointer<Float>, oh: Int, ow: Int,
-                         ys: (Int, Int), accumulate: Bool = false, retain: Bool = false) {
+                         ys: (Int, Int), retain: Bool = false) {
         let (ic, oc) = (weights.ic, weights.oc)
-        let icp = (ic + 7) / 8 * 8, ocp = (oc + 15) / 16 * 16, ocbs = ocp / 16
-        let th = (oh + 3) / 4, tw = (ow + 3) / 4, tiles = n * th * tw
-        let perTile = 36 * (icp + ocp) * 4
         // Whole U: chunks of at least U's size, so that U is streamed a few times at most. U by panel groups:
         // recomputed per chunk, so chunks are large (usually all tiles).
         let budget = weights.whole != nil ? max(chunkBytes, ck_wino_u_floats(oc, ic) * 4) : max(chunkBytes, 64 << 20)
-        let chunk = min((tiles + 5) / 6 * 6, max(6, budget / perTile / 6 * 6))
+        let plan = Tiling(n: n, ic: ic, oc: oc, oh: oh, ow: ow, budget: budget)
+        let (icp, ocp, th, tw) = (plan.icp, plan.ocp, plan.th, plan.tw), ocbs = ocp / 16
         let groupPanels = min(ocbs, max(2, panelGroupBytes / (36 * icp * 16 * 4)))
-        let vBytes = 36 * chunk * icp * 4, mBytes = 36 * chunk * ocp * 4
         let groupBytes = weights.whole == nil ? 36 * icp * 16 * groupPanels * 4 : 0
-        let scratch = ScratchSlot.tiles.take(vBytes + mBytes + groupBytes, retain: retain)
+        let scratch = ScratchSlot.tiles.take(plan.vBytes + plan.mBytes + groupBytes, retain: retain)
         defer { ScratchSlot.tiles.give(scratch) }
-        let vp = scratch.floats(), mp = vp + vBytes / 4
-        let groupU = weights.whole == nil ? vp + (vBytes + mBytes) / 4 : nil
-        var t0 = 0
-        while t0 < tiles {
-            let count = min(chunk, tiles - t0), tp = (count + 5) / 6 * 6
-            if tp > count { // padding tiles of the last 6-row GEMM block: zero, so that the unused rows stay finite
-                for a in 0..<36 { memset(vp + (a * tp + count) * icp, 0, (tp - count) * icp * 4) }
-            }
+        let vp = scratch.floats(), mp = vp + plan.vBytes / 4
+        let groupU = weights.whole == nil ? mp + plan.mBytes / 4 : nil
+        plan.forEachChunk(zeroing: [(vp, icp)]) { t0, count, tp in
             Parallel.forRange(count, costPerItem: icp * 36 * 8) { r in
                 ck_wino_input(x, ic, h, w, xs.0, xs.1, padTop, padLeft, th, tw, t0, r.lowerBound, r.upperBound, vp, tp)
             }
@@ -159,9 +173,8 @@ public enum Winograd {
                 }
             }
             Parallel.forRange(count, costPerItem: ocp * 36 * 8) { r in
-                ck_wino_output(mp, tp, ocp, oc, bias, y, oh, ow, ys.0, ys.1, th, tw, t0, r.lowerBound, r.upperBound, accumulate ? 1 : 0)
+                ck_wino_output(mp, tp, ocp, oc, bias, y, oh, ow, ys.0, ys.1, th, tw, t0, r.lowerBound, r.upperBound)
             }
-            t0 += count
         }
         withExtendedLifetime((weights.w32, weights.whole, scratch)) {}
     }
@@ -170,26 +183,15 @@ public enum Winograd {
     /// images, plain NCHW): dW = G^T [ sum over tiles of (B^T d B) . (A dY A^T) ] G, the sum as 36 GEMMs over tiles.
     static func weightGradient(_ x: UnsafePointer<Float>, n: Int, ic: Int, h: Int, w: Int, padTop: Int, padLeft: Int,
                                dy: UnsafePointer<Float>, oc: Int, oh: Int, ow: Int) -> Tensor {
-        let icp = (ic + 7) / 8 * 8, ocp = (oc + 15) / 16 * 16
-        let th = (oh + 3) / 4, tw = (ow + 3) / 4, tiles = n * th * tw
-        let duBytes = 36 * icp * ocp * 4
-        let budget = max(chunkBytes, duBytes)
-        let chunk = min((tiles + 5) / 6 * 6, max(6, budget / (36 * (icp + ocp) * 4) / 6 * 6))
-        let vBytes = 36 * chunk * icp * 4
-        let scratch = ScratchSlot.tiles.take(vBytes + 36 * chunk * ocp * 4, retain: true)
+        let duBytes = ck_wino_u_floats(oc, ic) * 4
+        let plan = Tiling(n: n, ic: ic, oc: oc, oh: oh, ow: ow, budget: max(chunkBytes, duBytes))
+        let (icp, ocp, th, tw) = (plan.icp, plan.ocp, plan.th, plan.tw)
+        let scratch = ScratchSlot.tiles.take(plan.vBytes + plan.mBytes, retain: true)
         let du = ScratchSlot.weights.take(duBytes, retain: true)
         defer { ScratchSlot.tiles.give(scratch); ScratchSlot.weights.give(du) }
-        let vp = scratch.floats(), mp = vp + vBytes / 4, dup = du.floats()
+        let vp = scratch.floats(), mp = vp + plan.vBytes / 4, dup = du.floats()
         memset(dup, 0, duBytes)
-        var t0 = 0
-        while t0 < tiles {
-            let count = min(chunk, tiles - t0), tp = (count + 5) / 6 * 6
-            if tp > count { // padding tiles contribute zero to the sums
-                for a in 0..<36 {
-                    memset(vp + (a * tp + count) * icp, 0, (tp - count) * icp * 4)
-                    memset(mp + (a * tp + count) * ocp, 0, (tp - count) * ocp * 4)
-                }
-            }
+        plan.forEachChunk(zeroing: [(vp, icp), (mp, ocp)]) { t0, count, tp in
             Parallel.forRange(count, costPerItem: (icp + ocp) * 36 * 8) { r in
                 ck_wino_input(x, ic, h, w, ic * h * w, h * w, padTop, padLeft, th, tw, t0, r.lowerBound, r.upperBound, vp, tp)
                 ck_wino_output_grad(dy, oc, oh, ow, oc * oh * ow, oh * ow, th, tw, t0, r.lowerBound, r.upperBound, mp, tp)
@@ -197,7 +199,6 @@ public enum Winograd {
             Parallel.forRange(36 * (ocp / 16), costPerItem: tp * icp * 16) { r in
                 ck_wino_weight_gemm(vp, mp, dup, tp, icp, ocp, r.lowerBound, r.upperBound)
             }
-            t0 += count
         }
         let dw = Tensor.empty([oc, ic, 3, 3])
         let dwp = dw.data
