@@ -38,7 +38,14 @@ public enum Autocast {
 
     public static var isBF16: Bool { dtype == .bfloat16 }
 
+    /// `op(x, weight, bias)` as a lower-precision op: inside a bf16 scope its inputs and its result rounded to bf16.
+    public static func lowerPrecision(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?,
+                                      _ op: (Tensor, Tensor, Tensor?) -> Tensor) -> Tensor {
+        guard isBF16 else { return op(x, weight, bias) }
+        return cast(op(cast(x), cast(weight), cast(bias)))
+    }
+
     /// `t` as the lower-precision op sees it: rounded to bf16 inside a bf16 scope, unchanged otherwise.
-    @inline(__always) public static func cast(_ t: Tensor) -> Tensor { isBF16 ? t.roundedToBFloat16() : t }
-    @inline(__always) public static func cast(_ t: Tensor?) -> Tensor? { isBF16 ? t.map { $0.roundedToBFloat16() } : t }
+    @inline(__always) private static func cast(_ t: Tensor) -> Tensor { isBF16 ? t.roundedToBFloat16() : t }
+    @inline(__always) private static func cast(_ t: Tensor?) -> Tensor? { isBF16 ? t.map { $0.roundedToBFloat16() } : t }
 }

@@ -10,10 +10,7 @@ public final class Linear: Module {
         weight = Tensor(zeros: [outFeatures, inFeatures]).requiringGrad()
         self.bias = bias ? Tensor(zeros: [outFeatures]).requiringGrad() : nil
     }
-    public func callAsFunction(_ x: Tensor) -> Tensor {
-        guard Autocast.isBF16 else { return linear(x, weight, bias) }
-        return Autocast.cast(linear(Autocast.cast(x), Autocast.cast(weight), Autocast.cast(bias)))
-    }
+    public func callAsFunction(_ x: Tensor) -> Tensor { Autocast.lowerPrecision(x, weight, bias) { linear($0, $1, $2) } }
     public var namedParameters: [(String, Tensor)] { [("weight", weight)] + (bias.map { [("bias", $0)] } ?? []) }
 }
 
@@ -27,15 +24,11 @@ public final class Conv2d: Module {
         self.bias = bias ? Tensor(zeros: [outChannels]).requiringGrad() : nil
         options = Conv2dOptions(stride: stride, padding: padding, dilation: dilation, groups: groups)
     }
-    public func callAsFunction(_ x: Tensor) -> Tensor {
-        guard Autocast.isBF16 else { return conv2d(x, weight, bias, options) }
-        return Autocast.cast(conv2d(Autocast.cast(x), Autocast.cast(weight), Autocast.cast(bias), options))
-    }
+    public func callAsFunction(_ x: Tensor) -> Tensor { Autocast.lowerPrecision(x, weight, bias) { conv2d($0, $1, $2, options) } }
     /// self(x.upsampleNearest(factor x)) without materialising the upsampled input when that can be avoided.
     /// (Under bf16 autocast the input is rounded before the upsampling, which commutes with it.)
     public func upsampling(_ x: Tensor, factor: Int) -> Tensor {
-        guard Autocast.isBF16 else { return conv2d(upsamplingNearest: x, factor: factor, weight, bias, options) }
-        return Autocast.cast(conv2d(upsamplingNearest: Autocast.cast(x), factor: factor, Autocast.cast(weight), Autocast.cast(bias), options))
+        Autocast.lowerPrecision(x, weight, bias) { conv2d(upsamplingNearest: $0, factor: factor, $1, $2, options) }
     }
     /// self(norm(x, silu:)) without materialising the normalised input when that can be avoided.
     /// (Under bf16 autocast the normalised input is materialised: the convolution sees it rounded to bf16.)

@@ -84,7 +84,7 @@ public final class NLayerDiscriminator: Module {
         for layer in main {
             switch layer {
             case .conv(let c):
-                h = frozen ? Autocast.cast(conv2d(Autocast.cast(h), Autocast.cast(c.weight.detach()), Autocast.cast(c.bias?.detach()), c.options))
+                h = frozen ? Autocast.lowerPrecision(h, c.weight.detach(), c.bias?.detach()) { conv2d($0, $1, $2, c.options) }
                            : c(h)
             case .batchNorm(let bn): h = bn(h, frozen: frozen)
             case .leakyReLU: h = h.leakyReLU(0.2)
