@@ -24,6 +24,23 @@ func assertClose(_ a: [Float], _ b: [Float], tol: Float, floor: Float = 1e-6, _ 
     return err / scale
 }
 
+/// The tiny class-conditional UNet2DModel (4 latent channels, [8, 16], one attention level, 3 classes) of the
+/// training tests, as config.json text and as the `unet_config` of a training configuration.
+let tinyClassUNetConfig = #"""
+{"_class_name": "UNet2DModel", "in_channels": 4, "out_channels": 4, "block_out_channels": [8, 16], "layers_per_block": 1,
+ "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+ "norm_num_groups": 4, "attention_head_dim": 4, "num_class_embeds": 3}
+"""#
+let tinyClassUNetConfigDictionary = try! JSONSerialization.jsonObject(with: Data(tinyClassUNetConfig.utf8)) as! [String: Any]
+
+/// `config` with `extra` keys overriding, written as a JSON training configuration beside the data folder.
+func writeTrainConfig(_ config: [String: Any], _ extra: [String: Any], besides data: URL) throws -> URL {
+    let d = config.merging(extra) { _, new in new }
+    let url = data.deletingLastPathComponent().appendingPathComponent("train-\(UUID().uuidString).json")
+    try JSONSerialization.data(withJSONObject: d).write(to: url)
+    return url
+}
+
 func tempDirectory(_ name: String) throws -> URL {
     let url = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-training-\(name)-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)

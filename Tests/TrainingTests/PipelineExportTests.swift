@@ -53,19 +53,13 @@ func writeTinyImageFolder(_ dir: URL) throws {
 
 final class PipelineExportTests: XCTestCase {
     func classConfig(data: URL, run: URL, _ extra: [String: Any] = [:]) throws -> URL {
-        var d: [String: Any] = [
+        let d: [String: Any] = [
             "base_learning_rate": 1e-4, "batch_size": 2, "max_steps": 2, "ckpt_every": 1, "data_dir": data.path,
             "image_size": 16, "seed": 3, "conditioning": "class", "cond_drop_prob": 0.5, "scale_by_std": true,
             "ema_decay": 0.9, "first_stage": tinyKLFirstStage.path, "run_dir": run.path, "export_dtype": "bfloat16",
-            "unet_config": ["_class_name": "UNet2DModel", "in_channels": 4, "out_channels": 4, "block_out_channels": [8, 16],
-                            "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-                            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 4, "attention_head_dim": 4,
-                            "num_class_embeds": 3] as [String: Any],
+            "unet_config": tinyClassUNetConfigDictionary,
         ]
-        for (k, v) in extra { d[k] = v }
-        let url = data.deletingLastPathComponent().appendingPathComponent("train-\(UUID().uuidString).json")
-        try JSONSerialization.data(withJSONObject: d).write(to: url)
-        return url
+        return try writeTrainConfig(d, extra, besides: data)
     }
 
     func testClassConditionalRunExportsSampleablePipeline() throws {

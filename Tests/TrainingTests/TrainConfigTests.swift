@@ -34,10 +34,7 @@ final class TrainConfigTests: XCTestCase {
             "parameterization": "eps", "loss_type": "l2", "ema_decay": 0.999, "lr_scheduler": "constant_with_warmup", "lr_warmup_steps": 1,
             "first_stage": fixturesURL.deletingLastPathComponent().deletingLastPathComponent()
                 .appendingPathComponent("AutoencodersTests/Fixtures/kl_f4").path,
-            "unet_config": ["_class_name": "UNet2DModel", "in_channels": 4, "out_channels": 4, "block_out_channels": [8, 16],
-                            "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-                            "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "norm_num_groups": 4, "attention_head_dim": 4,
-                            "num_class_embeds": 3] as [String: Any],
+            "unet_config": tinyClassUNetConfigDictionary,
         ]
         for k in removing { d.removeValue(forKey: k) }
         for (k, v) in extra { d[k] = v }

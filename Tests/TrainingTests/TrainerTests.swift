@@ -9,12 +9,6 @@ import XCTest
 
 // The training loop: bit-identical resume, checkpoint contents, loss log, datasets.
 
-let tinyClassUNetConfig = #"""
-{"_class_name": "UNet2DModel", "in_channels": 4, "out_channels": 4, "block_out_channels": [8, 16], "layers_per_block": 1,
- "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
- "norm_num_groups": 4, "attention_head_dim": 4, "num_class_embeds": 3}
-"""#
-
 final class TrainerTests: XCTestCase {
     func makeTrainer(runDir: URL, accumulation: Int = 1) throws -> Trainer {
         let model = try UNet2DConditionModel.random(config: UNetConfig.decode(Data(tinyClassUNetConfig.utf8)), seed: 11)
