@@ -14,9 +14,10 @@ struct BenchModels {
         print("threads: \(Parallel.threadCount)")
         print("| part | ours (s) | ours peak RSS (MB) | PyTorch (s) | PyTorch peak RSS (MB) | ours / PyTorch time | ours / PyTorch RSS |")
         print("|---|---|---|---|---|---|---|")
+        let script = try torchPython.map { _ in try BenchSupport.script("torch_models.py") }
         for p in parts {
             let ours = try p.ours.map { try child(CommandLine.arguments[0], ["bench", "part", $0, "--reps", "\(reps)"]) }
-            let torch = try torchPython.map { try child($0, ["tools/bench/torch_models.py", "\(Parallel.threadCount)", p.torch, "\(reps)"]) }
+            let torch = try torchPython.map { try child($0, [script!, "\(Parallel.threadCount)", p.torch, "\(reps)"]) }
             func f(_ v: Double?, _ fmt: String) -> String { v.map { String(format: fmt, $0) } ?? "n/a" }
             func ratio(_ a: Double?, _ b: Double?) -> String { (a != nil && b != nil) ? String(format: "%.2f", a! / b!) : "n/a" }
             print("| \(p.label) | \(f(ours?.0, "%.2f")) | \(f(ours?.1, "%.0f")) | \(f(torch?.0, "%.2f")) | \(f(torch?.1, "%.0f")) | \(ratio(ours?.0, torch?.0)) | \(ratio(ours?.1, torch?.1)) |")

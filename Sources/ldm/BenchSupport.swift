@@ -24,13 +24,29 @@ enum BenchSupport {
         return times.sorted()[times.count / 2]
     }
 
+    /// The package root this binary was built from: #filePath is <root>/Sources/ldm/BenchSupport.swift.
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Path of a PyTorch benchmark script `tools/bench/<name>`: found beside the package's sources (so `ldm bench`
+    /// works from any directory), else relative to the working directory (a moved checkout run from its root).
+    static func script(_ name: String) throws -> String {
+        let relative = "tools/bench/" + name
+        let candidates = [packageRoot.appendingPathComponent(relative).path,
+                          URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent(relative).path]
+        guard let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
+            throw BenchError("benchmark script \(relative) not found (looked in \(candidates.joined(separator: " and ")))")
+        }
+        return found
+    }
+
     /// Runs the PyTorch side if LDM_TORCH_PYTHON is set; returns op -> seconds (empty without it).
-    static func torchFigures(script: String, arguments: [String] = []) throws -> [String: Double] {
+    /// `script`: a file name under tools/bench/.
+    static func torchFigures(script name: String, arguments: [String] = []) throws -> [String: Double] {
         guard let python = ProcessInfo.processInfo.environment["LDM_TORCH_PYTHON"], !python.isEmpty else {
             FileHandle.standardError.write("LDM_TORCH_PYTHON is not set: PyTorch figures and ratios are skipped.\n".data(using: .utf8)!)
             return [:]
         }
-        guard FileManager.default.fileExists(atPath: script) else { throw BenchError("benchmark script \(script) not found: run from the repository root") }
+        let script = try Self.script(name)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: python)
         p.arguments = [script, "\(Parallel.threadCount)"] + arguments
