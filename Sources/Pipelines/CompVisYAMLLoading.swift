@@ -298,8 +298,10 @@ extension ModelBundle {
             } else {
                 let vocab = try ModelBundle.bertVocabulary(checkpoint: url, explicit: bertVocabulary)
                 let t = try ModelBundle.bertTokenizer(vocab, maxLength: c.maxPositionEmbeddings)
-                guard t.vocabulary.count <= c.vocabSize else {
-                    throw PipelineError("\(vocab.path): \(t.vocabulary.count) tokens, more than BERTEmbedder's vocab_size \(c.vocabSize)")
+                // Ids may have gaps (duplicate vocab.txt lines): the largest id must have an embedding row.
+                let rows = (t.vocabulary.values.max() ?? -1) + 1
+                guard rows <= c.vocabSize else {
+                    throw PipelineError("\(vocab.path): token ids up to \(rows - 1), more than BERTEmbedder's vocab_size \(c.vocabSize) allows")
                 }
                 bertTokenizer = t
                 bertLength = c.maxPositionEmbeddings      // BERTTokenizer pads/truncates to max_seq_len
