@@ -262,6 +262,11 @@ extension ModelBundle {
         return beside
     }
 
+    /// A text encoder config derived from the weights, its failure said in one sentence naming the file.
+    static func textEncoderConfig(_ derive: @autoclosure () throws -> CLIPTextConfig, _ url: URL) throws -> CLIPTextConfig {
+        do { return try derive() } catch let e as ConditioningError { throw PipelineError("\(url.path): \(e.description)") }
+    }
+
     static func bertTokenizer(_ url: URL, maxLength: Int) throws -> BertTokenizer {
         // bert-base-uncased: do_lower_case, accents stripped with it (BertTokenizerFast's defaults there).
         DiffusersFolder.isFolder(url) || (try? url.resourceValues(forKeys: [.isDirectoryKey]).isDirectory) == true
@@ -314,11 +319,12 @@ extension ModelBundle {
         case "FrozenCLIPEmbedder":
             let clip = records.filter { $0.key.hasPrefix("cond_stage_model.transformer.") }
             guard !clip.isEmpty else { throw PipelineError("\(url.path): no cond_stage_model.transformer.* weights for FrozenCLIPEmbedder") }
-            encoder = try CLIPTextModel(config: .stableDiffusion1)
+            // The YAML's FrozenCLIPEmbedder states no size (the code hard-codes ViT-L/14): the weights decide.
+            encoder = try CLIPTextModel(config: textEncoderConfig(.frozenCLIPEmbedder(clip), url))
             _ = try encoder?.loadWeights(clip)
             tokenizer = try CLIPTokenizer.openCLIPDefault()
         case "FrozenOpenCLIPEmbedder":
-            encoder = try CLIPTextModel(config: .stableDiffusion2)
+            encoder = try CLIPTextModel(config: textEncoderConfig(.frozenOpenCLIPEmbedder(records), url))
             _ = try encoder?.loadOpenCLIPWeights(records)
             tokenizer = try CLIPTokenizer.openCLIPDefault(padToken: "!")
         case "Identity":
