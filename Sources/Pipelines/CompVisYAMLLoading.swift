@@ -275,11 +275,18 @@ extension ModelBundle {
 
     /// A CompVis checkpoint (.ckpt / .safetensors) with its parsed YAML config. `bertVocabulary`: see
     /// `bertVocabulary(checkpoint:explicit:)` (BERTEmbedder configs only).
-    public static func load(checkpoint url: URL, yaml: [String: Any], bertVocabulary: URL? = nil) throws -> ModelBundle {
-        let config = try CompVisModelConfig(yaml: yaml)
+    /// The UNet and first-stage values the weights pin are read from them (CompVisArchitecture.reconcile; what changed
+    /// is in `notes`), as is the text encoder's size.
+    public static func load(checkpoint url: URL, yaml stated: [String: Any], bertVocabulary: URL? = nil) throws -> ModelBundle {
+        _ = try CompVisModelConfig(yaml: stated)
         let file: CheckpointFile
         do { file = try CheckpointFile.open(url) } catch { throw PipelineError("model \(url.path) cannot be read: \(error)") }
         let records = file.tensors
+        let (yaml, notes): ([String: Any], [String])
+        do { (yaml, notes) = try CompVisArchitecture.reconcile(yaml: stated, records: records) } catch let e as PipelineError {
+            throw PipelineError("\(url.path): \(e.description)")
+        }
+        let config = try CompVisModelConfig(yaml: yaml)
         guard records.keys.contains(where: { $0.hasPrefix(CompVisUNetKeyMap.compVisPrefix) }) else {
             throw PipelineError("\(url.path): no UNet weights (model.diffusion_model.*)")
         }
@@ -365,6 +372,7 @@ extension ModelBundle {
         bundle.superResolutionScaledDecode = true       // decode_first_stage: z / scale_factor (YAML, default 1.0)
         bundle.bert = bert; bundle.bertTokenizer = bertTokenizer; bundle.bertMaxLength = bertLength
         bundle.layoutBuilder = layout
+        bundle.notes = notes
         return bundle
     }
 }

@@ -89,6 +89,8 @@ public final class ModelBundle {
     /// Layout-to-image models (CompVis YAML, cond_stage_key coordinates_bbox): the layout tokenizer whose ids `bert`
     /// takes (bertTokenizer is nil then).
     public var layoutBuilder: ObjectsBoundingBoxConditionalBuilder?
+    /// What loading took from the weights instead of the config (CompVis YAML values the checkpoint contradicts).
+    public var notes: [String] = []
 
     public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel?, textEncoder: CLIPTextModel?,
                 tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {
