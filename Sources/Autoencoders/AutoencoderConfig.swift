@@ -3,13 +3,9 @@
 // Block types: DownEncoderBlock2D / AttnDownEncoderBlock2D and UpDecoderBlock2D / AttnUpDecoderBlock2D (the Attn
 // variants put a single-head attention after every resnet: CompVis attn_resolutions).
 // force_upcast and other dtype / loading hints are accepted and ignored.
+import DiffusersBlocks
 import Foundation
-
-public struct AutoencoderError: Error, CustomStringConvertible, Equatable {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-}
+import NeuralNetwork
 
 /// Decodes `sample_size` given either as an integer or as [height, width] (the first entry is used, as diffusers does).
 private func decodeSampleSize<K: CodingKey>(_ c: KeyedDecodingContainer<K>, _ key: K, default d: Int) throws -> Int {
@@ -22,8 +18,8 @@ private func decodeSampleSize<K: CodingKey>(_ c: KeyedDecodingContainer<K>, _ ke
 public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
     public var inChannels = 3
     public var outChannels = 3
-    public var downBlockTypes = ["DownEncoderBlock2D"]
-    public var upBlockTypes = ["UpDecoderBlock2D"]
+    public var downBlockTypes: [DownBlockType] = [.downEncoderBlock2D]
+    public var upBlockTypes: [UpBlockType] = [.upDecoderBlock2D]
     public var blockOutChannels = [64]
     public var layersPerBlock = 1
     public var actFn = "silu"
@@ -54,28 +50,32 @@ public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
     public static var stableDiffusion: AutoencoderKLConfig {
         var c = AutoencoderKLConfig()
         c.blockOutChannels = [128, 256, 512, 512]
-        c.downBlockTypes = Array(repeating: "DownEncoderBlock2D", count: 4)
-        c.upBlockTypes = Array(repeating: "UpDecoderBlock2D", count: 4)
+        c.downBlockTypes = Array(repeating: .downEncoderBlock2D, count: 4)
+        c.upBlockTypes = Array(repeating: .upDecoderBlock2D, count: 4)
         c.layersPerBlock = 2; c.latentChannels = 4; c.sampleSize = 512
         return c
     }
 
     public init(from decoder: Swift.Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        func v<T: Decodable>(_ k: CodingKeys, _ d: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? d }
         let d = AutoencoderKLConfig()
-        inChannels = try v(.inChannels, d.inChannels); outChannels = try v(.outChannels, d.outChannels)
-        downBlockTypes = try v(.downBlockTypes, d.downBlockTypes); upBlockTypes = try v(.upBlockTypes, d.upBlockTypes)
-        blockOutChannels = try v(.blockOutChannels, d.blockOutChannels); layersPerBlock = try v(.layersPerBlock, d.layersPerBlock)
-        actFn = try v(.actFn, d.actFn); latentChannels = try v(.latentChannels, d.latentChannels)
-        normNumGroups = try v(.normNumGroups, d.normNumGroups)
+        inChannels = try c.decode(.inChannels, default: d.inChannels)
+        outChannels = try c.decode(.outChannels, default: d.outChannels)
+        downBlockTypes = try c.decode(.downBlockTypes, default: d.downBlockTypes)
+        upBlockTypes = try c.decode(.upBlockTypes, default: d.upBlockTypes)
+        blockOutChannels = try c.decode(.blockOutChannels, default: d.blockOutChannels)
+        layersPerBlock = try c.decode(.layersPerBlock, default: d.layersPerBlock)
+        actFn = try c.decode(.actFn, default: d.actFn)
+        latentChannels = try c.decode(.latentChannels, default: d.latentChannels)
+        normNumGroups = try c.decode(.normNumGroups, default: d.normNumGroups)
         sampleSize = try decodeSampleSize(c, .sampleSize, default: d.sampleSize)
-        scalingFactor = try v(.scalingFactor, d.scalingFactor)
+        scalingFactor = try c.decode(.scalingFactor, default: d.scalingFactor)
         shiftFactor = try c.decodeIfPresent(Float.self, forKey: .shiftFactor)
         latentsMean = try c.decodeIfPresent([Float].self, forKey: .latentsMean)
         latentsStd = try c.decodeIfPresent([Float].self, forKey: .latentsStd)
-        useQuantConv = try v(.useQuantConv, d.useQuantConv); usePostQuantConv = try v(.usePostQuantConv, d.usePostQuantConv)
-        midBlockAddAttention = try v(.midBlockAddAttention, d.midBlockAddAttention)
+        useQuantConv = try c.decode(.useQuantConv, default: d.useQuantConv)
+        usePostQuantConv = try c.decode(.usePostQuantConv, default: d.usePostQuantConv)
+        midBlockAddAttention = try c.decode(.midBlockAddAttention, default: d.midBlockAddAttention)
     }
 
     /// Reads a diffusers `config.json`, naming the file in any error.
@@ -90,8 +90,8 @@ public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
         VAEArchitecture(inChannels: inChannels, outChannels: outChannels, blockOutChannels: blockOutChannels,
                         layersPerBlock: layersPerBlock, latentChannels: latentChannels, normNumGroups: normNumGroups,
                         midBlockAddAttention: midBlockAddAttention,
-                        downAttention: downBlockTypes.map { $0 == "AttnDownEncoderBlock2D" },
-                        upAttention: upBlockTypes.map { $0 == "AttnUpDecoderBlock2D" })
+                        downAttention: downBlockTypes.map { $0 == .attnDownEncoderBlock2D },
+                        upAttention: upBlockTypes.map { $0 == .attnUpDecoderBlock2D })
     }
 
     public func validate() throws {
@@ -103,8 +103,8 @@ public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
 public struct VQModelConfig: Codable, Equatable, Sendable {
     public var inChannels = 3
     public var outChannels = 3
-    public var downBlockTypes = ["DownEncoderBlock2D"]
-    public var upBlockTypes = ["UpDecoderBlock2D"]
+    public var downBlockTypes: [DownBlockType] = [.downEncoderBlock2D]
+    public var upBlockTypes: [UpBlockType] = [.upDecoderBlock2D]
     public var blockOutChannels = [64]
     public var layersPerBlock = 1
     public var actFn = "silu"
@@ -133,18 +133,23 @@ public struct VQModelConfig: Codable, Equatable, Sendable {
 
     public init(from decoder: Swift.Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        func v<T: Decodable>(_ k: CodingKeys, _ d: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? d }
         let d = VQModelConfig()
-        inChannels = try v(.inChannels, d.inChannels); outChannels = try v(.outChannels, d.outChannels)
-        downBlockTypes = try v(.downBlockTypes, d.downBlockTypes); upBlockTypes = try v(.upBlockTypes, d.upBlockTypes)
-        blockOutChannels = try v(.blockOutChannels, d.blockOutChannels); layersPerBlock = try v(.layersPerBlock, d.layersPerBlock)
-        actFn = try v(.actFn, d.actFn); latentChannels = try v(.latentChannels, d.latentChannels)
+        inChannels = try c.decode(.inChannels, default: d.inChannels)
+        outChannels = try c.decode(.outChannels, default: d.outChannels)
+        downBlockTypes = try c.decode(.downBlockTypes, default: d.downBlockTypes)
+        upBlockTypes = try c.decode(.upBlockTypes, default: d.upBlockTypes)
+        blockOutChannels = try c.decode(.blockOutChannels, default: d.blockOutChannels)
+        layersPerBlock = try c.decode(.layersPerBlock, default: d.layersPerBlock)
+        actFn = try c.decode(.actFn, default: d.actFn)
+        latentChannels = try c.decode(.latentChannels, default: d.latentChannels)
         sampleSize = try decodeSampleSize(c, .sampleSize, default: d.sampleSize)
-        numVqEmbeddings = try v(.numVqEmbeddings, d.numVqEmbeddings); normNumGroups = try v(.normNumGroups, d.normNumGroups)
+        numVqEmbeddings = try c.decode(.numVqEmbeddings, default: d.numVqEmbeddings)
+        normNumGroups = try c.decode(.normNumGroups, default: d.normNumGroups)
         vqEmbedDim = try c.decodeIfPresent(Int.self, forKey: .vqEmbedDim)
-        scalingFactor = try v(.scalingFactor, d.scalingFactor); normType = try v(.normType, d.normType)
-        midBlockAddAttention = try v(.midBlockAddAttention, d.midBlockAddAttention)
-        lookupFromCodebook = try v(.lookupFromCodebook, d.lookupFromCodebook)
+        scalingFactor = try c.decode(.scalingFactor, default: d.scalingFactor)
+        normType = try c.decode(.normType, default: d.normType)
+        midBlockAddAttention = try c.decode(.midBlockAddAttention, default: d.midBlockAddAttention)
+        lookupFromCodebook = try c.decode(.lookupFromCodebook, default: d.lookupFromCodebook)
     }
 
     public static func load(_ url: URL) throws -> VQModelConfig {
@@ -160,8 +165,8 @@ public struct VQModelConfig: Codable, Equatable, Sendable {
         VAEArchitecture(inChannels: inChannels, outChannels: outChannels, blockOutChannels: blockOutChannels,
                         layersPerBlock: layersPerBlock, latentChannels: latentChannels, normNumGroups: normNumGroups,
                         midBlockAddAttention: midBlockAddAttention,
-                        downAttention: downBlockTypes.map { $0 == "AttnDownEncoderBlock2D" },
-                        upAttention: upBlockTypes.map { $0 == "AttnUpDecoderBlock2D" })
+                        downAttention: downBlockTypes.map { $0 == .attnDownEncoderBlock2D },
+                        upAttention: upBlockTypes.map { $0 == .attnUpDecoderBlock2D })
     }
 
     public func validate() throws {
@@ -174,11 +179,12 @@ public struct VQModelConfig: Codable, Equatable, Sendable {
     }
 }
 
-func validateBlocks(down: [String], up: [String], count: Int, actFn: String) throws {
+func validateBlocks(down: [DownBlockType], up: [UpBlockType], count: Int, actFn: String) throws {
     guard down.count == count, up.count == count else {
         throw AutoencoderError("\(down.count) down_block_types and \(up.count) up_block_types for \(count) block_out_channels")
     }
-    let downTypes = ["DownEncoderBlock2D", "AttnDownEncoderBlock2D"], upTypes = ["UpDecoderBlock2D", "AttnUpDecoderBlock2D"]
+    let downTypes: [DownBlockType] = [.downEncoderBlock2D, .attnDownEncoderBlock2D]
+    let upTypes: [UpBlockType] = [.upDecoderBlock2D, .attnUpDecoderBlock2D]
     if let bad = down.first(where: { !downTypes.contains($0) }) { throw AutoencoderError("unsupported down block type \(bad)") }
     if let bad = up.first(where: { !upTypes.contains($0) }) { throw AutoencoderError("unsupported up block type \(bad)") }
     guard actFn == "silu" || actFn == "swish" else { throw AutoencoderError("unsupported act_fn \(actFn) (only silu)") }
