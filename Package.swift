@@ -56,7 +56,7 @@ let package = Package(
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], exclude: ["Fixtures"]),
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion", "TensorCore"], exclude: ["Fixtures"]),
         .testTarget(name: "AutoencodersTests", dependencies: ["Autoencoders", "DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "UNetModelsTests", dependencies: ["UNetModels", "DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "UNetModelsTests", dependencies: ["UNetModels", "Autoencoders", "DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], exclude: ["Fixtures"]),
         .testTarget(name: "ConditioningTests", dependencies: ["Conditioning", "NeuralNetwork", "Checkpoints", "Tokenizers", "TensorCore"], exclude: ["Fixtures"]),
         .testTarget(name: "PipelinesTests", dependencies: ["Pipelines", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels", "Conditioning", "Imaging",
                                                            "Tokenizers", "Checkpoints", "NeuralNetwork", "TensorCore"], exclude: ["Fixtures"]),
