@@ -7,15 +7,85 @@ import DiffusersBlocks
 import Foundation
 import NeuralNetwork
 
-/// Decodes `sample_size` given either as an integer or as [height, width] (the first entry is used, as diffusers does).
-private func decodeSampleSize<K: CodingKey>(_ c: KeyedDecodingContainer<K>, _ key: K, default d: Int) throws -> Int {
-    if let n = try? c.decodeIfPresent(Int.self, forKey: key) { return n }
-    if let a = try? c.decodeIfPresent([Int].self, forKey: key), let first = a.first { return first }
-    guard c.contains(key), try !c.decodeNil(forKey: key) else { return d }
-    throw DecodingError.dataCorruptedError(forKey: key, in: c, debugDescription: "sample_size must be an integer or a list of integers")
+/// What AutoencoderKLConfig and VQModelConfig share: the arguments of diffusers' Encoder / Decoder (vae.py) and the
+/// latent scaling, with the same config.json keys.
+public protocol VAEConfiguration: Codable, Equatable, Sendable {
+    /// The configuration with diffusers' defaults.
+    init()
+    var inChannels: Int { get set }
+    var outChannels: Int { get set }
+    var downBlockTypes: [DownBlockType] { get set }
+    var upBlockTypes: [UpBlockType] { get set }
+    var blockOutChannels: [Int] { get set }
+    var layersPerBlock: Int { get set }
+    var actFn: String { get set }
+    var latentChannels: Int { get set }
+    var normNumGroups: Int { get set }
+    var sampleSize: Int { get set }
+    var scalingFactor: Float { get set }
+    var midBlockAddAttention: Bool { get set }
+    /// What the config.json describes, for messages ("an AutoencoderKL config").
+    static var configName: String { get }
 }
 
-public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
+extension VAEConfiguration {
+    /// Decodes the shared keys; absent or null ones keep the defaults of `init()`.
+    mutating func decodeShared(from decoder: Swift.Decoder) throws {
+        let c = try decoder.container(keyedBy: ConfigKey.self)
+        inChannels = try c.decode("in_channels", default: inChannels)
+        outChannels = try c.decode("out_channels", default: outChannels)
+        downBlockTypes = try c.decode("down_block_types", default: downBlockTypes)
+        upBlockTypes = try c.decode("up_block_types", default: upBlockTypes)
+        blockOutChannels = try c.decode("block_out_channels", default: blockOutChannels)
+        layersPerBlock = try c.decode("layers_per_block", default: layersPerBlock)
+        actFn = try c.decode("act_fn", default: actFn)
+        latentChannels = try c.decode("latent_channels", default: latentChannels)
+        normNumGroups = try c.decode("norm_num_groups", default: normNumGroups)
+        // sample_size: an integer or [height, width] (the first entry is used, as diffusers does).
+        if let n = try? c.decodeIfPresent(Int.self, forKey: "sample_size") {
+            sampleSize = n
+        } else if let a = try? c.decodeIfPresent([Int].self, forKey: "sample_size"), let first = a.first {
+            sampleSize = first
+        } else if c.contains("sample_size"), try !c.decodeNil(forKey: "sample_size") {
+            throw DecodingError.dataCorruptedError(forKey: "sample_size", in: c, debugDescription: "sample_size must be an integer or a list of integers")
+        }
+        scalingFactor = try c.decode("scaling_factor", default: scalingFactor)
+        midBlockAddAttention = try c.decode("mid_block_add_attention", default: midBlockAddAttention)
+    }
+
+    /// Reads a diffusers `config.json`, naming the file in any error.
+    public static func load(_ url: URL) throws -> Self {
+        let data: Data
+        do { data = try Data(contentsOf: url) } catch { throw AutoencoderError("\(url.path): cannot read (\(error.localizedDescription))") }
+        do { return try JSONDecoder().decode(Self.self, from: data) }
+        catch { throw AutoencoderError("\(url.path): not \(configName) (\(error))") }
+    }
+
+    public var architecture: VAEArchitecture {
+        VAEArchitecture(inChannels: inChannels, outChannels: outChannels, blockOutChannels: blockOutChannels,
+                        layersPerBlock: layersPerBlock, latentChannels: latentChannels, normNumGroups: normNumGroups,
+                        midBlockAddAttention: midBlockAddAttention,
+                        downAttention: downBlockTypes.map { $0 == .attnDownEncoderBlock2D },
+                        upAttention: upBlockTypes.map { $0 == .attnUpDecoderBlock2D })
+    }
+
+    /// The checks both configurations need: a buildable architecture, VAE block types, SiLU.
+    func validateShared() throws {
+        try architecture.validate()
+        let count = blockOutChannels.count
+        guard downBlockTypes.count == count, upBlockTypes.count == count else {
+            throw AutoencoderError("\(downBlockTypes.count) down_block_types and \(upBlockTypes.count) up_block_types for \(count) block_out_channels")
+        }
+        let downTypes: [DownBlockType] = [.downEncoderBlock2D, .attnDownEncoderBlock2D]
+        let upTypes: [UpBlockType] = [.upDecoderBlock2D, .attnUpDecoderBlock2D]
+        if let bad = downBlockTypes.first(where: { !downTypes.contains($0) }) { throw AutoencoderError("unsupported down block type \(bad)") }
+        if let bad = upBlockTypes.first(where: { !upTypes.contains($0) }) { throw AutoencoderError("unsupported up block type \(bad)") }
+        guard actFn == "silu" || actFn == "swish" else { throw AutoencoderError("unsupported act_fn \(actFn) (only silu)") }
+    }
+}
+
+public struct AutoencoderKLConfig: VAEConfiguration {
+    public static let configName = "an AutoencoderKL config"
     public var inChannels = 3
     public var outChannels = 3
     public var downBlockTypes: [DownBlockType] = [.downEncoderBlock2D]
@@ -57,50 +127,20 @@ public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
     }
 
     public init(from decoder: Swift.Decoder) throws {
+        try decodeShared(from: decoder)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        let d = AutoencoderKLConfig()
-        inChannels = try c.decode(.inChannels, default: d.inChannels)
-        outChannels = try c.decode(.outChannels, default: d.outChannels)
-        downBlockTypes = try c.decode(.downBlockTypes, default: d.downBlockTypes)
-        upBlockTypes = try c.decode(.upBlockTypes, default: d.upBlockTypes)
-        blockOutChannels = try c.decode(.blockOutChannels, default: d.blockOutChannels)
-        layersPerBlock = try c.decode(.layersPerBlock, default: d.layersPerBlock)
-        actFn = try c.decode(.actFn, default: d.actFn)
-        latentChannels = try c.decode(.latentChannels, default: d.latentChannels)
-        normNumGroups = try c.decode(.normNumGroups, default: d.normNumGroups)
-        sampleSize = try decodeSampleSize(c, .sampleSize, default: d.sampleSize)
-        scalingFactor = try c.decode(.scalingFactor, default: d.scalingFactor)
         shiftFactor = try c.decodeIfPresent(Float.self, forKey: .shiftFactor)
         latentsMean = try c.decodeIfPresent([Float].self, forKey: .latentsMean)
         latentsStd = try c.decodeIfPresent([Float].self, forKey: .latentsStd)
-        useQuantConv = try c.decode(.useQuantConv, default: d.useQuantConv)
-        usePostQuantConv = try c.decode(.usePostQuantConv, default: d.usePostQuantConv)
-        midBlockAddAttention = try c.decode(.midBlockAddAttention, default: d.midBlockAddAttention)
+        useQuantConv = try c.decode(.useQuantConv, default: useQuantConv)
+        usePostQuantConv = try c.decode(.usePostQuantConv, default: usePostQuantConv)
     }
 
-    /// Reads a diffusers `config.json`, naming the file in any error.
-    public static func load(_ url: URL) throws -> AutoencoderKLConfig {
-        let data: Data
-        do { data = try Data(contentsOf: url) } catch { throw AutoencoderError("\(url.path): cannot read (\(error.localizedDescription))") }
-        do { return try JSONDecoder().decode(AutoencoderKLConfig.self, from: data) }
-        catch { throw AutoencoderError("\(url.path): not an AutoencoderKL config (\(error))") }
-    }
-
-    public var architecture: VAEArchitecture {
-        VAEArchitecture(inChannels: inChannels, outChannels: outChannels, blockOutChannels: blockOutChannels,
-                        layersPerBlock: layersPerBlock, latentChannels: latentChannels, normNumGroups: normNumGroups,
-                        midBlockAddAttention: midBlockAddAttention,
-                        downAttention: downBlockTypes.map { $0 == .attnDownEncoderBlock2D },
-                        upAttention: upBlockTypes.map { $0 == .attnUpDecoderBlock2D })
-    }
-
-    public func validate() throws {
-        try architecture.validate()
-        try validateBlocks(down: downBlockTypes, up: upBlockTypes, count: blockOutChannels.count, actFn: actFn)
-    }
+    public func validate() throws { try validateShared() }
 }
 
-public struct VQModelConfig: Codable, Equatable, Sendable {
+public struct VQModelConfig: VAEConfiguration {
+    public static let configName = "a VQModel config"
     public var inChannels = 3
     public var outChannels = 3
     public var downBlockTypes: [DownBlockType] = [.downEncoderBlock2D]
@@ -132,60 +172,21 @@ public struct VQModelConfig: Codable, Equatable, Sendable {
     public init() {}
 
     public init(from decoder: Swift.Decoder) throws {
+        try decodeShared(from: decoder)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        let d = VQModelConfig()
-        inChannels = try c.decode(.inChannels, default: d.inChannels)
-        outChannels = try c.decode(.outChannels, default: d.outChannels)
-        downBlockTypes = try c.decode(.downBlockTypes, default: d.downBlockTypes)
-        upBlockTypes = try c.decode(.upBlockTypes, default: d.upBlockTypes)
-        blockOutChannels = try c.decode(.blockOutChannels, default: d.blockOutChannels)
-        layersPerBlock = try c.decode(.layersPerBlock, default: d.layersPerBlock)
-        actFn = try c.decode(.actFn, default: d.actFn)
-        latentChannels = try c.decode(.latentChannels, default: d.latentChannels)
-        sampleSize = try decodeSampleSize(c, .sampleSize, default: d.sampleSize)
-        numVqEmbeddings = try c.decode(.numVqEmbeddings, default: d.numVqEmbeddings)
-        normNumGroups = try c.decode(.normNumGroups, default: d.normNumGroups)
+        numVqEmbeddings = try c.decode(.numVqEmbeddings, default: numVqEmbeddings)
         vqEmbedDim = try c.decodeIfPresent(Int.self, forKey: .vqEmbedDim)
-        scalingFactor = try c.decode(.scalingFactor, default: d.scalingFactor)
-        normType = try c.decode(.normType, default: d.normType)
-        midBlockAddAttention = try c.decode(.midBlockAddAttention, default: d.midBlockAddAttention)
-        lookupFromCodebook = try c.decode(.lookupFromCodebook, default: d.lookupFromCodebook)
-    }
-
-    public static func load(_ url: URL) throws -> VQModelConfig {
-        let data: Data
-        do { data = try Data(contentsOf: url) } catch { throw AutoencoderError("\(url.path): cannot read (\(error.localizedDescription))") }
-        do { return try JSONDecoder().decode(VQModelConfig.self, from: data) }
-        catch { throw AutoencoderError("\(url.path): not a VQModel config (\(error))") }
+        normType = try c.decode(.normType, default: normType)
+        lookupFromCodebook = try c.decode(.lookupFromCodebook, default: lookupFromCodebook)
     }
 
     public var embedDim: Int { vqEmbedDim ?? latentChannels }
 
-    public var architecture: VAEArchitecture {
-        VAEArchitecture(inChannels: inChannels, outChannels: outChannels, blockOutChannels: blockOutChannels,
-                        layersPerBlock: layersPerBlock, latentChannels: latentChannels, normNumGroups: normNumGroups,
-                        midBlockAddAttention: midBlockAddAttention,
-                        downAttention: downBlockTypes.map { $0 == .attnDownEncoderBlock2D },
-                        upAttention: upBlockTypes.map { $0 == .attnUpDecoderBlock2D })
-    }
-
     public func validate() throws {
-        try architecture.validate()
-        try validateBlocks(down: downBlockTypes, up: upBlockTypes, count: blockOutChannels.count, actFn: actFn)
+        try validateShared()
         guard normType == "group" else { throw AutoencoderError("VQModel norm_type \"\(normType)\" is not supported (only \"group\")") }
         guard numVqEmbeddings > 0, embedDim > 0 else {
             throw AutoencoderError("num_vq_embeddings (\(numVqEmbeddings)) and vq_embed_dim (\(embedDim)) must be positive")
         }
     }
-}
-
-func validateBlocks(down: [DownBlockType], up: [UpBlockType], count: Int, actFn: String) throws {
-    guard down.count == count, up.count == count else {
-        throw AutoencoderError("\(down.count) down_block_types and \(up.count) up_block_types for \(count) block_out_channels")
-    }
-    let downTypes: [DownBlockType] = [.downEncoderBlock2D, .attnDownEncoderBlock2D]
-    let upTypes: [UpBlockType] = [.upDecoderBlock2D, .attnUpDecoderBlock2D]
-    if let bad = down.first(where: { !downTypes.contains($0) }) { throw AutoencoderError("unsupported down block type \(bad)") }
-    if let bad = up.first(where: { !upTypes.contains($0) }) { throw AutoencoderError("unsupported up block type \(bad)") }
-    guard actFn == "silu" || actFn == "swish" else { throw AutoencoderError("unsupported act_fn \(actFn) (only silu)") }
 }

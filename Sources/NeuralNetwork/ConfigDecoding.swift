@@ -7,3 +7,13 @@ extension KeyedDecodingContainer {
         try decodeIfPresent(T.self, forKey: key) ?? defaultValue()
     }
 }
+
+/// A config.json key by its name, for keys read outside a type's CodingKeys (shared fields, keys checked only to
+/// refuse them).
+public struct ConfigKey: CodingKey, ExpressibleByStringLiteral, Sendable {
+    public let stringValue: String
+    public var intValue: Int? { nil }
+    public init(stringValue: String) { self.stringValue = stringValue }
+    public init?(intValue: Int) { nil }
+    public init(stringLiteral value: String) { stringValue = value }
+}

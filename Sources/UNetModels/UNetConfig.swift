@@ -71,13 +71,6 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         case centerInputSample = "center_input_sample", upcastAttention = "upcast_attention"
     }
 
-    /// Keys whose only supported value is "absent / null / false / default".
-    private struct Extra: CodingKey {
-        var stringValue: String; var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
-
     public static func decode(_ data: Data) throws -> UNetConfig {
         do { return try JSONDecoder().decode(UNetConfig.self, from: data) } catch let e as UNetConfigError { throw e } catch {
             throw UNetConfigError("cannot decode config.json: \(error)")
@@ -147,22 +140,22 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         centerInputSample = try c.decode(.centerInputSample, default: false)
         upcastAttention = try c.decode(.upcastAttention, default: false)
 
-        let x = try decoder.container(keyedBy: Extra.self)
+        let x = try decoder.container(keyedBy: ConfigKey.self)
         for key in ["addition_embed_type", "encoder_hid_dim", "encoder_hid_dim_type", "time_cond_proj_dim", "cross_attention_norm",
                     "timestep_post_act", "time_embedding_act_fn", "projection_class_embeddings_input_dim"] {
-            let k = Extra(stringValue: key)
+            let k = ConfigKey(stringValue: key)
             if x.contains(k), (try? x.decodeNil(forKey: k)) == false { unsupported.append(key) }
         }
         for key in ["class_embeddings_concat", "dual_cross_attention", "resnet_skip_time_act", "only_cross_attention"] {
-            let k = Extra(stringValue: key)
+            let k = ConfigKey(stringValue: key)
             if (try? x.decodeIfPresent(Bool.self, forKey: k)) == true { unsupported.append(key) }
             if let v = try? x.decodeIfPresent([Bool].self, forKey: k), v.contains(true) { unsupported.append(key) }
         }
         let checks: [(String, String)] = [("attention_type", "default")]
         for (key, ok) in checks {
-            if let v = try? x.decodeIfPresent(String.self, forKey: Extra(stringValue: key)), v != ok { unsupported.append("\(key)=\(v)") }
+            if let v = try? x.decodeIfPresent(String.self, forKey: ConfigKey(stringValue: key)), v != ok { unsupported.append("\(key)=\(v)") }
         }
-        if let v = try? x.decodeIfPresent(Float.self, forKey: Extra(stringValue: "resnet_out_scale_factor")), v != 1 {
+        if let v = try? x.decodeIfPresent(Float.self, forKey: ConfigKey(stringValue: "resnet_out_scale_factor")), v != 1 {
             unsupported.append("resnet_out_scale_factor")
         }
         try validate()
