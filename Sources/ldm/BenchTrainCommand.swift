@@ -33,6 +33,7 @@ struct BenchTrain: ParsableCommand {
         if python != nil, !FileManager.default.fileExists(atPath: TrainBenchPart.torchScript) {
             throw BenchError("benchmark script \(TrainBenchPart.torchScript) not found: run from the repository root")
         }
+        BenchSupport.printHeader()
         print("threads: \(Parallel.threadCount) (PyTorch: torch.set_num_threads(\(Parallel.threadCount))); warm-up \(warmup) steps, median of \(steps)")
         print("| part | batch | ours step (s) | ours images/s | PyTorch step (s) | PyTorch images/s | ours / PyTorch throughput | ours peak RSS (MB) | PyTorch peak RSS (MB) |")
         print("|---|---|---|---|---|---|---|---|---|")
