@@ -101,7 +101,7 @@ extension Trainer {
             scaleFactor = Float(bitPattern: bits)
         } else { scaleFactor = nil }
         step = try int("step"); epoch = restoredEpoch; batchInEpoch = restoredBatch
-        try trimLog(after: step)
+        if communicator.isRoot { try trimLog(after: step) }
     }
 
     /// Drops log lines of steps after `step` (written after the checkpoint by an interrupted run).
