@@ -61,7 +61,7 @@ extension AutoencoderTrainer {
         let restoredBatch = try int("batch_in_epoch")
         guard restoredBatch < sampler.batchesPerEpoch else { throw TrainingError("\(url.path): batch_in_epoch \(restoredBatch) is past this dataset's \(sampler.batchesPerEpoch) batches") }
         step = try int("step"); epoch = try int("epoch"); batchInEpoch = restoredBatch
-        if communicator.isRoot { try trimJSONLines(logURL, keepingStepsUpTo: step) }
+        if communicator.isRoot { try trimJSONLines(logURL, keepingStepsUpTo: step); Trainer.removeUnfinishedCheckpoints(in: runDir) }
     }
 }
 

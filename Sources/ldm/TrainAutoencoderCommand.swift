@@ -84,6 +84,7 @@ struct TrainRunOptions: ParsableArguments {
     func dataParallel(_ body: (Communicator) throws -> Void) throws {
         let comm = try DataParallel.communicator()
         guard comm.size > 1 else { try body(comm); comm.finalize(); return }
+        installTerminationNotice(rank: comm.rank, size: comm.size)
         do {
             try body(comm)
         } catch {
@@ -104,6 +105,22 @@ struct TrainRunOptions: ParsableArguments {
             throw TrainingError("\(dir.path) already holds checkpoints; pass --resume \(dir.path) to continue it")
         }
         return dir
+    }
+}
+
+/// The line a rank prints when mpirun terminates it (SIGTERM, after another rank died or aborted), kept in a C string
+/// made before the signal can arrive: the handler only write()s it and exits (async-signal-safe).
+nonisolated(unsafe) private var terminationNotice: UnsafeMutablePointer<CChar>?
+nonisolated(unsafe) private var terminationNoticeLength = 0
+
+private func installTerminationNotice(rank: Int, size: Int) {
+    let text = "ldm train: rank \(rank) of \(size) terminated by mpirun (another rank failed or was killed); "
+        + "checkpoints are written atomically, so the last one in RUN_DIR/checkpoints resumes with any number of ranks (--resume RUN_DIR)\n"
+    terminationNotice = strdup(text)
+    terminationNoticeLength = strlen(terminationNotice!)
+    signal(SIGTERM) { sig in
+        if let p = terminationNotice { _ = write(2, p, terminationNoticeLength) }
+        _exit(128 + sig)
     }
 }
 

@@ -234,6 +234,70 @@ final class DataParallelTests: XCTestCase {
         }
     }
 
+    /// The process ids of mpirun's children that run rank `rank` (their environment has OMPI_COMM_WORLD_RANK).
+    func rankProcesses(of parent: Int32, rank: Int) -> [Int32] {
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+        return pids.filter { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 2, Int32(fields[1]) == parent,
+                  let env = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return false }
+            return env.split(separator: 0).contains { String(decoding: $0, as: UTF8.self) == "OMPI_COMM_WORLD_RANK=\(rank)" }
+        }
+    }
+
+    func testAKilledRankEndsTheJobAndTheRunResumes() throws {
+        let mpirun = try requireMPI()
+        let work = try tempDirectory("ddp-kill")
+        defer { try? FileManager.default.removeItem(at: work) }
+        let data = work.appendingPathComponent("data")
+        try writeImages(data)
+        let cfg = try writeTrainConfig(["base_learning_rate": 1e-3, "batch_size": 4, "max_steps": 400, "ckpt_every": 2,
+                                        "data_dir": data.path, "image_size": 16, "conditioning": "class", "seed": 3,
+                                        "first_stage": tinyKLFirstStage.path, "unet_config": tinyClassUNetConfigDictionary],
+                                       [:], besides: data)
+        let runDir = work.appendingPathComponent("run")
+        let p = Process()
+        p.executableURL = mpirun
+        p.arguments = ["--allow-run-as-root", "--oversubscribe", "-np", "2", ldm.path, "train", "ldm", "--config", cfg.path,
+                       "--run-dir", runDir.path]
+        var env = ProcessInfo.processInfo.environment
+        env["OMP_NUM_THREADS"] = "1"
+        p.environment = env
+        let out = Pipe()
+        p.standardOutput = out; p.standardError = out
+        try p.run()
+        // Let it take a few steps, then kill rank 1 as a crash would.
+        let log = runDir.appendingPathComponent("loss.jsonl")
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline, ((try? String(contentsOf: log, encoding: .utf8))?.split(separator: "\n").count ?? 0) < 3 {
+            usleep(50_000)
+        }
+        let victims = rankProcesses(of: p.processIdentifier, rank: 1)
+        XCTAssertEqual(victims.count, 1, "rank 1's process")
+        for v in victims { kill(v, SIGKILL) }
+        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertNotEqual(p.terminationStatus, 0, output)
+        XCTAssertTrue(output.contains("signal 9"), output)                 // mpirun's own report
+        XCTAssertTrue(output.contains("terminated by mpirun"), output)     // rank 0's line
+        let saved = try XCTUnwrap(Trainer.latestCheckpoint(in: runDir))
+        let step = try XCTUnwrap(Int(try XCTUnwrap(SafeTensors(url: saved).metadata?["step"])))
+        XCTAssertLessThan(step, 400)
+        // The run continues in one process from the last checkpoint, with nothing partial left behind.
+        let short = try writeTrainConfig(["base_learning_rate": 1e-3, "batch_size": 4, "max_steps": step + 2, "ckpt_every": 2,
+                                          "data_dir": data.path, "image_size": 16, "conditioning": "class", "seed": 3,
+                                          "first_stage": tinyKLFirstStage.path, "unet_config": tinyClassUNetConfigDictionary],
+                                         [:], besides: data)
+        let (status, resumed) = try run(["train", "ldm", "--config", short.path, "--resume", runDir.path])
+        XCTAssertEqual(status, 0, resumed)
+        XCTAssertTrue(resumed.contains("resumed \(runDir.path) at step \(step)"), resumed)
+        XCTAssertEqual(try losses(runDir, "loss").count, step + 2)
+        let files = try FileManager.default.contentsOfDirectory(atPath: runDir.appendingPathComponent("checkpoints").path)
+        XCTAssertFalse(files.contains { $0.contains(".tmp-") }, "\(files)")
+    }
+
     func testAFailingRankEndsTheJobWithAMessage() throws {
         let mpirun = try requireMPI()
         let work = try tempDirectory("ddp-fail")
