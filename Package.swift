@@ -30,6 +30,8 @@ let package = Package(
 
         // Hot vector kernels in C, cloned per ISA (AVX-512 / AVX2+FMA / baseline) and picked at load time.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        // Open MPI's C API bound at run time (dlopen libmpi.so.40): data-parallel training without a build-time MPI.
+        .target(name: "CMPIShim", linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "TensorCore", dependencies: ["CDNNL", "CKernels"], swiftSettings: optimize),
         .target(name: "NeuralNetwork", dependencies: ["TensorCore", "Checkpoints"], swiftSettings: optimize),
         .target(name: "Checkpoints", dependencies: ["CZlib"]),
@@ -42,7 +44,7 @@ let package = Package(
         .target(name: "Conditioning", dependencies: ["NeuralNetwork", "Checkpoints", "Tokenizers", "TensorCore"], swiftSettings: optimize),
         .target(name: "Pipelines", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Tokenizers", "Checkpoints",
                                                   "NeuralNetwork", "TensorCore"], swiftSettings: optimize),
-        .target(name: "Training", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Checkpoints", "Tokenizers",
+        .target(name: "Training", dependencies: ["CMPIShim", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Checkpoints", "Tokenizers",
                                                  "DiffusersBlocks", "NeuralNetwork", "TensorCore"], swiftSettings: optimize),
         .executableTarget(name: "ldm", dependencies: [
             "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training",
