@@ -4,5 +4,5 @@ struct LDM: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ldm",
         abstract: "Latent diffusion models (Rombach et al., CVPR 2022) on the CPU.",
-        subcommands: [Txt2Img.self, Img2Img.self, Inpaint.self, Upscale.self, Semantic.self, Layout.self, Sample.self, Autoencode.self, Inspect.self, Convert.self, Train.self, Bench.self])
+        subcommands: [Txt2Img.self, Img2Img.self, Inpaint.self, Upscale.self, Semantic.self, Layout.self, Sample.self, Autoencode.self, Inspect.self, Convert.self, Train.self, Bench.self, Serve.self])
 }
