@@ -32,6 +32,11 @@ extension LDMServer {
             guard let job = self.queue.cancel(id) else { throw APIError.notFound("no job \(id)") }
             return Self.json(["id": .string(job.id), "status": .string(job.isFinished ? job.status.rawValue : "cancelling")])
         }
+        route(router, .post, "/ldm/v1/jobs/{id}/interrupt", "Stop this job early; the image reached so far is kept", tag: "jobs") { _, ctx in
+            let job = try self.job(ctx)
+            job.interrupt()
+            return Self.json(["id": .string(job.id), "status": .string(job.status.rawValue)])
+        }
         route(router, .get, "/ldm/v1/jobs/{id}/events", "Server-sent events: started, progress (each step), done", tag: "jobs") { _, ctx in
             let job = try self.job(ctx)
             let stream = job.events().map { e -> ByteBuffer in
@@ -83,7 +88,7 @@ extension LDMServer {
                 op["parameters"] = [["name": "id", "in": "path", "required": true, "schema": ["type": "string"]]]
             }
             if r.method == "POST" {
-                op["requestBody"] = ["required": r.path != "/sdapi/v1/interrupt" && r.path != "/sdapi/v1/skip" && r.path != "/sdapi/v1/refresh-checkpoints" ? true : false,
+                op["requestBody"] = ["required": .bool(!(r.path.hasSuffix("interrupt") || r.path.hasSuffix("skip") || r.path.hasSuffix("refresh-checkpoints"))),
                                      "content": ["application/json": ["schema": ["type": "object"]]]]
             }
             var item = paths[r.path]?.object ?? [:]
