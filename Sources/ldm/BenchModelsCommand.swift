@@ -11,7 +11,7 @@ struct BenchModels {
     static func run(parts: [(label: String, ours: String?, torch: String)], reps: Int) throws {
         let torchPython = ProcessInfo.processInfo.environment["LDM_TORCH_PYTHON"].flatMap { $0.isEmpty ? nil : $0 }
         if torchPython == nil { FileHandle.standardError.write("LDM_TORCH_PYTHON is not set: PyTorch figures are skipped.\n".data(using: .utf8)!) }
-        print("threads: \(Parallel.threadCount)")
+        BenchSupport.printHeader()
         print("| part | ours (s) | ours peak RSS (MB) | PyTorch (s) | PyTorch peak RSS (MB) | ours / PyTorch time | ours / PyTorch RSS |")
         print("|---|---|---|---|---|---|---|")
         let script = try torchPython.map { _ in try BenchSupport.script("torch_models.py") }
@@ -54,7 +54,7 @@ struct BenchVAE: ParsableCommand {
 struct BenchUNet: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "unet", abstract: "SD-1.5 UNet, batch 2, 64x64x4 latent, 77x768 context (random weights).")
     @Option(help: "Repetitions per part (median).") var reps = 2
-    @Flag(help: "Also time PyTorch's bf16 UNet (very slow on CPUs without AVX512-BF16/AMX, where torch emulates bf16).")
+    @Flag(help: "Also time the bf16 UNet (ours and PyTorch's; both slow on CPUs without native bf16, where it is emulated).")
     var includeBF16 = false
     func validate() throws { guard reps >= 1 else { throw ValidationError("--reps must be at least 1") } }
     func run() throws {

@@ -7,7 +7,16 @@ enum BenchSupport {
         var op: String; var ours: Double?; var torch: Double?; var work: Double; var unit: String; var note = ""
     }
 
-    static let bf16Note = "oneDNN has no bf16 kernel for this CPU's ISA (no AVX512-BF16/AMX): bf16 is storage-only here"
+    /// How bf16 runs here, from the features detected at run time.
+    static var bf16Note: String {
+        CPUFeatures.nativeBF16 ? "native bf16 (\(CPUFeatures.active.name), oneDNN \(CPUFeatures.oneDNNISA))"
+                               : "no native bf16 in use (\(CPUFeatures.active.name)): bf16 is emulated on the float32 kernels"
+    }
+
+    /// The header of every benchmark: CPU, features, ISA in use, threads.
+    static func printHeader() {
+        for line in CPUFeatures.summary { print(line) }
+    }
 
     static func attentionScratchKB(heads: Int) -> Int { Parallel.threadCount * AttentionTiling.blockQ * AttentionTiling.blockK * 4 / 1024 }
 
@@ -63,7 +72,7 @@ enum BenchSupport {
     }
 
     static func printTable(_ rows: [Row], torchAvailable: Bool) {
-        print("threads: \(Parallel.threadCount)")
+        printHeader()
         print("| op | ours (ms) | ours rate | PyTorch (ms) | PyTorch rate | PyTorch time / ours | note |")
         print("|---|---|---|---|---|---|---|")
         for r in rows {

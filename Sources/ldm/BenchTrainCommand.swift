@@ -31,6 +31,7 @@ struct BenchTrain: ParsableCommand {
         let python = ProcessInfo.processInfo.environment["LDM_TORCH_PYTHON"].flatMap { $0.isEmpty ? nil : $0 }
         if python == nil { FileHandle.standardError.write("LDM_TORCH_PYTHON is not set: PyTorch figures are skipped.\n".data(using: .utf8)!) }
         let script = try python.map { _ in try BenchSupport.script(TrainBenchPart.torchScript) }
+        BenchSupport.printHeader()
         print("threads: \(Parallel.threadCount) (PyTorch: torch.set_num_threads(\(Parallel.threadCount))); warm-up \(warmup) steps, median of \(steps)")
         print("| part | batch | ours step (s) | ours images/s | PyTorch step (s) | PyTorch images/s | ours / PyTorch throughput | ours peak RSS (MB) | PyTorch peak RSS (MB) |")
         print("|---|---|---|---|---|---|---|---|---|")
