@@ -21,6 +21,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
     ],
     targets: [
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL", providers: [.apt(["libdnnl-dev"])]),
@@ -30,6 +31,8 @@ let package = Package(
 
         // Hot vector kernels in C, cloned per ISA (AVX-512 / AVX2+FMA / baseline) and picked at load time.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        // Open MPI's C API bound at run time (dlopen libmpi.so.40): data-parallel training without a build-time MPI.
+        .target(name: "CMPIShim", linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "TensorCore", dependencies: ["CDNNL", "CKernels"], swiftSettings: optimize),
         .target(name: "NeuralNetwork", dependencies: ["TensorCore", "Checkpoints"], swiftSettings: optimize),
         .target(name: "Checkpoints", dependencies: ["CZlib"]),
@@ -42,10 +45,15 @@ let package = Package(
         .target(name: "Conditioning", dependencies: ["NeuralNetwork", "Checkpoints", "Tokenizers", "TensorCore"], swiftSettings: optimize),
         .target(name: "Pipelines", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Tokenizers", "Checkpoints",
                                                   "NeuralNetwork", "TensorCore"], swiftSettings: optimize),
-        .target(name: "Training", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Checkpoints", "Tokenizers",
+        .target(name: "Training", dependencies: ["CMPIShim", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Checkpoints", "Tokenizers",
                                                  "DiffusersBlocks", "NeuralNetwork", "TensorCore"], swiftSettings: optimize),
+        // `ldm serve`: AUTOMATIC1111-compatible HTTP API, job API and web page on Hummingbird 2.
+        .target(name: "Server", dependencies: [
+            "TensorCore", "Imaging", "Diffusion", "Pipelines", "Checkpoints", "Conditioning",
+            .product(name: "Hummingbird", package: "hummingbird"),
+        ]),
         .executableTarget(name: "ldm", dependencies: [
-            "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training",
+            "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training", "Server",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
         ]),
@@ -62,5 +70,6 @@ let package = Package(
                                                            "Tokenizers", "Checkpoints", "NeuralNetwork", "TensorCore"], exclude: ["Fixtures"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging",
                                                           "Tokenizers", "Checkpoints", "NeuralNetwork", "TensorCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Pipelines", "Imaging", "TensorCore"]),
     ]
 )

@@ -47,6 +47,9 @@ public struct UNetConfig: Codable, Sendable, Equatable {
     public var convOutKernel: Int
     public var centerInputSample: Bool
     public var upcastAttention: Bool
+    /// time_cond_proj_dim: the width of a timestep condition added to the sinusoidal time features through
+    /// `time_embedding.cond_proj` (LCM-distilled UNets: the guidance-scale embedding w).
+    public var timeCondProjDim: Int?
     /// Keys present with non-default values that this implementation does not support (checked by `validate`).
     public var unsupported: [String] = []
 
@@ -69,6 +72,7 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         case timeEmbeddingDim = "time_embedding_dim", timeEmbeddingType = "time_embedding_type"
         case convInKernel = "conv_in_kernel", convOutKernel = "conv_out_kernel"
         case centerInputSample = "center_input_sample", upcastAttention = "upcast_attention"
+        case timeCondProjDim = "time_cond_proj_dim"
     }
 
     public static func decode(_ data: Data) throws -> UNetConfig {
@@ -139,9 +143,10 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         convOutKernel = try c.decode(.convOutKernel, default: 3)
         centerInputSample = try c.decode(.centerInputSample, default: false)
         upcastAttention = try c.decode(.upcastAttention, default: false)
+        timeCondProjDim = try c.decodeIfPresent(Int.self, forKey: .timeCondProjDim)
 
         let x = try decoder.container(keyedBy: ConfigKey.self)
-        for key in ["addition_embed_type", "encoder_hid_dim", "encoder_hid_dim_type", "time_cond_proj_dim", "cross_attention_norm",
+        for key in ["addition_embed_type", "encoder_hid_dim", "encoder_hid_dim_type", "cross_attention_norm",
                     "timestep_post_act", "time_embedding_act_fn", "projection_class_embeddings_input_dim"] {
             let k = ConfigKey(stringValue: key)
             if x.contains(k), (try? x.decodeNil(forKey: k)) == false { unsupported.append(key) }
@@ -185,6 +190,7 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         try c.encode(timeEmbeddingType, forKey: .timeEmbeddingType)
         try c.encode(convInKernel, forKey: .convInKernel); try c.encode(convOutKernel, forKey: .convOutKernel)
         try c.encode(centerInputSample, forKey: .centerInputSample); try c.encode(upcastAttention, forKey: .upcastAttention)
+        try c.encodeIfPresent(timeCondProjDim, forKey: .timeCondProjDim)
     }
 
     /// Throws for configurations outside what `UNet2DConditionModel` here implements.
@@ -215,6 +221,7 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         guard inChannels > 0, outChannels > 0, layersPerBlock.allSatisfy({ $0 > 0 }), transformerLayersPerBlock.allSatisfy({ $0 > 0 }) else {
             throw UNetConfigError("channel and layer counts must be positive")
         }
+        if let d = timeCondProjDim, d <= 0 { throw UNetConfigError("time_cond_proj_dim must be positive, got \(d)") }
         if let r = reverseTransformerLayersPerBlock, r.count != n { throw UNetConfigError("reverse_transformer_layers_per_block needs \(n) entries") }
         let usesCross = downBlockTypes.contains { $0.attention == .crossAttention } || upBlockTypes.contains { $0.attention == .crossAttention }
             || midBlockType == .unetMidBlock2DCrossAttn
