@@ -10,7 +10,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 work=${1:-$(mktemp -d)}
 ldm=$repo/.build/release/ldm
 mpirun="mpirun --allow-run-as-root"
-cd "$work"
+mkdir -p "$work" && cd "$work"
 "${PYTHON:-python3}" - "$repo" <<'PY'
 import json, os, sys
 import numpy as np
