@@ -109,6 +109,8 @@ final class DataParallelTests: XCTestCase {
         }
         var env = ProcessInfo.processInfo.environment
         env["OMP_NUM_THREADS"] = "1"   // the ranks share this machine's cores
+        // Containers often forbid the cross-process memory copy (CMA) of Open MPI's shared-memory transport.
+        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
         p.environment = env
         let out = Pipe()
         p.standardOutput = out; p.standardError = out
@@ -279,6 +281,7 @@ final class DataParallelTests: XCTestCase {
                        "--run-dir", runDir.path]
         var env = ProcessInfo.processInfo.environment
         env["OMP_NUM_THREADS"] = "1"
+        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
         p.environment = env
         let out = Pipe()
         p.standardOutput = out; p.standardError = out
