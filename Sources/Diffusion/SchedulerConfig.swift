@@ -43,6 +43,9 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
     public var useExponentialSigmas: Bool?
     public var useBetaSigmas: Bool?
     public var useLuLambdas: Bool?
+    /// LCMScheduler / TCDScheduler: the distillation grid (default 50) and the boundary-condition time scaling (10).
+    public var originalInferenceSteps: Int?
+    public var timestepScaling: Double?
 
     enum CodingKeys: String, CodingKey {
         case className = "_class_name"
@@ -57,6 +60,7 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
         case timestepType = "timestep_type", sigmaMin = "sigma_min", sigmaMax = "sigma_max"
         case useExponentialSigmas = "use_exponential_sigmas", useBetaSigmas = "use_beta_sigmas"
         case useLuLambdas = "use_lu_lambdas"
+        case originalInferenceSteps = "original_inference_steps", timestepScaling = "timestep_scaling"
     }
 
     public init() {}

@@ -18,6 +18,8 @@ public enum SchedulerFactory {
         (["euler-a", "Euler a", "euler_a", "euler-ancestral"], { try EulerAncestralDiscreteScheduler(config: $0) }),
         (["heun", "Heun"], { c in var c = c; c.useKarrasSigmas = false; return try HeunDiscreteScheduler(config: c) }),
         (["lms", "LMS"], { c in var c = c; c.useKarrasSigmas = false; return try LMSDiscreteScheduler(config: c) }),
+        (["lcm", "LCM"], { try LCMScheduler(config: $0) }),
+        (["tcd", "TCD"], { try TCDScheduler(config: $0) }),
         (["compvis-ddim", "DDIM (CompVis)"], { try CompVisSampler(config: $0, method: .ddim) }),
         (["compvis-plms", "PLMS (CompVis)"], { try CompVisSampler(config: $0, method: .plms) }),
     ]
@@ -46,6 +48,8 @@ public enum SchedulerFactory {
         case "EulerAncestralDiscreteScheduler": return try EulerAncestralDiscreteScheduler(config: config)
         case "HeunDiscreteScheduler": return try HeunDiscreteScheduler(config: config)
         case "LMSDiscreteScheduler": return try LMSDiscreteScheduler(config: config)
+        case "LCMScheduler": return try LCMScheduler(config: config)
+        case "TCDScheduler": return try TCDScheduler(config: config)
         default:
             throw DiffusionError.unsupported("scheduler class '\(config.className ?? "<missing _class_name>")'")
         }

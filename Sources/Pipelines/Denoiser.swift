@@ -22,6 +22,8 @@ public final class Denoiser {
     /// Extra input channels (B, k, h, w): appended after scale_model_input (inpainting) or before (super-resolution).
     public var concat: Tensor?
     public var concatBeforeScaling = false
+    /// The UNet's timestep condition (B, time_cond_proj_dim): LCM's guidance embedding.
+    public var timestepCond: Tensor?
 
     public init(unet: UNet2DConditionModel, guidanceScale: Float = 1, context: Tensor? = nil, uncondContext: Tensor? = nil,
                 classLabels: [Int]? = nil, uncondClassLabels: [Int]? = nil) {
@@ -52,19 +54,20 @@ public final class Denoiser {
             if doClassifierFreeGuidance, let u = uncondContext, let c = context, u.shape != c.shape {
                 // Prompts of different lengths (web-UI chunking): one pass each, as AUTOMATIC1111's CFGDenoiser does
                 // when cond and uncond have different token counts (sd_samplers_cfg_denoiser.py).
-                let outU = try unet(sample: input, timestep: t, encoderHiddenStates: u, classLabels: uncondClassLabels)
-                let outC = try unet(sample: input, timestep: t, encoderHiddenStates: c, classLabels: classLabels)
+                let outU = try unet(sample: input, timestep: t, encoderHiddenStates: u, classLabels: uncondClassLabels, timestepCond: timestepCond)
+                let outC = try unet(sample: input, timestep: t, encoderHiddenStates: c, classLabels: classLabels, timestepCond: timestepCond)
                 return outU + (outC - outU) * guidanceScale
             }
             if doClassifierFreeGuidance {
                 let ctx = try pair(uncondContext, context, what: "context")
                 let labels = try pairLabels()
                 let both = try unet(sample: TensorCore.concat([input, input], axis: 0), timestep: t,
-                                    encoderHiddenStates: ctx, classLabels: labels)
+                                    encoderHiddenStates: ctx, classLabels: labels,
+                                    timestepCond: timestepCond.map { TensorCore.concat([$0, $0], axis: 0) })
                 let halves = both.chunk(2, axis: 0)
                 return halves[0] + (halves[1] - halves[0]) * guidanceScale
             }
-            return try unet(sample: input, timestep: t, encoderHiddenStates: context, classLabels: classLabels)
+            return try unet(sample: input, timestep: t, encoderHiddenStates: context, classLabels: classLabels, timestepCond: timestepCond)
         }
         // Learned-variance UNets (out_channels = 2 * latent channels): the first half is the prediction.
         let channels = shape[1]

@@ -26,6 +26,9 @@ public struct ModelSummary: Equatable {
     public var semanticSynthesis: SemanticSynthesisGeometry? = nil
     /// A layout-to-image model (CompVis layout2img: BERTEmbedder on layout token ids, `ldm layout`).
     public var isLayout = false
+    /// The UNet's time_cond_proj_dim (LCM-distilled UNets) and model_index.json's `_class_name`.
+    public var timeCondProjDim: Int? = nil
+    public var pipelineClass: String? = nil
 
     /// Reads model_index.json and the UNet config of a diffusers folder, or the shapes of a single file.
     public static func read(_ url: URL) throws -> ModelSummary {
@@ -46,7 +49,8 @@ public struct ModelSummary: Equatable {
             return ModelSummary(hasTextEncoder: (folder.component("text_encoder") != nil && hasTokenizer) || bert,
                                 hasLDMBert: bert,
                                 unetInChannels: cfg["in_channels"] as? Int ?? 4, unetOutChannels: cfg["out_channels"] as? Int ?? 4,
-                                numClassEmbeds: cfg["num_class_embeds"] as? Int, firstStage: fs, isCompVisFile: false)
+                                numClassEmbeds: cfg["num_class_embeds"] as? Int, firstStage: fs, isCompVisFile: false,
+                                timeCondProjDim: cfg["time_cond_proj_dim"] as? Int, pipelineClass: folder.className)
         }
         let file: CheckpointFile
         do { file = try CheckpointFile.open(url) } catch { throw PipelineError("model \(url.path) cannot be read: \(error)") }
@@ -83,12 +87,17 @@ public final class ModelBundle {
     /// Super-resolution decode divides latents by the first stage's scale factor (CompVis decode_first_stage, YAML
     /// `scale_factor`, 1.0 in bsr_sr); diffusers LDMSuperResolutionPipeline decodes them as they are.
     public var superResolutionScaledDecode = false
+    /// model_index.json's `_class_name` (e.g. "LatentConsistencyModelPipeline": guidance only through the UNet's
+    /// w embedding, no classifier-free guidance batch).
+    public var pipelineClass: String?
     /// CompVis semantic synthesis (cond_stage SpatialRescaler, concat): the label map's conditioning and geometry.
     public var spatialRescaler: SpatialRescaler?
     public var semanticSynthesis: SemanticSynthesisGeometry?
     /// Layout-to-image models (CompVis YAML, cond_stage_key coordinates_bbox): the layout tokenizer whose ids `bert`
     /// takes (bertTokenizer is nil then).
     public var layoutBuilder: ObjectsBoundingBoxConditionalBuilder?
+    /// What loading took from the weights instead of the config (CompVis YAML values the checkpoint contradicts).
+    public var notes: [String] = []
 
     public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel?, textEncoder: CLIPTextModel?,
                 tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {
@@ -152,6 +161,7 @@ public final class ModelBundle {
         let bundle = ModelBundle(url: url, unet: unet, firstStage: firstStage, textEncoder: encoder, tokenizer: tokenizer,
                                  schedulerConfig: sched, sampleSize: sample)
         bundle.bert = bert; bundle.bertTokenizer = bertTokenizer
+        bundle.pipelineClass = folder.className
         return bundle
     }
 
@@ -202,13 +212,12 @@ public final class ModelBundle {
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?, clipSkip = 0
         let keys = file.tensors.keys
         if keys.contains(where: { $0.hasPrefix("cond_stage_model.model.") }) {
-            encoder = try CLIPTextModel(config: .stableDiffusion2)
+            encoder = try CLIPTextModel(config: textEncoderConfig(.frozenOpenCLIPEmbedder(file.tensors), url))
             try encoder?.loadOpenCLIPWeights(file.tensors)
             tokenizer = try CLIPTokenizer.openCLIPDefault(padToken: "!")
         } else if keys.contains(where: { $0.hasPrefix("cond_stage_model.transformer.") }) {
             let clip = CLIPTextModel.normalizedKeys(file.tensors.filter { $0.key.hasPrefix("cond_stage_model.transformer.") })
-            let cfg = try DiffusersConfigs.clipText(shapes: clip.mapValues { $0.shape })
-            encoder = try CLIPTextModel(configData: DiffusersConfigs.json(cfg.config))
+            encoder = try CLIPTextModel(config: textEncoderConfig(.frozenCLIPEmbedder(file.tensors), url))
             try encoder?.loadWeights(clip)
             tokenizer = try CLIPTokenizer.openCLIPDefault()
         }

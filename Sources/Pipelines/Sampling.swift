@@ -14,8 +14,11 @@ public struct SamplingOptions {
     public var steps: Int
     public var eta: Double
     public var batchSize: Int
-    public init(sampler: String? = nil, steps: Int = 50, eta: Double = 0, batchSize: Int = 1) {
+    /// Overrides the scheduler config's `timestep_spacing` (leading, linspace, trailing); nil keeps the model's.
+    public var timestepSpacing: String?
+    public init(sampler: String? = nil, steps: Int = 50, eta: Double = 0, batchSize: Int = 1, timestepSpacing: String? = nil) {
         self.sampler = sampler; self.steps = steps; self.eta = eta; self.batchSize = batchSize
+        self.timestepSpacing = timestepSpacing
     }
 
     public func validate() throws {
@@ -23,10 +26,15 @@ public struct SamplingOptions {
         if let s = sampler, !SchedulerFactory.validNames.contains(where: { $0.lowercased() == s.trimmingCharacters(in: .whitespaces).lowercased() }) {
             throw PipelineError("unknown sampler '\(s)'; valid: \(SchedulerFactory.validNames.joined(separator: ", "))")
         }
+        if let sp = timestepSpacing, TimestepSpacing(rawValue: sp) == nil {
+            throw PipelineError("timestep spacing must be one of leading, linspace, trailing, got '\(sp)'")
+        }
     }
 
     /// The scheduler, with `setTimesteps(steps)` done.
     public func makeScheduler(config: SchedulerConfig) throws -> Scheduler {
+        var config = config
+        if let sp = timestepSpacing { config.timestepSpacing = sp }
         let s: Scheduler
         if let name = sampler {
             if eta != 0, ["compvis-ddim", "ddim (compvis)"].contains(name.lowercased()) {
@@ -38,6 +46,11 @@ public struct SamplingOptions {
             s = try SchedulerFactory.make(config: config)
         }
         if let d = s as? DDIMScheduler { d.eta = eta }
+        // StableDiffusionPipeline passes its `eta` to every step that takes one: TCD's gamma.
+        if let t = s as? TCDScheduler { t.gamma = eta }
+        if timestepSpacing != nil, s is ConsistencyScheduler || s is CompVisSampler {
+            throw PipelineError("timestep spacing does not apply to \(type(of: s)): it samples its own fixed grid")
+        }
         try s.setTimesteps(steps)
         return s
     }

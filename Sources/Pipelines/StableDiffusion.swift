@@ -95,10 +95,19 @@ public final class StableDiffusionPipeline {
         (p.height ?? bundle.defaultImageSize, p.width ?? bundle.defaultImageSize)
     }
 
+    /// LatentConsistencyModelPipeline folders guide only through the UNet's w embedding (no negative prompt batch).
+    public var isLatentConsistencyPipeline: Bool { bundle.pipelineClass == "LatentConsistencyModelPipeline" }
+
     func denoiser(_ p: PromptOptions, batch: Int) throws -> Denoiser {
-        let guidance = p.guidanceScale > 1
+        let guidance = p.guidanceScale > 1 && !isLatentConsistencyPipeline
         let (cond, uncond) = try encodePrompt(p, batch: batch, guidance: guidance)
-        return Denoiser(unet: bundle.unet, guidanceScale: Float(p.guidanceScale), context: cond, uncondContext: uncond)
+        let den = Denoiser(unet: bundle.unet, guidanceScale: Float(p.guidanceScale), context: cond, uncondContext: uncond)
+        // Both StableDiffusionPipeline and LatentConsistencyModelPipeline embed w = guidance_scale - 1 for UNets with
+        // time_cond_proj_dim (get_guidance_scale_embedding).
+        if let dim = bundle.unet.config.timeCondProjDim {
+            den.timestepCond = UNet2DConditionModel.guidanceScaleEmbedding([Float](repeating: Float(p.guidanceScale - 1), count: batch), dim: dim)
+        }
+        return den
     }
 
     /// StableDiffusionPipeline.__call__.

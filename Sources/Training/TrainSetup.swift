@@ -4,6 +4,7 @@
 import Autoencoders
 import Checkpoints
 import Conditioning
+import DiffusersBlocks
 import Foundation
 import NeuralNetwork
 import TensorCore

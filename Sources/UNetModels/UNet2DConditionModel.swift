@@ -1,3 +1,4 @@
+import DiffusersBlocks
 import Foundation
 import NeuralNetwork
 import TensorCore
@@ -6,11 +7,6 @@ import TensorCore
 // input channels, class-conditional) and models/unets/unet_2d.py `UNet2DModel` (unconditional / class-conditional LDM
 // with legacy attention blocks): one type built from `UNetConfig`, parameters named as the diffusers state_dict.
 
-public struct UNetError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ message: String) { description = message }
-}
-
 /// The unconditional LDM UNet is the same type; its config has `_class_name` "UNet2DModel".
 public typealias UNet2DModel = UNet2DConditionModel
 
@@ -18,6 +14,9 @@ public final class UNet2DConditionModel: Module {
     public let config: UNetConfig
     public let convIn: Conv2d
     public let timeEmbedding: TimestepEmbedding
+    /// time_embedding.cond_proj (time_cond_proj_dim -> block_out_channels[0], no bias): adds a timestep condition
+    /// (LCM's guidance embedding) to the sinusoidal features before linear_1, as diffusers' TimestepEmbedding.
+    public let timeCondProj: Linear?
     /// num_class_embeds without class_embed_type: nn.Embedding; class_embed_type "timestep": a TimestepEmbedding.
     public let classEmbedding: Embedding?
     public let classTimestepEmbedding: TimestepEmbedding?
@@ -33,6 +32,7 @@ public final class UNet2DConditionModel: Module {
         let boc = config.blockOutChannels, n = boc.count, temb = config.timeEmbedDim
         convIn = Conv2d(config.inChannels, boc[0], kernel: config.convInKernel, padding: (config.convInKernel - 1) / 2)
         timeEmbedding = TimestepEmbedding(inChannels: boc[0], timeEmbedDim: temb)
+        timeCondProj = config.timeCondProjDim.map { Linear($0, boc[0], bias: false) }
         if config.classEmbedType == "timestep" {
             classTimestepEmbedding = TimestepEmbedding(inChannels: boc[0], timeEmbedDim: temb); classEmbedding = nil
         } else {
@@ -80,9 +80,10 @@ public final class UNet2DConditionModel: Module {
 
     /// Predicts the model output (noise, v or x0 as trained) for `sample` (B, C, H, W) at `timestep` (one value or one
     /// per batch item), with `encoderHiddenStates` (B, S, cross_attention_dim) for cross-attention models and
-    /// `classLabels` (B) for class-conditional ones. Differentiable; wrap in `GradMode.noGrad` for inference.
+    /// `classLabels` (B) for class-conditional ones, `timestepCond` (B, time_cond_proj_dim) for UNets with
+    /// time_cond_proj_dim (optional there, as in diffusers). Differentiable; wrap in `GradMode.noGrad` for inference.
     public func callAsFunction(sample: Tensor, timestep: [Float], encoderHiddenStates: Tensor? = nil,
-                               classLabels: [Int]? = nil) throws -> Tensor {
+                               classLabels: [Int]? = nil, timestepCond: Tensor? = nil) throws -> Tensor {
         guard sample.rank == 4, sample.shape[1] == config.inChannels else {
             throw UNetError("UNet: sample \(sample.shape) must be (B, \(config.inChannels), H, W)")
         }
@@ -100,7 +101,15 @@ public final class UNet2DConditionModel: Module {
             timestepEmbedding(t, dim: self.config.blockOutChannels[0], flipSinToCos: self.config.flipSinToCos,
                               downscaleFreqShift: self.config.freqShift)
         }
-        var emb = timeEmbedding(proj(steps))
+        var tFeatures = proj(steps)
+        if let cond = timestepCond {
+            guard let p = timeCondProj else { throw UNetError("UNet: timestepCond given but the model has no time_cond_proj_dim") }
+            guard cond.shape == [b, p.weight.shape[1]] else {
+                throw UNetError("UNet: timestepCond \(cond.shape) must be (\(b), \(p.weight.shape[1]))")
+            }
+            tFeatures = tFeatures + p(cond)
+        }
+        var emb = timeEmbedding(tFeatures)
         if classEmbedding != nil || classTimestepEmbedding != nil {
             guard let labels = classLabels, labels.count == b else {
                 throw UNetError("UNet: class-conditional model needs \(b) class labels, got \(classLabels?.count ?? 0)")
@@ -133,12 +142,32 @@ public final class UNet2DConditionModel: Module {
     }
 
     public func callAsFunction(sample: Tensor, timestep: Float, encoderHiddenStates: Tensor? = nil,
-                               classLabels: [Int]? = nil) throws -> Tensor {
-        try self(sample: sample, timestep: [timestep], encoderHiddenStates: encoderHiddenStates, classLabels: classLabels)
+                               classLabels: [Int]? = nil, timestepCond: Tensor? = nil) throws -> Tensor {
+        try self(sample: sample, timestep: [timestep], encoderHiddenStates: encoderHiddenStates, classLabels: classLabels,
+                 timestepCond: timestepCond)
+    }
+
+    /// LatentConsistencyModelPipeline.get_guidance_scale_embedding (VDM's sinusoidal embedding of w * 1000, float32):
+    /// the `timestepCond` of an LCM-distilled UNet for guidance weights `w` (the pipeline passes guidance_scale - 1).
+    public static func guidanceScaleEmbedding(_ w: [Float], dim: Int) -> Tensor {
+        let half = dim / 2
+        let step = Float(Foundation.log(Float(10000))) / Float(half - 1)
+        let freqs = (0..<half).map { Foundation.exp(Float($0) * -step) }
+        var out = [Float](repeating: 0, count: w.count * dim)
+        for (n, wn) in w.enumerated() {
+            let scaled = wn * 1000
+            for i in 0..<half {
+                let arg = scaled * freqs[i]
+                out[n * dim + i] = Foundation.sin(arg)
+                out[n * dim + half + i] = Foundation.cos(arg)
+            }
+        }
+        return Tensor(out, shape: [w.count, dim])
     }
 
     public var namedParameters: [(String, Tensor)] {
-        scoped("conv_in", convIn) + scoped("time_embedding", timeEmbedding) + scoped("class_embedding", classEmbedding)
+        scoped("conv_in", convIn) + scoped("time_embedding", timeEmbedding)
+            + scoped("time_embedding.cond_proj", timeCondProj) + scoped("class_embedding", classEmbedding)
             + scoped("class_embedding", classTimestepEmbedding) + scoped("down_blocks", downBlocks) + scoped("mid_block", midBlock)
             + scoped("up_blocks", upBlocks) + scoped("conv_norm_out", convNormOut) + scoped("conv_out", convOut)
     }

@@ -25,11 +25,14 @@ struct GenerationOptions: ParsableArguments {
     @Option(help: "Denoising steps (default: 50; 100 for upscale).")
     var steps: Int?
 
-    @Option(help: "Sampler: ddim, plms, euler, euler-a, heun, lms, dpm++2m, dpm++2m-karras, ddpm, compvis-ddim, compvis-plms or a web UI name (\"Euler a\", \"DPM++ 2M Karras\"). Default: the model's scheduler.")
+    @Option(help: "Sampler: ddim, plms, euler, euler-a, heun, lms, dpm++2m, dpm++2m-karras, ddpm, lcm, tcd, compvis-ddim, compvis-plms or a web UI name (\"Euler a\", \"DPM++ 2M Karras\"). Default: the model's scheduler (lcm for LCM models and LCM-LoRAs).")
     var sampler: String?
 
-    @Option(help: "DDIM eta (0: deterministic).")
+    @Option(help: "DDIM eta (0: deterministic); with --sampler tcd its gamma (diffusers passes eta to TCD's step; 0.3 is TCD's usual value).")
     var eta: Double = 0
+
+    @Option(name: .customLong("timestep-spacing"), help: "Override the scheduler config's timestep_spacing: leading, linspace or trailing (trailing: SD-Turbo / SDXL-Turbo in 1-4 steps with euler-a and --cfg-scale 0). Not for lcm, tcd, compvis-*.")
+    var timestepSpacing: String?
 
     @Option(help: "Random seed (default: random; it is printed and stored in the PNG).")
     var seed: UInt64?
@@ -59,7 +62,8 @@ struct GenerationOptions: ParsableArguments {
     func check(defaultSteps: Int = 50) throws -> (SamplingOptions, [String]) {
         guard ["torch", "torch-scalar", "cuda"].contains(rng) else { throw PipelineError("--rng must be torch, torch-scalar or cuda, got \(rng)") }
         _ = try cudaDevice()
-        let o = SamplingOptions(sampler: sampler, steps: steps ?? defaultSteps, eta: eta, batchSize: batchSize)
+        let o = SamplingOptions(sampler: sampler, steps: steps ?? defaultSteps, eta: eta, batchSize: batchSize,
+                                timestepSpacing: timestepSpacing)
         try o.validate()
         try Validation.checkModelPath(model)
         if config != nil {
@@ -73,6 +77,24 @@ struct GenerationOptions: ParsableArguments {
         let paths = Validation.outputPaths(output, batch: batchSize)
         try Validation.checkOutputs(paths, overwrite: overwrite)
         return (o, paths)
+    }
+
+    /// Defaults that fit latent consistency models (a UNet with time_cond_proj_dim, or an LCM-LoRA): sampler lcm and
+    /// 4 steps unless given, and says so. Returns the guidance default for `PromptArguments.check` (nil: not an LCM):
+    /// 8.5 for LatentConsistencyModelPipeline-style UNets (diffusers' default; guidance there is the UNet's w
+    /// embedding, so cfg 1 would mean w = 0, outside LCM's training range), 1 for an LCM-LoRA (no negative-prompt
+    /// pass: half the UNet work; the LCM-LoRA recipe's 1-2).
+    func lcmDefaults(_ o: inout SamplingOptions, summary: ModelSummary, lcmLoRA: Bool, cfgGiven: Bool) -> Double? {
+        guard summary.timeCondProjDim != nil || lcmLoRA else { return nil }
+        let cfg = summary.timeCondProjDim != nil ? 8.5 : 1.0
+        var notes: [String] = []
+        if sampler == nil { o.sampler = "lcm"; notes.append("sampler lcm") }
+        if steps == nil { o.steps = 4; notes.append("4 steps") }
+        if !cfgGiven { notes.append("cfg scale \(cfg)") }
+        if !notes.isEmpty {
+            log("\(lcmLoRA ? "LCM-LoRA" : "latent consistency model"): using \(notes.joined(separator: ", ")) (override with --sampler, --steps, --cfg-scale)")
+        }
+        return cfg
     }
 
     var resolvedSeed: UInt64 { seed ?? UInt64.random(in: 0..<(1 << 32)) }
@@ -103,7 +125,9 @@ struct GenerationOptions: ParsableArguments {
 
     /// Reads the model's configs (not its weights) and checks it can serve the command.
     func summary() throws -> ModelSummary {
-        try config != nil ? ModelSummary.read(yaml: compVisYAML()) : ModelSummary.read(URL(fileURLWithPath: model))
+        guard config != nil else { return try ModelSummary.read(URL(fileURLWithPath: model)) }
+        // The YAML as the checkpoint's weights complete it (the stock YAMLs state sizes the weights may not have).
+        return try ModelSummary.read(yaml: CompVisArchitecture.reconcile(yaml: compVisYAML(), checkpoint: URL(fileURLWithPath: model)).yaml)
     }
 
     /// The parsed --config file (a YAML mapping).
@@ -119,7 +143,9 @@ struct GenerationOptions: ParsableArguments {
         let yaml = try compVisYAML()
         let c = try CompVisModelConfig(yaml: yaml)
         let vocab = c.condName == "BERTEmbedder" && !c.isLayout ? try bertVocabularyURL() : nil
-        return try ModelBundle.load(checkpoint: url, yaml: yaml, bertVocabulary: vocab)
+        let bundle = try ModelBundle.load(checkpoint: url, yaml: yaml, bertVocabulary: vocab)
+        if !quiet { for n in bundle.notes { FileHandle.standardError.write("note: \(n)\n".data(using: .utf8)!) } }
+        return bundle
     }
 
     /// --bert-vocab, or vocab.txt beside the checkpoint (BERTEmbedder configs).
@@ -146,7 +172,8 @@ struct GenerationOptions: ParsableArguments {
     func parameters(seed: UInt64, steps: Int, scheduler: String?) -> GenerationParameters {
         GenerationParameters(steps: steps, sampler: webUISamplerName(sampler ?? scheduler ?? "default"), seed: Int(truncatingIfNeeded: seed),
                              model: URL(fileURLWithPath: model).deletingPathExtension().lastPathComponent,
-                             extra: (eta != 0 ? [.init("Eta", "\(eta)")] : []) + [.init("RNG", webUIRNG)])
+                             extra: (eta != 0 ? [.init("Eta", "\(eta)")] : []) + [.init("RNG", webUIRNG)]
+                                + (timestepSpacing.map { [.init("Timestep spacing", $0)] } ?? []))
     }
 }
 
@@ -157,7 +184,7 @@ func webUISamplerName(_ name: String) -> String {
                  "euler-ancestral": "Euler a", "eulerancestraldiscretescheduler": "Euler a", "heun": "Heun",
                  "heundiscretescheduler": "Heun", "lms": "LMS", "lmsdiscretescheduler": "LMS", "dpm++2m": "DPM++ 2M",
                  "dpmsolvermultistepscheduler": "DPM++ 2M", "dpm++2m-karras": "DPM++ 2M Karras", "ddpm": "DDPM",
-                 "ddpmscheduler": "DDPM"]
+                 "ddpmscheduler": "DDPM", "lcm": "LCM", "lcmscheduler": "LCM", "tcd": "TCD", "tcdscheduler": "TCD"]
     return names[name.trimmingCharacters(in: .whitespaces).lowercased()] ?? name
 }
 

@@ -17,20 +17,22 @@ struct Img2Img: ParsableCommand {
     var strength: Double = 0.8
 
     func run() throws {
-        let (sampling, paths) = try options.check()
-        let p = try prompt.check()
+        var (sampling, paths) = try options.check()
+        let summary = try options.summary()
+        let lcmCFG = options.lcmDefaults(&sampling, summary: summary, lcmLoRA: false, cfgGiven: prompt.cfgScale != nil)
+        let p = try prompt.check(defaultGuidance: lcmCFG ?? 7.5)
         try Validation.checkStrength(strength)
         try Validation.checkImg2ImgSteps(steps: sampling.steps, strength: strength)
         try Validation.checkReadableFile(initImage, what: "init image")
         let image = try ImageIO.loadRGB(path: initImage)
-        try requireTextModel(try options.summary(), options.model)
+        try requireTextModel(summary, options.model)
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
         let pipe = try StableDiffusionPipeline(bundle: prompt.configure(options.loadBundle()))
         let bar = options.progressBar("img2img")
         let result = try pipe.imageToImage(p, sampling, image: image, strength: strength,
                                            generator: options.generator(seed: seed), progress: bar.update)
-        var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
+        var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: sampling.sampler ?? pipe.bundle.schedulerConfig.className)
         prompt.annotate(&params, bundle: pipe.bundle, options: p)
         params.extra.append(.init("Denoising strength", "\(strength)"))
         options.log("seed \(seed)")

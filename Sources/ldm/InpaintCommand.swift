@@ -21,8 +21,10 @@ struct Inpaint: ParsableCommand {
     var strength: Double = 1
 
     func run() throws {
-        let (sampling, paths) = try options.check()
-        let p = try prompt.check()
+        var (sampling, paths) = try options.check()
+        let summary = try options.summary()
+        let lcmCFG = options.lcmDefaults(&sampling, summary: summary, lcmLoRA: false, cfgGiven: prompt.cfgScale != nil)
+        let p = try prompt.check(defaultGuidance: lcmCFG ?? 7.5)
         try Validation.checkStrength(strength)
         try Validation.checkImg2ImgSteps(steps: sampling.steps, strength: strength)
         try Validation.checkReadableFile(initImage, what: "init image")
@@ -30,7 +32,6 @@ struct Inpaint: ParsableCommand {
         let image = try ImageIO.loadRGB(path: initImage)
         let maskImage = try ImageIO.loadMask(path: mask)
         try Validation.checkMaskSize(image: (image.width, image.height), mask: (maskImage.width, maskImage.height))
-        let summary = try options.summary()
         try requireTextModel(summary, options.model)
         guard summary.unetInChannels == 4 || summary.unetInChannels == 9 else {
             throw PipelineError("model \(options.model): UNet with \(summary.unetInChannels) input channels cannot inpaint (4 or 9)")
@@ -41,7 +42,7 @@ struct Inpaint: ParsableCommand {
         let bar = options.progressBar("inpaint")
         let result = try pipe.inpaint(p, sampling, image: image, mask: maskImage, strength: strength,
                                       generator: options.generator(seed: seed), progress: bar.update)
-        var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
+        var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: sampling.sampler ?? pipe.bundle.schedulerConfig.className)
         prompt.annotate(&params, bundle: pipe.bundle, options: p)
         params.extra.append(.init("Denoising strength", "\(strength)"))
         options.log("seed \(seed)")

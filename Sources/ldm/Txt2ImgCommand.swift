@@ -11,7 +11,7 @@ struct Txt2Img: ParsableCommand {
     @OptionGroup var prompt: PromptArguments
 
     func run() throws {
-        let (sampling, paths) = try options.check()
+        var (sampling, paths) = try options.check()
         let summary = try options.summary()
         try requireTextModel(summary, options.model, allowLDMBert: true)
         if summary.hasLDMBert {
@@ -20,7 +20,8 @@ struct Txt2Img: ParsableCommand {
                 throw PipelineError("--emphasis is for CLIP text encoders; \(options.model) has LDM-BERT")
             }
         }
-        let p = try prompt.check(defaultGuidance: summary.hasLDMBert ? LDMTextToImagePipeline.defaultGuidanceScale : 7.5)
+        let lcmCFG = options.lcmDefaults(&sampling, summary: summary, lcmLoRA: false, cfgGiven: prompt.cfgScale != nil)
+        let p = try prompt.check(defaultGuidance: summary.hasLDMBert ? LDMTextToImagePipeline.defaultGuidanceScale : lcmCFG ?? 7.5)
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
         let bundle = try options.loadBundle()
@@ -33,7 +34,7 @@ struct Txt2Img: ParsableCommand {
             let pipe = try StableDiffusionPipeline(bundle: prompt.configure(bundle))
             result = try pipe.textToImage(p, sampling, generator: options.generator(seed: seed), progress: bar.update)
         }
-        var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: bundle.schedulerConfig.className)
+        var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: sampling.sampler ?? bundle.schedulerConfig.className)
         prompt.annotate(&params, bundle: bundle, options: p)
         options.log("seed \(seed)")
         try options.write(result, to: paths, parameters: params)

@@ -1,0 +1,89 @@
+// The generation commands' few-step options end to end through the built `ldm` executable: LCM defaults for a
+// LatentConsistencyModelPipeline folder (Fixtures/tiny-lcm; sampler lcm, 4 steps, cfg 8.5, announced on stderr) and
+// --timestep-spacing, against the diffusers images of tools/fixtures/few_step_pipelines.py.
+import Checkpoints
+import Foundation
+import Imaging
+import Pipelines
+import XCTest
+
+final class FewStepCLITests: XCTestCase {
+    var ldm: URL {
+        #if os(macOS)
+        for b in Bundle.allBundles where b.bundlePath.hasSuffix(".xctest") { return b.bundleURL.deletingLastPathComponent().appendingPathComponent("ldm") }
+        #endif
+        return Bundle.main.bundleURL.appendingPathComponent("ldm")
+    }
+
+    func tempDir() throws -> URL {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-fewstep-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
+        addTeardownBlock { try? FileManager.default.removeItem(at: d) }
+        return d
+    }
+
+    /// Runs ldm; returns (exit status, stderr).
+    func run(_ args: [String]) throws -> (Int32, String) {
+        guard FileManager.default.isExecutableFile(atPath: ldm.path) else {
+            XCTFail("the ldm executable is not built at \(ldm.path)")
+            return (-1, "")
+        }
+        let p = Process()
+        p.executableURL = ldm
+        p.arguments = args
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        let data = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    func parameters(_ url: URL) throws -> GenerationParameters {
+        GenerationParameters(parsing: try XCTUnwrap(try ImageIO.load(path: url.path).text("parameters")))
+    }
+
+    /// The 8-bit pixels of a diffusers reference image of few_step_outputs.safetensors.
+    func reference(_ name: String) throws -> [UInt8] {
+        let file = try CheckpointFile.open(fixtures.appendingPathComponent("few_step_outputs.safetensors"))
+        return try XCTUnwrap(file.tensors[name]).floats().map { UInt8((min(max($0, 0), 1) * 255).rounded(.toNearestOrEven)) }
+    }
+
+    func testLCMModelDefaults() throws {
+        let out = try tempDir().appendingPathComponent("lcm.png")
+        let (s, e) = try run(["txt2img", "--model", fixtures.appendingPathComponent("tiny-lcm").path, "--prompt", "the dog",
+                              "--seed", "60", "--width", "16", "--height", "16", "--output", out.path])
+        XCTAssertEqual(s, 0, e)
+        XCTAssertTrue(e.contains("latent consistency model: using sampler lcm, 4 steps, cfg scale 8.5"), e)
+        let p = try parameters(out)
+        XCTAssertEqual(p.steps, 4); XCTAssertEqual(p.sampler, "LCM"); XCTAssertEqual(p.cfgScale, 8.5)
+        XCTAssertGreaterThanOrEqual(psnr(try ImageIO.loadRGB(path: out.path).pixels, try reference("lcm_pipeline_4_8.5")), 45)
+        // explicit values are kept and not announced
+        let (s2, e2) = try run(["txt2img", "--model", fixtures.appendingPathComponent("tiny-lcm").path, "--prompt", "the dog",
+                                "--seed", "61", "--steps", "2", "--cfg-scale", "3", "--sampler", "lcm", "--output", out.path, "--overwrite"])
+        XCTAssertEqual(s2, 0, e2)
+        XCTAssertFalse(e2.contains("latent consistency model: using"), e2)
+        XCTAssertEqual(try parameters(out).steps, 2)
+    }
+
+    func testTimestepSpacingOption() throws {
+        let dir = try tempDir()
+        let out = dir.appendingPathComponent("turbo.png")
+        let (s, e) = try run(["txt2img", "--model", fixtures.appendingPathComponent("tiny-sd").path, "--prompt", "a cat",
+                              "--seed", "43", "--steps", "1", "--sampler", "euler-a", "--cfg-scale", "0",
+                              "--timestep-spacing", "trailing", "--output", out.path, "--quiet"])
+        XCTAssertEqual(s, 0, e)
+        XCTAssertEqual(try parameters(out).extraValue("Timestep spacing"), "trailing")
+        XCTAssertGreaterThanOrEqual(psnr(try ImageIO.loadRGB(path: out.path).pixels, try reference("sd_euler-a_trailing_1_cfg0")), 45)
+        let bad = dir.appendingPathComponent("bad.png")
+        for (args, message) in [(["--timestep-spacing", "sideways"], "timestep spacing must be one of"),
+                                (["--timestep-spacing", "trailing", "--sampler", "lcm"], "does not apply to LCMScheduler")] {
+            let (status, err) = try run(["txt2img", "--model", fixtures.appendingPathComponent("tiny-sd").path, "--prompt", "a",
+                                         "--steps", "1", "--output", bad.path, "--quiet"] + args)
+            XCTAssertNotEqual(status, 0, "\(args)")
+            XCTAssertTrue(err.contains(message), "\(args): \(err)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: bad.path))
+        }
+    }
+}
