@@ -90,6 +90,8 @@ public final class ModelBundle {
     /// model_index.json's `_class_name` (e.g. "LatentConsistencyModelPipeline": guidance only through the UNet's
     /// w embedding, no classifier-free guidance batch).
     public var pipelineClass: String?
+    /// LoRAs merged into the weights (`mergeLoRAs`), nil when none.
+    public internal(set) var appliedLoRAs: AppliedLoRAs?
     /// CompVis semantic synthesis (cond_stage SpatialRescaler, concat): the label map's conditioning and geometry.
     public var spatialRescaler: SpatialRescaler?
     public var semanticSynthesis: SemanticSynthesisGeometry?

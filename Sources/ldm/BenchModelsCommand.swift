@@ -85,6 +85,7 @@ struct BenchPart: ParsableCommand {
                 let unet = try UNet2DConditionModel.random(config: .stableDiffusion15, seed: 0)
                 let x = Tensor.randn([2, 4, 64, 64], generator: g), c = Tensor.randn([2, 77, 768], generator: g)
                 seconds = BenchSupport.median(reps) { _ = try? unet(sample: x, timestep: 500, encoderHiddenStates: c) }
+            case "sd15-lcm4": seconds = try BenchLCM.ours(reps: reps)
             default: throw ValidationError("unknown benchmark part \(part)")
             }
         }

@@ -34,6 +34,12 @@ struct GenerationOptions: ParsableArguments {
     @Option(name: .customLong("timestep-spacing"), help: "Override the scheduler config's timestep_spacing: leading, linspace or trailing (trailing: SD-Turbo / SDXL-Turbo in 1-4 steps with euler-a and --cfg-scale 0). Not for lcm, tcd, compvis-*.")
     var timestepSpacing: String?
 
+    @Option(name: .customLong("lora"), help: "A LoRA merged into the model at load, FILE[:WEIGHT] (weight default 1; repeatable): kohya/A1111 (lora_unet_/lora_te_, LoCon, LyCORIS LoHa/LoKr) or diffusers/PEFT safetensors. The weight scales the UNet and text encoder parts. A file named *lcm* is taken as an LCM-LoRA (sampler lcm, 4 steps, cfg 1 unless given).")
+    var lora: [String] = []
+
+    @Option(name: .customLong("lora-dir"), help: "Folder (searched with its subfolders) where the prompt's <lora:NAME:WEIGHT> tags find NAME.safetensors/.pt/.ckpt/.bin; the tags are removed from the prompt text and the LoRAs recorded as \"Lora hashes\".")
+    var loraDir: String?
+
     @Option(help: "Random seed (default: random; it is printed and stored in the PNG).")
     var seed: UInt64?
 
@@ -136,16 +142,52 @@ struct GenerationOptions: ParsableArguments {
         return try loadYAMLMapping(config)
     }
 
-    /// The model: with --config, the CompVis checkpoint built from its YAML; otherwise a folder or single file.
-    func loadBundle() throws -> ModelBundle {
+    /// The model: with --config, the CompVis checkpoint built from its YAML; otherwise a folder or single file. The
+    /// LoRAs (default: the --lora files) are merged into its weights.
+    func loadBundle(loras: [(file: LoRAFile, weight: Float)]? = nil) throws -> ModelBundle {
+        let networks = try loras ?? self.loras()
         let url = URL(fileURLWithPath: model)
-        guard config != nil else { return try ModelBundle.load(url) }
-        let yaml = try compVisYAML()
-        let c = try CompVisModelConfig(yaml: yaml)
-        let vocab = c.condName == "BERTEmbedder" && !c.isLayout ? try bertVocabularyURL() : nil
-        let bundle = try ModelBundle.load(checkpoint: url, yaml: yaml, bertVocabulary: vocab)
-        if !quiet { for n in bundle.notes { FileHandle.standardError.write("note: \(n)\n".data(using: .utf8)!) } }
+        let bundle: ModelBundle
+        if config == nil {
+            bundle = try ModelBundle.load(url)
+        } else {
+            let yaml = try compVisYAML()
+            let c = try CompVisModelConfig(yaml: yaml)
+            let vocab = c.condName == "BERTEmbedder" && !c.isLayout ? try bertVocabularyURL() : nil
+            bundle = try ModelBundle.load(checkpoint: url, yaml: yaml, bertVocabulary: vocab)
+            if !quiet { for n in bundle.notes { FileHandle.standardError.write("note: \(n)\n".data(using: .utf8)!) } }
+        }
+        if !networks.isEmpty {
+            try bundle.mergeLoRAs(networks)
+            log("merged LoRA " + networks.map { "\($0.file.name) (\($0.weight))" }.joined(separator: ", "))
+        }
         return bundle
+    }
+
+    /// --lora FILE[:WEIGHT] files, then the prompt's tags found in --lora-dir: opened, not yet checked against the model.
+    func loras(tags: [LoRATag] = []) throws -> [(file: LoRAFile, weight: Float)] {
+        var out: [(file: LoRAFile, weight: Float)] = []
+        for spec in lora {
+            var path = spec, weight: Float = 1
+            if let colon = spec.lastIndex(of: ":"), let w = Float(spec[spec.index(after: colon)...]) {
+                guard w.isFinite else { throw PipelineError("--lora \(spec): the weight must be a finite number") }
+                path = String(spec[..<colon]); weight = w
+            }
+            guard !path.isEmpty else { throw PipelineError("--lora \(spec): no file") }
+            out.append((try LoRAFile(url: URL(fileURLWithPath: path)), weight))
+        }
+        if !tags.isEmpty {
+            guard let loraDir else {
+                throw PipelineError("the prompt has <lora:\(tags[0].name):...> but no --lora-dir to find it in")
+            }
+            for t in tags { out.append((try LoRAFile(url: LoRAPrompt.resolve(t.name, in: URL(fileURLWithPath: loraDir))), t.weight)) }
+        }
+        return out
+    }
+
+    /// "Lora hashes" as AUTOMATIC1111 records them.
+    func recordLoRAs(_ g: inout GenerationParameters, _ bundle: ModelBundle) {
+        if let h = bundle.appliedLoRAs?.webUIHashes { g.extra.append(.init("Lora hashes", h)) }
     }
 
     /// --bert-vocab, or vocab.txt beside the checkpoint (BERTEmbedder configs).
@@ -216,11 +258,14 @@ struct PromptArguments: ParsableArguments {
             throw PipelineError("--emphasis must be one of \(PromptEmphasis.allCases.map(\.rawValue).joined(separator: ", ")), got \(emphasis)")
         }
         if let k = clipSkip, k < 1 { throw PipelineError("--clip-skip must be >= 1 (1 = last layer), got \(k)") }
-        let p = PromptOptions(prompt: prompt, negativePrompt: negativePrompt, guidanceScale: cfgScale ?? defaultGuidance, width: width, height: height,
-                              emphasis: mode)
+        let p = PromptOptions(prompt: try LoRAPrompt.extract(prompt).text, negativePrompt: negativePrompt,
+                              guidanceScale: cfgScale ?? defaultGuidance, width: width, height: height, emphasis: mode)
         try p.validate()
         return p
     }
+
+    /// The prompt's `<lora:NAME:WEIGHT>` tags (removed from the text `check` returns).
+    func loraTags() throws -> [LoRATag] { try LoRAPrompt.extract(prompt).tags }
 
     /// Applies --clip-skip to the loaded model, checked against its text encoder's layer count.
     func configure(_ bundle: ModelBundle) throws -> ModelBundle {

@@ -19,7 +19,9 @@ struct Img2Img: ParsableCommand {
     func run() throws {
         var (sampling, paths) = try options.check()
         let summary = try options.summary()
-        let lcmCFG = options.lcmDefaults(&sampling, summary: summary, lcmLoRA: false, cfgGiven: prompt.cfgScale != nil)
+        let loras = try options.loras(tags: prompt.loraTags())
+        let lcmLoRA = loras.contains { $0.file.name.lowercased().contains("lcm") }
+        let lcmCFG = options.lcmDefaults(&sampling, summary: summary, lcmLoRA: lcmLoRA, cfgGiven: prompt.cfgScale != nil)
         let p = try prompt.check(defaultGuidance: lcmCFG ?? 7.5)
         try Validation.checkStrength(strength)
         try Validation.checkImg2ImgSteps(steps: sampling.steps, strength: strength)
@@ -28,12 +30,13 @@ struct Img2Img: ParsableCommand {
         try requireTextModel(summary, options.model)
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
-        let pipe = try StableDiffusionPipeline(bundle: prompt.configure(options.loadBundle()))
+        let pipe = try StableDiffusionPipeline(bundle: prompt.configure(options.loadBundle(loras: loras)))
         let bar = options.progressBar("img2img")
         let result = try pipe.imageToImage(p, sampling, image: image, strength: strength,
                                            generator: options.generator(seed: seed), progress: bar.update)
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: sampling.sampler ?? pipe.bundle.schedulerConfig.className)
         prompt.annotate(&params, bundle: pipe.bundle, options: p)
+        options.recordLoRAs(&params, pipe.bundle)
         params.extra.append(.init("Denoising strength", "\(strength)"))
         options.log("seed \(seed)")
         try options.write(result, to: paths, parameters: params)

@@ -58,6 +58,7 @@ struct Layout: ParsableCommand {
         let result = try pipe.layoutToImage(layout, sampling, width: width, height: height, generator: options.generator(seed: seed),
                                             progress: bar.update)
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
+        options.recordLoRAs(&params, pipe.bundle)
         params.extra += [.init("Layout objects", "\(layout.count)"), .init("Layout", LayoutObject.encodeList(layout))]
         options.log("seed \(seed)")
         try options.write(result, to: paths, parameters: params)

@@ -42,6 +42,7 @@ struct Sample: ParsableCommand {
         let result = try pipe.sample(sampling, classLabel: classLabel, guidanceScale: cfgScale, width: width, height: height,
                                      generator: options.generator(seed: seed), progress: bar.update)
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
+        options.recordLoRAs(&params, pipe.bundle)
         if let k = classLabel { params.extra.append(.init("Class", "\(k)")); params.cfgScale = cfgScale }
         options.log("seed \(seed)")
         try options.write(result, to: paths, parameters: params)

@@ -50,6 +50,7 @@ struct Semantic: ParsableCommand {
         let bar = options.progressBar("semantic")
         let result = try pipe.semanticSynthesis(labels, sampling, generator: options.generator(seed: seed), progress: bar.update)
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
+        options.recordLoRAs(&params, pipe.bundle)
         params.extra.append(.init("Segmentation", URL(fileURLWithPath: segmentation).lastPathComponent))
         if labelOffset != 0 { params.extra.append(.init("Label offset", "\(labelOffset)")) }
         options.log("seed \(seed)")

@@ -20,11 +20,13 @@ struct Txt2Img: ParsableCommand {
                 throw PipelineError("--emphasis is for CLIP text encoders; \(options.model) has LDM-BERT")
             }
         }
-        let lcmCFG = options.lcmDefaults(&sampling, summary: summary, lcmLoRA: false, cfgGiven: prompt.cfgScale != nil)
+        let loras = try options.loras(tags: prompt.loraTags())
+        let lcmLoRA = loras.contains { $0.file.name.lowercased().contains("lcm") }
+        let lcmCFG = options.lcmDefaults(&sampling, summary: summary, lcmLoRA: lcmLoRA, cfgGiven: prompt.cfgScale != nil)
         let p = try prompt.check(defaultGuidance: summary.hasLDMBert ? LDMTextToImagePipeline.defaultGuidanceScale : lcmCFG ?? 7.5)
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
-        let bundle = try options.loadBundle()
+        let bundle = try options.loadBundle(loras: loras)
         let bar = options.progressBar("txt2img")
         let result: GenerationResult
         if summary.hasLDMBert {
@@ -36,6 +38,7 @@ struct Txt2Img: ParsableCommand {
         }
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: sampling.sampler ?? bundle.schedulerConfig.className)
         prompt.annotate(&params, bundle: bundle, options: p)
+        options.recordLoRAs(&params, bundle)
         options.log("seed \(seed)")
         try options.write(result, to: paths, parameters: params)
     }

@@ -1,0 +1,113 @@
+// Merging LoRAs into a loaded model's weights at load time (no per-step cost), as diffusers' fuse_lora and
+// AUTOMATIC1111's Lora extension (network_apply_weights: weight += updown) do, and exact unmerging: the original
+// values of every changed weight are kept, so a server can switch LoRAs without reloading the base model.
+// Also the web UIs' prompt syntax `<lora:NAME:WEIGHT>` (AUTOMATIC1111 modules/extra_networks.py parse_prompt).
+import Foundation
+import TensorCore
+
+/// LoRAs merged into a bundle: what was applied and the weights' original values.
+public final class AppliedLoRAs {
+    public struct Entry { public let name: String; public let weight: Float; public let shortHash: String? }
+    public let entries: [Entry]
+    /// Original values of every weight the LoRAs changed, keyed by "unet.<...>" / "text_encoder.<...>".
+    let originals: [String: [Float]]
+    init(entries: [Entry], originals: [String: [Float]]) { self.entries = entries; self.originals = originals }
+    public var changedParameters: [String] { originals.keys.sorted() }
+
+    /// AUTOMATIC1111's infotext value: "name: hash, name: hash".
+    public var webUIHashes: String? {
+        let named = entries.compactMap { e in e.shortHash.map { "\(e.name): \($0)" } }
+        return named.isEmpty ? nil : named.joined(separator: ", ")
+    }
+}
+
+extension ModelBundle {
+    /// The parameters a LoRA may change: the UNet's ("unet.<name>") and the CLIP text encoder's ("text_encoder.<name>").
+    public var loraTargets: [String: Tensor] {
+        var out: [String: Tensor] = [:]
+        for (n, t) in unet.namedParameters { out["unet." + n] = t }
+        if let te = textEncoder { for (n, t) in te.namedParameters { out["text_encoder." + n] = t } }
+        return out
+    }
+
+    /// Merges `loras` (file, weight) in order: W += delta(file, weight). Every file is checked against the model
+    /// before any weight changes. Throws if LoRAs are already merged (unmerge first).
+    @discardableResult
+    public func mergeLoRAs(_ loras: [(file: LoRAFile, weight: Float)]) throws -> AppliedLoRAs {
+        guard appliedLoRAs == nil else { throw LoRAError("LoRAs are already merged into this model: unmerge them first") }
+        let targets = loraTargets
+        let shapes = targets.mapValues(\.shape)
+        let deltas = try loras.map { try LoRA.deltas($0.file, baseShapes: shapes, weight: $0.weight) }
+        var originals: [String: [Float]] = [:]
+        for d in deltas {
+            for (name, delta) in d.sorted(by: { $0.key < $1.key }) {
+                guard let t = targets[name] else { continue }
+                let current = t.contiguous().toArray()
+                if originals[name] == nil { originals[name] = current }
+                var merged = current
+                for i in merged.indices { merged[i] += delta[i] }
+                t.assign(Tensor(merged, shape: t.shape))
+            }
+        }
+        let entries = try loras.map { AppliedLoRAs.Entry(name: $0.file.name, weight: $0.weight, shortHash: try? $0.file.shortHash()) }
+        let applied = AppliedLoRAs(entries: entries, originals: originals)
+        appliedLoRAs = applied
+        return applied
+    }
+
+    /// Restores the weights the merged LoRAs changed, bit for bit.
+    public func unmergeLoRAs() {
+        guard let applied = appliedLoRAs else { return }
+        let targets = loraTargets
+        for (name, values) in applied.originals { targets[name]?.assign(Tensor(values, shape: targets[name]!.shape)) }
+        appliedLoRAs = nil
+    }
+}
+
+/// One `<lora:NAME:WEIGHT>` of a prompt.
+public struct LoRATag: Equatable {
+    public let name: String
+    public let weight: Float
+    public init(name: String, weight: Float) { self.name = name; self.weight = weight }
+}
+
+public enum LoRAPrompt {
+    /// Removes every `<lora:NAME>` / `<lora:NAME:WEIGHT>` from `prompt` (A1111's extra-network syntax; weight
+    /// default 1) and returns the cleaned text with the tags in order. Other `<...>` text is left alone; a malformed
+    /// weight is an error.
+    public static func extract(_ prompt: String) throws -> (text: String, tags: [LoRATag]) {
+        guard let re = try? NSRegularExpression(pattern: "<lora:([^>]+)>") else { return (prompt, []) }
+        let ns = prompt as NSString
+        var tags: [LoRATag] = []
+        for m in re.matches(in: prompt, range: NSRange(location: 0, length: ns.length)) {
+            let parts = ns.substring(with: m.range(at: 1)).split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            let name = parts[0].trimmingCharacters(in: .whitespaces)
+            guard !name.isEmpty else { throw LoRAError("prompt LoRA tag <lora:\(parts.joined(separator: ":"))> has no name") }
+            var weight: Float = 1
+            if parts.count >= 2 {
+                guard parts.count == 2, let w = Float(parts[1].trimmingCharacters(in: .whitespaces)), w.isFinite else {
+                    throw LoRAError("prompt LoRA tag <lora:\(parts.joined(separator: ":"))>: expected <lora:NAME:WEIGHT> with a number")
+                }
+                weight = w
+            }
+            tags.append(LoRATag(name: name, weight: weight))
+        }
+        let text = re.stringByReplacingMatches(in: prompt, range: NSRange(location: 0, length: ns.length), withTemplate: "")
+        return (text, tags)
+    }
+
+    /// Finds NAME.safetensors (or .pt, .ckpt, .bin) in `directory` or its subfolders, as the web UI's Lora folder.
+    public static func resolve(_ name: String, in directory: URL) throws -> URL {
+        let exts = ["safetensors", "pt", "ckpt", "bin"]
+        for e in exts {
+            let u = directory.appendingPathComponent(name).appendingPathExtension(e)
+            if FileManager.default.fileExists(atPath: u.path) { return u }
+        }
+        if let en = FileManager.default.enumerator(at: directory, includingPropertiesForKeys: nil) {
+            for case let u as URL in en where exts.contains(u.pathExtension.lowercased()) && u.deletingPathExtension().lastPathComponent == name {
+                return u
+            }
+        }
+        throw LoRAError("LoRA '\(name)' not found in \(directory.path) (looked for \(exts.map { "\(name).\($0)" }.joined(separator: ", ")))")
+    }
+}
