@@ -1,7 +1,13 @@
 // swift-tools-version: 5.10
 // LatentDiffusion: latent diffusion models (Rombach et al., CVPR 2022) in Swift, CPU-first.
-// Module layers, bottom to top: TensorCore (tensors, autograd, kernels) -> NeuralNetwork (layers) ->
-// Checkpoints / Tokenizers / Imaging (formats) -> Diffusion (schedules, samplers) -> ldm (command line).
+// Module layers, bottom to top (a module imports only modules below it; docs/architecture.md describes each):
+//   CKernels, CDNNL, CZlib, CPNG, CTurboJPEG: C kernels and system libraries
+//   TensorCore (tensors, autograd, kernels);  Checkpoints, Tokenizers, Imaging (file formats, no tensors)
+//   NeuralNetwork (torch.nn layers, state-dict loading: TensorCore + Checkpoints);  Diffusion (schedules, schedulers)
+//   DiffusersBlocks (diffusers' building blocks: resnet, attention, embeddings, unet_2d_blocks)
+//   Autoencoders, UNetModels (diffusers models + their CompVis mapping);  Conditioning (text encoders, class embedder)
+//   Pipelines (generation);  Training
+//   ldm (command line)
 import PackageDescription
 
 let optimize: [SwiftSetting] = [.unsafeFlags(["-O"])]
@@ -10,11 +16,12 @@ let package = Package(
     name: "LatentDiffusion",
     products: [
         .executable(name: "ldm", targets: ["ldm"]),
-        .library(name: "LatentDiffusion", targets: ["TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training"]),
+        .library(name: "LatentDiffusion", targets: ["TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
     ],
     targets: [
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL", providers: [.apt(["libdnnl-dev"])]),
@@ -24,19 +31,29 @@ let package = Package(
 
         // Hot vector kernels in C, cloned per ISA (AVX-512 / AVX2+FMA / baseline) and picked at load time.
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        // Open MPI's C API bound at run time (dlopen libmpi.so.40): data-parallel training without a build-time MPI.
+        .target(name: "CMPIShim", linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "TensorCore", dependencies: ["CDNNL", "CKernels"], swiftSettings: optimize),
         .target(name: "NeuralNetwork", dependencies: ["TensorCore", "Checkpoints"], swiftSettings: optimize),
         .target(name: "Checkpoints", dependencies: ["CZlib"]),
         .target(name: "Tokenizers", dependencies: ["CZlib"], resources: [.copy("Resources")]),
         .target(name: "Imaging", dependencies: ["CPNG", "CTurboJPEG", "CZlib"]),
         .target(name: "Diffusion", dependencies: ["TensorCore"]),
-        .target(name: "Autoencoders", dependencies: ["NeuralNetwork", "Checkpoints"], swiftSettings: optimize),
-        .target(name: "UNetModels", dependencies: ["NeuralNetwork", "Checkpoints"], swiftSettings: optimize),
-        .target(name: "Conditioning", dependencies: ["NeuralNetwork", "Checkpoints", "Tokenizers"], swiftSettings: optimize),
-        .target(name: "Pipelines", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Tokenizers", "Checkpoints"], swiftSettings: optimize),
-        .target(name: "Training", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Checkpoints", "Tokenizers"], swiftSettings: optimize),
+        .target(name: "DiffusersBlocks", dependencies: ["NeuralNetwork", "TensorCore"], swiftSettings: optimize),
+        .target(name: "Autoencoders", dependencies: ["DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], swiftSettings: optimize),
+        .target(name: "UNetModels", dependencies: ["DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], swiftSettings: optimize),
+        .target(name: "Conditioning", dependencies: ["NeuralNetwork", "Checkpoints", "Tokenizers", "TensorCore"], swiftSettings: optimize),
+        .target(name: "Pipelines", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Tokenizers", "Checkpoints",
+                                                  "NeuralNetwork", "TensorCore"], swiftSettings: optimize),
+        .target(name: "Training", dependencies: ["CMPIShim", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Checkpoints", "Tokenizers",
+                                                 "DiffusersBlocks", "NeuralNetwork", "TensorCore"], swiftSettings: optimize),
+        // `ldm serve`: AUTOMATIC1111-compatible HTTP API, job API and web page on Hummingbird 2.
+        .target(name: "Server", dependencies: [
+            "TensorCore", "Imaging", "Diffusion", "Pipelines", "Checkpoints", "Conditioning",
+            .product(name: "Hummingbird", package: "hummingbird"),
+        ]),
         .executableTarget(name: "ldm", dependencies: [
-            "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training",
+            "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training", "Server",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
         ]),
@@ -46,10 +63,13 @@ let package = Package(
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], exclude: ["Fixtures"]),
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion", "TensorCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "AutoencodersTests", dependencies: ["Autoencoders"], exclude: ["Fixtures"]),
-        .testTarget(name: "UNetModelsTests", dependencies: ["UNetModels"], exclude: ["Fixtures"]),
-        .testTarget(name: "ConditioningTests", dependencies: ["Conditioning"], exclude: ["Fixtures"]),
-        .testTarget(name: "PipelinesTests", dependencies: ["Pipelines"], exclude: ["Fixtures"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training"], exclude: ["Fixtures"]),
+        .testTarget(name: "AutoencodersTests", dependencies: ["Autoencoders", "DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "UNetModelsTests", dependencies: ["UNetModels", "Autoencoders", "DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "ConditioningTests", dependencies: ["Conditioning", "NeuralNetwork", "Checkpoints", "Tokenizers", "TensorCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "PipelinesTests", dependencies: ["Pipelines", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels", "Conditioning", "Imaging",
+                                                           "Tokenizers", "Checkpoints", "NeuralNetwork", "TensorCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging",
+                                                          "Tokenizers", "Checkpoints", "NeuralNetwork", "TensorCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Pipelines", "Imaging", "TensorCore"]),
     ]
 )

@@ -3,27 +3,93 @@
 // Block types: DownEncoderBlock2D / AttnDownEncoderBlock2D and UpDecoderBlock2D / AttnUpDecoderBlock2D (the Attn
 // variants put a single-head attention after every resnet: CompVis attn_resolutions).
 // force_upcast and other dtype / loading hints are accepted and ignored.
+import DiffusersBlocks
 import Foundation
+import NeuralNetwork
 
-public struct AutoencoderError: Error, CustomStringConvertible, Equatable {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
+/// What AutoencoderKLConfig and VQModelConfig share: the arguments of diffusers' Encoder / Decoder (vae.py) and the
+/// latent scaling, with the same config.json keys.
+public protocol VAEConfiguration: Codable, Equatable, Sendable {
+    /// The configuration with diffusers' defaults.
+    init()
+    var inChannels: Int { get set }
+    var outChannels: Int { get set }
+    var downBlockTypes: [DownBlockType] { get set }
+    var upBlockTypes: [UpBlockType] { get set }
+    var blockOutChannels: [Int] { get set }
+    var layersPerBlock: Int { get set }
+    var actFn: String { get set }
+    var latentChannels: Int { get set }
+    var normNumGroups: Int { get set }
+    var sampleSize: Int { get set }
+    var scalingFactor: Float { get set }
+    var midBlockAddAttention: Bool { get set }
+    /// What the config.json describes, for messages ("an AutoencoderKL config").
+    static var configName: String { get }
 }
 
-/// Decodes `sample_size` given either as an integer or as [height, width] (the first entry is used, as diffusers does).
-private func decodeSampleSize<K: CodingKey>(_ c: KeyedDecodingContainer<K>, _ key: K, default d: Int) throws -> Int {
-    if let n = try? c.decodeIfPresent(Int.self, forKey: key) { return n }
-    if let a = try? c.decodeIfPresent([Int].self, forKey: key), let first = a.first { return first }
-    guard c.contains(key), try !c.decodeNil(forKey: key) else { return d }
-    throw DecodingError.dataCorruptedError(forKey: key, in: c, debugDescription: "sample_size must be an integer or a list of integers")
+extension VAEConfiguration {
+    /// Decodes the shared keys; absent or null ones keep the defaults of `init()`.
+    mutating func decodeShared(from decoder: Swift.Decoder) throws {
+        let c = try decoder.container(keyedBy: ConfigKey.self)
+        inChannels = try c.decode("in_channels", default: inChannels)
+        outChannels = try c.decode("out_channels", default: outChannels)
+        downBlockTypes = try c.decode("down_block_types", default: downBlockTypes)
+        upBlockTypes = try c.decode("up_block_types", default: upBlockTypes)
+        blockOutChannels = try c.decode("block_out_channels", default: blockOutChannels)
+        layersPerBlock = try c.decode("layers_per_block", default: layersPerBlock)
+        actFn = try c.decode("act_fn", default: actFn)
+        latentChannels = try c.decode("latent_channels", default: latentChannels)
+        normNumGroups = try c.decode("norm_num_groups", default: normNumGroups)
+        // sample_size: an integer or [height, width] (the first entry is used, as diffusers does).
+        if let n = try? c.decodeIfPresent(Int.self, forKey: "sample_size") {
+            sampleSize = n
+        } else if let a = try? c.decodeIfPresent([Int].self, forKey: "sample_size"), let first = a.first {
+            sampleSize = first
+        } else if c.contains("sample_size"), try !c.decodeNil(forKey: "sample_size") {
+            throw DecodingError.dataCorruptedError(forKey: "sample_size", in: c, debugDescription: "sample_size must be an integer or a list of integers")
+        }
+        scalingFactor = try c.decode("scaling_factor", default: scalingFactor)
+        midBlockAddAttention = try c.decode("mid_block_add_attention", default: midBlockAddAttention)
+    }
+
+    /// Reads a diffusers `config.json`, naming the file in any error.
+    public static func load(_ url: URL) throws -> Self {
+        let data: Data
+        do { data = try Data(contentsOf: url) } catch { throw AutoencoderError("\(url.path): cannot read (\(error.localizedDescription))") }
+        do { return try JSONDecoder().decode(Self.self, from: data) }
+        catch { throw AutoencoderError("\(url.path): not \(configName) (\(error))") }
+    }
+
+    public var architecture: VAEArchitecture {
+        VAEArchitecture(inChannels: inChannels, outChannels: outChannels, blockOutChannels: blockOutChannels,
+                        layersPerBlock: layersPerBlock, latentChannels: latentChannels, normNumGroups: normNumGroups,
+                        midBlockAddAttention: midBlockAddAttention,
+                        downAttention: downBlockTypes.map { $0 == .attnDownEncoderBlock2D },
+                        upAttention: upBlockTypes.map { $0 == .attnUpDecoderBlock2D })
+    }
+
+    /// The checks both configurations need: a buildable architecture, VAE block types, SiLU.
+    func validateShared() throws {
+        try architecture.validate()
+        let count = blockOutChannels.count
+        guard downBlockTypes.count == count, upBlockTypes.count == count else {
+            throw AutoencoderError("\(downBlockTypes.count) down_block_types and \(upBlockTypes.count) up_block_types for \(count) block_out_channels")
+        }
+        let downTypes: [DownBlockType] = [.downEncoderBlock2D, .attnDownEncoderBlock2D]
+        let upTypes: [UpBlockType] = [.upDecoderBlock2D, .attnUpDecoderBlock2D]
+        if let bad = downBlockTypes.first(where: { !downTypes.contains($0) }) { throw AutoencoderError("unsupported down block type \(bad)") }
+        if let bad = upBlockTypes.first(where: { !upTypes.contains($0) }) { throw AutoencoderError("unsupported up block type \(bad)") }
+        guard actFn == "silu" || actFn == "swish" else { throw AutoencoderError("unsupported act_fn \(actFn) (only silu)") }
+    }
 }
 
-public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
+public struct AutoencoderKLConfig: VAEConfiguration {
+    public static let configName = "an AutoencoderKL config"
     public var inChannels = 3
     public var outChannels = 3
-    public var downBlockTypes = ["DownEncoderBlock2D"]
-    public var upBlockTypes = ["UpDecoderBlock2D"]
+    public var downBlockTypes: [DownBlockType] = [.downEncoderBlock2D]
+    public var upBlockTypes: [UpBlockType] = [.upDecoderBlock2D]
     public var blockOutChannels = [64]
     public var layersPerBlock = 1
     public var actFn = "silu"
@@ -54,57 +120,31 @@ public struct AutoencoderKLConfig: Codable, Equatable, Sendable {
     public static var stableDiffusion: AutoencoderKLConfig {
         var c = AutoencoderKLConfig()
         c.blockOutChannels = [128, 256, 512, 512]
-        c.downBlockTypes = Array(repeating: "DownEncoderBlock2D", count: 4)
-        c.upBlockTypes = Array(repeating: "UpDecoderBlock2D", count: 4)
+        c.downBlockTypes = Array(repeating: .downEncoderBlock2D, count: 4)
+        c.upBlockTypes = Array(repeating: .upDecoderBlock2D, count: 4)
         c.layersPerBlock = 2; c.latentChannels = 4; c.sampleSize = 512
         return c
     }
 
     public init(from decoder: Swift.Decoder) throws {
+        try decodeShared(from: decoder)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        func v<T: Decodable>(_ k: CodingKeys, _ d: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? d }
-        let d = AutoencoderKLConfig()
-        inChannels = try v(.inChannels, d.inChannels); outChannels = try v(.outChannels, d.outChannels)
-        downBlockTypes = try v(.downBlockTypes, d.downBlockTypes); upBlockTypes = try v(.upBlockTypes, d.upBlockTypes)
-        blockOutChannels = try v(.blockOutChannels, d.blockOutChannels); layersPerBlock = try v(.layersPerBlock, d.layersPerBlock)
-        actFn = try v(.actFn, d.actFn); latentChannels = try v(.latentChannels, d.latentChannels)
-        normNumGroups = try v(.normNumGroups, d.normNumGroups)
-        sampleSize = try decodeSampleSize(c, .sampleSize, default: d.sampleSize)
-        scalingFactor = try v(.scalingFactor, d.scalingFactor)
         shiftFactor = try c.decodeIfPresent(Float.self, forKey: .shiftFactor)
         latentsMean = try c.decodeIfPresent([Float].self, forKey: .latentsMean)
         latentsStd = try c.decodeIfPresent([Float].self, forKey: .latentsStd)
-        useQuantConv = try v(.useQuantConv, d.useQuantConv); usePostQuantConv = try v(.usePostQuantConv, d.usePostQuantConv)
-        midBlockAddAttention = try v(.midBlockAddAttention, d.midBlockAddAttention)
+        useQuantConv = try c.decode(.useQuantConv, default: useQuantConv)
+        usePostQuantConv = try c.decode(.usePostQuantConv, default: usePostQuantConv)
     }
 
-    /// Reads a diffusers `config.json`, naming the file in any error.
-    public static func load(_ url: URL) throws -> AutoencoderKLConfig {
-        let data: Data
-        do { data = try Data(contentsOf: url) } catch { throw AutoencoderError("\(url.path): cannot read (\(error.localizedDescription))") }
-        do { return try JSONDecoder().decode(AutoencoderKLConfig.self, from: data) }
-        catch { throw AutoencoderError("\(url.path): not an AutoencoderKL config (\(error))") }
-    }
-
-    public var architecture: VAEArchitecture {
-        VAEArchitecture(inChannels: inChannels, outChannels: outChannels, blockOutChannels: blockOutChannels,
-                        layersPerBlock: layersPerBlock, latentChannels: latentChannels, normNumGroups: normNumGroups,
-                        midBlockAddAttention: midBlockAddAttention,
-                        downAttention: downBlockTypes.map { $0 == "AttnDownEncoderBlock2D" },
-                        upAttention: upBlockTypes.map { $0 == "AttnUpDecoderBlock2D" })
-    }
-
-    public func validate() throws {
-        try architecture.validate()
-        try validateBlocks(down: downBlockTypes, up: upBlockTypes, count: blockOutChannels.count, actFn: actFn)
-    }
+    public func validate() throws { try validateShared() }
 }
 
-public struct VQModelConfig: Codable, Equatable, Sendable {
+public struct VQModelConfig: VAEConfiguration {
+    public static let configName = "a VQModel config"
     public var inChannels = 3
     public var outChannels = 3
-    public var downBlockTypes = ["DownEncoderBlock2D"]
-    public var upBlockTypes = ["UpDecoderBlock2D"]
+    public var downBlockTypes: [DownBlockType] = [.downEncoderBlock2D]
+    public var upBlockTypes: [UpBlockType] = [.upDecoderBlock2D]
     public var blockOutChannels = [64]
     public var layersPerBlock = 1
     public var actFn = "silu"
@@ -132,54 +172,21 @@ public struct VQModelConfig: Codable, Equatable, Sendable {
     public init() {}
 
     public init(from decoder: Swift.Decoder) throws {
+        try decodeShared(from: decoder)
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        func v<T: Decodable>(_ k: CodingKeys, _ d: T) throws -> T { try c.decodeIfPresent(T.self, forKey: k) ?? d }
-        let d = VQModelConfig()
-        inChannels = try v(.inChannels, d.inChannels); outChannels = try v(.outChannels, d.outChannels)
-        downBlockTypes = try v(.downBlockTypes, d.downBlockTypes); upBlockTypes = try v(.upBlockTypes, d.upBlockTypes)
-        blockOutChannels = try v(.blockOutChannels, d.blockOutChannels); layersPerBlock = try v(.layersPerBlock, d.layersPerBlock)
-        actFn = try v(.actFn, d.actFn); latentChannels = try v(.latentChannels, d.latentChannels)
-        sampleSize = try decodeSampleSize(c, .sampleSize, default: d.sampleSize)
-        numVqEmbeddings = try v(.numVqEmbeddings, d.numVqEmbeddings); normNumGroups = try v(.normNumGroups, d.normNumGroups)
+        numVqEmbeddings = try c.decode(.numVqEmbeddings, default: numVqEmbeddings)
         vqEmbedDim = try c.decodeIfPresent(Int.self, forKey: .vqEmbedDim)
-        scalingFactor = try v(.scalingFactor, d.scalingFactor); normType = try v(.normType, d.normType)
-        midBlockAddAttention = try v(.midBlockAddAttention, d.midBlockAddAttention)
-        lookupFromCodebook = try v(.lookupFromCodebook, d.lookupFromCodebook)
-    }
-
-    public static func load(_ url: URL) throws -> VQModelConfig {
-        let data: Data
-        do { data = try Data(contentsOf: url) } catch { throw AutoencoderError("\(url.path): cannot read (\(error.localizedDescription))") }
-        do { return try JSONDecoder().decode(VQModelConfig.self, from: data) }
-        catch { throw AutoencoderError("\(url.path): not a VQModel config (\(error))") }
+        normType = try c.decode(.normType, default: normType)
+        lookupFromCodebook = try c.decode(.lookupFromCodebook, default: lookupFromCodebook)
     }
 
     public var embedDim: Int { vqEmbedDim ?? latentChannels }
 
-    public var architecture: VAEArchitecture {
-        VAEArchitecture(inChannels: inChannels, outChannels: outChannels, blockOutChannels: blockOutChannels,
-                        layersPerBlock: layersPerBlock, latentChannels: latentChannels, normNumGroups: normNumGroups,
-                        midBlockAddAttention: midBlockAddAttention,
-                        downAttention: downBlockTypes.map { $0 == "AttnDownEncoderBlock2D" },
-                        upAttention: upBlockTypes.map { $0 == "AttnUpDecoderBlock2D" })
-    }
-
     public func validate() throws {
-        try architecture.validate()
-        try validateBlocks(down: downBlockTypes, up: upBlockTypes, count: blockOutChannels.count, actFn: actFn)
+        try validateShared()
         guard normType == "group" else { throw AutoencoderError("VQModel norm_type \"\(normType)\" is not supported (only \"group\")") }
         guard numVqEmbeddings > 0, embedDim > 0 else {
             throw AutoencoderError("num_vq_embeddings (\(numVqEmbeddings)) and vq_embed_dim (\(embedDim)) must be positive")
         }
     }
-}
-
-func validateBlocks(down: [String], up: [String], count: Int, actFn: String) throws {
-    guard down.count == count, up.count == count else {
-        throw AutoencoderError("\(down.count) down_block_types and \(up.count) up_block_types for \(count) block_out_channels")
-    }
-    let downTypes = ["DownEncoderBlock2D", "AttnDownEncoderBlock2D"], upTypes = ["UpDecoderBlock2D", "AttnUpDecoderBlock2D"]
-    if let bad = down.first(where: { !downTypes.contains($0) }) { throw AutoencoderError("unsupported down block type \(bad)") }
-    if let bad = up.first(where: { !upTypes.contains($0) }) { throw AutoencoderError("unsupported up block type \(bad)") }
-    guard actFn == "silu" || actFn == "swish" else { throw AutoencoderError("unsupported act_fn \(actFn) (only silu)") }
 }

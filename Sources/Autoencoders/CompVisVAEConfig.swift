@@ -3,6 +3,7 @@
 // ddconfig) into the diffusers configurations, following diffusers' create_vae_diffusers_config_from_ldm
 // (loaders/single_file_utils.py), which however ignores ddconfig.attn_resolutions: levels with attention become
 // AttnDownEncoderBlock2D / AttnUpDecoderBlock2D here (see blockTypes). Takes the already-parsed YAML as [String: Any].
+import DiffusersBlocks
 import Foundation
 
 /// The first stage a CompVis configuration describes.
@@ -90,7 +91,7 @@ public enum FirstStageConfig: Equatable {
 /// diffusers block types for a CompVis Encoder/Decoder: a level has attention when its resolution is in
 /// attn_resolutions, the resolution followed exactly as Encoder (from `resolution`, halved after each level) and
 /// Decoder (from resolution // 2^(levels-1), doubled after each level) do; decoder up blocks in diffusers order.
-func blockTypes(levels n: Int, resolution: Int, attnResolutions: [Int]) -> (down: [String], up: [String]) {
+func blockTypes(levels n: Int, resolution: Int, attnResolutions: [Int]) -> (down: [DownBlockType], up: [UpBlockType]) {
     var enc: [Bool] = [], res = resolution
     for i in 0..<n {
         enc.append(attnResolutions.contains(res))
@@ -102,8 +103,8 @@ func blockTypes(levels n: Int, resolution: Int, attnResolutions: [Int]) -> (down
         dec[i] = attnResolutions.contains(res)
         if i != 0 { res *= 2 }
     }
-    return (enc.map { $0 ? "AttnDownEncoderBlock2D" : "DownEncoderBlock2D" },
-            (0..<n).map { dec[n - 1 - $0] ? "AttnUpDecoderBlock2D" : "UpDecoderBlock2D" })
+    return (enc.map { $0 ? .attnDownEncoderBlock2D : .downEncoderBlock2D },
+            (0..<n).map { dec[n - 1 - $0] ? .attnUpDecoderBlock2D : .upDecoderBlock2D })
 }
 
 private func int(_ v: Any, _ key: String) throws -> Int {

@@ -2,6 +2,7 @@
 // UpDecoderBlock2D per block_out_channels entry in reverse order with layers_per_block + 1 resnets (upsampling after
 // all but the last; AttnUpDecoderBlock2D: an attention after every resnet), GroupNorm(eps 1e-6) + swish, conv_out. CompVis: Decoder in ldm/modules/diffusionmodules/model.py,
 // whose `up` list is indexed in the opposite order (up.0 is the last block applied).
+import DiffusersBlocks
 import NeuralNetwork
 import TensorCore
 

@@ -1,6 +1,7 @@
 // VAEEncoder matches diffusers Encoder (models/autoencoders/vae.py): conv_in, (Attn)DownEncoderBlock2D per block_out_channels entry
 // (downsampling after all but the last), UNetMidBlock2D, GroupNorm(eps 1e-6) + swish, conv_out to 2*latent channels
 // when double_z (KL) or latent channels (VQ). CompVis: Encoder in ldm/modules/diffusionmodules/model.py.
+import DiffusersBlocks
 import NeuralNetwork
 import TensorCore
 

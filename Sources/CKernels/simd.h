@@ -3,12 +3,10 @@
 #define CKERNELS_SIMD_H
 #include <string.h>
 
-// Each exported kernel is compiled for AVX-512, AVX2+FMA and baseline x86-64; the loader picks the clone.
-#if defined(__x86_64__) && defined(__linux__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
+// Each kernel body (kernels_body.h, winograd_body.h) is compiled once per ISA level by isa_dispatch.c, which
+// defines FN(name) (the level's name for the function), CK_TARGET (its target attribute) and CK_LEVEL (0 baseline,
+// 1 AVX2+FMA, 2 AVX-512) before including it; the exported ck_* functions call the level chosen at run time.
+#define CLONES static CK_TARGET __attribute__((noinline))
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef int v8i __attribute__((vector_size(32)));

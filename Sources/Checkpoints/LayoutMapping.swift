@@ -271,6 +271,24 @@ func indices(_ keys: [String], _ prefix: String) -> Set<Int> {
     return s
 }
 
+/// transformers CLIPTextModel parameter names: transformers < 5 (and every released SD file, CompVis
+/// `cond_stage_model.transformer.text_model.*` and diffusers `text_encoder/`) write them under "text_model.";
+/// transformers 5 `save_pretrained` writes `embeddings.*`, `encoder.*`, `final_layer_norm.*` without it.
+public enum CLIPTextKeys {
+    public static let canonicalPrefix = "text_model."
+    static let heads = ["embeddings.", "encoder.", "final_layer_norm."]
+
+    /// `key` in the canonical spelling (with "text_model."); other keys unchanged.
+    public static func canonical(_ key: String) -> String {
+        heads.contains { key.hasPrefix($0) } ? canonicalPrefix + key : key
+    }
+
+    /// Whether CLIPTextModel keys use transformers 5's spelling (no "text_model.").
+    public static func lacksPrefix(_ keys: some Sequence<String>) -> Bool {
+        keys.contains { k in heads.contains { k.hasPrefix($0) } }
+    }
+}
+
 /// One model of the pipeline: CompVis prefix, diffusers component folder, and its rule table
 /// (nil: the names after the prefix are identical, as for SD1's CLIP text model).
 public struct ComponentMapping: Sendable {
@@ -300,9 +318,13 @@ public struct ComponentMapping: Sendable {
         return leaf
     }
 
+    /// Names without a rule table are the same on both sides, except that the CLIP text model's are written in
+    /// their canonical spelling (`CLIPTextKeys.canonical`) whichever spelling came in.
+    func sameName(_ key: String) -> String { component == "text_encoder" ? CLIPTextKeys.canonical(key) : key }
+
     /// `key` without the CompVis prefix -> diffusers key (without the component) and shape.
     public func toDiffusers(_ key: String, shape: [Int]) -> (String, [Int])? {
-        guard rules != nil else { return (key, shape) }
+        guard rules != nil else { return (sameName(key), shape) }
         guard let (rule, leaf) = ComponentMapping.match(key, byCompVis) else { return nil }
         let newLeaf = ComponentMapping.renameLeaf(leaf, rule.leaf.renames.map { ($0.compvis, $0.diffusers) })
         var s = shape
@@ -312,7 +334,7 @@ public struct ComponentMapping: Sendable {
 
     /// diffusers key (without the component) -> CompVis key (without the prefix) and shape.
     public func toCompVis(_ key: String, shape: [Int]) -> (String, [Int])? {
-        guard rules != nil else { return (key, shape) }
+        guard rules != nil else { return (sameName(key), shape) }
         guard let (rule, leaf) = ComponentMapping.match(key, byDiffusers) else { return nil }
         let newLeaf = ComponentMapping.renameLeaf(leaf, rule.leaf.renames.map { ($0.diffusers, $0.compvis) })
         var s = shape

@@ -32,6 +32,18 @@ public struct ModelFamily: CustomStringConvertible {
             shapes.first { $0.key.hasPrefix("model.diffusion_model.") && $0.key.hasSuffix("attn2.to_k.weight") }?.value.last
         }
         public var unetInChannels: Int? { dim("model.diffusion_model.input_blocks.0.0.weight", 1) }
+        /// Width of a FrozenCLIPEmbedder's CLIP text model, under either spelling of its names.
+        public var clipWidth: Int? {
+            dim("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", 1)
+                ?? dim("cond_stage_model.transformer.embeddings.token_embedding.weight", 1)
+        }
+        /// Width of a FrozenOpenCLIPEmbedder's text tower.
+        public var openCLIPWidth: Int? { dim("cond_stage_model.model.token_embedding.weight", 1) }
+        /// The UNet's cross-attention takes what the text encoder makes: the released width, or any width that matches.
+        func conditions(_ width: Int?, released: Int) -> Bool {
+            guard let c = contextDim else { return false }
+            return c == released || c == width
+        }
     }
 
     public struct Rule {
@@ -48,11 +60,13 @@ public struct ModelFamily: CustomStringConvertible {
         Rule(kind: .sdInpainting, matches: { $0.unetInChannels == 9 && $0.any("cond_stage_model.") },
              details: { ctx($0) + inCh($0) + ($0.contextDim == 1024 ? ["SD2.x text encoder"] : ["SD1.x text encoder"]) }),
         Rule(kind: .sdDepth, matches: { $0.unetInChannels == 5 && $0.any("depth_model.") }, details: { ctx($0) + inCh($0) }),
-        Rule(kind: .sd2, matches: { $0.any("cond_stage_model.model.") && $0.contextDim == 1024 },
-             details: { ctx($0) + ["OpenCLIP ViT-H text encoder",
+        Rule(kind: .sd2, matches: { $0.any("cond_stage_model.model.") && $0.conditions($0.openCLIPWidth, released: 1024) },
+             details: { ctx($0) + [$0.openCLIPWidth == 1024 ? "OpenCLIP ViT-H text encoder" : "OpenCLIP text encoder of width \($0.openCLIPWidth ?? 0)",
                                    "v-prediction if it is the 768-v model; eps for 512-base: not visible in weights"] }),
-        Rule(kind: .sd1, matches: { $0.any("cond_stage_model.transformer.text_model.") && $0.contextDim == 768 },
-             details: { ctx($0) + ["CLIP ViT-L/14 text encoder"] }),
+        Rule(kind: .sd1, matches: { $0.clipWidth != nil && !$0.has("cond_stage_model.transformer.token_emb.weight") && $0.conditions($0.clipWidth, released: 768) },
+             details: { k in ctx(k) + [k.clipWidth == 768 ? "CLIP ViT-L/14 text encoder" : "CLIP text encoder of width \(k.clipWidth ?? 0)"]
+                 + (k.any("cond_stage_model.transformer.text_model.") ? []
+                    : ["text encoder names lack \"text_model.\" (transformers 5 spelling; `ldm convert --to compvis` writes the canonical names)"]) }),
         Rule(kind: .ldmText, matches: { $0.has("cond_stage_model.transformer.token_emb.weight") }, details: { ctx($0) + ["BERT-like transformer"] }),
         Rule(kind: .ldmClass, matches: { $0.has("cond_stage_model.embedding.weight") },
              details: { k in (k.dim("cond_stage_model.embedding.weight", 0).map { ["\($0) classes"] } ?? []) + ctx(k) }),

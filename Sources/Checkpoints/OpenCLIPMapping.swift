@@ -85,7 +85,7 @@ public enum OpenCLIPMapping {
         var fusedFrom: [String: [String]] = [:]
         for name in tensors.keys.sorted() {
             guard let r = tensors[name] else { continue }
-            let key = name.hasPrefix("text_model.") ? name : "text_model." + name
+            let key = CLIPTextKeys.canonical(name)
             if let d = direct.first(where: { $0.diffusers == key }) {
                 out.append(MappedTensor(name: prefix + d.compvis, shape: r.shape, source: r)); continue
             }

@@ -42,12 +42,6 @@ public struct LoadReport: CustomStringConvertible {
     }
 }
 
-public struct LoadError: Error, CustomStringConvertible {
-    public let report: LoadReport
-    public let component: String
-    public var description: String { "cannot load \(component): weights do not match the model\n\(report)" }
-}
-
 extension TensorRecord {
     /// The record as a tensor: float32 kept, bfloat16/float16 kept as storage types, other types converted to float32.
     public func tensor() throws -> Tensor {

@@ -262,6 +262,11 @@ extension ModelBundle {
         return beside
     }
 
+    /// A text encoder config derived from the weights, its failure said in one sentence naming the file.
+    static func textEncoderConfig(_ derive: @autoclosure () throws -> CLIPTextConfig, _ url: URL) throws -> CLIPTextConfig {
+        do { return try derive() } catch let e as ConditioningError { throw PipelineError("\(url.path): \(e.description)") }
+    }
+
     static func bertTokenizer(_ url: URL, maxLength: Int) throws -> BertTokenizer {
         // bert-base-uncased: do_lower_case, accents stripped with it (BertTokenizerFast's defaults there).
         DiffusersFolder.isFolder(url) || (try? url.resourceValues(forKeys: [.isDirectoryKey]).isDirectory) == true
@@ -270,11 +275,18 @@ extension ModelBundle {
 
     /// A CompVis checkpoint (.ckpt / .safetensors) with its parsed YAML config. `bertVocabulary`: see
     /// `bertVocabulary(checkpoint:explicit:)` (BERTEmbedder configs only).
-    public static func load(checkpoint url: URL, yaml: [String: Any], bertVocabulary: URL? = nil) throws -> ModelBundle {
-        let config = try CompVisModelConfig(yaml: yaml)
+    /// The UNet and first-stage values the weights pin are read from them (CompVisArchitecture.reconcile; what changed
+    /// is in `notes`), as is the text encoder's size.
+    public static func load(checkpoint url: URL, yaml stated: [String: Any], bertVocabulary: URL? = nil) throws -> ModelBundle {
+        _ = try CompVisModelConfig(yaml: stated)
         let file: CheckpointFile
         do { file = try CheckpointFile.open(url) } catch { throw PipelineError("model \(url.path) cannot be read: \(error)") }
         let records = file.tensors
+        let (yaml, notes): ([String: Any], [String])
+        do { (yaml, notes) = try CompVisArchitecture.reconcile(yaml: stated, records: records) } catch let e as PipelineError {
+            throw PipelineError("\(url.path): \(e.description)")
+        }
+        let config = try CompVisModelConfig(yaml: yaml)
         guard records.keys.contains(where: { $0.hasPrefix(CompVisUNetKeyMap.compVisPrefix) }) else {
             throw PipelineError("\(url.path): no UNet weights (model.diffusion_model.*)")
         }
@@ -298,8 +310,10 @@ extension ModelBundle {
             } else {
                 let vocab = try ModelBundle.bertVocabulary(checkpoint: url, explicit: bertVocabulary)
                 let t = try ModelBundle.bertTokenizer(vocab, maxLength: c.maxPositionEmbeddings)
-                guard t.vocabulary.count <= c.vocabSize else {
-                    throw PipelineError("\(vocab.path): \(t.vocabulary.count) tokens, more than BERTEmbedder's vocab_size \(c.vocabSize)")
+                // Ids may have gaps (duplicate vocab.txt lines): the largest id must have an embedding row.
+                let rows = (t.vocabulary.values.max() ?? -1) + 1
+                guard rows <= c.vocabSize else {
+                    throw PipelineError("\(vocab.path): token ids up to \(rows - 1), more than BERTEmbedder's vocab_size \(c.vocabSize) allows")
                 }
                 bertTokenizer = t
                 bertLength = c.maxPositionEmbeddings      // BERTTokenizer pads/truncates to max_seq_len
@@ -312,11 +326,12 @@ extension ModelBundle {
         case "FrozenCLIPEmbedder":
             let clip = records.filter { $0.key.hasPrefix("cond_stage_model.transformer.") }
             guard !clip.isEmpty else { throw PipelineError("\(url.path): no cond_stage_model.transformer.* weights for FrozenCLIPEmbedder") }
-            encoder = try CLIPTextModel(config: .stableDiffusion1)
+            // The YAML's FrozenCLIPEmbedder states no size (the code hard-codes ViT-L/14): the weights decide.
+            encoder = try CLIPTextModel(config: textEncoderConfig(.frozenCLIPEmbedder(clip), url))
             _ = try encoder?.loadWeights(clip)
             tokenizer = try CLIPTokenizer.openCLIPDefault()
         case "FrozenOpenCLIPEmbedder":
-            encoder = try CLIPTextModel(config: .stableDiffusion2)
+            encoder = try CLIPTextModel(config: textEncoderConfig(.frozenOpenCLIPEmbedder(records), url))
             _ = try encoder?.loadOpenCLIPWeights(records)
             tokenizer = try CLIPTokenizer.openCLIPDefault(padToken: "!")
         case "Identity":
@@ -357,6 +372,7 @@ extension ModelBundle {
         bundle.superResolutionScaledDecode = true       // decode_first_stage: z / scale_factor (YAML, default 1.0)
         bundle.bert = bert; bundle.bertTokenizer = bertTokenizer; bundle.bertMaxLength = bertLength
         bundle.layoutBuilder = layout
+        bundle.notes = notes
         return bundle
     }
 }

@@ -9,6 +9,13 @@ import TensorCore
 /// Called after each model evaluation with (step, total); return false to cancel (the loop throws .cancelled).
 public typealias ProgressHandler = (_ step: Int, _ total: Int) -> Bool
 
+/// Sees the latents after every denoising step (the server's live previews); bound for one generation with
+/// `DenoisingObserver.$current.withValue(observer) { ... }` on the thread that runs it.
+public enum DenoisingObserver {
+    public typealias Observer = (_ latents: [Float], _ shape: [Int]) -> Void
+    @TaskLocal public static var current: Observer?
+}
+
 /// Keeps the unmasked region on the noised original (4-channel inpainting / CompVis masked sampling).
 /// `mask` is 1 where new content is generated, broadcast over channels: one value per (b, y, x).
 public struct LatentMask {
@@ -56,6 +63,7 @@ public func denoise(latents: [Float], shape: [Int], scheduler: Scheduler, denois
         let eps = try denoiser.predict(x, shape: shape, scheduler: scheduler, stepIndex: i)
         x = try scheduler.step(modelOutput: eps, stepIndex: i, sample: x, noise: generator)
         if let m = mask { x = m.blend(x, shape: shape, scheduler: scheduler, stepIndex: i) }
+        DenoisingObserver.current?(x, shape)
         if let progress, !progress(i - startIndex + 1, total) { throw PipelineError.cancelled }
     }
     return x

@@ -98,6 +98,8 @@ public final class ModelBundle {
     /// Layout-to-image models (CompVis YAML, cond_stage_key coordinates_bbox): the layout tokenizer whose ids `bert`
     /// takes (bertTokenizer is nil then).
     public var layoutBuilder: ObjectsBoundingBoxConditionalBuilder?
+    /// What loading took from the weights instead of the config (CompVis YAML values the checkpoint contradicts).
+    public var notes: [String] = []
 
     public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel?, textEncoder: CLIPTextModel?,
                 tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {
@@ -212,13 +214,12 @@ public final class ModelBundle {
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?, clipSkip = 0
         let keys = file.tensors.keys
         if keys.contains(where: { $0.hasPrefix("cond_stage_model.model.") }) {
-            encoder = try CLIPTextModel(config: .stableDiffusion2)
+            encoder = try CLIPTextModel(config: textEncoderConfig(.frozenOpenCLIPEmbedder(file.tensors), url))
             try encoder?.loadOpenCLIPWeights(file.tensors)
             tokenizer = try CLIPTokenizer.openCLIPDefault(padToken: "!")
         } else if keys.contains(where: { $0.hasPrefix("cond_stage_model.transformer.") }) {
             let clip = CLIPTextModel.normalizedKeys(file.tensors.filter { $0.key.hasPrefix("cond_stage_model.transformer.") })
-            let cfg = try DiffusersConfigs.clipText(shapes: clip.mapValues { $0.shape })
-            encoder = try CLIPTextModel(configData: DiffusersConfigs.json(cfg.config))
+            encoder = try CLIPTextModel(config: textEncoderConfig(.frozenCLIPEmbedder(file.tensors), url))
             try encoder?.loadWeights(clip)
             tokenizer = try CLIPTokenizer.openCLIPDefault()
         }

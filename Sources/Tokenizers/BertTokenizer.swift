@@ -34,12 +34,23 @@ public struct BertTokenizer {
         }
     }
 
-    /// `tokens` in id order (line order of vocab.txt).
+    /// `tokens` in id order (line order of vocab.txt); a token listed twice keeps its last line's id and leaves a gap at
+    /// the first, as tokenizers' `WordPiece::read_file` does.
     public init(vocabulary tokens: [String], doLowerCase: Bool = true, stripAccents: Bool? = nil, tokenizeChineseChars: Bool = true,
                 specialTokens: SpecialTokens = .bert, modelMaxLength: Int = 77) throws {
+        try self.init(ids: tokens.enumerated().map { ($1, $0) }, doLowerCase: doLowerCase, stripAccents: stripAccents,
+                      tokenizeChineseChars: tokenizeChineseChars, specialTokens: specialTokens, modelMaxLength: modelMaxLength)
+    }
+
+    /// token -> id pairs (ids may have gaps, e.g. a tokenizer.json `model.vocab` written from a vocab.txt with duplicate
+    /// lines); for a token given twice the later pair wins. `addedTokens` (tokenizer.json) are split out of the raw text.
+    public init(ids: [(String, Int)], doLowerCase: Bool = true, stripAccents: Bool? = nil, tokenizeChineseChars: Bool = true,
+                specialTokens: SpecialTokens = .bert, modelMaxLength: Int = 77, addedTokens: [AddedToken] = []) throws {
         var vocab: [String: Int] = [:]
         var pieces: [ExactKey: Int] = [:]
-        for (i, t) in tokens.enumerated() {
+        guard !ids.isEmpty else { throw TokenizerError.invalidVocabulary("the WordPiece vocabulary is empty") }
+        if let bad = ids.first(where: { $0.1 < 0 }) { throw TokenizerError.invalidVocabulary("id of \"\(bad.0)\" is negative") }
+        for (t, i) in ids + addedTokens.map({ ($0.content, $0.id) }) {
             vocab[t] = i
             pieces[ExactKey(t.unicodeScalars)] = i
         }
@@ -59,7 +70,8 @@ public struct BertTokenizer {
         self.tokenizeChineseChars = tokenizeChineseChars
         self.modelMaxLength = modelMaxLength
         var seen = Set<String>()
-        splitter = SpecialTokenSplitter(specialTokens.registrationOrder.compactMap { t in
+        let registered = addedTokens.map { SpecialToken($0.content, normalized: $0.normalized) } + specialTokens.registrationOrder
+        splitter = SpecialTokenSplitter(registered.compactMap { t in
             guard seen.insert(t.content).inserted, let v = pieces[ExactKey(t.content.unicodeScalars)] else { return nil }
             return (t.content, v)
         })
@@ -88,25 +100,23 @@ public struct BertTokenizer {
         var lower = config["do_lower_case"] as? Bool
         var strip = config["strip_accents"] as? Bool
         var chinese = config["tokenize_chinese_chars"] as? Bool
-        let tokens: [String]
+        let ids: [(String, Int)]
+        var added: [AddedToken] = []
         let vocabURL = folder.appendingPathComponent("vocab.txt"), jsonURL = folder.appendingPathComponent("tokenizer.json")
         if FileManager.default.fileExists(atPath: vocabURL.path) {
-            tokens = try Self.readVocabularyLines(vocabURL)
+            ids = try Self.readVocabularyLines(vocabURL).enumerated().map { ($1, $0) }
         } else if FileManager.default.fileExists(atPath: jsonURL.path) {
-            let data: Data
-            do { data = try Data(contentsOf: jsonURL) } catch { throw TokenizerError.unreadableFile(jsonURL.path, error.localizedDescription) }
-            guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-                  let model = json["model"] as? [String: Any], model["type"] as? String == "WordPiece",
-                  let vocabObject = model["vocab"] else {
-                throw TokenizerError.invalidVocabulary("tokenizer.json has no WordPiece model vocabulary")
+            let json = try TokenizerJSON(contentsOf: jsonURL)
+            guard json.modelType == "WordPiece" else {
+                throw TokenizerError.invalidVocabulary("tokenizer.json has no WordPiece model vocabulary (model type \(json.modelType))")
             }
-            // JSONDecoder keeps the exact strings (see CLIPTokenizer.readVocabularyJSON).
-            guard let vocab = try? JSONDecoder().decode([String: Int].self, from: JSONSerialization.data(withJSONObject: vocabObject)),
-                  !vocab.isEmpty, Set(vocab.values) == Set(0..<vocab.count) else {
-                throw TokenizerError.invalidVocabulary("tokenizer.json: the WordPiece vocabulary must map tokens to the ids 0..<n")
+            if let p = json.continuingSubwordPrefix, p != "##" {
+                throw TokenizerError.invalidConfig("tokenizer.json: continuing_subword_prefix \"\(p)\" is not BERT's \"##\"")
             }
-            tokens = vocab.sorted { $0.value < $1.value }.map(\.key)
-            if let n = json["normalizer"] as? [String: Any], n["type"] as? String == "BertNormalizer" {
+            // Ids may have gaps (transformers accepts them): order by id only for determinism.
+            ids = json.vocabulary.sorted { $0.value < $1.value }.map { ($0.key, $0.value) }
+            added = json.addedTokens
+            if let n = json.normalizer, n["type"] as? String == "BertNormalizer" {
                 lower = lower ?? n["lowercase"] as? Bool
                 strip = strip ?? n["strip_accents"] as? Bool
                 chinese = chinese ?? n["handle_chinese_chars"] as? Bool
@@ -114,8 +124,8 @@ public struct BertTokenizer {
         } else {
             throw TokenizerError.unreadableFile(folder.path, "no vocab.txt or tokenizer.json")
         }
-        try self.init(vocabulary: tokens, doLowerCase: lower ?? true, stripAccents: strip, tokenizeChineseChars: chinese ?? true,
-                      specialTokens: special, modelMaxLength: special.modelMaxLength ?? 77)
+        try self.init(ids: ids, doLowerCase: lower ?? true, stripAccents: strip, tokenizeChineseChars: chinese ?? true,
+                      specialTokens: special, modelMaxLength: special.modelMaxLength ?? 77, addedTokens: added)
     }
 
     static func readVocabularyLines(_ url: URL) throws -> [String] {

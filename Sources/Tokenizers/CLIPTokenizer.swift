@@ -25,12 +25,17 @@ public struct CLIPTokenizer {
     private let rawSplitter: SpecialTokenSplitter
     private let normalizedSplitter: SpecialTokenSplitter
 
-    /// Builds the tokenizer from an in-memory vocabulary and merges (rank order).
-    public init(vocabulary: [String: Int], merges: [(String, String)], specialTokens: SpecialTokens = .clip) throws {
+    /// Builds the tokenizer from an in-memory vocabulary and merges (rank order). `addedTokens`: tokenizer.json's
+    /// `added_tokens`, registered before the special tokens (whose `normalized` flag wins for the same content); an
+    /// added token's id is its own, also when its content is not in the BPE vocabulary.
+    public init(vocabulary modelVocabulary: [String: Int], merges: [(String, String)], specialTokens: SpecialTokens = .clip,
+                addedTokens: [AddedToken] = []) throws {
         guard let bos = specialTokens.bos, let eos = specialTokens.eos else {
             throw TokenizerError.invalidConfig("CLIP tokenizer needs bos_token and eos_token")
         }
         let pad = specialTokens.pad ?? eos
+        var vocabulary = modelVocabulary
+        for t in addedTokens { vocabulary[t.content] = t.id }
         func id(_ t: SpecialToken, _ role: String) throws -> Int {
             guard let v = vocabulary[t.content] else { throw TokenizerError.missingToken("\(role) \"\(t.content)\"") }
             return v
@@ -41,10 +46,11 @@ public struct CLIPTokenizer {
         eosTokenID = try id(eos, "eos_token")
         padTokenID = try id(pad, "pad_token")
         modelMaxLength = specialTokens.modelMaxLength ?? 77
-        model = try BytePairModel(vocabulary: vocabulary, merges: merges, unknownToken: specialTokens.unk?.content)
+        model = try BytePairModel(vocabulary: modelVocabulary, merges: merges, unknownToken: specialTokens.unk?.content)
         var flags: [String: Bool] = [:]
         var order: [String] = []
-        for t in specialTokens.registrationOrder where vocabulary[t.content] != nil {
+        let registered = addedTokens.map { SpecialToken($0.content, normalized: $0.normalized) } + specialTokens.registrationOrder
+        for t in registered where vocabulary[t.content] != nil {
             if flags[t.content] == nil { order.append(t.content) }
             flags[t.content] = t.normalized
         }
@@ -64,11 +70,21 @@ public struct CLIPTokenizer {
         try self.init(vocabulary: Self.readVocabularyJSON(vocabularyJSON), merges: Self.readMerges(merges), specialTokens: special)
     }
 
-    /// Loads a diffusers `tokenizer/` (or `tokenizer_2/`) folder.
+    /// Loads a diffusers `tokenizer/` (or `tokenizer_2/`) folder: tokenizer.json when present (what transformers 5
+    /// reads first, and the only vocabulary file its `save_pretrained` writes), else vocab.json + merges.txt; special
+    /// tokens from tokenizer_config.json / special_tokens_map.json.
     public init(folder: URL) throws {
-        try self.init(vocabulary: Self.readVocabularyJSON(folder.appendingPathComponent("vocab.json")),
-                      merges: Self.readMerges(folder.appendingPathComponent("merges.txt")),
-                      specialTokens: SpecialTokens.load(defaults: .clip, folder: folder))
+        let special = try SpecialTokens.load(defaults: .clip, folder: folder)
+        let json = folder.appendingPathComponent("tokenizer.json"), vocab = folder.appendingPathComponent("vocab.json")
+        let fm = FileManager.default
+        if fm.fileExists(atPath: json.path) {
+            try self.init(tokenizerJSON: json, specialTokens: special)
+        } else if fm.fileExists(atPath: vocab.path) {
+            try self.init(vocabulary: Self.readVocabularyJSON(vocab), merges: Self.readMerges(folder.appendingPathComponent("merges.txt")),
+                          specialTokens: special)
+        } else {
+            throw TokenizerError.unreadableFile(folder.path, "no tokenizer.json, nor vocab.json + merges.txt")
+        }
     }
 
     /// Token ids of `text` without BOS/EOS.

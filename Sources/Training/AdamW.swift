@@ -5,11 +5,6 @@ import Foundation
 import NeuralNetwork
 import TensorCore
 
-public struct TrainingError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ message: String) { description = message }
-}
-
 /// torch.optim.AdamW over a module's named parameters.
 public final class AdamW {
     public var lr: Double

@@ -57,22 +57,38 @@ public final class AutoencoderTrainer {
     /// and optimizer state (Lightning's bf16-mixed).
     public var precision: TrainingPrecision = .float32
     public internal(set) var step = 0, epoch = 0, batchInEpoch = 0
+    /// Called after each step with its log entry (on rank 0 only).
     public var onStep: ((AutoencoderLogEntry) -> Void)?
+    /// The ranks of a data-parallel run (DataParallel.swift), as for Trainer: shards of each batch, gradients of both
+    /// optimizers averaged, losses logged as their mean over the ranks, only rank 0 writes. One deviation from one
+    /// process remains: the discriminator's BatchNorm normalises with its rank's shard statistics (DDP without
+    /// SyncBatchNorm), so from disc_start on the run depends on N; before it, it does not.
+    public let communicator: Communicator
+    public let shard: BatchShard
+    public let gradients: GradientAverager
 
     public var checkpointsDir: URL { runDir.appendingPathComponent("checkpoints") }
     public var logURL: URL { runDir.appendingPathComponent("loss.jsonl") }
 
     public init(model: FirstStageModel, loss: FirstStageLoss, dataset: TrainingDataset, batchSize: Int, learningRate: Double,
                 maxSteps: Int, checkpointEvery: Int, seed: UInt64, betas: (Double, Double) = (0.5, 0.9), eps: Double = 1e-8,
-                weightDecay: Double = 0, prefetch: Bool = true, runDir: URL) throws {
+                weightDecay: Double = 0, prefetch: Bool = true, runDir: URL, communicator: Communicator = SingleProcess()) throws {
         guard learningRate > 0, maxSteps > 0, checkpointEvery > 0 else { throw TrainingError("learning rate, max_steps and ckpt_every must be positive") }
         self.model = model; self.loss = loss; self.runDir = runDir; self.learningRate = learningRate
         self.maxSteps = maxSteps; self.checkpointEvery = checkpointEvery; self.seed = seed
-        loader = BatchLoader(sampler: try BatchSampler(dataset: dataset, batchSize: batchSize, seed: seed), prefetch: prefetch)
+        self.communicator = communicator
+        shard = try BatchShard(globalBatch: batchSize, rank: communicator.rank, count: communicator.size)
+        gradients = GradientAverager(communicator: communicator)
+        loader = BatchLoader(sampler: try BatchSampler(dataset: dataset, batchSize: batchSize, seed: seed), prefetch: prefetch, shard: shard)
+        // Every rank starts from rank 0's weights (DDP), discriminator included.
+        try communicator.broadcastFromRoot(model.module.namedParameters.map(\.1) + (loss.adversarial?.parameters.map(\.1) ?? []))
+        if let patchGAN = loss.adversarial as? PatchGANLoss, communicator.size > 1 {
+            patchGAN.averageAcrossRanks = { [communicator] in try communicator.averaged($0) }
+        }
         optimizer = try AdamW(module: model.module, lr: learningRate, betas: betas, eps: eps, weightDecay: weightDecay)
         discOptimizer = try loss.adversarial.map { try AdamW(parameters: $0.parameters, lr: learningRate, betas: betas, eps: eps, weightDecay: weightDecay) }
         generator = TorchGenerator(seed: seed)
-        try FileManager.default.createDirectory(at: checkpointsDir, withIntermediateDirectories: true)
+        if communicator.isRoot { try FileManager.default.createDirectory(at: checkpointsDir, withIntermediateDirectories: true) }
     }
 
     deinit { loader.finish() }
@@ -83,7 +99,7 @@ public final class AutoencoderTrainer {
         switch model {
         case .kl(let m):
             let posterior = DiagonalGaussianDistribution(m.encodeMoments(x))
-            return (m.decodeWhole(posterior.sample(generator: generator)), posterior, nil)
+            return (m.decodeWhole(posterior.sample(generator: generator, shard: shard)), posterior, nil)
         case .vq(let m):
             // VQModel.forward with gradients (its encode/decode methods are inference-only): encoder -> quant_conv ->
             // quantize (straight-through, codebook + commitment loss) -> post_quant_conv -> decoder.
@@ -107,6 +123,7 @@ public final class AutoencoderTrainer {
         }
         guard aeLoss.item.isFinite else { throw TrainingError("autoencoder loss is \(aeLoss.item) at step \(step + 1)") }
         aeLoss.backward()
+        try gradients.average(optimizer.parameters.map(\.1))
         if let n = maxGradNorm { log["grad_norm"] = clipGradNorm(optimizer.parameters.map(\.1), maxNorm: n) }
         optimizer.step()
         if let adversarial = loss.adversarial, let discOptimizer,
@@ -116,14 +133,20 @@ public final class AutoencoderTrainer {
             discOptimizer.zeroGrad()
             guard dLoss.item.isFinite else { throw TrainingError("discriminator loss is \(dLoss.item) at step \(step + 1)") }
             dLoss.backward()
+            try gradients.average(discOptimizer.parameters.map(\.1))
             discOptimizer.step()
             log.merge(dlog) { $1 }
         }
         batchInEpoch += 1
         if batchInEpoch == sampler.batchesPerEpoch { batchInEpoch = 0; epoch += 1 }
         step += 1
+        // Shard means averaged: the global batch's values (grad_norm, computed from averaged gradients, is already).
+        let gradNorm = log["grad_norm"]
+        log = try communicator.average(log)
+        if let gradNorm { log["grad_norm"] = gradNorm }
         let entry = AutoencoderLogEntry(step: step, epoch: epoch, lr: lr, losses: log,
                                         precision: precision == .float32 ? nil : precision.rawValue)
+        guard communicator.isRoot else { return entry }
         try appendJSONLine(entry, to: logURL)
         onStep?(entry)
         if step % checkpointEvery == 0 || step == maxSteps { try saveCheckpoint() }
@@ -135,7 +158,7 @@ public final class AutoencoderTrainer {
     public func train(steps: Int? = nil) throws {
         let end = min(maxSteps, steps.map { step + $0 } ?? maxSteps)
         while step < end { try trainStep() }
-        if step == maxSteps { try export() }
+        if step == maxSteps && communicator.isRoot { try export() }
     }
 
     /// The first `count` images of the data (centre crop, no flip), as a batch.

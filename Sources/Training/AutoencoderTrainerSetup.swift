@@ -61,7 +61,7 @@ extension AutoencoderTrainer {
         let restoredBatch = try int("batch_in_epoch")
         guard restoredBatch < sampler.batchesPerEpoch else { throw TrainingError("\(url.path): batch_in_epoch \(restoredBatch) is past this dataset's \(sampler.batchesPerEpoch) batches") }
         step = try int("step"); epoch = try int("epoch"); batchInEpoch = restoredBatch
-        try trimJSONLines(logURL, keepingStepsUpTo: step)
+        if communicator.isRoot { try trimJSONLines(logURL, keepingStepsUpTo: step); Trainer.removeUnfinishedCheckpoints(in: runDir) }
     }
 }
 
@@ -107,7 +107,7 @@ extension AutoencoderTrainConfig {
         return loss
     }
 
-    public func makeTrainer(runDir: URL, log: (String) -> Void = { _ in }) throws -> AutoencoderTrainer {
+    public func makeTrainer(runDir: URL, communicator: Communicator = SingleProcess(), log: (String) -> Void = { _ in }) throws -> AutoencoderTrainer {
         let model = try makeModel()
         let down: Int, channels: Int
         switch model {
@@ -120,7 +120,7 @@ extension AutoencoderTrainConfig {
         let trainer = try AutoencoderTrainer(model: model, loss: try makeLoss(log: log), dataset: dataset, batchSize: batchSize,
                                              learningRate: learningRate, maxSteps: maxSteps, checkpointEvery: ckptEvery, seed: seed,
                                              betas: (adamBeta1, adamBeta2), eps: adamEpsilon, weightDecay: weightDecay,
-                                             prefetch: prefetch, runDir: runDir)
+                                             prefetch: prefetch, runDir: runDir, communicator: communicator)
         trainer.lrSchedule = try LRSchedule(name: lrScheduler, warmup: lrWarmupSteps, total: maxSteps)
         trainer.maxGradNorm = maxGradNorm
         trainer.sampleEvery = sampleEvery

@@ -42,6 +42,8 @@ struct UncheckedSendable<T>: @unchecked Sendable {
 public final class BatchLoader {
     public let sampler: BatchSampler
     public let prefetch: Bool
+    /// The rows of each batch this process loads (the whole batch in one process).
+    public let shard: BatchShard
     private let queue = DispatchQueue(label: "ldm.training.batch-loader", qos: .utility)
     private var pending: (epoch: Int, index: Int, job: BackgroundJob<TrainingBatch>)?
     /// Batches handed out that the background thread had prepared.
@@ -49,8 +51,8 @@ public final class BatchLoader {
     /// Wall-clock seconds the caller spent in `batch` (building a batch, or waiting for the prefetched one).
     public private(set) var waitSeconds = 0.0
 
-    public init(sampler: BatchSampler, prefetch: Bool) {
-        self.sampler = sampler; self.prefetch = prefetch
+    public init(sampler: BatchSampler, prefetch: Bool, shard: BatchShard? = nil) {
+        self.sampler = sampler; self.prefetch = prefetch; self.shard = shard ?? .whole(sampler.batchSize)
     }
 
     /// Batch `index` of `epoch`: the prefetched one when it is that batch, else built now. With `prefetchNext`,
@@ -61,10 +63,10 @@ public final class BatchLoader {
         let ready = pending.flatMap { $0.epoch == epoch && $0.index == index ? $0.job : nil }
         pending = nil   // a prefetched batch for another position (after a resume) is dropped
         let batch: TrainingBatch
-        if let ready { batch = try ready.wait(); prefetchedBatches += 1 } else { batch = try sampler.batch(epoch: epoch, index: index) }
+        if let ready { batch = try ready.wait(); prefetchedBatches += 1 } else { batch = try sampler.batch(epoch: epoch, index: index, shard: shard) }
         if prefetch && prefetchNext {
-            let next = sampler.position(after: epoch, index), sampler = sampler
-            pending = (next.epoch, next.index, BackgroundJob(on: queue) { try sampler.batch(epoch: next.epoch, index: next.index) })
+            let next = sampler.position(after: epoch, index), sampler = sampler, shard = shard
+            pending = (next.epoch, next.index, BackgroundJob(on: queue) { try sampler.batch(epoch: next.epoch, index: next.index, shard: shard) })
         }
         return batch
     }

@@ -192,8 +192,15 @@ public struct BatchSampler {
     }
 
     public func batch(epoch: Int, index: Int) throws -> TrainingBatch {
+        try batch(epoch: epoch, index: index, shard: .whole(batchSize))
+    }
+
+    /// The `shard` rows of batch `index` (data-parallel training: each rank loads only its own examples; an example's
+    /// augmentation depends on (seed, epoch, example) only, so it is the same whichever rank loads it).
+    public func batch(epoch: Int, index: Int, shard: BatchShard) throws -> TrainingBatch {
         guard (0..<batchesPerEpoch).contains(index) else { throw TrainingError("batch \(index) outside 0..<\(batchesPerEpoch)") }
-        let ids = try order(epoch: epoch)[index * batchSize ..< (index + 1) * batchSize]
+        guard shard.globalBatch == batchSize else { throw TrainingError("a shard of a \(shard.globalBatch)-batch for a \(batchSize)-batch sampler") }
+        let ids = try order(epoch: epoch)[index * batchSize ..< (index + 1) * batchSize].dropFirst(shard.range.lowerBound).prefix(shard.localBatch)
         let examples = try ids.map { try dataset.example(at: $0, generator: TorchGenerator(seed: Self.mix(seed, UInt64(epoch), UInt64($0), 1))) }
         let labels = examples.compactMap(\.classLabel), captions = examples.compactMap(\.caption)
         return TrainingBatch(images: try stackExamples(examples.map(\.image)),

@@ -32,11 +32,11 @@ public enum LatentEncoder {
 
     /// CompVis encode_first_stage + get_first_stage_encoding: a posterior sample for KL (noise from `generator`),
     /// the pre-quantisation latents for VQ. No gradients.
-    public func encode(_ images: Tensor, generator: TorchGenerator) throws -> Tensor {
+    public func encode(_ images: Tensor, generator: TorchGenerator, shard: BatchShard? = nil) throws -> Tensor {
         try GradMode.noGrad {
             switch self {
             case .identity: return images
-            case .kl(let m): return try m.encode(images, tiled: .never).sample(generator: generator)
+            case .kl(let m): return try m.encode(images, tiled: .never).sample(generator: generator, shard: shard)
             case .vq(let m): return try m.encode(images)
             }
         }
@@ -44,7 +44,7 @@ public enum LatentEncoder {
 
     /// The same latents from cached encoder outputs (LatentCache): a posterior sample of KL moments (B, 2C, h, w)
     /// (the same noise draw as `encode`), VQ latents as they are.
-    public func latents(fromCached entries: Tensor, generator: TorchGenerator) throws -> Tensor {
+    public func latents(fromCached entries: Tensor, generator: TorchGenerator, shard: BatchShard? = nil) throws -> Tensor {
         try GradMode.noGrad {
             switch self {
             case .identity, .vq: return entries
@@ -52,9 +52,18 @@ public enum LatentEncoder {
                 guard entries.rank == 4, entries.shape[1] == 2 * m.config.latentChannels else {
                     throw TrainingError("cached moments \(entries.shape) are not (B, \(2 * m.config.latentChannels), h, w)")
                 }
-                return DiagonalGaussianDistribution(entries).sample(generator: generator)
+                return DiagonalGaussianDistribution(entries).sample(generator: generator, shard: shard)
             }
         }
+    }
+}
+
+extension DiagonalGaussianDistribution {
+    /// sample(generator:) for this shard's rows: the noise is drawn for the whole global batch and sliced.
+    func sample(generator: TorchGenerator, shard: BatchShard?) -> Tensor {
+        guard let shard, !shard.isWhole else { return sample(generator: generator) }
+        precondition(mean.shape[0] == shard.localBatch, "posterior of \(mean.shape[0]) rows for a shard of \(shard.localBatch)")
+        return mean + std * shard.rows(Tensor.randn([shard.globalBatch] + mean.shape.dropFirst(), generator: generator))
     }
 }
 
@@ -64,6 +73,22 @@ public func scaleFactorByStd(_ latents: Tensor) throws -> Float {
     guard v.count > 1 else { throw TrainingError("scale_by_std needs more than one latent value") }
     let mean = v.reduce(0, +) / Double(v.count)
     let variance = v.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(v.count - 1)
+    guard variance > 0, variance.isFinite else { throw TrainingError("scale_by_std: latents have zero or non-finite variance") }
+    return Float(1 / variance.squareRoot())
+}
+
+/// scale_by_std over the global batch of a data-parallel run: each rank holds its shard of the latents; the mean and
+/// the unbiased variance are reduced over the ranks in float64 (one process: `scaleFactorByStd(_:)` itself).
+public func scaleFactorByStd(_ latents: Tensor, communicator: Communicator) throws -> Float {
+    guard communicator.size > 1 else { return try scaleFactorByStd(latents) }
+    let v = latents.float32().toArray().map(Double.init)
+    var sums = [v.reduce(0, +), Double(v.count)]
+    try sums.withUnsafeMutableBufferPointer { try communicator.allReduceSum($0) }
+    guard sums[1] > 1 else { throw TrainingError("scale_by_std needs more than one latent value") }
+    let mean = sums[0] / sums[1]
+    var squares = [v.reduce(0) { $0 + ($1 - mean) * ($1 - mean) }]
+    try squares.withUnsafeMutableBufferPointer { try communicator.allReduceSum($0) }
+    let variance = squares[0] / (sums[1] - 1)
     guard variance > 0, variance.isFinite else { throw TrainingError("scale_by_std: latents have zero or non-finite variance") }
     return Float(1 / variance.squareRoot())
 }
@@ -100,14 +125,18 @@ public struct DiffusionLoss {
     }
 
     /// LatentDiffusion.forward: draws timesteps, noise and the dropout mask from `generator`, then p_losses.
+    /// With a `shard` (data-parallel training), `x0` holds this rank's rows: the draws are made for the whole global
+    /// batch, in the same order, and sliced (BatchShard), so every example's draws are those of one process.
     public func callAsFunction(model: UNet2DConditionModel, latents x0: Tensor, conditioning: TrainingConditioning,
-                               generator: TorchGenerator) throws -> DiffusionLossOutput {
+                               generator: TorchGenerator, shard: BatchShard? = nil) throws -> DiffusionLossOutput {
         guard x0.rank == 4 else { throw TrainingError("latents must be (B, C, H, W), got \(x0.shape)") }
-        let b = x0.shape[0]
-        let t = try generator.randomInt(upperBound: Int64(numTimesteps), count: b)
-        let noise = Tensor.randn(x0.shape, generator: generator)
-        var dropped = [Bool](repeating: false, count: b)
-        if condDropProb > 0 { dropped = generator.uniform(count: b).map { $0 < condDropProb } }
+        let shard = shard ?? .whole(x0.shape[0])
+        guard shard.localBatch == x0.shape[0] else { throw TrainingError("latents have \(x0.shape[0]) rows for a shard of \(shard.localBatch)") }
+        let b = shard.globalBatch
+        let t = shard.rows(try generator.randomInt(upperBound: Int64(numTimesteps), count: b))
+        let noise = shard.rows(Tensor.randn([b] + x0.shape.dropFirst(), generator: generator))
+        var dropped = [Bool](repeating: false, count: shard.localBatch)
+        if condDropProb > 0 { dropped = shard.rows(generator.uniform(count: b).map { $0 < condDropProb }) }
         let cond = try applyDropout(conditioning, dropped)
         let loss = try pLosses(model: model, x0: x0, conditioning: cond, timesteps: t, noise: noise)
         return DiffusionLossOutput(loss: loss, timesteps: t, noise: noise, dropped: dropped)

@@ -124,6 +124,10 @@ public final class PatchGANLoss: AdversarialLoss {
     /// only disc_factor = 0, `discriminatorLoss` returns nil. Set true for the reference's logs and running statistics
     /// (then `discriminatorLoss` returns the zero-weighted loss instead of nil).
     public var runBeforeStart = false
+    /// Data-parallel training: averages a last-layer gradient over the ranks before its norm is taken, so d_weight is
+    /// the global batch's (under DDP the reference's torch.autograd.grad is not reduced and d_weight is per rank).
+    /// Nil in one process.
+    public var averageAcrossRanks: ((Tensor) throws -> Tensor)?
 
     public init(discriminator: NLayerDiscriminator, discStart: Int, discFactor: Float = 1, discWeight: Float = 1,
                 discLoss: DiscLoss = .hinge) {
@@ -152,10 +156,11 @@ public final class PatchGANLoss: AdversarialLoss {
 
     /// calculate_adaptive_weight: the ratio of the gradient norms of `nllLoss` and `gLoss` at `lastLayer`
     /// (torch.autograd.grad with retain_graph=True), clamped to [0, 1e4], times disc_weight.
-    public func adaptiveWeight(nllLoss: Tensor, gLoss: Tensor, lastLayer: Tensor) -> Float {
+    public func adaptiveWeight(nllLoss: Tensor, gLoss: Tensor, lastLayer: Tensor) throws -> Float {
         func norm(_ t: Tensor) -> Double { t.toArray().reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot() }
-        let nllGrad = nllLoss.gradients(wrt: [lastLayer], retainGraph: true)[0]
-        let gGrad = gLoss.gradients(wrt: [lastLayer], retainGraph: true)[0]
+        var nllGrad = nllLoss.gradients(wrt: [lastLayer], retainGraph: true)[0]
+        var gGrad = gLoss.gradients(wrt: [lastLayer], retainGraph: true)[0]
+        if let averageAcrossRanks { nllGrad = try averageAcrossRanks(nllGrad); gGrad = try averageAcrossRanks(gGrad) }
         let ratio = Float(norm(nllGrad)) / (Float(norm(gGrad)) + 1e-4)
         return min(max(ratio, 0), 1e4) * discWeight
     }
@@ -173,7 +178,7 @@ public final class PatchGANLoss: AdversarialLoss {
             guard nllLoss.requiresGrad, gLoss.requiresGrad else {
                 throw TrainingError("the adaptive GAN weight needs the losses' graphs (got a loss computed without gradients)")
             }
-            dWeight = adaptiveWeight(nllLoss: nllLoss, gLoss: gLoss, lastLayer: lastLayer)
+            dWeight = try adaptiveWeight(nllLoss: nllLoss, gLoss: gLoss, lastLayer: lastLayer)
         }
         let term = gLoss * (dWeight * factor)
         return (term, ["d_weight": dWeight, "disc_factor": factor, "g_loss": gLoss.item])

@@ -4,6 +4,7 @@
 import Autoencoders
 import Checkpoints
 import Conditioning
+import DiffusersBlocks
 import Foundation
 import NeuralNetwork
 import TensorCore
@@ -33,7 +34,9 @@ extension LDMTrainConfig {
 
     /// Everything wired and checked; `runDir` holds checkpoints, loss.jsonl, the exported unet/ and, with
     /// cache_latents, the latent cache (built here when missing or stale; `log` reports it).
-    public func makeTrainer(runDir: URL, log: (String) -> Void = { _ in }) throws -> Trainer {
+    /// With a `communicator` of several ranks (data-parallel), rank 0 builds the latent cache while the others wait,
+    /// then they load it; `log` should print on rank 0 only.
+    public func makeTrainer(runDir: URL, communicator: Communicator = SingleProcess(), log: (String) -> Void = { _ in }) throws -> Trainer {
         let model = try makeUNet()
         let encoder: LatentEncoder
         var latentChannels = 3, downsampling = 1, defaultScale: Float = 1
@@ -109,11 +112,13 @@ extension LDMTrainConfig {
         let extra: [(prefix: String, module: Module)] = text.map { $0.trainable ? [("text_encoder.", $0.model)] : [] } ?? []
         var cache: LatentCache?
         if cacheLatents {
+            if !communicator.isRoot { try communicator.barrier() }
             cache = try LatentCache.loadOrBuild(dataset: dataset, encoder: encoder, runDir: runDir, batchSize: batchSize, log: log)
+            if communicator.isRoot { try communicator.barrier() }
         }
         let trainer = try Trainer(model: model, loss: loss, encoder: encoder,
                                   dataset: try cache.map { try CachedLatentDataset(cache: $0, source: dataset) } ?? dataset,
-                                  options: options, runDir: runDir, extraModules: extra)
+                                  options: options, runDir: runDir, extraModules: extra, communicator: communicator)
         if conditioning == .none { trainer.makeConditioning = { _ in .none } }
         if let textConditioning { trainer.makeConditioning = textConditioning }
         trainer.textConditioner = text

@@ -101,15 +101,21 @@ public final class Trainer {
     public var makeConditioning: (TrainingBatch) throws -> TrainingConditioning
     /// Renders a sample grid with the model (EMA weights swapped in); written to samples/step-N.png.
     public var sampleCallback: ((UNet2DConditionModel, Int) throws -> RGBImage)?
-    /// Called after each step with its log entry.
+    /// Called after each step with its log entry (on rank 0 only).
     public var onStep: ((TrainingLogEntry) -> Void)?
+    /// The ranks of a data-parallel run (DataParallel.swift); one process by default. Each rank loads `shard` of every
+    /// batch, gradients are averaged by `gradients` before clipping and the optimizer step, and only rank 0 writes
+    /// (checkpoints, loss.jsonl, samples, the export).
+    public let communicator: Communicator
+    public let shard: BatchShard
+    public let gradients: GradientAverager
 
     public var checkpointsDir: URL { runDir.appendingPathComponent("checkpoints") }
     public var logURL: URL { runDir.appendingPathComponent("loss.jsonl") }
 
     public init(model: UNet2DConditionModel, loss: DiffusionLoss, encoder: LatentEncoder = .identity,
                 dataset: TrainingDataset, options: TrainerOptions, runDir: URL,
-                extraModules: [(prefix: String, module: Module)] = []) throws {
+                extraModules: [(prefix: String, module: Module)] = [], communicator: Communicator = SingleProcess()) throws {
         try options.validate()
         for (i, e) in extraModules.enumerated() {
             guard e.prefix.hasSuffix("."), !["model.", "ema.", "optimizer."].contains(e.prefix),
@@ -119,12 +125,17 @@ public final class Trainer {
         }
         self.model = model; self.loss = loss; self.encoder = encoder; self.options = options; self.runDir = runDir
         self.extraModules = extraModules
+        self.communicator = communicator
+        shard = try BatchShard(globalBatch: options.batchSize, rank: communicator.rank, count: communicator.size)
+        gradients = GradientAverager(communicator: communicator)
         loader = BatchLoader(sampler: try BatchSampler(dataset: dataset, batchSize: options.batchSize, seed: options.seed),
-                             prefetch: options.prefetch)
+                             prefetch: options.prefetch, shard: shard)
         latentCache = (dataset as? CachedLatentDataset)?.cache
         if latentCache != nil, case .identity = encoder { throw TrainingError("a latent cache needs the first stage it was made with") }
         // CompVis configure_optimizers: params = model.parameters() (+ cond_stage_model.parameters() when trainable).
         let extraParams = extraModules.flatMap { e in e.module.namedParameters.map { (e.prefix + $0.0, $0.1) } }
+        // DDP's constructor: every rank starts from rank 0's weights.
+        try communicator.broadcastFromRoot((model.namedParameters + extraParams).map(\.1))
         optimizer = try AdamW(parameters: model.namedParameters + extraParams, lr: options.learningRate, betas: options.betas,
                               eps: options.adamEps, weightDecay: options.weightDecay)
         ema = try options.emaDecay.map { try LitEma(module: model, decay: $0) }
@@ -135,7 +146,7 @@ public final class Trainer {
             guard let labels = batch.classLabels else { throw TrainingError("the UNet is class-conditional but the data has no class labels") }
             return .classLabels(labels)
         }
-        try FileManager.default.createDirectory(at: checkpointsDir, withIntermediateDirectories: true)
+        if communicator.isRoot { try FileManager.default.createDirectory(at: checkpointsDir, withIntermediateDirectories: true) }
     }
 
     deinit { loader.finish() }
@@ -159,12 +170,12 @@ public final class Trainer {
         for micro in 0..<accum {
             if let nullTextEmbedding { loss.nullText = try options.precision.forward { try nullTextEmbedding() } }
             let batch = try nextBatch(prefetchNext: micro + 1 < accum || step + 1 < options.maxSteps)
-            let z = try latentCache == nil ? encoder.encode(batch.images, generator: generator)
-                                           : encoder.latents(fromCached: batch.images, generator: generator)
-            if scaleFactor == nil { scaleFactor = try options.scaleByStd ? scaleFactorByStd(z) : options.scaleFactor }
+            let z = try latentCache == nil ? encoder.encode(batch.images, generator: generator, shard: shard)
+                                           : encoder.latents(fromCached: batch.images, generator: generator, shard: shard)
+            if scaleFactor == nil { scaleFactor = try options.scaleByStd ? scaleFactorByStd(z, communicator: communicator) : options.scaleFactor }
             let latents = z * (scaleFactor ?? 1)
             let out = try options.precision.forward {
-                try loss(model: model, latents: latents, conditioning: try makeConditioning(batch), generator: generator)
+                try loss(model: model, latents: latents, conditioning: try makeConditioning(batch), generator: generator, shard: shard)
             }
             let l = accum > 1 ? out.loss / Float(accum) : out.loss
             let value = l.item
@@ -172,12 +183,16 @@ public final class Trainer {
             total += value
             l.backward()
         }
+        // The mean over ranks of their shard means: the global batch's loss, and its gradient.
+        total = Float(try communicator.average(Double(total)))
+        try gradients.average(params.map(\.1))
         let gradNorm = options.maxGradNorm.map { clipGradNorm(params.map(\.1), maxNorm: $0) }
         optimizer.step()
         if let ema { ema.update(model.namedParameters) }
         step += 1
         let entry = TrainingLogEntry(step: step, epoch: epoch, loss: total, lr: optimizer.lr, gradNorm: gradNorm,
                                      precision: options.precision == .float32 ? nil : options.precision.rawValue)
+        guard communicator.isRoot else { return entry }
         try appendLog(entry)
         onStep?(entry)
         if step % options.checkpointEvery == 0 || step == options.maxSteps { try saveCheckpoint() }
@@ -189,7 +204,7 @@ public final class Trainer {
     public func train(steps: Int? = nil) throws {
         let end = min(options.maxSteps, steps.map { step + $0 } ?? options.maxSteps)
         while step < end { try trainStep() }
-        if step == options.maxSteps { try exportWeights() }
+        if step == options.maxSteps && communicator.isRoot { try exportWeights() }
     }
 
     func appendLog(_ entry: TrainingLogEntry) throws { try appendJSONLine(entry, to: logURL) }

@@ -101,7 +101,19 @@ extension Trainer {
             scaleFactor = Float(bitPattern: bits)
         } else { scaleFactor = nil }
         step = try int("step"); epoch = restoredEpoch; batchInEpoch = restoredBatch
-        try trimLog(after: step)
+        if communicator.isRoot { try trimLog(after: step); Self.removeUnfinishedCheckpoints(in: run) }
+    }
+
+    /// Deletes the temporary files of checkpoint writes that a killed process left unfinished
+    /// (".step-N.safetensors.tmp-PID-R", see SafeTensors.write): they were never renamed, so never a checkpoint.
+    /// Returns their names.
+    @discardableResult
+    public static func removeUnfinishedCheckpoints(in runDir: URL) -> [String] {
+        let dir = runDir.appendingPathComponent("checkpoints")
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? [])
+            .filter { $0.hasPrefix(".step-") && $0.contains(".safetensors.tmp-") }
+        for n in names { try? FileManager.default.removeItem(at: dir.appendingPathComponent(n)) }
+        return names
     }
 
     /// Drops log lines of steps after `step` (written after the checkpoint by an interrupted run).

@@ -1,4 +1,5 @@
 import Checkpoints
+import DiffusersBlocks
 import NeuralNetwork
 import TensorCore
 
@@ -34,10 +35,12 @@ public struct CompVisUNetKeyMap: Sendable {
         let n = config.blockOutChannels.count, boc = config.blockOutChannels
         var e: [Entry] = []
         func add(_ c: String, _ d: String, _ kind: Kind = .plain) { e.append(Entry(compvis: c, diffusers: d, kind: kind)) }
-        func attention(_ type: String, _ i: Int, channels: Int) -> Kind? {
-            if type.hasPrefix("CrossAttn") || type == "UNetMidBlock2DCrossAttn" { return .plain }
-            if type.hasPrefix("Attn") || type == "UNetMidBlock2D" { return .legacyAttention(heads: channels / config.legacyHeadDim(i, channels: channels)) }
-            return nil
+        func attention(_ kind: BlockAttention?, _ i: Int, channels: Int) -> Kind? {
+            switch kind {
+            case .crossAttention?: return .plain
+            case .spatial?: return .legacyAttention(heads: channels / config.legacyHeadDim(i, channels: channels))
+            case nil: return nil
+            }
         }
         add("time_embed.0", "time_embedding.linear_1"); add("time_embed.2", "time_embedding.linear_2")
         if config.classEmbedType == "timestep" {
@@ -48,7 +51,7 @@ public struct CompVisUNetKeyMap: Sendable {
         add("input_blocks.0.0", "conv_in"); add("out.0", "conv_norm_out"); add("out.2", "conv_out")
         var k = 1
         for i in 0..<n {
-            let attn = attention(config.downBlockTypes[i], i, channels: boc[i])
+            let attn = attention(config.downBlockTypes[i].attention, i, channels: boc[i])
             for j in 0..<config.layersPerBlock[i] {
                 add("input_blocks.\(k).0", "down_blocks.\(i).resnets.\(j)", .resnet)
                 if let attn { add("input_blocks.\(k).1", "down_blocks.\(i).attentions.\(j)", attn) }
@@ -63,7 +66,7 @@ public struct CompVisUNetKeyMap: Sendable {
         }
         if let mid = config.midBlockType {
             add("middle_block.0", "mid_block.resnets.0", .resnet)
-            if let attn = attention(mid, n - 1, channels: boc[n - 1]), mid == "UNetMidBlock2DCrossAttn" || config.addAttention {
+            if let attn = attention(mid.attention, n - 1, channels: boc[n - 1]), mid == .unetMidBlock2DCrossAttn || config.addAttention {
                 add("middle_block.1", "mid_block.attentions.0", attn)
                 add("middle_block.2", "mid_block.resnets.1", .resnet)
             } else {
@@ -73,7 +76,7 @@ public struct CompVisUNetKeyMap: Sendable {
         k = 0
         for i in 0..<n {
             let out = boc[n - 1 - i], layers = config.layersPerBlock[n - 1 - i] + 1
-            let attn = attention(config.upBlockTypes[i], i, channels: out)
+            let attn = attention(config.upBlockTypes[i].attention, i, channels: out)
             for j in 0..<layers {
                 add("output_blocks.\(k).0", "up_blocks.\(i).resnets.\(j)", .resnet)
                 if let attn { add("output_blocks.\(k).1", "up_blocks.\(i).attentions.\(j)", attn) }

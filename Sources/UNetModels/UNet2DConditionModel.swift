@@ -1,3 +1,4 @@
+import DiffusersBlocks
 import Foundation
 import NeuralNetwork
 import TensorCore
@@ -5,11 +6,6 @@ import TensorCore
 // Matches diffusers models/unets/unet_2d_condition.py `UNet2DConditionModel` (SD 1.x / 2.x, inpainting with extra
 // input channels, class-conditional) and models/unets/unet_2d.py `UNet2DModel` (unconditional / class-conditional LDM
 // with legacy attention blocks): one type built from `UNetConfig`, parameters named as the diffusers state_dict.
-
-public struct UNetError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ message: String) { description = message }
-}
 
 /// The unconditional LDM UNet is the same type; its config has `_class_name` "UNet2DModel".
 public typealias UNet2DModel = UNet2DConditionModel

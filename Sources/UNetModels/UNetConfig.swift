@@ -1,23 +1,20 @@
+import DiffusersBlocks
 import Foundation
+import NeuralNetwork
 
 // Configuration of diffusers `UNet2DConditionModel` (models/unets/unet_2d_condition.py) and `UNet2DModel`
 // (models/unets/unet_2d.py), decoded straight from their config.json. Options that change the architecture in ways
 // this implementation does not cover (SDXL added embeddings, GLIGEN, fourier time embeddings, ...) are rejected by
 // `validate()` with a message naming the key; `upcast_attention` / `upcast_softmax` are no-ops in float32.
 
-public struct UNetConfigError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ message: String) { description = "UNet config: " + message }
-}
-
 public struct UNetConfig: Codable, Sendable, Equatable {
     /// "UNet2DConditionModel" or "UNet2DModel": decides defaults and what `attention_head_dim` means.
     public var className: String
     public var inChannels: Int
     public var outChannels: Int
-    public var downBlockTypes: [String]
-    public var upBlockTypes: [String]
-    public var midBlockType: String?
+    public var downBlockTypes: [DownBlockType]
+    public var upBlockTypes: [UpBlockType]
+    public var midBlockType: MidBlockType?
     public var blockOutChannels: [Int]
     public var layersPerBlock: [Int]
     /// Per down block. In UNet2DConditionModel this is the number of heads of the transformers (diffusers' naming
@@ -38,10 +35,10 @@ public struct UNetConfig: Codable, Sendable, Equatable {
     public var resnetTimeScaleShift: String
     public var addAttention: Bool
     public var downsamplePadding: Int
-    /// UNet2DModel downsample_type / upsample_type: "conv", or "resnet" (AttnDownBlock2D / AttnUpBlock2D resample with
+    /// UNet2DModel downsample_type / upsample_type: .conv, or .resnet (AttnDownBlock2D / AttnUpBlock2D resample with
     /// a ResnetBlock2D(down/up=True), as CompVis resblock_updown).
-    public var downsampleType: String
-    public var upsampleType: String
+    public var downsampleType: ResampleType
+    public var upsampleType: ResampleType
     public var midBlockScaleFactor: Float
     public var actFn: String
     public var timeEmbeddingDim: Int?
@@ -78,13 +75,6 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         case timeCondProjDim = "time_cond_proj_dim"
     }
 
-    /// Keys whose only supported value is "absent / null / false / default".
-    private struct Extra: CodingKey {
-        var stringValue: String; var intValue: Int? { nil }
-        init(stringValue: String) { self.stringValue = stringValue }
-        init?(intValue: Int) { nil }
-    }
-
     public static func decode(_ data: Data) throws -> UNetConfig {
         do { return try JSONDecoder().decode(UNetConfig.self, from: data) } catch let e as UNetConfigError { throw e } catch {
             throw UNetConfigError("cannot decode config.json: \(error)")
@@ -96,18 +86,19 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         className = try c.decodeIfPresent(String.self, forKey: .className)
             ?? ((try? c.decodeNil(forKey: .crossAttentionDim)) == false ? "UNet2DConditionModel" : "UNet2DModel")
         let cond = className != "UNet2DModel"
-        inChannels = try c.decodeIfPresent(Int.self, forKey: .inChannels) ?? (cond ? 4 : 3)
-        outChannels = try c.decodeIfPresent(Int.self, forKey: .outChannels) ?? (cond ? 4 : 3)
-        downBlockTypes = try c.decodeIfPresent([String].self, forKey: .downBlockTypes) ?? (cond
-            ? ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
-            : ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"])
-        upBlockTypes = try c.decodeIfPresent([String].self, forKey: .upBlockTypes) ?? (cond
-            ? ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
-            : ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"])
+        inChannels = try c.decode(.inChannels, default: cond ? 4 : 3)
+        outChannels = try c.decode(.outChannels, default: cond ? 4 : 3)
+        downBlockTypes = try c.decode(.downBlockTypes, default: cond
+            ? [.crossAttnDownBlock2D, .crossAttnDownBlock2D, .crossAttnDownBlock2D, .downBlock2D]
+            : [.downBlock2D, .attnDownBlock2D, .attnDownBlock2D, .attnDownBlock2D])
+        upBlockTypes = try c.decode(.upBlockTypes, default: cond
+            ? [.upBlock2D, .crossAttnUpBlock2D, .crossAttnUpBlock2D, .crossAttnUpBlock2D]
+            : [.attnUpBlock2D, .attnUpBlock2D, .attnUpBlock2D, .upBlock2D])
         let n = downBlockTypes.count
-        midBlockType = c.contains(.midBlockType) ? try c.decodeIfPresent(String.self, forKey: .midBlockType)
-            : (cond ? "UNetMidBlock2DCrossAttn" : "UNetMidBlock2D")
-        blockOutChannels = try c.decodeIfPresent([Int].self, forKey: .blockOutChannels) ?? (cond ? [320, 640, 1280, 1280] : [224, 448, 672, 896])
+        // An explicit null mid_block_type means no mid block; an absent one, the class default.
+        midBlockType = c.contains(.midBlockType) ? try c.decodeIfPresent(MidBlockType.self, forKey: .midBlockType)
+            : (cond ? .unetMidBlock2DCrossAttn : .unetMidBlock2D)
+        blockOutChannels = try c.decode(.blockOutChannels, default: cond ? [320, 640, 1280, 1280] : [224, 448, 672, 896])
         func intOrList(_ key: CodingKeys, _ def: Int?) throws -> [Int]? {
             if let v = try? c.decodeIfPresent(Int.self, forKey: key) { return [Int](repeating: v, count: n) }
             if let v = try? c.decodeIfPresent([Int].self, forKey: key) {
@@ -131,45 +122,45 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         crossAttentionDim = try intOrList(.crossAttentionDim, cond ? 1280 : nil)
         transformerLayersPerBlock = try intOrList(.transformerLayersPerBlock, 1)!
         reverseTransformerLayersPerBlock = try c.decodeIfPresent([Int].self, forKey: .reverseTransformerLayersPerBlock)
-        useLinearProjection = try c.decodeIfPresent(Bool.self, forKey: .useLinearProjection) ?? false
-        flipSinToCos = try c.decodeIfPresent(Bool.self, forKey: .flipSinToCos) ?? true
-        freqShift = try c.decodeIfPresent(Float.self, forKey: .freqShift) ?? 0
-        normNumGroups = try c.decodeIfPresent(Int.self, forKey: .normNumGroups) ?? 32
+        useLinearProjection = try c.decode(.useLinearProjection, default: false)
+        flipSinToCos = try c.decode(.flipSinToCos, default: true)
+        freqShift = try c.decode(.freqShift, default: 0)
+        normNumGroups = try c.decode(.normNumGroups, default: 32)
         attnNormNumGroups = try c.decodeIfPresent(Int.self, forKey: .attnNormNumGroups)
-        normEps = try c.decodeIfPresent(Float.self, forKey: .normEps) ?? 1e-5
+        normEps = try c.decode(.normEps, default: 1e-5)
         classEmbedType = try c.decodeIfPresent(String.self, forKey: .classEmbedType)
         numClassEmbeds = try c.decodeIfPresent(Int.self, forKey: .numClassEmbeds)
-        resnetTimeScaleShift = try c.decodeIfPresent(String.self, forKey: .resnetTimeScaleShift) ?? "default"
-        addAttention = try c.decodeIfPresent(Bool.self, forKey: .addAttention) ?? true
-        downsamplePadding = try c.decodeIfPresent(Int.self, forKey: .downsamplePadding) ?? 1
-        downsampleType = try c.decodeIfPresent(String.self, forKey: .downsampleType) ?? "conv"
-        upsampleType = try c.decodeIfPresent(String.self, forKey: .upsampleType) ?? "conv"
-        midBlockScaleFactor = try c.decodeIfPresent(Float.self, forKey: .midBlockScaleFactor) ?? 1
-        actFn = try c.decodeIfPresent(String.self, forKey: .actFn) ?? "silu"
+        resnetTimeScaleShift = try c.decode(.resnetTimeScaleShift, default: "default")
+        addAttention = try c.decode(.addAttention, default: true)
+        downsamplePadding = try c.decode(.downsamplePadding, default: 1)
+        downsampleType = try c.decode(.downsampleType, default: .conv)
+        upsampleType = try c.decode(.upsampleType, default: .conv)
+        midBlockScaleFactor = try c.decode(.midBlockScaleFactor, default: 1)
+        actFn = try c.decode(.actFn, default: "silu")
         timeEmbeddingDim = try c.decodeIfPresent(Int.self, forKey: .timeEmbeddingDim)
-        timeEmbeddingType = try c.decodeIfPresent(String.self, forKey: .timeEmbeddingType) ?? "positional"
-        convInKernel = try c.decodeIfPresent(Int.self, forKey: .convInKernel) ?? 3
-        convOutKernel = try c.decodeIfPresent(Int.self, forKey: .convOutKernel) ?? 3
-        centerInputSample = try c.decodeIfPresent(Bool.self, forKey: .centerInputSample) ?? false
-        upcastAttention = try c.decodeIfPresent(Bool.self, forKey: .upcastAttention) ?? false
+        timeEmbeddingType = try c.decode(.timeEmbeddingType, default: "positional")
+        convInKernel = try c.decode(.convInKernel, default: 3)
+        convOutKernel = try c.decode(.convOutKernel, default: 3)
+        centerInputSample = try c.decode(.centerInputSample, default: false)
+        upcastAttention = try c.decode(.upcastAttention, default: false)
         timeCondProjDim = try c.decodeIfPresent(Int.self, forKey: .timeCondProjDim)
 
-        let x = try decoder.container(keyedBy: Extra.self)
+        let x = try decoder.container(keyedBy: ConfigKey.self)
         for key in ["addition_embed_type", "encoder_hid_dim", "encoder_hid_dim_type", "cross_attention_norm",
                     "timestep_post_act", "time_embedding_act_fn", "projection_class_embeddings_input_dim"] {
-            let k = Extra(stringValue: key)
+            let k = ConfigKey(stringValue: key)
             if x.contains(k), (try? x.decodeNil(forKey: k)) == false { unsupported.append(key) }
         }
         for key in ["class_embeddings_concat", "dual_cross_attention", "resnet_skip_time_act", "only_cross_attention"] {
-            let k = Extra(stringValue: key)
+            let k = ConfigKey(stringValue: key)
             if (try? x.decodeIfPresent(Bool.self, forKey: k)) == true { unsupported.append(key) }
             if let v = try? x.decodeIfPresent([Bool].self, forKey: k), v.contains(true) { unsupported.append(key) }
         }
         let checks: [(String, String)] = [("attention_type", "default")]
         for (key, ok) in checks {
-            if let v = try? x.decodeIfPresent(String.self, forKey: Extra(stringValue: key)), v != ok { unsupported.append("\(key)=\(v)") }
+            if let v = try? x.decodeIfPresent(String.self, forKey: ConfigKey(stringValue: key)), v != ok { unsupported.append("\(key)=\(v)") }
         }
-        if let v = try? x.decodeIfPresent(Float.self, forKey: Extra(stringValue: "resnet_out_scale_factor")), v != 1 {
+        if let v = try? x.decodeIfPresent(Float.self, forKey: ConfigKey(stringValue: "resnet_out_scale_factor")), v != 1 {
             unsupported.append("resnet_out_scale_factor")
         }
         try validate()
@@ -209,16 +200,16 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         guard n > 0, blockOutChannels.count == n, upBlockTypes.count == n else {
             throw UNetConfigError("down_block_types (\(n)), up_block_types (\(upBlockTypes.count)) and block_out_channels (\(blockOutChannels.count)) must have the same length > 0")
         }
-        for t in downBlockTypes where !["CrossAttnDownBlock2D", "DownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"].contains(t) {
+        for t in downBlockTypes where ![.crossAttnDownBlock2D, .downBlock2D, .attnDownBlock2D, .resnetDownsampleBlock2D].contains(t) {
             throw UNetConfigError("unsupported down block \(t)")
         }
-        for t in upBlockTypes where !["CrossAttnUpBlock2D", "UpBlock2D", "AttnUpBlock2D", "ResnetUpsampleBlock2D"].contains(t) {
+        for t in upBlockTypes where ![.crossAttnUpBlock2D, .upBlock2D, .attnUpBlock2D, .resnetUpsampleBlock2D].contains(t) {
             throw UNetConfigError("unsupported up block \(t)")
         }
-        guard ["conv", "resnet"].contains(downsampleType), ["conv", "resnet"].contains(upsampleType) else {
+        guard ResampleType.implemented.contains(downsampleType), ResampleType.implemented.contains(upsampleType) else {
             throw UNetConfigError("downsample_type \(downsampleType) / upsample_type \(upsampleType) (only conv or resnet)")
         }
-        if let m = midBlockType, !["UNetMidBlock2DCrossAttn", "UNetMidBlock2D"].contains(m) { throw UNetConfigError("unsupported mid block \(m)") }
+        if let m = midBlockType, !MidBlockType.implemented.contains(m) { throw UNetConfigError("unsupported mid block \(m)") }
         guard ["silu", "swish"].contains(actFn) else { throw UNetConfigError("act_fn \(actFn) (only silu)") }
         guard timeEmbeddingType == "positional" else { throw UNetConfigError("time_embedding_type \(timeEmbeddingType) (only positional)") }
         guard ["default", "scale_shift"].contains(resnetTimeScaleShift) else { throw UNetConfigError("resnet_time_scale_shift \(resnetTimeScaleShift)") }
@@ -232,15 +223,16 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         }
         if let d = timeCondProjDim, d <= 0 { throw UNetConfigError("time_cond_proj_dim must be positive, got \(d)") }
         if let r = reverseTransformerLayersPerBlock, r.count != n { throw UNetConfigError("reverse_transformer_layers_per_block needs \(n) entries") }
-        let usesCross = (downBlockTypes + upBlockTypes).contains { $0.hasPrefix("CrossAttn") } || midBlockType == "UNetMidBlock2DCrossAttn"
+        let usesCross = downBlockTypes.contains { $0.attention == .crossAttention } || upBlockTypes.contains { $0.attention == .crossAttention }
+            || midBlockType == .unetMidBlock2DCrossAttn
         if usesCross && crossAttentionDim == nil { throw UNetConfigError("cross-attention blocks need cross_attention_dim") }
         for i in 0..<n {
             let heads = transformerHeads(i), ch = blockOutChannels[i]
-            if (downBlockTypes[i].hasPrefix("CrossAttn") || upBlockTypes[n - 1 - i].hasPrefix("CrossAttn")) && (heads <= 0 || ch % heads != 0) {
+            if (downBlockTypes[i].attention == .crossAttention || upBlockTypes[n - 1 - i].attention == .crossAttention) && (heads <= 0 || ch % heads != 0) {
                 throw UNetConfigError("\(ch) channels cannot be split into \(heads) heads (block \(i))")
             }
             let hd = legacyHeadDim(i, channels: ch)
-            if (downBlockTypes[i] == "AttnDownBlock2D" || upBlockTypes[i] == "AttnUpBlock2D") && (hd <= 0 || ch % hd != 0) {
+            if (downBlockTypes[i] == .attnDownBlock2D || upBlockTypes[i] == .attnUpBlock2D) && (hd <= 0 || ch % hd != 0) {
                 throw UNetConfigError("\(ch) channels cannot be split into heads of \(hd) (block \(i))")
             }
         }
@@ -248,11 +240,11 @@ public struct UNetConfig: Codable, Sendable, Equatable {
 
     /// Whether down block `i` downsamples with a ResnetBlock2D(down=True) (only when it downsamples at all).
     public func resnetDownsample(_ i: Int) -> Bool {
-        i < blockOutChannels.count - 1 && resnetDownsampling(downBlockTypes[i], downsampleType: downsampleType)
+        i < blockOutChannels.count - 1 && downBlockTypes[i].downsamplesWithResnet(downsampleType)
     }
     /// Whether up block `i` (diffusers order) upsamples with a ResnetBlock2D(up=True).
     public func resnetUpsample(_ i: Int) -> Bool {
-        i < blockOutChannels.count - 1 && resnetUpsampling(upBlockTypes[i], upsampleType: upsampleType)
+        i < blockOutChannels.count - 1 && upBlockTypes[i].upsamplesWithResnet(upsampleType)
     }
 
     /// Heads of the transformer blocks at down-block index `i` (diffusers: num_attention_heads or attention_head_dim).

@@ -31,7 +31,7 @@ struct BenchCore: ParsableCommand {
 
     func run() throws {
         let want = Set(selected)
-        let torch = try BenchSupport.torchFigures(script: "tools/bench/torch_core.py", arguments: [selected.joined(separator: ",")])
+        let torch = try BenchSupport.torchFigures(script: "torch_core.py", arguments: [selected.joined(separator: ",")])
         let g = TorchGenerator(seed: 0)
         var rows: [BenchSupport.Row] = []
         GradMode.noGrad {

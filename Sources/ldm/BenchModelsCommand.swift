@@ -11,12 +11,13 @@ struct BenchModels {
     static func run(parts: [(label: String, ours: String?, torch: String)], reps: Int) throws {
         let torchPython = ProcessInfo.processInfo.environment["LDM_TORCH_PYTHON"].flatMap { $0.isEmpty ? nil : $0 }
         if torchPython == nil { FileHandle.standardError.write("LDM_TORCH_PYTHON is not set: PyTorch figures are skipped.\n".data(using: .utf8)!) }
-        print("threads: \(Parallel.threadCount)")
+        BenchSupport.printHeader()
         print("| part | ours (s) | ours peak RSS (MB) | PyTorch (s) | PyTorch peak RSS (MB) | ours / PyTorch time | ours / PyTorch RSS |")
         print("|---|---|---|---|---|---|---|")
+        let script = try torchPython.map { _ in try BenchSupport.script("torch_models.py") }
         for p in parts {
             let ours = try p.ours.map { try child(CommandLine.arguments[0], ["bench", "part", $0, "--reps", "\(reps)"]) }
-            let torch = try torchPython.map { try child($0, ["tools/bench/torch_models.py", "\(Parallel.threadCount)", p.torch, "\(reps)"]) }
+            let torch = try torchPython.map { try child($0, [script!, "\(Parallel.threadCount)", p.torch, "\(reps)"]) }
             func f(_ v: Double?, _ fmt: String) -> String { v.map { String(format: fmt, $0) } ?? "n/a" }
             func ratio(_ a: Double?, _ b: Double?) -> String { (a != nil && b != nil) ? String(format: "%.2f", a! / b!) : "n/a" }
             print("| \(p.label) | \(f(ours?.0, "%.2f")) | \(f(ours?.1, "%.0f")) | \(f(torch?.0, "%.2f")) | \(f(torch?.1, "%.0f")) | \(ratio(ours?.0, torch?.0)) | \(ratio(ours?.1, torch?.1)) |")
@@ -53,7 +54,7 @@ struct BenchVAE: ParsableCommand {
 struct BenchUNet: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "unet", abstract: "SD-1.5 UNet, batch 2, 64x64x4 latent, 77x768 context (random weights).")
     @Option(help: "Repetitions per part (median).") var reps = 2
-    @Flag(help: "Also time PyTorch's bf16 UNet (very slow on CPUs without AVX512-BF16/AMX, where torch emulates bf16).")
+    @Flag(help: "Also time the bf16 UNet (ours and PyTorch's; both slow on CPUs without native bf16, where it is emulated).")
     var includeBF16 = false
     func validate() throws { guard reps >= 1 else { throw ValidationError("--reps must be at least 1") } }
     func run() throws {

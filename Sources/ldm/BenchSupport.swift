@@ -7,7 +7,16 @@ enum BenchSupport {
         var op: String; var ours: Double?; var torch: Double?; var work: Double; var unit: String; var note = ""
     }
 
-    static let bf16Note = "oneDNN has no bf16 kernel for this CPU's ISA (no AVX512-BF16/AMX): bf16 is storage-only here"
+    /// How bf16 runs here, from the features detected at run time.
+    static var bf16Note: String {
+        CPUFeatures.nativeBF16 ? "native bf16 (\(CPUFeatures.active.name), oneDNN \(CPUFeatures.oneDNNISA))"
+                               : "no native bf16 in use (\(CPUFeatures.active.name)): bf16 is emulated on the float32 kernels"
+    }
+
+    /// The header of every benchmark: CPU, features, ISA in use, threads.
+    static func printHeader() {
+        for line in CPUFeatures.summary { print(line) }
+    }
 
     static func attentionScratchKB(heads: Int) -> Int { Parallel.threadCount * AttentionTiling.blockQ * AttentionTiling.blockK * 4 / 1024 }
 
@@ -24,13 +33,29 @@ enum BenchSupport {
         return times.sorted()[times.count / 2]
     }
 
+    /// The package root this binary was built from: #filePath is <root>/Sources/ldm/BenchSupport.swift.
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// Path of a PyTorch benchmark script `tools/bench/<name>`: found beside the package's sources (so `ldm bench`
+    /// works from any directory), else relative to the working directory (a moved checkout run from its root).
+    static func script(_ name: String) throws -> String {
+        let relative = "tools/bench/" + name
+        let candidates = [packageRoot.appendingPathComponent(relative).path,
+                          URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent(relative).path]
+        guard let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
+            throw BenchError("benchmark script \(relative) not found (looked in \(candidates.joined(separator: " and ")))")
+        }
+        return found
+    }
+
     /// Runs the PyTorch side if LDM_TORCH_PYTHON is set; returns op -> seconds (empty without it).
-    static func torchFigures(script: String, arguments: [String] = []) throws -> [String: Double] {
+    /// `script`: a file name under tools/bench/.
+    static func torchFigures(script name: String, arguments: [String] = []) throws -> [String: Double] {
         guard let python = ProcessInfo.processInfo.environment["LDM_TORCH_PYTHON"], !python.isEmpty else {
             FileHandle.standardError.write("LDM_TORCH_PYTHON is not set: PyTorch figures and ratios are skipped.\n".data(using: .utf8)!)
             return [:]
         }
-        guard FileManager.default.fileExists(atPath: script) else { throw BenchError("benchmark script \(script) not found: run from the repository root") }
+        let script = try Self.script(name)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: python)
         p.arguments = [script, "\(Parallel.threadCount)"] + arguments
@@ -47,7 +72,7 @@ enum BenchSupport {
     }
 
     static func printTable(_ rows: [Row], torchAvailable: Bool) {
-        print("threads: \(Parallel.threadCount)")
+        printHeader()
         print("| op | ours (ms) | ours rate | PyTorch (ms) | PyTorch rate | PyTorch time / ours | note |")
         print("|---|---|---|---|---|---|---|")
         for r in rows {

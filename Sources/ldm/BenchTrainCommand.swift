@@ -30,16 +30,15 @@ struct BenchTrain: ParsableCommand {
         let selected = try parts.map(TrainBenchPart.select) ?? TrainBenchPart.all
         let python = ProcessInfo.processInfo.environment["LDM_TORCH_PYTHON"].flatMap { $0.isEmpty ? nil : $0 }
         if python == nil { FileHandle.standardError.write("LDM_TORCH_PYTHON is not set: PyTorch figures are skipped.\n".data(using: .utf8)!) }
-        if python != nil, !FileManager.default.fileExists(atPath: TrainBenchPart.torchScript) {
-            throw BenchError("benchmark script \(TrainBenchPart.torchScript) not found: run from the repository root")
-        }
+        let script = try python.map { _ in try BenchSupport.script(TrainBenchPart.torchScript) }
+        BenchSupport.printHeader()
         print("threads: \(Parallel.threadCount) (PyTorch: torch.set_num_threads(\(Parallel.threadCount))); warm-up \(warmup) steps, median of \(steps)")
         print("| part | batch | ours step (s) | ours images/s | PyTorch step (s) | PyTorch images/s | ours / PyTorch throughput | ours peak RSS (MB) | PyTorch peak RSS (MB) |")
         print("|---|---|---|---|---|---|---|---|---|")
         for p in selected {
             let spec = try p.specJSON(steps: steps, warmup: warmup)
             let ours = try TrainBenchPart.child(CommandLine.arguments[0], ["bench", "train-part", spec])
-            let torch = try python.map { try TrainBenchPart.child($0, [TrainBenchPart.torchScript, "\(Parallel.threadCount)", spec]) }
+            let torch = try python.map { try TrainBenchPart.child($0, [script!, "\(Parallel.threadCount)", spec]) }
             func f(_ v: Double?, _ fmt: String) -> String { v.map { String(format: fmt, $0) } ?? "n/a" }
             let b = Double(p.batch)
             let ratio = torch.map { String(format: "%.2fx", $0.seconds / ours.seconds) } ?? "n/a"
@@ -51,7 +50,7 @@ struct BenchTrain: ParsableCommand {
 
 /// One training-throughput configuration; the same dictionaries configure our models and diffusers'.
 struct TrainBenchPart {
-    static let torchScript = "tools/bench/torch_train.py"
+    static let torchScript = "torch_train.py"
 
     let name: String
     let label: String

@@ -131,7 +131,9 @@ struct GenerationOptions: ParsableArguments {
 
     /// Reads the model's configs (not its weights) and checks it can serve the command.
     func summary() throws -> ModelSummary {
-        try config != nil ? ModelSummary.read(yaml: compVisYAML()) : ModelSummary.read(URL(fileURLWithPath: model))
+        guard config != nil else { return try ModelSummary.read(URL(fileURLWithPath: model)) }
+        // The YAML as the checkpoint's weights complete it (the stock YAMLs state sizes the weights may not have).
+        return try ModelSummary.read(yaml: CompVisArchitecture.reconcile(yaml: compVisYAML(), checkpoint: URL(fileURLWithPath: model)).yaml)
     }
 
     /// The parsed --config file (a YAML mapping).
@@ -153,6 +155,7 @@ struct GenerationOptions: ParsableArguments {
             let c = try CompVisModelConfig(yaml: yaml)
             let vocab = c.condName == "BERTEmbedder" && !c.isLayout ? try bertVocabularyURL() : nil
             bundle = try ModelBundle.load(checkpoint: url, yaml: yaml, bertVocabulary: vocab)
+            if !quiet { for n in bundle.notes { FileHandle.standardError.write("note: \(n)\n".data(using: .utf8)!) } }
         }
         if !networks.isEmpty {
             try bundle.mergeLoRAs(networks)

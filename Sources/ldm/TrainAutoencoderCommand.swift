@@ -26,16 +26,19 @@ struct TrainAutoencoder: ParsableCommand {
 
     @OptionGroup var runOptions: TrainRunOptions
 
-    func run() throws {
+    func run() throws { try runOptions.dataParallel(train) }
+
+    func train(_ comm: Communicator) throws {
+        let print = comm.isRoot ? { Swift.print($0) } : { (_: String) in }
         let configURL = URL(fileURLWithPath: runOptions.config)
         let cfg = try AutoencoderTrainConfig.load(configURL)
         let dir = try runOptions.directory(configRunDir: cfg.runDir)
-        let trainer = try cfg.makeTrainer(runDir: dir, log: { print($0) })
+        let trainer = try cfg.makeTrainer(runDir: dir, communicator: comm, log: print)
         if runOptions.resume != nil {
             try trainer.resume()
             print("resumed \(dir.path) at step \(trainer.step) (epoch \(trainer.epoch))")
         }
-        try copyConfig(configURL, into: dir)
+        if comm.isRoot { try copyConfig(configURL, into: dir) }
         let every = runOptions.logEvery, total = cfg.maxSteps
         let start = Date()
         let firstStep = trainer.step
@@ -47,8 +50,11 @@ struct TrainAutoencoder: ParsableCommand {
             print(String(format: "step %d/%d  epoch %d  ", e.step, total, e.epoch) + parts.joined(separator: "  ")
                   + String(format: "  %.2f it/s  ETA %@", rate, formatDuration(Double(total - e.step) / max(rate, 1e-9))))
         }
-        print("training \(trainer.model.module.parameterCount) parameters (\(cfg.kind.rawValue)), lr \(trainer.learningRate), \(trainer.sampler.dataset.count) images, run dir \(dir.path)")
+        print("training \(trainer.model.module.parameterCount) parameters (\(cfg.kind.rawValue)), lr \(trainer.learningRate), \(trainer.sampler.dataset.count) images, run dir \(dir.path)"
+              + dataParallelSummary(comm, trainer.shard))
         try trainer.train()
+        let reduce = allReduceSummary(trainer.gradients, steps: trainer.step - firstStep, seconds: Date().timeIntervalSince(start))
+        if !reduce.isEmpty { print(reduce) }
         print("done: step \(trainer.step); weights in \(dir.appendingPathComponent(trainer.model.folderName).path)")
     }
 }
@@ -72,6 +78,24 @@ struct TrainRunOptions: ParsableArguments {
         guard resume == nil || runDir == nil else { throw ValidationError("give --resume RUN_DIR or --run-dir, not both") }
     }
 
+    /// Runs `body` with the communicator of this launch: Open MPI's when started by mpirun (OMPI_COMM_WORLD_SIZE in
+    /// the environment), else one process. On a rank's error the message names the rank and MPI_Abort ends every
+    /// rank (mpirun then reports the abort); the last complete checkpoint stays resumable with any number of ranks.
+    func dataParallel(_ body: (Communicator) throws -> Void) throws {
+        let comm = try DataParallel.communicator()
+        guard comm.size > 1 else { try body(comm); comm.finalize(); return }
+        installTerminationNotice(rank: comm.rank, size: comm.size)
+        do {
+            try body(comm)
+        } catch {
+            let line = "ldm train: rank \(comm.rank) of \(comm.size) failed: \(error)\n"
+                + "ldm train: aborting all ranks; no partial file is left, and the last checkpoint resumes with any number of ranks (--resume RUN_DIR)\n"
+            FileHandle.standardError.write(Data(line.utf8))
+            comm.abort(code: 1)
+        }
+        comm.finalize()
+    }
+
     /// --resume's directory, or a new one (--run-dir, the config's run_dir, runs/<config name>) that must not already
     /// hold checkpoints.
     func directory(configRunDir: String?) throws -> URL {
@@ -82,6 +106,34 @@ struct TrainRunOptions: ParsableArguments {
         }
         return dir
     }
+}
+
+/// The line a rank prints when mpirun terminates it (SIGTERM, after another rank died or aborted), kept in a C string
+/// made before the signal can arrive: the handler only write()s it and exits (async-signal-safe).
+nonisolated(unsafe) private var terminationNotice: UnsafeMutablePointer<CChar>?
+nonisolated(unsafe) private var terminationNoticeLength = 0
+
+private func installTerminationNotice(rank: Int, size: Int) {
+    let text = "ldm train: rank \(rank) of \(size) terminated by mpirun (another rank failed or was killed); "
+        + "checkpoints are written atomically, so the last one in RUN_DIR/checkpoints resumes with any number of ranks (--resume RUN_DIR)\n"
+    terminationNotice = strdup(text)
+    terminationNoticeLength = strlen(terminationNotice!)
+    signal(SIGTERM) { sig in
+        if let p = terminationNotice { _ = write(2, p, terminationNoticeLength) }
+        _exit(128 + sig)
+    }
+}
+
+/// The ranks and per-rank batch, for the "training ..." line (empty in one process).
+func dataParallelSummary(_ comm: Communicator, _ shard: BatchShard) -> String {
+    comm.size > 1 ? ", \(comm.size) ranks (MPI) x \(shard.localBatch) examples of each batch of \(shard.globalBatch)" : ""
+}
+
+/// The gradient all-reduce's share of the training time (data-parallel runs only).
+func allReduceSummary(_ g: GradientAverager, steps: Int, seconds: Double) -> String {
+    guard g.communicator.size > 1, steps > 0 else { return "" }
+    return String(format: "all-reduce: %d values per step, %.3f s of %.3f s over %d steps (%.1f%%), %.3f steps/s",
+                  g.lastElements, g.seconds, seconds, steps, 100 * g.seconds / max(seconds, 1e-9), Double(steps) / max(seconds, 1e-9))
 }
 
 /// Keeps a copy of the config beside the run's checkpoints.

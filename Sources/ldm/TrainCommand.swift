@@ -4,7 +4,7 @@
 // (Training/PipelineExport.swift) go to the run directory; with sample_every, a DDIM sample grid of the EMA UNet goes
 // to samples/step-N.png (CompVis ImageLogger / LatentDiffusion.log_images with ddim_steps, diffusers examples'
 // log_validation).
-// `ldm train autoencoder` (LPIPS + patch discriminator) is not implemented yet.
+// Under Open MPI's mpirun both train commands run data-parallel (Training/DataParallel.swift, docs/training.md).
 import ArgumentParser
 import Autoencoders
 import Diffusion
@@ -58,22 +58,25 @@ struct TrainLDM: ParsableCommand {
         guard !exportOnly || runOptions.resume != nil else { throw ValidationError("--export-only needs --resume RUN_DIR") }
     }
 
-    func run() throws {
+    func run() throws { try runOptions.dataParallel(train) }
+
+    func train(_ comm: Communicator) throws {
+        let print = comm.isRoot ? { Swift.print($0) } : { (_: String) in }
         let configURL = URL(fileURLWithPath: runOptions.config)
         let cfg = try LDMTrainConfig.load(configURL)
         let dir = try runOptions.directory(configRunDir: cfg.runDir)
-        let trainer = try cfg.makeTrainer(runDir: dir, log: { print($0) })
+        let trainer = try cfg.makeTrainer(runDir: dir, communicator: comm, log: print)
         if runOptions.resume != nil {
             try trainer.resume()
             print("resumed \(dir.path) at step \(trainer.step) (epoch \(trainer.epoch))")
         }
         if exportOnly {
-            try trainer.exportWeights()
+            if comm.isRoot { try trainer.exportWeights() }
             print("exported step \(trainer.step): \(exportedPaths(trainer))")
             return
         }
-        try copyConfig(configURL, into: dir)
-        if cfg.sampleEvery != nil { trainer.sampleCallback = try makeSampleGridCallback(config: cfg, trainer: trainer) }
+        if comm.isRoot { try copyConfig(configURL, into: dir) }
+        if cfg.sampleEvery != nil && comm.isRoot { trainer.sampleCallback = try makeSampleGridCallback(config: cfg, trainer: trainer) }
         let every = runOptions.logEvery, total = cfg.maxSteps
         trainer.onStep = { e in
             if e.step % every == 0 || e.step == total {
@@ -81,8 +84,12 @@ struct TrainLDM: ParsableCommand {
                       + (e.gradNorm.map { String(format: "  grad_norm %.4f", $0) } ?? ""))
             }
         }
-        print("training \(trainer.model.parameterCount) parameters, lr \(trainer.optimizer.lr), \(trainer.sampler.dataset.count) images, precision \(cfg.precision.rawValue), run dir \(dir.path)")
+        print("training \(trainer.model.parameterCount) parameters, lr \(trainer.optimizer.lr), \(trainer.sampler.dataset.count) images, precision \(cfg.precision.rawValue), run dir \(dir.path)"
+              + dataParallelSummary(comm, trainer.shard))
+        let start = Date(), firstStep = trainer.step
         try trainer.train()
+        let reduce = allReduceSummary(trainer.gradients, steps: trainer.step - firstStep, seconds: Date().timeIntervalSince(start))
+        if !reduce.isEmpty { print(reduce) }
         print(String(format: "data: %.2f s waiting for batches", trainer.loader.waitSeconds) + " (prefetch \(trainer.loader.prefetch ? "on" : "off"))")
         print("done: step \(trainer.step); \(exportedPaths(trainer))")
     }

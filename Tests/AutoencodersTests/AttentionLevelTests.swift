@@ -4,6 +4,7 @@
 // three levels, tiny VQ with attention at the first level, weights stored as float16).
 @testable import Autoencoders
 import Checkpoints
+import DiffusersBlocks
 import Foundation
 import NeuralNetwork
 import TensorCore
@@ -22,7 +23,7 @@ final class AttentionLevelTests: XCTestCase {
     /// The diffusers folder (AttnDownEncoderBlock2D / AttnUpDecoderBlock2D) reproduces diffusers and CompVis.
     func testKLDiffusersFolder() throws {
         let m = try AutoencoderKL.load(folder: fixtures.appendingPathComponent("attn_kl"))
-        XCTAssertEqual(m.config.downBlockTypes, ["DownEncoderBlock2D", "AttnDownEncoderBlock2D", "DownEncoderBlock2D"])
+        XCTAssertEqual(m.config.downBlockTypes.map(\.rawValue), ["DownEncoderBlock2D", "AttnDownEncoderBlock2D", "DownEncoderBlock2D"])
         XCTAssertEqual(m.encoder.downBlocks.map(\.attentions.count), [0, 1, 0])
         XCTAssertEqual(m.decoder.upBlocks.map(\.attentions.count), [0, 2, 0])
         XCTAssertEqual(m.loadReport?.unexpected, [])
@@ -84,8 +85,8 @@ final class AttentionLevelTests: XCTestCase {
         let (model, report) = try FirstStageModel.loadCompVis(records: try compvisRecords("attn_vq"), yaml: try yaml("attn_vq"), normNumGroups: 2)
         guard case .vq(let m) = model else { return XCTFail("expected a VQModel") }
         XCTAssertEqual(report.unexpected, [])
-        XCTAssertEqual(m.config.downBlockTypes, ["AttnDownEncoderBlock2D", "DownEncoderBlock2D"])
-        XCTAssertEqual(m.config.upBlockTypes, ["UpDecoderBlock2D", "AttnUpDecoderBlock2D"])
+        XCTAssertEqual(m.config.downBlockTypes.map(\.rawValue), ["AttnDownEncoderBlock2D", "DownEncoderBlock2D"])
+        XCTAssertEqual(m.config.upBlockTypes.map(\.rawValue), ["UpDecoderBlock2D", "AttnUpDecoderBlock2D"])
         try checkVQ(m, "CompVis checkpoint")
     }
 
@@ -110,31 +111,31 @@ final class AttentionLevelTests: XCTestCase {
         }
         // The zoo's vq-f8 geometry (256 px, ch_mult [1,2,2,4], attn_resolutions [32]): the last level only.
         let f8 = try kl([1, 2, 2, 4], 256, [32])
-        XCTAssertEqual(f8.downBlockTypes, ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"])
-        XCTAssertEqual(f8.upBlockTypes, ["AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"])
+        XCTAssertEqual(f8.downBlockTypes.map(\.rawValue), ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "AttnDownEncoderBlock2D"])
+        XCTAssertEqual(f8.upBlockTypes.map(\.rawValue), ["AttnUpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"])
         // vq-f16 (ch_mult [1,1,2,2,4], attn_resolutions [16]).
         let f16 = try kl([1, 1, 2, 2, 4], 256, [16])
-        XCTAssertEqual(f16.downBlockTypes.map { $0.hasPrefix("Attn") }, [false, false, false, false, true])
+        XCTAssertEqual(f16.downBlockTypes.map { $0.rawValue.hasPrefix("Attn") }, [false, false, false, false, true])
         // Two levels, resolution not a power of two: encoder 20 -> 10, decoder 20 // 2 = 10 -> 20.
         let odd = try kl([1, 1], 20, [20])
-        XCTAssertEqual(odd.downBlockTypes, ["AttnDownEncoderBlock2D", "DownEncoderBlock2D"])
-        XCTAssertEqual(odd.upBlockTypes, ["UpDecoderBlock2D", "AttnUpDecoderBlock2D"])
+        XCTAssertEqual(odd.downBlockTypes.map(\.rawValue), ["AttnDownEncoderBlock2D", "DownEncoderBlock2D"])
+        XCTAssertEqual(odd.upBlockTypes.map(\.rawValue), ["UpDecoderBlock2D", "AttnUpDecoderBlock2D"])
         // Encoder and decoder disagree when resolution is odd at a level: 10 -> 5 -> 2 vs 2 -> 4 -> 8.
         let uneven = try kl([1, 1, 1], 10, [5, 4])
-        XCTAssertEqual(uneven.downBlockTypes.map { $0.hasPrefix("Attn") }, [false, true, false])
-        XCTAssertEqual(uneven.upBlockTypes.map { $0.hasPrefix("Attn") }, [false, true, false])
+        XCTAssertEqual(uneven.downBlockTypes.map { $0.rawValue.hasPrefix("Attn") }, [false, true, false])
+        XCTAssertEqual(uneven.upBlockTypes.map { $0.rawValue.hasPrefix("Attn") }, [false, true, false])
         let uneven2 = try kl([1, 1, 1], 10, [8])
-        XCTAssertEqual(uneven2.downBlockTypes.map { $0.hasPrefix("Attn") }, [false, false, false])
-        XCTAssertEqual(uneven2.upBlockTypes.map { $0.hasPrefix("Attn") }, [false, false, true])
+        XCTAssertEqual(uneven2.downBlockTypes.map { $0.rawValue.hasPrefix("Attn") }, [false, false, false])
+        XCTAssertEqual(uneven2.upBlockTypes.map { $0.rawValue.hasPrefix("Attn") }, [false, false, true])
         // attn_type none: every AttnBlock is an Identity.
         let none = try kl([1, 2], 64, [64])
-        XCTAssertEqual(none.downBlockTypes.first, "AttnDownEncoderBlock2D")
+        XCTAssertEqual(none.downBlockTypes.first?.rawValue, "AttnDownEncoderBlock2D")
         let noneAttn = try kl([1, 2], 64, [64], attnType: "none")
-        XCTAssertEqual(noneAttn.downBlockTypes, ["DownEncoderBlock2D", "DownEncoderBlock2D"])
+        XCTAssertEqual(noneAttn.downBlockTypes.map(\.rawValue), ["DownEncoderBlock2D", "DownEncoderBlock2D"])
         XCTAssertFalse(noneAttn.midBlockAddAttention)
         // Unknown block types are still refused.
         var bad = f8
-        bad.downBlockTypes[0] = "AttnSkipDownBlock2D"
+        bad.downBlockTypes[0] = .other("AttnSkipDownBlock2D")
         XCTAssertThrowsError(try bad.validate()) { XCTAssertTrue("\($0)".contains("AttnSkipDownBlock2D"), "\($0)") }
     }
 

@@ -97,8 +97,8 @@ final class CompVisTests: XCTestCase {
         withAttn["params"] = ["embed_dim": 4, "ddconfig": ["double_z": true, "z_channels": 4, "in_channels": 3, "out_ch": 3, "ch": 128,
                                                            "ch_mult": [1, 2], "num_res_blocks": 2, "attn_resolutions": [128]] as [String: Any]]
         guard case .kl(let a) = try FirstStageConfig.fromCompVis(withAttn) else { return XCTFail("expected KL") }
-        XCTAssertEqual(a.downBlockTypes, ["DownEncoderBlock2D", "AttnDownEncoderBlock2D"])
-        XCTAssertEqual(a.upBlockTypes, ["AttnUpDecoderBlock2D", "UpDecoderBlock2D"])
+        XCTAssertEqual(a.downBlockTypes.map(\.rawValue), ["DownEncoderBlock2D", "AttnDownEncoderBlock2D"])
+        XCTAssertEqual(a.upBlockTypes.map(\.rawValue), ["AttnUpDecoderBlock2D", "UpDecoderBlock2D"])
         XCTAssertThrowsError(try FirstStageConfig.fromCompVis(["target": "ldm.models.autoencoder.AutoencoderKL"])) { _ in }
         XCTAssertThrowsError(try FirstStageConfig.fromCompVis(["target": "ldm.models.autoencoder.IdentityFirstStage", "params": ["ddconfig": sd]])) { _ in }
     }

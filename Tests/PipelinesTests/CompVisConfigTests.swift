@@ -3,6 +3,7 @@
 // and the model-level checks of Pipelines.CompVisModelConfig. Fixtures: tools/fixtures/compvis_configs.py.
 import Checkpoints
 import Diffusion
+import DiffusersBlocks
 import Foundation
 import Pipelines
 import TensorCore
@@ -51,7 +52,7 @@ final class CompVisConfigTests: XCTestCase {
             let cfg = try CompVisUNetConfig.unetConfig(parsed(name))
             XCTAssertEqual(cfg.className, "UNet2DModel", name)
             XCTAssertNil(cfg.crossAttentionDim, name)
-            XCTAssertTrue(cfg.downBlockTypes.contains("AttnDownBlock2D"), name)
+            XCTAssertTrue(cfg.downBlockTypes.contains(.attnDownBlock2D), name)
             _ = try CompVisUNetKeyMap(config: cfg)
             let summary = try ModelSummary.read(yaml: parsed(name))
             XCTAssertFalse(summary.hasTextEncoder); XCTAssertNil(summary.numClassEmbeds)
@@ -60,9 +61,9 @@ final class CompVisConfigTests: XCTestCase {
         // five levels): diffusers' resnet resampling blocks (parity: UNetModelsTests.ResblockUpdownTests).
         let churches = try CompVisUNetConfig.unetConfig(parsed("lsun_churches-ldm-kl-8"))
         XCTAssertEqual(churches.className, "UNet2DModel")
-        XCTAssertEqual(churches.downBlockTypes, ["AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"])
-        XCTAssertEqual(churches.upBlockTypes, ["ResnetUpsampleBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D"])
-        XCTAssertEqual([churches.downsampleType, churches.upsampleType, churches.resnetTimeScaleShift], ["resnet", "resnet", "scale_shift"])
+        XCTAssertEqual(churches.downBlockTypes.map(\.rawValue), ["AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"])
+        XCTAssertEqual(churches.upBlockTypes.map(\.rawValue), ["ResnetUpsampleBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D"])
+        XCTAssertEqual([churches.downsampleType.rawValue, churches.upsampleType.rawValue, churches.resnetTimeScaleShift], ["resnet", "resnet", "scale_shift"])
         XCTAssertEqual((0..<5).map(churches.resnetDownsample), [true, true, true, true, false])
         let churchMap = try CompVisUNetKeyMap(config: churches)
         XCTAssertEqual(churchMap.diffusersName("input_blocks.3.0.in_layers.2.weight"), "down_blocks.0.downsamplers.0.conv1.weight")

@@ -1,4 +1,5 @@
 import Checkpoints
+import DiffusersBlocks
 import Foundation
 import NeuralNetwork
 import TensorCore

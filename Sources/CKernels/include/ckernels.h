@@ -1,9 +1,54 @@
 // Vector kernels of the tensor engine that need the CPU's full SIMD width: exp-based activations, the online
-// softmax of the fused attention, group norm's fused SiLU. Swift code compiles for baseline x86-64 (SSE2, 4 lanes);
-// these functions are compiled several times (AVX-512, AVX2+FMA, baseline) and the loader picks the best clone for
-// the CPU it runs on (GCC/Clang `target_clones`), so one portable binary runs at the width of the machine.
+// softmax of the fused attention, group norm's fused SiLU, the Winograd transforms and GEMMs. Swift code compiles for
+// baseline x86-64 (SSE2, 4 lanes); these functions are compiled once per ISA level (AVX-512, AVX2+FMA, baseline) and
+// each call goes to the level chosen at load time from the CPU's features (cpu_features.c), lowered by the LDM_ISA
+// environment variable, so one portable binary runs at the width of the machine.
 #ifndef CKERNELS_H
 #define CKERNELS_H
+
+/// What CPUID / XGETBV (and, for AMX, Linux's arch_prctl) report. An instruction set counts only when the OS saves
+/// its register state (XCR0): AVX/AVX2/FMA need the YMM state, AVX-512 the opmask and ZMM states, AMX the tile states.
+typedef struct {
+    char vendor[13];
+    char brand[49];
+    int sse41, avx, avx2, fma, f16c, bmi2;
+    int avx512f, avx512bw, avx512vl, avx512dq, avx512cd, avx512_bf16, avx512_vnni, avx_vnni;
+    int amx_tile, amx_bf16, amx_int8;
+    /// XCR0: YMM state, opmask + ZMM state, tile config + data state saved by the OS.
+    int os_ymm, os_zmm, os_tiles;
+    /// Linux granted this process the AMX tile data state (ARCH_REQ_XCOMP_PERM), required before any tile instruction.
+    int amx_permitted;
+} ck_cpu_features;
+
+/// Instruction-set levels of the dispatch, lowest first. The C kernels have code for BASELINE, AVX2 (with FMA) and
+/// AVX512 (F/BW/VL/DQ/CD); AVX512_BF16 and AMX additionally allow native bf16 compute (oneDNN's avx512_core_bf16 /
+/// avx512_core_amx kernels and our vdpbf16ps kernels).
+typedef enum {
+    CK_ISA_BASELINE = 0,
+    CK_ISA_AVX2 = 1,
+    CK_ISA_AVX512 = 2,
+    CK_ISA_AVX512_BF16 = 3,
+    CK_ISA_AMX = 4,
+} ck_isa;
+
+/// The features of this CPU (detected once).
+const ck_cpu_features *ck_cpu(void);
+/// The highest level this CPU and OS support.
+ck_isa ck_isa_detected(void);
+/// The level in use: the detected one, lowered by LDM_ISA=baseline|avx2|avx512|avx512_bf16|amx when set (a level
+/// above the detected one is clamped to it). Chosen once, at load time.
+ck_isa ck_isa_active(void);
+/// The LDM_ISA value when it was not one of the names above (nil otherwise): it is then ignored.
+const char *ck_isa_invalid_override(void);
+/// Whether LDM_ISA asked for a level above what the CPU supports (clamped).
+int ck_isa_clamped(void);
+/// The level's name as LDM_ISA spells it.
+const char *ck_isa_name(ck_isa isa);
+/// The code level the ck_* kernels below run (BASELINE, AVX2 or AVX512: the bf16 levels run the AVX512 code).
+ck_isa ck_kernels_level(void);
+/// Switches the ck_* kernels to `isa` (clamped to ck_isa_active()) and returns the previous level; for tests that
+/// compare the levels within one process. oneDNN's level is fixed at load time.
+ck_isa ck_kernels_force(ck_isa isa);
 
 /// Elementwise activations (torch.nn.functional semantics; exp as Cephes' expf, erf as Abramowitz & Stegun 7.1.26).
 typedef enum {

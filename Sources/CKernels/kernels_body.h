@@ -1,5 +1,5 @@
-// See include/ckernels.h. Written with Clang/GCC vector extensions (8 float lanes); each exported function is
-// cloned for AVX-512, AVX2+FMA and baseline x86-64, so the same source runs 8 lanes wide in one instruction on AVX2
+// See include/ckernels.h. Written with Clang/GCC vector extensions (8 float lanes); isa_dispatch.c compiles this body
+// for AVX-512, AVX2+FMA and baseline x86-64, so the same source runs 8 lanes wide in one instruction on AVX2
 // and as two 4-lane halves on SSE2. The math matches FastMath.swift (same constants, same polynomial).
 #include "ckernels.h"
 #include <math.h>
@@ -79,7 +79,7 @@
     case CK_TANH: { const ck_activation op_ = CK_TANH; BODY; break; } \
     }
 
-CLONES void ck_activation_forward(ck_activation op, const float *x, float *y, long n) {
+CLONES void FN(ck_activation_forward)(ck_activation op, const float *x, float *y, long n) {
     FOR_EACH_OP(op, {
         long i = 0;
         for (; i + 8 <= n; i += 8) STORE(y + i, ACT_FORWARD(op_, LOAD(x + i)));
@@ -87,7 +87,7 @@ CLONES void ck_activation_forward(ck_activation op, const float *x, float *y, lo
     })
 }
 
-CLONES void ck_activation_backward(ck_activation op, const float *g, const float *x, float *dx, long n) {
+CLONES void FN(ck_activation_backward)(ck_activation op, const float *g, const float *x, float *dx, long n) {
     FOR_EACH_OP(op, {
         long i = 0;
         for (; i + 8 <= n; i += 8) STORE(dx + i, LOAD(g + i) * ACT_DERIVATIVE(op_, LOAD(x + i)));
@@ -95,7 +95,7 @@ CLONES void ck_activation_backward(ck_activation op, const float *g, const float
     })
 }
 
-CLONES float ck_max(const float *x, long n) {
+CLONES float FN(ck_max)(const float *x, long n) {
     v8f a = SPLAT(-INFINITY), b = SPLAT(-INFINITY);
     long i = 0;
     for (; i + 16 <= n; i += 16) { a = VMAX(a, LOAD(x + i)); b = VMAX(b, LOAD(x + i + 8)); }
@@ -107,7 +107,7 @@ CLONES float ck_max(const float *x, long n) {
     return r;
 }
 
-CLONES float ck_exp_shifted_sum(float *x, long n, float shift) {
+CLONES float FN(ck_exp_shifted_sum)(float *x, long n, float shift) {
     v8f acc0 = SPLAT(0.0f), acc1 = SPLAT(0.0f), s = SPLAT(shift);
     long i = 0;
     for (; i + 16 <= n; i += 16) {
@@ -126,7 +126,7 @@ CLONES float ck_exp_shifted_sum(float *x, long n, float shift) {
     return HSUM(acc0 + acc1);
 }
 
-CLONES void ck_attention_backward_row(float *p, float *ds, long n, float lse, float delta, long masked_from) {
+CLONES void FN(ck_attention_backward_row)(float *p, float *ds, long n, float lse, float delta, long masked_from) {
     long lim = masked_from < n ? (masked_from < 0 ? 0 : masked_from) : n;
     v8f l = SPLAT(lse), d = SPLAT(delta);
     long i = 0;
@@ -144,7 +144,7 @@ CLONES void ck_attention_backward_row(float *p, float *ds, long n, float lse, fl
     if (lim < n) { memset(p + lim, 0, (size_t)(n - lim) * sizeof(float)); memset(ds + lim, 0, (size_t)(n - lim) * sizeof(float)); }
 }
 
-CLONES void ck_affine(const float *x, float *y, long n, float a, float b, int silu) {
+CLONES void FN(ck_affine)(const float *x, float *y, long n, float a, float b, int silu) {
     v8f va = SPLAT(a), vb = SPLAT(b);
     long i = 0;
     if (silu) {
@@ -156,7 +156,7 @@ CLONES void ck_affine(const float *x, float *y, long n, float a, float b, int si
     }
 }
 
-CLONES void ck_silu_affine_backward(const float *x, const float *g, float *dy, long n, float za, float zb, float mu, float r,
+CLONES void FN(ck_silu_affine_backward)(const float *x, const float *g, float *dy, long n, float za, float zb, float mu, float r,
                                     float *sum_dy, float *sum_dy_xhat) {
     v8f a = SPLAT(0.0f), b = SPLAT(0.0f), vza = SPLAT(za), vzb = SPLAT(zb), vmu = SPLAT(mu), vr = SPLAT(r);
     long i = 0;
@@ -177,7 +177,7 @@ CLONES void ck_silu_affine_backward(const float *x, const float *g, float *dy, l
 }
 
 // GEGLU (diffusers' activations.GEGLU with exact GELU): x rows hold [hidden | gate] (2n floats), y = hidden * gelu(gate).
-CLONES void ck_geglu_forward(const float *x, float *y, long rows, long n) {
+CLONES void FN(ck_geglu_forward)(const float *x, float *y, long rows, long n) {
     for (long r = 0; r < rows; r++) {
         const float *h = x + r * 2 * n, *g = h + n;
         float *o = y + r * n;
@@ -188,7 +188,7 @@ CLONES void ck_geglu_forward(const float *x, float *y, long rows, long n) {
 }
 
 // dx rows = [dy * gelu(gate) | dy * hidden * gelu'(gate)].
-CLONES void ck_geglu_backward(const float *x, const float *dy, float *dx, long rows, long n) {
+CLONES void FN(ck_geglu_backward)(const float *x, const float *dy, float *dx, long rows, long n) {
     for (long r = 0; r < rows; r++) {
         const float *h = x + r * 2 * n, *g = h + n, *d = dy + r * n;
         float *dh = dx + r * 2 * n, *dg = dh + n;
