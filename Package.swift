@@ -1,13 +1,13 @@
 // swift-tools-version: 5.10
 // LatentDiffusion: latent diffusion models (Rombach et al., CVPR 2022) in Swift, CPU-first.
 // Module layers, bottom to top (a module imports only modules below it; docs/architecture.md describes each):
-//   CKernels, CDNNL, CZlib, CPNG, CTurboJPEG: C kernels and system libraries
+//   CKernels, CMPIShim, CDNNL, CZlib, CPNG, CTurboJPEG: C kernels, the run-time MPI binding, system libraries
 //   TensorCore (tensors, autograd, kernels);  Checkpoints, Tokenizers, Imaging (file formats, no tensors)
 //   NeuralNetwork (torch.nn layers, state-dict loading: TensorCore + Checkpoints);  Diffusion (schedules, schedulers)
 //   DiffusersBlocks (diffusers' building blocks: resnet, attention, embeddings, unet_2d_blocks)
 //   Autoencoders, UNetModels (diffusers models + their CompVis mapping);  Conditioning (text encoders, class embedder)
-//   Pipelines (generation);  Training
-//   ldm (command line)
+//   Pipelines (generation);  Training (with CMPIShim)
+//   Server (`ldm serve`, over Pipelines);  ldm (command line)
 import PackageDescription
 
 let optimize: [SwiftSetting] = [.unsafeFlags(["-O"])]

@@ -206,3 +206,13 @@ CLONES void FN(ck_geglu_backward)(const float *x, const float *dy, float *dx, lo
         }
     }
 }
+
+// float32 -> bfloat16, round to nearest even (NaN kept NaN, quiet), as torch's c10::BFloat16 and DType.swift's bf16Bits.
+CLONES void FN(ck_to_bf16)(const float *x, unsigned short *y, long n) {
+    for (long i = 0; i < n; i++) {
+        unsigned u;
+        memcpy(&u, x + i, sizeof u);
+        const int nan = (u & 0x7fffffffu) > 0x7f800000u;
+        y[i] = (unsigned short)(nan ? (u >> 16) | 0x40 : (u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+    }
+}

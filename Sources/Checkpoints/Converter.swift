@@ -151,7 +151,16 @@ public enum Converter {
                 lines += describe(unmapped: un, to: "CompVis")
                 meta["ldm_layout"] = "compvis"
             } else {
-                mapped = tensors.keys.sorted().compactMap { k in tensors[k].map { MappedTensor(name: k, shape: $0.shape, source: $0) } }
+                // --to compvis on a CompVis file: FrozenCLIPEmbedder names in the released files' spelling
+                // (cond_stage_model.transformer.text_model.*), also when they came in transformers 5's.
+                let canonical = { (k: String) -> String in
+                    guard target == .compvis, k.hasPrefix(PipelineLayout.clipPrefix) else { return k }
+                    return PipelineLayout.clipPrefix + CLIPTextKeys.canonical(String(k.dropFirst(PipelineLayout.clipPrefix.count)))
+                }
+                mapped = tensors.keys.sorted().compactMap { k in tensors[k].map { MappedTensor(name: canonical(k), shape: $0.shape, source: $0) } }
+                if Set(mapped.map(\.name)).count != mapped.count {
+                    throw CheckpointError("\(input.path): holds the text encoder under both spellings (with and without text_model.)")
+                }
             }
             if file.format == .diffusersFolder { meta.removeValue(forKey: "_class_name") }
             let out = try entries(mapped, dtype: options.dtype)

@@ -8,9 +8,11 @@ import TensorCore
 // activations, softmax and losses run in float32 on those values. Gradients flow through the casts to the float32
 // master weights; as in torch, a gradient reaching a bf16 tensor is bf16 (`Tensor.roundedToBFloat16`).
 //
-// This CPU has no bf16 arithmetic (AVX2: no AVX512-BF16 / AMX, and oneDNN 2.6 has no bf16 kernels for it), so the
-// products are computed by the float32 kernels on bf16-representable values: the numbers are those of bf16 compute
-// (up to float32 summation order), the speed is float32's (a little slower: the rounding passes).
+// Where the ISA level in use has bf16 arithmetic (CPUFeatures.nativeBF16: AVX512_BF16 or AMX), inference ops (no
+// gradient recorded) run on oneDNN's native bf16 kernels (TensorCore's NativeBF16; 3x3 convolutions that take the
+// Winograd path stay float32 there, see NativeBF16.keepsWinograd). Elsewhere, and for every op that records
+// gradients, the products are computed by the float32 kernels on bf16-representable values: the numbers are those of
+// bf16 compute (up to float32 summation order), the speed is float32's (a little slower: the rounding passes).
 //
 // Deliberate differences from torch's CPU autocast, which keeps every op that follows a bf16 op in bf16 (group_norm,
 // layer_norm, silu, gelu, residual adds all round their outputs to bf16 there): here those run in float32 on the
@@ -42,10 +44,35 @@ public enum Autocast {
     public static func lowerPrecision(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?,
                                       _ op: (Tensor, Tensor, Tensor?) -> Tensor) -> Tensor {
         guard isBF16 else { return op(x, weight, bias) }
+        if NativeBF16.couldApply([x, weight] + (bias.map { [$0] } ?? [])) {
+            return cast(NativeBF16.scope { op(x, weight, bias) }) // the kernels round their inputs to bf16 themselves
+        }
         return cast(op(cast(x), cast(weight), cast(bias)))
     }
 
     /// `t` as the lower-precision op sees it: rounded to bf16 inside a bf16 scope, unchanged otherwise.
     @inline(__always) private static func cast(_ t: Tensor) -> Tensor { isBF16 ? t.roundedToBFloat16() : t }
     @inline(__always) private static func cast(_ t: Tensor?) -> Tensor? { isBF16 ? t.map { $0.roundedToBFloat16() } : t }
+}
+
+/// The compute precision of generation (`ldm txt2img --precision`, and for library users around a pipeline call):
+/// `auto` is bf16 where the CPU computes bf16 natively (AVX512_BF16 / AMX at the ISA level in use), float32
+/// elsewhere; `bf16` on a CPU without native bf16 is emulated on the float32 kernels (same numbers, slower).
+public enum ComputePrecision: String, CaseIterable, Sendable {
+    case auto, f32, bf16
+
+    /// What `self` means on this CPU.
+    public var resolved: DType {
+        switch self {
+        case .f32: return .float32
+        case .bf16: return .bfloat16
+        case .auto: return NativeBF16.available ? .bfloat16 : .float32
+        }
+    }
+    /// Whether `resolved` is bf16 computed natively.
+    public var isNative: Bool { resolved == .bfloat16 && NativeBF16.available }
+
+    /// Runs `body` (inference) at this precision: the lower-precision ops (convolutions, linear layers) in bf16 under
+    /// autocast, everything else in float32.
+    public func run<T>(_ body: () throws -> T) rethrows -> T { try Autocast.scope(resolved, body) }
 }

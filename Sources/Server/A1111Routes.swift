@@ -28,7 +28,8 @@ extension LDMServer {
         }
         route(router, .get, "/sdapi/v1/options", "Server options", tag: "a1111") { _, _ in Self.json(self.options.json) }
         route(router, .post, "/sdapi/v1/options", "Change server options", tag: "a1111") { req, _ in
-            try self.options.update(try await Self.body(req, limit: 1 << 20))
+            var req = req
+            try self.options.update(try await Self.body(&req, limit: 1 << 20))
             return Self.json(.null)
         }
         route(router, .get, "/sdapi/v1/samplers", "Available samplers", tag: "a1111") { _, _ in
@@ -51,7 +52,8 @@ extension LDMServer {
             return Self.json(.null)
         }
         route(router, .post, "/sdapi/v1/png-info", "Generation parameters stored in a PNG", tag: "a1111") { req, _ in
-            let f = try Fields(try await Self.body(req, limit: self.config.maxBodyBytes))
+            var req = req
+            let f = try Fields(try await Self.body(&req, limit: self.config.maxBodyBytes))
             guard let b64 = try f.optionalString("image"), !b64.isEmpty else {
                 throw APIError.unprocessable("image", "image (a base64 PNG) is required")
             }
@@ -67,15 +69,16 @@ extension LDMServer {
     }
 
     /// txt2img / img2img: queue, wait, answer with A1111's TextToImageResponse / ImageToImageResponse.
-    func generate(_ req: Request, img2img: Bool) async throws -> Response {
-        let body = try await Self.body(req, limit: config.maxBodyBytes)
+    func generate(_ request: Request, img2img: Bool) async throws -> Response {
+        var req = request
+        let body = try await Self.body(&req, limit: config.maxBodyBytes)
         let spec = try GenerationSpec.parse(body, img2img: img2img, options: options.value)
         _ = try registry.resolve(spec.model ?? "")
         if spec.saveImages, config.outputDir == nil {
             throw APIError.unprocessable("save_images", "save_images needs the server started with --output-dir")
         }
         let job = try queue.submit(spec)
-        await job.wait()
+        try await wait(for: job, req)
         if let e = job.error { throw e }
         if job.status == .cancelled, job.images.isEmpty {
             throw APIError(.conflict, "cancelled", "job \(job.id) was cancelled")

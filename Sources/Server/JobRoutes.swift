@@ -9,7 +9,8 @@ import NIOCore
 extension LDMServer {
     func addJobRoutes(_ router: Router<ServerContext>) {
         route(router, .post, "/ldm/v1/jobs", "Queue a job (A1111 txt2img/img2img fields; mode txt2img or img2img); answers 202 with its id", tag: "jobs") { req, _ in
-            let body = try await Self.body(req, limit: self.config.maxBodyBytes)
+            var req = req
+            let body = try await Self.body(&req, limit: self.config.maxBodyBytes)
             let mode = try Fields(body).string("mode", body["init_images"] != nil ? "img2img" : "txt2img")
             guard ["txt2img", "img2img"].contains(mode) else { throw APIError.unprocessable("mode", "mode must be txt2img or img2img, got \(mode)") }
             let spec = try GenerationSpec.parse(body, img2img: mode == "img2img", options: self.options.value)
@@ -46,7 +47,8 @@ extension LDMServer {
                             body: ResponseBody(asyncSequence: stream))
         }
         route(router, .post, "/v1/images/generations", "OpenAI images API: prompt, n, size, response_format b64_json", tag: "openai") { req, _ in
-            let body = try await Self.body(req, limit: 1 << 20)
+            var req = req
+            let body = try await Self.body(&req, limit: 1 << 20)
             let f = try Fields(body)
             guard let prompt = try f.optionalString("prompt"), !prompt.isEmpty else { throw APIError.unprocessable("prompt", "prompt is required") }
             let n = try f.int("n", 1, in: 1...10)
@@ -61,7 +63,7 @@ extension LDMServer {
             let spec = try GenerationSpec.parse(.object(a), img2img: false, options: self.options.value)
             _ = try self.registry.resolve(spec.model ?? "")
             let job = try self.queue.submit(spec)
-            await job.wait()
+            try await self.wait(for: job, req)
             if let e = job.error { throw e }
             return Self.json(["created": .int(Int(Date().timeIntervalSince1970)),
                               "data": .array(job.images.map { ["b64_json": .string(Data($0.png).base64EncodedString()), "revised_prompt": .string(prompt)] })])

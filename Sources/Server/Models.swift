@@ -1,4 +1,4 @@
-// The models a server may load (only --model and what --models-dir holds; a name that resolves outside it is refused)
+// The models a server may load (only --model and the entries of --models-dir; a path that leads outside it is refused)
 // and a bounded least-recently-used cache of loaded ones (AUTOMATIC1111's sd_checkpoints_limit, modules/sd_models.py
 // model_data.loaded_sd_models), loaded on demand by the generation worker.
 import Foundation
@@ -39,7 +39,7 @@ public final class ModelRegistry: @unchecked Sendable {
         var found: [ModelEntry] = []
         if let p = primary { found.append(ModelEntry(name: p.deletingPathExtension().lastPathComponent, url: p, filename: p.lastPathComponent)) }
         if let dir = modelsDir, let items = try? FileManager.default.contentsOfDirectory(at: dir, includingPropertiesForKeys: nil) {
-            for u in items.sorted(by: { $0.lastPathComponent < $1.lastPathComponent }) where Self.isModel(u) && inside(u) {
+            for u in items.sorted(by: { $0.lastPathComponent < $1.lastPathComponent }) where Self.isModel(u) {
                 let name = u.deletingPathExtension().lastPathComponent
                 if !found.contains(where: { $0.name == name }) {
                     found.append(ModelEntry(name: name, url: u.standardizedFileURL, filename: u.lastPathComponent))
@@ -49,11 +49,10 @@ public final class ModelRegistry: @unchecked Sendable {
         lock.lock(); list = found; lock.unlock()
     }
 
-    /// Is `url` (symbolic links resolved) inside --models-dir?
+    /// Is `url` (its ".." and "." removed) inside --models-dir?
     func inside(_ url: URL) -> Bool {
         guard let dir = modelsDir else { return false }
-        let p = url.standardizedFileURL.resolvingSymlinksInPath().path
-        return p.hasPrefix(dir.path + "/")
+        return url.standardizedFileURL.path.hasPrefix(dir.path + "/")
     }
 
     /// A model by name, title ("name [hash]"), file name, or a path inside --models-dir; errors name `field`.
@@ -67,7 +66,7 @@ public final class ModelRegistry: @unchecked Sendable {
             guard inside(url) else {
                 throw APIError(.forbidden, "invalid \(field)", "\(field): models are only loaded from --model and --models-dir")
             }
-            if let e = all.first(where: { $0.url.resolvingSymlinksInPath() == url.standardizedFileURL.resolvingSymlinksInPath() }) { return e }
+            if let e = all.first(where: { $0.url.standardizedFileURL.path == url.standardizedFileURL.path }) { return e }
         }
         throw APIError.unprocessable(field, "\(field): unknown model '\(query)'; available: \(all.map(\.name).joined(separator: ", "))")
     }

@@ -178,11 +178,17 @@ public final class LDMServer: @unchecked Sendable {
         return Response(status: status, headers: h, body: .init(byteBuffer: ByteBuffer(bytes: value.serialized())))
     }
 
+    /// Waits for a job for a synchronous request; a client that disconnects first cancels it (its queue slot is freed).
+    func wait(for job: Job, _ request: Request) async throws {
+        let q = queue
+        try await request.body.consumeWithInboundCloseHandler({ _ in await job.wait() },
+                                                              onInboundClosed: { job.cancel(); q.cancel(job.id) })
+    }
+
     /// The request body as JSON, bounded by `limit` bytes (413 beyond it, 400 when malformed).
-    static func body(_ request: Request, limit: Int) async throws -> JSON {
-        var r = request
+    static func body(_ request: inout Request, limit: Int) async throws -> JSON {
         let buffer: ByteBuffer
-        do { buffer = try await r.collectBody(upTo: limit) } catch {
+        do { buffer = try await request.collectBody(upTo: limit) } catch {
             throw APIError(.contentTooLarge, "request too large", "the request body is larger than \(limit) bytes")
         }
         return try JSON.parse(Data(buffer.readableBytesView))

@@ -39,7 +39,10 @@ struct BenchCore: ParsableCommand {
             let a = Tensor.randn([2048, 2048], generator: g), b = Tensor.randn([2048, 2048], generator: g)
             let t = BenchSupport.median(reps) { _ = matmul(a, b) }
             rows.append(.init(op: "matmul 2048^2 f32", ours: t, torch: torch["matmul_f32"], work: 2 * pow(2048, 3), unit: "GFLOP/s"))
-            rows.append(.init(op: "matmul 2048^2 bf16", ours: nil, torch: torch["matmul_bf16"], work: 2 * pow(2048, 3), unit: "GFLOP/s",
+            // Ours in bf16: a linear layer (a @ w^T, w = b^T) through oneDNN's bf16 matmul where the CPU has native bf16.
+            let bt = b.transposed().contiguous()
+            let tb = NativeBF16.available ? BenchSupport.median(reps) { NativeBF16.scope { _ = linear(a, bt) } } : nil
+            rows.append(.init(op: "matmul 2048^2 bf16", ours: tb, torch: torch["matmul_bf16"], work: 2 * pow(2048, 3), unit: "GFLOP/s",
                               note: BenchSupport.bf16Note))
           }
           if want.contains("conv") {
@@ -48,8 +51,10 @@ struct BenchCore: ParsableCommand {
             let tc = BenchSupport.median(reps) { _ = conv2d(x, w, bias, Conv2dOptions(padding: 1)) }
             let convFlops = 2.0 * 320 * 320 * 9 * 64 * 64
             rows.append(.init(op: "conv3x3 320->320 64x64 f32", ours: tc, torch: torch["conv_f32"], work: convFlops, unit: "GFLOP/s"))
-            rows.append(.init(op: "conv3x3 320->320 64x64 bf16", ours: nil, torch: torch["conv_bf16"], work: convFlops, unit: "GFLOP/s",
-                              note: BenchSupport.bf16Note))
+            let tcb = NativeBF16.available
+                ? Winograd.withDisabled { BenchSupport.median(reps) { NativeBF16.scope { _ = conv2d(x, w, bias, Conv2dOptions(padding: 1)) } } } : nil
+            rows.append(.init(op: "conv3x3 320->320 64x64 bf16", ours: tcb, torch: torch["conv_bf16"], work: convFlops, unit: "GFLOP/s",
+                              note: BenchSupport.bf16Note + " (oneDNN direct)"))
           }
           if want.contains("convs") {
             for (n, c, size) in Self.convShapes {
@@ -63,6 +68,10 @@ struct BenchCore: ParsableCommand {
                 rows.append(.init(op: name, ours: tw, torch: torch["conv_\(n)x\(c)x\(size)"], work: flops, unit: "GFLOP/s",
                                   note: uses ? "Winograd F(4x4,3x3)" : "oneDNN direct (too few tiles for Winograd)"))
                 rows.append(.init(op: name + " oneDNN direct", ours: direct, torch: torch["conv_\(n)x\(c)x\(size)"], work: flops, unit: "GFLOP/s"))
+                if NativeBF16.available {
+                    let tb = Winograd.withDisabled { BenchSupport.median(reps) { NativeBF16.scope { _ = conv2d(x, w, bias, Conv2dOptions(padding: 1)) } } }
+                    rows.append(.init(op: name + " oneDNN direct bf16", ours: tb, torch: nil, work: flops, unit: "GFLOP/s", note: BenchSupport.bf16Note))
+                }
             }
           }
           if want.contains("attention") {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Autoencoders
 import Foundation
+import NeuralNetwork
 import TensorCore
 import UNetModels
 
@@ -59,7 +60,7 @@ struct BenchUNet: ParsableCommand {
     func validate() throws { guard reps >= 1 else { throw ValidationError("--reps must be at least 1") } }
     func run() throws {
         var parts: [(label: String, ours: String?, torch: String)] = [("SD-1.5 UNet batch 2 f32", "unet-f32", "unet-f32")]
-        if includeBF16 { parts.append(("SD-1.5 UNet batch 2 bf16", nil, "unet-bf16")) }
+        if includeBF16 { parts.append(("SD-1.5 UNet batch 2 bf16", "unet-bf16", "unet-bf16")) }
         try BenchModels.run(parts: parts, reps: reps)
         print("bf16: \(BenchSupport.bf16Note)")
     }
@@ -81,10 +82,14 @@ struct BenchPart: ParsableCommand {
             case "vae-encode":
                 let vae = AutoencoderKL.randomStableDiffusion(seed: 0), x = Tensor.randn([1, 3, 512, 512], generator: g)
                 seconds = BenchSupport.median(reps) { _ = try? vae.encode(x, tiled: .never) }
-            case "unet-f32":
+            case "unet-f32", "unet-bf16":
+                // bf16: under --precision bf16; the float32 weights' bf16 copies for oneDNN are made once and kept
+                // (LDM_CONV_WEIGHT_CACHE_MB), as PyTorch's bf16 model holds its weights in bf16.
                 let unet = try UNet2DConditionModel.random(config: .stableDiffusion15, seed: 0)
+                let precision: ComputePrecision = part == "unet-bf16" ? .bf16 : .f32
+                if precision == .bf16 && ProcessInfo.processInfo.environment["LDM_CONV_WEIGHT_CACHE_MB"] == nil { ConvWeightCache.maxCachedBytes = Int.max }
                 let x = Tensor.randn([2, 4, 64, 64], generator: g), c = Tensor.randn([2, 77, 768], generator: g)
-                seconds = BenchSupport.median(reps) { _ = try? unet(sample: x, timestep: 500, encoderHiddenStates: c) }
+                seconds = BenchSupport.median(reps) { precision.run { _ = try? unet(sample: x, timestep: 500, encoderHiddenStates: c) } }
             case "sd15-lcm4": seconds = try BenchLCM.ours(reps: reps)
             default: throw ValidationError("unknown benchmark part \(part)")
             }

@@ -4,6 +4,7 @@ import ArgumentParser
 import Checkpoints
 import Foundation
 import Imaging
+import NeuralNetwork
 import Pipelines
 import TensorCore
 #if canImport(Glibc)
@@ -63,6 +64,19 @@ struct GenerationOptions: ParsableArguments {
 
     @Flag(help: "No progress bar or messages.")
     var quiet = false
+
+    @Option(help: "Compute precision: auto (bf16 where this CPU has native bf16, AVX512_BF16 or AMX; float32 elsewhere), f32 or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
+    var precision: String = "auto"
+
+    /// `body` (a command's work) at the --precision asked for.
+    func compute(_ body: () throws -> Void) throws {
+        guard let p = ComputePrecision(rawValue: precision) else {
+            throw PipelineError("--precision must be auto, f32 or bf16, got \(precision)")
+        }
+        if p == .bf16 && !p.isNative { log("--precision bf16: this CPU has no native bf16 in use (\(CPUFeatures.active.name)); emulated on float32 kernels") }
+        else if p == .auto { log("precision: \(p.resolved == .bfloat16 ? "bf16 (native)" : "float32")") }
+        try p.run(body)
+    }
 
     /// Checks every option and file that does not need the model; returns the sampling options and output paths.
     func check(defaultSteps: Int = 50) throws -> (SamplingOptions, [String]) {

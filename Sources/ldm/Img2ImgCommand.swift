@@ -16,7 +16,9 @@ struct Img2Img: ParsableCommand {
     @Option(help: "How much to change the image, in [0, 1] (1: ignore it).")
     var strength: Double = 0.8
 
-    func run() throws {
+    func run() throws { try options.compute(generate) }
+
+    private func generate() throws {
         var (sampling, paths) = try options.check()
         let summary = try options.summary()
         let loras = try options.loras(tags: prompt.loraTags())

@@ -20,7 +20,9 @@ struct Inpaint: ParsableCommand {
     @Option(help: "How much to change the masked area, in [0, 1].")
     var strength: Double = 1
 
-    func run() throws {
+    func run() throws { try options.compute(generate) }
+
+    private func generate() throws {
         var (sampling, paths) = try options.check()
         let summary = try options.summary()
         let loras = try options.loras(tags: prompt.loraTags())

@@ -33,7 +33,9 @@ struct Layout: ParsableCommand {
     @Option(help: "Image height in pixels (default: the model's).")
     var height: Int?
 
-    func run() throws {
+    func run() throws { try options.compute(generate) }
+
+    private func generate() throws {
         let (sampling, paths) = try options.check()
         if let n = objectClasses, n < 1 { throw PipelineError("--object-classes must be positive, got \(n)") }
         if width != nil || height != nil { try Validation.checkSize(width: width ?? 8, height: height ?? 8, multiple: 4) }

@@ -20,7 +20,9 @@ struct Sample: ParsableCommand {
     @Option(help: "Image height in pixels (default: the model's sample size).")
     var height: Int?
 
-    func run() throws {
+    func run() throws { try options.compute(generate) }
+
+    private func generate() throws {
         let (sampling, paths) = try options.check()
         if let cfgScale { try Validation.checkGuidance(cfgScale) }
         if width != nil || height != nil { try Validation.checkSize(width: width ?? 8, height: height ?? 8) }

@@ -28,7 +28,9 @@ struct Semantic: ParsableCommand {
     @Option(help: "Image height in pixels (default: the label map's height; the map is resized with nearest-neighbour).")
     var height: Int?
 
-    func run() throws {
+    func run() throws { try options.compute(generate) }
+
+    private func generate() throws {
         guard options.config != nil else {
             throw PipelineError("semantic synthesis models are CompVis checkpoints: pass their YAML with --config (e.g. semantic_synthesis256/config.yaml)")
         }

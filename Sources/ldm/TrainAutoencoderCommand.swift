@@ -83,7 +83,7 @@ struct TrainRunOptions: ParsableArguments {
     /// rank (mpirun then reports the abort); the last complete checkpoint stays resumable with any number of ranks.
     func dataParallel(_ body: (Communicator) throws -> Void) throws {
         let comm = try DataParallel.communicator()
-        guard comm.size > 1 else { try body(comm); comm.finalize(); return }
+        guard comm.size > 1 else { defer { comm.finalize() }; try body(comm); return }
         installTerminationNotice(rank: comm.rank, size: comm.size)
         do {
             try body(comm)
@@ -129,11 +129,14 @@ func dataParallelSummary(_ comm: Communicator, _ shard: BatchShard) -> String {
     comm.size > 1 ? ", \(comm.size) ranks (MPI) x \(shard.localBatch) examples of each batch of \(shard.globalBatch)" : ""
 }
 
-/// The gradient all-reduce's share of the training time (data-parallel runs only).
+/// Steps per second of the training loop (saves included) and, in data-parallel runs, the gradient all-reduce's
+/// share of it (waiting for the slowest rank included).
 func allReduceSummary(_ g: GradientAverager, steps: Int, seconds: Double) -> String {
-    guard g.communicator.size > 1, steps > 0 else { return "" }
-    return String(format: "all-reduce: %d values per step, %.3f s of %.3f s over %d steps (%.1f%%), %.3f steps/s",
-                  g.lastElements, g.seconds, seconds, steps, 100 * g.seconds / max(seconds, 1e-9), Double(steps) / max(seconds, 1e-9))
+    guard steps > 0 else { return "" }
+    let rate = String(format: "%d steps in %.3f s, %.3f steps/s", steps, seconds, Double(steps) / max(seconds, 1e-9))
+    guard g.communicator.size > 1 else { return rate }
+    return rate + String(format: "; all-reduce of %d gradient values per step: %.3f s (%.1f%%)",
+                         g.lastElements, g.seconds, 100 * g.seconds / max(seconds, 1e-9))
 }
 
 /// Keeps a copy of the config beside the run's checkpoints.

@@ -10,7 +10,9 @@ struct Txt2Img: ParsableCommand {
     @OptionGroup var options: GenerationOptions
     @OptionGroup var prompt: PromptArguments
 
-    func run() throws {
+    func run() throws { try options.compute(generate) }
+
+    private func generate() throws {
         var (sampling, paths) = try options.check()
         let summary = try options.summary()
         try requireTextModel(summary, options.model, allowLDMBert: true)

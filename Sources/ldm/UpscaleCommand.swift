@@ -13,7 +13,9 @@ struct Upscale: ParsableCommand {
     @Option(name: .customLong("init-image"), help: "The low-resolution image (cut down to a multiple of 32 pixels).")
     var initImage: String
 
-    func run() throws {
+    func run() throws { try options.compute(generate) }
+
+    private func generate() throws {
         guard options.batchSize == 1 else { throw PipelineError("upscale takes one image: --batch-size must be 1") }
         let (sampling, paths) = try options.check(defaultSteps: 100)
         try Validation.checkReadableFile(initImage, what: "init image")

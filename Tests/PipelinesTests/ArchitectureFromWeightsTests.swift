@@ -113,4 +113,30 @@ final class ArchitectureFromWeightsTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("token_embedding"), "\(e)")
         }
     }
+
+    /// `ldm txt2img --config v1-inference.yaml` on the same file: the early summary and the load agree, the notes are shown.
+    func testCLIWithTheStockYAML() throws {
+        #if os(macOS)
+        let ldm = Bundle.allBundles.first { $0.bundlePath.hasSuffix(".xctest") }!.bundleURL.deletingLastPathComponent().appendingPathComponent("ldm")
+        #else
+        let ldm = Bundle.main.bundleURL.appendingPathComponent("ldm")
+        #endif
+        guard FileManager.default.isExecutableFile(atPath: ldm.path) else { return XCTFail("the ldm executable is not built at \(ldm.path)") }
+        let file = try compVisFile(fixtures.appendingPathComponent("tiny-sd-clip-vocab"))
+        let out = file.deletingLastPathComponent().appendingPathComponent("out.png")
+        let p = Process()
+        p.executableURL = ldm
+        p.arguments = ["txt2img", "--config", fixtures.appendingPathComponent("compvis_configs/v1-inference.yaml").path, "--model", file.path,
+                       "--prompt", "a photo of an astronaut riding a horse", "--steps", "2", "--width", "16", "--height", "16",
+                       "--output", out.path]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = Pipe()
+        try p.run()
+        let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0, stderr)
+        XCTAssertTrue(stderr.contains("note: unet_config.params.model_channels: YAML 320 -> 32"), stderr)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out.path))
+    }
 }

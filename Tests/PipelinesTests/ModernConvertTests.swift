@@ -87,7 +87,12 @@ final class ModernConvertTests: XCTestCase {
         XCTAssertTrue(tensors.keys.contains("cond_stage_model.transformer.embeddings.token_embedding.weight"))
         XCTAssertEqual(ModelFamily.detect(tensors).kind, .sd1)
         XCTAssertNotNil(try ModelBundle.load(old).textEncoder)
-        // Converting it again writes the canonical names.
+        // Converting it again writes the canonical names, to CompVis as to diffusers.
+        let canonical = dir.appendingPathComponent("canonical.safetensors")
+        try Converter.convert(input: old, output: canonical, options: ConvertOptions(target: .compvis))
+        let names = try CheckpointFile.open(canonical).tensors.keys.filter { $0.hasPrefix("cond_stage_model.") }
+        XCTAssertFalse(names.isEmpty)
+        XCTAssertTrue(names.allSatisfy { $0.hasPrefix("cond_stage_model.transformer.text_model.") }, "\(names.sorted().prefix(3))")
         let fixed = dir.appendingPathComponent("fixed")
         try Converter.convert(input: old, output: fixed, options: ConvertOptions(target: .diffusers))
         let te = try CheckpointFile.open(fixed.appendingPathComponent("text_encoder/model.safetensors")).tensors.keys

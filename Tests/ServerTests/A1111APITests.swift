@@ -98,10 +98,21 @@ final class A1111APITests: XCTestCase {
                                                                        "inpainting_fill": 1])
         XCTAssertEqual(inpaint.status, 200, inpaint.text)
         let out = try decodePNG((inpaint.object["images"] as? [String])?.first)
-        let original = try decodePNG(initB64)
-        // 4-channel inpainting keeps the unmasked corner close to the original (after a VAE round trip).
-        let (a, b) = (out.image[1, 1], original.image[1, 1])
-        XCTAssertLessThan(abs(Int(a.0) - Int(b.0)) + abs(Int(a.1) - Int(b.1)) + abs(Int(a.2) - Int(b.2)), 120)
+        // The same inpainting from `ldm inpaint` (inpainting_fill 1 = the original image under the mask, as the CLI).
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-serve-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let initURL = dir.appendingPathComponent("init.png"), maskURL = dir.appendingPathComponent("mask.png"), outURL = dir.appendingPathComponent("out.png")
+        try Data(base64Encoded: initB64)!.write(to: initURL)
+        try Data(try PNGCodec.encode(mask)).write(to: maskURL)
+        let p = Process()
+        p.executableURL = ldm
+        p.arguments = ["inpaint", "--model", RunningServer.shapes.path, "--prompt", "a red circle", "--init-image", initURL.path, "--mask", maskURL.path,
+                       "--strength", "1", "--seed", "9", "--steps", "4", "--sampler", "Euler", "--cfg-scale", "7", "--width", "32", "--height", "32",
+                       "--output", outURL.path, "--quiet"]
+        try p.run(); p.waitUntilExit()
+        XCTAssertEqual(p.terminationStatus, 0)
+        XCTAssertEqual(try ImageIO.load(path: outURL.path).image.pixels, out.image.pixels, "API inpainting differs from ldm inpaint")
     }
 
     func testOptionsModelsSamplersPNGInfoMemory() throws {

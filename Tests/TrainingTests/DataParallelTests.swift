@@ -12,12 +12,17 @@ import XCTest
 // weights, EMA, optimizer state) to float32 reduction-order tolerance, resumes with another number of ranks, and a
 // failing rank ends the job with a message. The mpirun tests skip, saying why, where Open MPI is not installed.
 
-/// float32 reduction order: the 2-rank gradient is the sum of two half-batch gradients (a different summation order
-/// than one full-batch backward, ~1e-7 relative per value), and AdamW divides by sqrt(v), which can amplify a
-/// difference in a near-zero gradient component to a few ulps of the lr-sized update; after a few steps the weights
-/// agree to ~1e-6 of their magnitude. 1e-4 leaves room and still catches any wrong shard, draw or average, which
-/// moves losses and weights by 1e-2 or more.
-let dataParallelTolerance: Float = 1e-4
+/// float32 reduction order. The N-rank gradient is a sum of N shard gradients: a different summation order than one
+/// whole-batch backward, about 1e-7 relative per value. The losses and gradient norms are sums of many positive
+/// terms and keep that size (observed ~2e-7), so their curves are held to 1e-5. The weights are held less tightly:
+/// AdamW moves each weight by about lr * g / (|g| + eps), and for a component whose gradient is mostly cancellation,
+/// the same absolute round-off is a large relative error that AdamW turns into a visible difference in the step.
+/// After 3-6 steps at lr 2e-3, this reaches 5e-5 (2 ranks) to 1e-4 (4 ranks) of a tensor's largest value; 5e-4
+/// leaves room. An error in the data-parallel logic moves far more than that. Per-rank draws or shards would change
+/// the losses by 1e-2 or more. A sum instead of a mean would double the logged gradient norm and AdamW's first
+/// moments, and both are compared.
+let curveTolerance: Float = 1e-5
+let dataParallelTolerance: Float = 5e-4
 
 final class DataParallelTests: XCTestCase {
     // MARK: - In-process: shards
@@ -104,6 +109,8 @@ final class DataParallelTests: XCTestCase {
         }
         var env = ProcessInfo.processInfo.environment
         env["OMP_NUM_THREADS"] = "1"   // the ranks share this machine's cores
+        // Containers often forbid the cross-process memory copy (CMA) of Open MPI's shared-memory transport.
+        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
         p.environment = env
         let out = Pipe()
         p.standardOutput = out; p.standardError = out
@@ -140,7 +147,7 @@ final class DataParallelTests: XCTestCase {
         let fa = try SafeTensors(url: a), fb = try SafeTensors(url: b)
         XCTAssertEqual(fa.metadata, fb.metadata, file: file, line: line)
         XCTAssertEqual(Set(fa.records.map(\.name)), Set(fb.records.map(\.name)), file: file, line: line)
-        var worst: Float = 0
+        var worst: Float = 0, worstName = ""
         for r in fa.records {
             guard let rb = fb[r.name] else { continue }
             // Attention key biases have an exactly zero gradient (softmax is invariant to adding one constant to all
@@ -150,11 +157,12 @@ final class DataParallelTests: XCTestCase {
             if r.dtype == .U8 {
                 XCTAssertEqual(try r.rawData(), try rb.rawData(), r.name, file: file, line: line)
             } else {
-                worst = max(worst, assertClose(try rb.tensor().float32().toArray(), try r.tensor().float32().toArray(),
-                                               tol: dataParallelTolerance, r.name, file: file, line: line))
+                let err = assertClose(try rb.tensor().float32().toArray(), try r.tensor().float32().toArray(),
+                                      tol: dataParallelTolerance, r.name, file: file, line: line)
+                if err > worst { worst = err; worstName = r.name }
             }
         }
-        print("DataParallelTests: \(a.lastPathComponent) N=1 vs N=2, \(fa.records.count) tensors, worst rel err \(worst)")
+        print("DataParallelTests: \(a.lastPathComponent) N=1 vs \(b.deletingLastPathComponent().deletingLastPathComponent().lastPathComponent), \(fa.records.count) tensors, worst rel err \(worst) (\(worstName))")
     }
 
     func testLDMTrainingMatchesOneProcessAndResumesWithOtherRankCount() throws {
@@ -179,9 +187,18 @@ final class DataParallelTests: XCTestCase {
         let (s2, o2) = try run(["train", "ldm", "--config", three.path, "--run-dir", two.path], ranks: 2, mpirun: mpirun)
         XCTAssertEqual(s2, 0, o2)
         XCTAssertTrue(o2.contains("2 ranks (MPI) x 2 examples of each batch of 4"), o2)
-        XCTAssertTrue(o2.contains("all-reduce:"), o2)
+        XCTAssertTrue(o2.contains("all-reduce of"), o2)
         try assertSameCheckpoint(one.appendingPathComponent("checkpoints/step-00000003.safetensors"),
                                  two.appendingPathComponent("checkpoints/step-00000003.safetensors"))
+        // Four ranks (one example each) for the same three steps.
+        let four = work.appendingPathComponent("four")
+        let (s4, o4) = try run(["train", "ldm", "--config", three.path, "--run-dir", four.path], ranks: 4, mpirun: mpirun)
+        XCTAssertEqual(s4, 0, o4)
+        try assertSameCheckpoint(one.appendingPathComponent("checkpoints/step-00000003.safetensors"),
+                                 four.appendingPathComponent("checkpoints/step-00000003.safetensors"))
+        for key in ["loss", "grad_norm"] {
+            assertClose(try losses(four, key), Array(try losses(one, key).prefix(3)), tol: curveTolerance, "4-rank \(key) curve")
+        }
         let (s3, o3) = try run(["train", "ldm", "--config", six.path, "--resume", two.path])
         XCTAssertEqual(s3, 0, o3)
         try assertSameCheckpoint(one.appendingPathComponent("checkpoints/step-00000006.safetensors"),
@@ -189,7 +206,7 @@ final class DataParallelTests: XCTestCase {
         for key in ["loss", "grad_norm"] {
             let a = try losses(one, key), b = try losses(two, key)
             XCTAssertEqual(a.count, 6)
-            assertClose(b, a, tol: dataParallelTolerance, "\(key) curve")
+            assertClose(b, a, tol: curveTolerance, "\(key) curve")
             print("DataParallelTests: \(key) N=1 \(a)\n                   N=2 then 1 \(b)")
         }
         // Only rank 0 wrote: one line per step, no stray temporary files.
@@ -223,7 +240,7 @@ final class DataParallelTests: XCTestCase {
                                      two.appendingPathComponent("checkpoints/step-\(step).safetensors"))
         }
         for key in ["losses.total_loss", "losses.rec_loss", "losses.kl_loss", "losses.grad_norm"] {
-            assertClose(try losses(two, key), try losses(one, key), tol: dataParallelTolerance, key)
+            assertClose(try losses(two, key), try losses(one, key), tol: curveTolerance, key)
         }
         // The exported vae/ comes from rank 0 only, with the same weights.
         let va = try SafeTensors(url: one.appendingPathComponent("vae/diffusion_pytorch_model.safetensors"))
@@ -264,6 +281,7 @@ final class DataParallelTests: XCTestCase {
                        "--run-dir", runDir.path]
         var env = ProcessInfo.processInfo.environment
         env["OMP_NUM_THREADS"] = "1"
+        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
         p.environment = env
         let out = Pipe()
         p.standardOutput = out; p.standardError = out

@@ -85,6 +85,9 @@ void ck_geglu_forward(const float *x, float *y, long rows, long n);
 /// Its backward: rows of dx (2n floats) = [dy * gelu(gate) | dy * hidden * gelu'(gate)].
 void ck_geglu_backward(const float *x, const float *dy, float *dx, long rows, long n);
 
+/// y[i] = x[i] rounded to bfloat16 (nearest even; NaN stays NaN), as raw bf16 bits.
+void ck_to_bf16(const float *x, unsigned short *y, long n);
+
 /// Winograd F(4x4, 3x3) convolution pieces (winograd.c): stride 1, dilation 1, one group, NCHW float32.
 /// Floats of the transformed weights U for `oc` output and `ic` input channels: 36 * icp * ocp (icp = ic rounded up
 /// to 8, ocp = oc rounded up to 16).

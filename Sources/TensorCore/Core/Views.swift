@@ -1,4 +1,5 @@
 // Views and layout ops (torch.Tensor.view/reshape/permute/transpose/narrow/expand/contiguous), each with its backward.
+import CKernels
 
 /// Visits a strided N-d layout as (outer offset pairs) x (inner run): calls `body(dstOffset, srcOffset)` for each
 /// row of the last dimension. Used by every copy that follows strides.
@@ -78,7 +79,11 @@ extension Tensor {
         if target == .float32 { return src }
         let out = Tensor(storage: Storage(byteCount: count * 2), shape: shape, dtype: target)
         let d = out.storage.base.assumingMemoryBound(to: UInt16.self), s = src.data
-        for i in 0..<count { d[i] = target == .bfloat16 ? bf16Bits(s[i]) : Float16(s[i]).bitPattern }
+        if target == .bfloat16 {
+            withExtendedLifetime(src) { Parallel.forRange(count, costPerItem: 2) { r in ck_to_bf16(s + r.lowerBound, d + r.lowerBound, r.count) } }
+        } else {
+            for i in 0..<count { d[i] = Float16(s[i]).bitPattern }
+        }
         return out
     }
 

@@ -42,6 +42,8 @@ private struct ConvGeometry {
     func any(_ shape: [Int]) -> dnnl_memory_desc_t { memoryDesc(shape, tag: dnnl_format_tag_any) }
     /// Whether the forward convolution runs as Winograd F(4x4, 3x3).
     var winograd: Bool { Winograd.applies(n: n, ic: ic, oc: oc, kh: kh, kw: kw, oh: oh, ow: ow, o) }
+    /// Whether an inference forward runs as Winograd when `bf16` (native bf16 compute) is on.
+    func winograd(bf16: Bool) -> Bool { (!bf16 || NativeBF16.keepsWinograd) && winograd }
     /// The backward-data convolution's options when it can run as Winograd (the stride-1 3x3 case: a convolution of
     /// the output gradient with the transposed, flipped kernel and the complementary padding).
     var winogradBackwardData: Conv2dOptions? {
@@ -53,11 +55,14 @@ private struct ConvGeometry {
         return b
     }
 
-    /// Forward (training = keep for backward hints).
-    func forward(bias: Bool) -> Primitive {
-        DNNL.primitive("conv_fwd:" + key + "b\(bias)") {
+    /// Forward (training = keep for backward hints). `bf16`: bf16 input and weights, float32 bias and output
+    /// (NativeBF16).
+    func forward(bias: Bool, bf16: Bool = false) -> Primitive {
+        DNNL.primitive("conv_fwd:" + key + "b\(bias)" + (bf16 ? "bf16" : "")) {
             var d = dnnl_convolution_desc_t()
-            var s = any([n, ic, h, w]), wd = any(weiShape), b = memoryDesc([oc]), ds = any([n, oc, oh, ow])
+            let t = bf16 ? dnnl_bf16 : dnnl_f32
+            var s = memoryDesc([n, ic, h, w], t, tag: dnnl_format_tag_any), wd = memoryDesc(weiShape, t, tag: dnnl_format_tag_any)
+            var b = memoryDesc([oc]), ds = any([n, oc, oh, ow])
             var st = dims([o.stride.0, o.stride.1]), dl = dims([o.dilation.0 - 1, o.dilation.1 - 1])
             var pl = dims([o.padding.top, o.padding.left]), pr = dims([o.padding.bottom, o.padding.right])
             withUnsafePointer(to: &b) { bp in
@@ -110,6 +115,12 @@ extension Tensor {
     /// pointer and the storage that owns it (cached on the tensor, or a temporary the caller keeps alive).
     fileprivate func reorderedWeight(for prim: Primitive, plain: dnnl_memory_desc_t, key: String) -> (UnsafeMutableRawPointer, Storage) {
         if let c = layoutCache, c.key == key, c.version == version { return (c.storage.base, c.storage) }
+        if dtype == .bfloat16 && isContiguous && prim.md(dnnl_query_weights_md).data_type == dnnl_bf16 {
+            // A bf16 weight for a bf16 kernel: reordered from its own bytes, never expanded to float32.
+            var p = plain
+            p.data_type = dnnl_bf16
+            return reordered(storage.base + offset * 2, plain: p, for: prim, key: key)
+        }
         let w32 = float32().contiguous()
         defer { withExtendedLifetime(w32) {} }
         var want = prim.md(dnnl_query_weights_md), p = plain
@@ -158,6 +169,7 @@ private func conv2dBanded(_ x: Tensor, _ input: BandInput, _ weight: Tensor, _ b
     let out = Tensor.empty([g.n, g.oc, g.oh, g.ow])
     let b32 = bias?.float32().contiguous()
     let o = options
+    let bf16 = NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? []))
     var weightCopy: (md: dnnl_memory_desc_t, ptr: UnsafeMutableRawPointer, owner: Storage)?
     var winograd: Winograd.Weights? // when the bands go through Winograd
     var staged: Storage? // the band's upsampled input rows (plain layout)
@@ -172,13 +184,13 @@ private func conv2dBanded(_ x: Tensor, _ input: BandInput, _ weight: Tensor, _ b
         bo.padding = (max(0, -ih0), o.padding.left, max(0, ih1 - h), o.padding.right)
         let bg = ConvGeometry([n, ic, b - a, w], weight.shape, bo)
         precondition(bg.oh == rows && bg.ow == g.ow, "conv2d band: \(bg.oh)x\(bg.ow), expected \(rows)x\(g.ow)")
-        let useWinograd = bg.winograd
+        let useWinograd = bg.winograd(bf16: bf16)
         if useWinograd, winograd == nil { winograd = Winograd.Weights(weight, transposed: false) }
-        let prim = useWinograd ? nil : bg.forward(bias: bias != nil)
+        let prim = useWinograd ? nil : bg.forward(bias: bias != nil, bf16: bf16)
         if let prim {
             var want = prim.md(dnnl_query_weights_md)
             if weightCopy == nil || dnnl_memory_desc_equal(&want, &weightCopy!.md) == 0 {
-                let (ptr, owner) = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + bg.key)
+                let (ptr, owner) = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + bg.key + (bf16 ? "bf16" : ""))
                 weightCopy = (want, ptr, owner)
             }
         }
@@ -282,7 +294,8 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ optio
     let xin = x.float32().contiguous()
     let out = Tensor.empty([g.n, g.oc, g.oh, g.ow])
     let b32 = bias?.float32().contiguous()
-    if g.winograd {
+    let bf16 = NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? []))
+    if g.winograd(bf16: bf16) {
         let training = GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
         let weights = Winograd.Weights(weight, transposed: false, retain: training)
         withExtendedLifetime((xin, b32)) {
@@ -292,8 +305,8 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ optio
         }
         weights.done()
     } else {
-        let prim = g.forward(bias: bias != nil)
-        let (wptr, wstorage) = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + g.key)
+        let prim = g.forward(bias: bias != nil, bf16: bf16)
+        let (wptr, wstorage) = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + g.key + (bf16 ? "bf16" : ""))
         var args: [Primitive.Arg] = [
             .init(arg: DNNL_ARG_SRC, query: dnnl_query_src_md, plain: g.src, ptr: UnsafeMutableRawPointer(xin.data)),
             .init(arg: DNNL_ARG_WEIGHTS, query: dnnl_query_weights_md, plain: g.wei, ptr: wptr, cached: wptr),

@@ -59,6 +59,7 @@ public func matmul(_ a: Tensor, _ b: Tensor) -> Tensor {
 public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tensor {
     let inF = weight.shape[1], outF = weight.shape[0]
     precondition(x.shape.last == inF, "linear: input \(x.shape) does not match weight \(weight.shape)")
+    if NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? [])) { return linearBF16(x, weight, bias) }
     let rows = x.count / inF
     let x2 = x.float32().contiguous(), w = weight.float32().contiguous()
     defer { withExtendedLifetime((x2, w)) {} }

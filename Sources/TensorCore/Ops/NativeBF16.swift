@@ -1,0 +1,92 @@
+import CDNNL
+import Foundation
+
+// bf16 compute on the CPU's own bf16 instructions (AVX512_BF16's vdpbf16ps, AMX tiles), through oneDNN's bf16
+// convolution and matmul kernels (avx512_core_bf16 / avx512_core_amx in oneDNN 2.6): inputs and weights converted to
+// bfloat16 with round-to-nearest-even, products accumulated in float32, float32 results, as mkldnn's bf16 kernels
+// compute under torch.autocast("cpu", torch.bfloat16). Weights stored in bfloat16 are reordered from their bf16 bytes
+// (never expanded to float32). Inference only: inside a scope, ops that record gradients keep the float32 kernels.
+// Available only where `CPUFeatures.nativeBF16` (the level in use has AVX512_BF16 or AMX); NeuralNetwork's Autocast
+// uses it for its lower-precision ops there and emulates bf16 on the float32 kernels elsewhere.
+
+public enum NativeBF16 {
+    /// Whether the current scope computes convolutions and linear layers in native bf16. Global, like GradMode.
+    public nonisolated(unsafe) static private(set) var active = false
+    /// Whether this process can (the ISA level in use has native bf16).
+    public static var available: Bool { CPUFeatures.nativeBF16 }
+    /// Under native bf16, 3x3 stride-1 convolutions that Winograd takes still run as float32 Winograd (2.25 float32
+    /// multiply-adds per output against 9 bf16 ones of the direct kernel: faster here, and more accurate) unless
+    /// `LDM_BF16_WINOGRAD=0`, which sends them to oneDNN's bf16 direct convolution.
+    public nonisolated(unsafe) static var keepsWinograd = ProcessInfo.processInfo.environment["LDM_BF16_WINOGRAD"] != "0"
+
+    /// Runs `body` with native bf16 compute on (`enabled` and available) or off.
+    public static func scope<T>(_ enabled: Bool = true, _ body: () throws -> T) rethrows -> T {
+        let saved = active
+        active = enabled && available
+        defer { active = saved }
+        return try body()
+    }
+
+    /// Whether an op with these operands runs in native bf16 now.
+    static func applies(_ inputs: [Tensor]) -> Bool { active && !GradMode.shouldRecord(inputs) }
+    /// Whether an op with these operands would run in native bf16 inside a scope (available, no gradient recorded).
+    public static func couldApply(_ inputs: [Tensor]) -> Bool { available && !GradMode.shouldRecord(inputs) }
+}
+
+/// x (rows, in) @ weight(out, in)^T + bias as a oneDNN bf16 matmul (bf16 operands, float32 accumulation and result).
+func linearBF16(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?) -> Tensor {
+    let inF = weight.shape[1], outF = weight.shape[0], rows = x.count / inF
+    let x2 = x.float32().contiguous()
+    let out = Tensor.empty(Array(x.shape.dropLast()) + [outF])
+    let b32 = bias?.float32().contiguous()
+    let key = "matmul_bf16:\(rows),\(inF),\(outF)b\(bias != nil)"
+    let prim = DNNL.primitive(key) {
+        var d = dnnl_matmul_desc_t()
+        var s = memoryDesc([rows, inF], dnnl_bf16), w = memoryDesc([inF, outF], dnnl_bf16, tag: dnnl_ba)
+        var b = memoryDesc([1, outF]), ds = memoryDesc([rows, outF])
+        withUnsafePointer(to: &b) { bp in
+            dnnlCheck(dnnl_matmul_desc_init(&d, &s, &w, bias != nil ? bp : nil, &ds), "bf16 matmul desc \(key)")
+        }
+        var pd: dnnl_primitive_desc_t?
+        dnnlCheck(dnnl_primitive_desc_create(&pd, &d, nil, DNNL.engine, nil), "bf16 matmul pd \(key)")
+        return Primitive(pd: pd!)
+    }
+    // The weight (out, in) row-major in bf16 is the (in, out) bf16 matrix the primitive takes ("ba"): a bf16 weight
+    // is read as stored; a float32 one is converted (kept on the tensor when small, see ConvWeightCache).
+    let (wptr, wowner) = weight.bf16Rows(key: "matmul_bf16")
+    var args: [Primitive.Arg] = [
+        .init(arg: DNNL_ARG_SRC, query: dnnl_query_src_md, plain: memoryDesc([rows, inF]), ptr: UnsafeMutableRawPointer(x2.data)),
+        .init(arg: DNNL_ARG_WEIGHTS, query: dnnl_query_weights_md, plain: memoryDesc([inF, outF], dnnl_bf16, tag: dnnl_ba), ptr: wptr, cached: wptr),
+        .init(arg: DNNL_ARG_DST, query: dnnl_query_dst_md, plain: memoryDesc([rows, outF]), ptr: UnsafeMutableRawPointer(out.data), isOutput: true),
+    ]
+    if let b32 {
+        args.append(.init(arg: DNNL_ARG_BIAS, query: dnnl_query_weights_md, plain: memoryDesc([1, outF]), ptr: UnsafeMutableRawPointer(b32.data), index: 1))
+    }
+    withExtendedLifetime((x2, b32, weight, wowner)) { prim.run(args) }
+    return out
+}
+
+extension Tensor {
+    /// This tensor's elements as contiguous bf16 (round to nearest even): its own storage when it is a contiguous bf16
+    /// tensor, else a converted copy, cached under `key` when at most `ConvWeightCache.maxCachedBytes`.
+    func bf16Rows(key: String) -> (UnsafeMutableRawPointer, AnyObject) {
+        if dtype == .bfloat16 && isContiguous { return (storage.base + offset * 2, storage) }
+        if let c = layoutCache, c.key == key, c.version == version { return (c.storage.base, c.storage) }
+        let t = to(.bfloat16)
+        if count * 2 <= ConvWeightCache.maxCachedBytes { layoutCache = (key, version, t.storage) }
+        return (t.storage.base, t)
+    }
+
+    /// This weight's bytes at `base` (plain layout `plain`) in the layout `prim` wants: cached on the tensor when
+    /// small (`ConvWeightCache.maxCachedBytes`), else reordered into a temporary the caller keeps alive.
+    func reordered(_ base: UnsafeMutableRawPointer, plain: dnnl_memory_desc_t, for prim: Primitive, key: String) -> (UnsafeMutableRawPointer, Storage) {
+        if let c = layoutCache, c.key == key, c.version == version { return (c.storage.base, c.storage) }
+        var want = prim.md(dnnl_query_weights_md), p = plain
+        if dnnl_memory_desc_equal(&want, &p) != 0 { return (base, storage) }
+        let bytes = dnnl_memory_desc_get_size(&want)
+        let buf = Storage(byteCount: bytes)
+        DNNL.reorder(from: plain, base, to: want, buf.base)
+        if bytes <= ConvWeightCache.maxCachedBytes { layoutCache = (key, version, buf) }
+        return (buf.base, buf)
+    }
+}
