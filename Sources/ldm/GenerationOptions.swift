@@ -65,8 +65,8 @@ struct GenerationOptions: ParsableArguments {
     @Flag(help: "No progress bar or messages.")
     var quiet = false
 
-    @Option(help: "Compute precision: auto (bf16 where this CPU has native bf16, AVX512_BF16 or AMX; float32 elsewhere), f32 or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
-    var precision: String = "auto"
+    @Option(help: "Compute precision: f32 (default: the same image as diffusers in float32 for the same seed, on every CPU), auto (bf16 where this CPU has native bf16, AVX512_BF16 or AMX; float32 elsewhere) or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
+    var precision: String = "f32"
 
     /// `body` (a command's work) at the --precision asked for.
     func compute(_ body: () throws -> Void) throws {
