@@ -64,6 +64,8 @@ public enum WebUISamplers {
         Entry(name: "DDIM", aliases: [], factory: "ddim"),
         Entry(name: "PLMS", aliases: [], factory: "plms"),
         Entry(name: "DDPM", aliases: [], factory: "ddpm"),
+        Entry(name: "LCM", aliases: ["lcm"], factory: "lcm"),
+        Entry(name: "TCD", aliases: ["tcd"], factory: "tcd"),
     ]
     /// Schedulers (sigma spacing): A1111's "Automatic" (the sampler's own) and "Karras" (DPM++ 2M only here).
     public static let schedulers: [(name: String, label: String)] = [("automatic", "Automatic"), ("karras", "Karras")]
