@@ -56,8 +56,10 @@ struct GenerationOptions: ParsableArguments {
     @Flag(help: "No progress bar or messages.")
     var quiet = false
 
-    @Option(help: "Compute precision: auto (bf16 where this CPU has native bf16, AVX512_BF16 or AMX; float32 elsewhere), f32 or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
-    var precision: String = "auto"
+    // Default f32, not auto: on the one AVX512_BF16 machine measured so far (a 2-core Zen 4) the native bf16 UNet was
+    // still slower than the float32 one (docs/benchmarks.md, issue 20).
+    @Option(help: "Compute precision: f32 (default), auto (bf16 where this CPU has native bf16, AVX512_BF16 or AMX; float32 elsewhere) or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
+    var precision: String = "f32"
 
     /// `body` (a command's work) at the --precision asked for.
     func compute(_ body: () throws -> Void) throws {
