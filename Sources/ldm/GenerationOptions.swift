@@ -65,6 +65,8 @@ struct GenerationOptions: ParsableArguments {
     @Flag(help: "No progress bar or messages.")
     var quiet = false
 
+    // Default f32, not auto: on the one AVX512_BF16 machine measured so far (a 2-core Zen 4) the native bf16 UNet was
+    // still slower than the float32 one (docs/benchmarks.md, issue 20).
     @Option(help: "Compute precision: f32 (default: the same image as diffusers in float32 for the same seed, on every CPU), auto (bf16 where this CPU has native bf16, AVX512_BF16 or AMX; float32 elsewhere) or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
     var precision: String = "f32"
 

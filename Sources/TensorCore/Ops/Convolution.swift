@@ -43,7 +43,10 @@ private struct ConvGeometry {
     /// Whether the forward convolution runs as Winograd F(4x4, 3x3).
     var winograd: Bool { Winograd.applies(n: n, ic: ic, oc: oc, kh: kh, kw: kw, oh: oh, ow: ow, o) }
     /// Whether an inference forward runs as Winograd when `bf16` (native bf16 compute) is on.
-    func winograd(bf16: Bool) -> Bool { (!bf16 || NativeBF16.keepsWinograd) && winograd }
+    func winograd(bf16: Bool) -> Bool {
+        guard bf16 else { return winograd }
+        return NativeBF16.keepsWinograd && winograd && n * ((oh + 3) / 4) * ((ow + 3) / 4) >= NativeBF16.winogradMinTiles
+    }
     /// The backward-data convolution's options when it can run as Winograd (the stride-1 3x3 case: a convolution of
     /// the output gradient with the transposed, flipped kernel and the complementary padding).
     var winogradBackwardData: Conv2dOptions? {

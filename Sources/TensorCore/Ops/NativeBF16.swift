@@ -18,6 +18,10 @@ public enum NativeBF16 {
     /// multiply-adds per output against 9 bf16 ones of the direct kernel: faster here, and more accurate) unless
     /// `LDM_BF16_WINOGRAD=0`, which sends them to oneDNN's bf16 direct convolution.
     public nonisolated(unsafe) static var keepsWinograd = ProcessInfo.processInfo.environment["LDM_BF16_WINOGRAD"] != "0"
+    /// Fewest 4x4 output tiles (over the batch) for which float32 Winograd beats oneDNN's bf16 direct kernel under
+    /// native bf16 (`ldm bench core --ops convs` on a Zen 4: 128 tiles of 2x640x32x32 run 30 ms Winograd against 36 ms
+    /// bf16 direct, 32 tiles of 2x1280x16x16 47 ms against 36 ms). `LDM_BF16_WINOGRAD_MIN_TILES` overrides it.
+    public nonisolated(unsafe) static var winogradMinTiles = ProcessInfo.processInfo.environment["LDM_BF16_WINOGRAD_MIN_TILES"].flatMap { Int($0) } ?? 64
 
     /// Runs `body` with native bf16 compute on (`enabled` and available) or off.
     public static func scope<T>(_ enabled: Bool = true, _ body: () throws -> T) rethrows -> T {

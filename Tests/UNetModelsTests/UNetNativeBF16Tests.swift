@@ -1,0 +1,44 @@
+import Checkpoints
+import Foundation
+import NeuralNetwork
+import TensorCore
+import XCTest
+@testable import UNetModels
+
+// The UNet under --precision bf16 with native bf16 compute (oneDNN's avx512_core_bf16 / amx kernels for convolutions
+// and linear layers) against the float32 reference of tools/fixtures/unet_bf16.py: its error must be no larger than
+// PyTorch's own bf16 inference error on the same model (the fixture's bf16_compute). Skipped, with the reason
+// printed, where the ISA level in use has no native bf16.
+final class UNetNativeBF16Tests: XCTestCase {
+    func testNativeBF16ComputeStaysWithinTorchBF16Error() throws {
+        guard NativeBF16.available else {
+            let reason = "no native bf16 at ISA level \(CPUFeatures.active.name) (detected \(CPUFeatures.detected.name))"
+            print("UNetNativeBF16Tests skipped: \(reason)")
+            throw XCTSkip(reason)
+        }
+        let refs = try fixtureTensors("bf16_references.safetensors")
+        for name in ["sd1", "sd2"] {
+            let dir = fixturesURL.appendingPathComponent(name)
+            let model = try UNet2DConditionModel(configData: try Data(contentsOf: dir.appendingPathComponent("config.json")))
+            _ = try model.load(CheckpointFile.open(dir.appendingPathComponent("diffusion_pytorch_model.safetensors")).tensors, component: name)
+            let io = try fixtureTensors("\(name)/io.safetensors")
+            let labels = io["class_labels"].map { $0.toArray().map { Int($0) } }
+            // Winograd off for every convolution, so that all of them run on the bf16 kernels.
+            let out = try GradMode.noGrad {
+                try Winograd.withDisabled {
+                    try ComputePrecision.bf16.run {
+                        try model(sample: io["sample"]!, timestep: io["timestep"]!.toArray(), encoderHiddenStates: io["encoder_hidden_states"],
+                                  classLabels: labels)
+                    }
+                }
+            }
+            let f32Out = try XCTUnwrap(io["out"]).toArray(), ours = out.toArray()
+            let ourError = zip(ours, f32Out).map { abs($0 - $1) }.max() ?? 0
+            let torchError = zip(try XCTUnwrap(refs["\(name).bf16_compute"]).toArray(), f32Out).map { abs($0 - $1) }.max() ?? 0
+            let scale = f32Out.map(abs).max() ?? 1
+            print("UNet native bf16 \(name): vs float32 \(ourError / scale) relative, torch bf16 inference \(torchError / scale)")
+            XCTAssertGreaterThan(ourError, 0, "\(name): bf16 compute should differ from float32 (did it run in bf16?)")
+            XCTAssertLessThanOrEqual(ourError, torchError, "\(name): native bf16 should be no less accurate than torch's bf16 inference")
+        }
+    }
+}
