@@ -14,8 +14,15 @@ import XCTest
 enum SDXLFixtures {
     static let dir = fixtures.appendingPathComponent("sdxl")
     static let outputs: [String: TensorRecord] = (try? CheckpointFile.open(dir.appendingPathComponent("outputs.safetensors")).tensors) ?? [:]
-    static let cases: [PipelineCase] = (try? JSONDecoder().decode([PipelineCase].self,
+    static let cases: [SDXLCase] = (try? JSONDecoder().decode([SDXLCase].self,
                                          from: Data(contentsOf: dir.appendingPathComponent("cases.json")))) ?? []
+}
+
+struct SDXLCase: Decodable {
+    let name: String, sampler: String, prompt: String, negative_prompt: String?
+    let steps: Int, seed: UInt64, width: Int, height: Int, batch: Int, cfg: Double
+    let original_size: [Int]?, crops_coords_top_left: [Int]?, target_size: [Int]?
+    let negative_original_size: [Int]?, negative_target_size: [Int]?
 }
 
 final class SDXLParityTests: XCTestCase {
@@ -83,5 +90,53 @@ final class SDXLParityTests: XCTestCase {
         assertClose(p1, try tensor("te1_pooled"), tol: 1e-4, "CLIPTextModel pooler_output")
         assertClose(h2, try tensor("te2_penultimate"), tol: 1e-4, "CLIPTextModelWithProjection hidden_states[-2]")
         assertClose(e2, try tensor("te2_text_embeds"), tol: 1e-4, "CLIPTextModelWithProjection text_embeds")
+    }
+
+    func testEncodePromptMatchesDiffusers() throws {
+        let pipe = try StableDiffusionPipeline(bundle: ModelBundle.load(SDXLFixtures.dir.appendingPathComponent("tiny-sdxl")))
+        let (embeds, pooled) = try pipe.encodeSDXLPrompt("a cat")
+        assertClose(embeds, try tensor("encode_prompt_embeds"), tol: 1e-4, "encode_prompt prompt_embeds")
+        assertClose(pooled, try tensor("encode_pooled"), tol: 1e-4, "encode_prompt pooled_prompt_embeds")
+    }
+
+    func testTextToImageMatchesStableDiffusionXLPipeline() throws {
+        let bundle = try ModelBundle.load(SDXLFixtures.dir.appendingPathComponent("tiny-sdxl"))
+        XCTAssertTrue(bundle.isSDXL)
+        XCTAssertTrue(bundle.forceZerosForEmptyPrompt)
+        guard case .kl(let vae) = bundle.firstStage else { return XCTFail("no AutoencoderKL") }
+        XCTAssertEqual(vae.config.scalingFactor, 0.13025)
+        let pipe = try StableDiffusionPipeline(bundle: bundle)
+        XCTAssertEqual(SDXLFixtures.cases.count, 3)
+        for c in SDXLFixtures.cases {
+            var p = PromptOptions(prompt: c.prompt, negativePrompt: c.negative_prompt ?? "", guidanceScale: c.cfg,
+                                  width: c.width, height: c.height)
+            p.sizeConditioning.originalSize = c.original_size
+            p.sizeConditioning.cropsCoordsTopLeft = c.crops_coords_top_left
+            p.sizeConditioning.targetSize = c.target_size
+            p.sizeConditioning.negativeOriginalSize = c.negative_original_size
+            p.sizeConditioning.negativeTargetSize = c.negative_target_size
+            let r = try pipe.textToImage(p, SamplingOptions(sampler: c.sampler, steps: c.steps, batchSize: c.batch),
+                                         generator: TorchGenerator(seed: c.seed))
+            XCTAssertEqual(r.images.count, c.batch)
+            XCTAssertEqual(r.images.first?.width, c.width)
+            XCTAssertEqual(r.images.first?.height, c.height)
+            let ref = try XCTUnwrap(SDXLFixtures.outputs[c.name]).floats().map { UInt8((min(max($0, 0), 1) * 255).rounded(.toNearestOrEven)) }
+            let ours = r.images.flatMap(\.pixels)
+            XCTAssertEqual(ours.count, ref.count)
+            guard ours.count == ref.count else { continue }
+            let db = psnr(ours, ref)
+            print("PSNR \(c.name): \(db) dB")
+            XCTAssertGreaterThanOrEqual(db, 45, c.name)
+        }
+    }
+
+    func testSDXLRejectsWhatIsNotImplemented() throws {
+        let pipe = try StableDiffusionPipeline(bundle: ModelBundle.load(SDXLFixtures.dir.appendingPathComponent("tiny-sdxl")))
+        var p = PromptOptions(prompt: "a cat", width: 16, height: 16)
+        p.sizeConditioning.originalSize = [0, 16]
+        XCTAssertThrowsError(try pipe.textToImage(p, SamplingOptions(sampler: "euler", steps: 1), generator: TorchGenerator(seed: 0)))
+        p.sizeConditioning.originalSize = nil
+        p.emphasis = .original
+        XCTAssertThrowsError(try pipe.textToImage(p, SamplingOptions(sampler: "euler", steps: 1), generator: TorchGenerator(seed: 0)))
     }
 }
