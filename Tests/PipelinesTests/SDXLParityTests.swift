@@ -139,4 +139,19 @@ final class SDXLParityTests: XCTestCase {
         p.emphasis = .original
         XCTAssertThrowsError(try pipe.textToImage(p, SamplingOptions(sampler: "euler", steps: 1), generator: TorchGenerator(seed: 0)))
     }
+
+    func testFamilyDetection() throws {
+        let folder = try DiffusersFolder(url: SDXLFixtures.dir.appendingPathComponent("tiny-sdxl"))
+        XCTAssertEqual(ModelFamily.detect(folder).kind, .sdxl)
+        // sgm single-file names (shapes as in sd_xl_base_1.0 / sd_xl_refiner_1.0)
+        var base: [String: [Int]] = ["model.diffusion_model.label_emb.0.0.weight": [1280, 2816],
+                                     "model.diffusion_model.input_blocks.0.0.weight": [320, 4, 3, 3],
+                                     "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": [49408, 768],
+                                     "conditioner.embedders.1.model.token_embedding.weight": [49408, 1280]]
+        XCTAssertEqual(ModelFamily.detect(shapes: base).kind, .sdxl)
+        base.removeValue(forKey: "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight")
+        base.removeValue(forKey: "conditioner.embedders.1.model.token_embedding.weight")
+        base["conditioner.embedders.0.model.token_embedding.weight"] = [49408, 1280]
+        XCTAssertEqual(ModelFamily.detect(shapes: base).kind, .sdxlRefiner)
+    }
 }
