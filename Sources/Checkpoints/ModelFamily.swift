@@ -7,6 +7,7 @@ import Foundation
 
 public struct ModelFamily: CustomStringConvertible {
     public enum Kind: String {
+        case sdxl = "SDXL", sdxlRefiner = "SDXL refiner"
         case sd1 = "SD1.x", sd2 = "SD2.x", sdInpainting = "SD inpainting", sdDepth = "SD2 depth2img"
         case ldmText = "LDM text-to-image (BERT)", ldmClass = "class-conditional LDM", ldmUnconditional = "unconditional LDM"
         case ldmSuperResolution = "LDM super-resolution", ldmOther = "LDM (other conditioning)"
@@ -57,6 +58,14 @@ public struct ModelFamily: CustomStringConvertible {
 
     /// Checked in order; the first match wins.
     public static let rules: [Rule] = [
+        // Stability's generative-models layout (sgm DiffusionEngine): conditioner.embedders.N, and the UNet's
+        // "text_time" embedding as label_emb.0.{0,2}.
+        Rule(kind: .sdxl, matches: { $0.has("model.diffusion_model.label_emb.0.0.weight") && $0.any("conditioner.embedders.0.transformer.") },
+             details: { k in ctx(k) + inCh(k) + ["CLIP ViT-L + OpenCLIP bigG text encoders (conditioner.embedders.0/1)",
+                                                 "added conditioning input \(k.dim("model.diffusion_model.label_emb.0.0.weight", 1) ?? 0)"] }),
+        Rule(kind: .sdxlRefiner, matches: { $0.has("model.diffusion_model.label_emb.0.0.weight") && $0.any("conditioner.embedders.0.model.") },
+             details: { k in ctx(k) + inCh(k) + ["OpenCLIP bigG text encoder only (conditioner.embedders.0)",
+                                                 "added conditioning input \(k.dim("model.diffusion_model.label_emb.0.0.weight", 1) ?? 0)"] }),
         Rule(kind: .sdInpainting, matches: { $0.unetInChannels == 9 && $0.any("cond_stage_model.") },
              details: { ctx($0) + inCh($0) + ($0.contextDim == 1024 ? ["SD2.x text encoder"] : ["SD1.x text encoder"]) }),
         Rule(kind: .sdDepth, matches: { $0.unetInChannels == 5 && $0.any("depth_model.") }, details: { ctx($0) + inCh($0) }),
@@ -104,6 +113,13 @@ public struct ModelFamily: CustomStringConvertible {
             if let ic = u["in_channels"] as? Int { d.append("UNet in channels \(ic)" + (ic == 9 ? " (inpainting)" : "")) }
         }
         if let p = folder.component("scheduler")?.config?["prediction_type"] as? String { d.append("prediction_type \(p)") }
+        if let u = folder.component("unet")?.config, u["addition_embed_type"] as? String == "text_time" {
+            if let ctx = u["cross_attention_dim"] as? Int, !d.contains(where: { $0.hasPrefix("cross-attention") }) { d.append("cross-attention \(ctx)") }
+            if let t = u["transformer_layers_per_block"] { d.append("transformer depth \(t)") }
+            let refiner = folder.modelIndex?["requires_aesthetics_score"] as? Bool == true || folder.component("text_encoder") == nil
+            d.append(refiner ? "text_encoder_2 only, aesthetic-score conditioning" : "text_encoder + text_encoder_2")
+            return ModelFamily(kind: refiner ? .sdxlRefiner : .sdxl, details: d)
+        }
         if folder.modelIndex == nil { return ModelFamily(kind: folder.className?.contains("UNet") == true ? .diffusersUNet :
                                                              folder.className?.contains("Autoencoder") == true ? .diffusersVAE : .unknown, details: d) }
         return ModelFamily(kind: .diffusersPipeline, details: d)

@@ -153,13 +153,27 @@ public final class CLIPTextModel: Module {
     /// last_hidden_state and pooler_output of transformers' CLIPTextModel for token ids (B, L).
     public func callAsFunction(inputIDs ids: [[Int]]) throws -> Output {
         let last = finalLayerNorm(try hiddenState(ids, layerCount: layers.count))
+        return Output(lastHiddenState: last, pooledOutput: pool(last, ids: ids))
+    }
+
+    /// `last` (B, L, D) at each sequence's EOS token (or at the largest id for the legacy eos_token_id 2): (B, D).
+    func pool(_ last: Tensor, ids: [[Int]]) -> Tensor {
         let d = config.hiddenSize
         let positions = ids.map { row -> Int in
             if config.eosTokenID == 2 { return row.indices.max { row[$0] < row[$1] || (row[$0] == row[$1] && $0 > $1) } ?? 0 }
             return row.firstIndex(of: config.eosTokenID) ?? 0
         }
-        let pooled = concat(positions.enumerated().map { b, p in last.narrow(0, b, 1).narrow(1, p, 1).reshaped([1, d]) }, axis: 0)
-        return Output(lastHiddenState: last, pooledOutput: pooled)
+        return concat(positions.enumerated().map { b, p in last.narrow(0, b, 1).narrow(1, p, 1).reshaped([1, d]) }, axis: 0)
+    }
+
+    /// One pass for SDXL's encode_prompt: hidden_states[-(k + 1)] (no final layer norm; k = 1 is the penultimate
+    /// layer SDXL uses, k = clip_skip + 1) and pooler_output (final layer norm at the EOS token).
+    public func hiddenStateAndPooled(_ ids: [[Int]], fromEnd k: Int) throws -> (hidden: Tensor, pooled: Tensor) {
+        guard k >= 0, k <= layers.count else { throw ConditioningError("CLIP: hidden state \(k) from the end outside 0...\(layers.count)") }
+        var h = try hiddenState(ids, layerCount: layers.count - k)
+        let hidden = h
+        for layer in layers.suffix(k) { h = layer(h) }
+        return (hidden, pool(finalLayerNorm(h), ids: ids))
     }
 
     /// The conditioning a diffusion pipeline uses: `clipSkip` 0 is last_hidden_state; k > 0 applies the final layer

@@ -24,6 +24,9 @@ public final class Denoiser {
     public var concatBeforeScaling = false
     /// The UNet's timestep condition (B, time_cond_proj_dim): LCM's guidance embedding.
     public var timestepCond: Tensor?
+    /// SDXL added conditions (text_embeds, time_ids) of the conditional and the unconditional batch.
+    public var addedCond: AddedConditions?
+    public var uncondAddedCond: AddedConditions?
 
     public init(unet: UNet2DConditionModel, guidanceScale: Float = 1, context: Tensor? = nil, uncondContext: Tensor? = nil,
                 classLabels: [Int]? = nil, uncondClassLabels: [Int]? = nil) {
@@ -54,8 +57,10 @@ public final class Denoiser {
             if doClassifierFreeGuidance, let u = uncondContext, let c = context, u.shape != c.shape {
                 // Prompts of different lengths (web-UI chunking): one pass each, as AUTOMATIC1111's CFGDenoiser does
                 // when cond and uncond have different token counts (sd_samplers_cfg_denoiser.py).
-                let outU = try unet(sample: input, timestep: t, encoderHiddenStates: u, classLabels: uncondClassLabels, timestepCond: timestepCond)
-                let outC = try unet(sample: input, timestep: t, encoderHiddenStates: c, classLabels: classLabels, timestepCond: timestepCond)
+                let outU = try unet(sample: input, timestep: t, encoderHiddenStates: u, classLabels: uncondClassLabels, timestepCond: timestepCond,
+                                    addedCond: uncondAddedCond ?? addedCond)
+                let outC = try unet(sample: input, timestep: t, encoderHiddenStates: c, classLabels: classLabels, timestepCond: timestepCond,
+                                    addedCond: addedCond)
                 return outU + (outC - outU) * guidanceScale
             }
             if doClassifierFreeGuidance {
@@ -63,11 +68,13 @@ public final class Denoiser {
                 let labels = try pairLabels()
                 let both = try unet(sample: TensorCore.concat([input, input], axis: 0), timestep: t,
                                     encoderHiddenStates: ctx, classLabels: labels,
-                                    timestepCond: timestepCond.map { TensorCore.concat([$0, $0], axis: 0) })
+                                    timestepCond: timestepCond.map { TensorCore.concat([$0, $0], axis: 0) },
+                                    addedCond: pairAdded())
                 let halves = both.chunk(2, axis: 0)
                 return halves[0] + (halves[1] - halves[0]) * guidanceScale
             }
-            return try unet(sample: input, timestep: t, encoderHiddenStates: context, classLabels: classLabels, timestepCond: timestepCond)
+            return try unet(sample: input, timestep: t, encoderHiddenStates: context, classLabels: classLabels, timestepCond: timestepCond,
+                            addedCond: addedCond)
         }
         // Learned-variance UNets (out_channels = 2 * latent channels): the first half is the prediction.
         let channels = shape[1]
@@ -83,6 +90,14 @@ public final class Denoiser {
         case let (u?, c?): return TensorCore.concat([u, c], axis: 0)
         default: throw PipelineError("classifier-free guidance needs both a conditional and an unconditional \(what)")
         }
+    }
+
+    /// [uncond, cond] added conditions, as StableDiffusionXLPipeline concatenates add_text_embeds / add_time_ids.
+    private func pairAdded() -> AddedConditions? {
+        guard let c = addedCond else { return nil }
+        let u = uncondAddedCond ?? c
+        return AddedConditions(textEmbeds: TensorCore.concat([u.textEmbeds, c.textEmbeds], axis: 0),
+                               timeIds: TensorCore.concat([u.timeIds, c.timeIds], axis: 0))
     }
 
     private func pairLabels() throws -> [Int]? {

@@ -98,6 +98,14 @@ public final class ModelBundle {
     /// Layout-to-image models (CompVis YAML, cond_stage_key coordinates_bbox): the layout tokenizer whose ids `bert`
     /// takes (bertTokenizer is nil then).
     public var layoutBuilder: ObjectsBoundingBoxConditionalBuilder?
+    /// SDXL (StableDiffusionXLPipeline folders): text_encoder_2 (CLIPTextModelWithProjection) with tokenizer_2, and
+    /// model_index.json's force_zeros_for_empty_prompt / requires_aesthetics_score (refiner).
+    public var textEncoder2: CLIPTextModelWithProjection?
+    public var tokenizer2: CLIPTokenizer?
+    public var forceZerosForEmptyPrompt = false
+    public var requiresAestheticsScore = false
+    /// An SDXL model: its UNet takes the "text_time" added conditioning.
+    public var isSDXL: Bool { unet.config.usesTextTimeEmbedding }
     /// What loading took from the weights instead of the config (CompVis YAML values the checkpoint contradicts).
     public var notes: [String] = []
 
@@ -150,6 +158,14 @@ public final class ModelBundle {
             bert = model
             bertTokenizer = try BertTokenizer(folder: url.appendingPathComponent("tokenizer"))
         }
+        var encoder2: CLIPTextModelWithProjection?, tokenizer2: CLIPTokenizer?
+        if let te2 = folder.component("text_encoder_2") {
+            guard te2.className == nil || te2.className == "CLIPTextModelWithProjection" else {
+                throw PipelineError("\(url.path): text_encoder_2 \(te2.className ?? "") is not supported (CLIPTextModelWithProjection only)")
+            }
+            encoder2 = try CLIPTextModelWithProjection(pretrained: te2)
+            tokenizer2 = try CLIPTokenizer(folder: url.appendingPathComponent("tokenizer_2"))
+        }
         if let te = folder.component("text_encoder") {
             guard te.className == nil || te.className == "CLIPTextModel" else {
                 throw PipelineError("\(url.path): text encoder \(te.className ?? "") is not supported (CLIPTextModel only)")
@@ -164,6 +180,12 @@ public final class ModelBundle {
                                  schedulerConfig: sched, sampleSize: sample)
         bundle.bert = bert; bundle.bertTokenizer = bertTokenizer
         bundle.pipelineClass = folder.className
+        bundle.textEncoder2 = encoder2; bundle.tokenizer2 = tokenizer2
+        bundle.forceZerosForEmptyPrompt = folder.modelIndex?["force_zeros_for_empty_prompt"] as? Bool ?? false
+        bundle.requiresAestheticsScore = folder.modelIndex?["requires_aesthetics_score"] as? Bool ?? false
+        if unet.config.usesTextTimeEmbedding, encoder2 == nil && encoder == nil {
+            throw PipelineError("\(url.path): an SDXL UNet needs text_encoder_2 (CLIPTextModelWithProjection) and tokenizer_2")
+        }
         return bundle
     }
 

@@ -41,6 +41,8 @@ public struct PromptOptions {
     public var width: Int?
     public var height: Int?
     public var emphasis: PromptEmphasis
+    /// SDXL micro-conditioning (original_size, crops_coords_top_left, target_size and their negative counterparts).
+    public var sizeConditioning = SDXLSizeConditioning()
     public init(prompt: String, negativePrompt: String = "", guidanceScale: Double = 7.5, width: Int? = nil, height: Int? = nil,
                 emphasis: PromptEmphasis = .diffusers) {
         self.prompt = prompt; self.negativePrompt = negativePrompt; self.guidanceScale = guidanceScale
@@ -59,7 +61,7 @@ public final class StableDiffusionPipeline {
         guard bundle.bert == nil else {
             throw PipelineError("\(bundle.url.path) is an LDM-BERT text-to-image model (LDMTextToImagePipeline): it supports txt2img only")
         }
-        guard bundle.textEncoder != nil, bundle.tokenizer != nil else {
+        guard (bundle.textEncoder != nil && bundle.tokenizer != nil) || (bundle.textEncoder2 != nil && bundle.tokenizer2 != nil) else {
             throw PipelineError("\(bundle.url.path) has no text encoder/tokenizer: it cannot be prompted (use `ldm sample`)")
         }
         guard case .kl(let vae) = bundle.firstStage else { throw PipelineError("\(bundle.url.path): Stable Diffusion needs an AutoencoderKL") }
@@ -99,6 +101,7 @@ public final class StableDiffusionPipeline {
     public var isLatentConsistencyPipeline: Bool { bundle.pipelineClass == "LatentConsistencyModelPipeline" }
 
     func denoiser(_ p: PromptOptions, batch: Int) throws -> Denoiser {
+        if bundle.isSDXL { return try sdxlDenoiser(p, batch: batch) }
         let guidance = p.guidanceScale > 1 && !isLatentConsistencyPipeline
         let (cond, uncond) = try encodePrompt(p, batch: batch, guidance: guidance)
         let den = Denoiser(unet: bundle.unet, guidanceScale: Float(p.guidanceScale), context: cond, uncondContext: uncond)
@@ -145,6 +148,7 @@ public final class StableDiffusionPipeline {
                              generator: RandomSource, progress: ProgressHandler? = nil) throws -> GenerationResult {
         try p.validate(); try o.validate(); try Validation.checkStrength(strength)
         try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength)
+        try refuseSDXL("img2img")
         let den = try denoiser(p, batch: o.batchSize)
         let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
         let start = try scheduler.img2imgStartIndex(strength: strength)
@@ -166,6 +170,7 @@ public final class StableDiffusionPipeline {
         try p.validate(); try o.validate(); try Validation.checkStrength(strength)
         try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength)
         try Validation.checkMaskSize(image: (image.width, image.height), mask: (mask.width, mask.height))
+        try refuseSDXL("inpainting")
         let unetChannels = bundle.unet.config.inChannels, c = bundle.latentChannels
         guard unetChannels == c || unetChannels == 2 * c + 1 else {
             throw PipelineError("the UNet takes \(unetChannels) channels; inpainting needs \(c) or \(2 * c + 1)")

@@ -4,8 +4,17 @@ import NeuralNetwork
 import TensorCore
 
 // Matches diffusers models/unets/unet_2d_condition.py `UNet2DConditionModel` (SD 1.x / 2.x, inpainting with extra
-// input channels, class-conditional) and models/unets/unet_2d.py `UNet2DModel` (unconditional / class-conditional LDM
+// input channels, class-conditional, SDXL base/refiner with addition_embed_type "text_time") and models/unets/unet_2d.py `UNet2DModel` (unconditional / class-conditional LDM
 // with legacy attention blocks): one type built from `UNetConfig`, parameters named as the diffusers state_dict.
+
+/// SDXL's added conditions (diffusers `added_cond_kwargs`): the pooled text embedding `text_embeds` (B, P) and the
+/// micro-conditioning `time_ids` (B, K): original size, crop top-left, target size (K = 6), or original size, crop
+/// top-left and aesthetic score (refiner, K = 5).
+public struct AddedConditions {
+    public var textEmbeds: Tensor
+    public var timeIds: Tensor
+    public init(textEmbeds: Tensor, timeIds: Tensor) { self.textEmbeds = textEmbeds; self.timeIds = timeIds }
+}
 
 /// The unconditional LDM UNet is the same type; its config has `_class_name` "UNet2DModel".
 public typealias UNet2DModel = UNet2DConditionModel
@@ -20,6 +29,9 @@ public final class UNet2DConditionModel: Module {
     /// num_class_embeds without class_embed_type: nn.Embedding; class_embed_type "timestep": a TimestepEmbedding.
     public let classEmbedding: Embedding?
     public let classTimestepEmbedding: TimestepEmbedding?
+    /// add_embedding (addition_embed_type "text_time"): projection_class_embeddings_input_dim -> time embed dim MLP
+    /// over [pooled text embedding, Fourier features of the time ids].
+    public let addEmbedding: TimestepEmbedding?
     public let downBlocks: [UNetDownBlock2D]
     public let midBlock: UNetMidBlock2D?
     public let upBlocks: [UNetUpBlock2D]
@@ -38,6 +50,8 @@ public final class UNet2DConditionModel: Module {
         } else {
             classTimestepEmbedding = nil; classEmbedding = config.numClassEmbeds.map { Embedding($0, temb) }
         }
+        addEmbedding = config.usesTextTimeEmbedding
+            ? TimestepEmbedding(inChannels: config.projectionClassEmbeddingsInputDim ?? 0, timeEmbedDim: temb) : nil
         let s = BlockSettings(tembChannels: temb, groups: config.normNumGroups, eps: config.normEps,
                               timeScaleShift: config.resnetTimeScaleShift, useLinearProjection: config.useLinearProjection,
                               attnGroups: config.attnNormNumGroups, downsampleType: config.downsampleType,
@@ -81,9 +95,10 @@ public final class UNet2DConditionModel: Module {
     /// Predicts the model output (noise, v or x0 as trained) for `sample` (B, C, H, W) at `timestep` (one value or one
     /// per batch item), with `encoderHiddenStates` (B, S, cross_attention_dim) for cross-attention models and
     /// `classLabels` (B) for class-conditional ones, `timestepCond` (B, time_cond_proj_dim) for UNets with
-    /// time_cond_proj_dim (optional there, as in diffusers). Differentiable; wrap in `GradMode.noGrad` for inference.
+    /// time_cond_proj_dim (optional there, as in diffusers), `addedCond` (text_embeds (B, P), time_ids (B, K)) for
+    /// "text_time" UNets (SDXL; required there). Differentiable; wrap in `GradMode.noGrad` for inference.
     public func callAsFunction(sample: Tensor, timestep: [Float], encoderHiddenStates: Tensor? = nil,
-                               classLabels: [Int]? = nil, timestepCond: Tensor? = nil) throws -> Tensor {
+                               classLabels: [Int]? = nil, timestepCond: Tensor? = nil, addedCond: AddedConditions? = nil) throws -> Tensor {
         guard sample.rank == 4, sample.shape[1] == config.inChannels else {
             throw UNetError("UNet: sample \(sample.shape) must be (B, \(config.inChannels), H, W)")
         }
@@ -124,6 +139,12 @@ public final class UNet2DConditionModel: Module {
         } else if classLabels != nil {
             throw UNetError("UNet: classLabels given but the model has no class embedding")
         }
+        if let add = addEmbedding {
+            guard let cond = addedCond else { throw UNetError("UNet: an SDXL (text_time) UNet needs text_embeds and time_ids") }
+            emb = emb + add(try textTimeFeatures(cond, batch: b))
+        } else if addedCond != nil {
+            throw UNetError("UNet: text_embeds / time_ids given but the model has no addition_embed_type text_time")
+        }
         let tembAct = emb.silu()
         var h = config.centerInputSample ? sample * 2 - 1 : sample
         h = convIn(h)
@@ -142,9 +163,23 @@ public final class UNet2DConditionModel: Module {
     }
 
     public func callAsFunction(sample: Tensor, timestep: Float, encoderHiddenStates: Tensor? = nil,
-                               classLabels: [Int]? = nil, timestepCond: Tensor? = nil) throws -> Tensor {
+                               classLabels: [Int]? = nil, timestepCond: Tensor? = nil, addedCond: AddedConditions? = nil) throws -> Tensor {
         try self(sample: sample, timestep: [timestep], encoderHiddenStates: encoderHiddenStates, classLabels: classLabels,
-                 timestepCond: timestepCond)
+                 timestepCond: timestepCond, addedCond: addedCond)
+    }
+
+    /// The input of add_embedding: [text_embeds, add_time_proj(time_ids.flatten()).reshape(B, -1)] (diffusers
+    /// get_aug_embed for "text_time"; add_time_proj is Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)).
+    func textTimeFeatures(_ cond: AddedConditions, batch b: Int) throws -> Tensor {
+        let dim = config.additionTimeEmbedDim ?? 0, inputDim = config.projectionClassEmbeddingsInputDim ?? 0
+        let text = cond.textEmbeds, ids = cond.timeIds
+        guard text.rank == 2, text.shape[0] == b, ids.rank == 2, ids.shape[0] == b,
+              text.shape[1] + ids.shape[1] * dim == inputDim else {
+            throw UNetError("UNet: text_embeds \(text.shape) and time_ids \(ids.shape) must be (\(b), P) and (\(b), K) with P + K * \(dim) = \(inputDim)")
+        }
+        let features = timestepEmbedding(ids.contiguous().toArray(), dim: dim, flipSinToCos: config.flipSinToCos,
+                                         downscaleFreqShift: config.freqShift)
+        return concat([text, features.reshaped([b, ids.shape[1] * dim])], axis: 1)
     }
 
     /// LatentConsistencyModelPipeline.get_guidance_scale_embedding (VDM's sinusoidal embedding of w * 1000, float32):
@@ -168,7 +203,7 @@ public final class UNet2DConditionModel: Module {
     public var namedParameters: [(String, Tensor)] {
         scoped("conv_in", convIn) + scoped("time_embedding", timeEmbedding)
             + scoped("time_embedding.cond_proj", timeCondProj) + scoped("class_embedding", classEmbedding)
-            + scoped("class_embedding", classTimestepEmbedding) + scoped("down_blocks", downBlocks) + scoped("mid_block", midBlock)
+            + scoped("class_embedding", classTimestepEmbedding) + scoped("add_embedding", addEmbedding) + scoped("down_blocks", downBlocks) + scoped("mid_block", midBlock)
             + scoped("up_blocks", upBlocks) + scoped("conv_norm_out", convNormOut) + scoped("conv_out", convOut)
     }
 }

@@ -4,7 +4,7 @@ import NeuralNetwork
 
 // Configuration of diffusers `UNet2DConditionModel` (models/unets/unet_2d_condition.py) and `UNet2DModel`
 // (models/unets/unet_2d.py), decoded straight from their config.json. Options that change the architecture in ways
-// this implementation does not cover (SDXL added embeddings, GLIGEN, fourier time embeddings, ...) are rejected by
+// this implementation does not cover (other added embeddings than SDXL's "text_time", GLIGEN, fourier time embeddings, ...) are rejected by
 // `validate()` with a message naming the key; `upcast_attention` / `upcast_softmax` are no-ops in float32.
 
 public struct UNetConfig: Codable, Sendable, Equatable {
@@ -50,11 +50,21 @@ public struct UNetConfig: Codable, Sendable, Equatable {
     /// time_cond_proj_dim: the width of a timestep condition added to the sinusoidal time features through
     /// `time_embedding.cond_proj` (LCM-distilled UNets: the guidance-scale embedding w).
     public var timeCondProjDim: Int?
+    /// addition_embed_type: nil, or "text_time" (SDXL: the pooled text embedding concatenated with Fourier features
+    /// of the micro-conditioning time ids, through `add_embedding`, added to the time embedding).
+    public var additionEmbedType: String?
+    /// addition_time_embed_dim: the width of each time id's Fourier features (SDXL 256).
+    public var additionTimeEmbedDim: Int?
+    /// projection_class_embeddings_input_dim: the input width of `add_embedding` (SDXL base 1280 + 6 * 256 = 2816,
+    /// refiner 1280 + 5 * 256 = 2560 with the aesthetic score).
+    public var projectionClassEmbeddingsInputDim: Int?
     /// Keys present with non-default values that this implementation does not support (checked by `validate`).
     public var unsupported: [String] = []
 
     public var isConditional: Bool { className != "UNet2DModel" }
     public var timeEmbedDim: Int { timeEmbeddingDim ?? blockOutChannels[0] * 4 }
+    /// SDXL-style micro-conditioning (addition_embed_type "text_time").
+    public var usesTextTimeEmbedding: Bool { additionEmbedType == "text_time" }
 
     enum CodingKeys: String, CodingKey {
         case className = "_class_name", inChannels = "in_channels", outChannels = "out_channels"
@@ -73,6 +83,8 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         case convInKernel = "conv_in_kernel", convOutKernel = "conv_out_kernel"
         case centerInputSample = "center_input_sample", upcastAttention = "upcast_attention"
         case timeCondProjDim = "time_cond_proj_dim"
+        case additionEmbedType = "addition_embed_type", additionTimeEmbedDim = "addition_time_embed_dim"
+        case projectionClassEmbeddingsInputDim = "projection_class_embeddings_input_dim"
     }
 
     public static func decode(_ data: Data) throws -> UNetConfig {
@@ -144,10 +156,13 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         centerInputSample = try c.decode(.centerInputSample, default: false)
         upcastAttention = try c.decode(.upcastAttention, default: false)
         timeCondProjDim = try c.decodeIfPresent(Int.self, forKey: .timeCondProjDim)
+        additionEmbedType = try c.decodeIfPresent(String.self, forKey: .additionEmbedType)
+        additionTimeEmbedDim = try c.decodeIfPresent(Int.self, forKey: .additionTimeEmbedDim)
+        projectionClassEmbeddingsInputDim = try c.decodeIfPresent(Int.self, forKey: .projectionClassEmbeddingsInputDim)
 
         let x = try decoder.container(keyedBy: ConfigKey.self)
-        for key in ["addition_embed_type", "encoder_hid_dim", "encoder_hid_dim_type", "cross_attention_norm",
-                    "timestep_post_act", "time_embedding_act_fn", "projection_class_embeddings_input_dim"] {
+        for key in ["encoder_hid_dim", "encoder_hid_dim_type", "cross_attention_norm",
+                    "timestep_post_act", "time_embedding_act_fn"] {
             let k = ConfigKey(stringValue: key)
             if x.contains(k), (try? x.decodeNil(forKey: k)) == false { unsupported.append(key) }
         }
@@ -191,6 +206,9 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         try c.encode(convInKernel, forKey: .convInKernel); try c.encode(convOutKernel, forKey: .convOutKernel)
         try c.encode(centerInputSample, forKey: .centerInputSample); try c.encode(upcastAttention, forKey: .upcastAttention)
         try c.encodeIfPresent(timeCondProjDim, forKey: .timeCondProjDim)
+        try c.encodeIfPresent(additionEmbedType, forKey: .additionEmbedType)
+        try c.encodeIfPresent(additionTimeEmbedDim, forKey: .additionTimeEmbedDim)
+        try c.encodeIfPresent(projectionClassEmbeddingsInputDim, forKey: .projectionClassEmbeddingsInputDim)
     }
 
     /// Throws for configurations outside what `UNet2DConditionModel` here implements.
@@ -222,6 +240,12 @@ public struct UNetConfig: Codable, Sendable, Equatable {
             throw UNetConfigError("channel and layer counts must be positive")
         }
         if let d = timeCondProjDim, d <= 0 { throw UNetConfigError("time_cond_proj_dim must be positive, got \(d)") }
+        if let t = additionEmbedType {
+            guard t == "text_time" else { throw UNetConfigError("addition_embed_type \(t) (only text_time)") }
+            guard (additionTimeEmbedDim ?? 0) > 0, (projectionClassEmbeddingsInputDim ?? 0) > 0 else {
+                throw UNetConfigError("addition_embed_type text_time needs positive addition_time_embed_dim and projection_class_embeddings_input_dim")
+            }
+        }
         if let r = reverseTransformerLayersPerBlock, r.count != n { throw UNetConfigError("reverse_transformer_layers_per_block needs \(n) entries") }
         let usesCross = downBlockTypes.contains { $0.attention == .crossAttention } || upBlockTypes.contains { $0.attention == .crossAttention }
             || midBlockType == .unetMidBlock2DCrossAttn
