@@ -9,11 +9,23 @@ import TensorCore
 /// Called after each model evaluation with (step, total); return false to cancel (the loop throws .cancelled).
 public typealias ProgressHandler = (_ step: Int, _ total: Int) -> Bool
 
-/// Sees the latents after every denoising step (the server's live previews); bound for one generation with
-/// `DenoisingObserver.$current.withValue(observer) { ... }` on the thread that runs it.
+/// Sees the latents after every denoising step (the server's live previews), for the loops run by `body` on the
+/// calling thread: `DenoisingObserver.with(observer) { ... }` (a thread-dictionary entry, so it also works on plain
+/// threads outside Swift tasks).
 public enum DenoisingObserver {
     public typealias Observer = (_ latents: [Float], _ shape: [Int]) -> Void
-    @TaskLocal public static var current: Observer?
+    final class Box { let f: Observer; init(_ f: @escaping Observer) { self.f = f } }
+    static let key = "LatentDiffusion.DenoisingObserver"
+
+    public static func with<T>(_ observer: @escaping Observer, _ body: () throws -> T) rethrows -> T {
+        let d = Thread.current.threadDictionary
+        let previous = d[key]
+        d[key] = Box(observer)
+        defer { d[key] = previous }
+        return try body()
+    }
+
+    static var current: Observer? { (Thread.current.threadDictionary[key] as? Box)?.f }
 }
 
 /// Keeps the unmasked region on the noised original (4-channel inpainting / CompVis masked sampling).

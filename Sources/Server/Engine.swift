@@ -65,7 +65,7 @@ public final class Engine: @unchecked Sendable {
                 let gen: RandomSource = s.randnSource == "NV" ? CUDAGenerator(seed: seed) : TorchGenerator(seed: seed, normalKernel: .avx2)
                 var result: GenerationResult?
                 do {
-                    result = try DenoisingObserver.$current.withValue({ job.observe($0, $1) }) {
+                    result = try DenoisingObserver.with({ job.observe($0, $1) }) {
                         switch (s.mode, mask) {
                         case (.txt2img, _): return try pipe.textToImage(p, o, generator: gen, progress: job.stepDone)
                         case (.img2img, nil):

@@ -133,6 +133,11 @@ def main():
             with lock:
                 failures.append(f"client {k}: {e}")
 
+    def alive():
+        if server.poll() is not None:
+            rest = server.stdout.read()
+            raise SystemExit(f"the server died (exit {server.returncode}): {rest[-60000:]}")
+
     t0 = time.time()
     threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
     for t in threads:
@@ -140,6 +145,7 @@ def main():
     for t in threads:
         t.join(1800)
     wall = time.time() - t0
+    alive()
     if len(ids) != len(set(ids)):
         failures.append("duplicated job ids")
     if len(images) != args.clients:
@@ -155,6 +161,7 @@ def main():
 
     def rss():
         return json.loads(request(port, "GET", "/sdapi/v1/memory")[1])["ram"]["process_rss"]
+    alive()
     generations(args.memory_requests, 500000)
     rss_warm = rss()
     generations(args.memory_requests, 600000)
