@@ -41,6 +41,9 @@ extension LDMServer {
                  "need_inner_model": false]
             }))
         }
+        route(router, .get, "/sdapi/v1/loras", "LoRA files of --lora-dir, for <lora:NAME:WEIGHT> in prompts", tag: "a1111") { _, _ in
+            Self.json(.array(self.engine.listLoRAs().map { ["name": .string($0.name), "alias": .string($0.name), "path": .string($0.path), "metadata": [:]] }))
+        }
         route(router, .get, "/sdapi/v1/sd-models", "Models (--model and --models-dir)", tag: "a1111") { _, _ in
             Self.json(.array(self.registry.entries.map {
                 ["title": .string($0.title), "model_name": .string($0.name), "hash": .null, "sha256": .null,

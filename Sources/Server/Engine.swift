@@ -12,9 +12,11 @@ public final class Engine: @unchecked Sendable {
     public let cache: ModelCache
     /// Where save_images writes PNGs (nil: save_images is refused).
     public let outputDir: URL?
+    /// Where <lora:NAME:WEIGHT> prompt tags are looked up (nil: LoRA tags are refused).
+    public let loraDir: URL?
 
-    public init(registry: ModelRegistry, cache: ModelCache, outputDir: URL?) {
-        self.registry = registry; self.cache = cache; self.outputDir = outputDir
+    public init(registry: ModelRegistry, cache: ModelCache, outputDir: URL?, loraDir: URL? = nil) {
+        self.registry = registry; self.cache = cache; self.outputDir = outputDir; self.loraDir = loraDir
     }
 
     /// The infotext fields `ldm txt2img` writes (GenerationOptions.parameters + PromptArguments.annotate + write).
@@ -53,8 +55,12 @@ public final class Engine: @unchecked Sendable {
             if s.mask == nil, bundle.unet.config.inChannels != bundle.latentChannels {
                 throw APIError.unprocessable("sd_model_checkpoint", "model \(entry.name) is an inpainting model: send a mask to /sdapi/v1/img2img")
             }
+            // <lora:NAME:WEIGHT>: merged for this job, unmerged after it (exact), so the cached model stays the base.
+            let (promptText, tags) = try LoRAPrompt.extract(s.prompt)
+            let applied = try mergeLoRAs(tags, into: bundle)
+            defer { if applied != nil { bundle.unmergeLoRAs() } }
             let pipe = try StableDiffusionPipeline(bundle: bundle)
-            let p = PromptOptions(prompt: s.prompt, negativePrompt: s.negativePrompt, guidanceScale: s.cfgScale, width: s.width,
+            let p = PromptOptions(prompt: promptText, negativePrompt: s.negativePrompt, guidanceScale: s.cfgScale, width: s.width,
                                   height: s.height, emphasis: s.emphasis)
             let o = SamplingOptions(sampler: s.factorySampler, steps: s.steps, eta: s.eta, batchSize: 1)
             let (initImage, mask) = prepareInpainting(s)
@@ -81,7 +87,8 @@ public final class Engine: @unchecked Sendable {
                     job.clearSkip()
                 }
                 guard let r = result, let image = r.images.first else { continue }
-                let params = Self.parameters(s, seed: seed, model: entry.name, index: i, width: image.width, height: image.height)
+                var params = Self.parameters(s, seed: seed, model: entry.name, index: i, width: image.width, height: image.height)
+                if let h = applied?.webUIHashes { params.extra.append(.init("Lora hashes", h)) }
                 let png = try PNGCodec.encode(image, text: [params.pngTextChunk])
                 if s.saveImages, let dir = outputDir { try save(png, in: dir, seed: seed) }
                 job.add(GeneratedImage(png: png, seed: seed, infotext: params.text))
@@ -91,9 +98,40 @@ public final class Engine: @unchecked Sendable {
             job.finish(.failed, error: e)
         } catch let e as PipelineError {
             job.finish(.failed, error: APIError.unprocessable("request", sanitize(e.description)))
+        } catch let e as LoRAError {
+            job.finish(.failed, error: APIError.unprocessable("prompt", sanitize(e.description)))
         } catch {
             job.finish(.failed, error: APIError(.internalServerError, "generation failed", sanitize("\(error)")))
         }
+    }
+
+    /// The LoRA files of the prompt's tags, found in --lora-dir by plain name only (no path separators or "..", so a
+    /// request cannot reach outside the folder), merged into `bundle`.
+    func mergeLoRAs(_ tags: [LoRATag], into bundle: ModelBundle) throws -> AppliedLoRAs? {
+        guard !tags.isEmpty else { return nil }
+        guard let dir = loraDir else {
+            throw APIError.unprocessable("prompt", "the prompt has <lora:\(tags[0].name):...> but the server was started without --lora-dir")
+        }
+        let files = try tags.map { t -> (file: LoRAFile, weight: Float) in
+            guard !t.name.contains("/"), !t.name.contains("\\"), !t.name.hasPrefix(".") else {
+                throw APIError.unprocessable("prompt", "LoRA name '\(t.name)' must be a plain name as /sdapi/v1/loras lists it")
+            }
+            return (try LoRAFile(url: LoRAPrompt.resolve(t.name, in: dir)), t.weight)
+        }
+        return try bundle.mergeLoRAs(files)
+    }
+
+    /// The LoRA files of --lora-dir (A1111's /sdapi/v1/loras entries; paths relative to the folder).
+    public func listLoRAs() -> [(name: String, path: String)] {
+        guard let dir = loraDir, let en = FileManager.default.enumerator(at: dir, includingPropertiesForKeys: nil) else { return [] }
+        var out: [(name: String, path: String)] = []
+        let base = dir.standardizedFileURL.path
+        for case let u as URL in en where ["safetensors", "pt", "ckpt", "bin"].contains(u.pathExtension.lowercased()) {
+            let full = u.standardizedFileURL.path
+            let rel = full.hasPrefix(base + "/") ? String(full.dropFirst(base.count + 1)) : u.lastPathComponent
+            out.append((u.deletingPathExtension().lastPathComponent, rel))
+        }
+        return out.sorted { $0.path < $1.path }
     }
 
     /// A1111 inpainting_mask_invert and inpainting_fill 0 ("fill": the masked area painted with the mean colour of the
@@ -127,6 +165,7 @@ public final class Engine: @unchecked Sendable {
         var out = s
         var paths = registry.entries.map(\.url.path)
         if let d = registry.modelsDir { paths.append(d.path) }
+        if let d = loraDir { paths.append(d.path) }
         for p in paths.sorted(by: { $0.count > $1.count }) { out = out.replacingOccurrences(of: p, with: "<model>") }
         out = out.replacingOccurrences(of: NSHomeDirectory(), with: "~")
         return out

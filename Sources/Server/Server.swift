@@ -18,6 +18,8 @@ public struct ServerConfig: Sendable {
     public var queueSize = 16
     public var maxLoadedModels = 1
     public var outputDir: URL?
+    /// Folder of LoRA files for the prompt syntax <lora:NAME:WEIGHT> and /sdapi/v1/loras (nil: no LoRAs).
+    public var loraDir: URL?
     /// Largest request body (base64 init images and masks included).
     public var maxBodyBytes = 64 << 20
     public init() {}
@@ -116,7 +118,7 @@ public final class LDMServer: @unchecked Sendable {
             throw APIError(.badRequest, "no models", "no model found: give --model PATH or a --models-dir holding diffusers folders or .safetensors/.ckpt files")
         }
         cache = ModelCache(capacity: config.maxLoadedModels)
-        engine = Engine(registry: registry, cache: cache, outputDir: config.outputDir)
+        engine = Engine(registry: registry, cache: cache, outputDir: config.outputDir, loraDir: config.loraDir)
         let engine = self.engine
         queue = JobQueue(capacity: config.queueSize) { engine.run($0) }
         options = OptionsStore(ServerOptions(model: first.name), registry: registry)

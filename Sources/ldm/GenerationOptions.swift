@@ -101,6 +101,15 @@ struct GenerationOptions: ParsableArguments {
         return (o, paths)
     }
 
+    /// The --lora files and the prompt's <lora:> tags, then the LCM defaults they or the model call for (see
+    /// `lcmDefaults`): the three prompt-driven generation commands start this way.
+    func lorasWithLCMDefaults(_ o: inout SamplingOptions, summary: ModelSummary, prompt: PromptArguments) throws
+        -> (loras: [(file: LoRAFile, weight: Float)], lcmGuidance: Double?) {
+        let loras = try self.loras(tags: prompt.loraTags())
+        let lcmLoRA = loras.contains { $0.file.name.lowercased().contains("lcm") }
+        return (loras, lcmDefaults(&o, summary: summary, lcmLoRA: lcmLoRA, cfgGiven: prompt.cfgScale != nil))
+    }
+
     /// Defaults that fit latent consistency models (a UNet with time_cond_proj_dim, or an LCM-LoRA): sampler lcm and
     /// 4 steps unless given, and says so. Returns the guidance default for `PromptArguments.check` (nil: not an LCM):
     /// 8.5 for LatentConsistencyModelPipeline-style UNets (diffusers' default; guidance there is the UNet's w

@@ -21,9 +21,7 @@ struct Img2Img: ParsableCommand {
     private func generate() throws {
         var (sampling, paths) = try options.check()
         let summary = try options.summary()
-        let loras = try options.loras(tags: prompt.loraTags())
-        let lcmLoRA = loras.contains { $0.file.name.lowercased().contains("lcm") }
-        let lcmCFG = options.lcmDefaults(&sampling, summary: summary, lcmLoRA: lcmLoRA, cfgGiven: prompt.cfgScale != nil)
+        let (loras, lcmCFG) = try options.lorasWithLCMDefaults(&sampling, summary: summary, prompt: prompt)
         let p = try prompt.check(defaultGuidance: lcmCFG ?? 7.5)
         try Validation.checkStrength(strength)
         try Validation.checkImg2ImgSteps(steps: sampling.steps, strength: strength)

@@ -36,12 +36,15 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("output-dir"), help: "Folder where requests with save_images write their PNGs (without it, save_images is refused).")
     var outputDir: String?
 
+    @Option(name: .customLong("lora-dir"), help: "Folder of LoRA files that prompts may use as <lora:NAME:WEIGHT> (listed by /sdapi/v1/loras).")
+    var loraDir: String?
+
     func validate() throws {
         guard model != nil || modelsDir != nil else { throw ValidationError("give --model PATH and/or --models-dir DIR") }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535, got \(port)") }
         guard (1...1024).contains(queueSize) else { throw ValidationError("--queue-size must be in 1...1024, got \(queueSize)") }
         guard (1...16).contains(maxLoadedModels) else { throw ValidationError("--max-loaded-models must be in 1...16, got \(maxLoadedModels)") }
-        for (flag, path) in [("--models-dir", modelsDir), ("--output-dir", outputDir)] {
+        for (flag, path) in [("--models-dir", modelsDir), ("--output-dir", outputDir), ("--lora-dir", loraDir)] {
             guard let path else { continue }
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
@@ -60,6 +63,7 @@ struct Serve: ParsableCommand {
         c.credentials = try apiAuth.map(ServerConfig.parseAuth) ?? []
         c.queueSize = queueSize; c.maxLoadedModels = maxLoadedModels
         c.outputDir = outputDir.map { URL(fileURLWithPath: $0, isDirectory: true) }
+        c.loraDir = loraDir.map { URL(fileURLWithPath: $0, isDirectory: true) }
         let server: LDMServer
         do { server = try LDMServer(config: c) } catch let e as APIError { throw ValidationError(e.detail) }
 

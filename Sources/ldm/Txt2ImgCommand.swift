@@ -22,9 +22,7 @@ struct Txt2Img: ParsableCommand {
                 throw PipelineError("--emphasis is for CLIP text encoders; \(options.model) has LDM-BERT")
             }
         }
-        let loras = try options.loras(tags: prompt.loraTags())
-        let lcmLoRA = loras.contains { $0.file.name.lowercased().contains("lcm") }
-        let lcmCFG = options.lcmDefaults(&sampling, summary: summary, lcmLoRA: lcmLoRA, cfgGiven: prompt.cfgScale != nil)
+        let (loras, lcmCFG) = try options.lorasWithLCMDefaults(&sampling, summary: summary, prompt: prompt)
         let p = try prompt.check(defaultGuidance: summary.hasLDMBert ? LDMTextToImagePipeline.defaultGuidanceScale : lcmCFG ?? 7.5)
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
