@@ -10,6 +10,9 @@ struct Txt2Img: ParsableCommand {
     @OptionGroup var options: GenerationOptions
     @OptionGroup var prompt: PromptArguments
 
+    @Flag(help: "Print where the time and memory went: load, text encoding, seconds per step, decode, peak RSS (on stderr, also with --quiet).")
+    var timings = false
+
     func run() throws { try options.compute(generate) }
 
     private func generate() throws {
@@ -25,21 +28,26 @@ struct Txt2Img: ParsableCommand {
         let (loras, lcmCFG) = try options.lorasWithLCMDefaults(&sampling, summary: summary, prompt: prompt)
         let p = try prompt.check(defaultGuidance: summary.hasLDMBert ? LDMTextToImagePipeline.defaultGuidanceScale : lcmCFG ?? 7.5)
         let seed = options.resolvedSeed
+        let clock = timings ? Timings() : nil
         options.log("loading \(options.model)")
         let bundle = try options.loadBundle(loras: loras)
+        clock?.markLoaded()
         let bar = options.progressBar("txt2img")
+        let progress: (Int, Int) -> Bool = { step, total in clock?.stepDone(); return bar.update(step, total) }
         let result: GenerationResult
         if summary.hasLDMBert {
             result = try LDMTextToImagePipeline(bundle: bundle).textToImage(p, sampling, generator: options.generator(seed: seed),
-                                                                            progress: bar.update)
+                                                                            progress: progress)
         } else {
             let pipe = try StableDiffusionPipeline(bundle: prompt.configure(bundle))
-            result = try pipe.textToImage(p, sampling, generator: options.generator(seed: seed), progress: bar.update)
+            result = try pipe.textToImage(p, sampling, generator: options.generator(seed: seed), progress: progress)
         }
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: sampling.sampler ?? bundle.schedulerConfig.className)
         prompt.annotate(&params, bundle: bundle, options: p)
         options.recordLoRAs(&params, bundle)
         options.log("seed \(seed)")
+        let decoded = Date()
         try options.write(result, to: paths, parameters: params)
+        if let clock { FileHandle.standardError.write(Data((clock.report(decodedAt: decoded, writtenAt: Date()) + "\n").utf8)) }
     }
 }

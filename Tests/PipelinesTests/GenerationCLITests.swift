@@ -46,6 +46,19 @@ final class GenerationCLITests: XCTestCase {
                  "--output", out.path, "--quiet"] + extra)
     }
 
+    func testTimingsReportLoadStepsDecodeAndPeakRSS() throws {
+        let out = try tempDir().appendingPathComponent("t.png")
+        let (status, err) = try txt2img(out, ["--timings", "--steps", "3"])
+        XCTAssertEqual(status, 0, err)
+        let line = try XCTUnwrap(err.split(separator: "\n").first { $0.hasPrefix("timings: ") }, "no timings line (also expected with --quiet): \(err)")
+        for part in ["load ", "text encoding ", "3 steps ", " s/step", "decode ", "write ", "total ", "peak RSS "] {
+            XCTAssertTrue(line.contains(part), "\(part) missing in \(line)")
+        }
+        let rss = try XCTUnwrap(Int(line.components(separatedBy: "peak RSS ").last?.split(separator: " ").first ?? ""), String(line))
+        XCTAssertGreaterThan(rss, 10, "peak RSS in MB")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: out.path))
+    }
+
     func parameters(_ url: URL) throws -> GenerationParameters {
         let text = try XCTUnwrap(try ImageIO.load(path: url.path).text("parameters"))
         return GenerationParameters(parsing: text)
