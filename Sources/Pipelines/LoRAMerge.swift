@@ -96,9 +96,12 @@ public enum LoRAPrompt {
         return (text, tags)
     }
 
+    /// The file extensions a Lora folder's entries have (the web UI's Lora folder).
+    public static let fileExtensions = ["safetensors", "pt", "ckpt", "bin"]
+
     /// Finds NAME.safetensors (or .pt, .ckpt, .bin) in `directory` or its subfolders, as the web UI's Lora folder.
     public static func resolve(_ name: String, in directory: URL) throws -> URL {
-        let exts = ["safetensors", "pt", "ckpt", "bin"]
+        let exts = fileExtensions
         for e in exts {
             let u = directory.appendingPathComponent(name).appendingPathExtension(e)
             if FileManager.default.fileExists(atPath: u.path) { return u }

@@ -126,7 +126,7 @@ public final class Engine: @unchecked Sendable {
         guard let dir = loraDir, let en = FileManager.default.enumerator(at: dir, includingPropertiesForKeys: nil) else { return [] }
         var out: [(name: String, path: String)] = []
         let base = dir.standardizedFileURL.path
-        for case let u as URL in en where ["safetensors", "pt", "ckpt", "bin"].contains(u.pathExtension.lowercased()) {
+        for case let u as URL in en where LoRAPrompt.fileExtensions.contains(u.pathExtension.lowercased()) {
             let full = u.standardizedFileURL.path
             let rel = full.hasPrefix(base + "/") ? String(full.dropFirst(base.count + 1)) : u.lastPathComponent
             out.append((u.deletingPathExtension().lastPathComponent, rel))

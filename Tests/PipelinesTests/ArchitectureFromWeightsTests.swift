@@ -116,11 +116,7 @@ final class ArchitectureFromWeightsTests: XCTestCase {
 
     /// `ldm txt2img --config v1-inference.yaml` on the same file: the early summary and the load agree, the notes are shown.
     func testCLIWithTheStockYAML() throws {
-        #if os(macOS)
-        let ldm = Bundle.allBundles.first { $0.bundlePath.hasSuffix(".xctest") }!.bundleURL.deletingLastPathComponent().appendingPathComponent("ldm")
-        #else
-        let ldm = Bundle.main.bundleURL.appendingPathComponent("ldm")
-        #endif
+        let ldm = LDMExecutable.url
         guard FileManager.default.isExecutableFile(atPath: ldm.path) else { return XCTFail("the ldm executable is not built at \(ldm.path)") }
         let file = try compVisFile(fixtures.appendingPathComponent("tiny-sd-clip-vocab"))
         let out = file.deletingLastPathComponent().appendingPathComponent("out.png")

@@ -6,11 +6,7 @@ import XCTest
 
 final class BenchScriptLocationTests: XCTestCase {
     func testBenchFindsItsPyTorchScriptFromAnyDirectory() throws {
-        #if os(macOS)
-        let ldm = Bundle.allBundles.first { $0.bundlePath.hasSuffix(".xctest") }!.bundleURL.deletingLastPathComponent().appendingPathComponent("ldm")
-        #else
-        let ldm = Bundle.main.bundleURL.appendingPathComponent("ldm")
-        #endif
+        let ldm = LDMExecutable.url
         guard FileManager.default.isExecutableFile(atPath: ldm.path) else { return XCTFail("the ldm executable is not built at \(ldm.path)") }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-bench-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

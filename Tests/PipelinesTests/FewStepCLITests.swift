@@ -8,43 +8,7 @@ import Imaging
 import Pipelines
 import XCTest
 
-final class FewStepCLITests: XCTestCase {
-    var ldm: URL {
-        #if os(macOS)
-        for b in Bundle.allBundles where b.bundlePath.hasSuffix(".xctest") { return b.bundleURL.deletingLastPathComponent().appendingPathComponent("ldm") }
-        #endif
-        return Bundle.main.bundleURL.appendingPathComponent("ldm")
-    }
-
-    func tempDir() throws -> URL {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-fewstep-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: d) }
-        return d
-    }
-
-    /// Runs ldm; returns (exit status, stderr).
-    func run(_ args: [String]) throws -> (Int32, String) {
-        guard FileManager.default.isExecutableFile(atPath: ldm.path) else {
-            XCTFail("the ldm executable is not built at \(ldm.path)")
-            return (-1, "")
-        }
-        let p = Process()
-        p.executableURL = ldm
-        p.arguments = args
-        let err = Pipe()
-        p.standardError = err
-        p.standardOutput = Pipe()
-        try p.run()
-        let data = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
-    func parameters(_ url: URL) throws -> GenerationParameters {
-        GenerationParameters(parsing: try XCTUnwrap(try ImageIO.load(path: url.path).text("parameters")))
-    }
-
+final class FewStepCLITests: LDMCommandTestCase {
     /// The 8-bit pixels of a diffusers reference image of few_step_outputs.safetensors.
     func reference(_ name: String) throws -> [UInt8] {
         let file = try CheckpointFile.open(fixtures.appendingPathComponent("few_step_outputs.safetensors"))

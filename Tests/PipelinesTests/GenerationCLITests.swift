@@ -7,39 +7,8 @@ import Pipelines
 import TensorCore
 import XCTest
 
-final class GenerationCLITests: XCTestCase {
-    var ldm: URL {
-        #if os(macOS)
-        for b in Bundle.allBundles where b.bundlePath.hasSuffix(".xctest") { return b.bundleURL.deletingLastPathComponent().appendingPathComponent("ldm") }
-        #endif
-        return Bundle.main.bundleURL.appendingPathComponent("ldm")
-    }
+final class GenerationCLITests: LDMCommandTestCase {
     var model: String { fixtures.appendingPathComponent("tiny-sd").path }
-
-    func tempDir() throws -> URL {
-        let d = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-cli-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: d, withIntermediateDirectories: true)
-        addTeardownBlock { try? FileManager.default.removeItem(at: d) }
-        return d
-    }
-
-    /// Runs ldm; returns (exit status, stderr).
-    func run(_ args: [String]) throws -> (Int32, String) {
-        guard FileManager.default.isExecutableFile(atPath: ldm.path) else {
-            XCTFail("the ldm executable is not built at \(ldm.path)")
-            return (-1, "")
-        }
-        let p = Process()
-        p.executableURL = ldm
-        p.arguments = args
-        let err = Pipe()
-        p.standardError = err
-        p.standardOutput = Pipe()
-        try p.run()
-        let data = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
 
     func txt2img(_ out: URL, _ extra: [String]) throws -> (Int32, String) {
         try run(["txt2img", "--model", model, "--prompt", "a red cube", "--steps", "2", "--seed", "7", "--sampler", "euler-a",
@@ -57,11 +26,6 @@ final class GenerationCLITests: XCTestCase {
         let rss = try XCTUnwrap(Int(line.components(separatedBy: "peak RSS ").last?.split(separator: " ").first ?? ""), String(line))
         XCTAssertGreaterThan(rss, 10, "peak RSS in MB")
         XCTAssertTrue(FileManager.default.fileExists(atPath: out.path))
-    }
-
-    func parameters(_ url: URL) throws -> GenerationParameters {
-        let text = try XCTUnwrap(try ImageIO.load(path: url.path).text("parameters"))
-        return GenerationParameters(parsing: text)
     }
 
     func testRNGCudaMatchesTheLibraryAndIsRecorded() throws {
