@@ -2,10 +2,11 @@
 // LatentDiffusion: latent diffusion models (Rombach et al., CVPR 2022) in Swift, CPU-first.
 // Module layers, bottom to top (a module imports only modules below it; docs/architecture.md describes each):
 //   CKernels, CMPIShim, CDNNL, CZlib, CPNG, CTurboJPEG: C kernels, the run-time MPI binding, system libraries
-//   TensorCore (tensors, autograd, kernels);  Checkpoints, Tokenizers, Imaging (file formats, no tensors)
+//   Checkpoints, Tokenizers, Imaging (file formats, no tensors);  TensorCore (tensors, autograd, kernels)
 //   NeuralNetwork (torch.nn layers, state-dict loading: TensorCore + Checkpoints);  Diffusion (schedules, schedulers)
 //   DiffusersBlocks (diffusers' building blocks: resnet, attention, embeddings, unet_2d_blocks)
-//   Autoencoders, UNetModels (diffusers models + their CompVis mapping);  Conditioning (text encoders, class embedder)
+//   Autoencoders, UNetModels (diffusers models);  Conditioning (text encoders, class embedder)
+//   CompVis (CompVis <-> diffusers rename tables, YAML -> typed configs, CompVis loading, `ldm convert`)
 //   Pipelines (generation);  Training (with CMPIShim)
 //   Server (`ldm serve`, over Pipelines);  ldm (command line)
 import PackageDescription
@@ -16,7 +17,7 @@ let package = Package(
     name: "LatentDiffusion",
     products: [
         .executable(name: "ldm", targets: ["ldm"]),
-        .library(name: "LatentDiffusion", targets: ["TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training"]),
+        .library(name: "LatentDiffusion", targets: ["TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels", "Conditioning", "CompVis", "Pipelines", "Training"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -43,7 +44,10 @@ let package = Package(
         .target(name: "Autoencoders", dependencies: ["DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], swiftSettings: optimize),
         .target(name: "UNetModels", dependencies: ["DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], swiftSettings: optimize),
         .target(name: "Conditioning", dependencies: ["NeuralNetwork", "Checkpoints", "Tokenizers", "TensorCore"], swiftSettings: optimize),
-        .target(name: "Pipelines", dependencies: ["Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Tokenizers", "Checkpoints",
+        // CompVis single files and YAMLs: one rename table per component, used by loading and by `ldm convert`.
+        .target(name: "CompVis", dependencies: ["Checkpoints", "Tokenizers", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels",
+                                                "Conditioning", "NeuralNetwork", "TensorCore"], swiftSettings: optimize),
+        .target(name: "Pipelines", dependencies: ["CompVis", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Tokenizers", "Checkpoints",
                                                   "NeuralNetwork", "TensorCore"], swiftSettings: optimize),
         .target(name: "Training", dependencies: ["CMPIShim", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging", "Checkpoints", "Tokenizers",
                                                  "DiffusersBlocks", "NeuralNetwork", "TensorCore"], swiftSettings: optimize),
@@ -53,20 +57,21 @@ let package = Package(
             .product(name: "Hummingbird", package: "hummingbird"),
         ]),
         .executableTarget(name: "ldm", dependencies: [
-            "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training", "Server",
+            "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "CompVis",
+            "Pipelines", "Training", "Server",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Yams", package: "Yams"),
         ]),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "NeuralNetwork"], exclude: ["Fixtures"]),
-        .testTarget(name: "CheckpointsTests", dependencies: ["Checkpoints"], exclude: ["Fixtures"]),
+        .testTarget(name: "CheckpointsTests", dependencies: ["Checkpoints", "CompVis"], exclude: ["Fixtures"]),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], exclude: ["Fixtures"]),
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion", "TensorCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "AutoencodersTests", dependencies: ["Autoencoders", "DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "UNetModelsTests", dependencies: ["UNetModels", "Autoencoders", "DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "ConditioningTests", dependencies: ["Conditioning", "NeuralNetwork", "Checkpoints", "Tokenizers", "TensorCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "PipelinesTests", dependencies: ["Pipelines", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels", "Conditioning", "Imaging",
+        .testTarget(name: "AutoencodersTests", dependencies: ["Autoencoders", "CompVis", "DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "UNetModelsTests", dependencies: ["UNetModels", "CompVis", "Autoencoders", "DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "ConditioningTests", dependencies: ["Conditioning", "CompVis", "NeuralNetwork", "Checkpoints", "Tokenizers", "TensorCore"], exclude: ["Fixtures"]),
+        .testTarget(name: "PipelinesTests", dependencies: ["Pipelines", "CompVis", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels", "Conditioning", "Imaging",
                                                            "Tokenizers", "Checkpoints", "NeuralNetwork", "TensorCore"], exclude: ["Fixtures"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging",
                                                           "Tokenizers", "Checkpoints", "NeuralNetwork", "TensorCore"], exclude: ["Fixtures"]),

@@ -29,7 +29,7 @@ public final class AutoencoderKL: Module {
     /// diffusers use_slicing: encode/decode batch entries one at a time (less peak memory, same results).
     public var useSlicing = false
     /// What the last `load(folder:)` / `loadCompVis` found (loaded, unexpected keys).
-    public internal(set) var loadReport: LoadReport?
+    public var loadReport: LoadReport?
 
     public init(config: AutoencoderKLConfig) throws {
         try config.validate()

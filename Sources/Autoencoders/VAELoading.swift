@@ -1,6 +1,6 @@
 // Loading first-stage weights: a diffusers `vae/` (or `vqvae/`) folder (config.json +
 // diffusion_pytorch_model[.fp16].safetensors / .bin, as diffusers ModelMixin.from_pretrained reads it) or a CompVis
-// checkpoint (first_stage_model.* records + the YAML's first_stage_config, as diffusers' from_single_file converts it).
+// checkpoint (first_stage_model.* records + the YAML's first_stage_config: CompVis/VAETable.swift).
 // Every load is strict: missing or mis-shaped weights throw a LoadError listing them; unexpected keys are reported.
 import Checkpoints
 import Foundation
@@ -47,38 +47,6 @@ public enum FirstStageModel {
         }
     }
 
-    /// A CompVis checkpoint's records (full LatentDiffusion with `first_stage_model.` keys, or a bare first stage)
-    /// with the parsed YAML (see FirstStageConfig.fromCompVis). A `scale_factor` buffer in the checkpoint
-    /// (scale_by_std) overrides the YAML's.
-    public static func loadCompVis(records: [String: TensorRecord], yaml: [String: Any],
-                                   normNumGroups: Int = 32) throws -> (model: FirstStageModel, report: LoadReport) {
-        let config = try FirstStageConfig.fromCompVis(yaml, normNumGroups: normNumGroups)
-        var scale: Float?
-        if let r = records["scale_factor"], r.elementCount == 1, let v = try r.floats().first { scale = v }
-        let mapped = CompVisVAEKeys.map(records, blockCount: config.blockCount)
-        guard !mapped.isEmpty else {
-            throw AutoencoderError("the checkpoint has no first-stage weights (no encoder.* / decoder.* keys, with or without first_stage_model.)")
-        }
-        switch config {
-        case .kl(var c):
-            if let scale { c.scalingFactor = scale }
-            let m = try AutoencoderKL(config: c)
-            let report = try m.load(mapped, component: "first_stage_model")
-            m.loadReport = report
-            return (.kl(m), report)
-        case .vq(var c):
-            if let scale { c.scalingFactor = scale }
-            let m = try VQModel(config: c)
-            let report = try m.load(mapped, component: "first_stage_model")
-            m.loadReport = report
-            return (.vq(m), report)
-        }
-    }
-
-    public static func loadCompVis(checkpoint: URL, yaml: [String: Any], normNumGroups: Int = 32) throws -> (model: FirstStageModel, report: LoadReport) {
-        try loadCompVis(records: CheckpointFile.open(checkpoint).tensors, yaml: yaml, normNumGroups: normNumGroups)
-    }
-
     static func componentFolder(_ folder: URL) throws -> (URL, URL) {
         let fm = FileManager.default
         for dir in [folder, folder.appendingPathComponent("vae"), folder.appendingPathComponent("vqvae")] {
@@ -113,24 +81,5 @@ extension VQModel {
             throw AutoencoderError("\(folder.path) holds an AutoencoderKL, not a VQModel")
         }
         return m
-    }
-}
-
-extension AutoencoderKL {
-    /// Loads CompVis-named weights (see CompVisVAEKeys) into this model; returns the load report.
-    @discardableResult
-    public func loadCompVis(_ records: [String: TensorRecord], prefix: String? = nil) throws -> LoadReport {
-        let report = try load(CompVisVAEKeys.map(records, blockCount: config.blockOutChannels.count, prefix: prefix), component: "first_stage_model")
-        loadReport = report
-        return report
-    }
-}
-
-extension VQModel {
-    @discardableResult
-    public func loadCompVis(_ records: [String: TensorRecord], prefix: String? = nil) throws -> LoadReport {
-        let report = try load(CompVisVAEKeys.map(records, blockCount: config.blockOutChannels.count, prefix: prefix), component: "first_stage_model")
-        loadReport = report
-        return report
     }
 }

@@ -13,7 +13,7 @@ public final class VQModel: Module {
     public let postQuantConv: Conv2d
     public let decoder: VAEDecoder
     /// What the last `load(folder:)` / `loadCompVis` found (loaded, unexpected keys).
-    public internal(set) var loadReport: LoadReport?
+    public var loadReport: LoadReport?
 
     /// `remap` / `unknownIndex` / `saneIndexShape` / `legacy` configure the quantizer as taming's VectorQuantizer2
     /// (diffusers' VQModel always uses the defaults).

@@ -11,7 +11,7 @@ public final class TensorStorage {
     private let lock = NSLock()
 
     /// A range of an already validated buffer.
-    init(buffer: ByteBuffer, offset: Int, byteCount: Int) {
+    public init(buffer: ByteBuffer, offset: Int, byteCount: Int) {
         self.byteCount = byteCount
         loader = { (buffer, offset) }
         cached = (buffer, offset)

@@ -8,7 +8,7 @@ import NeuralNetwork
 // `cond_stage_model.transformer.`, called with return_embeddings=True. Its forward is diffusers' LDMBertModel's
 // (token + unscaled absolute position embeddings, pre-norm layers: x + Attention(LN(x)), x + FF(LN(x)) with exact
 // GELU, 8 heads of 64 without q/k/v bias, final LayerNorm), so it loads into LDMBertModel through the declarative
-// rule table of Checkpoints' BERTLayout (as diffusers' convert_ldm_bert_checkpoint copies it).
+// rule table of CompVis' BERTLayout (CompVis/BERTTable.swift, as diffusers' convert_ldm_bert_checkpoint copies it).
 
 extension LDMBertConfig {
     /// LDMBertConfig of a BERTEmbedder: x-transformers' Encoder defaults for what BERTEmbedder does not pass
@@ -21,27 +21,5 @@ extension LDMBertConfig {
         c.dModel = nEmbed; c.encoderLayers = nLayer; c.encoderFFNDim = 4 * nEmbed; c.vocabSize = vocabSize
         c.maxPositionEmbeddings = maxSeqLen; c.encoderAttentionHeads = 8; c.headDim = 64; c.activationFunction = "gelu"
         return c
-    }
-}
-
-extension LDMBertModel {
-    /// LDMBertModel from a CompVis checkpoint's `cond_stage_model.transformer.*` tensors (full names; other keys are
-    /// ignored). Strict: every LDMBertModel weight but the unused `to_logits` must be present with its shape, and
-    /// every BERTEmbedder tensor must have a counterpart (x-transformers options BERTEmbedder never sets, such as GLU
-    /// feed-forwards, memory key/values or ReZero gains, would change the forward pass).
-    public convenience init(config: LDMBertConfig, bertEmbedder tensors: [String: TensorRecord]) throws {
-        self.init(config: config)
-        let (_, mapped, unmapped) = try BERTLayout.toDiffusers(tensors)
-        guard unmapped.isEmpty else {
-            throw ConditioningError("BERTEmbedder: \(unmapped.count) tensors have no LDM-BERT counterpart: "
-                                    + unmapped.prefix(8).joined(separator: ", ") + (unmapped.count > 8 ? ", ..." : ""))
-        }
-        var records: [String: TensorRecord] = [:]
-        for m in mapped { records[m.name] = m.source }
-        let report = try load(records, component: "cond_stage_model (BERTEmbedder)", optional: BERTLayout.unusedByEmbedder)
-        guard report.unexpected.isEmpty else {
-            throw ConditioningError("BERTEmbedder: tensors for layers the YAML does not declare (n_layer \(config.encoderLayers)): "
-                                    + report.unexpected.prefix(8).joined(separator: ", "))
-        }
     }
 }

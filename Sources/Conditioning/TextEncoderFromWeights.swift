@@ -42,27 +42,4 @@ extension CLIPTextConfig {
         try c.validate()
         return c
     }
-
-    /// SD 1.x text encoder (FrozenCLIPEmbedder) of a CompVis checkpoint: `cond_stage_model.transformer.` with or
-    /// without "text_model.".
-    public static func frozenCLIPEmbedder(_ records: [String: TensorRecord]) throws -> CLIPTextConfig {
-        let own = CLIPTextModel.normalizedKeys(records.filter { $0.key.hasPrefix("cond_stage_model.transformer.") })
-        return try derived(fromCLIPRecords: own, hiddenAct: "quick_gelu", what: "FrozenCLIPEmbedder")
-    }
-
-    /// SD 2.x text encoder (FrozenOpenCLIPEmbedder, layer "penultimate") of a CompVis checkpoint: a full open_clip
-    /// text tower (it has `text_projection`, as every released SD 2.x file) is used without its last resblock; a tower
-    /// written from a diffusers CLIPTextModel (no text_projection: diffusers already dropped that resblock) is used whole.
-    public static func frozenOpenCLIPEmbedder(_ records: [String: TensorRecord], prefix: String = "cond_stage_model.model.") throws -> CLIPTextConfig {
-        var c = try derived(fromCLIPRecords: CLIPTextModel.openCLIPRecords(records, prefix: prefix), hiddenAct: "gelu",
-                            what: "FrozenOpenCLIPEmbedder")
-        if records[prefix + "text_projection"] != nil {
-            guard c.numHiddenLayers > 1 else {
-                throw ConditioningError("FrozenOpenCLIPEmbedder: the penultimate layer of a one-layer text tower does not exist")
-            }
-            c.numHiddenLayers -= 1
-        }
-        c.bosTokenID = 0; c.eosTokenID = 2; c.padTokenID = 1
-        return c
-    }
 }

@@ -145,3 +145,21 @@ public enum ResampleType: DiffusersBlockName {
         }
     }
 }
+
+/// resnet_time_scale_shift (ResnetBlock2D's time_embedding_norm): how the time embedding enters a resnet.
+public enum TimeEmbeddingNorm: DiffusersBlockName {
+    /// Added to the hidden states before norm2.
+    case `default`
+    /// norm2(h) * (1 + scale) + shift (CompVis use_scale_shift_norm).
+    case scaleShift
+    case other(String)
+
+    public static let implemented: [TimeEmbeddingNorm] = [.default, .scaleShift]
+    public var rawValue: String {
+        switch self {
+        case .default: return "default"
+        case .scaleShift: return "scale_shift"
+        case .other(let name): return name
+        }
+    }
+}

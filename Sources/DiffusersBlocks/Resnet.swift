@@ -15,10 +15,10 @@ public final class ResnetBlock2D: Module {
     public let scaleShift: Bool, outputScaleFactor: Float
     public let resample: Resample
 
-    /// `tembChannels` nil: no time embedding (the VAE's blocks). `timeEmbeddingNorm`: "default" or "scale_shift".
+    /// `tembChannels` nil: no time embedding (the VAE's blocks). `timeEmbeddingNorm`: resnet_time_scale_shift.
     public init(inChannels: Int, outChannels: Int, tembChannels: Int? = nil, groups: Int, eps: Float = 1e-6,
-                timeEmbeddingNorm: String = "default", outputScaleFactor: Float = 1, resample: Resample = .none) {
-        let scaleShift = timeEmbeddingNorm == "scale_shift"
+                timeEmbeddingNorm: TimeEmbeddingNorm = .default, outputScaleFactor: Float = 1, resample: Resample = .none) {
+        let scaleShift = timeEmbeddingNorm == .scaleShift
         self.scaleShift = scaleShift
         self.outputScaleFactor = outputScaleFactor
         self.resample = resample

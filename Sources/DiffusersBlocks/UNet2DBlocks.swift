@@ -21,12 +21,12 @@ extension Attention: SpatialAttentionLayer {
 
 /// What the UNet block builders need from the UNet configuration.
 public struct BlockSettings: Sendable {
-    public var tembChannels: Int, groups: Int, eps: Float, timeScaleShift: String
+    public var tembChannels: Int, groups: Int, eps: Float, timeScaleShift: TimeEmbeddingNorm
     public var useLinearProjection: Bool, attnGroups: Int?
     /// UNet2DModel downsample_type / upsample_type, used by AttnDownBlock2D / AttnUpBlock2D.
     public var downsampleType: ResampleType, upsampleType: ResampleType
 
-    public init(tembChannels: Int, groups: Int, eps: Float, timeScaleShift: String, useLinearProjection: Bool, attnGroups: Int?,
+    public init(tembChannels: Int, groups: Int, eps: Float, timeScaleShift: TimeEmbeddingNorm, useLinearProjection: Bool, attnGroups: Int?,
                 downsampleType: ResampleType = .conv, upsampleType: ResampleType = .conv) {
         self.tembChannels = tembChannels; self.groups = groups; self.eps = eps; self.timeScaleShift = timeScaleShift
         self.useLinearProjection = useLinearProjection; self.attnGroups = attnGroups
@@ -122,7 +122,7 @@ public final class UNetMidBlock2D: Module {
                             crossAttentionDim: Int?, addAttention: Bool, outputScaleFactor: Float, _ s: BlockSettings) {
         var settings = s
         // UNetMidBlock2D: attn_groups defaults to the resnet groups only with time_embedding_norm "default".
-        settings.attnGroups = s.attnGroups ?? (s.timeScaleShift == "default" ? s.groups : nil)
+        settings.attnGroups = s.attnGroups ?? (s.timeScaleShift == .default ? s.groups : nil)
         let attention = addAttention || type == .unetMidBlock2DCrossAttn
             ? makeAttention(type.attention, channels: channels, heads: heads, legacyHeadDim: legacyHeadDim, layers: transformerLayers,
                             crossAttentionDim: crossAttentionDim, settings, rescaleOutputFactor: outputScaleFactor) : nil

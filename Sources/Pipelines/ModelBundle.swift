@@ -6,6 +6,7 @@
 // With a CompVis YAML config (--config), see CompVisYAMLLoading.swift; without one, shapes and SD defaults are used.
 import Autoencoders
 import Checkpoints
+import CompVis
 import Conditioning
 import Diffusion
 import Foundation
@@ -198,15 +199,9 @@ public final class ModelBundle {
     /// The PNDM configuration Stable Diffusion 1.x/2.x ship (scheduler/scheduler_config.json of runwayml/stable-diffusion-v1-5),
     /// key for key: `clip_sample: false` carries over to DDIM when it is swapped in (its own default clips x0), while
     /// the absent `timestep_spacing` leaves each sampler its own default, as diffusers' from_config does.
-    public static var stableDiffusionScheduler: SchedulerConfig {
-        var c = SchedulerConfig()
-        c.className = "PNDMScheduler"; c.numTrainTimesteps = 1000; c.betaStart = 0.00085; c.betaEnd = 0.012
-        c.betaSchedule = "scaled_linear"; c.setAlphaToOne = false; c.skipPrkSteps = true; c.stepsOffset = 1
-        c.clipSample = false
-        return c
-    }
+    public static var stableDiffusionScheduler: SchedulerConfig { .stableDiffusion }
 
-    /// A CompVis Stable Diffusion checkpoint: UNet and VAE renamed by Checkpoints' layout table (configs derived from
+    /// A CompVis Stable Diffusion checkpoint: UNet and VAE renamed by the CompVis tables (configs derived from
     /// shapes), CLIP (SD 1.x) or OpenCLIP (SD 2.x, penultimate layer) text encoder, the shipped BPE vocabulary.
     public static func loadCompVis(_ url: URL) throws -> ModelBundle {
         let file = try CheckpointFile.open(url)
@@ -227,20 +222,17 @@ public final class ModelBundle {
         var vaeCfg = try DiffusersConfigs.vae(vaeLayout, shapes: vaeRecords.mapValues { $0.shape }).config
         try checkGroups(vaeCfg, what: "VAE")
         if let r = file.tensors["scale_factor"], r.elementCount == 1, let v = try r.floats().first { vaeCfg["scaling_factor"] = Double(v) }
-        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-vae-\(UUID().uuidString).json")
-        try DiffusersConfigs.json(vaeCfg).write(to: tmp)
-        defer { try? FileManager.default.removeItem(at: tmp) }
-        let vae = try AutoencoderKL(config: AutoencoderKLConfig.load(tmp))
+        let vae = try AutoencoderKL(config: JSONDecoder().decode(AutoencoderKLConfig.self, from: DiffusersConfigs.json(vaeCfg)))
         try vae.load(vaeRecords, component: "vae")
 
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?, clipSkip = 0
         let keys = file.tensors.keys
-        if keys.contains(where: { $0.hasPrefix("cond_stage_model.model.") }) {
+        if keys.contains(where: { $0.hasPrefix(OpenCLIPMapping.prefix) }) {
             encoder = try CLIPTextModel(config: textEncoderConfig(.frozenOpenCLIPEmbedder(file.tensors), url))
             try encoder?.loadOpenCLIPWeights(file.tensors)
             tokenizer = try CLIPTokenizer.openCLIPDefault(padToken: "!")
-        } else if keys.contains(where: { $0.hasPrefix("cond_stage_model.transformer.") }) {
-            let clip = CLIPTextModel.normalizedKeys(file.tensors.filter { $0.key.hasPrefix("cond_stage_model.transformer.") })
+        } else if keys.contains(where: { $0.hasPrefix(CLIPTable.compvisPrefix) }) {
+            let clip = CLIPTable.records(file.tensors)
             encoder = try CLIPTextModel(config: textEncoderConfig(.frozenCLIPEmbedder(file.tensors), url))
             try encoder?.loadWeights(clip)
             tokenizer = try CLIPTokenizer.openCLIPDefault()

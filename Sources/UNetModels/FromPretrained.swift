@@ -21,11 +21,4 @@ extension UNet2DConditionModel {
         }
         try self.init(pretrained: component)
     }
-
-    /// The UNet of a CompVis single-file checkpoint (model.diffusion_model.*) for the architecture in `config`.
-    public convenience init(config: UNetConfig, compVisCheckpoint records: [String: TensorRecord],
-                            newAttentionOrder: Bool = false) throws {
-        try self.init(config: config)
-        try CompVisUNetKeyMap(config: config, newAttentionOrder: newAttentionOrder).load(records, into: self)
-    }
 }

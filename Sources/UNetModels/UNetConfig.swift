@@ -32,7 +32,7 @@ public struct UNetConfig: Codable, Sendable, Equatable {
     public var normEps: Float
     public var classEmbedType: String?
     public var numClassEmbeds: Int?
-    public var resnetTimeScaleShift: String
+    public var resnetTimeScaleShift: TimeEmbeddingNorm
     public var addAttention: Bool
     public var downsamplePadding: Int
     /// UNet2DModel downsample_type / upsample_type: .conv, or .resnet (AttnDownBlock2D / AttnUpBlock2D resample with
@@ -142,7 +142,7 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         normEps = try c.decode(.normEps, default: 1e-5)
         classEmbedType = try c.decodeIfPresent(String.self, forKey: .classEmbedType)
         numClassEmbeds = try c.decodeIfPresent(Int.self, forKey: .numClassEmbeds)
-        resnetTimeScaleShift = try c.decode(.resnetTimeScaleShift, default: "default")
+        resnetTimeScaleShift = try c.decode(.resnetTimeScaleShift, default: .default)
         addAttention = try c.decode(.addAttention, default: true)
         downsamplePadding = try c.decode(.downsamplePadding, default: 1)
         downsampleType = try c.decode(.downsampleType, default: .conv)
@@ -230,7 +230,7 @@ public struct UNetConfig: Codable, Sendable, Equatable {
         if let m = midBlockType, !MidBlockType.implemented.contains(m) { throw UNetConfigError("unsupported mid block \(m)") }
         guard ["silu", "swish"].contains(actFn) else { throw UNetConfigError("act_fn \(actFn) (only silu)") }
         guard timeEmbeddingType == "positional" else { throw UNetConfigError("time_embedding_type \(timeEmbeddingType) (only positional)") }
-        guard ["default", "scale_shift"].contains(resnetTimeScaleShift) else { throw UNetConfigError("resnet_time_scale_shift \(resnetTimeScaleShift)") }
+        guard TimeEmbeddingNorm.implemented.contains(resnetTimeScaleShift) else { throw UNetConfigError("resnet_time_scale_shift \(resnetTimeScaleShift)") }
         if let t = classEmbedType, t != "timestep" { throw UNetConfigError("class_embed_type \(t) (only null with num_class_embeds, or timestep)") }
         guard convInKernel % 2 == 1, convOutKernel % 2 == 1 else { throw UNetConfigError("conv_in_kernel / conv_out_kernel must be odd") }
         guard normNumGroups > 0, blockOutChannels.allSatisfy({ $0 > 0 && $0 % normNumGroups == 0 }) else {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Autoencoders
 import Checkpoints
+import CompVis
 import Foundation
 import Imaging
 import NeuralNetwork

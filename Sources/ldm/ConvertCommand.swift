@@ -1,8 +1,9 @@
 // `ldm convert`: torch zip / safetensors / diffusers folder -> one safetensors file, diffusers folder
 // -> CompVis-named single file, CompVis file -> diffusers folder (unet/ vae/ text_encoder/). The
-// name mapping is Checkpoints' LayoutMapping rule table (after diffusers' single_file_utils.py).
+// name mapping is the CompVis module's rename tables (after diffusers' single_file_utils.py).
 import ArgumentParser
 import Checkpoints
+import CompVis
 import Foundation
 
 extension ConvertOptions.Target: ExpressibleByArgument {}

@@ -2,6 +2,7 @@
 // any model is loaded, the terminal progress bar and PNG output with the web UI `parameters` chunk.
 import ArgumentParser
 import Checkpoints
+import CompVis
 import Foundation
 import Imaging
 import NeuralNetwork
@@ -90,7 +91,7 @@ struct GenerationOptions: ParsableArguments {
         try Validation.checkModelPath(model)
         if config != nil {
             if DiffusersFolder.isFolder(URL(fileURLWithPath: model)) { throw PipelineError("--config is for CompVis checkpoint files; \(model) is a diffusers folder") }
-            let c = try CompVisModelConfig(yaml: compVisYAML())
+            let c = try compVisConfig()
             if c.condName == "BERTEmbedder", !c.isLayout { _ = try bertVocabularyURL() }
             if c.isLayout, bertVocab != nil { throw PipelineError("--bert-vocab is for LDM-BERT text-to-image; a layout model takes no vocabulary") }
         } else if bertVocab != nil {
@@ -158,13 +159,13 @@ struct GenerationOptions: ParsableArguments {
     func summary() throws -> ModelSummary {
         guard config != nil else { return try ModelSummary.read(URL(fileURLWithPath: model)) }
         // The YAML as the checkpoint's weights complete it (the stock YAMLs state sizes the weights may not have).
-        return try ModelSummary.read(yaml: CompVisArchitecture.reconcile(yaml: compVisYAML(), checkpoint: URL(fileURLWithPath: model)).yaml)
+        return try ModelSummary.read(config: compVisConfig().reconciled(checkpoint: URL(fileURLWithPath: model)).config)
     }
 
-    /// The parsed --config file (a YAML mapping).
-    func compVisYAML() throws -> [String: Any] {
+    /// The --config file as its typed configuration, read once per process.
+    func compVisConfig() throws -> CompVisModelConfig {
         guard let config else { throw PipelineError("no --config given") }
-        return try loadYAMLMapping(config)
+        return try CompVisConfigCache.shared.config(config)
     }
 
     /// The model: with --config, the CompVis checkpoint built from its YAML; otherwise a folder or single file. The
@@ -176,10 +177,9 @@ struct GenerationOptions: ParsableArguments {
         if config == nil {
             bundle = try ModelBundle.load(url)
         } else {
-            let yaml = try compVisYAML()
-            let c = try CompVisModelConfig(yaml: yaml)
+            let c = try compVisConfig()
             let vocab = c.condName == "BERTEmbedder" && !c.isLayout ? try bertVocabularyURL() : nil
-            bundle = try ModelBundle.load(checkpoint: url, yaml: yaml, bertVocabulary: vocab)
+            bundle = try ModelBundle.load(checkpoint: url, config: c, bertVocabulary: vocab)
             if !quiet { for n in bundle.notes { FileHandle.standardError.write("note: \(n)\n".data(using: .utf8)!) } }
         }
         if !networks.isEmpty {

@@ -4,6 +4,7 @@
 // the outputs) is checked first; the layout against the model's limits (class range, object count) before loading
 // weights.
 import ArgumentParser
+import CompVis
 import Foundation
 import Pipelines
 import Tokenizers
@@ -49,7 +50,7 @@ struct Layout: ParsableCommand {
         guard summary.isLayout else {
             throw PipelineError("model \(options.model) is not a layout-to-image model (its YAML's cond_stage_key is not coordinates_bbox)")
         }
-        let builder = try CompVisModelConfig(yaml: options.compVisYAML()).layoutBuilder(objectClasses: objectClasses ?? OpenImagesCategories.count)
+        let builder = try options.compVisConfig().layoutBuilder(objectClasses: objectClasses ?? OpenImagesCategories.count)
         let layout = try LayoutObject.parseList(data, classNames: OpenImagesCategories.names(), objectClasses: builder.noObjectClasses,
                                                 maxObjects: builder.noMaxObjects)
         do { _ = try builder.build(layout.map(\.annotation)) } catch { throw PipelineError("layout: \(error)") }   // tokens < vocab_size

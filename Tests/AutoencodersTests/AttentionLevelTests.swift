@@ -9,6 +9,7 @@ import Foundation
 import NeuralNetwork
 import TensorCore
 import XCTest
+@testable import CompVis
 
 final class AttentionLevelTests: XCTestCase {
     func yaml(_ name: String) throws -> [String: Any] {
@@ -140,9 +141,10 @@ final class AttentionLevelTests: XCTestCase {
     }
 
     func testKeyRulesForLevelAttention() throws {
-        let rules = CompVisVAEKeys.rules(blockCount: 3)
+        let all = [true, true, true]
+        let layout = VAELayout(levels: 3, layersPerBlock: 2, encoderAttention: all, decoderAttention: all)
         let sample = try XCTUnwrap(compvisRecords("attn_kl").values.first)
-        func map(_ k: String) -> String? { mapKeys([k: sample], rules).keys.first }
+        func map(_ k: String) -> String? { layout.map([k: sample], prefix: "first_stage_model.").keys.first }
         XCTAssertEqual(map("first_stage_model.encoder.down.1.attn.0.norm.weight"), "encoder.down_blocks.1.attentions.0.group_norm.weight")
         XCTAssertEqual(map("first_stage_model.encoder.down.2.attn.1.q.bias"), "encoder.down_blocks.2.attentions.1.to_q.bias")
         XCTAssertEqual(map("first_stage_model.decoder.up.0.attn.2.proj_out.weight"), "decoder.up_blocks.2.attentions.2.to_out.0.weight")

@@ -7,6 +7,7 @@ import Foundation
 import NeuralNetwork
 import TensorCore
 import XCTest
+@testable import CompVis
 
 final class CompVisTests: XCTestCase {
     func yaml() throws -> [String: Any] {
@@ -16,7 +17,7 @@ final class CompVisTests: XCTestCase {
 
     func testCompVisCheckpointMatchesDiffusersOutputs() throws {
         let records = try CheckpointFile.open(fixtures.appendingPathComponent("compvis_kl_f8.safetensors")).tensors
-        XCTAssertEqual(CompVisVAEKeys.detectPrefix(records.keys), "first_stage_model.")
+        XCTAssertEqual(VAELayout.detectPrefix(records.keys), "first_stage_model.")
         XCTAssertNotNil(records["first_stage_model.decoder.up.1.upsample.conv.weight"])
         XCTAssertEqual(records["first_stage_model.encoder.mid.attn_1.q.weight"]?.shape, [16, 16, 1, 1])
         let (model, report) = try FirstStageModel.loadCompVis(records: records, yaml: try yaml(), normNumGroups: 4)
@@ -40,7 +41,7 @@ final class CompVisTests: XCTestCase {
         var records = mapKeys(try CheckpointFile.open(fixtures.appendingPathComponent("compvis_kl_f8.safetensors")).tensors,
                               [.stripPrefix("first_stage_model.")])
         records["loss.logvar"] = records["quant_conv.bias"]
-        XCTAssertEqual(CompVisVAEKeys.detectPrefix(records.keys), "")
+        XCTAssertEqual(VAELayout.detectPrefix(records.keys), "")
         let m = try AutoencoderKL(config: AutoencoderKLConfig.load(fixtures.appendingPathComponent("kl_f8/config.json")))
         let report = try m.loadCompVis(records)
         XCTAssertEqual(report.unexpected, ["loss.logvar"])
@@ -52,9 +53,10 @@ final class CompVisTests: XCTestCase {
     }
 
     func testKeyRules() throws {
-        let rules = CompVisVAEKeys.rules(blockCount: 4)
+        // kl-f8's layout: four levels of two resnets (the decoder's three), mid-block attention only.
+        let layout = VAELayout(levels: 4, layersPerBlock: 2)
         let sample = try XCTUnwrap(CheckpointFile.open(fixtures.appendingPathComponent("compvis_kl_f8.safetensors")).tensors.values.first)
-        func map(_ k: String) -> String? { mapKeys([k: sample], rules).keys.first }
+        func map(_ k: String) -> String? { layout.map([k: sample], prefix: "first_stage_model.").keys.first }
         XCTAssertEqual(map("first_stage_model.decoder.up.0.block.2.nin_shortcut.weight"), "decoder.up_blocks.3.resnets.2.conv_shortcut.weight")
         XCTAssertEqual(map("first_stage_model.decoder.up.3.upsample.conv.bias"), "decoder.up_blocks.0.upsamplers.0.conv.bias")
         XCTAssertEqual(map("first_stage_model.encoder.down.1.downsample.conv.weight"), "encoder.down_blocks.1.downsamplers.0.conv.weight")

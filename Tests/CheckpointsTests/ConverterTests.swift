@@ -4,6 +4,7 @@
 import Foundation
 import XCTest
 @testable import Checkpoints
+@testable import CompVis
 
 final class ConverterTests: XCTestCase {
     var tmp: URL!

@@ -4,6 +4,7 @@
 import Foundation
 import XCTest
 @testable import Checkpoints
+@testable import CompVis
 
 enum LayoutFixtures {
     struct Pair { let compvis: String; let compvisShape: [Int]; let diffusers: String; let diffusersShape: [Int] }

@@ -4,6 +4,7 @@
 import Foundation
 import XCTest
 @testable import Checkpoints
+@testable import CompVis
 
 final class OpenCLIPConvertTests: XCTestCase {
     var tmp: URL!

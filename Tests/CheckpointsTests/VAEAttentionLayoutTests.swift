@@ -4,6 +4,7 @@
 import Foundation
 import XCTest
 @testable import Checkpoints
+@testable import CompVis
 
 final class VAEAttentionLayoutTests: XCTestCase {
     func testLevelAttentionKeysMapBothWays() throws {

@@ -5,6 +5,7 @@ import TensorCore
 import Tokenizers
 import XCTest
 @testable import Conditioning
+@testable import CompVis
 
 // CompVis' BERTEmbedder checkpoint names (x-transformers TransformerWrapper under cond_stage_model.transformer.*)
 // loaded into LDMBertModel through Checkpoints' BERTLayout rule table, against the CompVis module itself on a tiny

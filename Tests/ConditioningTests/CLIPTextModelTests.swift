@@ -5,6 +5,7 @@ import TensorCore
 import Tokenizers
 import XCTest
 @testable import Conditioning
+@testable import CompVis
 
 // Parity with transformers CLIPTextModel, diffusers' clip_skip, the web UI emphasis and CompVis ClassEmbedder
 // (tools/fixtures/text_encoders.py).

@@ -10,6 +10,7 @@ import Foundation
 import Pipelines
 import TensorCore
 import XCTest
+@testable import CompVis
 
 final class ArchitectureFromWeightsTests: XCTestCase {
     struct Fixture: Decodable { let cases: [PipelineCase] }

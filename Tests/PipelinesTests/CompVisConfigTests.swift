@@ -9,6 +9,7 @@ import Pipelines
 import TensorCore
 import UNetModels
 import XCTest
+@testable import CompVis
 
 final class CompVisConfigTests: XCTestCase {
     static let dir = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/compvis_configs")
@@ -63,7 +64,7 @@ final class CompVisConfigTests: XCTestCase {
         XCTAssertEqual(churches.className, "UNet2DModel")
         XCTAssertEqual(churches.downBlockTypes.map(\.rawValue), ["AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "ResnetDownsampleBlock2D"])
         XCTAssertEqual(churches.upBlockTypes.map(\.rawValue), ["ResnetUpsampleBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D"])
-        XCTAssertEqual([churches.downsampleType.rawValue, churches.upsampleType.rawValue, churches.resnetTimeScaleShift], ["resnet", "resnet", "scale_shift"])
+        XCTAssertEqual([churches.downsampleType.rawValue, churches.upsampleType.rawValue, churches.resnetTimeScaleShift.rawValue], ["resnet", "resnet", "scale_shift"])
         XCTAssertEqual((0..<5).map(churches.resnetDownsample), [true, true, true, true, false])
         let churchMap = try CompVisUNetKeyMap(config: churches)
         XCTAssertEqual(churchMap.diffusersName("input_blocks.3.0.in_layers.2.weight"), "down_blocks.0.downsamplers.0.conv1.weight")

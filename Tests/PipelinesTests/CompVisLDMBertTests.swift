@@ -10,6 +10,7 @@ import Pipelines
 import TensorCore
 import Tokenizers
 import XCTest
+@testable import CompVis
 
 final class CompVisLDMBertTests: XCTestCase {
     let dir = fixtures.appendingPathComponent("compvis-ldm-bert")

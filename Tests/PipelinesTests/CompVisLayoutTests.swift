@@ -13,6 +13,7 @@ import TensorCore
 import Tokenizers
 import UNetModels
 import XCTest
+@testable import CompVis
 
 final class CompVisLayoutTests: XCTestCase {
     struct Case: Decodable { let name, objects: String; let tokens: [Int]; let steps: Int; let seed: UInt64; let batch: Int; let eta: Double; let width, height: Int }

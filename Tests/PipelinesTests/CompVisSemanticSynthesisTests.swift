@@ -10,6 +10,7 @@ import Imaging
 import Pipelines
 import TensorCore
 import XCTest
+@testable import CompVis
 
 final class CompVisSemanticSynthesisTests: XCTestCase {
     struct Case: Decodable {

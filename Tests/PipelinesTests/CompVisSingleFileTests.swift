@@ -8,6 +8,7 @@ import Foundation
 import Pipelines
 import TensorCore
 import XCTest
+@testable import CompVis
 
 final class CompVisSingleFileTests: XCTestCase {
     struct Fixture: Decodable { let cases: [PipelineCase]; let token_ids: [Int] }

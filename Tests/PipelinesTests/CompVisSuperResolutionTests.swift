@@ -11,6 +11,7 @@ import Imaging
 import Pipelines
 import TensorCore
 import XCTest
+@testable import CompVis
 
 final class CompVisSuperResolutionTests: XCTestCase {
     struct Case: Decodable { let name, image: String; let steps: Int; let seed: UInt64; let eta: Double; let sampler: String?; let width, height: Int }

@@ -6,10 +6,12 @@
 // from_single_file). The SD 1.x-with-stock-YAML test: a CompVis file whose text encoder is 32 wide (not ViT-L/14)
 // loads with the released v1-inference.yaml and matches diffusers' images.
 import Checkpoints
+import Conditioning
 import Foundation
 import Pipelines
 import TensorCore
 import XCTest
+@testable import CompVis
 
 final class ModernConvertTests: XCTestCase {
     func tempDir() throws -> URL {

@@ -6,6 +6,7 @@ import Imaging
 import Pipelines
 import TensorCore
 import XCTest
+@testable import CompVis
 
 final class ValidationTests: XCTestCase {
     func message(_ body: () throws -> Void) -> String {

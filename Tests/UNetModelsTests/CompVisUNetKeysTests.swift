@@ -5,6 +5,7 @@ import NeuralNetwork
 import TensorCore
 import XCTest
 @testable import UNetModels
+@testable import CompVis
 
 // The generated CompVis <-> diffusers table against the pairs diffusers' convert_ldm_unet_checkpoint produced from a
 // CompVis openaimodel.UNetModel (tools/fixtures/unet.py).

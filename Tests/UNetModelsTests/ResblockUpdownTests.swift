@@ -4,6 +4,7 @@ import NeuralNetwork
 import TensorCore
 import XCTest
 @testable import UNetModels
+@testable import CompVis
 
 // CompVis UNetModel(resblock_updown=True) (the zoo's lsun_churches LDM): ResBlock(down/up=True) resamplers, loaded
 // from CompVis names through the YAML translation and the key table, against the CompVis module and the diffusers

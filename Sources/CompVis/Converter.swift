@@ -1,8 +1,10 @@
 // Library side of `ldm convert`: any readable checkpoint (torch zip, safetensors, diffusers folder)
 // to one safetensors file, a diffusers folder to one CompVis-named file, a CompVis file to a diffusers
 // folder (as diffusers/loaders/single_file_utils.py and scripts/convert_diffusers_to_original_stable_diffusion.py
-// do, with the rule table of LayoutMapping.swift). Outputs are written atomically; dtype casts round
+// do, with the per-component tables of PipelineLayout.swift). Outputs are written atomically; dtype casts round
 // to nearest even as torch's Tensor.to(dtype) does.
+import Checkpoints
+import Conditioning
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -22,15 +24,12 @@ public struct ConvertOptions {
     /// bert-base-uncased's vocab.txt, written as tokenizer/ when a CompVis LDM-BERT file becomes a diffusers folder.
     public var bertVocabulary: URL?
     public init(target: Target? = nil, overwrite: Bool = false, dtype: DType = .keep, ema: Bool = false, variant: String? = nil) {
-        self.target = target; self.overwrite = overwrite; self.dtype = dtype; self.ema = ema; self.variant = variant
+        self.target = target
+        self.overwrite = overwrite
+        self.dtype = dtype
+        self.ema = ema
+        self.variant = variant
     }
-}
-
-/// A tensor under its output name and shape (same element count and bytes as `source`).
-public struct MappedTensor {
-    public let name: String
-    public let shape: [Int]
-    public let source: TensorRecord
 }
 
 public enum Converter {
@@ -46,15 +45,24 @@ public enum Converter {
         let openCLIP = !layout.textEncoder && tensors.keys.contains { $0.hasPrefix(OpenCLIPMapping.prefix) }
         if openCLIP {
             let (m, un) = try OpenCLIPMapping.toDiffusers(tensors)
-            if !m.isEmpty { out["text_encoder"] = m; layout.openCLIPTextEncoder = true }
+            if !m.isEmpty {
+                out["text_encoder"] = m
+                layout.openCLIPTextEncoder = true
+            }
             unmapped += un
         }
         for name in tensors.keys.sorted() {
             guard let r = tensors[name] else { continue }
             if openCLIP && name.hasPrefix(OpenCLIPMapping.prefix) { continue }
-            guard let m = layout.toDiffusers(name, shape: r.shape) else { unmapped.append(name); continue }
+            guard let m = layout.toDiffusers(name, shape: r.shape) else {
+                unmapped.append(name)
+                continue
+            }
             // BERTEmbedder: only tensors LDMBertModel has (x-transformers options it lacks stay unconverted).
-            if m.component == "bert", let b = layout.bert, !b.diffusersKeys.contains(m.key) { unmapped.append(name); continue }
+            if m.component == "bert", let b = layout.bert, !b.diffusersKeys.contains(m.key) {
+                unmapped.append(name)
+                continue
+            }
             let full = m.component + "." + m.key
             if let prev = seen[full] { throw CheckpointError("\(prev) and \(name) both map to \(full)") }
             seen[full] = name
@@ -86,7 +94,8 @@ public enum Converter {
             guard parts.count == 2,
                   parts[0] != "bert" || layout.bert?.diffusersKeys.contains(String(parts[1])) == true,
                   let m = layout.toCompVis(component: String(parts[0]), key: String(parts[1]), shape: r.shape) else {
-                unmapped.append(name); continue
+                unmapped.append(name)
+                continue
             }
             if let prev = seen[m.name] { throw CheckpointError("\(prev) and \(name) both map to \(m.name)") }
             seen[m.name] = name

@@ -3,6 +3,7 @@
 // ddconfig) into the diffusers configurations, following diffusers' create_vae_diffusers_config_from_ldm
 // (loaders/single_file_utils.py), which however ignores ddconfig.attn_resolutions: levels with attention become
 // AttnDownEncoderBlock2D / AttnUpDecoderBlock2D here (see blockTypes). Takes the already-parsed YAML as [String: Any].
+import Autoencoders
 import DiffusersBlocks
 import Foundation
 
@@ -12,10 +13,16 @@ public enum FirstStageConfig: Equatable {
     case vq(VQModelConfig)
 
     public var scalingFactor: Float {
-        switch self { case .kl(let c): return c.scalingFactor; case .vq(let c): return c.scalingFactor }
+        switch self {
+        case .kl(let c): return c.scalingFactor
+        case .vq(let c): return c.scalingFactor
+        }
     }
     public var blockCount: Int {
-        switch self { case .kl(let c): return c.blockOutChannels.count; case .vq(let c): return c.blockOutChannels.count }
+        switch self {
+        case .kl(let c): return c.blockOutChannels.count
+        case .vq(let c): return c.blockOutChannels.count
+        }
     }
 
     /// Accepts the whole YAML ({model: {params: {first_stage_config, scale_factor}}}), `model`, `model.params`, or the
@@ -63,9 +70,16 @@ public enum FirstStageConfig: Equatable {
                 throw AutoencoderError("AutoencoderKL: embed_dim \(embedDim) != z_channels \(zChannels) has no diffusers equivalent")
             }
             var c = AutoencoderKLConfig()
-            c.inChannels = inChannels; c.outChannels = outCh; c.blockOutChannels = blocks; c.layersPerBlock = resBlocks
-            c.downBlockTypes = downTypes; c.upBlockTypes = upTypes
-            c.latentChannels = zChannels; c.normNumGroups = groups; c.sampleSize = resolution; c.scalingFactor = scale
+            c.inChannels = inChannels
+            c.outChannels = outCh
+            c.blockOutChannels = blocks
+            c.layersPerBlock = resBlocks
+            c.downBlockTypes = downTypes
+            c.upBlockTypes = upTypes
+            c.latentChannels = zChannels
+            c.normNumGroups = groups
+            c.sampleSize = resolution
+            c.scalingFactor = scale
             c.midBlockAddAttention = attnType == "vanilla"
             try c.validate()
             return .kl(c)
@@ -76,10 +90,18 @@ public enum FirstStageConfig: Equatable {
                 throw AutoencoderError("VQModel remap (\(remap)): pass the used codes to VQModel(config:remap:) instead")
             }
             var c = VQModelConfig()
-            c.inChannels = inChannels; c.outChannels = outCh; c.blockOutChannels = blocks; c.layersPerBlock = resBlocks
-            c.downBlockTypes = downTypes; c.upBlockTypes = upTypes
-            c.latentChannels = zChannels; c.vqEmbedDim = embedDim; c.normNumGroups = groups; c.sampleSize = resolution
-            c.numVqEmbeddings = try int(params["n_embed"] ?? NSNull(), "n_embed"); c.scalingFactor = scale
+            c.inChannels = inChannels
+            c.outChannels = outCh
+            c.blockOutChannels = blocks
+            c.layersPerBlock = resBlocks
+            c.downBlockTypes = downTypes
+            c.upBlockTypes = upTypes
+            c.latentChannels = zChannels
+            c.vqEmbedDim = embedDim
+            c.normNumGroups = groups
+            c.sampleSize = resolution
+            c.numVqEmbeddings = try int(params["n_embed"] ?? NSNull(), "n_embed")
+            c.scalingFactor = scale
             c.midBlockAddAttention = attnType == "vanilla"
             try c.validate()
             return .vq(c)

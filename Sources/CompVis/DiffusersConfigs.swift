@@ -4,6 +4,7 @@
 // dim, transformer depth, linear projection) and transformers CLIPTextConfig for the text encoder.
 // Values the weights do not determine (sample sizes, head counts, group counts) take the defaults of
 // those tools and are listed in `defaulted`.
+import Checkpoints
 import Foundation
 
 public struct DerivedConfig {
@@ -26,7 +27,10 @@ public enum DiffusersConfigs {
         let channels = try (0..<layout.levels).map { try dim(shapes, "down_blocks.\($0).resnets.0.conv1.weight", 0) }
         var depth: [Int] = [], linear = false
         for l in 0..<layout.levels {
-            guard layout.attention[l] else { depth.append(1); continue }
+            guard layout.attention[l] else {
+                depth.append(1)
+                continue
+            }
             let p = "down_blocks.\(l).attentions.0."
             depth.append(indices(Array(shapes.keys.filter { $0.hasPrefix(p) }.map { String($0.dropFirst(p.count)) }), "transformer_blocks.").count)
             linear = shapes[p + "proj_in.weight"]?.count == 2
@@ -95,13 +99,18 @@ public enum DiffusersConfigs {
         var defaulted = ["num_attention_heads=\(max(1, hidden / 64)) (head size 64, as OpenAI CLIP)",
                          "hidden_act=quick_gelu (OpenAI CLIP)", "projection_dim=768"]
         if openCLIP {
-            cfg["hidden_act"] = "gelu"; cfg["projection_dim"] = 512
-            cfg["bos_token_id"] = 0; cfg["eos_token_id"] = 2; cfg["pad_token_id"] = 1
+            cfg["hidden_act"] = "gelu"
+            cfg["projection_dim"] = 512
+            cfg["bos_token_id"] = 0
+            cfg["eos_token_id"] = 2
+            cfg["pad_token_id"] = 1
             return DerivedConfig(config: cfg, defaulted: ["num_attention_heads=\(max(1, hidden / 64)) (head size 64, as OpenCLIP)",
                                                            "hidden_act=gelu, projection_dim=512, bos/eos/pad token ids 0/2/1 (SD2 text_encoder config)"])
         }
         if cfg["vocab_size"] as? Int == 49408 {
-            cfg["bos_token_id"] = 49406; cfg["eos_token_id"] = 49407; cfg["pad_token_id"] = 1
+            cfg["bos_token_id"] = 49406
+            cfg["eos_token_id"] = 49407
+            cfg["pad_token_id"] = 1
             defaulted.append("bos/eos/pad token ids 49406/49407/1 (OpenAI CLIP tokenizer)")
         }
         return DerivedConfig(config: cfg, defaulted: defaulted)

@@ -3,8 +3,14 @@
 // diffusers/loaders/single_file_utils.py convert_open_clip_checkpoint does (DIFFUSERS_TO_LDM_MAPPING["openclip"],
 // SD_2_TEXT_ENCODER_KEYS_TO_IGNORE: resblocks.23 and text_projection are dropped), and back as
 // scripts/convert_diffusers_to_original_stable_diffusion.py convert_openclip_text_enc_state_dict
-// (q/k/v concatenated into in_proj). Splits are zero-copy views of the in_proj storage.
+// (q/k/v concatenated into in_proj). Splits are zero-copy views of the in_proj storage. The same table loads an
+// SD 2.x checkpoint's text tower into CLIPTextModel (all resblocks kept: FrozenOpenCLIPEmbedder's layer "penultimate"
+// is a CLIPTextModel with one layer fewer, or the full tower with `encode(ids, clipSkip: 1)`; OpenCLIP ViT-H uses exact
+// GELU).
+import Checkpoints
+import Conditioning
 import Foundation
+import NeuralNetwork
 
 public enum OpenCLIPMapping {
     public static let prefix = "cond_stage_model.model."
@@ -47,16 +53,23 @@ public enum OpenCLIPMapping {
     }
 
     /// CompVis tensors (full names) -> text_encoder keys; names under `prefix` that diffusers does not keep are `unmapped`.
-    public static func toDiffusers(_ tensors: [String: TensorRecord]) throws -> (mapped: [MappedTensor], unmapped: [String]) {
-        var out: [MappedTensor] = [], unmapped: [String] = []
+    /// `dropping`: the resblock diffusers leaves out (nil keeps every resblock, as loading does).
+    public static func toDiffusers(_ tensors: [String: TensorRecord], prefix: String = OpenCLIPMapping.prefix,
+                                   dropping: Int? = droppedResblock) throws -> (mapped: [MappedTensor], unmapped: [String]) {
+        var out: [MappedTensor] = []
+        var unmapped: [String] = []
         let width = tensors[prefix + "token_embedding.weight"]?.shape.last
         for name in tensors.keys.sorted() where name.hasPrefix(prefix) {
             guard let r = tensors[name] else { continue }
             let key = String(name.dropFirst(prefix.count))
             if let d = direct.first(where: { $0.compvis == key }) {
-                out.append(MappedTensor(name: d.diffusers, shape: r.shape, source: r)); continue
+                out.append(MappedTensor(name: d.diffusers, shape: r.shape, source: r))
+                continue
             }
-            guard let (n, leaf) = resblock(key, resblocks), n != droppedResblock else { unmapped.append(name); continue }
+            guard let (n, leaf) = resblock(key, resblocks), n != dropping else {
+                unmapped.append(name)
+                continue
+            }
             let head = layers + "\(n).self_attn."
             if leaf == "attn.in_proj_weight" || leaf == "attn.in_proj_bias" {
                 // diffusers slices at text_projection.shape[0] (the width): only equal thirds give a loadable model.
@@ -80,16 +93,21 @@ public enum OpenCLIPMapping {
     /// text_encoder keys (without "text_encoder."; with or without transformers 5's missing "text_model.") ->
     /// CompVis tensors; q/k/v are concatenated into in_proj (new bytes, exact).
     public static func toCompVis(_ tensors: [String: TensorRecord]) throws -> (mapped: [MappedTensor], unmapped: [String]) {
-        var out: [MappedTensor] = [], unmapped: [String] = []
+        var out: [MappedTensor] = []
+        var unmapped: [String] = []
         var fused: [String: [String: TensorRecord]] = [:]   // "N.weight" -> q_proj/k_proj/v_proj
         var fusedFrom: [String: [String]] = [:]
         for name in tensors.keys.sorted() {
             guard let r = tensors[name] else { continue }
             let key = CLIPTextKeys.canonical(name)
             if let d = direct.first(where: { $0.diffusers == key }) {
-                out.append(MappedTensor(name: prefix + d.compvis, shape: r.shape, source: r)); continue
+                out.append(MappedTensor(name: prefix + d.compvis, shape: r.shape, source: r))
+                continue
             }
-            guard let (n, leaf) = resblock(key, layers) else { unmapped.append(name); continue }
+            guard let (n, leaf) = resblock(key, layers) else {
+                unmapped.append(name)
+                continue
+            }
             let parts = leaf.split(separator: ".")
             if parts.count == 3, parts[0] == "self_attn", qkv.contains(String(parts[1])), parts[2] == "weight" || parts[2] == "bias" {
                 fused["\(n).\(parts[2])", default: [:]][String(parts[1])] = r
@@ -103,7 +121,8 @@ public enum OpenCLIPMapping {
         }
         for (k, group) in fused.sorted(by: { $0.key < $1.key }) {
             guard let q = group["q_proj"], let kk = group["k_proj"], let v = group["v_proj"] else {
-                unmapped += fusedFrom[k] ?? []; continue
+                unmapped += fusedFrom[k] ?? []
+                continue
             }
             let kv = k.split(separator: ".")
             let name = prefix + resblocks + "\(kv[0]).attn.in_proj_" + kv[1]
@@ -124,5 +143,41 @@ public enum OpenCLIPMapping {
     /// Without a config.json: diffusers' convert_diffusers_to_original_stable_diffusion.py test (a 23rd layer).
     public static func looksLikeOpenCLIP(diffusersKeys keys: [String]) -> Bool {
         keys.contains { $0 == "text_encoder.text_model.encoder.layers.22.layer_norm2.bias" || $0 == "text_encoder.encoder.layers.22.layer_norm2.bias" }
+    }
+}
+
+extension CLIPTextModel {
+    /// CLIPTextModel-named records from OpenCLIP text-tower keys under `prefix` (every resblock); text_projection,
+    /// logit_scale and the visual tower are left out.
+    public static func openCLIPRecords(_ records: [String: TensorRecord], prefix: String = OpenCLIPMapping.prefix) throws -> [String: TensorRecord] {
+        var out: [String: TensorRecord] = [:]
+        for m in try OpenCLIPMapping.toDiffusers(records, prefix: prefix, dropping: nil).mapped { out[m.name] = m.source }
+        return out
+    }
+
+    /// Loads an SD 2.x CompVis checkpoint's text encoder (OpenCLIP names under `prefix`).
+    @discardableResult
+    public func loadOpenCLIPWeights(_ records: [String: TensorRecord], prefix: String = OpenCLIPMapping.prefix) throws -> LoadReport {
+        try load(Self.openCLIPRecords(records, prefix: prefix), component: "OpenCLIP text encoder")
+    }
+}
+
+extension CLIPTextConfig {
+    /// SD 2.x text encoder (FrozenOpenCLIPEmbedder, layer "penultimate") of a CompVis checkpoint: a full open_clip
+    /// text tower (it has `text_projection`, as every released SD 2.x file) is used without its last resblock; a tower
+    /// written from a diffusers CLIPTextModel (no text_projection: diffusers already dropped that resblock) is used whole.
+    public static func frozenOpenCLIPEmbedder(_ records: [String: TensorRecord], prefix: String = OpenCLIPMapping.prefix) throws -> CLIPTextConfig {
+        var c = try derived(fromCLIPRecords: CLIPTextModel.openCLIPRecords(records, prefix: prefix), hiddenAct: "gelu",
+                            what: "FrozenOpenCLIPEmbedder")
+        if records[prefix + "text_projection"] != nil {
+            guard c.numHiddenLayers > 1 else {
+                throw ConditioningError("FrozenOpenCLIPEmbedder: the penultimate layer of a one-layer text tower does not exist")
+            }
+            c.numHiddenLayers -= 1
+        }
+        c.bosTokenID = 0
+        c.eosTokenID = 2
+        c.padTokenID = 1
+        return c
     }
 }

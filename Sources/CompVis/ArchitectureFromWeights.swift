@@ -48,20 +48,13 @@ public enum CompVisArchitecture {
         return out
     }
 
-    /// Distinct integers after `prefix` in `keys`.
-    static func indices<S: Sequence<String>>(_ keys: S, _ prefix: String) -> Set<Int> {
-        var s = Set<Int>()
-        for k in keys where k.hasPrefix(prefix) {
-            if let seg = k.dropFirst(prefix.count).split(separator: ".", maxSplits: 1).first, let n = Int(seg) { s.insert(n) }
-        }
-        return s
-    }
-
     /// A YAML scalar or list as a list of integers (nil when absent or not integers).
     static func intList(_ v: Any?) -> [Int]? {
         switch v {
         case let i as Int: return [i]
-        case let a as [Any]: let ints = a.compactMap { $0 as? Int }; return ints.count == a.count ? ints : nil
+        case let a as [Any]:
+            let ints = a.compactMap { $0 as? Int }
+            return ints.count == a.count ? ints : nil
         default: return nil
         }
     }
@@ -80,20 +73,20 @@ public enum CompVisArchitecture {
         let spatialWeights = s.keys.contains { $0.contains(".transformer_blocks.") }
         let spatialYAML = p["use_spatial_transformer"] as? Bool ?? false
         if spatialWeights != spatialYAML {
-            throw PipelineError("the checkpoint's UNet \(spatialWeights ? "has" : "has no") spatial transformers but the YAML's unet_config says use_spatial_transformer: \(spatialYAML)")
+            throw CompVisError("the checkpoint's UNet \(spatialWeights ? "has" : "has no") spatial transformers but the YAML's unet_config says use_spatial_transformer: \(spatialYAML)")
         }
         guard spatialWeights else { return [] }   // legacy AttentionBlock UNets (LDM class / unconditional): YAML as is
         let layout: UNetLayout
         do { layout = try UNetLayout.detect(compvis: Array(s.keys)) } catch let e as CheckpointError {
-            throw PipelineError("the checkpoint's UNet: \(e.message)")
+            throw CompVisError("the checkpoint's UNet: \(e.message)")
         }
         let mc = conv[0], L = layout.layersPerBlock
         let channels = try (0..<layout.levels).map { l -> Int in
             guard let c = s["input_blocks.\(1 + l * (L + 1)).0.out_layers.3.weight"]?.first else {
-                throw PipelineError("the checkpoint's UNet has no input_blocks.\(1 + l * (L + 1)).0 resnet to read level \(l)'s channels from")
+                throw CompVisError("the checkpoint's UNet has no input_blocks.\(1 + l * (L + 1)).0 resnet to read level \(l)'s channels from")
             }
             guard c % mc == 0 else {
-                throw PipelineError("the checkpoint's UNet level \(l) has \(c) channels, not a multiple of model_channels \(mc)")
+                throw CompVisError("the checkpoint's UNet level \(l) has \(c) channels, not a multiple of model_channels \(mc)")
             }
             return c
         }
@@ -101,7 +94,7 @@ public enum CompVisArchitecture {
         guard let firstAttn = attnLevels.first else { return [] }
         let block = "input_blocks.\(1 + firstAttn * (L + 1)).1."
         guard let toK = s.first(where: { $0.key.hasSuffix("attn2.to_k.weight") })?.value.last, let projIn = s[block + "proj_in.weight"] else {
-            throw PipelineError("the checkpoint's UNet has transformer blocks without cross-attention (attn2.to_k) or proj_in")
+            throw CompVisError("the checkpoint's UNet has transformer blocks without cross-attention (attn2.to_k) or proj_in")
         }
         let depths = attnLevels.map { l -> Int in
             let prefix = "input_blocks.\(1 + l * (L + 1)).1.transformer_blocks."
@@ -139,7 +132,7 @@ public enum CompVisArchitecture {
         guard levels > 0, L > 0 else { return [] }
         let mult = try (0..<levels).map { i -> Int in
             guard let c = s["encoder.down.\(i).block.0.conv2.weight"]?.first, c % ch == 0 else {
-                throw PipelineError("the checkpoint's first stage level \(i) channels are not a multiple of ch \(ch)")
+                throw CompVisError("the checkpoint's first stage level \(i) channels are not a multiple of ch \(ch)")
             }
             return c / ch
         }

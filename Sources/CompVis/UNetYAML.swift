@@ -1,4 +1,5 @@
 import Foundation
+import UNetModels
 
 // Translates a CompVis YAML `model.params.unet_config.params` (ldm/modules/diffusionmodules/openaimodel.py `UNetModel`)
 // into a diffusers UNet config, as diffusers loaders/single_file_utils.py `create_unet_diffusers_config_from_ldm` does:
@@ -121,7 +122,10 @@ public enum CompVisUNetConfig {
             // ResnetUpsampleBlock2D and AttnDown/UpBlock2D with downsample_type / upsample_type "resnet".
             cfg["down_block_types"] = attn.map { $0 ? "AttnDownBlock2D" : (resblockUpdown ? "ResnetDownsampleBlock2D" : "DownBlock2D") }
             cfg["up_block_types"] = attn.reversed().map { $0 ? "AttnUpBlock2D" : (resblockUpdown ? "ResnetUpsampleBlock2D" : "UpBlock2D") }
-            if resblockUpdown { cfg["downsample_type"] = "resnet"; cfg["upsample_type"] = "resnet" }
+            if resblockUpdown {
+                cfg["downsample_type"] = "resnet"
+                cfg["upsample_type"] = "resnet"
+            }
             cfg["mid_block_type"] = "UNetMidBlock2D"
             cfg["add_attention"] = true
             cfg["attention_head_dim"] = headDims
