@@ -64,12 +64,8 @@ public enum FirstStageConfig: Equatable {
         // attn_type "none" makes every attention (mid and levels) an nn.Identity.
         let (downTypes, upTypes) = blockTypes(levels: blocks.count, resolution: resolution,
                                               attnResolutions: attnType == "none" ? [] : attnRes)
-        if target.hasSuffix("AutoencoderKL") {
-            guard doubleZ else { throw AutoencoderError("AutoencoderKL ddconfig: double_z must be true") }
-            guard embedDim == zChannels else {
-                throw AutoencoderError("AutoencoderKL: embed_dim \(embedDim) != z_channels \(zChannels) has no diffusers equivalent")
-            }
-            var c = AutoencoderKLConfig()
+        // What AutoencoderKL and VQModel share: diffusers' Encoder / Decoder arguments and the latent scaling.
+        func shared<C: VAEConfiguration>(_ c: inout C) {
             c.inChannels = inChannels
             c.outChannels = outCh
             c.blockOutChannels = blocks
@@ -81,6 +77,14 @@ public enum FirstStageConfig: Equatable {
             c.sampleSize = resolution
             c.scalingFactor = scale
             c.midBlockAddAttention = attnType == "vanilla"
+        }
+        if target.hasSuffix("AutoencoderKL") {
+            guard doubleZ else { throw AutoencoderError("AutoencoderKL ddconfig: double_z must be true") }
+            guard embedDim == zChannels else {
+                throw AutoencoderError("AutoencoderKL: embed_dim \(embedDim) != z_channels \(zChannels) has no diffusers equivalent")
+            }
+            var c = AutoencoderKLConfig()
+            shared(&c)
             try c.validate()
             return .kl(c)
         }
@@ -90,19 +94,9 @@ public enum FirstStageConfig: Equatable {
                 throw AutoencoderError("VQModel remap (\(remap)): pass the used codes to VQModel(config:remap:) instead")
             }
             var c = VQModelConfig()
-            c.inChannels = inChannels
-            c.outChannels = outCh
-            c.blockOutChannels = blocks
-            c.layersPerBlock = resBlocks
-            c.downBlockTypes = downTypes
-            c.upBlockTypes = upTypes
-            c.latentChannels = zChannels
+            shared(&c)
             c.vqEmbedDim = embedDim
-            c.normNumGroups = groups
-            c.sampleSize = resolution
             c.numVqEmbeddings = try int(params["n_embed"] ?? NSNull(), "n_embed")
-            c.scalingFactor = scale
-            c.midBlockAddAttention = attnType == "vanilla"
             try c.validate()
             return .vq(c)
         }

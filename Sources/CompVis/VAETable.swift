@@ -111,35 +111,48 @@ public struct VAELayout: Equatable, Sendable {
     }
 }
 
+/// AutoencoderKL and VQModel as CompVis loading sees them: a first stage with its configuration and load report.
+public protocol CompVisFirstStage: Module {
+    associatedtype Config: VAEConfiguration
+    var config: Config { get }
+    var loadReport: LoadReport? { get set }
+}
+
+extension AutoencoderKL: CompVisFirstStage {}
+extension VQModel: CompVisFirstStage {}
+
+extension CompVisFirstStage {
+    /// Loads CompVis-named weights (the VAE table for this model's layout; prefix detected unless given) into this
+    /// model; returns the load report.
+    @discardableResult
+    public func loadCompVis(_ records: [String: TensorRecord], prefix: String? = nil) throws -> LoadReport {
+        let report = try load(VAELayout(config: config).map(records, prefix: prefix), component: "first_stage_model")
+        loadReport = report
+        return report
+    }
+}
+
 extension FirstStageModel {
     /// A CompVis checkpoint's records (full LatentDiffusion with `first_stage_model.` keys, or a bare first stage)
     /// with the first stage its YAML describes (FirstStageConfig.fromCompVis). A `scale_factor` buffer in the
     /// checkpoint (scale_by_std) overrides the YAML's.
     public static func loadCompVis(records: [String: TensorRecord], config: FirstStageConfig) throws -> (model: FirstStageModel, report: LoadReport) {
+        let prefix = VAELayout.detectPrefix(records.keys)
+        guard records.keys.contains(where: { $0.hasPrefix(prefix) }) else {
+            throw AutoencoderError("the checkpoint has no first-stage weights (no encoder.* / decoder.* keys, with or without first_stage_model.)")
+        }
         var scale: Float?
         if let r = records["scale_factor"], r.elementCount == 1, let v = try r.floats().first { scale = v }
         switch config {
         case .kl(var c):
             if let scale { c.scalingFactor = scale }
             let m = try AutoencoderKL(config: c)
-            let report = try m.load(try mapped(records, VAELayout(config: c)), component: "first_stage_model")
-            m.loadReport = report
-            return (.kl(m), report)
+            return (.kl(m), try m.loadCompVis(records, prefix: prefix))
         case .vq(var c):
             if let scale { c.scalingFactor = scale }
             let m = try VQModel(config: c)
-            let report = try m.load(try mapped(records, VAELayout(config: c)), component: "first_stage_model")
-            m.loadReport = report
-            return (.vq(m), report)
+            return (.vq(m), try m.loadCompVis(records, prefix: prefix))
         }
-    }
-
-    static func mapped(_ records: [String: TensorRecord], _ layout: VAELayout) throws -> [String: TensorRecord] {
-        let m = layout.map(records)
-        guard !m.isEmpty else {
-            throw AutoencoderError("the checkpoint has no first-stage weights (no encoder.* / decoder.* keys, with or without first_stage_model.)")
-        }
-        return m
     }
 
     /// `loadCompVis(records:config:)` with the first stage of a parsed CompVis YAML.
@@ -150,24 +163,5 @@ extension FirstStageModel {
 
     public static func loadCompVis(checkpoint: URL, yaml: [String: Any], normNumGroups: Int = 32) throws -> (model: FirstStageModel, report: LoadReport) {
         try loadCompVis(records: CheckpointFile.open(checkpoint).tensors, yaml: yaml, normNumGroups: normNumGroups)
-    }
-}
-
-extension AutoencoderKL {
-    /// Loads CompVis-named weights (the VAE table) into this model; returns the load report.
-    @discardableResult
-    public func loadCompVis(_ records: [String: TensorRecord], prefix: String? = nil) throws -> LoadReport {
-        let report = try load(VAELayout(config: config).map(records, prefix: prefix), component: "first_stage_model")
-        loadReport = report
-        return report
-    }
-}
-
-extension VQModel {
-    @discardableResult
-    public func loadCompVis(_ records: [String: TensorRecord], prefix: String? = nil) throws -> LoadReport {
-        let report = try load(VAELayout(config: config).map(records, prefix: prefix), component: "first_stage_model")
-        loadReport = report
-        return report
     }
 }
