@@ -64,7 +64,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "NeuralNetwork"], exclude: ["Fixtures"]),
-        .testTarget(name: "CheckpointsTests", dependencies: ["Checkpoints", "CompVis"], exclude: ["Fixtures"]),
+        .testTarget(name: "CheckpointsTests", dependencies: ["Checkpoints", "CompVis", "UNetModels", "Autoencoders"], exclude: ["Fixtures"]),
         .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], exclude: ["Fixtures"]),
         .testTarget(name: "ImagingTests", dependencies: ["Imaging"], exclude: ["Fixtures"]),
         .testTarget(name: "DiffusionTests", dependencies: ["Diffusion", "TensorCore"], exclude: ["Fixtures"]),

@@ -1,7 +1,9 @@
 // The CompVis <-> diffusers rule table (LayoutMapping.swift) against diffusers' own converters
 // (single_file_utils.py convert_ldm_unet/vae/clip_checkpoint), as recorded by tools/fixtures/layouts.py
 // in Fixtures/layouts.json, and the configs derived from shapes against the models' saved configs.
+import Autoencoders
 import Foundation
+import UNetModels
 import XCTest
 @testable import Checkpoints
 @testable import CompVis
@@ -113,6 +115,31 @@ final class LayoutMappingTests: XCTestCase {
                 same(try DiffusersConfigs.clipText(shapes: shapes("text_encoder")).config, saved,
                      ["hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "max_position_embeddings",
                       "architectures", "model_type"], "text_encoder")
+            }
+        }
+    }
+
+    /// Loading and `ldm convert` use one table per component: the UNet and VAE tables built from the saved diffusers
+    /// configs (as loading builds them from a typed config) equal the tables read from the CompVis names (as `ldm
+    /// convert` builds them), and the loader's names agree with diffusers' converters pair by pair.
+    func testLoadingTablesAreTheConvertTables() throws {
+        for name in LayoutFixtures.cases {
+            let c = try LayoutFixtures.load(name)
+            let layout = try PipelineLayout.detect(compvis: c.pairs.map(\.compvis))
+            func data(_ comp: String) throws -> Data { try JSONSerialization.data(withJSONObject: try XCTUnwrap(c.configs[comp], name)) }
+            let unetConfig = try UNetConfig.decode(try data("unet"))
+            XCTAssertEqual(try UNetLayout(config: unetConfig).rules, try XCTUnwrap(layout.unet).rules, name)
+            let keyMap = try CompVisUNetKeyMap(config: unetConfig)
+            var checked = 0
+            for p in c.pairs where p.compvis.hasPrefix(CompVisUNetKeyMap.compVisPrefix) {
+                let key = String(p.compvis.dropFirst(CompVisUNetKeyMap.compVisPrefix.count))
+                XCTAssertEqual(keyMap.diffusersName(key).map { "unet." + $0 }, p.diffusers, "\(name): \(p.compvis)")
+                checked += 1
+            }
+            XCTAssertGreaterThan(checked, 100, name)
+            if c.configs["vae"] != nil, let vae = layout.vae {
+                let vaeConfig = try JSONDecoder().decode(AutoencoderKLConfig.self, from: try data("vae"))
+                XCTAssertEqual(VAELayout(config: vaeConfig).rules, vae.rules, name)
             }
         }
     }
