@@ -11,7 +11,11 @@ public enum CLIPTable {
 
     /// The FrozenCLIPEmbedder's records without the CompVis prefix, under CLIPTextModel names (either spelling in).
     public static func records(_ records: [String: TensorRecord]) -> [String: TensorRecord] {
-        CLIPTextModel.normalizedKeys(records.filter { $0.key.hasPrefix(compvisPrefix) })
+        var out: [String: TensorRecord] = [:]
+        for (key, r) in records where key.hasPrefix(compvisPrefix) {
+            out[CLIPTextKeys.canonical(String(key.dropFirst(compvisPrefix.count)))] = r
+        }
+        return out
     }
 }
 

@@ -7,7 +7,7 @@ import TensorCore
 // pre-LayerNorm and a causal mask, CLIPMLP, final_layer_norm, pooled output at the EOS token) with the config of
 // configuration_clip.py `CLIPTextConfig`. Parameter names are the Hub / transformers 4.x state_dict names
 // ("text_model.embeddings.token_embedding.weight", ...); `normalizedKeys` also accepts transformers 5.x names
-// (no "text_model." prefix) and CompVis names ("cond_stage_model.transformer.").
+// (no "text_model." prefix).
 
 public struct ConditioningError: Error, CustomStringConvertible {
     public let description: String
@@ -188,16 +188,11 @@ public final class CLIPTextModel: Module {
             + scoped("text_model.encoder.layers", layers) + scoped("text_model.final_layer_norm", finalLayerNorm)
     }
 
-    /// Renames transformers 5.x keys (no "text_model.") and CompVis keys ("cond_stage_model.transformer.", with or
-    /// without "text_model.") to our names; other keys pass unchanged.
+    /// Renames transformers 5.x keys (no "text_model.") to our names (CLIPTextKeys.canonical); other keys pass
+    /// unchanged. CompVis' FrozenCLIPEmbedder names: CompVis.CLIPTable.
     public static func normalizedKeys(_ records: [String: TensorRecord]) -> [String: TensorRecord] {
         var out: [String: TensorRecord] = [:]
-        for (key, r) in records {
-            var k = key
-            if k.hasPrefix("cond_stage_model.transformer.") { k.removeFirst("cond_stage_model.transformer.".count) }
-            if k.hasPrefix("embeddings.") || k.hasPrefix("encoder.") || k.hasPrefix("final_layer_norm.") { k = "text_model." + k }
-            out[k] = r
-        }
+        for (key, r) in records { out[CLIPTextKeys.canonical(key)] = r }
         return out
     }
 

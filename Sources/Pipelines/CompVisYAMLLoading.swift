@@ -165,7 +165,7 @@ extension ModelBundle {
             guard !clip.isEmpty else { throw PipelineError("\(url.path): no cond_stage_model.transformer.* weights for FrozenCLIPEmbedder") }
             // The YAML's FrozenCLIPEmbedder states no size (the code hard-codes ViT-L/14): the weights decide.
             encoder = try CLIPTextModel(config: textEncoderConfig(.frozenCLIPEmbedder(clip), url))
-            _ = try encoder?.loadWeights(clip)
+            _ = try encoder?.loadWeights(CLIPTable.records(clip))
             tokenizer = try CLIPTokenizer.openCLIPDefault()
         case "FrozenOpenCLIPEmbedder":
             encoder = try CLIPTextModel(config: textEncoderConfig(.frozenOpenCLIPEmbedder(records), url))

@@ -1,4 +1,4 @@
-// The CompVis <-> diffusers rule table (LayoutMapping.swift) against diffusers' own converters
+// The CompVis <-> diffusers rule table (Sources/CompVis: RenameTable.swift and the per-component tables) against diffusers' own converters
 // (single_file_utils.py convert_ldm_unet/vae/clip_checkpoint), as recorded by tools/fixtures/layouts.py
 // in Fixtures/layouts.json, and the configs derived from shapes against the models' saved configs.
 import Autoencoders

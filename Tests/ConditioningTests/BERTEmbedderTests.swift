@@ -8,7 +8,7 @@ import XCTest
 @testable import CompVis
 
 // CompVis' BERTEmbedder checkpoint names (x-transformers TransformerWrapper under cond_stage_model.transformer.*)
-// loaded into LDMBertModel through Checkpoints' BERTLayout rule table, against the CompVis module itself on a tiny
+// loaded into LDMBertModel through CompVis' BERTLayout rule table, against the CompVis module itself on a tiny
 // random BERTEmbedder (tools/fixtures/compvis_ldm_bert.py: n_embed 16, n_layer 2, 22 tokens, max_seq_len 12).
 
 final class BERTEmbedderTests: XCTestCase {

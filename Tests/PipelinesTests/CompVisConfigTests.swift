@@ -1,6 +1,6 @@
 // CompVis YAML -> diffusers UNet config (UNetModels.CompVisUNetConfig) against diffusers
 // loaders/single_file_utils.py create_unet_diffusers_config_from_ldm for the real SD 1.x / 2.x and LDM zoo configs,
-// and the model-level checks of Pipelines.CompVisModelConfig. Fixtures: tools/fixtures/compvis_configs.py.
+// and the model-level checks of CompVis.CompVisModelConfig. Fixtures: tools/fixtures/compvis_configs.py.
 import Checkpoints
 import Diffusion
 import DiffusersBlocks

@@ -1,7 +1,7 @@
 // A CompVis single-file Stable Diffusion checkpoint, loaded as a downloaded SD 1.x file is (configs derived from the
 // tensor shapes, SD1 defaults, the shipped OpenAI CLIP vocabulary), against diffusers' images from the same weights
 // (tools/fixtures/compvis_single_file.py: tiny random SD1-shaped pipeline whose CLIP has the real 49408-token
-// vocabulary). The folder is turned into the single file by Checkpoints.Converter (checked key for key against
+// vocabulary). The folder is turned into the single file by CompVis.Converter (checked key for key against
 // diffusers' own converters in CheckpointsTests).
 import Checkpoints
 import Foundation

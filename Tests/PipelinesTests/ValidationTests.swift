@@ -74,7 +74,7 @@ final class ValidationTests: XCTestCase {
                                                            generator: TorchGenerator(seed: 0)) }.contains("multiple of 8"))
     }
 
-    /// A CompVis single file (tiny-sd converted by Checkpoints.Converter): its summary is read from shapes, and loading
+    /// A CompVis single file (tiny-sd converted by CompVis.Converter): its summary is read from shapes, and loading
     /// refuses (with a message, no trap) shapes the SD-default derived config (32 groups) cannot hold.
     func testCompVisSingleFile() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-cv-\(UUID().uuidString)")
