@@ -15,7 +15,9 @@ public struct TilingOptions: Sendable, Equatable {
     /// `.auto` tiles when the image (or the decoded image) has more pixels than this and a side exceeds a tile.
     public var autoTileArea: Int = 1024 * 1024
     public init(tileSampleMinSize: Int, tileOverlapFactor: Float = 0.25, autoTileArea: Int = 1024 * 1024) {
-        self.tileSampleMinSize = tileSampleMinSize; self.tileOverlapFactor = tileOverlapFactor; self.autoTileArea = autoTileArea
+        self.tileSampleMinSize = tileSampleMinSize
+        self.tileOverlapFactor = tileOverlapFactor
+        self.autoTileArea = autoTileArea
     }
 }
 

@@ -13,7 +13,10 @@ public enum FirstStageModel {
     case vq(VQModel)
 
     public var scalingFactor: Float {
-        switch self { case .kl(let m): return m.config.scalingFactor; case .vq(let m): return m.config.scalingFactor }
+        switch self {
+        case .kl(let m): return m.config.scalingFactor
+        case .vq(let m): return m.config.scalingFactor
+        }
     }
 
     /// diffusers' old attention names (AttentionBlock before diffusers 0.14: query, key, value, proj_attn), which

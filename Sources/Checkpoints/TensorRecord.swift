@@ -24,7 +24,8 @@ public final class TensorStorage {
     }
 
     func resolve() throws -> (ByteBuffer, Int) {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         if let c = cached { return c }
         let c = try loader()
         guard c.1 >= 0, c.1 <= c.0.count, c.0.count - c.1 >= byteCount else {
@@ -51,7 +52,10 @@ public struct TensorRecord {
     public static func contiguousStrides(_ shape: [Int]) -> [Int] {
         var s = [Int](repeating: 1, count: shape.count)
         var acc = 1
-        for i in stride(from: shape.count - 1, through: 0, by: -1) { s[i] = acc; acc = acc &* max(shape[i], 1) }
+        for i in stride(from: shape.count - 1, through: 0, by: -1) {
+            s[i] = acc
+            acc = acc &* max(shape[i], 1)
+        }
         return s
     }
 
@@ -74,15 +78,25 @@ public struct TensorRecord {
                 throw CheckpointError("\(what): needs bytes up to \(endByte) but its storage has \(storage.byteCount)")
             }
         }
-        self.name = name; self.dtype = dtype; self.shape = shape; self.strides = st
-        self.byteOffset = byteOffset; self.storage = storage; self.elementCount = n
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.strides = st
+        self.byteOffset = byteOffset
+        self.storage = storage
+        self.elementCount = n
     }
 
     /// Same bytes under another name (EMA views, prefix stripping).
     public func renamed(_ newName: String) -> TensorRecord { TensorRecord(unchecked: newName, self) }
     private init(unchecked name: String, _ o: TensorRecord) {
-        self.name = name; dtype = o.dtype; shape = o.shape; strides = o.strides
-        byteOffset = o.byteOffset; storage = o.storage; elementCount = o.elementCount
+        self.name = name
+        dtype = o.dtype
+        shape = o.shape
+        strides = o.strides
+        byteOffset = o.byteOffset
+        storage = o.storage
+        elementCount = o.elementCount
     }
 
     public var isContiguous: Bool {
@@ -144,9 +158,18 @@ public struct TensorRecord {
             var off = 0
             for d in 0..<(nd - 1) { off += idx[d] * strides[d] }
             var p = src + off * es
-            for _ in 0..<inner { out.copyMemory(from: p, byteCount: es); out += es; p += innerStride }
+            for _ in 0..<inner {
+                out.copyMemory(from: p, byteCount: es)
+                out += es
+                p += innerStride
+            }
             var d = nd - 2
-            while d >= 0 { idx[d] += 1; if idx[d] < shape[d] { break }; idx[d] = 0; d -= 1 }
+            while d >= 0 {
+                idx[d] += 1
+                if idx[d] < shape[d] { break }
+                idx[d] = 0
+                d -= 1
+            }
         }
     }
 }

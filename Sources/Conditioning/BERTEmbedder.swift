@@ -18,8 +18,14 @@ extension LDMBertConfig {
             throw ConditioningError("BERTEmbedder: n_embed, n_layer, vocab_size and max_seq_len must be positive")
         }
         var c = LDMBertConfig()
-        c.dModel = nEmbed; c.encoderLayers = nLayer; c.encoderFFNDim = 4 * nEmbed; c.vocabSize = vocabSize
-        c.maxPositionEmbeddings = maxSeqLen; c.encoderAttentionHeads = 8; c.headDim = 64; c.activationFunction = "gelu"
+        c.dModel = nEmbed
+        c.encoderLayers = nLayer
+        c.encoderFFNDim = 4 * nEmbed
+        c.vocabSize = vocabSize
+        c.maxPositionEmbeddings = maxSeqLen
+        c.encoderAttentionHeads = 8
+        c.headDim = 64
+        c.activationFunction = "gelu"
         return c
     }
 }

@@ -84,10 +84,16 @@ public final class CLIPEncoderLayer: Module {
 
     init(_ c: CLIPTextConfig) {
         let d = c.hiddenSize
-        heads = c.numAttentionHeads; act = c.hiddenAct
-        layerNorm1 = LayerNorm(d, eps: c.layerNormEps); layerNorm2 = LayerNorm(d, eps: c.layerNormEps)
-        qProj = Linear(d, d); kProj = Linear(d, d); vProj = Linear(d, d); outProj = Linear(d, d)
-        fc1 = Linear(d, c.intermediateSize); fc2 = Linear(c.intermediateSize, d)
+        heads = c.numAttentionHeads
+        act = c.hiddenAct
+        layerNorm1 = LayerNorm(d, eps: c.layerNormEps)
+        layerNorm2 = LayerNorm(d, eps: c.layerNormEps)
+        qProj = Linear(d, d)
+        kProj = Linear(d, d)
+        vProj = Linear(d, d)
+        outProj = Linear(d, d)
+        fc1 = Linear(d, c.intermediateSize)
+        fc2 = Linear(c.intermediateSize, d)
     }
 
     func activation(_ x: Tensor) -> Tensor {

@@ -38,7 +38,11 @@ extension CLIPTextConfig {
         c.numAttentionHeads = headCount(width: c.hiddenSize)
         c.hiddenAct = hiddenAct
         // OpenAI's 49408-token vocabulary: <|startoftext|> 49406, <|endoftext|> 49407 (pooling is not used for SD).
-        if c.vocabSize != 49408 { c.bosTokenID = 0; c.eosTokenID = 2; c.padTokenID = 1 }
+        if c.vocabSize != 49408 {
+            c.bosTokenID = 0
+            c.eosTokenID = 2
+            c.padTokenID = 1
+        }
         try c.validate()
         return c
     }

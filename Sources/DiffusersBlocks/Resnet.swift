@@ -43,10 +43,12 @@ public final class ResnetBlock2D: Module {
         switch resample {
         case .none: break
         case .down:
-            h = h.avgPool2d(kernel: 2); x = x.avgPool2d(kernel: 2)
+            h = h.avgPool2d(kernel: 2)
+            x = x.avgPool2d(kernel: 2)
         case .up:
             let (oh, ow) = (x.shape[2] * 2, x.shape[3] * 2)
-            h = h.upsampleNearest(height: oh, width: ow); x = x.upsampleNearest(height: oh, width: ow)
+            h = h.upsampleNearest(height: oh, width: ow)
+            x = x.upsampleNearest(height: oh, width: ow)
         }
         h = conv1(h)
         if let proj = timeEmbProj, let tembAct {

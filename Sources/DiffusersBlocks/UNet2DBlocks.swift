@@ -28,9 +28,14 @@ public struct BlockSettings: Sendable {
 
     public init(tembChannels: Int, groups: Int, eps: Float, timeScaleShift: TimeEmbeddingNorm, useLinearProjection: Bool, attnGroups: Int?,
                 downsampleType: ResampleType = .conv, upsampleType: ResampleType = .conv) {
-        self.tembChannels = tembChannels; self.groups = groups; self.eps = eps; self.timeScaleShift = timeScaleShift
-        self.useLinearProjection = useLinearProjection; self.attnGroups = attnGroups
-        self.downsampleType = downsampleType; self.upsampleType = upsampleType
+        self.tembChannels = tembChannels
+        self.groups = groups
+        self.eps = eps
+        self.timeScaleShift = timeScaleShift
+        self.useLinearProjection = useLinearProjection
+        self.attnGroups = attnGroups
+        self.downsampleType = downsampleType
+        self.upsampleType = upsampleType
     }
 
     /// A resnet of the UNet's blocks.
@@ -87,8 +92,14 @@ public final class UNetDownBlock2D: Module {
             if i < attentions.count { h = attentions[i].apply(h, context: context) }
             states.append(h)
         }
-        if let downsampler { h = downsampler(h); states.append(h) }
-        if let resnetDownsampler { h = resnetDownsampler(h, tembAct: tembAct); states.append(h) }
+        if let downsampler {
+            h = downsampler(h)
+            states.append(h)
+        }
+        if let resnetDownsampler {
+            h = resnetDownsampler(h, tembAct: tembAct)
+            states.append(h)
+        }
         return (h, states)
     }
 
