@@ -35,7 +35,7 @@ public enum Autocast {
         let saved = self.dtype
         self.dtype = dtype == .float32 ? nil : dtype
         defer { self.dtype = saved }
-        return try body()
+        return try NativeBF16.autocastScope(self.dtype == .bfloat16, body)
     }
 
     public static var isBF16: Bool { dtype == .bfloat16 }
@@ -45,7 +45,8 @@ public enum Autocast {
                                       _ op: (Tensor, Tensor, Tensor?) -> Tensor) -> Tensor {
         guard isBF16 else { return op(x, weight, bias) }
         if NativeBF16.couldApply([x, weight] + (bias.map { [$0] } ?? [])) {
-            return cast(NativeBF16.scope { op(x, weight, bias) }) // the kernels round their inputs to bf16 themselves
+            // The kernels round their inputs to bf16 themselves; the fresh result is rounded where it lies.
+            return NativeBF16.scope { op(x, weight, bias) }.roundingToBFloat16InPlace()
         }
         return cast(op(cast(x), cast(weight), cast(bias)))
     }

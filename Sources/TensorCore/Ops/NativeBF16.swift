@@ -31,8 +31,26 @@ public enum NativeBF16 {
         return try body()
     }
 
+    /// Whether the current scope is bf16 autocast (set by NeuralNetwork's Autocast around its whole body, not only
+    /// around the lower-precision ops): attention then runs its two products in native bf16 where available, as
+    /// torch's CPU flash attention does on the bf16 q, k, v that autocast's linear layers return.
+    public nonisolated(unsafe) static private(set) var autocast = false
+    /// Runs `body` with `autocast` set to `on`.
+    public static func autocastScope<T>(_ on: Bool, _ body: () throws -> T) rethrows -> T {
+        let saved = autocast
+        autocast = on
+        defer { autocast = saved }
+        return try body()
+    }
+    /// `LDM_BF16_ATTENTION=0` keeps attention in float32 under bf16 autocast.
+    public nonisolated(unsafe) static var attentionEnabled = ProcessInfo.processInfo.environment["LDM_BF16_ATTENTION"] != "0"
+
     /// Whether an op with these operands runs in native bf16 now.
     static func applies(_ inputs: [Tensor]) -> Bool { active && !GradMode.shouldRecord(inputs) }
+    /// Whether attention with these operands runs its products in native bf16 now.
+    static func attentionApplies(_ inputs: [Tensor]) -> Bool {
+        autocast && attentionEnabled && available && !GradMode.shouldRecord(inputs)
+    }
     /// Whether an op with these operands would run in native bf16 inside a scope (available, no gradient recorded).
     public static func couldApply(_ inputs: [Tensor]) -> Bool { available && !GradMode.shouldRecord(inputs) }
 }
