@@ -70,7 +70,7 @@ func linearBF16(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?) -> Tensor {
             dnnlCheck(dnnl_matmul_desc_init(&d, &s, &w, bias != nil ? bp : nil, &ds), "bf16 matmul desc \(key)")
         }
         var pd: dnnl_primitive_desc_t?
-        dnnlCheck(dnnl_primitive_desc_create(&pd, &d, nil, DNNL.engine, nil), "bf16 matmul pd \(key)")
+        dnnlCheck(dnnl_primitive_desc_create(&pd, &d, DNNL.attr, DNNL.engine, nil), "bf16 matmul pd \(key)")
         return Primitive(pd: pd!)
     }
     // The weight (out, in) row-major in bf16 is the (in, out) bf16 matrix the primitive takes ("ba"): a bf16 weight
