@@ -17,7 +17,8 @@ import TensorCore
 // Deliberate differences from torch's CPU autocast, which keeps every op that follows a bf16 op in bf16 (group_norm,
 // layer_norm, silu, gelu, residual adds all round their outputs to bf16 there): here those run in float32 on the
 // rounded values, as CUDA autocast does for the norms and softmax (its fp32 list); the fused attention keeps its
-// probabilities in float32 (torch's CPU flash kernel rounds them to bf16 before P @ V); VectorQuantizer's distance
+// probabilities in float32 (torch's CPU flash kernel rounds them to bf16 before P @ V) except for native-bf16
+// inference, where attention computes as torch's kernel does (AttentionBF16.swift); VectorQuantizer's distance
 // matmul (not a layer) stays float32. These are bf16-sized differences: one-step gradients differ from torch's by
 // about as much as torch's bf16 differs from float32 (Tests/TrainingTests/MixedPrecisionTests.swift).
 
