@@ -73,7 +73,7 @@ extension DataParallelTests {
         // disc_start 0: from the first step the discriminator (two SyncBatchNorm layers) trains and, frozen, drives the
         // generator through g_loss and the adaptive weight.
         let config = try writeTrainConfig([
-            "base_learning_rate": 1e-3, "scale_lr": false, "batch_size": 4, "max_steps": 3, "ckpt_every": 3,
+            "base_learning_rate": 1e-3, "scale_lr": false, "batch_size": 4, "max_steps": 2, "ckpt_every": 2,
             "data_dir": data.path, "image_size": 16, "seed": 6, "random_flip": true, "max_grad_norm": 1.0,
             "kl_weight": 1e-3, "disc_start": 0, "disc_ndf": 8, "disc_num_layers": 2,
             "model_config": ["_class_name": "AutoencoderKL", "block_out_channels": [8, 8], "layers_per_block": 1,
@@ -90,7 +90,7 @@ extension DataParallelTests {
                                         ranks: 2, mpirun: mpirun)
             XCTAssertEqual(status, 0, out)
         }
-        let step = "checkpoints/step-00000003.safetensors"
+        let step = "checkpoints/step-00000002.safetensors"
         try assertIdenticalCheckpoint(work.appendingPathComponent("overlap").appendingPathComponent(step),
                                       work.appendingPathComponent("after").appendingPathComponent(step))
         // Without SyncBatchNorm the two ranks' discriminators normalise 2 examples each, not 4: the discriminator
