@@ -7,8 +7,10 @@
 //    parameters are all ready starts its non-blocking all-reduce (MPI_Iallreduce) at once, while backward goes on
 //    with the layers below. Buckets start strictly in bucket order (as the Reducer's next_bucket_), so every rank
 //    issues the same collectives in the same order even when their backward passes reach parameters differently;
-//  - at the end of backward, the buckets not yet started (parameters no rank's pass reached on this rank: their
-//    gradient, or zeros) start, and everything is waited for. The gradients become sum / N.
+//  - parameters the loss's graph does not reach are marked ready before the pass (DDP's find_unused_parameters
+//    walks the graph the same way), so they do not hold their bucket back; at the end of backward, whatever is not
+//    yet packed is packed (its gradient, or zeros), the rest of the buckets start, and everything is waited for.
+//    The gradients become sum / N.
 // The after-backward path (`overlapsBackward` false) packs the same buckets after backward and starts them in the
 // same order with the same non-blocking call, so both paths add the same numbers in the same MPI operations and give
 // bit-identical gradients, at any number of ranks (Tests/TrainingTests/OverlapTests.swift checks the weights).
@@ -56,6 +58,9 @@ public final class GradientAverager {
         guard reduce, communicator.size > 1, !parameters.isEmpty else { loss.backward(); return }
         guard overlapsBackward else { loss.backward(); try average(parameters); return }
         let reduction = begin(parameters)
+        // Parameters this pass cannot reach are ready now (their gradient, if any, is from earlier micro-batches):
+        // otherwise their bucket, and every bucket after it, would wait for the end of backward.
+        timed { for (p, reached) in zip(parameters, loss.reaches(parameters)) where !reached { reduction.ready(p) } }
         GradientReadyHooks.withHooks(on: parameters, { [unowned self] p in timed { reduction.ready(p) } }) { loss.backward() }
         lastBucketsStartedDuringBackward = reduction.next
         try timed { try reduction.finish() }

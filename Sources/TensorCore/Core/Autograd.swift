@@ -172,6 +172,18 @@ extension Tensor {
         return targets.map { result[ObjectIdentifier($0)] ?? Tensor(zeros: $0.shape) }
     }
 
+    /// For each of `leaves`, whether `backward()` from `self` would reach it (a path of recorded ops from `self` to
+    /// it). DDP's find_unused_parameters walks the graph the same way before backward.
+    public func reaches(_ leaves: [Tensor]) -> [Bool] {
+        var visited = Set<ObjectIdentifier>()
+        var stack: [Tensor] = requiresGrad ? [self] : []
+        while let t = stack.popLast() {
+            guard visited.insert(ObjectIdentifier(t)).inserted else { continue }
+            for input in t.gradFn?.inputs ?? [] where input.requiresGrad { stack.append(input) }
+        }
+        return leaves.map { visited.contains(ObjectIdentifier($0)) }
+    }
+
     /// Sets `.grad` to nil (optimizer.zero_grad(set_to_none=True)).
     public func zeroGrad() { grad = nil }
 }
