@@ -64,6 +64,15 @@ extension DataParallelTests {
         XCTAssertEqual(try losses(work.appendingPathComponent("overlap"), "loss"), try losses(work.appendingPathComponent("after"), "loss"))
     }
 
+    func testBucketCapIsValidated() throws {
+        guard FileManager.default.isExecutableFile(atPath: ldm.path) else { return XCTFail("the ldm executable is not built at \(ldm.path)") }
+        for bad in ["0", "-1", "nan", "2000000"] {
+            let (status, out) = try run(["train", "ldm", "--config", "/nonexistent.json", "--bucket-cap-mb=\(bad)"])
+            XCTAssertNotEqual(status, 0, out)
+            XCTAssertTrue(out.contains("--bucket-cap-mb must be a positive number of MiB"), out)
+        }
+    }
+
     func testAutoencoderWithTheDiscriminatorOnIsIndependentOfTheRanksAndOfTheOverlap() throws {
         let mpirun = try requireMPI()
         let work = try tempDirectory("ddp-syncbn")
