@@ -104,8 +104,8 @@ public final class Trainer {
     /// Called after each step with its log entry (on rank 0 only).
     public var onStep: ((TrainingLogEntry) -> Void)?
     /// The ranks of a data-parallel run (DataParallel.swift); one process by default. Each rank loads `shard` of every
-    /// batch, gradients are averaged by `gradients` before clipping and the optimizer step, and only rank 0 writes
-    /// (checkpoints, loss.jsonl, samples, the export).
+    /// batch, gradients are averaged by `gradients` (overlapped with the last backward) before clipping and the
+    /// optimizer step, and only rank 0 writes (checkpoints, loss.jsonl, samples, the export).
     public let communicator: Communicator
     public let shard: BatchShard
     public let gradients: GradientAverager
@@ -181,11 +181,12 @@ public final class Trainer {
             let value = l.item
             guard value.isFinite else { throw TrainingError("loss is \(value) at step \(step + 1)") }
             total += value
-            l.backward()
+            // Data-parallel: the last micro-batch's backward averages the gradients over the ranks, in buckets
+            // overlapped with the pass (DDP; the others accumulate locally, as under no_sync).
+            try gradients.backward(l, parameters: params.map(\.1), reduce: micro + 1 == accum)
         }
-        // The mean over ranks of their shard means: the global batch's loss, and its gradient.
+        // The mean over ranks of their shard means: the global batch's loss.
         total = Float(try communicator.average(Double(total)))
-        try gradients.average(params.map(\.1))
         let gradNorm = options.maxGradNorm.map { clipGradNorm(params.map(\.1), maxNorm: $0) }
         optimizer.step()
         if let ema { ema.update(model.namedParameters) }

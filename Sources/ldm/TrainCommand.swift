@@ -66,6 +66,7 @@ struct TrainLDM: ParsableCommand {
         let cfg = try LDMTrainConfig.load(configURL)
         let dir = try runOptions.directory(configRunDir: cfg.runDir)
         let trainer = try cfg.makeTrainer(runDir: dir, communicator: comm, log: print)
+        runOptions.configure(trainer.gradients)
         if runOptions.resume != nil {
             try trainer.resume()
             print("resumed \(dir.path) at step \(trainer.step) (epoch \(trainer.epoch))")
