@@ -36,7 +36,7 @@ extension Trainer {
 
     @discardableResult
     public func saveCheckpoint() throws -> URL {
-        var entries = model.namedParameters.map { Self.entry("model.\($0.0)", $0.1) }
+        var entries = trainsModel ? model.namedParameters.map { Self.entry("model.\($0.0)", $0.1) } : []
         for (prefix, module) in extraModules { entries += module.namedParameters.map { Self.entry(prefix + $0.0, $0.1) } }
         if let ema { entries += ema.names.compactMap { n in ema.shadow[n].map { Self.entry("ema.\(n)", $0) } } }
         entries += optimizer.stateTensors.map { Self.entry("optimizer.\($0.0)", $0.1) }
@@ -44,7 +44,8 @@ extension Trainer {
                                                 seed: options.seed, batchSize: options.batchSize, precision: options.precision, generator: generator)
         entries.append(common.entry)
         var meta = common.meta.merging(["optimizer_step": String(optimizer.stepCount),
-                                        "trainable_modules": extraModules.map(\.prefix).joined(separator: ",")]) { $1 }
+                                        "trainable_modules": extraModules.map(\.prefix).joined(separator: ","),
+                                        "trains_model": String(trainsModel)]) { $1 }
         if let ema { meta["ema_num_updates"] = String(ema.numUpdates) }
         if let scaleFactor { meta["scale_factor"] = String(scaleFactor.bitPattern) }
         let url = checkpointURL(step: step)
@@ -64,7 +65,10 @@ extension Trainer {
             let list = { (a: [String]) in a.isEmpty ? "the UNet only" : "the UNet and " + a.map { $0 + "*" }.joined(separator: ", ") }
             throw TrainingError("\(url.path) trained \(list(saved)); this configuration trains \(list(extraModules.map(\.prefix))) (cond_stage_trainable must match the run)")
         }
-        try model.load(ckpt.group("model."), component: "\(url.lastPathComponent) model")
+        guard (meta["trains_model"] ?? "true") == String(trainsModel) else {
+            throw TrainingError("\(url.path) was written by a run that \(trainsModel ? "froze" : "trained") the UNet; this one \(trainsModel ? "trains" : "freezes") it")
+        }
+        if trainsModel { try model.load(ckpt.group("model."), component: "\(url.lastPathComponent) model") }
         for (prefix, module) in extraModules {
             try module.load(ckpt.group(prefix), component: "\(url.lastPathComponent) \(prefix.dropLast())")
         }

@@ -19,7 +19,7 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
         abstract: "Train models.",
-        subcommands: [TrainLDM.self, TrainAutoencoder.self])
+        subcommands: [TrainLDM.self, TrainAutoencoder.self, TrainLoRA.self])
 }
 
 struct TrainLDM: ParsableCommand {
