@@ -132,7 +132,9 @@ struct WebUIProcessing {
         let shape = [1, c, h / f, w / f]
         let hw = (h / f) * (w / f)
         // The image at a multiple of the VAE factor (resize_mode 3 keeps its own size, rounded down).
-        let (ih, iw) = try VaeImageProcessor(vaeScaleFactor: f).defaultHeightWidth(imageWidth: prep.image.width, imageHeight: prep.image.height)
+        guard let (ih, iw) = try? VaeImageProcessor(vaeScaleFactor: f).defaultHeightWidth(imageWidth: prep.image.width, imageHeight: prep.image.height) else {
+            throw APIError.unprocessable("init_images", "init_images is \(prep.image.width)x\(prep.image.height); resize_mode 3 needs at least \(f) px a side")
+        }
         let image = (ih, iw) == (prep.image.height, prep.image.width) ? prep.image : try prep.image.resized(width: iw, height: ih)
         let strengthMax = s.denoisingStrength == 1 && prep.mask != nil
         var imageLatents: [Float]?

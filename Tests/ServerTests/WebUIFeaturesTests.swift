@@ -222,6 +222,11 @@ final class WebUIFeaturesTests: XCTestCase {
             XCTAssertEqual(r.status, 422, "\(body): \(r.text)")
             XCTAssertEqual(r.object["error"] as? String, "invalid \(field)", "\(body): \(r.text)")
         }
+        // Found when the job runs: a 2x2 image cannot be encoded at its own size (resize_mode 3).
+        let tiny = try b64(try picture(2, 2))
+        let r = srv.request("POST", "/sdapi/v1/img2img", json: ["prompt": "x", "steps": 2, "width": 32, "height": 32, "init_images": [tiny], "resize_mode": 3])
+        XCTAssertEqual(r.status, 422, r.text)
+        XCTAssertEqual(r.object["error"] as? String, "invalid init_images", r.text)
         XCTAssertEqual(srv.request("GET", "/sdapi/v1/options").status, 200)
     }
 }
