@@ -49,7 +49,7 @@ let package = Package(
                                                  "DiffusersBlocks", "NeuralNetwork", "TensorCore"], swiftSettings: optimize),
         // `ldm serve`: AUTOMATIC1111-compatible HTTP API, job API and web page on Hummingbird 2.
         .target(name: "Server", dependencies: [
-            "TensorCore", "Imaging", "Diffusion", "Pipelines", "Checkpoints", "Conditioning",
+            "TensorCore", "Imaging", "Diffusion", "Pipelines", "Checkpoints", "Conditioning", "Autoencoders", "UNetModels",
             .product(name: "Hummingbird", package: "hummingbird"),
         ]),
         .executableTarget(name: "ldm", dependencies: [
@@ -70,6 +70,6 @@ let package = Package(
                                                            "Tokenizers", "Checkpoints", "NeuralNetwork", "TensorCore"], exclude: ["Fixtures"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Pipelines", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging",
                                                           "Tokenizers", "Checkpoints", "NeuralNetwork", "TensorCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Pipelines", "Imaging", "TensorCore"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Pipelines", "Imaging", "TensorCore"], exclude: ["Fixtures"]),
     ]
 )
