@@ -130,9 +130,15 @@ func makeSampleGridCallback(config cfg: LDMTrainConfig, trainer: Trainer) throws
     let down: Int
     let firstStage: FirstStageModel?
     switch trainer.encoder {
-    case .identity: down = 1; firstStage = nil
-    case .kl(let m): down = m.downsamplingFactor; firstStage = .kl(m)
-    case .vq(let m): down = m.downsamplingFactor; firstStage = .vq(m)
+    case .identity:
+        down = 1
+        firstStage = nil
+    case .kl(let m):
+        down = m.downsamplingFactor
+        firstStage = .kl(m)
+    case .vq(let m):
+        down = m.downsamplingFactor
+        firstStage = .vq(m)
     }
     let shape = [count, trainer.model.config.inChannels, cfg.imageSize / down, cfg.imageSize / down]
     return { [unowned trainer] unet, _ in

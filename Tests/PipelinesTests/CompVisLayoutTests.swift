@@ -15,7 +15,15 @@ import UNetModels
 import XCTest
 
 final class CompVisLayoutTests: XCTestCase {
-    struct Case: Decodable { let name, objects: String; let tokens: [Int]; let steps: Int; let seed: UInt64; let batch: Int; let eta: Double; let width, height: Int }
+    struct Case: Decodable {
+        let name, objects: String
+        let tokens: [Int]
+        let steps: Int
+        let seed: UInt64
+        let batch: Int
+        let eta: Double
+        let width, height: Int
+    }
 
     let dir = fixtures.appendingPathComponent("compvis-layout")
     var checkpoint: URL { dir.appendingPathComponent("model.ckpt") }
@@ -39,13 +47,20 @@ final class CompVisLayoutTests: XCTestCase {
         let config = try CompVisModelConfig(yaml: yaml())
         XCTAssertTrue(config.isLayout)
         let builder = try config.layoutBuilder()
-        XCTAssertEqual(builder.noMaxObjects, 4); XCTAssertEqual(builder.noTokens, 300); XCTAssertTrue(builder.encodeCrop)
+        XCTAssertEqual(builder.noMaxObjects, 4)
+        XCTAssertEqual(builder.noTokens, 300)
+        XCTAssertTrue(builder.encodeCrop)
         XCTAssertEqual(builder.noObjectClasses, 340)
         let s = try ModelSummary.read(yaml: yaml())
-        XCTAssertTrue(s.isLayout); XCTAssertFalse(s.hasTextEncoder); XCTAssertFalse(s.hasLDMBert); XCTAssertEqual(s.firstStage, "VQModel")
+        XCTAssertTrue(s.isLayout)
+        XCTAssertFalse(s.hasTextEncoder)
+        XCTAssertFalse(s.hasLDMBert)
+        XCTAssertEqual(s.firstStage, "VQModel")
         let bundle = try ModelBundle.load(checkpoint: checkpoint, yaml: yaml())     // no vocabulary needed
-        XCTAssertNil(bundle.bertTokenizer); XCTAssertEqual(bundle.bert?.config.maxPositionEmbeddings, 14)
-        XCTAssertEqual(bundle.vaeScaleFactor, 4); XCTAssertEqual(bundle.defaultImageSize, 32)
+        XCTAssertNil(bundle.bertTokenizer)
+        XCTAssertEqual(bundle.bert?.config.maxPositionEmbeddings, 14)
+        XCTAssertEqual(bundle.vaeScaleFactor, 4)
+        XCTAssertEqual(bundle.defaultImageSize, 32)
         XCTAssertThrowsError(try LatentDiffusionPipeline(bundle: bundle).sample(SamplingOptions(steps: 1), generator: TorchGenerator(seed: 0))) { e in
             XCTAssertTrue("\(e)".contains("use `ldm layout`"), "\(e)")
         }

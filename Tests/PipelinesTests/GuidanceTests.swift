@@ -52,7 +52,8 @@ final class GuidanceTests: XCTestCase {
         let pipe = LatentDiffusionPipeline(bundle: bundle)
         let r = try pipe.sample(SamplingOptions(sampler: "ddim", steps: 2, batchSize: 2), classLabel: 2, guidanceScale: 3,
                                 generator: TorchGenerator(seed: 0))
-        XCTAssertEqual(r.images.count, 2); XCTAssertEqual(r.images[0].width, 16)
+        XCTAssertEqual(r.images.count, 2)
+        XCTAssertEqual(r.images[0].width, 16)
         XCTAssertThrowsError(try pipe.sample(SamplingOptions(steps: 2), generator: TorchGenerator(seed: 0)))
         XCTAssertThrowsError(try pipe.sample(SamplingOptions(steps: 2), classLabel: 5, generator: TorchGenerator(seed: 0)))
     }

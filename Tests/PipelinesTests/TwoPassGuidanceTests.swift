@@ -77,7 +77,8 @@ final class TwoPassGuidanceTests: XCTestCase {
         let (c, u) = try pipe.encodePrompt(PromptOptions(prompt: long, negativePrompt: "blurry", guidanceScale: 5, emphasis: .original),
                                            batch: 1, guidance: true)
         let uncond = try XCTUnwrap(u)
-        XCTAssertEqual(c.shape, [1, 462, 32]); XCTAssertEqual(uncond.shape, [1, 77, 32])
+        XCTAssertEqual(c.shape, [1, 462, 32])
+        XCTAssertEqual(uncond.shape, [1, 77, 32])
         XCTAssertFalse(c.toArray().contains { !$0.isFinite })
         let scheduler = try SamplingOptions(sampler: "euler", steps: 2).makeScheduler(config: sd.schedulerConfig)
         let shape = [1, 4, 8, 8]
