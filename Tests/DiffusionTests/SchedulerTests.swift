@@ -184,6 +184,17 @@ final class SchedulerTests: XCTestCase {
             XCTAssertTrue(Swift.type(of: s) == type, name)
         }
         XCTAssertTrue((try SchedulerFactory.make("dpm++2m-karras", config: cfg) as? SigmaScheduler)?.useKarrasSigmas == true)
+        // The pipelines' eta reaches the schedulers whose step takes it when they are built, by name or by class.
+        XCTAssertEqual((try SchedulerFactory.make("ddim", config: cfg, eta: 0.5) as? DDIMScheduler)?.eta, 0.5)
+        XCTAssertEqual((try SchedulerFactory.make("ddim", config: cfg) as? DDIMScheduler)?.eta, 0)
+        var ddimClass = cfg
+        ddimClass.className = "DDIMScheduler"
+        XCTAssertEqual((try SchedulerFactory.make(config: ddimClass, eta: 0.25) as? DDIMScheduler)?.eta, 0.25)
+        XCTAssertEqual((try SchedulerFactory.make("compvis-ddim", config: cfg, eta: 0.5) as? CompVisSampler)?.eta, 0.5)
+        XCTAssertEqual((try SchedulerFactory.make("compvis-plms", config: cfg, eta: 0.5) as? CompVisSampler)?.eta, 0) // PLMS takes none
+        XCTAssertEqual((try SchedulerFactory.make("tcd", config: cfg) as? TCDScheduler)?.gamma, 0.3)
+        XCTAssertEqual((try SchedulerFactory.make("TCD", config: cfg, eta: 0) as? TCDScheduler)?.gamma, 0)
+        XCTAssertThrowsError(try LMSDiscreteScheduler(config: cfg, lmsOrder: 5))
         XCTAssertThrowsError(try SchedulerFactory.make("k_dpm_9", config: cfg)) { error in
             let text = "\(error)"
             XCTAssertTrue(text.contains("k_dpm_9") && text.contains("DPM++ 2M Karras") && text.contains("euler-a"), text)
