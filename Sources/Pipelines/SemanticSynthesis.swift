@@ -34,9 +34,12 @@ public struct SemanticSynthesisGeometry: Equatable, Sendable {
         guard let mapper = rescaler.channelMapper else {
             throw PipelineError("YAML config: SpatialRescaler without out_channels is not supported (semantic synthesis maps the one-hot labels to a few channels)")
         }
-        labelCount = mapper.weight.shape[1]; conditionChannels = mapper.weight.shape[0]
-        stages = rescaler.stages; multiplier = rescaler.multiplier
-        firstStageFactor = f; unetDownsamplings = max(unet.downBlockTypes.count - 1, 0)
+        labelCount = mapper.weight.shape[1]
+        conditionChannels = mapper.weight.shape[0]
+        stages = rescaler.stages
+        multiplier = rescaler.multiplier
+        firstStageFactor = f
+        unetDownsamplings = max(unet.downBlockTypes.count - 1, 0)
         guard unet.crossAttentionDim == nil else {
             throw PipelineError("YAML config: cond_stage_config SpatialRescaler (concat) needs a UNet without context_dim")
         }
@@ -111,19 +114,16 @@ extension LatentDiffusionPipeline {
         }
         try g.checkSize(width: labels.width, height: labels.height, what: "segmentation map")
         _ = try g.labels(labels, name: "segmentation map")
-        let f = g.firstStageFactor, (h, w) = (labels.height / g.firstStageFactor, labels.width / g.firstStageFactor)
+        let f = g.firstStageFactor
+        let (h, w) = (labels.height / f, labels.width / f)
         let c = try GradMode.noGrad { try rescaler(g.oneHot(labels)) }.contiguous()
         guard c.shape == [1, g.conditionChannels, h, w] else {
             throw PipelineError("SpatialRescaler output \(c.shape) does not match the latents [1, \(g.conditionChannels), \(h), \(w)] (f = \(f))")
         }
-        let shape = [o.batchSize, bundle.unet.config.outChannels, h, w]
-        let noise = randnTensor(shape, generator: generator)
-        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
         let den = Denoiser(unet: bundle.unet)
-        den.concat = o.batchSize == 1 ? c : TensorCore.concat(Array(repeating: c, count: o.batchSize), axis: 0)
-        let sigma = Float(scheduler.initNoiseSigma)
-        let out = try denoise(latents: noise.map { $0 * sigma }, shape: shape, scheduler: scheduler, denoiser: den,
-                              generator: generator, progress: progress)
-        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage, scaled: bundle.superResolutionScaledDecode)
+        den.concat = repeatBatch(c, o.batchSize)
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, generator: generator, progress: progress)
+        return try run.generate(.noise(shape: [o.batchSize, bundle.unet.config.outChannels, h, w]), den, firstStage: bundle.firstStage,
+                                scaled: bundle.superResolutionScaledDecode)
     }
 }

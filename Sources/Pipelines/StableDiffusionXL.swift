@@ -3,7 +3,8 @@
 // (CLIPTextModel, CLIPTextModelWithProjection) on their own tokenizers, concatenates their hidden_states[-2] on the
 // feature axis, takes the second encoder's text_embeds as the pooled embedding, zeroes the unconditional inputs when
 // no negative prompt is given and force_zeros_for_empty_prompt is set; _get_add_time_ids builds the micro-conditioning
-// original_size + crops_coords_top_left + target_size. The sampling loop and random draws are StableDiffusionPipeline's.
+// original_size + crops_coords_top_left + target_size. The sampling (GenerationRun) and random draws are
+// StableDiffusionPipeline's.
 import Conditioning
 import Foundation
 import TensorCore
@@ -91,7 +92,8 @@ extension StableDiffusionPipeline {
         var uncond: Tensor?, uncondPooled: Tensor?
         if guidance {
             if p.negativePrompt.isEmpty && bundle.forceZerosForEmptyPrompt {
-                uncond = Tensor(zeros: cond.shape); uncondPooled = Tensor(zeros: pooled.shape)
+                uncond = Tensor(zeros: cond.shape)
+                uncondPooled = Tensor(zeros: pooled.shape)
             } else {
                 (uncond, uncondPooled) = try encodeSDXLPrompt(p.negativePrompt)
             }

@@ -131,22 +131,26 @@ func makeSampleGridCallback(config cfg: LDMTrainConfig, trainer: Trainer) throws
     let down: Int
     let firstStage: FirstStageModel?
     switch trainer.encoder {
-    case .identity: down = 1; firstStage = nil
-    case .kl(let m): down = m.downsamplingFactor; firstStage = .kl(m)
-    case .vq(let m): down = m.downsamplingFactor; firstStage = .vq(m)
+    case .identity:
+        down = 1
+        firstStage = nil
+    case .kl(let m):
+        down = m.downsamplingFactor
+        firstStage = .kl(m)
+    case .vq(let m):
+        down = m.downsamplingFactor
+        firstStage = .vq(m)
     }
     let shape = [count, trainer.model.config.inChannels, cfg.imageSize / down, cfg.imageSize / down]
     return { [unowned trainer] unet, _ in
-        let scheduler = try DDIMScheduler(config: schedulerConfig, eta: 0)
-        try scheduler.setTimesteps(cfg.sampleSteps)
-        let generator = TorchGenerator(seed: cfg.seed)
-        let noise = randnTensor(shape, generator: generator)
+        let run = try GenerationRun(SamplingOptions(sampler: "ddim", steps: cfg.sampleSteps, eta: 0), schedulerConfig: schedulerConfig,
+                                    generator: TorchGenerator(seed: cfg.seed))
         var context = context
         if context == nil, let text = trainer.textConditioner, !prompts.isEmpty { context = try GradMode.noGrad { try text.encode(prompts) } }
         let denoiser = Denoiser(unet: unet, context: context, classLabels: labels)
-        let z = try denoise(latents: noise, shape: shape, scheduler: scheduler, denoiser: denoiser, generator: generator)
+        let z = try run.latents(.noise(shape: shape), denoiser)
         let scale = trainer.scaleFactor ?? 1
-        let unscaled = z.map { $0 / scale }
+        let unscaled = z.toArray().map { $0 / scale }
         let images: [RGBImage]
         if let firstStage {
             images = try decodeLatents(unscaled, shape: shape, firstStage: firstStage, scaled: false).images
