@@ -234,12 +234,21 @@ extension ModelSummary {
             }
         }
         let semantic = name == "SpatialRescaler" ? try c.semanticSynthesisGeometry(firstStage: first) : nil
-        let fs: String
-        switch first { case .kl: fs = "AutoencoderKL"; case .vq: fs = "VQModel" }
-        if c.isLayout { _ = try c.layoutBuilder() }
-        return ModelSummary(hasTextEncoder: ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "BERTEmbedder"].contains(name ?? "") && !c.isLayout,
-                            hasLDMBert: name == "BERTEmbedder" && !c.isLayout, unetInChannels: c.unet.inChannels, unetOutChannels: c.unet.outChannels,
-                            numClassEmbeds: classes, firstStage: fs, isCompVisFile: true, semanticSynthesis: semantic, isLayout: c.isLayout)
+        if c.isLayout {
+            _ = try c.layoutBuilder()
+        }
+        let texts: [String: TextEncoderKind] = ["FrozenCLIPEmbedder": .clip, "FrozenOpenCLIPEmbedder": .openCLIP, "BERTEmbedder": .ldmBert]
+        let kind = ModelKind.classify(text: c.isLayout ? nil : texts[name ?? ""], classes: classes, semantic: semantic, layout: c.isLayout,
+                                      unetIn: c.unet.inChannels, unetOut: c.unet.outChannels)
+        let firstStage: FirstStageKind
+        switch first {
+        case .kl:
+            firstStage = .autoencoderKL
+        case .vq:
+            firstStage = .vqModel
+        }
+        return ModelSummary(kind: kind, firstStage: firstStage, unetInChannels: c.unet.inChannels, unetOutChannels: c.unet.outChannels,
+                            isCompVisFile: true)
     }
 }
 
@@ -373,6 +382,7 @@ extension ModelBundle {
         bundle.bert = bert; bundle.bertTokenizer = bertTokenizer; bundle.bertMaxLength = bertLength
         bundle.layoutBuilder = layout
         bundle.notes = notes
+        bundle.textEncoderIsOpenCLIP = config.condName == "FrozenOpenCLIPEmbedder"
         return bundle
     }
 }

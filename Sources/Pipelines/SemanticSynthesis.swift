@@ -107,7 +107,7 @@ extension LatentDiffusionPipeline {
                                   progress: ProgressHandler? = nil) throws -> GenerationResult {
         try o.validate()
         guard let rescaler = bundle.spatialRescaler, let g = bundle.semanticSynthesis else {
-            throw PipelineError("\(bundle.url.path) is not a semantic-synthesis model (CompVis cond_stage_config SpatialRescaler with conditioning_key concat)")
+            throw PipelineError.wrongModelKind(model: bundle.url.path, kind: bundle.kind, task: .semantic)
         }
         try g.checkSize(width: labels.width, height: labels.height, what: "segmentation map")
         _ = try g.labels(labels, name: "segmentation map")

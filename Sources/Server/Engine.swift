@@ -47,8 +47,6 @@ public final class Engine: @unchecked Sendable {
             guard s.clipSkip - 1 <= max(0, layers - 1) else {
                 throw APIError.unprocessable("CLIP_stop_at_last_layers", "clip skip \(s.clipSkip) is outside 1...\(layers) for \(entry.name)")
             }
-            bundle.clipSkip = s.clipSkip > 1 ? s.clipSkip - 1 : m.defaultClipSkip
-            defer { bundle.clipSkip = m.defaultClipSkip }
             if s.mask != nil, ![4, 9].contains(bundle.unet.config.inChannels) {
                 throw APIError.unprocessable("mask", "model \(entry.name) cannot inpaint (UNet with \(bundle.unet.config.inChannels) input channels)")
             }
@@ -61,7 +59,7 @@ public final class Engine: @unchecked Sendable {
             defer { if applied != nil { bundle.unmergeLoRAs() } }
             let pipe = try StableDiffusionPipeline(bundle: bundle)
             let p = PromptOptions(prompt: promptText, negativePrompt: s.negativePrompt, guidanceScale: s.cfgScale, width: s.width,
-                                  height: s.height, emphasis: s.emphasis)
+                                  height: s.height, emphasis: s.emphasis, clipSkip: max(s.clipSkip - 1, 0))
             let o = SamplingOptions(sampler: s.factorySampler, steps: s.steps, eta: s.eta, batchSize: 1)
             let (initImage, mask) = prepareInpainting(s)
             for (i, seed) in s.seeds.enumerated() {

@@ -77,7 +77,7 @@ struct GenerationOptions: ParsableArguments {
         }
         if p == .bf16 && !p.isNative { log("--precision bf16: this CPU has no native bf16 in use (\(CPUFeatures.active.name)); emulated on float32 kernels") }
         else if p == .auto { log("precision: \(p.resolved == .bfloat16 ? "bf16 (native)" : "float32")") }
-        try p.run(body)
+        try worded { try p.run(body) }
     }
 
     /// Checks every option and file that does not need the model; returns the sampling options and output paths.
@@ -87,7 +87,7 @@ struct GenerationOptions: ParsableArguments {
         let o = SamplingOptions(sampler: sampler, steps: steps ?? defaultSteps, eta: eta, batchSize: batchSize,
                                 timestepSpacing: timestepSpacing)
         try o.validate()
-        try Validation.checkModelPath(model)
+        try FileChecks.modelPath(model)
         if config != nil {
             if DiffusersFolder.isFolder(URL(fileURLWithPath: model)) { throw PipelineError("--config is for CompVis checkpoint files; \(model) is a diffusers folder") }
             let c = try CompVisModelConfig(yaml: compVisYAML())
@@ -96,8 +96,8 @@ struct GenerationOptions: ParsableArguments {
         } else if bertVocab != nil {
             throw PipelineError("--bert-vocab is for CompVis LDM-BERT checkpoints given with --config")
         }
-        let paths = Validation.outputPaths(output, batch: batchSize)
-        try Validation.checkOutputs(paths, overwrite: overwrite)
+        let paths = FileChecks.outputPaths(output, batch: batchSize)
+        try FileChecks.outputs(paths, overwrite: overwrite)
         return (o, paths)
     }
 
@@ -292,37 +292,29 @@ struct PromptArguments: ParsableArguments {
     /// The prompt's `<lora:NAME:WEIGHT>` tags (removed from the text `check` returns).
     func loraTags() throws -> [LoRATag] { try LoRAPrompt.extract(prompt).tags }
 
-    /// Applies --clip-skip to the loaded model, checked against its text encoder's layer count.
-    func configure(_ bundle: ModelBundle) throws -> ModelBundle {
-        guard let k = clipSkip else { return bundle }
+    /// --clip-skip as diffusers' clip_skip (0: the last layer), checked against the loaded text encoder's layer count.
+    func clipSkip(for bundle: ModelBundle) throws -> Int {
+        guard let k = clipSkip else {
+            return 0
+        }
         let layers = bundle.textEncoder?.layers.count ?? 0
-        guard k <= layers else { throw PipelineError("--clip-skip \(k) is outside 1...\(layers): the text encoder has \(layers) layers") }
-        bundle.clipSkip = k - 1
-        return bundle
+        guard k <= layers else {
+            throw CLIError("--clip-skip \(k) is outside 1...\(layers): the text encoder has \(layers) layers")
+        }
+        return k - 1
     }
 
     /// Prompt fields of the infotext; "Clip skip" and "Emphasis" as the web UI writes them (processing.py: clip skip
     /// when > 1; sd_hijack_clip.py: the emphasis mode when it is not "Original" and a prompt has "(" or "[").
-    func annotate(_ g: inout GenerationParameters, bundle: ModelBundle, options p: PromptOptions) {
+    func annotate(_ g: inout GenerationParameters, options p: PromptOptions) {
         g.prompt = prompt; g.negativePrompt = negativePrompt; g.cfgScale = p.guidanceScale
-        if bundle.clipSkip > 0 { g.extra.append(.init("Clip skip", "\(bundle.clipSkip + 1)")) }
+        if p.clipSkip > 0 {
+            g.extra.append(.init("Clip skip", "\(p.clipSkip + 1)"))
+        }
         let mode = PromptEmphasis(rawValue: emphasis) ?? .diffusers
         let hasSyntax = [prompt, negativePrompt].contains { $0.contains("(") || $0.contains("[") }
         if mode != .original, hasSyntax { g.extra.append(.init("Emphasis", mode.webUIName ?? "None")) }
     }
-}
-
-/// Checks a model can be prompted (text encoder + latent UNet). LDM-BERT models (any first stage) only when
-/// `allowLDMBert` (txt2img: diffusers has no LDM-BERT img2img or inpainting pipeline).
-func requireTextModel(_ s: ModelSummary, _ path: String, allowLDMBert: Bool = false) throws {
-    guard !s.isLayout else { throw PipelineError("model \(path) is a layout-to-image model: use `ldm layout`") }
-    guard s.hasTextEncoder else { throw PipelineError("model \(path) has no text encoder/tokenizer: it cannot take a prompt (try `ldm sample`)") }
-    if s.hasLDMBert {
-        guard allowLDMBert else { throw PipelineError("model \(path) is an LDM-BERT text-to-image model (LDMTextToImagePipeline): use `ldm txt2img`") }
-        guard s.firstStage != "none" else { throw PipelineError("model \(path) has no first stage (vqvae/)") }
-        return
-    }
-    guard s.firstStage == "AutoencoderKL" else { throw PipelineError("model \(path) has no AutoencoderKL (vae/)") }
 }
 
 /// A one-line progress bar on stderr with steps/s and ETA (only drawn when enabled: a terminal and not --quiet).

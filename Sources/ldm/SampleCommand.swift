@@ -27,9 +27,7 @@ struct Sample: ParsableCommand {
         if let cfgScale { try Validation.checkGuidance(cfgScale) }
         if width != nil || height != nil { try Validation.checkSize(width: width ?? 8, height: height ?? 8) }
         let s = try options.summary()
-        guard !s.isLayout else { throw PipelineError("model \(options.model) is a layout-to-image model: use `ldm layout`") }
-        guard !s.hasTextEncoder else { throw PipelineError("model \(options.model) is text-conditioned: use `ldm txt2img`") }
-        guard s.semanticSynthesis == nil else { throw PipelineError("model \(options.model) is a semantic-synthesis model: use `ldm semantic`") }
+        try requireModel(s, options.model, for: .sample)
         if let k = classLabel {
             guard let n = s.numClassEmbeds else { throw PipelineError("model \(options.model) is not class-conditional: drop --class") }
             guard k >= 0, k < n else { throw PipelineError("--class \(k) outside 0..<\(n)") }

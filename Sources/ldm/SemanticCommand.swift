@@ -35,10 +35,11 @@ struct Semantic: ParsableCommand {
             throw PipelineError("semantic synthesis models are CompVis checkpoints: pass their YAML with --config (e.g. semantic_synthesis256/config.yaml)")
         }
         let (sampling, paths) = try options.check()
-        try Validation.checkReadableFile(segmentation, what: "segmentation map")
+        try FileChecks.readableFile(segmentation, what: "segmentation map")
         let s = try options.summary()
+        try requireModel(s, options.model, for: .semantic)
         guard let geometry = s.semanticSynthesis else {
-            throw PipelineError("model \(options.model) (--config \(options.config ?? "")) is not a semantic-synthesis model: its cond_stage_config must be SpatialRescaler with conditioning_key concat")
+            throw CLIError("model \(options.model) (--config \(options.config ?? "")) is not a semantic-synthesis model: its cond_stage_config must be SpatialRescaler with conditioning_key concat")
         }
         let map = try geometry.labels(ImageIO.loadLabelMap(path: segmentation), offset: labelOffset, name: "segmentation map \(segmentation)")
         let (w, h) = (width ?? map.width, height ?? map.height)
