@@ -259,14 +259,14 @@ extension ModelBundle {
     public static func bertVocabulary(checkpoint url: URL, explicit: URL?) throws -> URL {
         let fm = FileManager.default
         if let e = explicit {
-            guard fm.fileExists(atPath: e.path) else { throw PipelineError("--bert-vocab \(e.path): no such file or folder") }
+            guard fm.fileExists(atPath: e.path) else {
+                throw PipelineError.missingBERTVocabulary(checkpoint: url.path, given: e.path)
+            }
             return e
         }
         let beside = url.deletingLastPathComponent().appendingPathComponent("vocab.txt")
         guard fm.fileExists(atPath: beside.path) else {
-            throw PipelineError("\(url.lastPathComponent) is an LDM-BERT (BERTEmbedder) model: its prompts are tokenized with bert-base-uncased's "
-                                + "WordPiece vocabulary (CompVis downloads BertTokenizerFast \"bert-base-uncased\"), which is not shipped here: "
-                                + "pass --bert-vocab PATH/vocab.txt or put vocab.txt beside the checkpoint")
+            throw PipelineError.missingBERTVocabulary(checkpoint: url.path, given: nil)
         }
         return beside
     }

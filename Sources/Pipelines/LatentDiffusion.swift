@@ -26,12 +26,12 @@ public final class LatentDiffusionPipeline {
         var labels: [Int]?, null: [Int]?
         let classCount = bundle.classEmbedder?.nClasses ?? cfg.numClassEmbeds
         if let k = classLabel {
-            guard let n = classCount else { throw PipelineError("the model is not class-conditional (no num_class_embeds); drop --class") }
+            guard let n = classCount else { throw PipelineError("the model is not class-conditional (no num_class_embeds): it takes no class label") }
             guard k >= 0, k < n else { throw PipelineError("class \(k) outside 0..<\(n)") }
             labels = Array(repeating: k, count: o.batchSize)
             if guidanceScale > 1 { null = Array(repeating: n - 1, count: o.batchSize) }
         } else if let n = classCount {
-            throw PipelineError("the model is class-conditional (\(n) classes): pass --class")
+            throw PipelineError("the model is class-conditional (\(n) classes): it needs a class label")
         }
         let den: Denoiser
         if let embedder = bundle.classEmbedder, let labels {

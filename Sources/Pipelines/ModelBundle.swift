@@ -82,13 +82,25 @@ public final class ModelBundle {
 
     public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel?, textEncoder: CLIPTextModel?,
                 tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {
-        self.url = url; self.unet = unet; self.firstStage = firstStage; self.textEncoder = textEncoder
-        self.tokenizer = tokenizer; self.schedulerConfig = schedulerConfig; self.sampleSize = sampleSize
+        self.url = url
+        self.unet = unet
+        self.firstStage = firstStage
+        self.textEncoder = textEncoder
+        self.tokenizer = tokenizer
+        self.schedulerConfig = schedulerConfig
+        self.sampleSize = sampleSize
     }
 
     /// diffusers `vae_scale_factor` = 2 ** (len(vae.config.block_out_channels) - 1).
     public var vaeScaleFactor: Int {
-        switch firstStage { case .kl(let m): return m.downsamplingFactor; case .vq(let m): return m.downsamplingFactor; case nil: return 1 }
+        switch firstStage {
+        case .kl(let m):
+            return m.downsamplingFactor
+        case .vq(let m):
+            return m.downsamplingFactor
+        case nil:
+            return 1
+        }
     }
     /// Default image size: unet.config.sample_size * vae_scale_factor (diffusers' default height/width).
     public var defaultImageSize: Int { sampleSize * vaeScaleFactor }
@@ -149,9 +161,11 @@ public final class ModelBundle {
                                                                           : stableDiffusionScheduler
         let bundle = ModelBundle(url: url, unet: unet, firstStage: firstStage, textEncoder: encoder, tokenizer: tokenizer,
                                  schedulerConfig: sched, sampleSize: sample)
-        bundle.bert = bert; bundle.bertTokenizer = bertTokenizer
+        bundle.bert = bert
+        bundle.bertTokenizer = bertTokenizer
         bundle.pipelineClass = folder.className
-        bundle.textEncoder2 = encoder2; bundle.tokenizer2 = tokenizer2
+        bundle.textEncoder2 = encoder2
+        bundle.tokenizer2 = tokenizer2
         bundle.forceZerosForEmptyPrompt = folder.modelIndex?["force_zeros_for_empty_prompt"] as? Bool ?? false
         bundle.requiresAestheticsScore = folder.modelIndex?["requires_aesthetics_score"] as? Bool ?? false
         if unet.config.usesTextTimeEmbedding, encoder2 == nil && encoder == nil {
@@ -171,8 +185,14 @@ public final class ModelBundle {
     /// the absent `timestep_spacing` leaves each sampler its own default, as diffusers' from_config does.
     public static var stableDiffusionScheduler: SchedulerConfig {
         var c = SchedulerConfig()
-        c.className = "PNDMScheduler"; c.numTrainTimesteps = 1000; c.betaStart = 0.00085; c.betaEnd = 0.012
-        c.betaSchedule = "scaled_linear"; c.setAlphaToOne = false; c.skipPrkSteps = true; c.stepsOffset = 1
+        c.className = "PNDMScheduler"
+        c.numTrainTimesteps = 1000
+        c.betaStart = 0.00085
+        c.betaEnd = 0.012
+        c.betaSchedule = "scaled_linear"
+        c.setAlphaToOne = false
+        c.skipPrkSteps = true
+        c.stepsOffset = 1
         c.clipSample = false
         return c
     }
@@ -200,10 +220,13 @@ public final class ModelBundle {
         var vaeCfg = try DiffusersConfigs.vae(vaeLayout, shapes: vaeRecords.mapValues { $0.shape }).config
         try checkGroups(vaeCfg, what: "VAE")
         if let r = file.tensors["scale_factor"], r.elementCount == 1, let v = try r.floats().first { vaeCfg["scaling_factor"] = Double(v) }
-        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-vae-\(UUID().uuidString).json")
-        try DiffusersConfigs.json(vaeCfg).write(to: tmp)
-        defer { try? FileManager.default.removeItem(at: tmp) }
-        let vae = try AutoencoderKL(config: AutoencoderKLConfig.load(tmp))
+        let vaeConfig: AutoencoderKLConfig
+        do {
+            vaeConfig = try JSONDecoder().decode(AutoencoderKLConfig.self, from: DiffusersConfigs.json(vaeCfg))
+        } catch {
+            throw PipelineError.invalidModel(url.path, "the VAE config derived from its shapes is not an AutoencoderKL config (\(error))")
+        }
+        let vae = try AutoencoderKL(config: vaeConfig)
         try vae.load(vaeRecords, component: "vae")
 
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?
@@ -238,7 +261,10 @@ public final class ModelBundle {
         var out: [String: TensorRecord] = [:]
         for m in mapped {
             let r = m.source
-            if r.shape == m.shape { out[m.name] = r; continue }
+            if r.shape == m.shape {
+                out[m.name] = r
+                continue
+            }
             guard r.shape.reduce(1, *) == m.shape.reduce(1, *), r.strides == TensorRecord.contiguousStrides(r.shape) else {
                 throw PipelineError("\(r.name): cannot view \(r.shape) as \(m.shape)")
             }

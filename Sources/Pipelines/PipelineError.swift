@@ -1,6 +1,7 @@
 // The error of the pipelines and model loading: typed cases for what a caller may act on (a model of another kind, a
 // model file that cannot be used, a cancelled run), one sentence for the rest. The `ldm` command line words these
 // for its users (which command or flag fits); the messages here name no command.
+import Foundation
 
 public enum PipelineError: Error, CustomStringConvertible, Equatable {
     /// The progress handler returned false.
@@ -13,6 +14,8 @@ public enum PipelineError: Error, CustomStringConvertible, Equatable {
     case invalidModel(String, String)
     /// A CompVis LDM-BERT checkpoint: its architecture and vocabulary are not in the weights, they need its YAML.
     case ldmBertNeedsConfig(String)
+    /// The WordPiece vocabulary of a CompVis LDM-BERT checkpoint is not where it was `given`, or (nil) not beside it.
+    case missingBERTVocabulary(checkpoint: String, given: String?)
     /// Any other refusal, in one sentence naming the bad value.
     case message(String)
 
@@ -33,6 +36,12 @@ public enum PipelineError: Error, CustomStringConvertible, Equatable {
         case .ldmBertNeedsConfig(let model):
             return "\(model) is a CompVis LDM-BERT text-to-image checkpoint (BERTEmbedder: cond_stage_model.transformer.token_emb): "
                 + "it loads with its YAML config (txt2img-1p4B-eval.yaml) and bert-base-uncased's vocab.txt"
+        case .missingBERTVocabulary(_, let given?):
+            return "BERT vocabulary \(given): no such file or folder"
+        case .missingBERTVocabulary(let checkpoint, nil):
+            return "\((checkpoint as NSString).lastPathComponent) is an LDM-BERT (BERTEmbedder) model: its prompts are tokenized with "
+                + "bert-base-uncased's WordPiece vocabulary (CompVis downloads BertTokenizerFast \"bert-base-uncased\"), which is not "
+                + "shipped here: give its vocab.txt, or put vocab.txt beside the checkpoint"
         case .message(let text):
             return text
         }

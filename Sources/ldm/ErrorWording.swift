@@ -1,5 +1,6 @@
 // The `ldm` wording of the library's typed errors: which command runs a model of another kind, which flag loads a
 // checkpoint. The library's own messages name no command (Pipelines.PipelineError).
+import Foundation
 import Pipelines
 
 /// An error `ldm` prints as it is ("Error: <description>", exit status 1).
@@ -21,6 +22,12 @@ extension PipelineError {
         case .ldmBertNeedsConfig(let model):
             return "\(model) is a CompVis LDM-BERT text-to-image checkpoint (BERTEmbedder: cond_stage_model.transformer.token_emb): "
                 + "pass its YAML with --config (txt2img-1p4B-eval.yaml) and bert-base-uncased's vocab.txt with --bert-vocab"
+        case .missingBERTVocabulary(_, let given?):
+            return "--bert-vocab \(given): no such file or folder"
+        case .missingBERTVocabulary(let checkpoint, nil):
+            return "\(URL(fileURLWithPath: checkpoint).lastPathComponent) is an LDM-BERT (BERTEmbedder) model: its prompts are tokenized with "
+                + "bert-base-uncased's WordPiece vocabulary (CompVis downloads BertTokenizerFast \"bert-base-uncased\"), which is not "
+                + "shipped here: pass --bert-vocab PATH/vocab.txt or put vocab.txt beside the checkpoint"
         default:
             return description
         }

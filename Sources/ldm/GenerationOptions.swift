@@ -73,7 +73,7 @@ struct GenerationOptions: ParsableArguments {
     /// `body` (a command's work) at the --precision asked for.
     func compute(_ body: () throws -> Void) throws {
         guard let p = ComputePrecision(rawValue: precision) else {
-            throw PipelineError("--precision must be auto, f32 or bf16, got \(precision)")
+            throw CLIError("--precision must be auto, f32 or bf16, got \(precision)")
         }
         if p == .bf16 && !p.isNative { log("--precision bf16: this CPU has no native bf16 in use (\(CPUFeatures.active.name)); emulated on float32 kernels") }
         else if p == .auto { log("precision: \(p.resolved == .bfloat16 ? "bf16 (native)" : "float32")") }
@@ -82,19 +82,19 @@ struct GenerationOptions: ParsableArguments {
 
     /// Checks every option and file that does not need the model; returns the sampling options and output paths.
     func check(defaultSteps: Int = 50) throws -> (SamplingOptions, [String]) {
-        guard ["torch", "torch-scalar", "cuda"].contains(rng) else { throw PipelineError("--rng must be torch, torch-scalar or cuda, got \(rng)") }
+        guard ["torch", "torch-scalar", "cuda"].contains(rng) else { throw CLIError("--rng must be torch, torch-scalar or cuda, got \(rng)") }
         _ = try cudaDevice()
         let o = SamplingOptions(sampler: sampler, steps: steps ?? defaultSteps, eta: eta, batchSize: batchSize,
                                 timestepSpacing: timestepSpacing)
         try o.validate()
         try FileChecks.modelPath(model)
         if config != nil {
-            if DiffusersFolder.isFolder(URL(fileURLWithPath: model)) { throw PipelineError("--config is for CompVis checkpoint files; \(model) is a diffusers folder") }
+            if DiffusersFolder.isFolder(URL(fileURLWithPath: model)) { throw CLIError("--config is for CompVis checkpoint files; \(model) is a diffusers folder") }
             let c = try CompVisModelConfig(yaml: compVisYAML())
             if c.condName == "BERTEmbedder", !c.isLayout { _ = try bertVocabularyURL() }
-            if c.isLayout, bertVocab != nil { throw PipelineError("--bert-vocab is for LDM-BERT text-to-image; a layout model takes no vocabulary") }
+            if c.isLayout, bertVocab != nil { throw CLIError("--bert-vocab is for LDM-BERT text-to-image; a layout model takes no vocabulary") }
         } else if bertVocab != nil {
-            throw PipelineError("--bert-vocab is for CompVis LDM-BERT checkpoints given with --config")
+            throw CLIError("--bert-vocab is for CompVis LDM-BERT checkpoints given with --config")
         }
         let paths = FileChecks.outputPaths(output, batch: batchSize)
         try FileChecks.outputs(paths, overwrite: overwrite)
@@ -119,8 +119,14 @@ struct GenerationOptions: ParsableArguments {
         guard summary.timeCondProjDim != nil || lcmLoRA else { return nil }
         let cfg = summary.timeCondProjDim != nil ? 8.5 : 1.0
         var notes: [String] = []
-        if sampler == nil { o.sampler = "lcm"; notes.append("sampler lcm") }
-        if steps == nil { o.steps = 4; notes.append("4 steps") }
+        if sampler == nil {
+            o.sampler = "lcm"
+            notes.append("sampler lcm")
+        }
+        if steps == nil {
+            o.steps = 4
+            notes.append("4 steps")
+        }
         if !cfgGiven { notes.append("cfg scale \(cfg)") }
         if !notes.isEmpty {
             log("\(lcmLoRA ? "LCM-LoRA" : "latent consistency model"): using \(notes.joined(separator: ", ")) (override with --sampler, --steps, --cfg-scale)")
@@ -135,13 +141,13 @@ struct GenerationOptions: ParsableArguments {
         switch (cudaSMs, cudaThreadsPerSM) {
         case (nil, nil): return nil
         case let (sms?, threads?):
-            guard rng == "cuda" else { throw PipelineError("--cuda-sms and --cuda-threads-per-sm need --rng cuda") }
-            guard (1...1024).contains(sms) else { throw PipelineError("--cuda-sms must be in 1...1024, got \(sms)") }
+            guard rng == "cuda" else { throw CLIError("--cuda-sms and --cuda-threads-per-sm need --rng cuda") }
+            guard (1...1024).contains(sms) else { throw CLIError("--cuda-sms must be in 1...1024, got \(sms)") }
             guard (256...4096).contains(threads), threads % 32 == 0 else {
-                throw PipelineError("--cuda-threads-per-sm must be a multiple of 32 in 256...4096, got \(threads)")
+                throw CLIError("--cuda-threads-per-sm must be a multiple of 32 in 256...4096, got \(threads)")
             }
             return CUDAGenerator.Device(multiprocessorCount: sms, maxThreadsPerMultiprocessor: threads)
-        default: throw PipelineError("--cuda-sms and --cuda-threads-per-sm go together")
+        default: throw CLIError("--cuda-sms and --cuda-threads-per-sm go together")
         }
     }
 
@@ -163,7 +169,7 @@ struct GenerationOptions: ParsableArguments {
 
     /// The parsed --config file (a YAML mapping).
     func compVisYAML() throws -> [String: Any] {
-        guard let config else { throw PipelineError("no --config given") }
+        guard let config else { throw CLIError("no --config given") }
         return try loadYAMLMapping(config)
     }
 
@@ -195,15 +201,16 @@ struct GenerationOptions: ParsableArguments {
         for spec in lora {
             var path = spec, weight: Float = 1
             if let colon = spec.lastIndex(of: ":"), let w = Float(spec[spec.index(after: colon)...]) {
-                guard w.isFinite else { throw PipelineError("--lora \(spec): the weight must be a finite number") }
-                path = String(spec[..<colon]); weight = w
+                guard w.isFinite else { throw CLIError("--lora \(spec): the weight must be a finite number") }
+                path = String(spec[..<colon])
+                weight = w
             }
-            guard !path.isEmpty else { throw PipelineError("--lora \(spec): no file") }
+            guard !path.isEmpty else { throw CLIError("--lora \(spec): no file") }
             out.append((try LoRAFile(url: URL(fileURLWithPath: path)), weight))
         }
         if !tags.isEmpty {
             guard let loraDir else {
-                throw PipelineError("the prompt has <lora:\(tags[0].name):...> but no --lora-dir to find it in")
+                throw CLIError("the prompt has <lora:\(tags[0].name):...> but no --lora-dir to find it in")
             }
             for t in tags { out.append((try LoRAFile(url: LoRAPrompt.resolve(t.name, in: URL(fileURLWithPath: loraDir))), t.weight)) }
         }
@@ -228,7 +235,8 @@ struct GenerationOptions: ParsableArguments {
     func write(_ result: GenerationResult, to paths: [String], parameters: GenerationParameters) throws {
         for (i, (image, path)) in zip(result.images, paths).enumerated() {
             var p = parameters
-            p.width = image.width; p.height = image.height
+            p.width = image.width
+            p.height = image.height
             if paths.count > 1 { p.extra += [.init("Batch size", "\(paths.count)"), .init("Batch pos", "\(i)")] }
             try image.writePNG(to: path, parameters: p, overwrite: overwrite)
             if !quiet { print(path) }
@@ -280,9 +288,9 @@ struct PromptArguments: ParsableArguments {
     /// `defaultGuidance`: the pipeline's guidance_scale default (7.5 for Stable Diffusion, 1 for LDM-BERT models).
     func check(defaultGuidance: Double = 7.5) throws -> PromptOptions {
         guard let mode = PromptEmphasis(rawValue: emphasis) else {
-            throw PipelineError("--emphasis must be one of \(PromptEmphasis.allCases.map(\.rawValue).joined(separator: ", ")), got \(emphasis)")
+            throw CLIError("--emphasis must be one of \(PromptEmphasis.allCases.map(\.rawValue).joined(separator: ", ")), got \(emphasis)")
         }
-        if let k = clipSkip, k < 1 { throw PipelineError("--clip-skip must be >= 1 (1 = last layer), got \(k)") }
+        if let k = clipSkip, k < 1 { throw CLIError("--clip-skip must be >= 1 (1 = last layer), got \(k)") }
         let p = PromptOptions(prompt: try LoRAPrompt.extract(prompt).text, negativePrompt: negativePrompt,
                               guidanceScale: cfgScale ?? defaultGuidance, width: width, height: height, emphasis: mode)
         try p.validate()
@@ -307,7 +315,9 @@ struct PromptArguments: ParsableArguments {
     /// Prompt fields of the infotext; "Clip skip" and "Emphasis" as the web UI writes them (processing.py: clip skip
     /// when > 1; sd_hijack_clip.py: the emphasis mode when it is not "Original" and a prompt has "(" or "[").
     func annotate(_ g: inout GenerationParameters, options p: PromptOptions) {
-        g.prompt = prompt; g.negativePrompt = negativePrompt; g.cfgScale = p.guidanceScale
+        g.prompt = prompt
+        g.negativePrompt = negativePrompt
+        g.cfgScale = p.guidanceScale
         if p.clipSkip > 0 {
             g.extra.append(.init("Clip skip", "\(p.clipSkip + 1)"))
         }
@@ -321,7 +331,10 @@ struct PromptArguments: ParsableArguments {
 final class ProgressBar {
     let title: String, enabled: Bool
     let start = Date()
-    init(title: String, enabled: Bool) { self.title = title; self.enabled = enabled }
+    init(title: String, enabled: Bool) {
+        self.title = title
+        self.enabled = enabled
+    }
 
     func update(_ step: Int, _ total: Int) -> Bool {
         guard enabled else { return true }

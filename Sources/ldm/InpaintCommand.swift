@@ -36,7 +36,7 @@ struct Inpaint: ParsableCommand {
         try Validation.checkMaskSize(image: (image.width, image.height), mask: (maskImage.width, maskImage.height))
         try requireModel(summary, options.model, for: .inpaint)
         guard summary.unetInChannels == 4 || summary.unetInChannels == 9 else {
-            throw PipelineError("model \(options.model): UNet with \(summary.unetInChannels) input channels cannot inpaint (4 or 9)")
+            throw CLIError("model \(options.model): UNet with \(summary.unetInChannels) input channels cannot inpaint (4 or 9)")
         }
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")

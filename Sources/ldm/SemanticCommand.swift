@@ -32,10 +32,13 @@ struct Semantic: ParsableCommand {
 
     private func generate() throws {
         guard options.config != nil else {
-            throw PipelineError("semantic synthesis models are CompVis checkpoints: pass their YAML with --config (e.g. semantic_synthesis256/config.yaml)")
+            throw CLIError("semantic synthesis models are CompVis checkpoints: pass their YAML with --config (e.g. semantic_synthesis256/config.yaml)")
         }
         let (sampling, paths) = try options.check()
         try FileChecks.readableFile(segmentation, what: "segmentation map")
+        guard (-255...255).contains(labelOffset) else {
+            throw CLIError("--label-offset must be in -255...255, got \(labelOffset)")
+        }
         let s = try options.summary()
         try requireModel(s, options.model, for: .semantic)
         guard let geometry = s.semanticSynthesis else {
@@ -44,7 +47,7 @@ struct Semantic: ParsableCommand {
         let map = try geometry.labels(ImageIO.loadLabelMap(path: segmentation), offset: labelOffset, name: "segmentation map \(segmentation)")
         let (w, h) = (width ?? map.width, height ?? map.height)
         do { try geometry.checkSize(width: w, height: h, what: width == nil && height == nil ? "segmentation map \(segmentation): its" : "image") } catch let e as PipelineError where width == nil && height == nil {
-            throw PipelineError("\(e) (pass --width/--height to resize the map with nearest-neighbour)")
+            throw CLIError("\(e) (pass --width/--height to resize the map with nearest-neighbour)")
         }
         let labels = (w, h) == (map.width, map.height) ? map : try map.resized(width: w, height: h, filter: .nearest)
         let seed = options.resolvedSeed

@@ -20,9 +20,9 @@ struct Txt2Img: ParsableCommand {
         let summary = try options.summary()
         try requireModel(summary, options.model, for: .txt2img)
         if summary.hasLDMBert {
-            guard prompt.clipSkip == nil else { throw PipelineError("--clip-skip is for CLIP text encoders; \(options.model) has LDM-BERT") }
+            guard prompt.clipSkip == nil else { throw CLIError("--clip-skip is for CLIP text encoders; \(options.model) has LDM-BERT") }
             guard prompt.emphasis == PromptEmphasis.diffusers.rawValue else {
-                throw PipelineError("--emphasis is for CLIP text encoders; \(options.model) has LDM-BERT")
+                throw CLIError("--emphasis is for CLIP text encoders; \(options.model) has LDM-BERT")
             }
         }
         let (loras, lcmCFG) = try options.lorasWithLCMDefaults(&sampling, summary: summary, prompt: prompt)
@@ -33,7 +33,10 @@ struct Txt2Img: ParsableCommand {
         let bundle = try options.loadBundle(loras: loras)
         clock?.markLoaded()
         let bar = options.progressBar("txt2img")
-        let progress: (Int, Int) -> Bool = { step, total in clock?.stepDone(); return bar.update(step, total) }
+        let progress: (Int, Int) -> Bool = { step, total in
+            clock?.stepDone()
+            return bar.update(step, total)
+        }
         let result: GenerationResult
         if summary.hasLDMBert {
             result = try LDMTextToImagePipeline(bundle: bundle).textToImage(p, sampling, generator: options.generator(seed: seed),

@@ -16,12 +16,12 @@ struct Upscale: ParsableCommand {
     func run() throws { try options.compute(generate) }
 
     private func generate() throws {
-        guard options.batchSize == 1 else { throw PipelineError("upscale takes one image: --batch-size must be 1") }
+        guard options.batchSize == 1 else { throw CLIError("upscale takes one image: --batch-size must be 1") }
         let (sampling, paths) = try options.check(defaultSteps: 100)
         try FileChecks.readableFile(initImage, what: "init image")
         let image = try ImageIO.loadRGB(path: initImage)
         guard image.width >= 32, image.height >= 32 else {
-            throw PipelineError("init image \(image.width)x\(image.height) is smaller than 32x32")
+            throw CLIError("init image \(image.width)x\(image.height) is smaller than 32x32")
         }
         let s = try options.summary()
         try requireModel(s, options.model, for: .upscale)
