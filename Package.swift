@@ -2,7 +2,8 @@
 // LatentDiffusion: latent diffusion models (Rombach et al., CVPR 2022) in Swift, CPU-first.
 // Module layers, bottom to top (a module imports only modules below it; docs/architecture.md describes each):
 //   CKernels, CMPIShim, CDNNL, CZlib, CPNG, CTurboJPEG: C kernels, the run-time MPI binding, system libraries
-//   TensorCore (tensors, autograd, kernels);  Checkpoints, Tokenizers, Imaging (file formats, no tensors)
+//   FileIO (atomic file output, JSON strings);  TensorCore (tensors, autograd, kernels)
+//   Checkpoints, Tokenizers, Imaging (file formats, no tensors)
 //   NeuralNetwork (torch.nn layers, state-dict loading: TensorCore + Checkpoints);  Diffusion (schedules, schedulers)
 //   DiffusersBlocks (diffusers' building blocks: resnet, attention, embeddings, unet_2d_blocks)
 //   Autoencoders, UNetModels (diffusers models + their CompVis mapping);  Conditioning (text encoders, class embedder)
@@ -16,12 +17,17 @@ let package = Package(
     name: "LatentDiffusion",
     products: [
         .executable(name: "ldm", targets: ["ldm"]),
-        .library(name: "LatentDiffusion", targets: ["TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training"]),
+        .library(name: "LatentDiffusion", targets: ["FileIO", "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        // Hummingbird's own dependencies, declared because Server imports them (resolved to the versions it pins).
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.0.0"),
     ],
     targets: [
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL", providers: [.apt(["libdnnl-dev"])]),
@@ -33,11 +39,13 @@ let package = Package(
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         // Open MPI's C API bound at run time (dlopen libmpi.so.40): data-parallel training without a build-time MPI.
         .target(name: "CMPIShim", linkerSettings: [.linkedLibrary("dl")]),
+        // Atomic file output and JSON string literals, shared by the file formats (Checkpoints, Imaging).
+        .target(name: "FileIO"),
         .target(name: "TensorCore", dependencies: ["CDNNL", "CKernels"], swiftSettings: optimize),
         .target(name: "NeuralNetwork", dependencies: ["TensorCore", "Checkpoints"], swiftSettings: optimize),
-        .target(name: "Checkpoints", dependencies: ["CZlib"]),
+        .target(name: "Checkpoints", dependencies: ["CZlib", "FileIO"]),
         .target(name: "Tokenizers", dependencies: ["CZlib"], resources: [.copy("Resources")]),
-        .target(name: "Imaging", dependencies: ["CPNG", "CTurboJPEG", "CZlib"]),
+        .target(name: "Imaging", dependencies: ["CPNG", "CTurboJPEG", "CZlib", "FileIO"]),
         .target(name: "Diffusion", dependencies: ["TensorCore"]),
         .target(name: "DiffusersBlocks", dependencies: ["NeuralNetwork", "TensorCore"], swiftSettings: optimize),
         .target(name: "Autoencoders", dependencies: ["DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], swiftSettings: optimize),
@@ -51,6 +59,10 @@ let package = Package(
         .target(name: "Server", dependencies: [
             "TensorCore", "Imaging", "Diffusion", "Pipelines", "Checkpoints", "Conditioning", "Autoencoders", "UNetModels",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "ldm", dependencies: [
             "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Pipelines", "Training", "Server",

@@ -42,7 +42,7 @@ public final class LDMTextToImagePipeline {
 
     public init(bundle: ModelBundle) throws {
         guard let bert = bundle.bert, let tokenizer = bundle.bertTokenizer else {
-            throw PipelineError("\(bundle.url.path) has no LDM-BERT text encoder (bert/ + tokenizer/)")
+            throw PipelineError.invalidModel(bundle.url.path, "no LDM-BERT text encoder (bert/ + tokenizer/)")
         }
         guard bundle.firstStage != nil else { throw PipelineError("\(bundle.url.path): LDM text-to-image needs a first stage (vqvae/)") }
         self.bundle = bundle

@@ -24,25 +24,17 @@ public final class LatentDiffusionPipeline {
         let f = bundle.vaeScaleFactor
         let (h, w) = (height ?? bundle.sampleSize * f, width ?? bundle.sampleSize * f)
         try Validation.checkSize(width: w, height: h, multiple: f)
-        guard bundle.layoutBuilder == nil else { throw PipelineError("\(bundle.url.path) is a layout-to-image model: use `ldm layout`") }
-        guard cfg.crossAttentionDim == nil || (bundle.textEncoder == nil && bundle.bert == nil) else {
-            throw PipelineError("\(bundle.url.path) is a text-conditioned model: use `ldm txt2img`")
-        }
-        guard cfg.inChannels == cfg.outChannels else {
-            throw PipelineError("\(bundle.url.path) takes \(cfg.inChannels - cfg.outChannels) conditioning channels besides the latents"
-                                + (bundle.spatialRescaler != nil ? " (a semantic-synthesis model): use `ldm semantic`"
-                                   : cfg.inChannels == cfg.outChannels + 3 ? " (a super-resolution model): use `ldm upscale`" : ": it cannot sample unconditionally"))
-        }
+        try bundle.require(.sample)
         var labels: [Int]?
         var null: [Int]?
         let classCount = bundle.classEmbedder?.nClasses ?? cfg.numClassEmbeds
         if let k = classLabel {
-            guard let n = classCount else { throw PipelineError("the model is not class-conditional (no num_class_embeds); drop --class") }
+            guard let n = classCount else { throw PipelineError("the model is not class-conditional (no num_class_embeds): it takes no class label") }
             guard k >= 0, k < n else { throw PipelineError("class \(k) outside 0..<\(n)") }
             labels = Array(repeating: k, count: o.batchSize)
             if guidanceScale > 1 { null = Array(repeating: n - 1, count: o.batchSize) }
         } else if let n = classCount {
-            throw PipelineError("the model is class-conditional (\(n) classes): pass --class")
+            throw PipelineError("the model is class-conditional (\(n) classes): it needs a class label")
         }
         let den: Denoiser
         if let embedder = bundle.classEmbedder, let labels {
@@ -61,9 +53,7 @@ public final class LatentDiffusionPipeline {
                         progress: ProgressHandler? = nil) throws -> GenerationResult {
         try o.validate()
         let cfg = bundle.unet.config
-        guard bundle.spatialRescaler == nil else {
-            throw PipelineError("\(bundle.url.path) is a semantic-synthesis model (its 3 extra channels are a rescaled label map): use `ldm semantic`")
-        }
+        try bundle.require(.upscale)
         guard cfg.inChannels == cfg.outChannels + 3, cfg.crossAttentionDim == nil, cfg.numClassEmbeds == nil else {
             throw PipelineError("\(bundle.url.path) is not a super-resolution model (its UNet must take latents + the low-res image)")
         }

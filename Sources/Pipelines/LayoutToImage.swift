@@ -133,7 +133,7 @@ public final class LayoutToImagePipeline {
     /// default the 340 Open Images classes.
     public init(bundle: ModelBundle, objectClasses: Int? = nil) throws {
         guard let b = bundle.layoutBuilder, let bert = bundle.bert else {
-            throw PipelineError("\(bundle.url.path) is not a layout-to-image model (CompVis YAML with cond_stage_key coordinates_bbox)")
+            throw PipelineError.wrongModelKind(model: bundle.url.path, kind: bundle.kind, task: .layout)
         }
         guard bundle.firstStage != nil else { throw PipelineError("\(bundle.url.path): a layout model needs a first stage") }
         self.bundle = bundle

@@ -79,7 +79,7 @@ public struct SemanticSynthesisGeometry: Equatable, Sendable {
     /// offset 1 on uint8: 255 "unlabeled" becomes 0), each checked to be below `labelCount`; `name` (the file) and
     /// the first offending pixel are named in the error.
     public func labels(_ map: GrayImage, offset: Int = 0, name: String) throws -> GrayImage {
-        guard (-255...255).contains(offset) else { throw PipelineError("--label-offset must be in -255...255, got \(offset)") }
+        guard (-255...255).contains(offset) else { throw PipelineError("label offset must be in -255...255, got \(offset)") }
         var out = map
         if offset != 0 { out.pixels = map.pixels.map { UInt8(truncatingIfNeeded: Int($0) + offset) } }
         if let i = out.pixels.firstIndex(where: { Int($0) >= labelCount }) {
@@ -89,7 +89,7 @@ public struct SemanticSynthesisGeometry: Equatable, Sendable {
                                 + (offset != 0 ? " (\(map.pixels[i]) in the file, label offset \(offset))" : "")
                                 + (bad > 1 ? ", as \(bad - 1) other pixel\(bad == 2 ? "" : "s") have an index out of range" : "")
                                 + "; the model has \(labelCount) labels (0...\(labelCount - 1), its SpatialRescaler in_channels)"
-                                + (offset == 0 && v == 255 ? "; 255 often marks unlabeled pixels: --label-offset 1 maps it to 0 as taming's shift_segmentation does" : ""))
+                                + (offset == 0 && v == 255 ? "; 255 often marks unlabeled pixels: a label offset of 1 maps it to 0 as taming's shift_segmentation does" : ""))
         }
         return out
     }
@@ -110,7 +110,7 @@ extension LatentDiffusionPipeline {
                                   progress: ProgressHandler? = nil) throws -> GenerationResult {
         try o.validate()
         guard let rescaler = bundle.spatialRescaler, let g = bundle.semanticSynthesis else {
-            throw PipelineError("\(bundle.url.path) is not a semantic-synthesis model (CompVis cond_stage_config SpatialRescaler with conditioning_key concat)")
+            throw PipelineError.wrongModelKind(model: bundle.url.path, kind: bundle.kind, task: .semantic)
         }
         try g.checkSize(width: labels.width, height: labels.height, what: "segmentation map")
         _ = try g.labels(labels, name: "segmentation map")

@@ -41,16 +41,20 @@ public struct PromptOptions {
     public var width: Int?
     public var height: Int?
     public var emphasis: PromptEmphasis
+    /// diffusers `clip_skip`: how many of the text encoder's last layers to skip (0 = the last hidden state; the web
+    /// UI's "Clip skip" is this + 1).
+    public var clipSkip: Int
     /// SDXL micro-conditioning (original_size, crops_coords_top_left, target_size and their negative counterparts).
     public var sizeConditioning = SDXLSizeConditioning()
     public init(prompt: String, negativePrompt: String = "", guidanceScale: Double = 7.5, width: Int? = nil, height: Int? = nil,
-                emphasis: PromptEmphasis = .diffusers) {
+                emphasis: PromptEmphasis = .diffusers, clipSkip: Int = 0) {
         self.prompt = prompt
         self.negativePrompt = negativePrompt
         self.guidanceScale = guidanceScale
         self.width = width
         self.height = height
         self.emphasis = emphasis
+        self.clipSkip = clipSkip
     }
     public func validate() throws {
         try Validation.checkGuidance(guidanceScale)
@@ -62,11 +66,12 @@ public final class StableDiffusionPipeline {
     public let bundle: ModelBundle
     let vae: AutoencoderKL
     public init(bundle: ModelBundle) throws {
-        guard bundle.bert == nil else {
-            throw PipelineError("\(bundle.url.path) is an LDM-BERT text-to-image model (LDMTextToImagePipeline): it supports txt2img only")
+        guard let text = bundle.kind.textEncoder, text != .ldmBert else {
+            // LDM-BERT models run in LDMTextToImagePipeline.
+            throw PipelineError.wrongModelKind(model: bundle.url.path, kind: bundle.kind, task: .txt2img)
         }
         guard (bundle.textEncoder != nil && bundle.tokenizer != nil) || (bundle.textEncoder2 != nil && bundle.tokenizer2 != nil) else {
-            throw PipelineError("\(bundle.url.path) has no text encoder/tokenizer: it cannot be prompted (use `ldm sample`)")
+            throw PipelineError.invalidModel(bundle.url.path, "its \(text.rawValue) text encoder has no tokenizer")
         }
         guard case .kl(let vae) = bundle.firstStage else { throw PipelineError("\(bundle.url.path): Stable Diffusion needs an AutoencoderKL") }
         self.bundle = bundle
@@ -78,18 +83,18 @@ public final class StableDiffusionPipeline {
     /// numbers of 77-token chunks (the Denoiser then runs them as separate UNet passes, as the web UI does).
     public func encodePrompt(_ p: PromptOptions, batch: Int, guidance: Bool) throws -> (Tensor, Tensor?) {
         guard let encoder = bundle.textEncoder, let tokenizer = bundle.tokenizer else { throw PipelineError("no text encoder") }
-        guard bundle.clipSkip >= 0, bundle.clipSkip < encoder.layers.count else {
-            throw PipelineError("clip skip \(bundle.clipSkip + 1) is outside 1...\(encoder.layers.count) (the text encoder has \(encoder.layers.count) layers)")
+        guard p.clipSkip >= 0, p.clipSkip < encoder.layers.count else {
+            throw PipelineError("clip skip \(p.clipSkip + 1) is outside 1...\(encoder.layers.count) (the text encoder has \(encoder.layers.count) layers)")
         }
         let length = min(tokenizer.modelMaxLength, encoder.config.maxPositionEmbeddings)
         func embed(_ text: String) throws -> Tensor {
             let e = try GradMode.noGrad { () throws -> Tensor in
                 switch p.emphasis {
                 case .diffusers:
-                    return try encoder.encode([tokenizer(text, maxLength: length)], clipSkip: bundle.clipSkip)
+                    return try encoder.encode([tokenizer(text, maxLength: length)], clipSkip: p.clipSkip)
                 case .original, .noNorm, .ignore, .none:
                     let wp = tokenizer.weightedPrompt(text, emphasis: p.emphasis != .none)
-                    return try encoder.encode(wp, clipSkip: bundle.clipSkip, emphasis: p.emphasis == .original || p.emphasis == .noNorm,
+                    return try encoder.encode(wp, clipSkip: p.clipSkip, emphasis: p.emphasis == .original || p.emphasis == .noNorm,
                                               normalize: p.emphasis == .original)
                 }
             }
@@ -126,7 +131,7 @@ public final class StableDiffusionPipeline {
         let (h, w) = size(p)
         try Validation.checkSize(width: w, height: h, multiple: bundle.vaeScaleFactor)
         guard bundle.unet.config.inChannels == bundle.latentChannels else {
-            throw PipelineError("the UNet takes \(bundle.unet.config.inChannels) channels (an inpainting model?): use `ldm inpaint`")
+            throw PipelineError.wrongModelKind(model: bundle.url.path, kind: bundle.kind, task: .txt2img)
         }
         let den = try denoiser(p, batch: o.batchSize)
         let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, generator: generator, progress: progress)

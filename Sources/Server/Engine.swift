@@ -67,8 +67,6 @@ public final class Engine: @unchecked Sendable {
             guard s.clipSkip - 1 <= max(0, layers - 1) else {
                 throw APIError.unprocessable("CLIP_stop_at_last_layers", "clip skip \(s.clipSkip) is outside 1...\(layers) for \(entry.name)")
             }
-            bundle.clipSkip = s.clipSkip > 1 ? s.clipSkip - 1 : m.defaultClipSkip
-            defer { bundle.clipSkip = m.defaultClipSkip }
             if s.mask != nil, ![4, 9].contains(bundle.unet.config.inChannels) {
                 throw APIError.unprocessable("mask", "model \(entry.name) cannot inpaint (UNet with \(bundle.unet.config.inChannels) input channels)")
             }
@@ -89,7 +87,7 @@ public final class Engine: @unchecked Sendable {
                 throw APIError.unprocessable(s.hires != nil ? "enable_hr" : "init_images", "img2img and hires fix are not available for SDXL models")
             }
             let p = PromptOptions(prompt: promptText, negativePrompt: s.negativePrompt, guidanceScale: s.cfgScale, width: s.width,
-                                  height: s.height, emphasis: s.emphasis)
+                                  height: s.height, emphasis: s.emphasis, clipSkip: max(s.clipSkip - 1, 0))
             let o = SamplingOptions(sampler: s.factorySampler, steps: s.steps, eta: s.eta, batchSize: 1)
             let prep = s.mode == .img2img ? try WebUIProcessing.prepare(s) : nil
             let latentShape = [bundle.latentChannels, s.height / bundle.vaeScaleFactor, s.width / bundle.vaeScaleFactor]

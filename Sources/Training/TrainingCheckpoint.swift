@@ -87,7 +87,7 @@ extension Trainer {
     }
 
     /// Deletes the temporary files of checkpoint writes that a killed process left unfinished
-    /// (".step-N.safetensors.tmp-PID-R", see SafeTensors.write): they were never renamed, so never a checkpoint.
+    /// (".step-N.safetensors.tmp-XXXXXX", see FileIO.AtomicFile): they were never renamed, so never a checkpoint.
     /// Returns their names.
     @discardableResult
     public static func removeUnfinishedCheckpoints(in runDir: URL) -> [String] {
