@@ -125,8 +125,10 @@ struct WebUIProcessing {
         let o = SamplingOptions(sampler: s.factorySampler, steps: s.steps, eta: s.eta, batchSize: 1)
         try o.validate()
         let den = try denoiser(p)
-        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
-        let start = try scheduler.img2imgStartIndex(strength: s.denoisingStrength)
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: s.denoisingStrength, generator: gen,
+                                    progress: progress)
+        let scheduler = run.scheduler
+        let start = run.startIndex
         let f = bundle.vaeScaleFactor, c = bundle.latentChannels, unetChannels = bundle.unet.config.inChannels
         let (w, h) = (s.width, s.height)
         let shape = [1, c, h / f, w / f]
@@ -158,13 +160,18 @@ struct WebUIProcessing {
                 imageLatents = z
             }
         }
-        let noise = Self.noise(shape, generator: gen, variation: variation)
-        let latents = strengthMax ? noise.map { $0 * Float(scheduler.initNoiseSigma) }
-                                  : scheduler.addNoise(original: imageLatents ?? [], noise: noise, stepIndex: start)
+        let noise = Tensor(Self.noise(shape, generator: gen, variation: variation), shape: shape)
+        let latents: Tensor
+        if strengthMax {
+            latents = scheduler.scaleInitialNoise(noise)
+        } else {
+            guard let z = imageLatents else { throw APIError(.internalServerError, "generation failed", "no image latents") }
+            latents = scheduler.addNoise(original: Tensor(z, shape: shape), noise: noise, stepIndex: start)
+        }
         var blend: LatentMask?
         if let m = prep.mask, let lm = latentMask {
             if unetChannels == c {
-                blend = LatentMask(mask: lm, imageLatents: imageLatents ?? [], noise: noise)
+                blend = LatentMask(mask: Tensor(lm, shape: [1, 1, h / f, w / f]), imageLatents: Tensor(imageLatents ?? [Float](repeating: 0, count: c * hw), shape: shape), noise: noise)
                 // The inpainting pipeline encodes the masked image for every UNet: its posterior draw is taken here
                 // too, so later (ancestral) draws follow `ldm inpaint`'s stream.
                 _ = gen.normal(count: shape.reduce(1, *))
@@ -183,9 +190,8 @@ struct WebUIProcessing {
                 throw APIError.unprocessable("mask", "the UNet takes \(unetChannels) channels; inpainting needs \(c) or \(2 * c + 1)")
             }
         }
-        let out = try denoise(latents: latents, shape: shape, scheduler: scheduler, denoiser: den, mask: blend, startIndex: start,
-                              generator: gen, progress: progress)
-        guard let generated = try decodeLatents(out, shape: shape, firstStage: bundle.firstStage).images.first else {
+        let out = try run.denoise(latents, den, mask: blend)
+        guard let generated = try decodeLatents(out, firstStage: bundle.firstStage).images.first else {
             throw APIError(.internalServerError, "generation failed", "no image decoded")
         }
         return overlay(generated, prep)
@@ -233,12 +239,12 @@ struct WebUIProcessing {
         hp.prompt = hr.prompt ?? p.prompt; hp.negativePrompt = hr.negativePrompt ?? p.negativePrompt
         hp.width = lw * f; hp.height = lh * f
         let den = try denoiser(hp)
-        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
-        let start = try scheduler.img2imgStartIndex(strength: s.denoisingStrength)
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: s.denoisingStrength, generator: gen,
+                                    progress: progress)
         let noise = Self.noise(shape, generator: gen, variation: Engine.variation(s, index: Int(truncatingIfNeeded: seed &- s.seed)))
-        let latents = scheduler.addNoise(original: z, noise: noise, stepIndex: start)
-        let out = try denoise(latents: latents, shape: shape, scheduler: scheduler, denoiser: den, startIndex: start, generator: gen, progress: progress)
-        guard let image = try decodeLatents(out, shape: shape, firstStage: bundle.firstStage).images.first else {
+        let latents = run.scheduler.addNoise(original: Tensor(z, shape: shape), noise: Tensor(noise, shape: shape), stepIndex: run.startIndex)
+        let out = try run.denoise(latents, den)
+        guard let image = try decodeLatents(out, firstStage: bundle.firstStage).images.first else {
             throw APIError(.internalServerError, "generation failed", "no image decoded")
         }
         return image
