@@ -2,7 +2,8 @@
 // LatentDiffusion: latent diffusion models (Rombach et al., CVPR 2022) in Swift, CPU-first.
 // Module layers, bottom to top (a module imports only modules below it; docs/architecture.md describes each):
 //   CKernels, CMPIShim, CDNNL, CZlib, CPNG, CTurboJPEG: C kernels, the run-time MPI binding, system libraries
-//   Checkpoints, Tokenizers, Imaging (file formats, no tensors);  TensorCore (tensors, autograd, kernels)
+//   FileIO (atomic file output, JSON strings);  TensorCore (tensors, autograd, kernels)
+//   Checkpoints, Tokenizers, Imaging (file formats, no tensors)
 //   NeuralNetwork (torch.nn layers, state-dict loading: TensorCore + Checkpoints);  Diffusion (schedules, schedulers)
 //   DiffusersBlocks (diffusers' building blocks: resnet, attention, embeddings, unet_2d_blocks)
 //   Autoencoders, UNetModels (diffusers models);  Conditioning (text encoders, class embedder)
@@ -17,12 +18,17 @@ let package = Package(
     name: "LatentDiffusion",
     products: [
         .executable(name: "ldm", targets: ["ldm"]),
-        .library(name: "LatentDiffusion", targets: ["TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels", "Conditioning", "CompVis", "Pipelines", "Training"]),
+        .library(name: "LatentDiffusion", targets: ["FileIO", "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels", "Conditioning", "CompVis", "Pipelines", "Training"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        // Hummingbird's own dependencies, declared because Server imports them (resolved to the versions it pins).
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.0.0"),
     ],
     targets: [
         .systemLibrary(name: "CDNNL", path: "Sources/CDNNL", providers: [.apt(["libdnnl-dev"])]),
@@ -34,11 +40,13 @@ let package = Package(
         .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         // Open MPI's C API bound at run time (dlopen libmpi.so.40): data-parallel training without a build-time MPI.
         .target(name: "CMPIShim", linkerSettings: [.linkedLibrary("dl")]),
+        // Atomic file output and JSON string literals, shared by the file formats (Checkpoints, Imaging).
+        .target(name: "FileIO"),
         .target(name: "TensorCore", dependencies: ["CDNNL", "CKernels"], swiftSettings: optimize),
         .target(name: "NeuralNetwork", dependencies: ["TensorCore", "Checkpoints"], swiftSettings: optimize),
-        .target(name: "Checkpoints", dependencies: ["CZlib"]),
+        .target(name: "Checkpoints", dependencies: ["CZlib", "FileIO"]),
         .target(name: "Tokenizers", dependencies: ["CZlib"], resources: [.copy("Resources")]),
-        .target(name: "Imaging", dependencies: ["CPNG", "CTurboJPEG", "CZlib"]),
+        .target(name: "Imaging", dependencies: ["CPNG", "CTurboJPEG", "CZlib", "FileIO"]),
         .target(name: "Diffusion", dependencies: ["TensorCore"]),
         .target(name: "DiffusersBlocks", dependencies: ["NeuralNetwork", "TensorCore"], swiftSettings: optimize),
         .target(name: "Autoencoders", dependencies: ["DiffusersBlocks", "NeuralNetwork", "Checkpoints", "TensorCore"], swiftSettings: optimize),
@@ -53,8 +61,12 @@ let package = Package(
                                                  "DiffusersBlocks", "NeuralNetwork", "TensorCore"], swiftSettings: optimize),
         // `ldm serve`: AUTOMATIC1111-compatible HTTP API, job API and web page on Hummingbird 2.
         .target(name: "Server", dependencies: [
-            "TensorCore", "Imaging", "Diffusion", "Pipelines", "Checkpoints", "Conditioning",
+            "TensorCore", "Imaging", "Diffusion", "Pipelines", "Checkpoints", "Conditioning", "Autoencoders", "UNetModels",
             .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "ldm", dependencies: [
             "TensorCore", "NeuralNetwork", "Checkpoints", "Tokenizers", "Imaging", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "CompVis",
@@ -73,8 +85,8 @@ let package = Package(
         .testTarget(name: "ConditioningTests", dependencies: ["Conditioning", "CompVis", "NeuralNetwork", "Checkpoints", "Tokenizers", "TensorCore"], exclude: ["Fixtures"]),
         .testTarget(name: "PipelinesTests", dependencies: ["Pipelines", "CompVis", "Diffusion", "DiffusersBlocks", "Autoencoders", "UNetModels", "Conditioning", "Imaging",
                                                            "Tokenizers", "Checkpoints", "NeuralNetwork", "TensorCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging",
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Pipelines", "Diffusion", "Autoencoders", "UNetModels", "Conditioning", "Imaging",
                                                           "Tokenizers", "Checkpoints", "NeuralNetwork", "TensorCore"], exclude: ["Fixtures"]),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Pipelines", "Imaging", "TensorCore"]),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Pipelines", "Imaging", "TensorCore"], exclude: ["Fixtures"]),
     ]
 )

@@ -55,6 +55,7 @@ long ck_wino_u_floats(long oc, long ic) { return 36 * ((ic + 7) / 8 * 8) * ((oc 
     X(void, ck_geglu_forward, (const float *x, float *y, long rows, long n), (x, y, rows, n)) \
     X(void, ck_geglu_backward, (const float *x, const float *dy, float *dx, long rows, long n), (x, dy, dx, rows, n)) \
     X(void, ck_to_bf16, (const float *x, unsigned short *y, long n), (x, y, n)) \
+    X(void, ck_round_bf16, (float *x, long n), (x, n)) \
     X(void, ck_wino_weights, (const float *w, long oc, long ic, int transposed, float *u, long u_ob0, long u_obs, \
       long ob0, long ob1), (w, oc, ic, transposed, u, u_ob0, u_obs, ob0, ob1)) \
     X(void, ck_wino_input, (const float *x, long c, long h, long w, long sn, long sc, long pt, long pl, long tiles_h, \

@@ -216,3 +216,14 @@ CLONES void FN(ck_to_bf16)(const float *x, unsigned short *y, long n) {
         y[i] = (unsigned short)(nan ? (u >> 16) | 0x40 : (u + 0x7fffu + ((u >> 16) & 1)) >> 16);
     }
 }
+
+// x[i] rounded to bfloat16 in place (nearest even, NaN kept NaN), as float32: ck_to_bf16 followed by the widening.
+CLONES void FN(ck_round_bf16)(float *x, long n) {
+    for (long i = 0; i < n; i++) {
+        unsigned u;
+        memcpy(&u, x + i, sizeof u);
+        const int nan = (u & 0x7fffffffu) > 0x7f800000u;
+        u = nan ? (u | 0x400000u) & 0xffff0000u : (u + 0x7fffu + ((u >> 16) & 1)) & 0xffff0000u;
+        memcpy(x + i, &u, sizeof u);
+    }
+}

@@ -2,12 +2,8 @@
 // safetensors/src/tensor.rs: `SafeTensors::read_metadata` / `Metadata::validate` (reader)
 // and `prepare` / `serialize_to_file` (writer: dtype-descending then name order, header
 // padded with spaces to a multiple of 8, compact JSON with `__metadata__` first).
+import FileIO
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 public struct SafeTensorsEntry {
     public var name: String
@@ -210,38 +206,17 @@ public final class SafeTensors {
         return out
     }
 
-    /// Writes atomically: temp file in the same folder, fsync, rename over `url`, fsync the folder.
+    /// Writes atomically (FileIO.AtomicFile: temp file in the same folder, fsync, rename over `url`, fsync the folder),
+    /// the header and each tensor's bytes in turn.
     public static func write(_ entries: [SafeTensorsEntry], metadata: [String: String]? = nil, to url: URL) throws {
         let (h, ordered) = try header(for: entries, metadata: metadata)
-        let dir = url.deletingLastPathComponent()
-        let tmp = dir.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        let fd = open(tmp.path, O_WRONLY | O_CREAT | O_EXCL, 0o644)
-        guard fd >= 0 else { throw CheckpointError("cannot create \(tmp.path): \(String(cString: strerror(errno)))") }
-        var ok = false
-        defer { if !ok { close(fd); unlink(tmp.path) } }
-        func put(_ d: Data) throws {
-            try d.withUnsafeBytes { raw in
-                var p = raw.baseAddress, left = raw.count
-                while left > 0, let q = p {
-                    let w = Glibc.write(fd, q, left)
-                    if w < 0 { if errno == EINTR { continue }; throw CheckpointError("write to \(tmp.path) failed: \(String(cString: strerror(errno)))") }
-                    p = q + w; left -= w
-                }
-            }
-        }
         var n = UInt64(h.count).littleEndian
-        try put(withUnsafeBytes(of: &n) { Data($0) })
-        try put(h)
-        for e in ordered { try put(e.bytes) }
-        guard fsync(fd) == 0 else { throw CheckpointError("fsync \(tmp.path) failed: \(String(cString: strerror(errno)))") }
-        guard close(fd) == 0 else { ok = true; unlink(tmp.path); throw CheckpointError("close \(tmp.path) failed") }
-        ok = true
-        guard rename(tmp.path, url.path) == 0 else {
-            let msg = String(cString: strerror(errno)); unlink(tmp.path)
-            throw CheckpointError("cannot rename \(tmp.path) to \(url.path): \(msg)")
+        let size = withUnsafeBytes(of: &n) { Data($0) }
+        do {
+            try AtomicFile.write(chunks: [size, h] + ordered.map(\.bytes), to: url.path, overwrite: true)
+        } catch let e as AtomicFileError {
+            throw CheckpointError(e.description)
         }
-        let dfd = open(dir.path, O_RDONLY)
-        if dfd >= 0 { _ = fsync(dfd); close(dfd) }
     }
 
     /// Tuple form of the writer, as in `save_file(dict, path, metadata)`.
@@ -257,22 +232,8 @@ public final class SafeTensors {
                   metadata: metadata, to: url)
     }
 
-    /// serde_json string escaping: `"` `\` and control characters; everything else verbatim UTF-8.
+    /// serde_json string escaping (FileIO.JSONString).
     static func jsonString(_ s: String) -> String {
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "\u{08}": out += "\\b"
-            case "\u{0C}": out += "\\f"
-            default:
-                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-            }
-        }
-        return out + "\""
+        JSONString.quoted(s)
     }
 }

@@ -3,13 +3,6 @@
 // torch's casts (half / bfloat16 / float8_e4m3fn / float8_e5m2 / float8_e8m0fnu to float32).
 import Foundation
 
-/// Errors of the checkpoint layer. Every message names the file part that is wrong.
-public struct CheckpointError: Error, CustomStringConvertible, Equatable {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-}
-
 public enum StorageDType: String, CaseIterable, Sendable {
     case F64, F32, F16, BF16, I64, I32, I16, I8, U64, U32, U16, U8, BOOL
     case F8_E4M3, F8_E5M2, F8_E8M0, C64

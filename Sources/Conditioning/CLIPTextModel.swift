@@ -9,11 +9,6 @@ import TensorCore
 // ("text_model.embeddings.token_embedding.weight", ...); `normalizedKeys` also accepts transformers 5.x names
 // (no "text_model." prefix).
 
-public struct ConditioningError: Error, CustomStringConvertible {
-    public let description: String
-    public init(_ message: String) { description = message }
-}
-
 public struct CLIPTextConfig: Codable, Sendable, Equatable {
     public var vocabSize = 49408
     public var hiddenSize = 512
@@ -44,18 +39,17 @@ public struct CLIPTextConfig: Codable, Sendable, Equatable {
             return
         }
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        let d = CLIPTextConfig()
-        vocabSize = try c.decodeIfPresent(Int.self, forKey: .vocabSize) ?? d.vocabSize
-        hiddenSize = try c.decodeIfPresent(Int.self, forKey: .hiddenSize) ?? d.hiddenSize
-        intermediateSize = try c.decodeIfPresent(Int.self, forKey: .intermediateSize) ?? d.intermediateSize
-        numHiddenLayers = try c.decodeIfPresent(Int.self, forKey: .numHiddenLayers) ?? d.numHiddenLayers
-        numAttentionHeads = try c.decodeIfPresent(Int.self, forKey: .numAttentionHeads) ?? d.numAttentionHeads
-        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? d.maxPositionEmbeddings
-        hiddenAct = try c.decodeIfPresent(String.self, forKey: .hiddenAct) ?? d.hiddenAct
-        layerNormEps = try c.decodeIfPresent(Float.self, forKey: .layerNormEps) ?? d.layerNormEps
-        bosTokenID = try c.decodeIfPresent(Int.self, forKey: .bosTokenID) ?? d.bosTokenID
-        eosTokenID = try c.decodeIfPresent(Int.self, forKey: .eosTokenID) ?? d.eosTokenID
-        padTokenID = try c.decodeIfPresent(Int.self, forKey: .padTokenID) ?? d.padTokenID
+        vocabSize = try c.decode(.vocabSize, default: vocabSize)
+        hiddenSize = try c.decode(.hiddenSize, default: hiddenSize)
+        intermediateSize = try c.decode(.intermediateSize, default: intermediateSize)
+        numHiddenLayers = try c.decode(.numHiddenLayers, default: numHiddenLayers)
+        numAttentionHeads = try c.decode(.numAttentionHeads, default: numAttentionHeads)
+        maxPositionEmbeddings = try c.decode(.maxPositionEmbeddings, default: maxPositionEmbeddings)
+        hiddenAct = try c.decode(.hiddenAct, default: hiddenAct)
+        layerNormEps = try c.decode(.layerNormEps, default: layerNormEps)
+        bosTokenID = try c.decode(.bosTokenID, default: bosTokenID)
+        eosTokenID = try c.decode(.eosTokenID, default: eosTokenID)
+        padTokenID = try c.decode(.padTokenID, default: padTokenID)
         try validate()
     }
 

@@ -26,15 +26,15 @@ public struct LDMBertConfig: Codable, Sendable, Equatable {
     public init() {}
 
     public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self), d = LDMBertConfig()
-        vocabSize = try c.decodeIfPresent(Int.self, forKey: .vocabSize) ?? d.vocabSize
-        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? d.maxPositionEmbeddings
-        encoderLayers = try c.decodeIfPresent(Int.self, forKey: .encoderLayers) ?? d.encoderLayers
-        encoderFFNDim = try c.decodeIfPresent(Int.self, forKey: .encoderFFNDim) ?? d.encoderFFNDim
-        encoderAttentionHeads = try c.decodeIfPresent(Int.self, forKey: .encoderAttentionHeads) ?? d.encoderAttentionHeads
-        headDim = try c.decodeIfPresent(Int.self, forKey: .headDim) ?? d.headDim
-        dModel = try c.decodeIfPresent(Int.self, forKey: .dModel) ?? d.dModel
-        activationFunction = try c.decodeIfPresent(String.self, forKey: .activationFunction) ?? d.activationFunction
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        vocabSize = try c.decode(.vocabSize, default: vocabSize)
+        maxPositionEmbeddings = try c.decode(.maxPositionEmbeddings, default: maxPositionEmbeddings)
+        encoderLayers = try c.decode(.encoderLayers, default: encoderLayers)
+        encoderFFNDim = try c.decode(.encoderFFNDim, default: encoderFFNDim)
+        encoderAttentionHeads = try c.decode(.encoderAttentionHeads, default: encoderAttentionHeads)
+        headDim = try c.decode(.headDim, default: headDim)
+        dModel = try c.decode(.dModel, default: dModel)
+        activationFunction = try c.decode(.activationFunction, default: activationFunction)
         guard [vocabSize, maxPositionEmbeddings, encoderLayers, encoderFFNDim, encoderAttentionHeads, headDim, dModel].allSatisfy({ $0 > 0 }) else {
             throw ConditioningError("LDMBert config: sizes must be positive")
         }

@@ -42,14 +42,14 @@ public class ConsistencyScheduler: AlphaScheduler {
 
     func alphaPrev(_ t: Double) -> Double { t >= 0 ? alpha(t) : finalAlphaCumprod }
 
-    func clipIfNeeded(_ x: [Float]) -> [Float] { config.clipSample ?? false ? clip(x) : x }
+    func clipIfNeeded(_ x: Tensor) -> Tensor { config.clipSample ?? false ? clip(x) : x }
 }
 
 public final class LCMScheduler: ConsistencyScheduler, Scheduler {
     /// `timestep_scaling` of the boundary condition (default 10).
     public let timestepScaling: Double
     /// The last step's `denoised` output (LatentConsistencyModelPipeline decodes it; it equals the final sample).
-    public private(set) var denoised: [Float]?
+    public private(set) var denoised: Tensor?
 
     public init(config: SchedulerConfig) throws {
         timestepScaling = config.timestepScaling ?? 10
@@ -58,7 +58,8 @@ public final class LCMScheduler: ConsistencyScheduler, Scheduler {
 
     /// get_scalings_for_boundary_condition_discrete, sigma_data = 0.5.
     public func boundaryScalings(_ t: Double) -> (cSkip: Double, cOut: Double) {
-        let st = t * timestepScaling, sd2 = 0.25
+        let st = t * timestepScaling
+        let sd2 = 0.25
         return (sd2 / (st * st + sd2), st / (st * st + sd2).squareRoot())
     }
 
@@ -67,18 +68,19 @@ public final class LCMScheduler: ConsistencyScheduler, Scheduler {
         denoised = nil
     }
 
-    public func step(modelOutput: [Float], stepIndex: Int, sample: [Float], noise: RandomSource?) throws -> [Float] {
+    public func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: RandomSource?) throws -> Tensor {
         try checkIndex(stepIndex, timesteps.count)
         try checkSizes(modelOutput, sample, "LCMScheduler.step")
         let t = timesteps[stepIndex]
         let prevT = stepIndex + 1 < timesteps.count ? timesteps[stepIndex + 1] : t
-        let aT = alpha(t), aPrev = alphaPrev(prevT)
+        let aT = alpha(t)
+        let aPrev = alphaPrev(prevT)
         let (cSkip, cOut) = boundaryScalings(t)
         let x0 = clipIfNeeded(predictX0(prediction, modelOutput: modelOutput, sample: sample, alphaProd: aT).x0)
         let d = lincomb(cOut, x0, cSkip, sample)
         denoised = d
         guard stepIndex != numInferenceSteps - 1 else { return d }
-        let z = try requireNoise(noise, "LCMScheduler").normal(count: sample.count)
+        let z = noiseLike(sample, try requireNoise(noise, "LCMScheduler"))
         return lincomb(aPrev.squareRoot(), d, (1 - aPrev).squareRoot(), z)
     }
 }
@@ -86,26 +88,28 @@ public final class LCMScheduler: ConsistencyScheduler, Scheduler {
 public final class TCDScheduler: ConsistencyScheduler, Scheduler {
     /// The step's `eta` (the paper's gamma): 0 deterministic, 1 fully stochastic. diffusers' pipelines pass their
     /// `eta` argument here (TCD's own default is 0.3; StableDiffusionPipeline's is 0).
-    public var gamma: Double
+    public let gamma: Double
 
     public init(config: SchedulerConfig, gamma: Double = 0.3) throws {
+        guard gamma >= 0, gamma <= 1 else { throw DiffusionError.invalidArgument("TCD gamma (eta) must be in [0, 1], got \(gamma)") }
         self.gamma = gamma
         try super.init(config: config, name: "TCDScheduler")
     }
 
-    public func step(modelOutput: [Float], stepIndex: Int, sample: [Float], noise: RandomSource?) throws -> [Float] {
+    public func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: RandomSource?) throws -> Tensor {
         try checkIndex(stepIndex, timesteps.count)
         try checkSizes(modelOutput, sample, "TCDScheduler.step")
-        guard gamma >= 0, gamma <= 1 else { throw DiffusionError.invalidArgument("TCD gamma (eta) must be in [0, 1], got \(gamma)") }
         let t = timesteps[stepIndex]
         let prevT = stepIndex + 1 < timesteps.count ? timesteps[stepIndex + 1] : 0
         // timestep_s = floor((1 - eta) * prev_timestep), a float32 tensor product in torch
         let s = Double((Float(1 - gamma) * Float(prevT)).rounded(.down))
-        let aT = alpha(t), aPrev = alphaPrev(prevT), aS = alpha(s)
+        let aT = alpha(t)
+        let aPrev = alphaPrev(prevT)
+        let aS = alpha(s)
         let (x0, eps) = predictX0(prediction, modelOutput: modelOutput, sample: sample, alphaProd: aT)
         let noised = lincomb(aS.squareRoot(), x0, (1 - aS).squareRoot(), eps)
         guard gamma > 0, stepIndex != numInferenceSteps - 1 else { return noised }
-        let z = try requireNoise(noise, "TCDScheduler").normal(count: sample.count)
+        let z = noiseLike(sample, try requireNoise(noise, "TCDScheduler"))
         return lincomb((aPrev / aS).squareRoot(), noised, (1 - aPrev / aS).squareRoot(), z)
     }
 }

@@ -43,24 +43,25 @@ public class AlphaScheduler {
                                       stepsOffset: config.stepsOffset ?? 0, linspaceFloat32: false), steps: steps)
     }
 
-    public func scaleModelInput(_ x: [Float], stepIndex: Int) -> [Float] { x }
+    public func scaleModelInput(_ x: Tensor, stepIndex: Int) -> Tensor { x }
 
     public func setBeginIndex(_ index: Int) { beginIndex = index }
 
     /// add_noise: sqrt(a_t) x0 + sqrt(1 - a_t) noise at t = timesteps[stepIndex].
-    public func addNoise(original: [Float], noise: [Float], stepIndex: Int) -> [Float] {
+    public func addNoise(original: Tensor, noise: Tensor, stepIndex: Int) -> Tensor {
         let a = alpha(timesteps[min(max(stepIndex, 0), timesteps.count - 1)])
         return lincomb(a.squareRoot(), original, (1 - a).squareRoot(), noise)
     }
 
-    func clip(_ x: [Float]) -> [Float] {
-        let r = Float(config.clipSampleRange ?? 1)
-        return x.map { min(max($0, -r), r) }
-    }
+    func clip(_ x: Tensor) -> Tensor { clamped(x, config.clipSampleRange ?? 1) }
 }
 
 public final class DDPMScheduler: AlphaScheduler, Scheduler {
-    public enum VarianceType: String { case fixedSmall = "fixed_small", fixedSmallLog = "fixed_small_log", fixedLarge = "fixed_large" }
+    public enum VarianceType: String {
+        case fixedSmall = "fixed_small"
+        case fixedSmallLog = "fixed_small_log"
+        case fixedLarge = "fixed_large"
+    }
     public let varianceType: VarianceType
 
     public init(config: SchedulerConfig) throws {
@@ -72,19 +73,22 @@ public final class DDPMScheduler: AlphaScheduler, Scheduler {
         try super.init(config: config, defaultSpacing: .leading)
     }
 
-    public func step(modelOutput: [Float], stepIndex: Int, sample: [Float], noise: RandomSource?) throws -> [Float] {
+    public func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: RandomSource?) throws -> Tensor {
         try checkIndex(stepIndex, timesteps.count)
         try checkSizes(modelOutput, sample, "DDPMScheduler.step")
         let t = timesteps[stepIndex]
         let prevT = stepIndex + 1 < timesteps.count ? timesteps[stepIndex + 1] : -1
-        let aT = alpha(t), aPrev = prevT >= 0 ? alpha(prevT) : 1
-        let bT = 1 - aT, bPrev = 1 - aPrev
-        let curAlpha = aT / aPrev, curBeta = 1 - curAlpha
+        let aT = alpha(t)
+        let aPrev = prevT >= 0 ? alpha(prevT) : 1
+        let bT = 1 - aT
+        let bPrev = 1 - aPrev
+        let curAlpha = aT / aPrev
+        let curBeta = 1 - curAlpha
         var x0 = predictX0(prediction, modelOutput: modelOutput, sample: sample, alphaProd: aT).x0
         if config.clipSample ?? true { x0 = clip(x0) }
         var prev = lincomb(aPrev.squareRoot() * curBeta / bT, x0, curAlpha.squareRoot() * bPrev / bT, sample)
         if t > 0 {
-            let z = try requireNoise(noise, "DDPMScheduler").normal(count: sample.count)
+            let z = noiseLike(sample, try requireNoise(noise, "DDPMScheduler"))
             let variance = max(bPrev / bT * curBeta, 1e-20)
             let s: Double
             switch varianceType {
@@ -100,23 +104,26 @@ public final class DDPMScheduler: AlphaScheduler, Scheduler {
 
 public final class DDIMScheduler: AlphaScheduler, Scheduler {
     /// DDIM eta (0 = deterministic DDIM, 1 = DDPM-like); passed to diffusers' step as `eta`.
-    public var eta: Double
-    public var useClippedModelOutput = false
+    public let eta: Double
+    /// diffusers' step argument `use_clipped_model_output`: recompute epsilon from the clipped x0.
+    public let useClippedModelOutput: Bool
     let finalAlphaCumprod: Double
 
-    public init(config: SchedulerConfig, eta: Double = 0) throws {
+    public init(config: SchedulerConfig, eta: Double = 0, useClippedModelOutput: Bool = false) throws {
         self.eta = eta
+        self.useClippedModelOutput = useClippedModelOutput
         let s = try config.noiseSchedule()
         finalAlphaCumprod = (config.setAlphaToOne ?? true) ? 1 : s.alphasCumprod[0]
         try super.init(config: config, defaultSpacing: .leading)
     }
 
-    public func step(modelOutput: [Float], stepIndex: Int, sample: [Float], noise: RandomSource?) throws -> [Float] {
+    public func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: RandomSource?) throws -> Tensor {
         try checkIndex(stepIndex, timesteps.count)
         try checkSizes(modelOutput, sample, "DDIMScheduler.step")
         let t = timesteps[stepIndex]
         let prevT = t - Double(schedule.count / numInferenceSteps)
-        let aT = alpha(t), aPrev = prevT >= 0 ? alpha(prevT) : finalAlphaCumprod
+        let aT = alpha(t)
+        let aPrev = prevT >= 0 ? alpha(prevT) : finalAlphaCumprod
         let bT = 1 - aT
         var (x0, eps) = predictX0(prediction, modelOutput: modelOutput, sample: sample, alphaProd: aT)
         if config.clipSample ?? true { x0 = clip(x0) }
@@ -125,7 +132,7 @@ public final class DDIMScheduler: AlphaScheduler, Scheduler {
         if useClippedModelOutput { eps = lincomb(1 / bT.squareRoot(), sample, -aT.squareRoot() / bT.squareRoot(), x0) }
         var prev = lincomb(aPrev.squareRoot(), x0, max(1 - aPrev - std * std, 0).squareRoot(), eps)
         if eta > 0 {
-            let z = try requireNoise(noise, "DDIMScheduler with eta > 0").normal(count: sample.count)
+            let z = noiseLike(sample, try requireNoise(noise, "DDIMScheduler with eta > 0"))
             prev = lincomb(1, prev, std, z)
         }
         return prev

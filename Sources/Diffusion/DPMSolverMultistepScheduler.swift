@@ -5,12 +5,18 @@ import Foundation
 import TensorCore
 
 public final class DPMSolverMultistepScheduler: SigmaScheduler, Scheduler {
-    public enum Algorithm: String { case dpmsolverPP = "dpmsolver++", dpmsolver, sdeDpmsolverPP = "sde-dpmsolver++" }
-    public enum SolverType: String { case midpoint, heun }
+    public enum Algorithm: String {
+        case dpmsolverPP = "dpmsolver++"
+        case dpmsolver
+        case sdeDpmsolverPP = "sde-dpmsolver++"
+    }
+    public enum SolverType: String {
+        case midpoint, heun
+    }
     public let algorithm: Algorithm
     public let solverType: SolverType
     public let solverOrder: Int
-    private var modelOutputs: [[Float]] = []
+    private var modelOutputs: [Tensor] = []
     private var lowerOrderNums = 0
 
     public init(config: SchedulerConfig) throws {
@@ -36,10 +42,10 @@ public final class DPMSolverMultistepScheduler: SigmaScheduler, Scheduler {
     }
 
     public override var initNoiseSigma: Double { 1 }
-    public override func scaleModelInput(_ x: [Float], stepIndex: Int) -> [Float] { x }
+    public override func scaleModelInput(_ x: Tensor, stepIndex: Int) -> Tensor { x }
 
     /// add_noise: alpha_t x0 + sigma_t noise (DPM-Solver's data/noise parameterisation, not x0 + sigma noise).
-    public override func addNoise(original: [Float], noise: [Float], stepIndex: Int) -> [Float] {
+    public override func addNoise(original: Tensor, noise: Tensor, stepIndex: Int) -> Tensor {
         let (a, s, _) = alphaSigma(sigmas[min(max(stepIndex, 0), sigmas.count - 1)])
         return lincomb(a, original, s, noise)
     }
@@ -83,7 +89,7 @@ public final class DPMSolverMultistepScheduler: SigmaScheduler, Scheduler {
     }
 
     /// convert_model_output: data prediction (x0) for DPM-Solver++, noise prediction for DPM-Solver.
-    func convert(_ m: [Float], _ x: [Float], sigma: Double) -> [Float] {
+    func convert(_ m: Tensor, _ x: Tensor, sigma: Double) -> Tensor {
         let (a, s, _) = alphaSigma(sigma)
         if algorithm != .dpmsolver {
             switch prediction {
@@ -99,7 +105,7 @@ public final class DPMSolverMultistepScheduler: SigmaScheduler, Scheduler {
         }
     }
 
-    public func step(modelOutput: [Float], stepIndex i: Int, sample: [Float], noise: RandomSource?) throws -> [Float] {
+    public func step(modelOutput: Tensor, stepIndex i: Int, sample: Tensor, noise: RandomSource?) throws -> Tensor {
         try checkIndex(i, timesteps.count)
         try checkSizes(modelOutput, sample, "DPMSolverMultistepScheduler.step")
         let n = timesteps.count
@@ -110,9 +116,9 @@ public final class DPMSolverMultistepScheduler: SigmaScheduler, Scheduler {
         let m = convert(modelOutput, sample, sigma: sigmas[i])
         modelOutputs.append(m)
         if modelOutputs.count > solverOrder { modelOutputs.removeFirst() }
-        var z: [Float]?
-        if algorithm == .sdeDpmsolverPP { z = try requireNoise(noise, "SDE-DPM-Solver++").normal(count: sample.count) }
-        let prev: [Float]
+        var z: Tensor?
+        if algorithm == .sdeDpmsolverPP { z = noiseLike(sample, try requireNoise(noise, "SDE-DPM-Solver++")) }
+        let prev: Tensor
         if solverOrder == 1 || lowerOrderNums < 1 || lowerOrderFinal {
             prev = firstOrder(m, sample, i, z)
         } else if solverOrder == 2 || lowerOrderNums < 2 || lowerOrderSecond {
@@ -124,8 +130,9 @@ public final class DPMSolverMultistepScheduler: SigmaScheduler, Scheduler {
         return prev
     }
 
-    func firstOrder(_ m: [Float], _ x: [Float], _ i: Int, _ z: [Float]?) -> [Float] {
-        let (aT, sT, lT) = alphaSigma(sigmas[i + 1]), (aS, sS, lS) = alphaSigma(sigmas[i])
+    func firstOrder(_ m: Tensor, _ x: Tensor, _ i: Int, _ z: Tensor?) -> Tensor {
+        let (aT, sT, lT) = alphaSigma(sigmas[i + 1])
+        let (aS, sS, lS) = alphaSigma(sigmas[i])
         let h = lT - lS
         switch algorithm {
         case .dpmsolverPP: return lincomb(sT / sS, x, -aT * (exp(-h) - 1), m)
@@ -135,50 +142,62 @@ public final class DPMSolverMultistepScheduler: SigmaScheduler, Scheduler {
         }
     }
 
-    func secondOrder(_ x: [Float], _ i: Int, _ z: [Float]?) -> [Float] {
-        let (aT, sT, lT) = alphaSigma(sigmas[i + 1]), (aS0, sS0, lS0) = alphaSigma(sigmas[i])
+    func secondOrder(_ x: Tensor, _ i: Int, _ z: Tensor?) -> Tensor {
+        let (aT, sT, lT) = alphaSigma(sigmas[i + 1])
+        let (aS0, sS0, lS0) = alphaSigma(sigmas[i])
         let lS1 = alphaSigma(sigmas[i - 1]).lambda
-        let m0 = modelOutputs[modelOutputs.count - 1], m1 = modelOutputs[modelOutputs.count - 2]
-        let h = lT - lS0, h0 = lS0 - lS1, r0 = h0 / h
+        let m0 = modelOutputs[modelOutputs.count - 1]
+        let m1 = modelOutputs[modelOutputs.count - 2]
+        let h = lT - lS0
+        let h0 = lS0 - lS1
+        let r0 = h0 / h
         // D1 = (m0 - m1) / r0
-        let e = exp(-h), eh = exp(h)
-        var c0: Double, cD1: Double, cx: Double, cz = 0.0
-        switch (algorithm, solverType) {
-        case (.dpmsolverPP, .midpoint): cx = sT / sS0; c0 = -aT * (e - 1); cD1 = -0.5 * aT * (e - 1)
-        case (.dpmsolverPP, .heun): cx = sT / sS0; c0 = -aT * (e - 1); cD1 = aT * ((e - 1) / h + 1)
-        case (.dpmsolver, .midpoint): cx = aT / aS0; c0 = -sT * (eh - 1); cD1 = -0.5 * sT * (eh - 1)
-        case (.dpmsolver, .heun): cx = aT / aS0; c0 = -sT * (eh - 1); cD1 = -sT * ((eh - 1) / h - 1)
-        case (.sdeDpmsolverPP, .midpoint):
-            cx = sT / sS0 * e; c0 = aT * (1 - exp(-2 * h)); cD1 = 0.5 * aT * (1 - exp(-2 * h))
-            cz = sT * max(1 - exp(-2 * h), 0).squareRoot()
-        case (.sdeDpmsolverPP, .heun):
-            cx = sT / sS0 * e; c0 = aT * (1 - exp(-2 * h)); cD1 = aT * ((1 - exp(-2 * h)) / (-2 * h) + 1)
-            cz = sT * max(1 - exp(-2 * h), 0).squareRoot()
+        let e = exp(-h)
+        let eh = exp(h)
+        let sdeNoise = sT * max(1 - exp(-2 * h), 0).squareRoot()
+        // (coefficient of x, of m0, of D1, of the noise)
+        let (cx, c0, cD1, cz): (Double, Double, Double, Double) = switch (algorithm, solverType) {
+        case (.dpmsolverPP, .midpoint): (sT / sS0, -aT * (e - 1), -0.5 * aT * (e - 1), 0)
+        case (.dpmsolverPP, .heun): (sT / sS0, -aT * (e - 1), aT * ((e - 1) / h + 1), 0)
+        case (.dpmsolver, .midpoint): (aT / aS0, -sT * (eh - 1), -0.5 * sT * (eh - 1), 0)
+        case (.dpmsolver, .heun): (aT / aS0, -sT * (eh - 1), -sT * ((eh - 1) / h - 1), 0)
+        case (.sdeDpmsolverPP, .midpoint): (sT / sS0 * e, aT * (1 - exp(-2 * h)), 0.5 * aT * (1 - exp(-2 * h)), sdeNoise)
+        case (.sdeDpmsolverPP, .heun): (sT / sS0 * e, aT * (1 - exp(-2 * h)), aT * ((1 - exp(-2 * h)) / (-2 * h) + 1), sdeNoise)
         }
         let d = cD1 / r0
         return combine([cx, c0 + d, -d, cz], [x, m0, m1, z ?? m0])
     }
 
-    func thirdOrder(_ x: [Float], _ i: Int) -> [Float] {
-        let (aT, sT, lT) = alphaSigma(sigmas[i + 1]), (aS0, sS0, lS0) = alphaSigma(sigmas[i])
-        let lS1 = alphaSigma(sigmas[i - 1]).lambda, lS2 = alphaSigma(sigmas[i - 2]).lambda
+    func thirdOrder(_ x: Tensor, _ i: Int) -> Tensor {
+        let (aT, sT, lT) = alphaSigma(sigmas[i + 1])
+        let (aS0, sS0, lS0) = alphaSigma(sigmas[i])
+        let lS1 = alphaSigma(sigmas[i - 1]).lambda
+        let lS2 = alphaSigma(sigmas[i - 2]).lambda
         let c = modelOutputs.count
-        let m0 = modelOutputs[c - 1], m1 = modelOutputs[c - 2], m2 = modelOutputs[c - 3]
-        let h = lT - lS0, h0 = lS0 - lS1, h1 = lS1 - lS2
-        let r0 = h0 / h, r1 = h1 / h
+        let m0 = modelOutputs[c - 1]
+        let m1 = modelOutputs[c - 2]
+        let m2 = modelOutputs[c - 3]
+        let h = lT - lS0
+        let h0 = lS0 - lS1
+        let h1 = lS1 - lS2
+        let r0 = h0 / h
+        let r1 = h1 / h
         // D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1, D1 = D1_0 + r0 / (r0 + r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1) / (r0 + r1)
-        let k = r0 / (r0 + r1), q = 1 / (r0 + r1)
+        let k = r0 / (r0 + r1)
+        let q = 1 / (r0 + r1)
         // D1_0 and D1_1 as coefficients of (m0, m1, m2)
-        let d10 = [1 / r0, -1 / r0, 0], d11 = [0, 1 / r1, -1 / r1]
+        let d10 = [1 / r0, -1 / r0, 0]
+        let d11 = [0, 1 / r1, -1 / r1]
         let d1 = (0..<3).map { d10[$0] + k * (d10[$0] - d11[$0]) }
         let d2 = (0..<3).map { q * (d10[$0] - d11[$0]) }
-        let cx: Double, c0: Double, c1: Double, c2: Double
+        // (coefficient of x, of m0, of D1, of D2)
+        let (cx, c0, c1, c2): (Double, Double, Double, Double)
         if algorithm == .dpmsolver {
             let e = exp(h)
-            cx = aT / aS0; c0 = -sT * (e - 1); c1 = -sT * ((e - 1) / h - 1); c2 = -sT * ((e - 1 - h) / (h * h) - 0.5)
+            (cx, c0, c1, c2) = (aT / aS0, -sT * (e - 1), -sT * ((e - 1) / h - 1), -sT * ((e - 1 - h) / (h * h) - 0.5))
         } else {
             let e = exp(-h)
-            cx = sT / sS0; c0 = -aT * (e - 1); c1 = aT * ((e - 1) / h + 1); c2 = -aT * ((e - 1 + h) / (h * h) - 0.5)
+            (cx, c0, c1, c2) = (sT / sS0, -aT * (e - 1), aT * ((e - 1) / h + 1), -aT * ((e - 1 + h) / (h * h) - 0.5))
         }
         let w = (0..<3).map { c1 * d1[$0] + c2 * d2[$0] }
         return combine([cx, c0 + w[0], w[1], w[2]], [x, m0, m1, m2])

@@ -6,8 +6,8 @@ import TensorCore
 public final class PNDMScheduler: AlphaScheduler, Scheduler {
     let finalAlphaCumprod: Double
     private var counter = 0
-    private var ets: [[Float]] = []
-    private var curSample: [Float]?
+    private var ets: [Tensor] = []
+    private var curSample: Tensor?
 
     public init(config: SchedulerConfig) throws {
         if config.skipPrkSteps == false {
@@ -24,7 +24,8 @@ public final class PNDMScheduler: AlphaScheduler, Scheduler {
 
     public override func setTimesteps(_ steps: Int) throws {
         try validate(steps: steps)
-        let n = schedule.count, offset = config.stepsOffset ?? 0
+        let n = schedule.count
+        let offset = config.stepsOffset ?? 0
         var asc: [Double]
         switch spacing {
         case .linspace: asc = NoiseSchedule.linspace(0, Double(n - 1), steps).map(roundHalfEven)
@@ -42,7 +43,7 @@ public final class PNDMScheduler: AlphaScheduler, Scheduler {
         curSample = nil
     }
 
-    public func step(modelOutput: [Float], stepIndex: Int, sample: [Float], noise: RandomSource?) throws -> [Float] {
+    public func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: RandomSource?) throws -> Tensor {
         try checkIndex(stepIndex, timesteps.count)
         try checkSizes(modelOutput, sample, "PNDMScheduler.step")
         let ratio = Double(schedule.count / numInferenceSteps)
@@ -76,9 +77,11 @@ public final class PNDMScheduler: AlphaScheduler, Scheduler {
     }
 
     /// PNDMScheduler._get_prev_sample (formula (9) of the PNDM paper).
-    private func prevSample(_ x: [Float], _ t: Double, _ prevT: Double, _ m: [Float]) -> [Float] {
-        let aT = alpha(t), aPrev = prevT >= 0 ? alpha(prevT) : finalAlphaCumprod
-        let bT = 1 - aT, bPrev = 1 - aPrev
+    private func prevSample(_ x: Tensor, _ t: Double, _ prevT: Double, _ m: Tensor) -> Tensor {
+        let aT = alpha(t)
+        let aPrev = prevT >= 0 ? alpha(prevT) : finalAlphaCumprod
+        let bT = 1 - aT
+        let bPrev = 1 - aPrev
         let eps = prediction == .vPrediction ? lincomb(aT.squareRoot(), m, bT.squareRoot(), x) : m
         let sampleCoeff = (aPrev / aT).squareRoot()
         let denom = aT * bPrev.squareRoot() + (aT * bT * aPrev).squareRoot()
@@ -93,8 +96,12 @@ public final class PNDMScheduler: AlphaScheduler, Scheduler {
 /// eta == 0 (so the random stream advances like CompVis' global torch generator). PLMS evaluates the model twice in
 /// its first step; here that second evaluation is an extra entry in `timesteps` (like diffusers PNDM).
 public final class CompVisSampler: Scheduler {
-    public enum Method: String, Sendable { case ddim, plms }
-    public enum Discretization: String, Sendable { case uniform, quad }
+    public enum Method: String, Sendable {
+        case ddim, plms
+    }
+    public enum Discretization: String, Sendable {
+        case uniform, quad
+    }
 
     public let config: SchedulerConfig
     public let method: Method
@@ -108,9 +115,9 @@ public final class CompVisSampler: Scheduler {
     public private(set) var numInferenceSteps = 0
     public var order: Int { 1 }
     public var initNoiseSigma: Double { 1 }
-    private var oldEps: [[Float]] = []
-    private var firstEps: [Float]?
-    private var firstSample: [Float]?
+    private var oldEps: [Tensor] = []
+    private var firstEps: Tensor?
+    private var firstSample: Tensor?
     private var plmsCalls = 0
 
     public init(config: SchedulerConfig, method: Method, discretization: Discretization = .uniform, eta: Double = 0) throws {
@@ -157,10 +164,13 @@ public final class CompVisSampler: Scheduler {
         let desc = ddimTimesteps.reversed().map(Double.init)
         timesteps = method == .ddim ? desc : [desc[0], desc.count > 1 ? desc[1] : desc[0]] + desc.dropFirst()
         numInferenceSteps = ddimTimesteps.count
-        oldEps = []; firstEps = nil; firstSample = nil; plmsCalls = 0
+        oldEps = []
+        firstEps = nil
+        firstSample = nil
+        plmsCalls = 0
     }
 
-    public func scaleModelInput(_ x: [Float], stepIndex: Int) -> [Float] { x }
+    public func scaleModelInput(_ x: Tensor, stepIndex: Int) -> Tensor { x }
     public func setBeginIndex(_ index: Int) {}
 
     /// (a_t, a_prev, sigma_t) of make_ddim_sampling_parameters for ascending ddim index `k`.
@@ -178,13 +188,13 @@ public final class CompVisSampler: Scheduler {
     }
 
     /// p_sample_ddim / get_x_prev_and_pred_x0.
-    func update(_ x: [Float], eps e: [Float], k: Int, noise: RandomSource?) throws -> [Float] {
+    func update(_ x: Tensor, eps e: Tensor, k: Int, noise: RandomSource?) throws -> Tensor {
         let (a, aPrev, sigma) = parameters(k)
         let sqrtOneMinusA = Double(Float(1 - a).squareRoot())
         let x0 = lincomb(1 / a.squareRoot(), x, -sqrtOneMinusA / a.squareRoot(), e)
         var prev = lincomb(aPrev.squareRoot(), x0, max(1 - aPrev - sigma * sigma, 0).squareRoot(), e)
         if let src = noise {
-            prev = lincomb(1, prev, sigma, src.normal(count: x.count))
+            prev = lincomb(1, prev, sigma, noiseLike(x, src))
         } else if sigma > 0 {
             throw DiffusionError.invalidArgument("CompVis DDIM with eta > 0 needs a random source")
         }
@@ -192,13 +202,13 @@ public final class CompVisSampler: Scheduler {
     }
 
     /// eps from the model output (SD2 "v" parameterization: predict_eps_from_z_and_v).
-    func epsilon(_ m: [Float], _ x: [Float], k: Int) -> [Float] {
+    func epsilon(_ m: Tensor, _ x: Tensor, k: Int) -> Tensor {
         guard prediction == .vPrediction else { return m }
         let a = alphasCumprod[ddimTimesteps[k]]
         return lincomb(a.squareRoot(), m, (1 - a).squareRoot(), x)
     }
 
-    public func step(modelOutput: [Float], stepIndex: Int, sample: [Float], noise: RandomSource?) throws -> [Float] {
+    public func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: RandomSource?) throws -> Tensor {
         try checkIndex(stepIndex, timesteps.count)
         try checkSizes(modelOutput, sample, "CompVisSampler.step")
         let k = ddimIndex(stepIndex)
@@ -213,13 +223,14 @@ public final class CompVisSampler: Scheduler {
         if plmsCalls == 1, let e0 = firstEps, let x = firstSample {
             // second evaluation of the first PLMS step: e_t_next at (x_prev, t_next)
             let eNext = epsilon(modelOutput, sample, k: k)
-            firstEps = nil; firstSample = nil
+            firstEps = nil
+            firstSample = nil
             oldEps = [e0]
             return try update(x, eps: lincomb(0.5, e0, 0.5, eNext), k: k, noise: noise)
         }
         let e = epsilon(modelOutput, sample, k: k)
         let o = oldEps
-        let ePrime: [Float]
+        let ePrime: Tensor
         switch o.count {
         case 1: ePrime = lincomb(1.5, e, -0.5, o[0])
         case 2: ePrime = combine([23.0 / 12, -16.0 / 12, 5.0 / 12], [e, o[1], o[0]])
@@ -233,14 +244,14 @@ public final class CompVisSampler: Scheduler {
     }
 
     /// The noise level of `timesteps[stepIndex]`: sqrt(a) x0 + sqrt(1 - a) noise.
-    public func addNoise(original: [Float], noise: [Float], stepIndex: Int) -> [Float] {
+    public func addNoise(original: Tensor, noise: Tensor, stepIndex: Int) -> Tensor {
         let k = ddimIndex(min(max(stepIndex, 0), timesteps.count - 1))
         return stochasticEncode(original: original, noise: noise, ddimIndex: k)
     }
 
     /// DDIMSampler.stochastic_encode(x0, t) with t an ascending ddim index. CompVis scripts/img2img.py encodes at
     /// index t_enc = int(strength * S) and then decodes from index t_enc - 1 (their off-by-one).
-    public func stochasticEncode(original: [Float], noise: [Float], ddimIndex k: Int) -> [Float] {
+    public func stochasticEncode(original: Tensor, noise: Tensor, ddimIndex k: Int) -> Tensor {
         let a = alphasCumprod[ddimTimesteps[min(max(k, 0), ddimTimesteps.count - 1)]]
         return lincomb(Double(Float(a).squareRoot()), original, Double(Float(1 - a).squareRoot()), noise)
     }

@@ -2,16 +2,19 @@
 // StableDiffusion pipelines drive them (pipelines/stable_diffusion/pipeline_stable_diffusion*.py).
 import TensorCore
 
-/// A stateful sampler. Usage, as in diffusers' denoising loop:
+/// A stateful sampler. Latents are one shaped float32 `Tensor` (NCHW in the pipelines; the schedulers work elementwise
+/// and accept any shape). Usage, as in diffusers' denoising loop:
 ///
 ///     try s.setTimesteps(steps)
-///     var x = noise.map { $0 * Float(s.initNoiseSigma) }
+///     var x = s.scaleInitialNoise(Tensor.randn(shape, generator: generator))
 ///     for i in s.timesteps.indices {
 ///         let eps = model(s.scaleModelInput(x, stepIndex: i), s.timesteps[i])
 ///         x = try s.step(modelOutput: eps, stepIndex: i, sample: x, noise: generator)
 ///     }
 ///
 /// `stepIndex` is the position in `timesteps` (absolute, also for img2img, which starts at `img2imgStartIndex`).
+/// What diffusers passes to `step` besides the latents (DDIM's `eta`, TCD's `gamma`) is given when the scheduler is
+/// built (`SchedulerFactory.make(_:config:eta:)`).
 public protocol Scheduler: AnyObject {
     var config: SchedulerConfig { get }
     /// What is fed to the model at each step (integers for most schedulers, fractional for Karras sigmas).
@@ -23,12 +26,13 @@ public protocol Scheduler: AnyObject {
     /// The number of inference steps last passed to `setTimesteps`.
     var numInferenceSteps: Int { get }
     func setTimesteps(_ steps: Int) throws
-    func scaleModelInput(_ x: [Float], stepIndex: Int) -> [Float]
-    /// One denoising step. Ancestral samplers draw their noise from `noise` in diffusers' order
-    /// (one `randn(shape)` per step); `nil` means a zero noise contribution is impossible, so they throw.
-    func step(modelOutput: [Float], stepIndex: Int, sample: [Float], noise: RandomSource?) throws -> [Float]
+    func scaleModelInput(_ x: Tensor, stepIndex: Int) -> Tensor
+    /// One denoising step; `modelOutput` has the shape of `sample`. Ancestral samplers draw their noise from `noise`
+    /// in diffusers' order (one `randn(shape)` per step); `nil` means a zero noise contribution is impossible, so
+    /// they throw.
+    func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: RandomSource?) throws -> Tensor
     /// Forward diffusion of clean latents to the noise level of `timesteps[stepIndex]` (img2img).
-    func addNoise(original: [Float], noise: [Float], stepIndex: Int) -> [Float]
+    func addNoise(original: Tensor, noise: Tensor, stepIndex: Int) -> Tensor
     /// diffusers `set_begin_index`, called by img2img pipelines.
     func setBeginIndex(_ index: Int)
 }
@@ -47,29 +51,75 @@ extension Scheduler {
         setBeginIndex(tStart * order)
         return min(tStart * order, timesteps.count)
     }
+
+    /// prepare_latents: `latents * init_noise_sigma`, a float32 product as in torch.
+    public func scaleInitialNoise(_ noise: Tensor) -> Tensor {
+        let sigma = Float(initNoiseSigma)
+        return mapValues(noise) { $0 * sigma }
+    }
 }
 
-// MARK: - elementwise helpers (latents are small; accumulate in Double, store Float)
+// MARK: - elementwise latent arithmetic (latents are small; accumulate in Double, store Float)
 
-@inline(__always) func lincomb(_ a: Double, _ x: [Float], _ b: Double, _ y: [Float]) -> [Float] {
-    precondition(x.count == y.count, "latent sizes differ: \(x.count) vs \(y.count)")
-    var out = [Float](repeating: 0, count: x.count)
-    for i in x.indices { out[i] = Float(a * Double(x[i]) + b * Double(y[i])) }
+/// Runs `body` on the row-major float32 values of `tensors` (copied only when strided or not float32).
+@inline(__always) func withValues<R>(_ tensors: [Tensor], _ body: ([UnsafePointer<Float>]) throws -> R) rethrows -> R {
+    let dense = tensors.map { $0.contiguous().float32() }
+    return try withExtendedLifetime(dense) { try body(dense.map { UnsafePointer($0.data) }) }
+}
+
+/// A new float32 tensor of `shape` whose element i is `value(i)`.
+@inline(__always) func makeLatents(_ shape: [Int], _ value: (Int) -> Float) -> Tensor {
+    let out = Tensor.empty(shape)
+    let o = out.data
+    for i in 0..<out.count {
+        o[i] = value(i)
+    }
     return out
 }
 
-/// sum_k coeffs[k] * arrays[k], elementwise in Double.
-func combine(_ coeffs: [Double], _ arrays: [[Float]]) -> [Float] {
-    var acc = [Double](repeating: 0, count: arrays[0].count)
-    for (c, a) in zip(coeffs, arrays) { for i in acc.indices { acc[i] += c * Double(a[i]) } }
-    return acc.map { Float($0) }
+func mapValues(_ x: Tensor, _ f: (Float) -> Float) -> Tensor {
+    withValues([x]) { p in
+        let xp = p[0]
+        return makeLatents(x.shape) { f(xp[$0]) }
+    }
 }
 
-@inline(__always) func scaled(_ x: [Float], _ a: Double) -> [Float] { x.map { Float(Double($0) * a) } }
+/// a * x + b * y, elementwise in Double.
+func lincomb(_ a: Double, _ x: Tensor, _ b: Double, _ y: Tensor) -> Tensor {
+    precondition(x.shape == y.shape, "latent shapes differ: \(x.shape) vs \(y.shape)")
+    return withValues([x, y]) { p in
+        let xp = p[0], yp = p[1]
+        return makeLatents(x.shape) { Float(a * Double(xp[$0]) + b * Double(yp[$0])) }
+    }
+}
 
-func checkSizes(_ a: [Float], _ b: [Float], _ what: String) throws {
-    guard a.count == b.count else {
-        throw DiffusionError.invalidArgument("\(what): model output has \(a.count) values, sample has \(b.count)")
+/// sum_k coeffs[k] * tensors[k], elementwise in Double.
+func combine(_ coeffs: [Double], _ tensors: [Tensor]) -> Tensor {
+    withValues(tensors) { p in
+        var acc = [Double](repeating: 0, count: tensors[0].count)
+        for (c, xp) in zip(coeffs, p) {
+            for i in acc.indices {
+                acc[i] += c * Double(xp[i])
+            }
+        }
+        return makeLatents(tensors[0].shape) { Float(acc[$0]) }
+    }
+}
+
+@inline(__always) func scaled(_ x: Tensor, _ a: Double) -> Tensor { mapValues(x) { Float(Double($0) * a) } }
+
+/// clamp(x, -range, range).
+func clamped(_ x: Tensor, _ range: Double) -> Tensor {
+    let r = Float(range)
+    return mapValues(x) { min(max($0, -r), r) }
+}
+
+/// `randn(sample.shape)` from the step's generator.
+func noiseLike(_ sample: Tensor, _ source: RandomSource) -> Tensor { Tensor.randn(sample.shape, generator: source) }
+
+func checkSizes(_ modelOutput: Tensor, _ sample: Tensor, _ what: String) throws {
+    guard modelOutput.shape == sample.shape else {
+        throw DiffusionError.invalidArgument("\(what): model output has shape \(modelOutput.shape), sample \(sample.shape)")
     }
 }
 
@@ -84,8 +134,9 @@ func requireNoise(_ noise: RandomSource?, _ who: String) throws -> RandomSource 
 }
 
 /// pred_original_sample / epsilon from the model output for alpha-based schedulers (DDPM, DDIM).
-func predictX0(_ pred: PredictionType, modelOutput m: [Float], sample x: [Float], alphaProd a: Double) -> (x0: [Float], eps: [Float]) {
-    let sa = a.squareRoot(), sb = (1 - a).squareRoot()
+func predictX0(_ pred: PredictionType, modelOutput m: Tensor, sample x: Tensor, alphaProd a: Double) -> (x0: Tensor, eps: Tensor) {
+    let sa = a.squareRoot()
+    let sb = (1 - a).squareRoot()
     switch pred {
     case .epsilon:
         return (lincomb(1 / sa, x, -sb / sa, m), m)

@@ -101,7 +101,7 @@ public struct SchedulerConfig: Codable, Sendable, Equatable {
     }
 
     /// The betas / alphas_cumprod of the diffusers scheduler (float32 like torch).
-    func noiseSchedule(allowRescale: Bool = true) throws -> NoiseSchedule {
+    public func noiseSchedule(allowRescale: Bool = true) throws -> NoiseSchedule {
         if thresholding == true { throw DiffusionError.unsupported("thresholding (dynamic thresholding) is not implemented") }
         if rescaleBetasZeroSnr == true && !allowRescale {
             throw DiffusionError.unsupported("rescale_betas_zero_snr for this scheduler")

@@ -65,7 +65,7 @@ public class SigmaScheduler {
         return spacing == .leading ? (m * m + 1).squareRoot() : m
     }
 
-    public func scaleModelInput(_ x: [Float], stepIndex: Int) -> [Float] {
+    public func scaleModelInput(_ x: Tensor, stepIndex: Int) -> Tensor {
         guard stepIndex >= 0, stepIndex < sigmas.count else { return x }
         let s = sigmas[stepIndex]
         return scaled(x, 1 / (s * s + 1).squareRoot())
@@ -74,12 +74,12 @@ public class SigmaScheduler {
     public func setBeginIndex(_ index: Int) { beginIndex = index }
 
     /// add_noise: x0 + sigma * noise at the sigma of `timesteps[stepIndex]`.
-    public func addNoise(original: [Float], noise: [Float], stepIndex: Int) -> [Float] {
+    public func addNoise(original: Tensor, noise: Tensor, stepIndex: Int) -> Tensor {
         lincomb(1, original, sigmas[min(max(stepIndex, 0), sigmas.count - 1)], noise)
     }
 
     /// pred_original_sample of the Euler-family step.
-    func predictX0(_ m: [Float], _ x: [Float], sigma: Double) -> [Float] {
+    func predictX0(_ m: Tensor, _ x: Tensor, sigma: Double) -> Tensor {
         switch prediction {
         case .epsilon: return lincomb(1, x, -sigma, m)
         case .vPrediction: return lincomb(-sigma / (sigma * sigma + 1).squareRoot(), m, 1 / (sigma * sigma + 1), x)
@@ -105,7 +105,7 @@ public final class EulerDiscreteScheduler: SigmaScheduler, Scheduler {
         numInferenceSteps = steps
     }
 
-    public func step(modelOutput: [Float], stepIndex: Int, sample: [Float], noise: RandomSource?) throws -> [Float] {
+    public func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: RandomSource?) throws -> Tensor {
         try checkIndex(stepIndex, timesteps.count)
         try checkSizes(modelOutput, sample, "EulerDiscreteScheduler.step")
         let sigma = sigmas[stepIndex]
@@ -129,24 +129,25 @@ public final class EulerAncestralDiscreteScheduler: SigmaScheduler, Scheduler {
         numInferenceSteps = steps
     }
 
-    public func step(modelOutput: [Float], stepIndex: Int, sample: [Float], noise: RandomSource?) throws -> [Float] {
+    public func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: RandomSource?) throws -> Tensor {
         try checkIndex(stepIndex, timesteps.count)
         try checkSizes(modelOutput, sample, "EulerAncestralDiscreteScheduler.step")
         let src = try requireNoise(noise, "EulerAncestralDiscreteScheduler")
-        let sigma = sigmas[stepIndex], sigmaTo = sigmas[stepIndex + 1]
+        let sigma = sigmas[stepIndex]
+        let sigmaTo = sigmas[stepIndex + 1]
         let x0 = predictX0(modelOutput, sample, sigma: sigma)
         let sigmaUp = (sigmaTo * sigmaTo * (sigma * sigma - sigmaTo * sigmaTo) / (sigma * sigma)).squareRoot()
         let sigmaDown = max(sigmaTo * sigmaTo - sigmaUp * sigmaUp, 0).squareRoot()
         let dt = sigmaDown - sigma
         let prev = lincomb(1 + dt / sigma, sample, -dt / sigma, x0)
-        return lincomb(1, prev, sigmaUp, src.normal(count: sample.count))
+        return lincomb(1, prev, sigmaUp, noiseLike(sample, src))
     }
 }
 
 public final class HeunDiscreteScheduler: SigmaScheduler, Scheduler {
-    private var prevDerivative: [Float]?
+    private var prevDerivative: Tensor?
     private var dt: Double?
-    private var firstSample: [Float]?
+    private var firstSample: Tensor?
     public override var order: Int { 2 }
 
     public init(config: SchedulerConfig) throws {
@@ -161,10 +162,12 @@ public final class HeunDiscreteScheduler: SigmaScheduler, Scheduler {
         sigmas = [sig[0]] + sig.dropFirst().dropLast().flatMap { [$0, $0] } + [sig[sig.count - 1]]
         timesteps = [ts[0]] + ts.dropFirst().flatMap { [$0, $0] }
         numInferenceSteps = steps
-        prevDerivative = nil; dt = nil; firstSample = nil
+        prevDerivative = nil
+        dt = nil
+        firstSample = nil
     }
 
-    public func step(modelOutput: [Float], stepIndex: Int, sample: [Float], noise: RandomSource?) throws -> [Float] {
+    public func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: RandomSource?) throws -> Tensor {
         try checkIndex(stepIndex, timesteps.count)
         try checkSizes(modelOutput, sample, "HeunDiscreteScheduler.step")
         if let d0 = prevDerivative, let h = dt, let x = firstSample {
@@ -173,30 +176,35 @@ public final class HeunDiscreteScheduler: SigmaScheduler, Scheduler {
             var x0 = predictX0(modelOutput, sample, sigma: sigmaNext)
             if config.clipSample == true { x0 = clip(x0) }
             let d1 = lincomb(1 / sigmaNext, sample, -1 / sigmaNext, x0)
-            prevDerivative = nil; dt = nil; firstSample = nil
+            prevDerivative = nil
+            dt = nil
+            firstSample = nil
             return combine([1, 0.5 * h, 0.5 * h], [x, d0, d1])
         }
-        let sigma = sigmas[stepIndex], sigmaNext = sigmas[stepIndex + 1]
+        let sigma = sigmas[stepIndex]
+        let sigmaNext = sigmas[stepIndex + 1]
         var x0 = predictX0(modelOutput, sample, sigma: sigma)
         if config.clipSample == true { x0 = clip(x0) }
         let d = lincomb(1 / sigma, sample, -1 / sigma, x0)
         let h = sigmaNext - sigma
-        prevDerivative = d; dt = h; firstSample = sample
+        prevDerivative = d
+        dt = h
+        firstSample = sample
         return lincomb(1, sample, h, d)
     }
 
-    func clip(_ x: [Float]) -> [Float] {
-        let r = Float(config.clipSampleRange ?? 1)
-        return x.map { min(max($0, -r), r) }
-    }
+    func clip(_ x: Tensor) -> Tensor { clamped(x, config.clipSampleRange ?? 1) }
 }
 
 public final class LMSDiscreteScheduler: SigmaScheduler, Scheduler {
-    private var derivatives: [[Float]] = []
-    /// diffusers' LMS step `order` argument.
-    public var lmsOrder = 4
+    private var derivatives: [Tensor] = []
+    /// diffusers' LMS step `order` argument (default 4).
+    public let lmsOrder: Int
 
-    public init(config: SchedulerConfig) throws {
+    public init(config: SchedulerConfig, lmsOrder: Int = 4) throws {
+        // the coefficients' quadrature is exact for Lagrange polynomials of degree <= 3
+        guard (1...4).contains(lmsOrder) else { throw DiffusionError.invalidArgument("LMS order must be 1...4, got \(lmsOrder)") }
+        self.lmsOrder = lmsOrder
         var c = config
         c.rescaleBetasZeroSnr = nil // not an LMSDiscreteScheduler option (diffusers ignores the key)
         try super.init(config: c, karras: config.useKarrasSigmas ?? false, rescaleLastToMin: false)
@@ -219,14 +227,16 @@ public final class LMSDiscreteScheduler: SigmaScheduler, Scheduler {
             }
             return prod
         }
-        let a = sigmas[t], b = sigmas[t + 1]
+        let a = sigmas[t]
+        let b = sigmas[t + 1]
         let nodes = [(-0.8611363115940526, 0.3478548451374538), (-0.3399810435848563, 0.6521451548625461),
                      (0.3399810435848563, 0.6521451548625461), (0.8611363115940526, 0.3478548451374538)]
-        let half = (b - a) / 2, mid = (a + b) / 2
+        let half = (b - a) / 2
+        let mid = (a + b) / 2
         return half * nodes.reduce(0) { $0 + $1.1 * basis(mid + half * $1.0) }
     }
 
-    public func step(modelOutput: [Float], stepIndex: Int, sample: [Float], noise: RandomSource?) throws -> [Float] {
+    public func step(modelOutput: Tensor, stepIndex: Int, sample: Tensor, noise: RandomSource?) throws -> Tensor {
         try checkIndex(stepIndex, timesteps.count)
         try checkSizes(modelOutput, sample, "LMSDiscreteScheduler.step")
         let sigma = sigmas[stepIndex]

@@ -4,6 +4,7 @@
 //   Negative prompt: <negative prompt>
 //   Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 42, Size: 512x512, Model hash: abc123, Model: v1-5
 // Values containing ',', ':' or a newline are written JSON-quoted (json.dumps, ensure_ascii=False).
+import FileIO
 import Foundation
 
 public struct GenerationParameters: Equatable, Sendable {
@@ -46,22 +47,10 @@ public struct GenerationParameters: Equatable, Sendable {
 
     /// A1111's infotext `quote`: JSON-encode when the value contains ',', '\n' or ':'.
     static func quote(_ s: String) -> String {
-        guard s.contains(",") || s.contains("\n") || s.contains(":") else { return s }
-        var out = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "\u{08}": out += "\\b"
-            case "\u{0C}": out += "\\f"
-            default:
-                if u.value < 0x20 { out += String(format: "\\u%04x", u.value) } else { out.unicodeScalars.append(u) }
-            }
+        guard s.contains(",") || s.contains("\n") || s.contains(":") else {
+            return s
         }
-        return out + "\""
+        return JSONString.quoted(s)
     }
 
     /// The ordered "Key: value" pairs of the last line.

@@ -17,7 +17,8 @@ import TensorCore
 // Deliberate differences from torch's CPU autocast, which keeps every op that follows a bf16 op in bf16 (group_norm,
 // layer_norm, silu, gelu, residual adds all round their outputs to bf16 there): here those run in float32 on the
 // rounded values, as CUDA autocast does for the norms and softmax (its fp32 list); the fused attention keeps its
-// probabilities in float32 (torch's CPU flash kernel rounds them to bf16 before P @ V); VectorQuantizer's distance
+// probabilities in float32 (torch's CPU flash kernel rounds them to bf16 before P @ V) except for native-bf16
+// inference, where attention computes as torch's kernel does (AttentionBF16.swift); VectorQuantizer's distance
 // matmul (not a layer) stays float32. These are bf16-sized differences: one-step gradients differ from torch's by
 // about as much as torch's bf16 differs from float32 (Tests/TrainingTests/MixedPrecisionTests.swift).
 
@@ -35,7 +36,7 @@ public enum Autocast {
         let saved = self.dtype
         self.dtype = dtype == .float32 ? nil : dtype
         defer { self.dtype = saved }
-        return try body()
+        return try NativeBF16.autocastScope(self.dtype == .bfloat16, body)
     }
 
     public static var isBF16: Bool { dtype == .bfloat16 }
@@ -45,7 +46,8 @@ public enum Autocast {
                                       _ op: (Tensor, Tensor, Tensor?) -> Tensor) -> Tensor {
         guard isBF16 else { return op(x, weight, bias) }
         if NativeBF16.couldApply([x, weight] + (bias.map { [$0] } ?? [])) {
-            return cast(NativeBF16.scope { op(x, weight, bias) }) // the kernels round their inputs to bf16 themselves
+            // The kernels round their inputs to bf16 themselves; the fresh result is rounded where it lies.
+            return NativeBF16.scope { op(x, weight, bias) }.roundingToBFloat16InPlace()
         }
         return cast(op(cast(x), cast(weight), cast(bias)))
     }

@@ -57,15 +57,21 @@ extension ModelSummary {
             }
         }
         let semantic = name == "SpatialRescaler" ? try c.semanticSynthesisGeometry(firstStage: first) : nil
-        let fs: String
-        switch first {
-        case .kl: fs = "AutoencoderKL"
-        case .vq: fs = "VQModel"
+        if c.isLayout {
+            _ = try c.layoutBuilder()
         }
-        if c.isLayout { _ = try c.layoutBuilder() }
-        return ModelSummary(hasTextEncoder: ["FrozenCLIPEmbedder", "FrozenOpenCLIPEmbedder", "BERTEmbedder"].contains(name ?? "") && !c.isLayout,
-                            hasLDMBert: name == "BERTEmbedder" && !c.isLayout, unetInChannels: c.unet.inChannels, unetOutChannels: c.unet.outChannels,
-                            numClassEmbeds: classes, firstStage: fs, isCompVisFile: true, semanticSynthesis: semantic, isLayout: c.isLayout)
+        let texts: [String: TextEncoderKind] = ["FrozenCLIPEmbedder": .clip, "FrozenOpenCLIPEmbedder": .openCLIP, "BERTEmbedder": .ldmBert]
+        let kind = ModelKind.classify(text: c.isLayout ? nil : texts[name ?? ""], classes: classes, semantic: semantic, layout: c.isLayout,
+                                      unetIn: c.unet.inChannels, unetOut: c.unet.outChannels)
+        let firstStage: FirstStageKind
+        switch first {
+        case .kl:
+            firstStage = .autoencoderKL
+        case .vq:
+            firstStage = .vqModel
+        }
+        return ModelSummary(kind: kind, firstStage: firstStage, unetInChannels: c.unet.inChannels, unetOutChannels: c.unet.outChannels,
+                            isCompVisFile: true)
     }
 }
 
@@ -76,14 +82,14 @@ extension ModelBundle {
     public static func bertVocabulary(checkpoint url: URL, explicit: URL?) throws -> URL {
         let fm = FileManager.default
         if let e = explicit {
-            guard fm.fileExists(atPath: e.path) else { throw PipelineError("--bert-vocab \(e.path): no such file or folder") }
+            guard fm.fileExists(atPath: e.path) else {
+                throw PipelineError.missingBERTVocabulary(checkpoint: url.path, given: e.path)
+            }
             return e
         }
         let beside = url.deletingLastPathComponent().appendingPathComponent("vocab.txt")
         guard fm.fileExists(atPath: beside.path) else {
-            throw PipelineError("\(url.lastPathComponent) is an LDM-BERT (BERTEmbedder) model: its prompts are tokenized with bert-base-uncased's "
-                                + "WordPiece vocabulary (CompVis downloads BertTokenizerFast \"bert-base-uncased\"), which is not shipped here: "
-                                + "pass --bert-vocab PATH/vocab.txt or put vocab.txt beside the checkpoint")
+            throw PipelineError.missingBERTVocabulary(checkpoint: url.path, given: nil)
         }
         return beside
     }
@@ -213,6 +219,7 @@ extension ModelBundle {
         bundle.bertMaxLength = bertLength
         bundle.layoutBuilder = layout
         bundle.notes = notes
+        bundle.textEncoderIsOpenCLIP = config.condName == "FrozenOpenCLIPEmbedder"
         return bundle
     }
 }

@@ -30,9 +30,12 @@ public final class Denoiser {
 
     public init(unet: UNet2DConditionModel, guidanceScale: Float = 1, context: Tensor? = nil, uncondContext: Tensor? = nil,
                 classLabels: [Int]? = nil, uncondClassLabels: [Int]? = nil) {
-        self.unet = unet; self.guidanceScale = guidanceScale
-        self.context = context; self.uncondContext = uncondContext
-        self.classLabels = classLabels; self.uncondClassLabels = uncondClassLabels
+        self.unet = unet
+        self.guidanceScale = guidanceScale
+        self.context = context
+        self.uncondContext = uncondContext
+        self.classLabels = classLabels
+        self.uncondClassLabels = uncondClassLabels
     }
 
     /// Guidance runs when the pipeline supplied an unconditional input and the scale is not 1. The pipelines decide
@@ -42,15 +45,14 @@ public final class Denoiser {
         guidanceScale != 1 && (uncondContext != nil || uncondClassLabels != nil)
     }
 
-    /// The scheduler-ready model output for latents `x` (flat NCHW of `shape`) at `timesteps[stepIndex]`.
-    public func predict(_ x: [Float], shape: [Int], scheduler: Scheduler, stepIndex: Int) throws -> [Float] {
+    /// The scheduler-ready model output for latents `x` (B, C, h, w) at `timesteps[stepIndex]`: float32, the shape of `x`.
+    public func predict(_ x: Tensor, scheduler: Scheduler, stepIndex: Int) throws -> Tensor {
         let t = Float(scheduler.timesteps[stepIndex])
         var input: Tensor
         if concatBeforeScaling, let c = concat {
-            let joined = concat2([Tensor(x, shape: shape), c])
-            input = Tensor(scheduler.scaleModelInput(joined.toArray(), stepIndex: stepIndex), shape: joined.shape)
+            input = scheduler.scaleModelInput(concat2([x, c]), stepIndex: stepIndex)
         } else {
-            input = Tensor(scheduler.scaleModelInput(x, stepIndex: stepIndex), shape: shape)
+            input = scheduler.scaleModelInput(x, stepIndex: stepIndex)
             if let c = concat { input = concat2([input, c]) }
         }
         let out = try GradMode.noGrad { () throws -> Tensor in
@@ -77,9 +79,9 @@ public final class Denoiser {
                             addedCond: addedCond)
         }
         // Learned-variance UNets (out_channels = 2 * latent channels): the first half is the prediction.
-        let channels = shape[1]
+        let channels = x.shape[1]
         let pred = out.shape[1] == channels ? out : out.narrow(1, 0, channels)
-        return pred.contiguous().toArray()
+        return pred.contiguous().float32()
     }
 
     private func concat2(_ parts: [Tensor]) -> Tensor { TensorCore.concat(parts, axis: 1) }

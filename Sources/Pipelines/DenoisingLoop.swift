@@ -1,7 +1,11 @@
-// The one denoising loop behind every pipeline: diffusers' `for i, t in enumerate(timesteps)` loop
-// (pipeline_stable_diffusion.py) with the img2img start (get_timesteps) and the 4-channel inpainting blend of
-// pipeline_stable_diffusion_inpaint.py (init_latents_proper noised to timesteps[i + 1], then
-// (1 - mask) * init_latents_proper + mask * latents), which is also what CompVis' DDIMSampler does with `mask`/`x0`.
+// The shared ending of every pipeline, in the order diffusers' pipelines run it (pipeline_stable_diffusion.py
+// __call__): the scheduler (`Scheduler.from_config(pipe.scheduler.config)`, set_timesteps, and for img2img
+// get_timesteps), prepare_latents (randn_tensor of the whole (B, C, h, w) batch times init_noise_sigma, or img2img's
+// add_noise of the image latents), the one denoising loop `for i, t in enumerate(timesteps)` with the callback, and the
+// decode. The 4-channel inpainting blend is pipeline_stable_diffusion_inpaint.py's (init_latents_proper noised to
+// timesteps[i + 1], then (1 - mask) * init_latents_proper + mask * latents), which is also what CompVis' DDIMSampler
+// does with `mask`/`x0`.
+import Autoencoders
 import Diffusion
 import Foundation
 import TensorCore
@@ -14,7 +18,10 @@ public typealias ProgressHandler = (_ step: Int, _ total: Int) -> Bool
 /// threads outside Swift tasks).
 public enum DenoisingObserver {
     public typealias Observer = (_ latents: [Float], _ shape: [Int]) -> Void
-    final class Box { let f: Observer; init(_ f: @escaping Observer) { self.f = f } }
+    final class Box {
+        let f: Observer
+        init(_ f: @escaping Observer) { self.f = f }
+    }
     static let key = "LatentDiffusion.DenoisingObserver"
 
     public static func with<T>(_ observer: @escaping Observer, _ body: () throws -> T) rethrows -> T {
@@ -29,26 +36,41 @@ public enum DenoisingObserver {
 }
 
 /// Keeps the unmasked region on the noised original (4-channel inpainting / CompVis masked sampling).
-/// `mask` is 1 where new content is generated, broadcast over channels: one value per (b, y, x).
 public struct LatentMask {
-    public var mask: [Float]          // (B, 1, h, w)
-    public var imageLatents: [Float]  // (B, C, h, w), scaled
-    public var noise: [Float]         // (B, C, h, w), the initial noise
-    public init(mask: [Float], imageLatents: [Float], noise: [Float]) {
-        self.mask = mask; self.imageLatents = imageLatents; self.noise = noise
+    /// (B, 1, h, w): 1 where new content is generated, broadcast over the channels.
+    public var mask: Tensor
+    /// (B, C, h, w), scaled.
+    public var imageLatents: Tensor
+    /// (B, C, h, w), the initial noise.
+    public var noise: Tensor
+
+    public init(mask: Tensor, imageLatents: Tensor, noise: Tensor) {
+        self.mask = mask
+        self.imageLatents = imageLatents
+        self.noise = noise
     }
 
-    func blend(_ x: [Float], shape: [Int], scheduler: Scheduler, stepIndex i: Int) -> [Float] {
+    func check(_ shape: [Int]) throws {
+        guard mask.shape == [shape[0], 1, shape[2], shape[3]], imageLatents.shape == shape, noise.shape == shape else {
+            throw PipelineError("inpainting mask/image latents do not match the latents \(shape)")
+        }
+    }
+
+    func blend(_ x: Tensor, scheduler: Scheduler, stepIndex i: Int) -> Tensor {
         let proper = i < scheduler.timesteps.count - 1
             ? scheduler.addNoise(original: imageLatents, noise: noise, stepIndex: i + 1) : imageLatents
-        let (b, c, hw) = (shape[0], shape[1], shape[2] * shape[3])
-        var out = x
-        for n in 0..<b {
-            for ch in 0..<c {
-                let base = (n * c + ch) * hw
-                for p in 0..<hw {
-                    let m = mask[n * hw + p]
-                    out[base + p] = (1 - m) * proper[base + p] + m * x[base + p]
+        let (b, c, hw) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+        let out = Tensor.empty(x.shape)
+        let dense = [mask, proper, x].map { $0.contiguous().float32() }
+        withExtendedLifetime(dense) {
+            let (o, m, p, xp) = (out.data, dense[0].data, dense[1].data, dense[2].data)
+            for n in 0..<b {
+                for ch in 0..<c {
+                    let base = (n * c + ch) * hw
+                    for q in 0..<hw {
+                        let w = m[n * hw + q]
+                        o[base + q] = (1 - w) * p[base + q] + w * xp[base + q]
+                    }
                 }
             }
         }
@@ -56,27 +78,80 @@ public struct LatentMask {
     }
 }
 
-/// Runs `scheduler` from `startIndex` to the end on `latents` (flat NCHW, `shape`), drawing ancestral noise from
-/// `generator`. The scheduler must have had `setTimesteps` called (and `img2imgStartIndex` for img2img).
-public func denoise(latents: [Float], shape: [Int], scheduler: Scheduler, denoiser: Denoiser, mask: LatentMask? = nil,
-                    startIndex: Int = 0, generator: RandomSource? = nil, progress: ProgressHandler? = nil) throws -> [Float] {
-    guard shape.count == 4, shape.reduce(1, *) == latents.count else {
-        throw PipelineError("latents have \(latents.count) values, not the shape \(shape)")
-    }
-    if let m = mask {
-        guard m.mask.count == shape[0] * shape[2] * shape[3], m.imageLatents.count == latents.count, m.noise.count == latents.count else {
-            throw PipelineError("inpainting mask/image latents do not match the latents \(shape)")
+/// Where denoising starts (diffusers prepare_latents).
+public enum LatentStart {
+    /// Gaussian noise of this (B, C, h, w) shape times the scheduler's init_noise_sigma (text-to-image, sampling).
+    case noise(shape: [Int])
+    /// Clean latents (B, C, h, w) noised to the start timestep: scheduler.add_noise(image, noise, timesteps[start]).
+    case image(Tensor)
+
+    var shape: [Int] {
+        switch self {
+        case .noise(let shape): return shape
+        case .image(let latents): return latents.shape
         }
     }
-    let total = scheduler.timesteps.count - startIndex
-    guard total >= 1 else { throw PipelineError("no denoising steps to run (start \(startIndex) of \(scheduler.timesteps.count))") }
-    var x = latents
-    for i in startIndex..<scheduler.timesteps.count {
-        let eps = try denoiser.predict(x, shape: shape, scheduler: scheduler, stepIndex: i)
-        x = try scheduler.step(modelOutput: eps, stepIndex: i, sample: x, noise: generator)
-        if let m = mask { x = m.blend(x, shape: shape, scheduler: scheduler, stepIndex: i) }
-        DenoisingObserver.current?(x, shape)
-        if let progress, !progress(i - startIndex + 1, total) { throw PipelineError.cancelled }
+}
+
+/// One generation after the conditioning: the scheduler, the start, the random draws, the loop with progress and
+/// cancellation, and the decode. Pipelines build their `Denoiser` and call `generate`; inpainting, which draws from
+/// the generator between the initial latents and the loop, calls `initialLatents`, `denoise` and `decodeLatents`.
+public struct GenerationRun {
+    /// The scheduler, with `setTimesteps` done (and the img2img begin index set).
+    public let scheduler: Scheduler
+    /// Where denoising starts in `scheduler.timesteps`: 0, or img2img's get_timesteps start.
+    public let startIndex: Int
+    /// The one generator every random draw comes from: initial noise, ancestral noise, in diffusers' order.
+    public let generator: RandomSource
+    public let progress: ProgressHandler?
+
+    /// `o.makeScheduler(config:)`; with `strength` (img2img, inpainting) the start of get_timesteps(steps, strength).
+    public init(_ o: SamplingOptions, schedulerConfig: SchedulerConfig, strength: Double? = nil, generator: RandomSource,
+                progress: ProgressHandler? = nil) throws {
+        let scheduler = try o.makeScheduler(config: schedulerConfig)
+        self.scheduler = scheduler
+        startIndex = try strength.map { try scheduler.img2imgStartIndex(strength: $0) } ?? 0
+        self.generator = generator
+        self.progress = progress
     }
-    return x
+
+    /// prepare_latents: one randn_tensor of the whole batch, then the start's latents. Returns the noise too (the
+    /// 4-channel inpainting blend re-noises the image with it).
+    public func initialLatents(_ start: LatentStart) -> (latents: Tensor, noise: Tensor) {
+        let noise = Tensor.randn(start.shape, generator: generator)
+        switch start {
+        case .noise: return (scheduler.scaleInitialNoise(noise), noise)
+        case .image(let image): return (scheduler.addNoise(original: image, noise: noise, stepIndex: startIndex), noise)
+        }
+    }
+
+    /// The denoising loop from `startIndex` to the end: per step the denoiser's prediction, the scheduler step (its
+    /// ancestral noise from `generator`), the inpainting blend, the observer and the progress callback.
+    public func denoise(_ latents: Tensor, _ denoiser: Denoiser, mask: LatentMask? = nil) throws -> Tensor {
+        guard latents.rank == 4 else { throw PipelineError("latents must be (B, C, h, w), got the shape \(latents.shape)") }
+        try mask?.check(latents.shape)
+        let total = scheduler.timesteps.count - startIndex
+        guard total >= 1 else { throw PipelineError("no denoising steps to run (start \(startIndex) of \(scheduler.timesteps.count))") }
+        var x = latents
+        for i in startIndex..<scheduler.timesteps.count {
+            let eps = try denoiser.predict(x, scheduler: scheduler, stepIndex: i)
+            x = try scheduler.step(modelOutput: eps, stepIndex: i, sample: x, noise: generator)
+            if let mask { x = mask.blend(x, scheduler: scheduler, stepIndex: i) }
+            if let observe = DenoisingObserver.current { observe(x.toArray(), x.shape) }
+            if let progress, !progress(i - startIndex + 1, total) { throw PipelineError.cancelled }
+        }
+        return x
+    }
+
+    /// The denoised latents from `start`.
+    public func latents(_ start: LatentStart, _ denoiser: Denoiser) throws -> Tensor {
+        try denoise(initialLatents(start).latents, denoiser)
+    }
+
+    /// The whole ending: the denoised latents from `start`, decoded (`decodeLatents`; `scaled`: divide by the first
+    /// stage's scaling factor first).
+    public func generate(_ start: LatentStart, _ denoiser: Denoiser, firstStage: FirstStageModel?,
+                         scaled: Bool = true) throws -> GenerationResult {
+        try decodeLatents(latents(start, denoiser), firstStage: firstStage, scaled: scaled)
+    }
 }

@@ -42,10 +42,12 @@ public final class LDMTextToImagePipeline {
 
     public init(bundle: ModelBundle) throws {
         guard let bert = bundle.bert, let tokenizer = bundle.bertTokenizer else {
-            throw PipelineError("\(bundle.url.path) has no LDM-BERT text encoder (bert/ + tokenizer/)")
+            throw PipelineError.invalidModel(bundle.url.path, "no LDM-BERT text encoder (bert/ + tokenizer/)")
         }
         guard bundle.firstStage != nil else { throw PipelineError("\(bundle.url.path): LDM text-to-image needs a first stage (vqvae/)") }
-        self.bundle = bundle; self.bert = bert; self.tokenizer = tokenizer
+        self.bundle = bundle
+        self.bert = bert
+        self.tokenizer = tokenizer
     }
 
     /// bert(tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids)[0], repeated `batch` times;
@@ -59,7 +61,8 @@ public final class LDMTextToImagePipeline {
     /// LDMTextToImagePipeline.__call__ for `o.batchSize` copies of the prompt.
     public func textToImage(_ p: PromptOptions, _ o: SamplingOptions, generator: RandomSource,
                             progress: ProgressHandler? = nil) throws -> GenerationResult {
-        try p.validate(); try o.validate()
+        try p.validate()
+        try o.validate()
         guard p.emphasis == .diffusers else {
             throw PipelineError("prompt emphasis modes are for CLIP text encoders; LDM-BERT takes the plain prompt")
         }
@@ -74,11 +77,7 @@ public final class LDMTextToImagePipeline {
         let uncond = guidance ? try encodePrompt(p.negativePrompt, batch: o.batchSize) : nil
         let cond = try encodePrompt(p.prompt, batch: o.batchSize)
         let den = Denoiser(unet: bundle.unet, guidanceScale: Float(p.guidanceScale), context: cond, uncondContext: uncond)
-        let shape = [o.batchSize, channels, h / f, w / f]
-        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
-        let sigma = Float(scheduler.initNoiseSigma)
-        let latents = randnTensor(shape, generator: generator).map { $0 * sigma }
-        let out = try denoise(latents: latents, shape: shape, scheduler: scheduler, denoiser: den, generator: generator, progress: progress)
-        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage)
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, generator: generator, progress: progress)
+        return try run.generate(.noise(shape: [o.batchSize, channels, h / f, w / f]), den, firstStage: bundle.firstStage)
     }
 }

@@ -18,28 +18,23 @@ public final class LatentDiffusionPipeline {
     /// num_class_embeds - 1 when guidanceScale > 1). width/height default to sample_size * vae factor.
     public func sample(_ o: SamplingOptions, classLabel: Int? = nil, guidanceScale: Double = 1, width: Int? = nil,
                        height: Int? = nil, generator: RandomSource, progress: ProgressHandler? = nil) throws -> GenerationResult {
-        try o.validate(); try Validation.checkGuidance(guidanceScale)
-        let cfg = bundle.unet.config, f = bundle.vaeScaleFactor
+        try o.validate()
+        try Validation.checkGuidance(guidanceScale)
+        let cfg = bundle.unet.config
+        let f = bundle.vaeScaleFactor
         let (h, w) = (height ?? bundle.sampleSize * f, width ?? bundle.sampleSize * f)
         try Validation.checkSize(width: w, height: h, multiple: f)
-        guard bundle.layoutBuilder == nil else { throw PipelineError("\(bundle.url.path) is a layout-to-image model: use `ldm layout`") }
-        guard cfg.crossAttentionDim == nil || (bundle.textEncoder == nil && bundle.bert == nil) else {
-            throw PipelineError("\(bundle.url.path) is a text-conditioned model: use `ldm txt2img`")
-        }
-        guard cfg.inChannels == cfg.outChannels else {
-            throw PipelineError("\(bundle.url.path) takes \(cfg.inChannels - cfg.outChannels) conditioning channels besides the latents"
-                                + (bundle.spatialRescaler != nil ? " (a semantic-synthesis model): use `ldm semantic`"
-                                   : cfg.inChannels == cfg.outChannels + 3 ? " (a super-resolution model): use `ldm upscale`" : ": it cannot sample unconditionally"))
-        }
-        var labels: [Int]?, null: [Int]?
+        try bundle.require(.sample)
+        var labels: [Int]?
+        var null: [Int]?
         let classCount = bundle.classEmbedder?.nClasses ?? cfg.numClassEmbeds
         if let k = classLabel {
-            guard let n = classCount else { throw PipelineError("the model is not class-conditional (no num_class_embeds); drop --class") }
+            guard let n = classCount else { throw PipelineError("the model is not class-conditional (no num_class_embeds): it takes no class label") }
             guard k >= 0, k < n else { throw PipelineError("class \(k) outside 0..<\(n)") }
             labels = Array(repeating: k, count: o.batchSize)
             if guidanceScale > 1 { null = Array(repeating: n - 1, count: o.batchSize) }
         } else if let n = classCount {
-            throw PipelineError("the model is class-conditional (\(n) classes): pass --class")
+            throw PipelineError("the model is class-conditional (\(n) classes): it needs a class label")
         }
         let den: Denoiser
         if let embedder = bundle.classEmbedder, let labels {
@@ -49,13 +44,8 @@ public final class LatentDiffusionPipeline {
         } else {
             den = Denoiser(unet: bundle.unet, guidanceScale: Float(guidanceScale), classLabels: labels, uncondClassLabels: null)
         }
-        let shape = [o.batchSize, cfg.inChannels, h / f, w / f]
-        let noise = randnTensor(shape, generator: generator)
-        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
-        let sigma = Float(scheduler.initNoiseSigma)
-        let out = try denoise(latents: noise.map { $0 * sigma }, shape: shape, scheduler: scheduler, denoiser: den,
-                              generator: generator, progress: progress)
-        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage)
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, generator: generator, progress: progress)
+        return try run.generate(.noise(shape: [o.batchSize, cfg.inChannels, h / f, w / f]), den, firstStage: bundle.firstStage)
     }
 
     /// LDMSuperResolutionPipeline.__call__ (one image; resized down to a multiple of 32 with Lanczos as its preprocess).
@@ -63,24 +53,20 @@ public final class LatentDiffusionPipeline {
                         progress: ProgressHandler? = nil) throws -> GenerationResult {
         try o.validate()
         let cfg = bundle.unet.config
-        guard bundle.spatialRescaler == nil else {
-            throw PipelineError("\(bundle.url.path) is a semantic-synthesis model (its 3 extra channels are a rescaled label map): use `ldm semantic`")
-        }
+        try bundle.require(.upscale)
         guard cfg.inChannels == cfg.outChannels + 3, cfg.crossAttentionDim == nil, cfg.numClassEmbeds == nil else {
             throw PipelineError("\(bundle.url.path) is not a super-resolution model (its UNet must take latents + the low-res image)")
         }
-        let w = image.width - image.width % 32, h = image.height - image.height % 32
+        let w = image.width - image.width % 32
+        let h = image.height - image.height % 32
         guard w >= 32, h >= 32 else { throw PipelineError("init image \(image.width)x\(image.height) is smaller than 32x32") }
         let resized = (w, h) == (image.width, image.height) ? image : try image.resized(width: w, height: h, filter: .lanczos)
         let low = Tensor(VaeImageProcessor.toTensor(resized), shape: [1, 3, h, w])
-        let shape = [1, cfg.outChannels, h, w]
-        let noise = randnTensor(shape, generator: generator)
-        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
         let den = Denoiser(unet: bundle.unet)
-        den.concat = low; den.concatBeforeScaling = true
-        let sigma = Float(scheduler.initNoiseSigma)
-        let out = try denoise(latents: noise.map { $0 * sigma }, shape: shape, scheduler: scheduler, denoiser: den,
-                              generator: generator, progress: progress)
-        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage, scaled: bundle.superResolutionScaledDecode)
+        den.concat = low
+        den.concatBeforeScaling = true
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, generator: generator, progress: progress)
+        return try run.generate(.noise(shape: [1, cfg.outChannels, h, w]), den, firstStage: bundle.firstStage,
+                                scaled: bundle.superResolutionScaledDecode)
     }
 }

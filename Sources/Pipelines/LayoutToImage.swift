@@ -20,8 +20,12 @@ public struct LayoutObject: Equatable {
     public var groupOf = false, occluded = false, depiction = false, inside = false
 
     public init(classNumber: Int, box: [Double], groupOf: Bool = false, occluded: Bool = false, depiction: Bool = false, inside: Bool = false) {
-        self.classNumber = classNumber; self.box = box; self.groupOf = groupOf; self.occluded = occluded
-        self.depiction = depiction; self.inside = inside
+        self.classNumber = classNumber
+        self.box = box
+        self.groupOf = groupOf
+        self.occluded = occluded
+        self.depiction = depiction
+        self.inside = inside
     }
 
     /// taming's Annotation: bbox (x0, y0, x1 - x0, y1 - y0), as its Open Images loader builds it from XMin/XMax.
@@ -129,10 +133,11 @@ public final class LayoutToImagePipeline {
     /// default the 340 Open Images classes.
     public init(bundle: ModelBundle, objectClasses: Int? = nil) throws {
         guard let b = bundle.layoutBuilder, let bert = bundle.bert else {
-            throw PipelineError("\(bundle.url.path) is not a layout-to-image model (CompVis YAML with cond_stage_key coordinates_bbox)")
+            throw PipelineError.wrongModelKind(model: bundle.url.path, kind: bundle.kind, task: .layout)
         }
         guard bundle.firstStage != nil else { throw PipelineError("\(bundle.url.path): a layout model needs a first stage") }
-        self.bundle = bundle; self.bert = bert
+        self.bundle = bundle
+        self.bert = bert
         builder = try objectClasses.map {
             try ObjectsBoundingBoxConditionalBuilder(noObjectClasses: $0, noMaxObjects: b.noMaxObjects, noTokens: b.noTokens,
                                                      encodeCrop: b.encodeCrop, useGroupParameter: b.useGroupParameter,
@@ -150,9 +155,10 @@ public final class LayoutToImagePipeline {
 
     /// The denoised latents (B, C, H / f, W / f) for a layout's tokens.
     public func sampleLatents(tokens: [Int], _ o: SamplingOptions, width: Int? = nil, height: Int? = nil, generator: RandomSource,
-                              progress: ProgressHandler? = nil) throws -> (latents: [Float], shape: [Int]) {
+                              progress: ProgressHandler? = nil) throws -> Tensor {
         try o.validate()
-        let f = bundle.vaeScaleFactor, channels = bundle.unet.config.inChannels
+        let f = bundle.vaeScaleFactor
+        let channels = bundle.unet.config.inChannels
         let (h, w) = (height ?? bundle.defaultImageSize, width ?? bundle.defaultImageSize)
         try Validation.checkSize(width: w, height: h, multiple: f)
         guard channels == bundle.latentChannels, channels == bundle.unet.config.outChannels else {
@@ -160,18 +166,14 @@ public final class LayoutToImagePipeline {
         }
         let c = try GradMode.noGrad { try bert(inputIDs: [[Int]](repeating: tokens, count: o.batchSize)) }
         let den = Denoiser(unet: bundle.unet, context: c)
-        let shape = [o.batchSize, channels, h / f, w / f]
-        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
-        let sigma = Float(scheduler.initNoiseSigma)
-        let latents = randnTensor(shape, generator: generator).map { $0 * sigma }
-        let out = try denoise(latents: latents, shape: shape, scheduler: scheduler, denoiser: den, generator: generator, progress: progress)
-        return (out, shape)
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, generator: generator, progress: progress)
+        return try run.latents(.noise(shape: [o.batchSize, channels, h / f, w / f]), den)
     }
 
     /// `o.batchSize` images of one layout.
     public func layoutToImage(_ objects: [LayoutObject], _ o: SamplingOptions, width: Int? = nil, height: Int? = nil,
                               generator: RandomSource, progress: ProgressHandler? = nil) throws -> GenerationResult {
-        let (z, shape) = try sampleLatents(tokens: tokens(objects), o, width: width, height: height, generator: generator, progress: progress)
-        return try decodeLatents(z, shape: shape, firstStage: bundle.firstStage, scaled: true)  // z / scale_factor, quantized
+        let z = try sampleLatents(tokens: tokens(objects), o, width: width, height: height, generator: generator, progress: progress)
+        return try decodeLatents(z, firstStage: bundle.firstStage, scaled: true)  // z / scale_factor, quantized
     }
 }

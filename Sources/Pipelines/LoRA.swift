@@ -12,11 +12,6 @@ import Checkpoints
 import Foundation
 import TensorCore
 
-public struct LoRAError: Error, CustomStringConvertible, Equatable {
-    public let description: String
-    public init(_ message: String) { description = message }
-}
-
 /// A LoRA file: its tensors and safetensors metadata.
 public struct LoRAFile {
     public let url: URL

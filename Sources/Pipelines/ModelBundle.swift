@@ -13,59 +13,6 @@ import Foundation
 import Tokenizers
 import UNetModels
 
-/// What a model offers, read from configs only (before loading weights), for validating commands early.
-public struct ModelSummary: Equatable {
-    public var hasTextEncoder: Bool
-    /// The text encoder is LDM-BERT (diffusers LDMTextToImagePipeline: `bert` + BertTokenizer).
-    public var hasLDMBert = false
-    public var unetInChannels: Int
-    public var unetOutChannels: Int
-    public var numClassEmbeds: Int?
-    public var firstStage: String      // "AutoencoderKL", "VQModel" or "none"
-    public var isCompVisFile: Bool
-    /// Semantic-synthesis models (CompVis cond_stage SpatialRescaler + concat): what their label maps must be.
-    public var semanticSynthesis: SemanticSynthesisGeometry? = nil
-    /// A layout-to-image model (CompVis layout2img: BERTEmbedder on layout token ids, `ldm layout`).
-    public var isLayout = false
-    /// The UNet's time_cond_proj_dim (LCM-distilled UNets) and model_index.json's `_class_name`.
-    public var timeCondProjDim: Int? = nil
-    public var pipelineClass: String? = nil
-
-    /// Reads model_index.json and the UNet config of a diffusers folder, or the shapes of a single file.
-    public static func read(_ url: URL) throws -> ModelSummary {
-        if DiffusersFolder.isFolder(url) {
-            let folder = try DiffusersFolder(url: url)
-            guard let unet = folder.component("unet"), let cfg = unet.config else {
-                throw PipelineError("\(url.path): no unet/config.json")
-            }
-            let fs: String
-            if let c = folder.component("vae") ?? folder.component("vqvae") {
-                // LDMTextToImagePipeline's `vqvae` is an AutoencoderKL: the class decides, not the folder name.
-                fs = c.className ?? (c.name == "vae" ? "AutoencoderKL" : "VQModel")
-            } else {
-                fs = "none"
-            }
-            let hasTokenizer = folder.component("tokenizer") != nil
-            let bert = folder.component("bert") != nil && hasTokenizer
-            return ModelSummary(hasTextEncoder: (folder.component("text_encoder") != nil && hasTokenizer) || bert,
-                                hasLDMBert: bert,
-                                unetInChannels: cfg["in_channels"] as? Int ?? 4, unetOutChannels: cfg["out_channels"] as? Int ?? 4,
-                                numClassEmbeds: cfg["num_class_embeds"] as? Int, firstStage: fs, isCompVisFile: false,
-                                timeCondProjDim: cfg["time_cond_proj_dim"] as? Int, pipelineClass: folder.className)
-        }
-        let file: CheckpointFile
-        do { file = try CheckpointFile.open(url) } catch { throw PipelineError("model \(url.path) cannot be read: \(error)") }
-        if file.tensors[BERTLayout.compvisPrefix + "token_emb.weight"] != nil { throw ModelBundle.bertNeedsConfig(url) }
-        let keys = ModelFamily.Keys(file.tensors.mapValues { $0.shape })
-        guard let inC = keys.unetInChannels, let outC = keys.dim("model.diffusion_model.out.2.weight", 0) else {
-            throw PipelineError("\(url.path): not a CompVis latent diffusion checkpoint (no model.diffusion_model.* weights)")
-        }
-        return ModelSummary(hasTextEncoder: keys.any("cond_stage_model."), unetInChannels: inC, unetOutChannels: outC,
-                            numClassEmbeds: keys.dim("model.diffusion_model.label_emb.weight", 0),
-                            firstStage: keys.any("first_stage_model.encoder.") ? "AutoencoderKL" : "none", isCompVisFile: true)
-    }
-}
-
 public final class ModelBundle {
     public let url: URL
     public let unet: UNet2DConditionModel
@@ -76,8 +23,8 @@ public final class ModelBundle {
     public let schedulerConfig: SchedulerConfig
     /// UNet sample_size (latent side) from its config; 64 for CompVis SD files (512 px).
     public let sampleSize: Int
-    /// diffusers `clip_skip` for the prompt encoder (0 = last hidden state).
-    public var clipSkip = 0
+    /// The CompVis text encoder was FrozenOpenCLIPEmbedder (SD 2.x), run as a CLIPTextModel.
+    public var textEncoderIsOpenCLIP = false
     /// CompVis ClassEmbedder conditioning (cin256 YAML configs): class labels -> cross-attention context.
     public var classEmbedder: ClassEmbedder?
     /// LDM-BERT conditioning (diffusers LDMTextToImagePipeline folders: `bert/` + a BertTokenizer `tokenizer/`).
@@ -110,15 +57,51 @@ public final class ModelBundle {
     /// What loading took from the weights instead of the config (CompVis YAML values the checkpoint contradicts).
     public var notes: [String] = []
 
+    /// What conditions the UNet (the loaded components decide, as ModelSummary decides from the configs).
+    public var kind: ModelKind {
+        let text: TextEncoderKind?
+        if layoutBuilder != nil {
+            text = nil
+        } else if bert != nil {
+            text = .ldmBert
+        } else if isSDXL {
+            text = requiresAestheticsScore || textEncoder == nil ? .sdxlRefiner : .sdxl
+        } else if textEncoder != nil {
+            text = textEncoderIsOpenCLIP ? .openCLIP : .clip
+        } else {
+            text = nil
+        }
+        return ModelKind.classify(text: text, classes: classEmbedder?.nClasses ?? unet.config.numClassEmbeds,
+                                  semantic: spatialRescaler == nil ? nil : semanticSynthesis, layout: layoutBuilder != nil,
+                                  unetIn: unet.config.inChannels, unetOut: unet.config.outChannels)
+    }
+
+    /// Throws `PipelineError.wrongModelKind` unless this model runs `task`.
+    public func require(_ task: GenerationTask) throws {
+        try kind.require(task, model: url.path)
+    }
+
     public init(url: URL, unet: UNet2DConditionModel, firstStage: FirstStageModel?, textEncoder: CLIPTextModel?,
                 tokenizer: CLIPTokenizer?, schedulerConfig: SchedulerConfig, sampleSize: Int) {
-        self.url = url; self.unet = unet; self.firstStage = firstStage; self.textEncoder = textEncoder
-        self.tokenizer = tokenizer; self.schedulerConfig = schedulerConfig; self.sampleSize = sampleSize
+        self.url = url
+        self.unet = unet
+        self.firstStage = firstStage
+        self.textEncoder = textEncoder
+        self.tokenizer = tokenizer
+        self.schedulerConfig = schedulerConfig
+        self.sampleSize = sampleSize
     }
 
     /// diffusers `vae_scale_factor` = 2 ** (len(vae.config.block_out_channels) - 1).
     public var vaeScaleFactor: Int {
-        switch firstStage { case .kl(let m): return m.downsamplingFactor; case .vq(let m): return m.downsamplingFactor; case nil: return 1 }
+        switch firstStage {
+        case .kl(let m):
+            return m.downsamplingFactor
+        case .vq(let m):
+            return m.downsamplingFactor
+        case nil:
+            return 1
+        }
     }
     /// Default image size: unet.config.sample_size * vae_scale_factor (diffusers' default height/width).
     public var defaultImageSize: Int { sampleSize * vaeScaleFactor }
@@ -179,9 +162,11 @@ public final class ModelBundle {
                                                                           : stableDiffusionScheduler
         let bundle = ModelBundle(url: url, unet: unet, firstStage: firstStage, textEncoder: encoder, tokenizer: tokenizer,
                                  schedulerConfig: sched, sampleSize: sample)
-        bundle.bert = bert; bundle.bertTokenizer = bertTokenizer
+        bundle.bert = bert
+        bundle.bertTokenizer = bertTokenizer
         bundle.pipelineClass = folder.className
-        bundle.textEncoder2 = encoder2; bundle.tokenizer2 = tokenizer2
+        bundle.textEncoder2 = encoder2
+        bundle.tokenizer2 = tokenizer2
         bundle.forceZerosForEmptyPrompt = folder.modelIndex?["force_zeros_for_empty_prompt"] as? Bool ?? false
         bundle.requiresAestheticsScore = folder.modelIndex?["requires_aesthetics_score"] as? Bool ?? false
         if unet.config.usesTextTimeEmbedding, encoder2 == nil && encoder == nil {
@@ -205,7 +190,9 @@ public final class ModelBundle {
     /// shapes), CLIP (SD 1.x) or OpenCLIP (SD 2.x, penultimate layer) text encoder, the shipped BPE vocabulary.
     public static func loadCompVis(_ url: URL) throws -> ModelBundle {
         let file = try CheckpointFile.open(url)
-        if file.tensors[BERTLayout.compvisPrefix + "token_emb.weight"] != nil { throw bertNeedsConfig(url) }
+        if file.tensors[BERTLayout.compvisPrefix + "token_emb.weight"] != nil {
+            throw PipelineError.ldmBertNeedsConfig(url.path)
+        }
         let (layout, components, _) = try Converter.compvisToDiffusers(file.tensors)
         guard let unetLayout = layout.unet, let unetTensors = components["unet"] else {
             throw PipelineError("\(url.path): no UNet weights (model.diffusion_model.*)")
@@ -222,10 +209,16 @@ public final class ModelBundle {
         var vaeCfg = try DiffusersConfigs.vae(vaeLayout, shapes: vaeRecords.mapValues { $0.shape }).config
         try checkGroups(vaeCfg, what: "VAE")
         if let r = file.tensors["scale_factor"], r.elementCount == 1, let v = try r.floats().first { vaeCfg["scaling_factor"] = Double(v) }
-        let vae = try AutoencoderKL(config: JSONDecoder().decode(AutoencoderKLConfig.self, from: DiffusersConfigs.json(vaeCfg)))
+        let vaeConfig: AutoencoderKLConfig
+        do {
+            vaeConfig = try JSONDecoder().decode(AutoencoderKLConfig.self, from: DiffusersConfigs.json(vaeCfg))
+        } catch {
+            throw PipelineError.invalidModel(url.path, "the VAE config derived from its shapes is not an AutoencoderKL config (\(error))")
+        }
+        let vae = try AutoencoderKL(config: vaeConfig)
         try vae.load(vaeRecords, component: "vae")
 
-        var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?, clipSkip = 0
+        var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?
         let keys = file.tensors.keys
         if keys.contains(where: { $0.hasPrefix(OpenCLIPMapping.prefix) }) {
             encoder = try CLIPTextModel(config: textEncoderConfig(.frozenOpenCLIPEmbedder(file.tensors), url))
@@ -239,13 +232,8 @@ public final class ModelBundle {
         }
         let bundle = ModelBundle(url: url, unet: unet, firstStage: .kl(vae), textEncoder: encoder, tokenizer: tokenizer,
                                  schedulerConfig: stableDiffusionScheduler, sampleSize: 64)
-        bundle.clipSkip = clipSkip
+        bundle.textEncoderIsOpenCLIP = keys.contains(where: { $0.hasPrefix("cond_stage_model.model.") })
         return bundle
-    }
-
-    static func bertNeedsConfig(_ url: URL) -> PipelineError {
-        PipelineError("\(url.path) is a CompVis LDM-BERT text-to-image checkpoint (BERTEmbedder: cond_stage_model.transformer.token_emb): "
-                      + "pass its YAML with --config (txt2img-1p4B-eval.yaml) and bert-base-uncased's vocab.txt with --bert-vocab")
     }
 
     /// Derived configs assume norm_num_groups 32 (as diffusers' converter): refuse shapes it cannot divide.
@@ -262,7 +250,10 @@ public final class ModelBundle {
         var out: [String: TensorRecord] = [:]
         for m in mapped {
             let r = m.source
-            if r.shape == m.shape { out[m.name] = r; continue }
+            if r.shape == m.shape {
+                out[m.name] = r
+                continue
+            }
             guard r.shape.reduce(1, *) == m.shape.reduce(1, *), r.strides == TensorRecord.contiguousStrides(r.shape) else {
                 throw PipelineError("\(r.name): cannot view \(r.shape) as \(m.shape)")
             }

@@ -1,6 +1,6 @@
-// Shared pieces of the pipelines: sampler construction (diffusers `Scheduler.from_config(pipe.scheduler.config)`),
-// initial noise (diffusers utils/torch_utils.py randn_tensor: one torch.randn of the whole (B, C, h, w) batch),
-// first-stage decoding and VaeImageProcessor.postprocess ((x / 2 + 0.5).clamp(0, 1) * 255, rounded).
+// Shared pieces of the pipelines: sampling options and sampler construction (diffusers
+// `Scheduler.from_config(pipe.scheduler.config)`), first-stage decoding and VaeImageProcessor.postprocess
+// ((x / 2 + 0.5).clamp(0, 1) * 255, rounded).
 import Autoencoders
 import Diffusion
 import Foundation
@@ -17,12 +17,17 @@ public struct SamplingOptions {
     /// Overrides the scheduler config's `timestep_spacing` (leading, linspace, trailing); nil keeps the model's.
     public var timestepSpacing: String?
     public init(sampler: String? = nil, steps: Int = 50, eta: Double = 0, batchSize: Int = 1, timestepSpacing: String? = nil) {
-        self.sampler = sampler; self.steps = steps; self.eta = eta; self.batchSize = batchSize
+        self.sampler = sampler
+        self.steps = steps
+        self.eta = eta
+        self.batchSize = batchSize
         self.timestepSpacing = timestepSpacing
     }
 
     public func validate() throws {
-        try Validation.checkSteps(steps); try Validation.checkEta(eta); try Validation.checkBatchSize(batchSize)
+        try Validation.checkSteps(steps)
+        try Validation.checkEta(eta)
+        try Validation.checkBatchSize(batchSize)
         if let s = sampler, !SchedulerFactory.validNames.contains(where: { $0.lowercased() == s.trimmingCharacters(in: .whitespaces).lowercased() }) {
             throw PipelineError("unknown sampler '\(s)'; valid: \(SchedulerFactory.validNames.joined(separator: ", "))")
         }
@@ -31,23 +36,12 @@ public struct SamplingOptions {
         }
     }
 
-    /// The scheduler, with `setTimesteps(steps)` done.
+    /// The scheduler, with `setTimesteps(steps)` done; `eta` goes to the schedulers whose step takes it (DDIM, TCD,
+    /// CompVis DDIM), as StableDiffusionPipeline's prepare_extra_step_kwargs passes it.
     public func makeScheduler(config: SchedulerConfig) throws -> Scheduler {
         var config = config
         if let sp = timestepSpacing { config.timestepSpacing = sp }
-        let s: Scheduler
-        if let name = sampler {
-            if eta != 0, ["compvis-ddim", "ddim (compvis)"].contains(name.lowercased()) {
-                s = try CompVisSampler(config: config, method: .ddim, eta: eta)
-            } else {
-                s = try SchedulerFactory.make(name, config: config)
-            }
-        } else {
-            s = try SchedulerFactory.make(config: config)
-        }
-        if let d = s as? DDIMScheduler { d.eta = eta }
-        // StableDiffusionPipeline passes its `eta` to every step that takes one: TCD's gamma.
-        if let t = s as? TCDScheduler { t.gamma = eta }
+        let s = try sampler.map { try SchedulerFactory.make($0, config: config, eta: eta) } ?? SchedulerFactory.make(config: config, eta: eta)
         if timestepSpacing != nil, s is ConsistencyScheduler || s is CompVisSampler {
             throw PipelineError("timestep spacing does not apply to \(type(of: s)): it samples its own fixed grid")
         }
@@ -65,22 +59,15 @@ public struct GenerationResult {
     public var latents: [Float] = []
 }
 
-/// diffusers randn_tensor(shape, generator) on the CPU.
-public func randnTensor(_ shape: [Int], generator: RandomSource) -> [Float] {
-    Tensor.randn(shape, generator: generator).toArray()
-}
-
-/// Decodes diffusion latents (scaled) to images: vae.decode(latents / scaling_factor), postprocessed. Without a first
-/// stage (pixel space) the latents are the image.
-public func decodeLatents(_ latents: [Float], shape: [Int], firstStage: FirstStageModel?, scaled: Bool = true,
-                          clampFirst: Bool = false) throws -> GenerationResult {
-    let z = Tensor(latents, shape: shape)
+/// Decodes diffusion latents (B, C, h, w) to images: vae.decode(latents / scaling_factor) (`scaled`), postprocessed.
+/// Without a first stage (pixel space) the latents are the image.
+public func decodeLatents(_ z: Tensor, firstStage: FirstStageModel?, scaled: Bool = true) throws -> GenerationResult {
     let x: Tensor
     switch firstStage {
     case .kl(let vae): x = try scaled ? vae.decodeScaled(z) : vae.decode(z)
     case .vq(let vq): x = try vq.decode(scaled ? z * (1 / vq.config.scalingFactor) : z)
     case nil:
-        guard shape.count == 4, shape[1] == 3 else { throw PipelineError("a pixel-space model must produce 3 channels, got shape \(shape)") }
+        guard z.rank == 4, z.shape[1] == 3 else { throw PipelineError("a pixel-space model must produce 3 channels, got shape \(z.shape)") }
         x = z
     }
     let out = x.contiguous()
@@ -88,12 +75,16 @@ public func decodeLatents(_ latents: [Float], shape: [Int], firstStage: FirstSta
     let (b, h, w) = (out.shape[0], out.shape[2], out.shape[3])
     let n = 3 * h * w
     let images = try (0..<b).map { i in try VaeImageProcessor.toImage(Array(decoded[(i * n)..<((i + 1) * n)]), height: h, width: w) }
-    return GenerationResult(decoded: decoded, shape: out.shape, images: images, latents: latents)
+    return GenerationResult(decoded: decoded, shape: out.shape, images: images, latents: z.toArray())
 }
 
-/// Repeats a (1, ...) flat tensor `count` times along the batch axis.
-func repeatBatch(_ x: [Float], _ count: Int) -> [Float] {
-    var out: [Float] = []; out.reserveCapacity(x.count * count)
-    for _ in 0..<count { out += x }
-    return out
+/// `decodeLatents` for latents held as flat values of `shape` (the server's previews of an interrupted job).
+public func decodeLatents(_ latents: [Float], shape: [Int], firstStage: FirstStageModel?, scaled: Bool = true) throws -> GenerationResult {
+    guard shape.reduce(1, *) == latents.count else { throw PipelineError("latents have \(latents.count) values, not the shape \(shape)") }
+    return try decodeLatents(Tensor(latents, shape: shape), firstStage: firstStage, scaled: scaled)
+}
+
+/// Repeats a (1, ...) tensor `count` times along the batch axis.
+func repeatBatch(_ x: Tensor, _ count: Int) -> Tensor {
+    count == 1 ? x : concat([Tensor](repeating: x, count: count), axis: 0)
 }

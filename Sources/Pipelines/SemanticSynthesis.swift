@@ -34,9 +34,12 @@ public struct SemanticSynthesisGeometry: Equatable, Sendable {
         guard let mapper = rescaler.channelMapper else {
             throw PipelineError("YAML config: SpatialRescaler without out_channels is not supported (semantic synthesis maps the one-hot labels to a few channels)")
         }
-        labelCount = mapper.weight.shape[1]; conditionChannels = mapper.weight.shape[0]
-        stages = rescaler.stages; multiplier = rescaler.multiplier
-        firstStageFactor = f; unetDownsamplings = max(unet.downBlockTypes.count - 1, 0)
+        labelCount = mapper.weight.shape[1]
+        conditionChannels = mapper.weight.shape[0]
+        stages = rescaler.stages
+        multiplier = rescaler.multiplier
+        firstStageFactor = f
+        unetDownsamplings = max(unet.downBlockTypes.count - 1, 0)
         guard unet.crossAttentionDim == nil else {
             throw PipelineError("YAML config: cond_stage_config SpatialRescaler (concat) needs a UNet without context_dim")
         }
@@ -76,7 +79,7 @@ public struct SemanticSynthesisGeometry: Equatable, Sendable {
     /// offset 1 on uint8: 255 "unlabeled" becomes 0), each checked to be below `labelCount`; `name` (the file) and
     /// the first offending pixel are named in the error.
     public func labels(_ map: GrayImage, offset: Int = 0, name: String) throws -> GrayImage {
-        guard (-255...255).contains(offset) else { throw PipelineError("--label-offset must be in -255...255, got \(offset)") }
+        guard (-255...255).contains(offset) else { throw PipelineError("label offset must be in -255...255, got \(offset)") }
         var out = map
         if offset != 0 { out.pixels = map.pixels.map { UInt8(truncatingIfNeeded: Int($0) + offset) } }
         if let i = out.pixels.firstIndex(where: { Int($0) >= labelCount }) {
@@ -86,7 +89,7 @@ public struct SemanticSynthesisGeometry: Equatable, Sendable {
                                 + (offset != 0 ? " (\(map.pixels[i]) in the file, label offset \(offset))" : "")
                                 + (bad > 1 ? ", as \(bad - 1) other pixel\(bad == 2 ? "" : "s") have an index out of range" : "")
                                 + "; the model has \(labelCount) labels (0...\(labelCount - 1), its SpatialRescaler in_channels)"
-                                + (offset == 0 && v == 255 ? "; 255 often marks unlabeled pixels: --label-offset 1 maps it to 0 as taming's shift_segmentation does" : ""))
+                                + (offset == 0 && v == 255 ? "; 255 often marks unlabeled pixels: a label offset of 1 maps it to 0 as taming's shift_segmentation does" : ""))
         }
         return out
     }
@@ -107,23 +110,20 @@ extension LatentDiffusionPipeline {
                                   progress: ProgressHandler? = nil) throws -> GenerationResult {
         try o.validate()
         guard let rescaler = bundle.spatialRescaler, let g = bundle.semanticSynthesis else {
-            throw PipelineError("\(bundle.url.path) is not a semantic-synthesis model (CompVis cond_stage_config SpatialRescaler with conditioning_key concat)")
+            throw PipelineError.wrongModelKind(model: bundle.url.path, kind: bundle.kind, task: .semantic)
         }
         try g.checkSize(width: labels.width, height: labels.height, what: "segmentation map")
         _ = try g.labels(labels, name: "segmentation map")
-        let f = g.firstStageFactor, (h, w) = (labels.height / g.firstStageFactor, labels.width / g.firstStageFactor)
+        let f = g.firstStageFactor
+        let (h, w) = (labels.height / f, labels.width / f)
         let c = try GradMode.noGrad { try rescaler(g.oneHot(labels)) }.contiguous()
         guard c.shape == [1, g.conditionChannels, h, w] else {
             throw PipelineError("SpatialRescaler output \(c.shape) does not match the latents [1, \(g.conditionChannels), \(h), \(w)] (f = \(f))")
         }
-        let shape = [o.batchSize, bundle.unet.config.outChannels, h, w]
-        let noise = randnTensor(shape, generator: generator)
-        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
         let den = Denoiser(unet: bundle.unet)
-        den.concat = o.batchSize == 1 ? c : TensorCore.concat(Array(repeating: c, count: o.batchSize), axis: 0)
-        let sigma = Float(scheduler.initNoiseSigma)
-        let out = try denoise(latents: noise.map { $0 * sigma }, shape: shape, scheduler: scheduler, denoiser: den,
-                              generator: generator, progress: progress)
-        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage, scaled: bundle.superResolutionScaledDecode)
+        den.concat = repeatBatch(c, o.batchSize)
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, generator: generator, progress: progress)
+        return try run.generate(.noise(shape: [o.batchSize, bundle.unet.config.outChannels, h, w]), den, firstStage: bundle.firstStage,
+                                scaled: bundle.superResolutionScaledDecode)
     }
 }

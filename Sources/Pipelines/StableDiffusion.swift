@@ -41,12 +41,20 @@ public struct PromptOptions {
     public var width: Int?
     public var height: Int?
     public var emphasis: PromptEmphasis
+    /// diffusers `clip_skip`: how many of the text encoder's last layers to skip (0 = the last hidden state; the web
+    /// UI's "Clip skip" is this + 1).
+    public var clipSkip: Int
     /// SDXL micro-conditioning (original_size, crops_coords_top_left, target_size and their negative counterparts).
     public var sizeConditioning = SDXLSizeConditioning()
     public init(prompt: String, negativePrompt: String = "", guidanceScale: Double = 7.5, width: Int? = nil, height: Int? = nil,
-                emphasis: PromptEmphasis = .diffusers) {
-        self.prompt = prompt; self.negativePrompt = negativePrompt; self.guidanceScale = guidanceScale
-        self.width = width; self.height = height; self.emphasis = emphasis
+                emphasis: PromptEmphasis = .diffusers, clipSkip: Int = 0) {
+        self.prompt = prompt
+        self.negativePrompt = negativePrompt
+        self.guidanceScale = guidanceScale
+        self.width = width
+        self.height = height
+        self.emphasis = emphasis
+        self.clipSkip = clipSkip
     }
     public func validate() throws {
         try Validation.checkGuidance(guidanceScale)
@@ -58,14 +66,16 @@ public final class StableDiffusionPipeline {
     public let bundle: ModelBundle
     let vae: AutoencoderKL
     public init(bundle: ModelBundle) throws {
-        guard bundle.bert == nil else {
-            throw PipelineError("\(bundle.url.path) is an LDM-BERT text-to-image model (LDMTextToImagePipeline): it supports txt2img only")
+        guard let text = bundle.kind.textEncoder, text != .ldmBert else {
+            // LDM-BERT models run in LDMTextToImagePipeline.
+            throw PipelineError.wrongModelKind(model: bundle.url.path, kind: bundle.kind, task: .txt2img)
         }
         guard (bundle.textEncoder != nil && bundle.tokenizer != nil) || (bundle.textEncoder2 != nil && bundle.tokenizer2 != nil) else {
-            throw PipelineError("\(bundle.url.path) has no text encoder/tokenizer: it cannot be prompted (use `ldm sample`)")
+            throw PipelineError.invalidModel(bundle.url.path, "its \(text.rawValue) text encoder has no tokenizer")
         }
         guard case .kl(let vae) = bundle.firstStage else { throw PipelineError("\(bundle.url.path): Stable Diffusion needs an AutoencoderKL") }
-        self.bundle = bundle; self.vae = vae
+        self.bundle = bundle
+        self.vae = vae
     }
 
     /// encode_prompt: CLIP last hidden state of the padded prompt (and of the negative prompt when guiding),
@@ -73,18 +83,18 @@ public final class StableDiffusionPipeline {
     /// numbers of 77-token chunks (the Denoiser then runs them as separate UNet passes, as the web UI does).
     public func encodePrompt(_ p: PromptOptions, batch: Int, guidance: Bool) throws -> (Tensor, Tensor?) {
         guard let encoder = bundle.textEncoder, let tokenizer = bundle.tokenizer else { throw PipelineError("no text encoder") }
-        guard bundle.clipSkip >= 0, bundle.clipSkip < encoder.layers.count else {
-            throw PipelineError("clip skip \(bundle.clipSkip + 1) is outside 1...\(encoder.layers.count) (the text encoder has \(encoder.layers.count) layers)")
+        guard p.clipSkip >= 0, p.clipSkip < encoder.layers.count else {
+            throw PipelineError("clip skip \(p.clipSkip + 1) is outside 1...\(encoder.layers.count) (the text encoder has \(encoder.layers.count) layers)")
         }
         let length = min(tokenizer.modelMaxLength, encoder.config.maxPositionEmbeddings)
         func embed(_ text: String) throws -> Tensor {
             let e = try GradMode.noGrad { () throws -> Tensor in
                 switch p.emphasis {
                 case .diffusers:
-                    return try encoder.encode([tokenizer(text, maxLength: length)], clipSkip: bundle.clipSkip)
+                    return try encoder.encode([tokenizer(text, maxLength: length)], clipSkip: p.clipSkip)
                 case .original, .noNorm, .ignore, .none:
                     let wp = tokenizer.weightedPrompt(text, emphasis: p.emphasis != .none)
-                    return try encoder.encode(wp, clipSkip: bundle.clipSkip, emphasis: p.emphasis == .original || p.emphasis == .noNorm,
+                    return try encoder.encode(wp, clipSkip: p.clipSkip, emphasis: p.emphasis == .original || p.emphasis == .noNorm,
                                               normalize: p.emphasis == .original)
                 }
             }
@@ -116,19 +126,17 @@ public final class StableDiffusionPipeline {
     /// StableDiffusionPipeline.__call__.
     public func textToImage(_ p: PromptOptions, _ o: SamplingOptions, generator: RandomSource,
                             progress: ProgressHandler? = nil) throws -> GenerationResult {
-        try p.validate(); try o.validate()
+        try p.validate()
+        try o.validate()
         let (h, w) = size(p)
         try Validation.checkSize(width: w, height: h, multiple: bundle.vaeScaleFactor)
         guard bundle.unet.config.inChannels == bundle.latentChannels else {
-            throw PipelineError("the UNet takes \(bundle.unet.config.inChannels) channels (an inpainting model?): use `ldm inpaint`")
+            throw PipelineError.wrongModelKind(model: bundle.url.path, kind: bundle.kind, task: .txt2img)
         }
         let den = try denoiser(p, batch: o.batchSize)
-        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, generator: generator, progress: progress)
         let shape = [o.batchSize, bundle.latentChannels, h / bundle.vaeScaleFactor, w / bundle.vaeScaleFactor]
-        let sigma = Float(scheduler.initNoiseSigma)
-        let latents = randnTensor(shape, generator: generator).map { $0 * sigma }
-        let out = try denoise(latents: latents, shape: shape, scheduler: scheduler, denoiser: den, generator: generator, progress: progress)
-        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage)
+        return try run.generate(.noise(shape: shape), den, firstStage: bundle.firstStage)
     }
 
     /// VaeImageProcessor.preprocess of an init image: (1, 3, H, W) in [-1, 1], size rounded down to the VAE factor.
@@ -146,70 +154,66 @@ public final class StableDiffusionPipeline {
     /// StableDiffusionImg2ImgPipeline.__call__ (strength: how much of the schedule is run).
     public func imageToImage(_ p: PromptOptions, _ o: SamplingOptions, image: RGBImage, strength: Double,
                              generator: RandomSource, progress: ProgressHandler? = nil) throws -> GenerationResult {
-        try p.validate(); try o.validate(); try Validation.checkStrength(strength)
+        try p.validate()
+        try o.validate()
+        try Validation.checkStrength(strength)
         try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength)
         try refuseSDXL("img2img")
         let den = try denoiser(p, batch: o.batchSize)
-        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
-        let start = try scheduler.img2imgStartIndex(strength: strength)
-        let x = try preprocess(image, p)
-        let initLatents = try encodeImage(x, generator: generator)
-        let shape = [o.batchSize] + Array(initLatents.shape.dropFirst())
-        let initFlat = repeatBatch(initLatents.contiguous().toArray(), o.batchSize)
-        let noise = randnTensor(shape, generator: generator)
-        let latents = scheduler.addNoise(original: initFlat, noise: noise, stepIndex: start)
-        let out = try denoise(latents: latents, shape: shape, scheduler: scheduler, denoiser: den, startIndex: start,
-                              generator: generator, progress: progress)
-        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage)
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength, generator: generator, progress: progress)
+        let initLatents = try encodeImage(preprocess(image, p), generator: generator)
+        return try run.generate(.image(repeatBatch(initLatents, o.batchSize)), den, firstStage: bundle.firstStage)
     }
 
     /// StableDiffusionInpaintPipeline.__call__: 9-channel inpainting UNets get [latents, mask, masked-image latents];
     /// 4-channel UNets keep the unmasked area on the noised original after every step. White (>= 0.5) = repaint.
     public func inpaint(_ p: PromptOptions, _ o: SamplingOptions, image: RGBImage, mask: GrayImage, strength: Double = 1,
                         generator: RandomSource, progress: ProgressHandler? = nil) throws -> GenerationResult {
-        try p.validate(); try o.validate(); try Validation.checkStrength(strength)
+        try p.validate()
+        try o.validate()
+        try Validation.checkStrength(strength)
         try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength)
         try Validation.checkMaskSize(image: (image.width, image.height), mask: (mask.width, mask.height))
         try refuseSDXL("inpainting")
-        let unetChannels = bundle.unet.config.inChannels, c = bundle.latentChannels
+        let unetChannels = bundle.unet.config.inChannels
+        let c = bundle.latentChannels
         guard unetChannels == c || unetChannels == 2 * c + 1 else {
             throw PipelineError("the UNet takes \(unetChannels) channels; inpainting needs \(c) or \(2 * c + 1)")
         }
         let den = try denoiser(p, batch: o.batchSize)
-        let scheduler = try o.makeScheduler(config: bundle.schedulerConfig)
-        let start = try scheduler.img2imgStartIndex(strength: strength)
-        let isStrengthMax = strength == 1
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength, generator: generator, progress: progress)
         let x = try preprocess(image, p)
         let (b, h, w) = (o.batchSize, x.shape[2], x.shape[3])
         let f = bundle.vaeScaleFactor
-        let shape = [b, c, h / f, w / f]
-        // prepare_latents
-        var imageLatents: [Float]?
-        if unetChannels == c || !isStrengthMax {
-            imageLatents = repeatBatch(try encodeImage(x, generator: generator).contiguous().toArray(), b)
-        }
-        let noise = randnTensor(shape, generator: generator)
-        let latents = isStrengthMax ? noise.map { $0 * Float(scheduler.initNoiseSigma) }
-                                    : scheduler.addNoise(original: imageLatents ?? [], noise: noise, stepIndex: start)
+        // prepare_latents: the image latents (drawn before the noise) start the denoising below strength 1 and feed the blend
+        let isStrengthMax = strength == 1
+        var imageLatents: Tensor?
+        if unetChannels == c || !isStrengthMax { imageLatents = repeatBatch(try encodeImage(x, generator: generator), b) }
+        let start: LatentStart = if !isStrengthMax, let il = imageLatents { .image(il) } else { .noise(shape: [b, c, h / f, w / f]) }
+        let (latents, noise) = run.initialLatents(start)
         // mask_processor.preprocess (binarized), masked image, prepare_mask_latents (nearest resize to the latent grid)
-        let proc = VaeImageProcessor(vaeScaleFactor: f)
-        let (m, _, _) = try proc.preprocessMask(mask, height: h, width: w)
+        let (m, _, _) = try VaeImageProcessor(vaeScaleFactor: f).preprocessMask(mask, height: h, width: w)
         var masked = x.contiguous().toArray()
         let hw = h * w
-        for ch in 0..<3 { for i in 0..<hw where m[i] >= 0.5 { masked[ch * hw + i] = 0 } }
-        let maskedLatents = try encodeImage(Tensor(masked, shape: [1, 3, h, w]), generator: generator).contiguous().toArray()
-        var small = [Float](repeating: 0, count: (h / f) * (w / f))
-        for y in 0..<(h / f) { for xx in 0..<(w / f) { small[y * (w / f) + xx] = m[(y * f) * w + xx * f] } }
-        let maskBatch = repeatBatch(small, b)
-        var blend: LatentMask?
-        if unetChannels == c {
-            blend = LatentMask(mask: maskBatch, imageLatents: imageLatents ?? [], noise: noise)
-        } else {
-            den.concat = concat([Tensor(maskBatch, shape: [b, 1, h / f, w / f]),
-                                 Tensor(repeatBatch(maskedLatents, b), shape: shape)], axis: 1)
+        for ch in 0..<3 {
+            for i in 0..<hw where m[i] >= 0.5 {
+                masked[ch * hw + i] = 0
+            }
         }
-        let out = try denoise(latents: latents, shape: shape, scheduler: scheduler, denoiser: den, mask: blend,
-                              startIndex: start, generator: generator, progress: progress)
-        return try decodeLatents(out, shape: shape, firstStage: bundle.firstStage)
+        let maskedLatents = try encodeImage(Tensor(masked, shape: [1, 3, h, w]), generator: generator)
+        var small = [Float](repeating: 0, count: (h / f) * (w / f))
+        for y in 0..<(h / f) {
+            for xx in 0..<(w / f) {
+                small[y * (w / f) + xx] = m[(y * f) * w + xx * f]
+            }
+        }
+        let maskBatch = repeatBatch(Tensor(small, shape: [1, 1, h / f, w / f]), b)
+        var blend: LatentMask?
+        if unetChannels == c, let il = imageLatents {
+            blend = LatentMask(mask: maskBatch, imageLatents: il, noise: noise)
+        } else {
+            den.concat = concat([maskBatch, repeatBatch(maskedLatents, b)], axis: 1)
+        }
+        return try decodeLatents(run.denoise(latents, den, mask: blend), firstStage: bundle.firstStage)
     }
 }

@@ -3,7 +3,8 @@
 // (CLIPTextModel, CLIPTextModelWithProjection) on their own tokenizers, concatenates their hidden_states[-2] on the
 // feature axis, takes the second encoder's text_embeds as the pooled embedding, zeroes the unconditional inputs when
 // no negative prompt is given and force_zeros_for_empty_prompt is set; _get_add_time_ids builds the micro-conditioning
-// original_size + crops_coords_top_left + target_size. The sampling loop and random draws are StableDiffusionPipeline's.
+// original_size + crops_coords_top_left + target_size. The sampling (GenerationRun) and random draws are
+// StableDiffusionPipeline's.
 import Conditioning
 import Foundation
 import TensorCore
@@ -48,11 +49,11 @@ public struct SDXLSizeConditioning: Sendable, Equatable {
 extension StableDiffusionPipeline {
     /// StableDiffusionXLPipeline.encode_prompt for one text: (hidden states of both encoders concatenated (1, L, D1 + D2),
     /// pooled text_embeds (1, P)).
-    public func encodeSDXLPrompt(_ text: String, prompt2: String? = nil) throws -> (Tensor, Tensor) {
+    public func encodeSDXLPrompt(_ text: String, prompt2: String? = nil, clipSkip: Int = 0) throws -> (Tensor, Tensor) {
         guard let te2 = bundle.textEncoder2, let tok2 = bundle.tokenizer2 else {
             throw PipelineError("SDXL needs text_encoder_2 (CLIPTextModelWithProjection) and tokenizer_2")
         }
-        let k = bundle.clipSkip + 1
+        let k = clipSkip + 1
         return try GradMode.noGrad { () throws -> (Tensor, Tensor) in
             var hidden: [Tensor] = []
             if let te1 = bundle.textEncoder, let tok1 = bundle.tokenizer {
@@ -78,22 +79,23 @@ extension StableDiffusionPipeline {
         guard let te2 = bundle.textEncoder2, bundle.tokenizer2 != nil else {
             throw PipelineError("SDXL needs text_encoder_2 (CLIPTextModelWithProjection) and tokenizer_2")
         }
-        if let te1 = bundle.textEncoder, bundle.clipSkip + 1 > te1.layers.count {
-            throw PipelineError("clip skip \(bundle.clipSkip + 1) is beyond the text encoder's \(te1.layers.count) layers")
+        if let te1 = bundle.textEncoder, p.clipSkip + 1 > te1.layers.count {
+            throw PipelineError("clip skip \(p.clipSkip + 1) is beyond the text encoder's \(te1.layers.count) layers")
         }
-        guard bundle.clipSkip + 1 <= te2.textModel.layers.count else {
-            throw PipelineError("clip skip \(bundle.clipSkip + 1) is beyond text_encoder_2's \(te2.textModel.layers.count) layers")
+        guard p.clipSkip + 1 <= te2.textModel.layers.count else {
+            throw PipelineError("clip skip \(p.clipSkip + 1) is beyond text_encoder_2's \(te2.textModel.layers.count) layers")
         }
         try p.sizeConditioning.validate()
         let lcm = bundle.unet.config.timeCondProjDim != nil
         let guidance = p.guidanceScale > 1 && !lcm && !isLatentConsistencyPipeline
-        let (cond, pooled) = try encodeSDXLPrompt(p.prompt)
+        let (cond, pooled) = try encodeSDXLPrompt(p.prompt, clipSkip: p.clipSkip)
         var uncond: Tensor?, uncondPooled: Tensor?
         if guidance {
             if p.negativePrompt.isEmpty && bundle.forceZerosForEmptyPrompt {
-                uncond = Tensor(zeros: cond.shape); uncondPooled = Tensor(zeros: pooled.shape)
+                uncond = Tensor(zeros: cond.shape)
+                uncondPooled = Tensor(zeros: pooled.shape)
             } else {
-                (uncond, uncondPooled) = try encodeSDXLPrompt(p.negativePrompt)
+                (uncond, uncondPooled) = try encodeSDXLPrompt(p.negativePrompt, clipSkip: p.clipSkip)
             }
         }
         let rep = { (t: Tensor) in batch == 1 ? t : concat([Tensor](repeating: t, count: batch), axis: 0) }

@@ -1,14 +1,7 @@
 // Input checks shared by the pipelines and the `ldm` generation commands, made before any model is loaded
-// (diffusers' StableDiffusionPipeline.check_inputs / StableDiffusionImg2ImgPipeline.check_inputs, plus file checks).
+// (diffusers' StableDiffusionPipeline.check_inputs / StableDiffusionImg2ImgPipeline.check_inputs). File checks are
+// the command line's (ldm FileChecks.swift).
 import Foundation
-
-/// Everything a pipeline or a generation command refuses, with a message naming the bad value.
-public struct PipelineError: Error, CustomStringConvertible, Equatable {
-    public let description: String
-    public init(_ message: String) { description = message }
-    /// The progress handler returned false.
-    public static let cancelled = PipelineError("generation cancelled")
-}
 
 public enum Validation {
     /// Image sizes: positive multiples of `multiple` (8 for Stable Diffusion: the VAE factor and the UNet's /8 grid).
@@ -45,51 +38,6 @@ public enum Validation {
     public static func checkImg2ImgSteps(steps: Int, strength: Double) throws {
         guard min(Int(Double(steps) * strength), steps) >= 1 else {
             throw PipelineError("strength \(strength) with \(steps) steps leaves no denoising step (steps * strength must be >= 1)")
-        }
-    }
-
-    /// A regular, readable file (`what` names it in the message: "init image", "mask").
-    public static func checkReadableFile(_ path: String, what: String) throws {
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw PipelineError("\(what) \(path) does not exist") }
-        guard !isDir.boolValue else { throw PipelineError("\(what) \(path) is a directory, not a file") }
-        guard FileManager.default.isReadableFile(atPath: path) else { throw PipelineError("\(what) \(path) is not readable") }
-    }
-
-    /// A model: a diffusers folder (with model_index.json) or a single .safetensors / .ckpt file.
-    public static func checkModelPath(_ path: String) throws {
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { throw PipelineError("model \(path) does not exist") }
-        if isDir.boolValue {
-            guard FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent("model_index.json")) else {
-                throw PipelineError("model folder \(path) has no model_index.json (not a diffusers pipeline folder)")
-            }
-        } else {
-            guard FileManager.default.isReadableFile(atPath: path) else { throw PipelineError("model \(path) is not readable") }
-        }
-    }
-
-    /// The PNG paths written for `batch` images: FILE itself, or FILE-1.png ... FILE-n.png.
-    public static func outputPaths(_ output: String, batch: Int) -> [String] {
-        guard batch > 1 else { return [output] }
-        let url = URL(fileURLWithPath: output)
-        let ext = url.pathExtension.isEmpty ? "png" : url.pathExtension
-        let stem = url.deletingPathExtension().path
-        return (1...batch).map { "\(stem)-\($0).\(ext)" }
-    }
-
-    /// Output files: .png, in an existing folder, not existing unless `overwrite`.
-    public static func checkOutputs(_ paths: [String], overwrite: Bool) throws {
-        for p in paths {
-            guard p.lowercased().hasSuffix(".png") else { throw PipelineError("output \(p) must end in .png") }
-            let dir = URL(fileURLWithPath: p).deletingLastPathComponent().path
-            var isDir: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
-                throw PipelineError("output folder \(dir) does not exist")
-            }
-            if FileManager.default.fileExists(atPath: p), !overwrite {
-                throw PipelineError("\(p) already exists (pass --overwrite to replace it)")
-            }
         }
     }
 

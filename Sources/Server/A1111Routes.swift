@@ -105,13 +105,14 @@ extension LDMServer {
             "negative_prompt": .string(s.negativePrompt),
             "all_negative_prompts": .array(Array(repeating: .string(s.negativePrompt), count: s.imageCount)),
             "seed": .int(Int(truncatingIfNeeded: s.seed)), "all_seeds": .array(seeds),
-            "subseed": s.subseed == -1 ? .int(Int(truncatingIfNeeded: s.seed)) : .int(s.subseed), "all_subseeds": .array(seeds),
+            "subseed": .int(Int(truncatingIfNeeded: s.subseed)),
+            "all_subseeds": .array((0..<s.imageCount).map { .int(Int(truncatingIfNeeded: s.subseed &+ UInt64($0))) }),
             "subseed_strength": .double(s.subseedStrength), "width": .int(s.width), "height": .int(s.height),
             "sampler_name": .string(s.samplerName), "cfg_scale": .double(s.cfgScale), "steps": .int(s.steps),
             "batch_size": .int(s.batchSize), "restore_faces": false, "face_restoration_model": .null,
             "sd_model_name": .string(job.modelName), "sd_model_hash": .null, "sd_vae_name": .null, "sd_vae_hash": .null,
             "seed_resize_from_w": -1, "seed_resize_from_h": -1,
-            "denoising_strength": s.mode == .img2img ? .double(s.denoisingStrength) : .null,
+            "denoising_strength": s.mode == .img2img || s.hires != nil ? .double(s.denoisingStrength) : .null,
             "extra_generation_params": [:], "index_of_first_image": 0,
             "infotexts": .array(job.images.map { .string($0.infotext) }), "styles": [],
             "job_timestamp": .string(fmt.string(from: job.started ?? job.created)), "clip_skip": .int(s.clipSkip),
@@ -140,7 +141,7 @@ extension LDMServer {
         ]
         if !global {
             o["id"] = .string(job.id); o["status"] = .string(p.status.rawValue); o["progress"] = .double(p.fraction)
-            o["images_done"] = .int(job.images.count)
+            o["images_done"] = .int(job.images.count); o["model"] = .string(job.modelKey)
             if let pos = queue.queued.firstIndex(where: { $0 === job }) { o["queue_position"] = .int(pos) }
             if let e = job.error { o["error"] = ["error": .string(e.error), "detail": .string(e.detail)] }
         }

@@ -28,7 +28,27 @@ public final class Engine: @unchecked Sendable {
         if s.clipSkip > 1 { g.extra.append(.init("Clip skip", "\(s.clipSkip)")) }
         let hasSyntax = [s.prompt, s.negativePrompt].contains { $0.contains("(") || $0.contains("[") }
         if s.emphasis != .original, hasSyntax { g.extra.append(.init("Emphasis", s.emphasis.webUIName ?? "None")) }
-        if s.mode == .img2img { g.extra.append(.init("Denoising strength", "\(s.denoisingStrength)")) }
+        if s.subseedStrength > 0 {
+            g.extra += [.init("Variation seed", "\(s.subseed &+ UInt64(index))"), .init("Variation seed strength", "\(s.subseedStrength)")]
+        }
+        if s.mode == .img2img || s.hires != nil { g.extra.append(.init("Denoising strength", "\(s.denoisingStrength)")) }
+        if s.mode == .img2img, s.mask != nil {
+            if s.maskBlur > 0 { g.extra.append(.init("Mask blur", "\(s.maskBlur)")) }
+            if s.inpaintingMaskInvert { g.extra.append(.init("Mask mode", "Inpaint not masked")) }
+            g.extra.append(.init("Masked content", ["fill", "original", "latent noise", "latent nothing"][s.inpaintingFill]))
+        }
+        if s.mode == .img2img, s.resizeMode != 0 {
+            g.extra.append(.init("Resize mode", ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"][s.resizeMode]))
+        }
+        if let h = s.hires {
+            if h.resizeX == 0 && h.resizeY == 0 { g.extra.append(.init("Hires upscale", "\(h.scale)")) }
+            else { g.extra.append(.init("Hires resize", "\(h.resizeX)x\(h.resizeY)")) }
+            if h.steps > 0 { g.extra.append(.init("Hires steps", "\(h.steps)")) }
+            if h.upscalerGiven { g.extra.append(.init("Hires upscaler", h.upscaler)) }
+            if let n = h.samplerName { g.extra.append(.init("Hires sampler", n)) }
+            if let p = h.prompt { g.extra.append(.init("Hires prompt", p)) }
+            if let p = h.negativePrompt { g.extra.append(.init("Hires negative prompt", p)) }
+        }
         g.width = width; g.height = height
         if s.imageCount > 1 { g.extra += [.init("Batch size", "\(s.imageCount)"), .init("Batch pos", "\(index)")] }
         return g
@@ -36,7 +56,7 @@ public final class Engine: @unchecked Sendable {
 
     /// Worker-thread entry: runs every image of the job, then finishes it.
     public func run(_ job: Job) {
-        let s = job.spec
+        var s = job.spec
         do {
             let entry = try registry.resolve(s.model ?? "")
             let m = try cache.get(entry)
@@ -47,8 +67,6 @@ public final class Engine: @unchecked Sendable {
             guard s.clipSkip - 1 <= max(0, layers - 1) else {
                 throw APIError.unprocessable("CLIP_stop_at_last_layers", "clip skip \(s.clipSkip) is outside 1...\(layers) for \(entry.name)")
             }
-            bundle.clipSkip = s.clipSkip > 1 ? s.clipSkip - 1 : m.defaultClipSkip
-            defer { bundle.clipSkip = m.defaultClipSkip }
             if s.mask != nil, ![4, 9].contains(bundle.unet.config.inChannels) {
                 throw APIError.unprocessable("mask", "model \(entry.name) cannot inpaint (UNet with \(bundle.unet.config.inChannels) input channels)")
             }
@@ -57,37 +75,57 @@ public final class Engine: @unchecked Sendable {
             }
             // <lora:NAME:WEIGHT>: merged for this job, unmerged after it (exact), so the cached model stays the base.
             let (promptText, tags) = try LoRAPrompt.extract(s.prompt)
+            if Self.applyLCMDefaults(&s, timeCondProjDim: bundle.unet.config.timeCondProjDim, loraNames: tags.map(\.name)) {
+                if s.mode == .img2img { try checked("denoising_strength") { try Validation.checkImg2ImgSteps(steps: s.steps, strength: s.denoisingStrength) } }
+                job.resolve(s)
+            }
             let applied = try mergeLoRAs(tags, into: bundle)
             defer { if applied != nil { bundle.unmergeLoRAs() } }
             let pipe = try StableDiffusionPipeline(bundle: bundle)
+            let web = WebUIProcessing(pipe: pipe)
+            if s.hires != nil || s.mode == .img2img, bundle.isSDXL {
+                throw APIError.unprocessable(s.hires != nil ? "enable_hr" : "init_images", "img2img and hires fix are not available for SDXL models")
+            }
             let p = PromptOptions(prompt: promptText, negativePrompt: s.negativePrompt, guidanceScale: s.cfgScale, width: s.width,
-                                  height: s.height, emphasis: s.emphasis)
+                                  height: s.height, emphasis: s.emphasis, clipSkip: max(s.clipSkip - 1, 0))
             let o = SamplingOptions(sampler: s.factorySampler, steps: s.steps, eta: s.eta, batchSize: 1)
-            let (initImage, mask) = prepareInpainting(s)
+            let prep = s.mode == .img2img ? try WebUIProcessing.prepare(s) : nil
+            let latentShape = [bundle.latentChannels, s.height / bundle.vaeScaleFactor, s.width / bundle.vaeScaleFactor]
             for (i, seed) in s.seeds.enumerated() {
                 if job.isCancelled || job.wasInterrupted { break }
-                let steps = s.mode == .img2img ? min(Int(Double(s.steps) * s.denoisingStrength), s.steps) : s.steps
-                job.beginImage(i, steps: steps)
-                let gen: RandomSource = s.randnSource == "NV" ? CUDAGenerator(seed: seed) : TorchGenerator(seed: seed, normalKernel: .avx2)
-                var result: GenerationResult?
+                let firstSteps = s.mode == .img2img ? min(Int(Double(s.steps) * s.denoisingStrength), s.steps) : s.steps
+                let hiresSteps = s.hires.map { Int(Double($0.steps > 0 ? $0.steps : s.steps) * s.denoisingStrength) } ?? 0
+                job.beginImage(i, steps: firstSteps + hiresSteps)
+                let gen = Self.generator(s, seed: seed)
+                let variation = Self.variation(s, index: i)
+                var image: RGBImage?
                 do {
-                    result = try DenoisingObserver.with({ job.observe($0, $1) }) {
-                        switch (s.mode, mask) {
-                        case (.txt2img, _): return try pipe.textToImage(p, o, generator: gen, progress: job.stepDone)
-                        case (.img2img, nil):
-                            return try pipe.imageToImage(p, o, image: initImage!, strength: s.denoisingStrength, generator: gen, progress: job.stepDone)
-                        case (.img2img, let mk?):
-                            return try pipe.inpaint(p, o, image: initImage!, mask: mk, strength: s.denoisingStrength, generator: gen, progress: job.stepDone)
+                    image = try DenoisingObserver.with({ job.observe($0, $1) }) { () throws -> RGBImage? in
+                        switch s.mode {
+                        case .txt2img:
+                            let g: RandomSource = variation.map { VariationRandomSource(base: gen, sub: $0.0, strength: Float($0.1), shape: latentShape) } ?? gen
+                            guard s.hires != nil else { return try pipe.textToImage(p, o, generator: g, progress: job.stepDone).images.first }
+                            var firstTotal = firstSteps
+                            let first = try pipe.textToImage(p, o, generator: g) { step, total in
+                                firstTotal = total
+                                return job.stepDone(step, total + hiresSteps)
+                            }
+                            return try web.hiresPass(s, firstPass: first, p, seed: seed) { step, total in job.stepDone(firstTotal + step, firstTotal + total) }
+                        case .img2img:
+                            return try web.img2img(s, prep!, p, seed: seed, generator: gen, variation: variation, progress: job.stepDone)
                         }
                     }
                 } catch let e as PipelineError where e == .cancelled {
                     if job.isCancelled { break }
-                    // Interrupt / skip: the web UI decodes what the sampler reached.
-                    if let (lat, shape) = job.latestLatents { result = try decodeLatents(lat, shape: shape, firstStage: bundle.firstStage) }
+                    // Interrupt / skip: the web UI decodes what the sampler reached (and lays its overlay on it).
+                    if let (lat, shape) = job.latestLatents, let img = try decodeLatents(lat, shape: shape, firstStage: bundle.firstStage).images.first {
+                        image = prep.map { web.overlay(img, $0) } ?? img
+                    }
                     job.clearSkip()
                 }
-                guard let r = result, let image = r.images.first else { continue }
-                var params = Self.parameters(s, seed: seed, model: entry.name, index: i, width: image.width, height: image.height)
+                guard let image else { continue }
+                var params = Self.parameters(s, seed: seed, model: entry.name, index: i, width: s.hires != nil ? s.width : image.width,
+                                             height: s.hires != nil ? s.height : image.height)
                 if let h = applied?.webUIHashes { params.extra.append(.init("Lora hashes", h)) }
                 let png = try PNGCodec.encode(image, text: [params.pngTextChunk])
                 if s.saveImages, let dir = outputDir { try save(png, in: dir, seed: seed) }
@@ -134,25 +172,27 @@ public final class Engine: @unchecked Sendable {
         return out.sorted { $0.path < $1.path }
     }
 
-    /// A1111 inpainting_mask_invert and inpainting_fill 0 ("fill": the masked area painted with the mean colour of the
-    /// kept area before encoding; the web UI blurs the surroundings in, a mean is the plain form of that).
-    func prepareInpainting(_ s: GenerationSpec) -> (RGBImage?, GrayImage?) {
-        guard var image = s.initImage else { return (nil, nil) }
-        guard var mask = s.mask else { return (image, nil) }
-        if s.inpaintingMaskInvert { mask.pixels = mask.pixels.map { 255 - $0 } }
-        if s.inpaintingFill == 0 {
-            var sum = [Double](repeating: 0, count: 3), n = 0.0
-            for i in 0..<(mask.width * mask.height) where mask.pixels[i] < 128 {
-                for c in 0..<3 { sum[c] += Double(image.pixels[3 * i + c]) }; n += 1
-            }
-            if n > 0 {
-                let mean = sum.map { UInt8(($0 / n).rounded()) }
-                for i in 0..<(mask.width * mask.height) where mask.pixels[i] >= 128 {
-                    for c in 0..<3 { image.pixels[3 * i + c] = mean[c] }
-                }
-            }
-        }
-        return (image, mask)
+    /// The CLI's defaults for latent consistency models (GenerationOptions.lcmDefaults): a UNet with time_cond_proj_dim
+    /// or a LoRA whose name contains "lcm" gets sampler LCM, 4 steps and cfg 8.5 (LCM UNet, guidance through its w
+    /// embedding) or 1 (LCM-LoRA) unless the request set them. Returns whether the model is an LCM.
+    static func applyLCMDefaults(_ s: inout GenerationSpec, timeCondProjDim: Int?, loraNames: [String]) -> Bool {
+        let lcmLoRA = loraNames.contains { $0.lowercased().contains("lcm") }
+        guard timeCondProjDim != nil || lcmLoRA else { return false }
+        if !s.samplerGiven { s.samplerName = "LCM"; s.factorySampler = "lcm" }
+        if !s.stepsGiven { s.steps = 4 }
+        if !s.cfgGiven { s.cfgScale = timeCondProjDim != nil ? 8.5 : 1 }
+        return true
+    }
+
+    /// A1111's noise source for a seed: "CPU" torch.Generator or "NV" (torch's CUDA Philox).
+    static func generator(_ s: GenerationSpec, seed: UInt64) -> RandomSource {
+        s.randnSource == "NV" ? CUDAGenerator(seed: seed) : TorchGenerator(seed: seed, normalKernel: .avx2)
+    }
+
+    /// Image `index`'s variation-seed generator and strength (subseed + index), nil without variation.
+    static func variation(_ s: GenerationSpec, index: Int) -> (RandomSource, Double)? {
+        guard s.subseedStrength > 0 else { return nil }
+        return (generator(s, seed: s.subseed &+ UInt64(index)), s.subseedStrength)
     }
 
     func save(_ png: [UInt8], in dir: URL, seed: UInt64) throws {

@@ -15,7 +15,8 @@ public struct GenerationSpec: Sendable {
     public var negativePrompt = ""
     /// The first image's seed (image i gets seed + i).
     public var seed: UInt64 = 0
-    public var subseed: Int = -1
+    /// The first image's variation seed (image i gets subseed + i) and the slerp strength (0: no variation).
+    public var subseed: UInt64 = 0
     public var subseedStrength = 0.0
     /// Web UI sampler name ("Euler a", "DPM++ 2M") and the factory name it maps to.
     public var samplerName = "Euler"
@@ -45,6 +46,22 @@ public struct GenerationSpec: Sendable {
     public var inpaintingFill = 0
     public var inpaintingMaskInvert = false
     public var resizeMode = 0
+    /// txt2img hires fix (enable_hr): a second img2img pass on the upscaled first-pass latents.
+    public struct Hires: Sendable {
+        public var scale = 2.0
+        /// A latent mode of WebUIImageOps.latentUpscaleModes, or "None" / "Lanczos" / "Nearest" (image resize + encode).
+        public var upscaler = "Latent"
+        public var upscalerGiven = false
+        /// 0: the first pass's steps.
+        public var steps = 0
+        public var resizeX = 0, resizeY = 0
+        public var samplerName: String?, factorySampler: String?
+        public var prompt: String?, negativePrompt: String?
+    }
+    public var hires: Hires?
+    /// Whether the request set sampler, steps and cfg_scale (otherwise an LCM model or LCM-LoRA picks its own, as the
+    /// CLI does: lcm, 4 steps, cfg 8.5 for an LCM UNet / 1 for an LCM-LoRA).
+    public var samplerGiven = false, stepsGiven = false, cfgGiven = false
     /// The request as received, echoed back as `parameters` (images replaced by their sizes to keep responses small).
     public var echo: [String: JSON] = [:]
 
@@ -71,13 +88,13 @@ public enum WebUISamplers {
     public static let schedulers: [(name: String, label: String)] = [("automatic", "Automatic"), ("karras", "Karras")]
 
     /// The factory name for a sampler + scheduler pair, or a 422 naming the field.
-    static func resolve(sampler: String, scheduler: String) throws -> (name: String, factory: String) {
+    static func resolve(sampler: String, scheduler: String, field: String = "sampler_name") throws -> (name: String, factory: String) {
         let key = sampler.trimmingCharacters(in: .whitespaces).lowercased()
         var sched = scheduler.trimmingCharacters(in: .whitespaces).lowercased()
         var entry = all.first { $0.name.lowercased() == key || $0.aliases.contains(key) }
         if entry == nil, key == "dpm++ 2m karras" || key == "k_dpmpp_2m_ka" { entry = all[0]; sched = "karras" }
         guard let e = entry else {
-            throw APIError.unprocessable("sampler_name", "unknown sampler '\(sampler)'; valid: \(all.map(\.name).joined(separator: ", "))")
+            throw APIError.unprocessable(field, "unknown sampler '\(sampler)'; valid: \(all.map(\.name).joined(separator: ", "))")
         }
         switch sched {
         case "", "automatic": return (e.name, e.factory)
@@ -119,16 +136,19 @@ extension GenerationSpec {
         }
         // modules/processing.py get_fixed_seed: -1 draws int(random.randrange(4294967294)).
         s.seed = seed == -1 ? UInt64.random(in: 0..<4_294_967_294) : UInt64(seed)
-        s.subseed = try f.int("subseed", -1)
-        s.subseedStrength = try f.double("subseed_strength", 0, in: 0...1)
-        if s.subseedStrength != 0 {
-            throw APIError.unprocessable("subseed_strength", "variation seeds (subseed_strength > 0) are not supported by this server")
+        let subseed = try f.int("subseed", -1)
+        guard subseed >= -1, subseed <= Int(UInt32.max) * 4 else {
+            throw APIError.unprocessable("subseed", "subseed must be -1 (random) or in 0...\(Int(UInt32.max) * 4), got \(subseed)")
         }
+        s.subseed = subseed == -1 ? UInt64.random(in: 0..<4_294_967_294) : UInt64(subseed)
+        s.subseedStrength = try f.double("subseed_strength", 0, in: 0...1)
         _ = try f.int("seed_resize_from_h", -1); _ = try f.int("seed_resize_from_w", -1)
         let samplerField = try f.optionalString("sampler_name") ?? (try f.string("sampler_index", "Euler"))
         let scheduler = try f.string("scheduler", "Automatic")
         let (name, factory) = try WebUISamplers.resolve(sampler: samplerField.isEmpty ? "Euler" : samplerField, scheduler: scheduler)
         s.samplerName = name; s.factorySampler = factory; s.schedulerName = scheduler
+        s.samplerGiven = !samplerField.isEmpty && (f.values["sampler_name"] != nil || f.values["sampler_index"] != nil)
+        s.stepsGiven = f.values["steps"] != nil; s.cfgGiven = f.values["cfg_scale"] != nil
         s.steps = try f.int("steps", 50, in: 1...1000)
         s.cfgScale = try f.double("cfg_scale", 7, in: 0...100)
         s.width = try f.int("width", 512, in: 8...RequestLimits.maxSide)
@@ -142,7 +162,7 @@ extension GenerationSpec {
         s.saveImages = try f.bool("save_images", false)
         s.eta = try f.double("eta", options.etaDDIM, in: 0...10)
         if try f.bool("restore_faces", false) { throw APIError.unprocessable("restore_faces", "face restoration is not available") }
-        if try f.bool("enable_hr", false) { throw APIError.unprocessable("enable_hr", "hires fix is not available") }
+        if !img2img, try f.bool("enable_hr", false) { let h = try parseHires(f, &s); s.hires = h }
         if let script = try f.optionalString("script_name"), !script.isEmpty {
             throw APIError.unprocessable("script_name", "scripts are not available")
         }
@@ -162,12 +182,12 @@ extension GenerationSpec {
         if img2img {
             s.denoisingStrength = try f.double("denoising_strength", 0.75, in: 0...1)
             s.resizeMode = try f.int("resize_mode", 0, in: 0...3)
-            if s.resizeMode != 0 { throw APIError.unprocessable("resize_mode", "only resize_mode 0 (just resize) is available") }
-            s.maskBlur = try f.int("mask_blur", 4, in: 0...64)
-            s.inpaintingFill = try f.int("inpainting_fill", 0, in: 0...3)
-            guard s.inpaintingFill <= 1 else {
-                throw APIError.unprocessable("inpainting_fill", "inpainting_fill must be 0 (fill) or 1 (original); latent noise/nothing are not available")
+            // A1111 sends mask_blur_x / mask_blur_y from its UI; one radius is used for both here.
+            s.maskBlur = try f.int("mask_blur", try f.int("mask_blur_x", 4, in: 0...64), in: 0...64)
+            if try f.int("mask_blur_y", s.maskBlur, in: 0...64) != s.maskBlur {
+                throw APIError.unprocessable("mask_blur_y", "mask_blur_y must equal mask_blur (one radius for both axes)")
             }
+            s.inpaintingFill = try f.int("inpainting_fill", 0, in: 0...3)
             s.inpaintingMaskInvert = try f.int("inpainting_mask_invert", 0, in: 0...1) == 1
             let images = try f.stringArray("init_images")
             guard let first = images.first else { throw APIError.unprocessable("init_images", "img2img needs init_images (one base64 image)") }
@@ -178,6 +198,9 @@ extension GenerationSpec {
                     throw APIError.unprocessable("mask", "mask is \(mask.width)x\(mask.height) but the init image is \(s.initImage!.width)x\(s.initImage!.height); they must match")
                 }
                 s.mask = mask
+                if s.resizeMode == 3 {
+                    throw APIError.unprocessable("resize_mode", "resize_mode 3 (latent upscale) applies to img2img without a mask")
+                }
             }
             try checked("denoising_strength") { try Validation.checkImg2ImgSteps(steps: s.steps, strength: s.denoisingStrength) }
         }
@@ -185,6 +208,35 @@ extension GenerationSpec {
         for k in ["init_images", "mask"] where echo[k] != nil { echo[k] = .string("<\(k) omitted>") }
         s.echo = echo
         return s
+    }
+
+    /// enable_hr fields (StableDiffusionProcessingTxt2Img): hr_scale, hr_upscaler, hr_second_pass_steps, hr_resize_x/y,
+    /// hr_sampler_name, hr_prompt, hr_negative_prompt and denoising_strength (0.75).
+    static func parseHires(_ f: Fields, _ s: inout GenerationSpec) throws -> Hires {
+        var h = Hires()
+        h.scale = try f.double("hr_scale", 2, in: 1...8)
+        if let u = try f.optionalString("hr_upscaler"), !u.isEmpty {
+            let valid = WebUIImageOps.latentUpscaleModes.keys.sorted() + ["None", "Lanczos", "Nearest"]
+            guard valid.contains(u) else { throw APIError.unprocessable("hr_upscaler", "unknown hr_upscaler '\(u)'; valid: \(valid.joined(separator: ", "))") }
+            h.upscaler = u; h.upscalerGiven = true
+        }
+        h.steps = try f.int("hr_second_pass_steps", 0, in: 0...1000)
+        h.resizeX = try f.int("hr_resize_x", 0, in: 0...RequestLimits.maxSide)
+        h.resizeY = try f.int("hr_resize_y", 0, in: 0...RequestLimits.maxSide)
+        if let name = try f.optionalString("hr_sampler_name"), !name.isEmpty, name != s.samplerName {
+            let (n, factory) = try WebUISamplers.resolve(sampler: name, scheduler: try f.string("hr_scheduler", s.schedulerName), field: "hr_sampler_name")
+            h.samplerName = n; h.factorySampler = factory
+        }
+        if let p = try f.optionalString("hr_prompt"), !p.isEmpty, p != s.prompt { h.prompt = p }
+        if let p = try f.optionalString("hr_negative_prompt"), !p.isEmpty, p != s.negativePrompt { h.negativePrompt = p }
+        s.denoisingStrength = try f.double("denoising_strength", 0.75, in: 0...1)
+        let t = HiresTarget.of(width: s.width, height: s.height, scale: h.scale, resizeX: h.resizeX, resizeY: h.resizeY)
+        guard t.width >= 8, t.height >= 8, t.width <= RequestLimits.maxSide, t.height <= RequestLimits.maxSide else {
+            throw APIError.unprocessable(h.resizeX + h.resizeY > 0 ? "hr_resize_x" : "hr_scale",
+                                         "the hires size \(t.width)x\(t.height) must be within 8...\(RequestLimits.maxSide) px a side")
+        }
+        try checked("denoising_strength") { try Validation.checkImg2ImgSteps(steps: h.steps > 0 ? h.steps : s.steps, strength: s.denoisingStrength) }
+        return h
     }
 
     static func parseEmphasis(_ v: String?, default d: PromptEmphasis, field: String) throws -> PromptEmphasis {

@@ -1,5 +1,6 @@
-// Jobs and the generation queue: a bounded FIFO of jobs run one at a time by one worker thread (generation is
-// CPU-bound and synchronous: it must not occupy Swift's cooperative pool or NIO's event loops). Each job carries its
+// Jobs and the generation queue: a bounded FIFO of jobs run by worker threads, one job at a time per model and up to
+// `workers` models at once (generation is CPU-bound and synchronous: it must not occupy Swift's cooperative pool or
+// NIO's event loops; jobs of one model share its loaded weights, LoRA merges and clip skip, so they never overlap). Each job carries its
 // own progress, latest latents (for previews), cancel / interrupt / skip flags (AUTOMATIC1111's shared.state
 // interrupt and skip, modules/shared_state.py, but per job) and its listeners (the server-sent event stream).
 import Foundation
@@ -20,7 +21,11 @@ public struct JobEvent: Sendable {
 public final class Job: @unchecked Sendable {
     public enum Status: String, Sendable { case queued, running, succeeded, failed, cancelled }
     public let id: String
-    public let spec: GenerationSpec
+    /// The request; once the job runs, with the model's defaults applied (LCM: sampler, steps, cfg).
+    public var spec: GenerationSpec { locked { _spec } }
+    private var _spec: GenerationSpec
+    /// The model the job runs on: jobs with the same key run one after the other.
+    public let modelKey: String
     public let created = Date()
     private let lock = NSLock()
 
@@ -36,9 +41,10 @@ public final class Job: @unchecked Sendable {
     private var waiters: [CheckedContinuation<Void, Never>] = []
     private var listeners: [UUID: AsyncStream<JobEvent>.Continuation] = [:]
 
-    init(spec: GenerationSpec) {
+    init(spec: GenerationSpec, modelKey: String = "") {
         id = UUID().uuidString.lowercased()
-        self.spec = spec
+        _spec = spec
+        self.modelKey = modelKey
     }
 
     private func locked<T>(_ f: () -> T) -> T { lock.lock(); defer { lock.unlock() }; return f() }
@@ -70,7 +76,7 @@ public final class Job: @unchecked Sendable {
         }
     }
     public var progress: Progress {
-        locked { Progress(status: _status, imageIndex: _imageIndex, imageCount: spec.imageCount, step: _step, steps: _steps,
+        locked { Progress(status: _status, imageIndex: _imageIndex, imageCount: _spec.imageCount, step: _step, steps: _steps,
                           interrupted: _interrupted, skipped: _skipped, started: _started) }
     }
 
@@ -84,6 +90,8 @@ public final class Job: @unchecked Sendable {
 
     // MARK: worker side
 
+    /// The worker's resolved form of the request (the model's defaults applied), reported by info and progress.
+    func resolve(_ s: GenerationSpec) { locked { _spec = s } }
     func begin(model: String) {
         locked { _status = .running; _started = Date(); _modelName = model }
         emit(JobEvent(name: "started", data: ["id": .string(id), "model": .string(model)]))
@@ -94,7 +102,7 @@ public final class Job: @unchecked Sendable {
     func stepDone(_ step: Int, _ total: Int) -> Bool {
         let (go, idx, count) = locked { () -> (Bool, Int, Int) in
             _step = step; _steps = total
-            return (!_cancelled && !_interrupted && !_skipped, _imageIndex, spec.imageCount)
+            return (!_cancelled && !_interrupted && !_skipped, _imageIndex, _spec.imageCount)
         }
         emit(JobEvent(name: "progress", data: ["id": .string(id), "image": .int(idx), "images": .int(count), "step": .int(step),
                                                 "steps": .int(total), "progress": .double(progress.fraction)]))
@@ -161,65 +169,75 @@ public final class Job: @unchecked Sendable {
     }
 }
 
-/// The bounded FIFO and its worker thread.
+/// The bounded FIFO and its worker threads: a worker takes the oldest waiting job whose model is not running.
 public final class JobQueue: @unchecked Sendable {
     public let capacity: Int
+    /// Models that may generate at the same time (worker threads).
+    public let workers: Int
     private let cond = NSCondition()
     private var pending: [Job] = []
-    private var running: Job?
+    private var runningJobs: [Job] = []
     private var history: [String: Job] = [:]
     private var order: [String] = []
     private var stopping = false
-    private var worker: Thread?
     private var durations: [Double] = []
     private let execute: (Job) -> Void
+    private let modelKey: (GenerationSpec) -> String
     private let done = DispatchSemaphore(value: 0)
     /// Finished jobs kept for GET /ldm/v1/jobs/{id} (their images included).
     static let historyLimit = 64
 
-    public init(capacity: Int, execute: @escaping (Job) -> Void) {
+    public init(capacity: Int, workers: Int = 1, modelKey: @escaping (GenerationSpec) -> String = { $0.model ?? "" },
+                execute: @escaping (Job) -> Void) {
         self.capacity = max(1, capacity)
+        self.workers = max(1, workers)
         self.execute = execute
-        let t = Thread { [weak self] in self?.loop() }
-        t.name = "ldm-generation"
-        t.stackSize = 16 << 20
-        worker = t
-        t.start()
+        self.modelKey = modelKey
+        for i in 0..<self.workers {
+            let t = Thread { [weak self] in self?.loop() }
+            t.name = "ldm-generation-\(i)"
+            t.stackSize = 16 << 20
+            t.start()
+        }
     }
 
     /// Queues a job; 429 with Retry-After when `capacity` jobs are already waiting.
     public func submit(_ spec: GenerationSpec) throws -> Job {
+        let key = modelKey(spec)
         cond.lock(); defer { cond.unlock() }
         guard !stopping else { throw APIError(.serviceUnavailable, "shutting down", "the server is stopping") }
         guard pending.count < capacity else {
             var e = APIError(.tooManyRequests, "queue full", "\(pending.count) jobs are waiting; retry later")
             let avg = durations.isEmpty ? 10 : durations.reduce(0, +) / Double(durations.count)
-            e.headers[.retryAfter] = String(max(1, Int((avg * Double(pending.count)).rounded(.up))))
+            e.headers[.retryAfter] = String(max(1, Int((avg * Double(pending.count) / Double(workers)).rounded(.up))))
             throw e
         }
-        let job = Job(spec: spec)
+        let job = Job(spec: spec, modelKey: key)
         pending.append(job)
         remember(job)
-        cond.signal()
+        cond.broadcast()
         return job
     }
 
     private func remember(_ job: Job) {
         history[job.id] = job; order.append(job.id)
         // Forget the oldest finished jobs beyond the limit (queued/running ones are never dropped).
-        while order.count > Self.historyLimit + capacity + 1,
+        while order.count > Self.historyLimit + capacity + workers,
               let i = order.firstIndex(where: { history[$0]?.isFinished ?? true }) {
             history.removeValue(forKey: order.remove(at: i))
         }
     }
 
     public func job(_ id: String) -> Job? { cond.lock(); defer { cond.unlock() }; return history[id] }
-    public var current: Job? { cond.lock(); defer { cond.unlock() }; return running }
+    /// The most recently started running job (A1111's one global state).
+    public var current: Job? { cond.lock(); defer { cond.unlock() }; return runningJobs.last }
+    /// Every running job, oldest first.
+    public var running: [Job] { cond.lock(); defer { cond.unlock() }; return runningJobs }
     public var queued: [Job] { cond.lock(); defer { cond.unlock() }; return pending }
     /// The running job, or else the last one that ran (A1111's progress shows the finished state until the next).
     public var latest: Job? {
         cond.lock(); defer { cond.unlock() }
-        return running ?? order.reversed().lazy.compactMap { self.history[$0] }.first { $0.started != nil }
+        return runningJobs.last ?? order.reversed().lazy.compactMap { self.history[$0] }.first { $0.started != nil }
     }
 
     /// Cancels a job: removed from the queue (its slot freed) or stopped at the next step.
@@ -237,10 +255,16 @@ public final class JobQueue: @unchecked Sendable {
     private func loop() {
         while true {
             cond.lock()
-            while pending.isEmpty && !stopping { cond.wait() }
-            if stopping && pending.isEmpty { cond.unlock(); break }
-            let job = pending.removeFirst()
-            running = job
+            var next: Job?
+            while true {
+                if stopping && pending.isEmpty { break }
+                if let i = pending.firstIndex(where: { j in !runningJobs.contains { $0.modelKey == j.modelKey } }) {
+                    next = pending.remove(at: i); break
+                }
+                cond.wait()
+            }
+            guard let job = next else { cond.unlock(); break }
+            runningJobs.append(job)
             cond.unlock()
             if job.isCancelled { job.finish(.cancelled) } else {
                 let t0 = Date()
@@ -248,22 +272,23 @@ public final class JobQueue: @unchecked Sendable {
                 let dt = Date().timeIntervalSince(t0)
                 cond.lock(); durations.append(dt); if durations.count > 20 { durations.removeFirst() }; cond.unlock()
             }
-            cond.lock(); running = nil; cond.unlock()
+            // A job of the same model may be waiting for this one: wake every worker.
+            cond.lock(); runningJobs.removeAll { $0 === job }; cond.broadcast(); cond.unlock()
         }
         done.signal()
     }
 
-    /// Stops accepting jobs, cancels the waiting ones, interrupts the running one and waits for the worker to end.
+    /// Stops accepting jobs, cancels the waiting ones, interrupts the running ones and waits for the workers to end.
     public func shutdown() {
         cond.lock()
         if stopping { cond.unlock(); return }
         stopping = true
         let waiting = pending; pending = []
-        let r = running
+        let r = runningJobs
         cond.broadcast()
         cond.unlock()
         waiting.forEach { $0.cancel(); $0.finish(.cancelled) }
-        r?.cancel()
-        done.wait()
+        r.forEach { $0.cancel() }
+        for _ in 0..<workers { done.wait() }
     }
 }

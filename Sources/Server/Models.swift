@@ -77,8 +77,6 @@ public final class ModelCache: @unchecked Sendable {
     public struct Loaded {
         public let entry: ModelEntry
         public let bundle: ModelBundle
-        /// The model's own clip skip (restored before each job sets the request's).
-        public let defaultClipSkip: Int
         public let preview: LatentPreview?
     }
     public let capacity: Int
@@ -99,11 +97,11 @@ public final class ModelCache: @unchecked Sendable {
         while loaded.count >= capacity { loaded.removeFirst() }
         lock.unlock()
         let summary = try ModelSummary.read(entry.url)
-        guard summary.hasTextEncoder, !summary.hasLDMBert, summary.firstStage == "AutoencoderKL" else {
+        guard let text = summary.kind.textEncoder, text != .ldmBert, text != .sdxlRefiner, summary.firstStage == .autoencoderKL else {
             throw APIError.unprocessable("sd_model_checkpoint", "model \(entry.name) is not a Stable Diffusion text-to-image model (CLIP text encoder + AutoencoderKL)")
         }
         let bundle = try ModelBundle.load(entry.url)
-        let m = Loaded(entry: entry, bundle: bundle, defaultClipSkip: bundle.clipSkip, preview: try? LatentPreview(bundle: bundle))
+        let m = Loaded(entry: entry, bundle: bundle, preview: try? LatentPreview(bundle: bundle))
         lock.lock(); loaded.append(m); lock.unlock()
         return m
     }

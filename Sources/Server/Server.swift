@@ -7,6 +7,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import ServiceLifecycle
+import TensorCore
 
 public struct ServerConfig: Sendable {
     public var host = "127.0.0.1"
@@ -17,6 +18,10 @@ public struct ServerConfig: Sendable {
     public var credentials: [(String, String)] = []
     public var queueSize = 16
     public var maxLoadedModels = 1
+    /// Models that may generate at the same time (one job at a time per model); at most maxLoadedModels.
+    public var parallelModels = 1
+    /// `ldm serve --precision` (f32, auto, bf16), reported by /sdapi/v1/options; ServeCommand sets the compute scope.
+    public var precision = "f32"
     public var outputDir: URL?
     /// Folder of LoRA files for the prompt syntax <lora:NAME:WEIGHT> and /sdapi/v1/loras (nil: no LoRAs).
     public var loraDir: URL?
@@ -120,8 +125,10 @@ public final class LDMServer: @unchecked Sendable {
         cache = ModelCache(capacity: config.maxLoadedModels)
         engine = Engine(registry: registry, cache: cache, outputDir: config.outputDir, loraDir: config.loraDir)
         let engine = self.engine
-        queue = JobQueue(capacity: config.queueSize) { engine.run($0) }
-        options = OptionsStore(ServerOptions(model: first.name), registry: registry)
+        let registry = self.registry
+        queue = JobQueue(capacity: config.queueSize, workers: min(config.parallelModels, config.maxLoadedModels),
+                         modelKey: { (try? registry.resolve($0.model ?? "").name) ?? ($0.model ?? "") }) { engine.run($0) }
+        options = OptionsStore(ServerOptions(model: first.name), registry: registry, precision: config.precision)
     }
 
     func buildRouter() -> Router<ServerContext> {
@@ -156,6 +163,11 @@ public final class LDMServer: @unchecked Sendable {
         let g = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], cancellationSignals: [], logger: logger))
         let already = lock.withLock { group = g; return stopped }
         if already { return }
+        // The server only infers: autograd off for its whole life. GradMode is one process-wide switch that noGrad
+        // saves and restores, so generations on several worker threads would otherwise turn it on under each other.
+        let savedGrad = GradMode.isEnabled
+        GradMode.isEnabled = false
+        defer { GradMode.isEnabled = savedGrad }
         try await g.run()
     }
 
@@ -203,8 +215,9 @@ public final class OptionsStore: @unchecked Sendable {
     private var current: ServerOptions
     private var other: [String: JSON] = [:]
     let registry: ModelRegistry
+    let precision: String
 
-    init(_ o: ServerOptions, registry: ModelRegistry) { current = o; self.registry = registry }
+    init(_ o: ServerOptions, registry: ModelRegistry, precision: String = "f32") { current = o; self.registry = registry; self.precision = precision }
 
     public var value: ServerOptions { lock.lock(); defer { lock.unlock() }; return current }
 
@@ -218,6 +231,7 @@ public final class OptionsStore: @unchecked Sendable {
         o["eta_ddim"] = .double(current.etaDDIM)
         o["samples_format"] = "png"
         o["sd_checkpoints_limit"] = .int(0)
+        o["ldm_precision"] = .string(precision)
         return .object(o)
     }
 
@@ -236,7 +250,7 @@ public final class OptionsStore: @unchecked Sendable {
         if let fmt = try f.optionalString("samples_format"), fmt.lowercased() != "png" {
             throw APIError.unprocessable("samples_format", "only png is written")
         }
-        let known: Set = ["sd_model_checkpoint", "CLIP_stop_at_last_layers", "randn_source", "emphasis", "eta_ddim", "samples_format", "sd_checkpoints_limit"]
+        let known: Set = ["sd_model_checkpoint", "CLIP_stop_at_last_layers", "randn_source", "emphasis", "eta_ddim", "samples_format", "sd_checkpoints_limit", "ldm_precision"]
         lock.lock()
         current = o
         for (k, v) in f.values where !known.contains(k) && other.count < 256 { other[k] = v }

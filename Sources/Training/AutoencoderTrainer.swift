@@ -60,9 +60,8 @@ public final class AutoencoderTrainer {
     /// Called after each step with its log entry (on rank 0 only).
     public var onStep: ((AutoencoderLogEntry) -> Void)?
     /// The ranks of a data-parallel run (DataParallel.swift), as for Trainer: shards of each batch, gradients of both
-    /// optimizers averaged, losses logged as their mean over the ranks, only rank 0 writes. One deviation from one
-    /// process remains: the discriminator's BatchNorm normalises with its rank's shard statistics (DDP without
-    /// SyncBatchNorm), so from disc_start on the run depends on N; before it, it does not.
+    /// optimizers averaged, losses logged as their mean over the ranks, only rank 0 writes. The discriminator's
+    /// BatchNorm layers are synchronised (SyncBatchNorm over the global batch), so the run does not depend on N.
     public let communicator: Communicator
     public let shard: BatchShard
     public let gradients: GradientAverager
@@ -84,6 +83,7 @@ public final class AutoencoderTrainer {
         try communicator.broadcastFromRoot(model.module.namedParameters.map(\.1) + (loss.adversarial?.parameters.map(\.1) ?? []))
         if let patchGAN = loss.adversarial as? PatchGANLoss, communicator.size > 1 {
             patchGAN.averageAcrossRanks = { [communicator] in try communicator.averaged($0) }
+            patchGAN.discriminator.synchronizedBatchNorm = communicator
         }
         optimizer = try AdamW(module: model.module, lr: learningRate, betas: betas, eps: eps, weightDecay: weightDecay)
         discOptimizer = try loss.adversarial.map { try AdamW(parameters: $0.parameters, lr: learningRate, betas: betas, eps: eps, weightDecay: weightDecay) }
@@ -122,8 +122,7 @@ public final class AutoencoderTrainer {
                                      globalStep: step, lastLayer: model.lastLayer)
         }
         guard aeLoss.item.isFinite else { throw TrainingError("autoencoder loss is \(aeLoss.item) at step \(step + 1)") }
-        aeLoss.backward()
-        try gradients.average(optimizer.parameters.map(\.1))
+        try gradients.backward(aeLoss, parameters: optimizer.parameters.map(\.1))
         if let n = maxGradNorm { log["grad_norm"] = clipGradNorm(optimizer.parameters.map(\.1), maxNorm: n) }
         optimizer.step()
         if let adversarial = loss.adversarial, let discOptimizer,
@@ -132,8 +131,7 @@ public final class AutoencoderTrainer {
            }) {
             discOptimizer.zeroGrad()
             guard dLoss.item.isFinite else { throw TrainingError("discriminator loss is \(dLoss.item) at step \(step + 1)") }
-            dLoss.backward()
-            try gradients.average(discOptimizer.parameters.map(\.1))
+            try gradients.backward(dLoss, parameters: discOptimizer.parameters.map(\.1))
             discOptimizer.step()
             log.merge(dlog) { $1 }
         }

@@ -16,11 +16,11 @@ extension AutoencoderTrainer {
         if let adversarial = loss.adversarial { entries += adversarial.state.map { Trainer.entry("disc.\($0.0)", $0.1) } }
         entries += optimizer.stateTensors.map { Trainer.entry("optimizer.\($0.0)", $0.1) }
         if let discOptimizer { entries += discOptimizer.stateTensors.map { Trainer.entry("disc_optimizer.\($0.0)", $0.1) } }
-        let state = generator.state
-        entries.append(SafeTensorsEntry(name: "generator_state", dtype: .U8, shape: [state.count], bytes: Data(state)))
-        var meta = ["format": Self.checkpointFormat, "step": String(step), "epoch": String(epoch),
-                    "batch_in_epoch": String(batchInEpoch), "optimizer_step": String(optimizer.stepCount),
-                    "seed": String(seed), "batch_size": String(sampler.batchSize), "precision": precision.rawValue]
+        let common = ResumableCheckpoint.common(format: Self.checkpointFormat, position: TrainingPosition(step: step, epoch: epoch, batchInEpoch: batchInEpoch),
+                                                seed: seed, batchSize: sampler.batchSize, precision: precision, generator: generator)
+        entries.append(common.entry)
+        var meta = common.meta
+        meta["optimizer_step"] = String(optimizer.stepCount)
         if let discOptimizer { meta["disc_optimizer_step"] = String(discOptimizer.stepCount) }
         let url = checkpointsDir.appendingPathComponent(String(format: "step-%08d.safetensors", step))
         try SafeTensors.write(entries, metadata: meta, to: url)
@@ -29,39 +29,20 @@ extension AutoencoderTrainer {
 
     /// Restores the latest checkpoint of the run directory and trims the loss log to its step.
     public func resume() throws {
-        guard let url = Trainer.latestCheckpoint(in: runDir) else { throw TrainingError("no checkpoint (checkpoints/step-*.safetensors) in \(runDir.path)") }
-        let file = try SafeTensors(url: url)
-        let meta = file.metadata ?? [:]
-        guard meta["format"] == Self.checkpointFormat else {
-            throw TrainingError("\(url.path) is not an autoencoder training checkpoint (metadata format \(meta["format"] ?? "missing"))")
-        }
-        func int(_ key: String) throws -> Int {
-            guard let s = meta[key], let v = Int(s), v >= 0 else { throw TrainingError("\(url.path): metadata \(key) missing or invalid") }
-            return v
-        }
-        guard try int("batch_size") == sampler.batchSize, meta["seed"] == String(seed) else {
-            throw TrainingError("\(url.path) was written with batch_size \(meta["batch_size"] ?? "?") and seed \(meta["seed"] ?? "?"); the data order would not continue")
-        }
-        let savedPrecision = meta["precision"] ?? TrainingPrecision.float32.rawValue   // older checkpoints: float32
-        guard savedPrecision == precision.rawValue else {
-            throw TrainingError("\(url.path) was trained with precision \(savedPrecision); this configuration uses \(precision.rawValue) (a resumed run keeps its precision: set precision to \(savedPrecision))")
-        }
-        let records = file.tensors
-        func group(_ prefix: String) -> [String: TensorRecord] { mapKeys(records, [.stripPrefix(prefix)]) }
-        try model.module.load(group("model."), component: "\(url.lastPathComponent) model")
-        try optimizer.restore(state: group("optimizer.").mapValues { try $0.tensor().float32() }, stepCount: try int("optimizer_step"))
+        let ckpt = try ResumableCheckpoint(latestIn: runDir, format: Self.checkpointFormat, kind: "an autoencoder training checkpoint",
+                                           batchSize: sampler.batchSize, seed: seed, precision: precision)
+        let url = ckpt.url
+        try model.module.load(ckpt.group("model."), component: "\(url.lastPathComponent) model")
+        try ckpt.restore(optimizer, prefix: "optimizer.", stepKey: "optimizer_step")
         if let adversarial = loss.adversarial, let discOptimizer {
-            let saved = group("disc.")
+            let saved = ckpt.group("disc.")
             guard !saved.isEmpty else { throw TrainingError("\(url.path) has no discriminator weights but this run has a discriminator") }
             try StateDictLoader(adversarial.state).load(saved, component: "\(url.lastPathComponent) discriminator")
-            try discOptimizer.restore(state: group("disc_optimizer.").mapValues { try $0.tensor().float32() }, stepCount: try int("disc_optimizer_step"))
+            try ckpt.restore(discOptimizer, prefix: "disc_optimizer.", stepKey: "disc_optimizer_step")
         }
-        guard let g = records["generator_state"], g.dtype == .U8 else { throw TrainingError("\(url.path) lacks generator_state (U8)") }
-        try generator.setState([UInt8](try g.rawData()))
-        let restoredBatch = try int("batch_in_epoch")
-        guard restoredBatch < sampler.batchesPerEpoch else { throw TrainingError("\(url.path): batch_in_epoch \(restoredBatch) is past this dataset's \(sampler.batchesPerEpoch) batches") }
-        step = try int("step"); epoch = try int("epoch"); batchInEpoch = restoredBatch
-        if communicator.isRoot { try trimJSONLines(logURL, keepingStepsUpTo: step); Trainer.removeUnfinishedCheckpoints(in: runDir) }
+        let position = try ckpt.restore(generator, batchesPerEpoch: sampler.batchesPerEpoch)
+        step = position.step; epoch = position.epoch; batchInEpoch = position.batchInEpoch
+        try ResumableCheckpoint.tidy(runDir: runDir, log: logURL, step: step, communicator: communicator)
     }
 }
 

@@ -1,12 +1,10 @@
 // Data-parallel training in the manner of torch.nn.parallel.DistributedDataParallel (Li et al., "PyTorch
 // Distributed", VLDB 2020): every rank holds the whole model, computes the gradients of its shard of each global
-// batch, and the gradients are averaged by an all-reduce in buckets (DDP's bucket_cap_mb = 25) before the identical
-// optimizer step on every rank. Rank 0's parameters are broadcast at the start (DDP's constructor does the same).
+// batch, and the gradients are averaged by an all-reduce in buckets (DDP's bucket_cap_mb = 25), overlapped with the
+// backward pass (GradientBuckets.swift), before the identical optimizer step on every rank. Rank 0's parameters are broadcast at the start (DDP's constructor does the same).
 // The trainers call one protocol, `Communicator`: `SingleProcess` is the identity (one process, nothing to reduce), so
 // the training loop has one code path; `MPICommunicator` reaches Open MPI through the CMPIShim target, which loads
 // libmpi at run time, so nothing here needs MPI to build or to train in one process.
-// Unlike DDP, the all-reduce runs after the backward pass, not overlapped with it: TensorCore's autograd has no
-// per-parameter "gradient ready" hook to start a bucket from.
 import CMPIShim
 import Foundation
 import TensorCore
@@ -18,6 +16,10 @@ public protocol Communicator: AnyObject {
     /// Element-wise sum over all ranks, in place.
     func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws
     func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws
+    /// Starts an element-wise sum over all ranks, in place, without waiting (MPI_Iallreduce on a communicator of its
+    /// own, so it never interleaves with the blocking collectives). `buffer` must stay valid and untouched until the
+    /// returned reduction has completed. The default runs the blocking sum.
+    func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> PendingAllReduce
     /// Rank `root`'s bytes to every rank, in place.
     func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws
     func barrier() throws
@@ -27,7 +29,27 @@ public protocol Communicator: AnyObject {
     func finalize()
 }
 
+/// A non-blocking all-reduce in flight (MPI_Request).
+public protocol PendingAllReduce: AnyObject {
+    /// Whether it has completed (MPI_Test, which also advances it: Open MPI progresses non-blocking collectives
+    /// only inside MPI calls).
+    func test() throws -> Bool
+    /// Blocks until it has completed (MPI_Wait).
+    func wait() throws
+}
+
+/// A reduction that had completed when it was returned.
+final class CompletedAllReduce: PendingAllReduce {
+    func test() throws -> Bool { true }
+    func wait() throws {}
+}
+
 extension Communicator {
+    public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> PendingAllReduce {
+        try allReduceSum(buffer)
+        return CompletedAllReduce()
+    }
+
     public var isRoot: Bool { rank == 0 }
 
     /// The mean over ranks of one value per rank (the same result on every rank).
@@ -116,6 +138,20 @@ public final class MPICommunicator: Communicator {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return }
         try Self.check(ldm_mpi_allreduce_sum_double(base, buffer.count), "MPI_Allreduce")
     }
+    public func startAllReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws -> PendingAllReduce {
+        let requests = MPIRequests()
+        guard let base = buffer.baseAddress else { return requests }
+        // MPI counts are int: larger buffers go as several requests.
+        var off = 0
+        while off < buffer.count {
+            let n = min(buffer.count - off, 1 << 30)
+            var request: UnsafeMutableRawPointer?
+            try Self.check(ldm_mpi_iallreduce_sum_float(base + off, n, &request), "MPI_Iallreduce")
+            requests.pending.append(request)
+            off += n
+        }
+        return requests
+    }
     public func broadcast(_ buffer: UnsafeMutableRawBufferPointer, root: Int) throws {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return }
         try Self.check(ldm_mpi_broadcast(base, buffer.count, Int32(root)), "MPI_Bcast")
@@ -129,6 +165,26 @@ public final class MPICommunicator: Communicator {
         guard !finalized else { return }
         finalized = true
         _ = ldm_mpi_finalize()
+    }
+}
+
+/// The MPI_Requests of one started all-reduce (MPI_Test / MPI_Wait release each when it completes).
+final class MPIRequests: PendingAllReduce {
+    var pending: [UnsafeMutableRawPointer?] = []
+    func test() throws -> Bool {
+        while var r = pending.first {
+            var flag: Int32 = 0
+            try MPICommunicator.check(ldm_mpi_test(&r, &flag), "MPI_Test")
+            guard flag != 0 else { pending[0] = r; return false }
+            pending.removeFirst()
+        }
+        return true
+    }
+    func wait() throws {
+        while var r = pending.first {
+            try MPICommunicator.check(ldm_mpi_wait(&r), "MPI_Wait")
+            pending.removeFirst()
+        }
     }
 }
 
@@ -183,68 +239,5 @@ public struct BatchShard: Equatable, Sendable {
     public func rows<T>(_ a: [T]) -> [T] {
         precondition(a.count == globalBatch)
         return isWhole ? a : Array(a[range])
-    }
-}
-
-/// Averages the gradients of `parameters` over the ranks in buckets of at most `bucketElements` float32 values
-/// (DDP's default 25 MiB), in reverse parameter order (the order backward produces them, as DDP buckets).
-/// A parameter that has a gradient on some rank gets the average on all (zeros where it had none), so the
-/// optimizer step stays identical everywhere; one with no gradient anywhere keeps none.
-public final class GradientAverager {
-    public let communicator: Communicator
-    public let bucketElements: Int
-    /// Wall-clock seconds spent in the all-reduces (packing and unpacking included).
-    public private(set) var seconds = 0.0
-    /// Float32 values reduced in the last call.
-    public private(set) var lastElements = 0
-    private var bucket: [Float] = []
-
-    public init(communicator: Communicator, bucketBytes: Int = 25 << 20) {
-        self.communicator = communicator; bucketElements = max(1, bucketBytes / 4)
-    }
-
-    public func average(_ parameters: [Tensor]) throws {
-        guard communicator.size > 1, !parameters.isEmpty else { return }
-        let start = DispatchTime.now().uptimeNanoseconds
-        defer { seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
-        // Which parameters have a gradient on any rank.
-        var present = parameters.map { $0.grad == nil ? Float(0) : 1 }
-        try present.withUnsafeMutableBufferPointer { try communicator.allReduceSum($0) }
-        let order = parameters.indices.reversed().filter { present[$0] > 0 }
-        lastElements = order.reduce(0) { $0 + parameters[$1].count }
-        let scale = 1 / Float(communicator.size)
-        var i = 0
-        while i < order.count {
-            // One bucket: parameters until the cap (a larger parameter goes alone).
-            var members: [Int] = [], n = 0
-            while i < order.count, members.isEmpty || n + parameters[order[i]].count <= bucketElements {
-                members.append(order[i]); n += parameters[order[i]].count; i += 1
-            }
-            if bucket.count < n { bucket = [Float](repeating: 0, count: n) }
-            try bucket.withUnsafeMutableBufferPointer { buf in
-                var off = 0
-                for m in members {
-                    let p = parameters[m], c = p.count
-                    if let g = p.grad {
-                        let gc = g.float32().contiguous()
-                        withExtendedLifetime(gc) { (buf.baseAddress! + off).update(from: gc.data, count: c) }
-                    } else {
-                        (buf.baseAddress! + off).update(repeating: 0, count: c)
-                    }
-                    off += c
-                }
-                try communicator.allReduceSum(UnsafeMutableBufferPointer(rebasing: buf[0..<n]))
-                off = 0
-                for m in members {
-                    let p = parameters[m], c = p.count
-                    let avg = Tensor(zeros: p.shape)
-                    withExtendedLifetime(avg) {
-                        for j in 0..<c { avg.data[j] = buf[off + j] * scale }
-                    }
-                    p.grad = avg
-                    off += c
-                }
-            }
-        }
     }
 }

@@ -1,6 +1,6 @@
 // The adversarial half of CompVis' first-stage losses:
 //  - NLayerDiscriminator: taming.modules.discriminator.model.NLayerDiscriminator (the pix2pix PatchGAN) with
-//    use_actnorm=False (BatchNorm2d), 4x4 convs with padding 1, LeakyReLU(0.2); state-dict names `main.N.*` as the
+//    use_actnorm=False (BatchNorm2d; SyncBatchNorm under data parallelism), 4x4 convs with padding 1, LeakyReLU(0.2); state-dict names `main.N.*` as the
 //    reference's nn.Sequential. `init(..., generator:)` replays torch's construction (Conv2d.reset_parameters'
 //    kaiming-uniform weight and uniform bias draws) followed by `.apply(weights_init)` (normal(0, 0.02) conv weights,
 //    normal(1, 0.02) BatchNorm weights, zero BatchNorm biases) on a torch-compatible generator, so a seeded
@@ -77,6 +77,11 @@ public final class NLayerDiscriminator: Module {
         didSet { for case .batchNorm(let bn) in main { bn.training = training } }
     }
 
+    /// Data-parallel training: in training mode the BatchNorm layers normalise with the batch statistics of all
+    /// ranks of this communicator (SyncBatchNorm.swift), so the discriminator sees the global batch whatever the
+    /// number of ranks. Nil (one process): BatchNorm2d over this process's batch.
+    public var synchronizedBatchNorm: Communicator?
+
     /// `frozen`: the parameters take part without gradients (detached views of the same values), so gradients reach
     /// only the input; BatchNorm still updates its running statistics in training mode.
     public func callAsFunction(_ x: Tensor, frozen: Bool = false) -> Tensor {
@@ -86,7 +91,12 @@ public final class NLayerDiscriminator: Module {
             case .conv(let c):
                 h = frozen ? Autocast.lowerPrecision(h, c.weight.detach(), c.bias?.detach()) { conv2d($0, $1, $2, c.options) }
                            : c(h)
-            case .batchNorm(let bn): h = bn(h, frozen: frozen)
+            case .batchNorm(let bn):
+                if let comm = synchronizedBatchNorm, bn.training {
+                    h = syncBatchNorm(h, bn, frozen: frozen, communicator: comm)
+                } else {
+                    h = bn(h, frozen: frozen)
+                }
             case .leakyReLU: h = h.leakyReLU(0.2)
             }
         }

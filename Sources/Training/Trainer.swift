@@ -74,6 +74,11 @@ public final class Trainer {
     /// prefix ("text_encoder."): their parameters join the optimizer under "<prefix><name>"; EMA covers the UNet only
     /// (CompVis LitEma(self.model)).
     public let extraModules: [(prefix: String, module: Module)]
+    /// Whether the UNet's own parameters are trained (false: LoRA training, where only `extraModules` are; the UNet is
+    /// frozen: not in the optimizer, no EMA, not in checkpoints).
+    public let trainsModel: Bool
+    /// Replaces `exportWeights`' unet/ + pipeline/ (e.g. a LoRA file).
+    public var customExport: (() throws -> Void)?
     /// The text conditioning (frozen or trainable CLIP text encoder + tokenizer), for sample grids and the export.
     public var textConditioner: TextConditioner?
     /// Recomputes the empty-prompt embedding used for conditioning dropout before every micro-batch (a trainable text
@@ -104,8 +109,8 @@ public final class Trainer {
     /// Called after each step with its log entry (on rank 0 only).
     public var onStep: ((TrainingLogEntry) -> Void)?
     /// The ranks of a data-parallel run (DataParallel.swift); one process by default. Each rank loads `shard` of every
-    /// batch, gradients are averaged by `gradients` before clipping and the optimizer step, and only rank 0 writes
-    /// (checkpoints, loss.jsonl, samples, the export).
+    /// batch, gradients are averaged by `gradients` (overlapped with the last backward) before clipping and the
+    /// optimizer step, and only rank 0 writes (checkpoints, loss.jsonl, samples, the export).
     public let communicator: Communicator
     public let shard: BatchShard
     public let gradients: GradientAverager
@@ -115,8 +120,10 @@ public final class Trainer {
 
     public init(model: UNet2DConditionModel, loss: DiffusionLoss, encoder: LatentEncoder = .identity,
                 dataset: TrainingDataset, options: TrainerOptions, runDir: URL,
-                extraModules: [(prefix: String, module: Module)] = [], communicator: Communicator = SingleProcess()) throws {
+                extraModules: [(prefix: String, module: Module)] = [], trainsModel: Bool = true,
+                communicator: Communicator = SingleProcess()) throws {
         try options.validate()
+        guard trainsModel || !extraModules.isEmpty else { throw TrainingError("nothing to train: the UNet is frozen and there are no extra modules") }
         for (i, e) in extraModules.enumerated() {
             guard e.prefix.hasSuffix("."), !["model.", "ema.", "optimizer."].contains(e.prefix),
                   !extraModules[..<i].contains(where: { $0.prefix == e.prefix }) else {
@@ -124,7 +131,7 @@ public final class Trainer {
             }
         }
         self.model = model; self.loss = loss; self.encoder = encoder; self.options = options; self.runDir = runDir
-        self.extraModules = extraModules
+        self.extraModules = extraModules; self.trainsModel = trainsModel
         self.communicator = communicator
         shard = try BatchShard(globalBatch: options.batchSize, rank: communicator.rank, count: communicator.size)
         gradients = GradientAverager(communicator: communicator)
@@ -135,10 +142,11 @@ public final class Trainer {
         // CompVis configure_optimizers: params = model.parameters() (+ cond_stage_model.parameters() when trainable).
         let extraParams = extraModules.flatMap { e in e.module.namedParameters.map { (e.prefix + $0.0, $0.1) } }
         // DDP's constructor: every rank starts from rank 0's weights.
-        try communicator.broadcastFromRoot((model.namedParameters + extraParams).map(\.1))
-        optimizer = try AdamW(parameters: model.namedParameters + extraParams, lr: options.learningRate, betas: options.betas,
+        let modelParams = trainsModel ? model.namedParameters : []
+        try communicator.broadcastFromRoot((modelParams + extraParams).map(\.1))
+        optimizer = try AdamW(parameters: modelParams + extraParams, lr: options.learningRate, betas: options.betas,
                               eps: options.adamEps, weightDecay: options.weightDecay)
-        ema = try options.emaDecay.map { try LitEma(module: model, decay: $0) }
+        ema = trainsModel ? try options.emaDecay.map { try LitEma(module: model, decay: $0) } : nil
         generator = TorchGenerator(seed: options.seed)
         let hasClasses = model.classEmbedding != nil || model.classTimestepEmbedding != nil
         makeConditioning = { batch in
@@ -181,11 +189,12 @@ public final class Trainer {
             let value = l.item
             guard value.isFinite else { throw TrainingError("loss is \(value) at step \(step + 1)") }
             total += value
-            l.backward()
+            // Data-parallel: the last micro-batch's backward averages the gradients over the ranks, in buckets
+            // overlapped with the pass (DDP; the others accumulate locally, as under no_sync).
+            try gradients.backward(l, parameters: params.map(\.1), reduce: micro + 1 == accum)
         }
-        // The mean over ranks of their shard means: the global batch's loss, and its gradient.
+        // The mean over ranks of their shard means: the global batch's loss.
         total = Float(try communicator.average(Double(total)))
-        try gradients.average(params.map(\.1))
         let gradNorm = options.maxGradNorm.map { clipGradNorm(params.map(\.1), maxNorm: $0) }
         optimizer.step()
         if let ema { ema.update(model.namedParameters) }
@@ -230,6 +239,7 @@ public final class Trainer {
     /// Writes `unet/` (diffusers layout: config.json + diffusion_pytorch_model.safetensors in `options.exportDType`)
     /// with the EMA weights when EMA is on, the trained weights otherwise; then `pipeline/` when `pipelineExport` is set.
     public func exportWeights() throws {
+        if let customExport { try customExport(); return }
         let dir = runDir.appendingPathComponent("unet")
         try writeUNet(to: dir)
         if pipelineExport != nil { try exportPipeline(unetFolder: dir) }

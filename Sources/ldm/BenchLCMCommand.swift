@@ -31,12 +31,12 @@ struct BenchLCM: ParsableCommand {
                 let s = try LCMScheduler(config: ModelBundle.stableDiffusionScheduler)
                 try s.setTimesteps(4)
                 let shape = [1, 4, 64, 64]
-                var x = randnTensor(shape, generator: g)
+                var x = Tensor.randn(shape, generator: g)
                 for i in s.timesteps.indices {
-                    let eps = try unet(sample: Tensor(x, shape: shape), timestep: Float(s.timesteps[i]), encoderHiddenStates: context)
-                    x = try s.step(modelOutput: eps.contiguous().toArray(), stepIndex: i, sample: x, noise: g)
+                    let eps = try unet(sample: x, timestep: Float(s.timesteps[i]), encoderHiddenStates: context)
+                    x = try s.step(modelOutput: eps, stepIndex: i, sample: x, noise: g)
                 }
-                _ = try vae.decodeScaled(Tensor(x, shape: shape), tiled: .never)
+                _ = try vae.decodeScaled(x, tiled: .never)
             } catch { failure = error }
         }
         if let failure { throw failure }

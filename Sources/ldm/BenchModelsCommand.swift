@@ -88,6 +88,8 @@ struct BenchPart: ParsableCommand {
                 let unet = try UNet2DConditionModel.random(config: .stableDiffusion15, seed: 0)
                 let precision: ComputePrecision = part == "unet-bf16" ? .bf16 : .f32
                 if precision == .bf16 && ProcessInfo.processInfo.environment["LDM_CONV_WEIGHT_CACHE_MB"] == nil { ConvWeightCache.maxCachedBytes = Int.max }
+                // As PyTorch's side (unet.to(torch.bfloat16)): Linear/Conv2d weights held in bf16 only, where native.
+                if precision.isNative && ProcessInfo.processInfo.environment["LDM_BENCH_F32_WEIGHTS"] == nil { unet.storeLowerPrecisionWeightsInBFloat16() }
                 let x = Tensor.randn([2, 4, 64, 64], generator: g), c = Tensor.randn([2, 77, 768], generator: g)
                 seconds = BenchSupport.median(reps) { precision.run { _ = try? unet(sample: x, timestep: 500, encoderHiddenStates: c) } }
             case "sd15-lcm4": seconds = try BenchLCM.ours(reps: reps)

@@ -66,39 +66,40 @@ struct GenerationOptions: ParsableArguments {
     @Flag(help: "No progress bar or messages.")
     var quiet = false
 
-    // Default f32, not auto: on the one AVX512_BF16 machine measured so far (a 2-core Zen 4) the native bf16 UNet was
-    // still slower than the float32 one (docs/benchmarks.md, issue 20).
+    // Default f32, not auto: auto changes every image (the CLI's diffusers float32 parity), and the generation
+    // commands still load float32 weights that the bf16 kernels convert per call above LDM_CONV_WEIGHT_CACHE_MB; the
+    // bench's bf16 UNet (weights held in bf16) is 0.61x the float32 time on a 2-core Zen 4 (docs/benchmarks.md).
     @Option(help: "Compute precision: f32 (default: the same image as diffusers in float32 for the same seed, on every CPU), auto (bf16 where this CPU has native bf16, AVX512_BF16 or AMX; float32 elsewhere) or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
     var precision: String = "f32"
 
     /// `body` (a command's work) at the --precision asked for.
     func compute(_ body: () throws -> Void) throws {
         guard let p = ComputePrecision(rawValue: precision) else {
-            throw PipelineError("--precision must be auto, f32 or bf16, got \(precision)")
+            throw CLIError("--precision must be auto, f32 or bf16, got \(precision)")
         }
         if p == .bf16 && !p.isNative { log("--precision bf16: this CPU has no native bf16 in use (\(CPUFeatures.active.name)); emulated on float32 kernels") }
         else if p == .auto { log("precision: \(p.resolved == .bfloat16 ? "bf16 (native)" : "float32")") }
-        try p.run(body)
+        try worded { try p.run(body) }
     }
 
     /// Checks every option and file that does not need the model; returns the sampling options and output paths.
     func check(defaultSteps: Int = 50) throws -> (SamplingOptions, [String]) {
-        guard ["torch", "torch-scalar", "cuda"].contains(rng) else { throw PipelineError("--rng must be torch, torch-scalar or cuda, got \(rng)") }
+        guard ["torch", "torch-scalar", "cuda"].contains(rng) else { throw CLIError("--rng must be torch, torch-scalar or cuda, got \(rng)") }
         _ = try cudaDevice()
         let o = SamplingOptions(sampler: sampler, steps: steps ?? defaultSteps, eta: eta, batchSize: batchSize,
                                 timestepSpacing: timestepSpacing)
         try o.validate()
-        try Validation.checkModelPath(model)
+        try FileChecks.modelPath(model)
         if config != nil {
-            if DiffusersFolder.isFolder(URL(fileURLWithPath: model)) { throw PipelineError("--config is for CompVis checkpoint files; \(model) is a diffusers folder") }
+            if DiffusersFolder.isFolder(URL(fileURLWithPath: model)) { throw CLIError("--config is for CompVis checkpoint files; \(model) is a diffusers folder") }
             let c = try compVisConfig()
             if c.condName == "BERTEmbedder", !c.isLayout { _ = try bertVocabularyURL() }
-            if c.isLayout, bertVocab != nil { throw PipelineError("--bert-vocab is for LDM-BERT text-to-image; a layout model takes no vocabulary") }
+            if c.isLayout, bertVocab != nil { throw CLIError("--bert-vocab is for LDM-BERT text-to-image; a layout model takes no vocabulary") }
         } else if bertVocab != nil {
-            throw PipelineError("--bert-vocab is for CompVis LDM-BERT checkpoints given with --config")
+            throw CLIError("--bert-vocab is for CompVis LDM-BERT checkpoints given with --config")
         }
-        let paths = Validation.outputPaths(output, batch: batchSize)
-        try Validation.checkOutputs(paths, overwrite: overwrite)
+        let paths = FileChecks.outputPaths(output, batch: batchSize)
+        try FileChecks.outputs(paths, overwrite: overwrite)
         return (o, paths)
     }
 
@@ -120,8 +121,14 @@ struct GenerationOptions: ParsableArguments {
         guard summary.timeCondProjDim != nil || lcmLoRA else { return nil }
         let cfg = summary.timeCondProjDim != nil ? 8.5 : 1.0
         var notes: [String] = []
-        if sampler == nil { o.sampler = "lcm"; notes.append("sampler lcm") }
-        if steps == nil { o.steps = 4; notes.append("4 steps") }
+        if sampler == nil {
+            o.sampler = "lcm"
+            notes.append("sampler lcm")
+        }
+        if steps == nil {
+            o.steps = 4
+            notes.append("4 steps")
+        }
         if !cfgGiven { notes.append("cfg scale \(cfg)") }
         if !notes.isEmpty {
             log("\(lcmLoRA ? "LCM-LoRA" : "latent consistency model"): using \(notes.joined(separator: ", ")) (override with --sampler, --steps, --cfg-scale)")
@@ -136,13 +143,13 @@ struct GenerationOptions: ParsableArguments {
         switch (cudaSMs, cudaThreadsPerSM) {
         case (nil, nil): return nil
         case let (sms?, threads?):
-            guard rng == "cuda" else { throw PipelineError("--cuda-sms and --cuda-threads-per-sm need --rng cuda") }
-            guard (1...1024).contains(sms) else { throw PipelineError("--cuda-sms must be in 1...1024, got \(sms)") }
+            guard rng == "cuda" else { throw CLIError("--cuda-sms and --cuda-threads-per-sm need --rng cuda") }
+            guard (1...1024).contains(sms) else { throw CLIError("--cuda-sms must be in 1...1024, got \(sms)") }
             guard (256...4096).contains(threads), threads % 32 == 0 else {
-                throw PipelineError("--cuda-threads-per-sm must be a multiple of 32 in 256...4096, got \(threads)")
+                throw CLIError("--cuda-threads-per-sm must be a multiple of 32 in 256...4096, got \(threads)")
             }
             return CUDAGenerator.Device(multiprocessorCount: sms, maxThreadsPerMultiprocessor: threads)
-        default: throw PipelineError("--cuda-sms and --cuda-threads-per-sm go together")
+        default: throw CLIError("--cuda-sms and --cuda-threads-per-sm go together")
         }
     }
 
@@ -164,7 +171,7 @@ struct GenerationOptions: ParsableArguments {
 
     /// The --config file as its typed configuration, read once per process.
     func compVisConfig() throws -> CompVisModelConfig {
-        guard let config else { throw PipelineError("no --config given") }
+        guard let config else { throw CLIError("no --config given") }
         return try CompVisConfigCache.shared.config(config)
     }
 
@@ -195,15 +202,16 @@ struct GenerationOptions: ParsableArguments {
         for spec in lora {
             var path = spec, weight: Float = 1
             if let colon = spec.lastIndex(of: ":"), let w = Float(spec[spec.index(after: colon)...]) {
-                guard w.isFinite else { throw PipelineError("--lora \(spec): the weight must be a finite number") }
-                path = String(spec[..<colon]); weight = w
+                guard w.isFinite else { throw CLIError("--lora \(spec): the weight must be a finite number") }
+                path = String(spec[..<colon])
+                weight = w
             }
-            guard !path.isEmpty else { throw PipelineError("--lora \(spec): no file") }
+            guard !path.isEmpty else { throw CLIError("--lora \(spec): no file") }
             out.append((try LoRAFile(url: URL(fileURLWithPath: path)), weight))
         }
         if !tags.isEmpty {
             guard let loraDir else {
-                throw PipelineError("the prompt has <lora:\(tags[0].name):...> but no --lora-dir to find it in")
+                throw CLIError("the prompt has <lora:\(tags[0].name):...> but no --lora-dir to find it in")
             }
             for t in tags { out.append((try LoRAFile(url: LoRAPrompt.resolve(t.name, in: URL(fileURLWithPath: loraDir))), t.weight)) }
         }
@@ -228,7 +236,8 @@ struct GenerationOptions: ParsableArguments {
     func write(_ result: GenerationResult, to paths: [String], parameters: GenerationParameters) throws {
         for (i, (image, path)) in zip(result.images, paths).enumerated() {
             var p = parameters
-            p.width = image.width; p.height = image.height
+            p.width = image.width
+            p.height = image.height
             if paths.count > 1 { p.extra += [.init("Batch size", "\(paths.count)"), .init("Batch pos", "\(i)")] }
             try image.writePNG(to: path, parameters: p, overwrite: overwrite)
             if !quiet { print(path) }
@@ -280,9 +289,9 @@ struct PromptArguments: ParsableArguments {
     /// `defaultGuidance`: the pipeline's guidance_scale default (7.5 for Stable Diffusion, 1 for LDM-BERT models).
     func check(defaultGuidance: Double = 7.5) throws -> PromptOptions {
         guard let mode = PromptEmphasis(rawValue: emphasis) else {
-            throw PipelineError("--emphasis must be one of \(PromptEmphasis.allCases.map(\.rawValue).joined(separator: ", ")), got \(emphasis)")
+            throw CLIError("--emphasis must be one of \(PromptEmphasis.allCases.map(\.rawValue).joined(separator: ", ")), got \(emphasis)")
         }
-        if let k = clipSkip, k < 1 { throw PipelineError("--clip-skip must be >= 1 (1 = last layer), got \(k)") }
+        if let k = clipSkip, k < 1 { throw CLIError("--clip-skip must be >= 1 (1 = last layer), got \(k)") }
         let p = PromptOptions(prompt: try LoRAPrompt.extract(prompt).text, negativePrompt: negativePrompt,
                               guidanceScale: cfgScale ?? defaultGuidance, width: width, height: height, emphasis: mode)
         try p.validate()
@@ -292,44 +301,41 @@ struct PromptArguments: ParsableArguments {
     /// The prompt's `<lora:NAME:WEIGHT>` tags (removed from the text `check` returns).
     func loraTags() throws -> [LoRATag] { try LoRAPrompt.extract(prompt).tags }
 
-    /// Applies --clip-skip to the loaded model, checked against its text encoder's layer count.
-    func configure(_ bundle: ModelBundle) throws -> ModelBundle {
-        guard let k = clipSkip else { return bundle }
+    /// --clip-skip as diffusers' clip_skip (0: the last layer), checked against the loaded text encoder's layer count.
+    func clipSkip(for bundle: ModelBundle) throws -> Int {
+        guard let k = clipSkip else {
+            return 0
+        }
         let layers = bundle.textEncoder?.layers.count ?? 0
-        guard k <= layers else { throw PipelineError("--clip-skip \(k) is outside 1...\(layers): the text encoder has \(layers) layers") }
-        bundle.clipSkip = k - 1
-        return bundle
+        guard k <= layers else {
+            throw CLIError("--clip-skip \(k) is outside 1...\(layers): the text encoder has \(layers) layers")
+        }
+        return k - 1
     }
 
     /// Prompt fields of the infotext; "Clip skip" and "Emphasis" as the web UI writes them (processing.py: clip skip
     /// when > 1; sd_hijack_clip.py: the emphasis mode when it is not "Original" and a prompt has "(" or "[").
-    func annotate(_ g: inout GenerationParameters, bundle: ModelBundle, options p: PromptOptions) {
-        g.prompt = prompt; g.negativePrompt = negativePrompt; g.cfgScale = p.guidanceScale
-        if bundle.clipSkip > 0 { g.extra.append(.init("Clip skip", "\(bundle.clipSkip + 1)")) }
+    func annotate(_ g: inout GenerationParameters, options p: PromptOptions) {
+        g.prompt = prompt
+        g.negativePrompt = negativePrompt
+        g.cfgScale = p.guidanceScale
+        if p.clipSkip > 0 {
+            g.extra.append(.init("Clip skip", "\(p.clipSkip + 1)"))
+        }
         let mode = PromptEmphasis(rawValue: emphasis) ?? .diffusers
         let hasSyntax = [prompt, negativePrompt].contains { $0.contains("(") || $0.contains("[") }
         if mode != .original, hasSyntax { g.extra.append(.init("Emphasis", mode.webUIName ?? "None")) }
     }
 }
 
-/// Checks a model can be prompted (text encoder + latent UNet). LDM-BERT models (any first stage) only when
-/// `allowLDMBert` (txt2img: diffusers has no LDM-BERT img2img or inpainting pipeline).
-func requireTextModel(_ s: ModelSummary, _ path: String, allowLDMBert: Bool = false) throws {
-    guard !s.isLayout else { throw PipelineError("model \(path) is a layout-to-image model: use `ldm layout`") }
-    guard s.hasTextEncoder else { throw PipelineError("model \(path) has no text encoder/tokenizer: it cannot take a prompt (try `ldm sample`)") }
-    if s.hasLDMBert {
-        guard allowLDMBert else { throw PipelineError("model \(path) is an LDM-BERT text-to-image model (LDMTextToImagePipeline): use `ldm txt2img`") }
-        guard s.firstStage != "none" else { throw PipelineError("model \(path) has no first stage (vqvae/)") }
-        return
-    }
-    guard s.firstStage == "AutoencoderKL" else { throw PipelineError("model \(path) has no AutoencoderKL (vae/)") }
-}
-
 /// A one-line progress bar on stderr with steps/s and ETA (only drawn when enabled: a terminal and not --quiet).
 final class ProgressBar {
     let title: String, enabled: Bool
     let start = Date()
-    init(title: String, enabled: Bool) { self.title = title; self.enabled = enabled }
+    init(title: String, enabled: Bool) {
+        self.title = title
+        self.enabled = enabled
+    }
 
     func update(_ step: Int, _ total: Int) -> Bool {
         guard enabled else { return true }

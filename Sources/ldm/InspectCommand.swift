@@ -1,8 +1,11 @@
 // `ldm inspect`: tensor names, shapes, dtypes, parameter counts per component and the detected
 // model family of a CompVis checkpoint (.ckpt/.pt/.bin torch zip, .safetensors) or diffusers folder.
-// The work is done by Checkpoints.Inspection / CheckpointReport.
+// The work is done by Checkpoints.Inspection / CheckpointReport; the model kind and the commands that run it by
+// Pipelines.ModelSummary / ModelKind.
 import ArgumentParser
 import Checkpoints
+import Foundation
+import Pipelines
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -29,5 +32,11 @@ struct Inspect: ParsableCommand {
         // CheckpointError is Error & CustomStringConvertible: ArgumentParser prints "Error: <message>"
         // on stderr and exits with status 1.
         print(try Inspection.report(path: path, variant: variant, maxTensors: maxTensors ?? .max, ema: ema), terminator: "")
+        // A latent diffusion model: what conditions it and which commands run it (without a CompVis YAML, from the
+        // weights' names and shapes; other checkpoints, such as a lone VAE, have no kind).
+        if let summary = try? ModelSummary.read(URL(fileURLWithPath: path)) {
+            let commands = summary.kind.tasks.map { "ldm \($0.rawValue)" }
+            print("model kind: \(summary.kind.name); runs with: \(commands.isEmpty ? "no command yet" : commands.joined(separator: ", "))")
+        }
     }
 }

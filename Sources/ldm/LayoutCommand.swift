@@ -38,22 +38,20 @@ struct Layout: ParsableCommand {
 
     private func generate() throws {
         let (sampling, paths) = try options.check()
-        if let n = objectClasses, n < 1 { throw PipelineError("--object-classes must be positive, got \(n)") }
+        if let n = objectClasses, n < 1 { throw CLIError("--object-classes must be positive, got \(n)") }
         if width != nil || height != nil { try Validation.checkSize(width: width ?? 8, height: height ?? 8, multiple: 4) }
-        try Validation.checkReadableFile(objects, what: "layout (--objects)")
+        try FileChecks.readableFile(objects, what: "layout (--objects)")
         let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: objects)) } catch { throw PipelineError("--objects \(objects) cannot be read: \(error.localizedDescription)") }
+        do { data = try Data(contentsOf: URL(fileURLWithPath: objects)) } catch { throw CLIError("--objects \(objects) cannot be read: \(error.localizedDescription)") }
         guard options.config != nil else {
-            throw PipelineError("layout models are CompVis checkpoints: pass --config (models/ldm/layout2img-openimages256/config.yaml) with --model model.ckpt")
+            throw CLIError("layout models are CompVis checkpoints: pass --config (models/ldm/layout2img-openimages256/config.yaml) with --model model.ckpt")
         }
         let summary = try options.summary()
-        guard summary.isLayout else {
-            throw PipelineError("model \(options.model) is not a layout-to-image model (its YAML's cond_stage_key is not coordinates_bbox)")
-        }
+        try requireModel(summary, options.model, for: .layout)
         let builder = try options.compVisConfig().layoutBuilder(objectClasses: objectClasses ?? OpenImagesCategories.count)
         let layout = try LayoutObject.parseList(data, classNames: OpenImagesCategories.names(), objectClasses: builder.noObjectClasses,
                                                 maxObjects: builder.noMaxObjects)
-        do { _ = try builder.build(layout.map(\.annotation)) } catch { throw PipelineError("layout: \(error)") }   // tokens < vocab_size
+        do { _ = try builder.build(layout.map(\.annotation)) } catch { throw CLIError("layout: \(error)") }   // tokens < vocab_size
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
         let pipe = try LayoutToImagePipeline(bundle: try options.loadBundle(), objectClasses: objectClasses)

@@ -27,14 +27,12 @@ struct Sample: ParsableCommand {
         if let cfgScale { try Validation.checkGuidance(cfgScale) }
         if width != nil || height != nil { try Validation.checkSize(width: width ?? 8, height: height ?? 8) }
         let s = try options.summary()
-        guard !s.isLayout else { throw PipelineError("model \(options.model) is a layout-to-image model: use `ldm layout`") }
-        guard !s.hasTextEncoder else { throw PipelineError("model \(options.model) is text-conditioned: use `ldm txt2img`") }
-        guard s.semanticSynthesis == nil else { throw PipelineError("model \(options.model) is a semantic-synthesis model: use `ldm semantic`") }
+        try requireModel(s, options.model, for: .sample)
         if let k = classLabel {
-            guard let n = s.numClassEmbeds else { throw PipelineError("model \(options.model) is not class-conditional: drop --class") }
-            guard k >= 0, k < n else { throw PipelineError("--class \(k) outside 0..<\(n)") }
+            guard let n = s.numClassEmbeds else { throw CLIError("model \(options.model) is not class-conditional: drop --class") }
+            guard k >= 0, k < n else { throw CLIError("--class \(k) outside 0..<\(n)") }
         } else if let n = s.numClassEmbeds {
-            throw PipelineError("model \(options.model) is class-conditional (\(n) classes): pass --class")
+            throw CLIError("model \(options.model) is class-conditional (\(n) classes): pass --class")
         }
         let cfgScale = self.cfgScale ?? (classLabel == nil ? 1 : 3)
         let seed = options.resolvedSeed
@@ -45,7 +43,10 @@ struct Sample: ParsableCommand {
                                      generator: options.generator(seed: seed), progress: bar.update)
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: pipe.bundle.schedulerConfig.className)
         options.recordLoRAs(&params, pipe.bundle)
-        if let k = classLabel { params.extra.append(.init("Class", "\(k)")); params.cfgScale = cfgScale }
+        if let k = classLabel {
+            params.extra.append(.init("Class", "\(k)"))
+            params.cfgScale = cfgScale
+        }
         options.log("seed \(seed)")
         try options.write(result, to: paths, parameters: params)
     }

@@ -32,18 +32,22 @@ struct Semantic: ParsableCommand {
 
     private func generate() throws {
         guard options.config != nil else {
-            throw PipelineError("semantic synthesis models are CompVis checkpoints: pass their YAML with --config (e.g. semantic_synthesis256/config.yaml)")
+            throw CLIError("semantic synthesis models are CompVis checkpoints: pass their YAML with --config (e.g. semantic_synthesis256/config.yaml)")
         }
         let (sampling, paths) = try options.check()
-        try Validation.checkReadableFile(segmentation, what: "segmentation map")
+        try FileChecks.readableFile(segmentation, what: "segmentation map")
+        guard (-255...255).contains(labelOffset) else {
+            throw CLIError("--label-offset must be in -255...255, got \(labelOffset)")
+        }
         let s = try options.summary()
+        try requireModel(s, options.model, for: .semantic)
         guard let geometry = s.semanticSynthesis else {
-            throw PipelineError("model \(options.model) (--config \(options.config ?? "")) is not a semantic-synthesis model: its cond_stage_config must be SpatialRescaler with conditioning_key concat")
+            throw CLIError("model \(options.model) (--config \(options.config ?? "")) is not a semantic-synthesis model: its cond_stage_config must be SpatialRescaler with conditioning_key concat")
         }
         let map = try geometry.labels(ImageIO.loadLabelMap(path: segmentation), offset: labelOffset, name: "segmentation map \(segmentation)")
         let (w, h) = (width ?? map.width, height ?? map.height)
         do { try geometry.checkSize(width: w, height: h, what: width == nil && height == nil ? "segmentation map \(segmentation): its" : "image") } catch let e as PipelineError where width == nil && height == nil {
-            throw PipelineError("\(e) (pass --width/--height to resize the map with nearest-neighbour)")
+            throw CLIError("\(e) (pass --width/--height to resize the map with nearest-neighbour)")
         }
         let labels = (w, h) == (map.width, map.height) ? map : try map.resized(width: w, height: h, filter: .nearest)
         let seed = options.resolvedSeed

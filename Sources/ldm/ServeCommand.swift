@@ -4,7 +4,9 @@
 import ArgumentParser
 import Dispatch
 import Foundation
+import NeuralNetwork
 import Server
+import TensorCore
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -33,6 +35,12 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("max-loaded-models"), help: "Models kept loaded (least recently used evicted).")
     var maxLoadedModels: Int = 1
 
+    @Option(name: .customLong("parallel-models"), help: "Models that may generate at the same time (jobs of one model always run one after another); at most --max-loaded-models.")
+    var parallelModels: Int = 1
+
+    @Option(help: "Compute precision of every job: f32 (default), auto (bf16 where this CPU has native bf16) or bf16, as for ldm txt2img.")
+    var precision: String = "f32"
+
     @Option(name: .customLong("output-dir"), help: "Folder where requests with save_images write their PNGs (without it, save_images is refused).")
     var outputDir: String?
 
@@ -44,6 +52,14 @@ struct Serve: ParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535, got \(port)") }
         guard (1...1024).contains(queueSize) else { throw ValidationError("--queue-size must be in 1...1024, got \(queueSize)") }
         guard (1...16).contains(maxLoadedModels) else { throw ValidationError("--max-loaded-models must be in 1...16, got \(maxLoadedModels)") }
+        guard (1...16).contains(parallelModels), parallelModels <= maxLoadedModels else {
+            throw ValidationError("--parallel-models must be in 1...--max-loaded-models (\(maxLoadedModels)), got \(parallelModels)")
+        }
+        guard let compute = ComputePrecision(rawValue: precision) else { throw ValidationError("--precision must be auto, f32 or bf16, got \(precision)") }
+        // bf16's native kernels are switched on per op through one process-wide flag: one generation at a time.
+        guard parallelModels == 1 || compute.resolved == .float32 else {
+            throw ValidationError("--parallel-models above 1 needs --precision f32 (bf16 runs one generation at a time)")
+        }
         for (flag, path) in [("--models-dir", modelsDir), ("--output-dir", outputDir), ("--lora-dir", loraDir)] {
             guard let path else { continue }
             var isDir: ObjCBool = false
@@ -61,7 +77,12 @@ struct Serve: ParsableCommand {
         c.model = model.map { URL(fileURLWithPath: $0) }
         c.modelsDir = modelsDir.map { URL(fileURLWithPath: $0, isDirectory: true) }
         c.credentials = try apiAuth.map(ServerConfig.parseAuth) ?? []
-        c.queueSize = queueSize; c.maxLoadedModels = maxLoadedModels
+        c.queueSize = queueSize; c.maxLoadedModels = maxLoadedModels; c.parallelModels = parallelModels
+        let compute = ComputePrecision(rawValue: precision) ?? .f32
+        c.precision = compute.rawValue
+        if compute == .bf16 && !compute.isNative {
+            FileHandle.standardError.write(Data("--precision bf16: this CPU has no native bf16 in use; emulated on float32 kernels\n".utf8))
+        }
         c.outputDir = outputDir.map { URL(fileURLWithPath: $0, isDirectory: true) }
         c.loraDir = loraDir.map { URL(fileURLWithPath: $0, isDirectory: true) }
         let server: LDMServer
@@ -90,7 +111,8 @@ struct Serve: ParsableCommand {
             } catch { box.error = error }
             done.signal()
         }
-        done.wait()
+        // Autocast's precision is process-wide: set for the server's whole life, every worker thread computes at it.
+        compute.run { done.wait() }
         _ = sources
         if let e = box.error { throw ValidationError("server stopped: \(e)") }
     }

@@ -34,6 +34,7 @@ struct TrainAutoencoder: ParsableCommand {
         let cfg = try AutoencoderTrainConfig.load(configURL)
         let dir = try runOptions.directory(configRunDir: cfg.runDir)
         let trainer = try cfg.makeTrainer(runDir: dir, communicator: comm, log: print)
+        runOptions.configure(trainer.gradients)
         if runOptions.resume != nil {
             try trainer.resume()
             print("resumed \(dir.path) at step \(trainer.step) (epoch \(trainer.epoch))")
@@ -73,8 +74,17 @@ struct TrainRunOptions: ParsableArguments {
     @Option(help: "Print the losses every N steps.")
     var logEvery = 10
 
+    @Option(help: "Data-parallel (mpirun): gradient bucket size in MiB (DDP's bucket_cap_mb).")
+    var bucketCapMb: Double = 25
+
+    @Flag(help: "Data-parallel (mpirun): all-reduce the gradients after the backward pass instead of during it (the same results; for measuring the overlap).")
+    var noOverlap = false
+
     func validate() throws {
         guard logEvery > 0 else { throw ValidationError("--log-every must be positive") }
+        guard bucketCapMb.isFinite, bucketCapMb > 0, bucketCapMb <= 1_048_576 else {
+            throw ValidationError("--bucket-cap-mb must be a positive number of MiB (at most 1048576), got \(bucketCapMb)")
+        }
         guard resume == nil || runDir == nil else { throw ValidationError("give --resume RUN_DIR or --run-dir, not both") }
     }
 
@@ -94,6 +104,12 @@ struct TrainRunOptions: ParsableArguments {
             comm.abort(code: 1)
         }
         comm.finalize()
+    }
+
+    /// The gradient all-reduce's bucket size and overlap (data-parallel runs).
+    func configure(_ gradients: GradientAverager) {
+        gradients.bucketBytes = Int(bucketCapMb * 1_048_576)
+        gradients.overlapsBackward = !noOverlap
     }
 
     /// --resume's directory, or a new one (--run-dir, the config's run_dir, runs/<config name>) that must not already
@@ -135,8 +151,10 @@ func allReduceSummary(_ g: GradientAverager, steps: Int, seconds: Double) -> Str
     guard steps > 0 else { return "" }
     let rate = String(format: "%d steps in %.3f s, %.3f steps/s", steps, seconds, Double(steps) / max(seconds, 1e-9))
     guard g.communicator.size > 1 else { return rate }
-    return rate + String(format: "; all-reduce of %d gradient values per step: %.3f s (%.1f%%)",
-                         g.lastElements, g.seconds, 100 * g.seconds / max(seconds, 1e-9))
+    return rate + String(format: "; all-reduce of %d gradient values per step in %d buckets (%@): %.3f s not hidden by backward (%.1f%%)",
+                         g.lastElements, g.lastBuckets,
+                         g.overlapsBackward ? "\(g.lastBucketsStartedDuringBackward) started during backward" : "after backward",
+                         g.seconds, 100 * g.seconds / max(seconds, 1e-9))
 }
 
 /// Keeps a copy of the config beside the run's checkpoints.

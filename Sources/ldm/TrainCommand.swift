@@ -19,7 +19,7 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "train",
         abstract: "Train models.",
-        subcommands: [TrainLDM.self, TrainAutoencoder.self])
+        subcommands: [TrainLDM.self, TrainAutoencoder.self, TrainLoRA.self])
 }
 
 struct TrainLDM: ParsableCommand {
@@ -66,6 +66,7 @@ struct TrainLDM: ParsableCommand {
         let cfg = try LDMTrainConfig.load(configURL)
         let dir = try runOptions.directory(configRunDir: cfg.runDir)
         let trainer = try cfg.makeTrainer(runDir: dir, communicator: comm, log: print)
+        runOptions.configure(trainer.gradients)
         if runOptions.resume != nil {
             try trainer.resume()
             print("resumed \(dir.path) at step \(trainer.step) (epoch \(trainer.epoch))")
@@ -130,22 +131,26 @@ func makeSampleGridCallback(config cfg: LDMTrainConfig, trainer: Trainer) throws
     let down: Int
     let firstStage: FirstStageModel?
     switch trainer.encoder {
-    case .identity: down = 1; firstStage = nil
-    case .kl(let m): down = m.downsamplingFactor; firstStage = .kl(m)
-    case .vq(let m): down = m.downsamplingFactor; firstStage = .vq(m)
+    case .identity:
+        down = 1
+        firstStage = nil
+    case .kl(let m):
+        down = m.downsamplingFactor
+        firstStage = .kl(m)
+    case .vq(let m):
+        down = m.downsamplingFactor
+        firstStage = .vq(m)
     }
     let shape = [count, trainer.model.config.inChannels, cfg.imageSize / down, cfg.imageSize / down]
     return { [unowned trainer] unet, _ in
-        let scheduler = try DDIMScheduler(config: schedulerConfig, eta: 0)
-        try scheduler.setTimesteps(cfg.sampleSteps)
-        let generator = TorchGenerator(seed: cfg.seed)
-        let noise = randnTensor(shape, generator: generator)
+        let run = try GenerationRun(SamplingOptions(sampler: "ddim", steps: cfg.sampleSteps, eta: 0), schedulerConfig: schedulerConfig,
+                                    generator: TorchGenerator(seed: cfg.seed))
         var context = context
         if context == nil, let text = trainer.textConditioner, !prompts.isEmpty { context = try GradMode.noGrad { try text.encode(prompts) } }
         let denoiser = Denoiser(unet: unet, context: context, classLabels: labels)
-        let z = try denoise(latents: noise, shape: shape, scheduler: scheduler, denoiser: denoiser, generator: generator)
+        let z = try run.latents(.noise(shape: shape), denoiser)
         let scale = trainer.scaleFactor ?? 1
-        let unscaled = z.map { $0 / scale }
+        let unscaled = z.toArray().map { $0 / scale }
         let images: [RGBImage]
         if let firstStage {
             images = try decodeLatents(unscaled, shape: shape, firstStage: firstStage, scaled: false).images

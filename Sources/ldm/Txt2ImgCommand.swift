@@ -18,32 +18,36 @@ struct Txt2Img: ParsableCommand {
     private func generate() throws {
         var (sampling, paths) = try options.check()
         let summary = try options.summary()
-        try requireTextModel(summary, options.model, allowLDMBert: true)
+        try requireModel(summary, options.model, for: .txt2img)
         if summary.hasLDMBert {
-            guard prompt.clipSkip == nil else { throw PipelineError("--clip-skip is for CLIP text encoders; \(options.model) has LDM-BERT") }
+            guard prompt.clipSkip == nil else { throw CLIError("--clip-skip is for CLIP text encoders; \(options.model) has LDM-BERT") }
             guard prompt.emphasis == PromptEmphasis.diffusers.rawValue else {
-                throw PipelineError("--emphasis is for CLIP text encoders; \(options.model) has LDM-BERT")
+                throw CLIError("--emphasis is for CLIP text encoders; \(options.model) has LDM-BERT")
             }
         }
         let (loras, lcmCFG) = try options.lorasWithLCMDefaults(&sampling, summary: summary, prompt: prompt)
-        let p = try prompt.check(defaultGuidance: summary.hasLDMBert ? LDMTextToImagePipeline.defaultGuidanceScale : lcmCFG ?? 7.5)
+        var p = try prompt.check(defaultGuidance: summary.hasLDMBert ? LDMTextToImagePipeline.defaultGuidanceScale : lcmCFG ?? 7.5)
         let seed = options.resolvedSeed
         let clock = timings ? Timings() : nil
         options.log("loading \(options.model)")
         let bundle = try options.loadBundle(loras: loras)
         clock?.markLoaded()
         let bar = options.progressBar("txt2img")
-        let progress: (Int, Int) -> Bool = { step, total in clock?.stepDone(); return bar.update(step, total) }
+        let progress: (Int, Int) -> Bool = { step, total in
+            clock?.stepDone()
+            return bar.update(step, total)
+        }
         let result: GenerationResult
         if summary.hasLDMBert {
             result = try LDMTextToImagePipeline(bundle: bundle).textToImage(p, sampling, generator: options.generator(seed: seed),
                                                                             progress: progress)
         } else {
-            let pipe = try StableDiffusionPipeline(bundle: prompt.configure(bundle))
+            p.clipSkip = try prompt.clipSkip(for: bundle)
+            let pipe = try StableDiffusionPipeline(bundle: bundle)
             result = try pipe.textToImage(p, sampling, generator: options.generator(seed: seed), progress: progress)
         }
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: sampling.sampler ?? bundle.schedulerConfig.className)
-        prompt.annotate(&params, bundle: bundle, options: p)
+        prompt.annotate(&params, options: p)
         options.recordLoRAs(&params, bundle)
         options.log("seed \(seed)")
         let decoded = Date()

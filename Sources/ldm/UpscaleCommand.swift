@@ -16,20 +16,15 @@ struct Upscale: ParsableCommand {
     func run() throws { try options.compute(generate) }
 
     private func generate() throws {
-        guard options.batchSize == 1 else { throw PipelineError("upscale takes one image: --batch-size must be 1") }
+        guard options.batchSize == 1 else { throw CLIError("upscale takes one image: --batch-size must be 1") }
         let (sampling, paths) = try options.check(defaultSteps: 100)
-        try Validation.checkReadableFile(initImage, what: "init image")
+        try FileChecks.readableFile(initImage, what: "init image")
         let image = try ImageIO.loadRGB(path: initImage)
         guard image.width >= 32, image.height >= 32 else {
-            throw PipelineError("init image \(image.width)x\(image.height) is smaller than 32x32")
+            throw CLIError("init image \(image.width)x\(image.height) is smaller than 32x32")
         }
         let s = try options.summary()
-        guard s.semanticSynthesis == nil else {
-            throw PipelineError("model \(options.model) is a semantic-synthesis model (its extra channels are a rescaled label map): use `ldm semantic`")
-        }
-        guard !s.hasTextEncoder, s.firstStage == "VQModel", s.unetInChannels == s.unetOutChannels + 3 else {
-            throw PipelineError("model \(options.model) is not a super-resolution model (VQ first stage, UNet taking latents + the low-res image)")
-        }
+        try requireModel(s, options.model, for: .upscale)
         let seed = options.resolvedSeed
         options.log("loading \(options.model)")
         let pipe = LatentDiffusionPipeline(bundle: try options.loadBundle())

@@ -9,11 +9,11 @@ import Yams
 func loadYAMLMapping(_ path: String) throws -> [String: Any] {
     let text: String
     do { text = try String(contentsOfFile: path, encoding: .utf8) } catch {
-        throw PipelineError("--config \(path) cannot be read: \(error.localizedDescription)")
+        throw CLIError("--config \(path) cannot be read: \(error.localizedDescription)")
     }
     let value: Any?
-    do { value = try Yams.load(yaml: text) } catch { throw PipelineError("--config \(path) is not valid YAML: \(error)") }
-    guard let mapping = value as? [String: Any] else { throw PipelineError("--config \(path) is not a YAML mapping") }
+    do { value = try Yams.load(yaml: text) } catch { throw CLIError("--config \(path) is not valid YAML: \(error)") }
+    guard let mapping = value as? [String: Any] else { throw CLIError("--config \(path) is not a YAML mapping") }
     return mapping
 }
 

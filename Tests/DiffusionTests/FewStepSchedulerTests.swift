@@ -38,35 +38,37 @@ final class FewStepSchedulerTests: XCTestCase {
         assertClose(got.map(Double.init), want.map(Double.init), what, file: file, line: line)
     }
 
+    /// Base64 reference values as latents.
+    func latents(_ b64: String) -> Tensor { SchedulerTests.latents(SchedulerTests.floats(b64)) }
+
     func testFewStepSamplersMatchDiffusers() throws {
         let doc = try loadDoc()
         XCTAssertEqual(doc.cases.count, 13)
         for c in doc.cases {
-            let s = try SchedulerFactory.make(c.sampler, config: try config(c))
-            if let tcd = s as? TCDScheduler { tcd.gamma = c.eta ?? 0.3 }
+            let s = try SchedulerFactory.make(c.sampler, config: try config(c), eta: c.eta)
             try s.setTimesteps(c.steps)
             assertClose(s.timesteps, c.timesteps, "\(c.name) timesteps")
             let gen = TorchGenerator(seed: c.seed)
             let noise = gen.normal(count: 128)
             XCTAssertEqual(noise, SchedulerTests.floats(c.init_noise), c.name)
-            var x: [Float]
+            var x: Tensor
             var start = 0
             if let strength = c.strength {
                 start = try s.img2imgStartIndex(strength: strength)
                 XCTAssertEqual(start, c.start_index, "\(c.name) img2img start")
-                x = s.addNoise(original: SchedulerTests.floats(try XCTUnwrap(c.clean)), noise: noise, stepIndex: start)
-                assertClose(x, SchedulerTests.floats(try XCTUnwrap(c.noised)), "\(c.name) add_noise")
+                x = s.addNoise(original: latents(try XCTUnwrap(c.clean)), noise: SchedulerTests.latents(noise), stepIndex: start)
+                assertClose(x.toArray(), SchedulerTests.floats(try XCTUnwrap(c.noised)), "\(c.name) add_noise")
             } else {
-                x = noise.map { Float(Double($0) * s.initNoiseSigma) }
+                x = SchedulerTests.latents(noise.map { Float(Double($0) * s.initNoiseSigma) })
             }
             XCTAssertEqual(s.initNoiseSigma, c.init_noise_sigma, accuracy: 1e-5 * max(1, c.init_noise_sigma), c.name)
             XCTAssertEqual(c.outputs.count, s.timesteps.count - start, "\(c.name): number of model evaluations")
             for (k, i) in (start..<min(s.timesteps.count, start + c.outputs.count)).enumerated() {
                 let xin = s.scaleModelInput(x, stepIndex: i)
-                if k < c.inputs.count { assertClose(xin, SchedulerTests.floats(c.inputs[k]), "\(c.name) model input \(k)") }
-                x = try s.step(modelOutput: SchedulerTests.floats(c.outputs[k]), stepIndex: i, sample: x, noise: gen)
-                assertClose(x, SchedulerTests.floats(c.samples[k]), "\(c.name) sample after step \(k)")
-                x = SchedulerTests.floats(c.samples[k])
+                if k < c.inputs.count { assertClose(xin.toArray(), SchedulerTests.floats(c.inputs[k]), "\(c.name) model input \(k)") }
+                x = try s.step(modelOutput: latents(c.outputs[k]), stepIndex: i, sample: x, noise: gen)
+                assertClose(x.toArray(), SchedulerTests.floats(c.samples[k]), "\(c.name) sample after step \(k)")
+                x = latents(c.samples[k])
             }
         }
     }
@@ -89,14 +91,16 @@ final class FewStepSchedulerTests: XCTestCase {
         var cfg = SchedulerConfig()
         let lcm = try LCMScheduler(config: cfg)
         XCTAssertThrowsError(try lcm.setTimesteps(51)) // more than original_inference_steps
-        XCTAssertThrowsError(try lcm.step(modelOutput: [0], stepIndex: 0, sample: [0], noise: nil)) // before setTimesteps
+        let zero = SchedulerTests.latents([0])
+        XCTAssertThrowsError(try lcm.step(modelOutput: zero, stepIndex: 0, sample: zero, noise: nil)) // before setTimesteps
         try lcm.setTimesteps(2)
-        XCTAssertThrowsError(try lcm.step(modelOutput: [0], stepIndex: 0, sample: [0], noise: nil)) // re-noise needs a generator
-        XCTAssertNoThrow(try lcm.step(modelOutput: [0], stepIndex: 1, sample: [0], noise: nil)) // the last step does not
+        XCTAssertThrowsError(try lcm.step(modelOutput: zero, stepIndex: 0, sample: zero, noise: nil)) // re-noise needs a generator
+        XCTAssertNoThrow(try lcm.step(modelOutput: zero, stepIndex: 1, sample: zero, noise: nil)) // the last step does not
         cfg.originalInferenceSteps = 2000
         XCTAssertThrowsError(try LCMScheduler(config: cfg))
-        let tcd = try TCDScheduler(config: SchedulerConfig(), gamma: 1.5)
-        try tcd.setTimesteps(2)
-        XCTAssertThrowsError(try tcd.step(modelOutput: [0], stepIndex: 0, sample: [0], noise: TorchGenerator(seed: 0)))
+        // gamma (the pipelines' eta) outside [0, 1] is refused when the scheduler is built, also through the factory
+        XCTAssertThrowsError(try TCDScheduler(config: SchedulerConfig(), gamma: 1.5))
+        XCTAssertThrowsError(try SchedulerFactory.make("tcd", config: SchedulerConfig(), eta: 1.5))
+        XCTAssertNoThrow(try SchedulerFactory.make("tcd", config: SchedulerConfig(), eta: 1))
     }
 }

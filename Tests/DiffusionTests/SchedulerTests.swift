@@ -95,10 +95,11 @@ final class SchedulerTests: XCTestCase {
             default: XCTFail("no direct class for \(c.sampler)")
             }
         }
-        let s = try SchedulerFactory.make(c.sampler, config: cfg)
-        if let eta = c.eta, let ddim = s as? DDIMScheduler { ddim.eta = eta }
-        return s
+        return try SchedulerFactory.make(c.sampler, config: cfg, eta: c.eta)
     }
+
+    /// The reference's flat values as latents.
+    static func latents(_ values: [Float]) -> Tensor { Tensor(values, shape: [values.count]) }
 
     func testSchedulersMatchReference() throws {
         let doc = try loadDoc()
@@ -112,24 +113,24 @@ final class SchedulerTests: XCTestCase {
             let gen = TorchGenerator(seed: c.seed)
             let noise = gen.normal(count: 128)
             XCTAssertEqual(noise, Self.floats(c.init_noise), "\(c.name): initial latents from TorchGenerator")
-            var x: [Float]
+            var x: Tensor
             var start = 0
             if let strength = c.strength {
                 start = try s.img2imgStartIndex(strength: strength)
                 XCTAssertEqual(start, c.start_index, "\(c.name) img2img start")
-                x = s.addNoise(original: Self.floats(try XCTUnwrap(c.clean)), noise: noise, stepIndex: start)
-                assertClose(x, Self.floats(try XCTUnwrap(c.noised)), "\(c.name) add_noise")
+                x = s.addNoise(original: Self.latents(Self.floats(try XCTUnwrap(c.clean))), noise: Self.latents(noise), stepIndex: start)
+                assertClose(x.toArray(), Self.floats(try XCTUnwrap(c.noised)), "\(c.name) add_noise")
             } else {
-                x = noise.map { Float(Double($0) * s.initNoiseSigma) }
+                x = Self.latents(noise.map { Float(Double($0) * s.initNoiseSigma) })
             }
             XCTAssertEqual(c.outputs.count, s.timesteps.count - start, "\(c.name): number of model evaluations")
             for (k, i) in (start..<min(s.timesteps.count, start + c.outputs.count)).enumerated() {
                 let xin = s.scaleModelInput(x, stepIndex: i)
-                if k < c.inputs.count { assertClose(xin, Self.floats(c.inputs[k]), "\(c.name) model input \(k)") }
-                x = try s.step(modelOutput: Self.floats(c.outputs[k]), stepIndex: i, sample: x, noise: gen)
-                assertClose(x, Self.floats(c.samples[k]), "\(c.name) sample after step \(k)")
+                if k < c.inputs.count { assertClose(xin.toArray(), Self.floats(c.inputs[k]), "\(c.name) model input \(k)") }
+                x = try s.step(modelOutput: Self.latents(Self.floats(c.outputs[k])), stepIndex: i, sample: x, noise: gen)
+                assertClose(x.toArray(), Self.floats(c.samples[k]), "\(c.name) sample after step \(k)")
                 // continue from the reference trajectory so each step is checked on its own inputs
-                x = Self.floats(c.samples[k])
+                x = Self.latents(Self.floats(c.samples[k]))
             }
         }
     }
@@ -183,6 +184,17 @@ final class SchedulerTests: XCTestCase {
             XCTAssertTrue(Swift.type(of: s) == type, name)
         }
         XCTAssertTrue((try SchedulerFactory.make("dpm++2m-karras", config: cfg) as? SigmaScheduler)?.useKarrasSigmas == true)
+        // The pipelines' eta reaches the schedulers whose step takes it when they are built, by name or by class.
+        XCTAssertEqual((try SchedulerFactory.make("ddim", config: cfg, eta: 0.5) as? DDIMScheduler)?.eta, 0.5)
+        XCTAssertEqual((try SchedulerFactory.make("ddim", config: cfg) as? DDIMScheduler)?.eta, 0)
+        var ddimClass = cfg
+        ddimClass.className = "DDIMScheduler"
+        XCTAssertEqual((try SchedulerFactory.make(config: ddimClass, eta: 0.25) as? DDIMScheduler)?.eta, 0.25)
+        XCTAssertEqual((try SchedulerFactory.make("compvis-ddim", config: cfg, eta: 0.5) as? CompVisSampler)?.eta, 0.5)
+        XCTAssertEqual((try SchedulerFactory.make("compvis-plms", config: cfg, eta: 0.5) as? CompVisSampler)?.eta, 0) // PLMS takes none
+        XCTAssertEqual((try SchedulerFactory.make("tcd", config: cfg) as? TCDScheduler)?.gamma, 0.3)
+        XCTAssertEqual((try SchedulerFactory.make("TCD", config: cfg, eta: 0) as? TCDScheduler)?.gamma, 0)
+        XCTAssertThrowsError(try LMSDiscreteScheduler(config: cfg, lmsOrder: 5))
         XCTAssertThrowsError(try SchedulerFactory.make("k_dpm_9", config: cfg)) { error in
             let text = "\(error)"
             XCTAssertTrue(text.contains("k_dpm_9") && text.contains("DPM++ 2M Karras") && text.contains("euler-a"), text)
@@ -196,9 +208,12 @@ final class SchedulerTests: XCTestCase {
         XCTAssertThrowsError(try SchedulerFactory.make("euler", config: bad))
         let s = try SchedulerFactory.make("euler-a", config: cfg)
         try s.setTimesteps(10)
-        XCTAssertThrowsError(try s.step(modelOutput: [0], stepIndex: 0, sample: [0], noise: nil))
-        XCTAssertThrowsError(try s.step(modelOutput: [0, 1], stepIndex: 0, sample: [0], noise: TorchGenerator(seed: 0)))
-        XCTAssertThrowsError(try s.step(modelOutput: [0], stepIndex: 10, sample: [0], noise: TorchGenerator(seed: 0)))
+        let zero = Self.latents([0])
+        XCTAssertThrowsError(try s.step(modelOutput: zero, stepIndex: 0, sample: zero, noise: nil))
+        XCTAssertThrowsError(try s.step(modelOutput: Self.latents([0, 1]), stepIndex: 0, sample: zero, noise: TorchGenerator(seed: 0)))
+        XCTAssertThrowsError(try s.step(modelOutput: Tensor([0, 1], shape: [2, 1]), stepIndex: 0, sample: Tensor([0, 1], shape: [1, 2]),
+                                        noise: TorchGenerator(seed: 0)))  // same count, other shape
+        XCTAssertThrowsError(try s.step(modelOutput: zero, stepIndex: 10, sample: zero, noise: TorchGenerator(seed: 0)))
         XCTAssertThrowsError(try s.setTimesteps(0))
         XCTAssertThrowsError(try s.img2imgStartIndex(strength: 1.5))
     }

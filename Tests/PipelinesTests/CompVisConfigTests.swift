@@ -84,7 +84,7 @@ final class CompVisConfigTests: XCTestCase {
         XCTAssertEqual(s.betaSchedule, "scaled_linear")
         let summary = try ModelSummary.read(yaml: parsed("cin256-v2"))
         XCTAssertEqual(summary.numClassEmbeds, (cin.condParams["n_classes"] as? Int))
-        XCTAssertEqual(summary.firstStage, "VQModel")
+        XCTAssertEqual(summary.firstStage, .vqModel)
         XCTAssertTrue(try ModelSummary.read(yaml: parsed("v1-inference")).hasTextEncoder)
     }
 
@@ -99,7 +99,7 @@ final class CompVisConfigTests: XCTestCase {
         XCTAssertEqual([bert.dModel, bert.encoderLayers, bert.encoderFFNDim, bert.encoderAttentionHeads, bert.headDim, bert.vocabSize,
                         bert.maxPositionEmbeddings], [1280, 32, 5120, 8, 64, 30522, 77])
         let summary = try ModelSummary.read(yaml: parsed("txt2img-1p4B-eval"))
-        XCTAssertTrue(summary.hasLDMBert); XCTAssertTrue(summary.hasTextEncoder); XCTAssertEqual(summary.firstStage, "AutoencoderKL")
+        XCTAssertTrue(summary.hasLDMBert); XCTAssertTrue(summary.hasTextEncoder); XCTAssertEqual(summary.firstStage, .autoencoderKL)
         XCTAssertTrue(message(["model": ["params": ["linear_start": 0.1]]]).contains("unet_config"))
         XCTAssertTrue(message(["data": 1]).contains("model.params"))
         var sd1 = try parsed("v1-inference")

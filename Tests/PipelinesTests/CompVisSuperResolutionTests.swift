@@ -34,7 +34,7 @@ final class CompVisSuperResolutionTests: XCTestCase {
 
     func testYAMLCheckpointMatchesCompVisDDIM() throws {
         let s = try ModelSummary.read(yaml: yaml())
-        XCTAssertEqual(s.firstStage, "VQModel"); XCTAssertFalse(s.hasTextEncoder)
+        XCTAssertEqual(s.firstStage, .vqModel); XCTAssertFalse(s.hasTextEncoder)
         XCTAssertEqual(s.unetInChannels, 6); XCTAssertEqual(s.unetOutChannels, 3)
         let config = try CompVisModelConfig(yaml: yaml())
         XCTAssertEqual(config.condName, "Identity"); XCTAssertEqual(config.conditioningKey, "concat")   // from concat_mode
@@ -43,7 +43,7 @@ final class CompVisSuperResolutionTests: XCTestCase {
         XCTAssertEqual(bundle.schedulerConfig.betaStart, 0.0015); XCTAssertEqual(bundle.schedulerConfig.betaEnd, 0.0155)
         XCTAssertEqual(bundle.vaeScaleFactor, 4)
         XCTAssertThrowsError(try LatentDiffusionPipeline(bundle: bundle).sample(SamplingOptions(steps: 1), generator: TorchGenerator(seed: 0))) { e in
-            XCTAssertTrue("\(e)".contains("use `ldm upscale`"), "\(e)")
+            XCTAssertEqual(e as? PipelineError, .wrongModelKind(model: checkpoint.path, kind: .superResolution, task: .sample))
         }
         let all = try cases()
         XCTAssertEqual(all.count, 3)

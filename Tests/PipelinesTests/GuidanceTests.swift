@@ -19,11 +19,11 @@ final class GuidanceTests: XCTestCase {
         let u = try XCTUnwrap(uncond)
         let scheduler = try SamplingOptions(sampler: "euler", steps: 4).makeScheduler(config: sd.schedulerConfig)
         let shape = [1, 4, 8, 8]
-        let x = randnTensor(shape, generator: TorchGenerator(seed: 3))
+        let x = Tensor.randn(shape, generator: TorchGenerator(seed: 3))
         let guided = try Denoiser(unet: sd.unet, guidanceScale: 6, context: cond, uncondContext: u)
-            .predict(x, shape: shape, scheduler: scheduler, stepIndex: 1)
-        let c = try Denoiser(unet: sd.unet, context: cond).predict(x, shape: shape, scheduler: scheduler, stepIndex: 1)
-        let n = try Denoiser(unet: sd.unet, context: u).predict(x, shape: shape, scheduler: scheduler, stepIndex: 1)
+            .predict(x, scheduler: scheduler, stepIndex: 1).toArray()
+        let c = try Denoiser(unet: sd.unet, context: cond).predict(x, scheduler: scheduler, stepIndex: 1).toArray()
+        let n = try Denoiser(unet: sd.unet, context: u).predict(x, scheduler: scheduler, stepIndex: 1).toArray()
         let manual = zip(n, c).map { $0 + 6 * ($1 - $0) }
         XCTAssertLessThan(maxDiff(guided, manual), 1e-4)
         XCTAssertGreaterThan(maxDiff(c, n), 1e-3)   // the negative prompt changes the prediction
@@ -42,17 +42,18 @@ final class GuidanceTests: XCTestCase {
                                  schedulerConfig: ldm.schedulerConfig, sampleSize: 8)
         let scheduler = try SamplingOptions(sampler: "ddim", steps: 2).makeScheduler(config: ldm.schedulerConfig)
         let shape = [2, 3, 8, 8]
-        let x = randnTensor(shape, generator: TorchGenerator(seed: 2))
+        let x = Tensor.randn(shape, generator: TorchGenerator(seed: 2))
         let guided = try Denoiser(unet: unet, guidanceScale: 3, classLabels: [2, 2], uncondClassLabels: [4, 4])
-            .predict(x, shape: shape, scheduler: scheduler, stepIndex: 0)
-        let c = try Denoiser(unet: unet, classLabels: [2, 2]).predict(x, shape: shape, scheduler: scheduler, stepIndex: 0)
-        let n = try Denoiser(unet: unet, classLabels: [4, 4]).predict(x, shape: shape, scheduler: scheduler, stepIndex: 0)
+            .predict(x, scheduler: scheduler, stepIndex: 0).toArray()
+        let c = try Denoiser(unet: unet, classLabels: [2, 2]).predict(x, scheduler: scheduler, stepIndex: 0).toArray()
+        let n = try Denoiser(unet: unet, classLabels: [4, 4]).predict(x, scheduler: scheduler, stepIndex: 0).toArray()
         XCTAssertLessThan(maxDiff(guided, zip(n, c).map { $0 + 3 * ($1 - $0) }), 1e-4)
         // The pipeline uses class n - 1 as the null class and needs --class for a class-conditional model.
         let pipe = LatentDiffusionPipeline(bundle: bundle)
         let r = try pipe.sample(SamplingOptions(sampler: "ddim", steps: 2, batchSize: 2), classLabel: 2, guidanceScale: 3,
                                 generator: TorchGenerator(seed: 0))
-        XCTAssertEqual(r.images.count, 2); XCTAssertEqual(r.images[0].width, 16)
+        XCTAssertEqual(r.images.count, 2)
+        XCTAssertEqual(r.images[0].width, 16)
         XCTAssertThrowsError(try pipe.sample(SamplingOptions(steps: 2), generator: TorchGenerator(seed: 0)))
         XCTAssertThrowsError(try pipe.sample(SamplingOptions(steps: 2), classLabel: 5, generator: TorchGenerator(seed: 0)))
     }

@@ -47,7 +47,7 @@ final class LDMTextToImageTests: XCTestCase {
     func testFolderIsReadAsLDMBert() throws {
         let s = try ModelSummary.read(folder)
         XCTAssertTrue(s.hasTextEncoder); XCTAssertTrue(s.hasLDMBert)
-        XCTAssertEqual(s.firstStage, "AutoencoderKL", "the `vqvae` component is an AutoencoderKL, as in ldm-text2im-large-256")
+        XCTAssertEqual(s.firstStage, .autoencoderKL, "the `vqvae` component is an AutoencoderKL, as in ldm-text2im-large-256")
         let b = try LDMTextShared.bundle.get()
         XCTAssertNotNil(b.bert); XCTAssertNil(b.textEncoder)
         XCTAssertEqual(b.defaultImageSize, 32)

@@ -31,7 +31,7 @@ final class TwoPassGuidanceTests: XCTestCase {
         let scheduler = try ddim(sd)
         for (name, cond, uncond) in [("guided_long_cond", long, short), ("guided_long_uncond", short, long)] {
             let den = Denoiser(unet: sd.unet, guidanceScale: scale, context: cond, uncondContext: uncond)
-            let got = try den.predict(x.toArray(), shape: x.shape, scheduler: scheduler, stepIndex: 0)
+            let got = try den.predict(x, scheduler: scheduler, stepIndex: 0).toArray()
             let want = try t(name).toArray()
             XCTAssertFalse(got.contains { !$0.isFinite }, name)
             let d = maxDiff(got, want)
@@ -40,7 +40,7 @@ final class TwoPassGuidanceTests: XCTestCase {
         }
         // Each pass alone against torch.
         for (name, ctx) in [("eps_short", short), ("eps_long", long)] {
-            let got = try Denoiser(unet: sd.unet, context: ctx).predict(x.toArray(), shape: x.shape, scheduler: scheduler, stepIndex: 0)
+            let got = try Denoiser(unet: sd.unet, context: ctx).predict(x, scheduler: scheduler, stepIndex: 0).toArray()
             XCTAssertLessThan(maxDiff(got, try t(name).toArray()), 3e-5, name)
         }
     }
@@ -55,13 +55,13 @@ final class TwoPassGuidanceTests: XCTestCase {
         let u = try XCTUnwrap(uncond)
         let scheduler = try ddim(sd)
         let shape = [2, 4, 8, 8]
-        let x = randnTensor(shape, generator: TorchGenerator(seed: 4))
+        let x = Tensor.randn(shape, generator: TorchGenerator(seed: 4))
         let oneBatch = try Denoiser(unet: sd.unet, guidanceScale: 6, context: cond, uncondContext: u)
-            .predict(x, shape: shape, scheduler: scheduler, stepIndex: 1)
+            .predict(x, scheduler: scheduler, stepIndex: 1).toArray()
         for (c, n) in [(cond, concat([u, u], axis: 1)), (concat([cond, cond], axis: 1), u)] {
             XCTAssertNotEqual(c.shape, n.shape)
             let twoPass = try Denoiser(unet: sd.unet, guidanceScale: 6, context: c, uncondContext: n)
-                .predict(x, shape: shape, scheduler: scheduler, stepIndex: 1)
+                .predict(x, scheduler: scheduler, stepIndex: 1).toArray()
             XCTAssertLessThan(maxDiff(twoPass, oneBatch), 1e-4)
         }
     }
@@ -77,15 +77,16 @@ final class TwoPassGuidanceTests: XCTestCase {
         let (c, u) = try pipe.encodePrompt(PromptOptions(prompt: long, negativePrompt: "blurry", guidanceScale: 5, emphasis: .original),
                                            batch: 1, guidance: true)
         let uncond = try XCTUnwrap(u)
-        XCTAssertEqual(c.shape, [1, 462, 32]); XCTAssertEqual(uncond.shape, [1, 77, 32])
+        XCTAssertEqual(c.shape, [1, 462, 32])
+        XCTAssertEqual(uncond.shape, [1, 77, 32])
         XCTAssertFalse(c.toArray().contains { !$0.isFinite })
         let scheduler = try SamplingOptions(sampler: "euler", steps: 2).makeScheduler(config: sd.schedulerConfig)
         let shape = [1, 4, 8, 8]
-        let x = randnTensor(shape, generator: TorchGenerator(seed: 3))
+        let x = Tensor.randn(shape, generator: TorchGenerator(seed: 3))
         let got = try Denoiser(unet: sd.unet, guidanceScale: 5, context: c, uncondContext: uncond)
-            .predict(x, shape: shape, scheduler: scheduler, stepIndex: 0)
-        let ec = try Denoiser(unet: sd.unet, context: c).predict(x, shape: shape, scheduler: scheduler, stepIndex: 0)
-        let eu = try Denoiser(unet: sd.unet, context: uncond).predict(x, shape: shape, scheduler: scheduler, stepIndex: 0)
+            .predict(x, scheduler: scheduler, stepIndex: 0).toArray()
+        let ec = try Denoiser(unet: sd.unet, context: c).predict(x, scheduler: scheduler, stepIndex: 0).toArray()
+        let eu = try Denoiser(unet: sd.unet, context: uncond).predict(x, scheduler: scheduler, stepIndex: 0).toArray()
         XCTAssertFalse(got.contains { !$0.isFinite })
         XCTAssertLessThan(maxDiff(got, zip(eu, ec).map { $0 + ($1 - $0) * 5 }), 1e-5)
         XCTAssertGreaterThan(maxDiff(ec, eu), 1e-3)

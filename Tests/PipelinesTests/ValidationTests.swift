@@ -30,24 +30,10 @@ final class ValidationTests: XCTestCase {
         XCTAssertTrue(message { try Validation.checkMaskSize(image: (64, 64), mask: (32, 64)) }.contains("mask is 32x64"))
     }
 
-    func testFiles() throws {
+    func testCorruptModel() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-val-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        XCTAssertTrue(message { try Validation.checkReadableFile(dir.appendingPathComponent("no.png").path, what: "init image") }
-            .contains("init image \(dir.path)/no.png does not exist"))
-        XCTAssertTrue(message { try Validation.checkReadableFile(dir.path, what: "mask") }.contains("is a directory"))
-        XCTAssertTrue(message { try Validation.checkModelPath(dir.path) }.contains("no model_index.json"))
-        XCTAssertTrue(message { try Validation.checkModelPath(dir.appendingPathComponent("x.ckpt").path) }.contains("does not exist"))
-        let out = dir.appendingPathComponent("out.png").path
-        XCTAssertEqual(message { try Validation.checkOutputs([out], overwrite: false) }, "")
-        try Data([1]).write(to: URL(fileURLWithPath: out))
-        XCTAssertTrue(message { try Validation.checkOutputs([out], overwrite: false) }.contains("already exists"))
-        XCTAssertEqual(message { try Validation.checkOutputs([out], overwrite: true) }, "")
-        XCTAssertTrue(message { try Validation.checkOutputs([dir.path + "/missing/o.png"], overwrite: false) }.contains("does not exist"))
-        XCTAssertTrue(message { try Validation.checkOutputs([dir.path + "/o.jpg"], overwrite: false) }.contains("must end in .png"))
-        XCTAssertEqual(Validation.outputPaths("/a/out.png", batch: 2), ["/a/out-1.png", "/a/out-2.png"])
-        XCTAssertEqual(Validation.outputPaths("/a/out.png", batch: 1), ["/a/out.png"])
         // A corrupt model file is an error, not a crash.
         let bad = dir.appendingPathComponent("bad.safetensors")
         try Data("not a checkpoint".utf8).write(to: bad)
@@ -56,11 +42,20 @@ final class ValidationTests: XCTestCase {
 
     func testModelCapabilities() throws {
         let ldm = try Shared.ldm.get()
-        XCTAssertTrue(message { _ = try StableDiffusionPipeline(bundle: ldm) }.contains("no text encoder"))
+        XCTAssertThrowsError(try StableDiffusionPipeline(bundle: ldm)) { e in
+            XCTAssertEqual(e as? PipelineError, .wrongModelKind(model: ldm.url.path, kind: .unconditional, task: .txt2img))
+        }
         let s = try ModelSummary.read(fixtures.appendingPathComponent("tiny-ldm"))
-        XCTAssertFalse(s.hasTextEncoder); XCTAssertEqual(s.firstStage, "VQModel")
+        XCTAssertFalse(s.hasTextEncoder); XCTAssertEqual(s.firstStage, .vqModel)
         let sd = try ModelSummary.read(fixtures.appendingPathComponent("tiny-sd"))
         XCTAssertTrue(sd.hasTextEncoder); XCTAssertEqual(sd.unetInChannels, 4)
+        // One answer to "which task runs this model".
+        XCTAssertEqual(s.kind, .unconditional)
+        XCTAssertEqual(s.kind.tasks, [.sample])
+        XCTAssertEqual(sd.kind, .text(.clip))
+        XCTAssertEqual(sd.kind.tasks, [.txt2img, .img2img, .inpaint])
+        XCTAssertEqual(try Shared.sd.get().kind, sd.kind)
+        XCTAssertEqual(ldm.kind, s.kind)
         let pipe = LatentDiffusionPipeline(bundle: ldm)
         XCTAssertTrue(message { _ = try pipe.sample(SamplingOptions(steps: 2), classLabel: 3, generator: TorchGenerator(seed: 0)) }
             .contains("not class-conditional"))
@@ -84,7 +79,7 @@ final class ValidationTests: XCTestCase {
         _ = try Converter.convert(input: fixtures.appendingPathComponent("tiny-sd"), output: file, options: ConvertOptions(target: .compvis))
         let s = try ModelSummary.read(file)
         XCTAssertTrue(s.isCompVisFile); XCTAssertTrue(s.hasTextEncoder); XCTAssertEqual(s.unetInChannels, 4)
-        XCTAssertEqual(s.unetOutChannels, 4); XCTAssertEqual(s.firstStage, "AutoencoderKL")
+        XCTAssertEqual(s.unetOutChannels, 4); XCTAssertEqual(s.firstStage, .autoencoderKL)
         XCTAssertTrue(message { _ = try ModelBundle.load(file) }.contains("not multiples of 32 groups"))
     }
 }

@@ -95,7 +95,7 @@ final class A1111APITests: XCTestCase {
         let inpaint = srv.request("POST", "/sdapi/v1/img2img", json: ["prompt": "a red circle", "init_images": [initB64], "seed": 9, "steps": 4,
                                                                        "denoising_strength": 1, "width": 32, "height": 32,
                                                                        "mask": "data:image/png;base64," + Data(try PNGCodec.encode(mask)).base64EncodedString(),
-                                                                       "inpainting_fill": 1])
+                                                                       "inpainting_fill": 1, "mask_blur": 0])
         XCTAssertEqual(inpaint.status, 200, inpaint.text)
         let out = try decodePNG((inpaint.object["images"] as? [String])?.first)
         // The same inpainting from `ldm inpaint` (inpainting_fill 1 = the original image under the mask, as the CLI).
@@ -112,7 +112,12 @@ final class A1111APITests: XCTestCase {
                        "--output", outURL.path, "--quiet"]
         try p.run(); p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 0)
-        XCTAssertEqual(try ImageIO.load(path: outURL.path).image.pixels, out.image.pixels, "API inpainting differs from ldm inpaint")
+        // A1111's apply_overlay: outside the (unblurred) mask the original pixels, inside it the sampler's image.
+        let cli = try ImageIO.load(path: outURL.path).image, original = try decodePNG(initB64).image
+        var expected = cli
+        for i in 0..<(32 * 32) where px[i] == 0 { for c in 0..<3 { expected.pixels[3 * i + c] = original.pixels[3 * i + c] } }
+        XCTAssertEqual(expected.pixels, out.image.pixels, "API inpainting differs from ldm inpaint + the A1111 overlay")
+        XCTAssertNotEqual(cli.pixels, original.pixels)
     }
 
     func testOptionsModelsSamplersPNGInfoMemory() throws {

@@ -220,7 +220,8 @@ final class DataParallelTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: work) }
         let data = work.appendingPathComponent("data")
         try writeImages(data)
-        // The discriminator starts after the run: its BatchNorm uses per-rank statistics (see AutoencoderTrainer).
+        // The discriminator starts after the run: this is the autoencoder alone (with the discriminator and its
+        // SyncBatchNorm: DataParallelOverlapTests).
         let config = try writeTrainConfig([
             "base_learning_rate": 1e-3, "scale_lr": false, "batch_size": 4, "max_steps": 4, "ckpt_every": 2,
             "data_dir": data.path, "image_size": 16, "seed": 5, "random_flip": true, "max_grad_norm": 1.0,

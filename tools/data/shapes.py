@@ -68,6 +68,8 @@ def draw_shape(d, kind, x0, y0, x1, y1, fill):
         tx, ty = (x1 - x0) / 6, (y1 - y0) / 6
         d.rectangle([cx - tx, y0, cx + tx, y1], fill=fill)
         d.rectangle([x0, cy - ty, x1, cy + ty], fill=fill)
+    elif kind == "diamond":  # a square on its corner, vertices at the box's edge midpoints (only in shapes_concept.py's data)
+        d.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
     else:
         raise ValueError(kind)
 

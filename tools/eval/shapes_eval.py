@@ -14,7 +14,7 @@
 #  - Samples: DIR/NNNNN.png or DIR/NNNNN-J.png (the files of `ldm txt2img --output DIR/NNNNN.png --batch-size B`)
 #    are scored against labels.json entry "NNNNN" (the text before the first "-" of the file stem).
 #    labels.json: {"image_size": S, "kinds": [...], "labels": {"NNNNN": {"caption", "color", "shape", "size",
-#    "position"}}} as written by tools/data/shapes.py (--heldout-out DIR2/labels.json for the held-out prompts;
+#    "position"}}, optional "extra_colors": {name: [r, g, b]} added to the palette} as written by tools/data/shapes.py (--heldout-out DIR2/labels.json for the held-out prompts;
 #    DIR/labels.json for the training images, so `--samples DIR --labels DIR/labels.json` checks the dataset itself).
 #  - Reports per-attribute accuracy (colour, shape, size, position) and all-four-correct accuracy; --json writes them
 #    with the per-file readings.
@@ -94,6 +94,16 @@ def analyse(img, kinds=shapes.KINDS):
                          "fit_blur": fits[shape][2], "centroid": [round(float(cx), 3), round(float(cy), 3)]}}
 
 
+def extend_palette(extra):
+    """Adds labels.json's "extra_colors" ({name: [r, g, b]}, e.g. a colour taught by a LoRA,
+    tools/data/shapes_concept.py) to the palette the analyser picks from (and the self-check renders)."""
+    global PALETTE_NAMES, PALETTE_LAB
+    for name, rgb in extra.items():
+        shapes.COLORS[name] = tuple(int(v) for v in rgb)
+    PALETTE_NAMES = list(shapes.COLORS)
+    PALETTE_LAB = rgb2lab(np.array([shapes.COLORS[c] for c in PALETTE_NAMES], dtype=np.float64)[None] / 255.0)[0]
+
+
 def template(kind, cx, cy, bw, bh, w, h):
     """Coverage (0..1, h x w) of `kind` drawn by shapes.py's code (4x supersampled, BOX-downsampled) in a box of
     bw x bh (fractions of the image side) whose shape centroid is at (cx, cy)."""
@@ -144,6 +154,7 @@ def main():
     image_size = args.self_check_size or meta.get("image_size", 32)
 
     kinds = meta.get("kinds", shapes.KINDS)
+    extend_palette(meta.get("extra_colors", {}))
     check, n_check = self_check(labels, image_size, kinds)
     print("analyser self-check (%d clean %dx%d renders): %s" % (n_check, image_size, image_size, fmt(check)))
 

@@ -87,6 +87,8 @@ void ck_geglu_backward(const float *x, const float *dy, float *dx, long rows, lo
 
 /// y[i] = x[i] rounded to bfloat16 (nearest even; NaN stays NaN), as raw bf16 bits.
 void ck_to_bf16(const float *x, unsigned short *y, long n);
+/// x[i] rounded to bfloat16 in place (nearest even; NaN stays NaN), kept as float32.
+void ck_round_bf16(float *x, long n);
 
 /// Winograd F(4x4, 3x3) convolution pieces (winograd.c): stride 1, dilation 1, one group, NCHW float32.
 /// Floats of the transformed weights U for `oc` output and `ic` input channels: 36 * icp * ocp (icp = ic rounded up

@@ -1,6 +1,10 @@
 // Reverse-mode autograd in the manner of torch.autograd: an op whose inputs require gradients records a GradNode
 // (its inputs and a backward closure) on its output; `backward()` walks the recorded graph in reverse topological
 // order. Under `GradMode.noGrad` nothing is recorded, so inference allocates nothing for autograd.
+// Two extension points: `GradientReadyHooks` (torch.Tensor.register_post_accumulate_grad_hook: a leaf's `.grad` is
+// final during `backward()`, which data-parallel training uses to start a gradient bucket's all-reduce while backward
+// goes on), and `Tensor.recordingBackward` (torch.autograd.Function: an op computed outside autograd with its own
+// backward, e.g. SyncBatchNorm, whose backward itself communicates).
 
 public final class GradNode {
     public let name: String
@@ -37,7 +41,32 @@ public enum GradMode {
     }
 }
 
+/// torch.Tensor.register_post_accumulate_grad_hook, scoped: while `withHooks` runs, `backward()` calls `hook(leaf)`
+/// for each of `leaves` right after accumulating its `.grad`. In reverse topological order a leaf comes after every
+/// node that reaches it, so at that point its `.grad` is final for this backward pass (summed with what was there
+/// before, as with gradient accumulation). A leaf the pass does not reach gets no call. `gradients(wrt:)` leaves
+/// `.grad` alone and calls no hook. Runs on the thread that calls backward().
+public enum GradientReadyHooks {
+    nonisolated(unsafe) static var active: [ObjectIdentifier: (Tensor) -> Void] = [:]
+
+    public static func withHooks<T>(on leaves: [Tensor], _ hook: @escaping (Tensor) -> Void, _ body: () throws -> T) rethrows -> T {
+        let saved = active
+        for t in leaves { active[ObjectIdentifier(t)] = hook }
+        defer { active = saved }
+        // The leaves stay alive (so their identifiers stay theirs) until the hooks are gone.
+        return try withExtendedLifetime(leaves) { try body() }
+    }
+}
+
 extension Tensor {
+    /// torch.autograd.Function: `self` (an op's fresh output, computed without recording) gets `backward` as its
+    /// gradient function when an input requires gradients and grad mode is on. `backward` receives d(loss)/d(self)
+    /// and returns one gradient (or nil) per input, each of that input's shape.
+    @discardableResult
+    public func recordingBackward(_ name: String, inputs: [Tensor], _ backward: @escaping (Tensor) -> [Tensor?]) -> Tensor {
+        recorded(name, inputs, backward)
+    }
+
     /// Attaches a backward function to `self` (an op's fresh output) when any input requires gradients.
     @discardableResult
     func recorded(_ name: String, _ inputs: [Tensor], _ backward: @escaping (Tensor) -> [Tensor?]) -> Tensor {
@@ -77,6 +106,7 @@ extension Tensor {
                 guard let node = t.gradFn else {
                     let g32 = g.shape == t.shape ? g : g.reshaped(t.shape)
                     t.grad = t.grad.map { $0 + g32 } ?? g32.contiguous()
+                    if !GradientReadyHooks.active.isEmpty, let hook = GradientReadyHooks.active[ObjectIdentifier(t)] { hook(t) }
                     continue
                 }
                 let inputGrads = node.backward(g)
@@ -140,6 +170,18 @@ extension Tensor {
             }
         }
         return targets.map { result[ObjectIdentifier($0)] ?? Tensor(zeros: $0.shape) }
+    }
+
+    /// For each of `leaves`, whether `backward()` from `self` would reach it (a path of recorded ops from `self` to
+    /// it). DDP's find_unused_parameters walks the graph the same way before backward.
+    public func reaches(_ leaves: [Tensor]) -> [Bool] {
+        var visited = Set<ObjectIdentifier>()
+        var stack: [Tensor] = requiresGrad ? [self] : []
+        while let t = stack.popLast() {
+            guard visited.insert(ObjectIdentifier(t)).inserted else { continue }
+            for input in t.gradFn?.inputs ?? [] where input.requiresGrad { stack.append(input) }
+        }
+        return leaves.map { visited.contains(ObjectIdentifier($0)) }
     }
 
     /// Sets `.grad` to nil (optimizer.zero_grad(set_to_none=True)).

@@ -40,6 +40,17 @@ enum DNNL {
         dnnlCheck(dnnl_stream_create(&s, engine, dnnl_stream_default_flags.rawValue), "stream_create")
         return s!
     }()
+    /// Attributes of every primitive: a user-managed scratchpad, passed at each execution (`Primitive.run`). oneDNN's
+    /// default (library) scratchpad is thread-local memory sized on the thread that creates a primitive, so a cached
+    /// primitive executed on another thread (the server's jobs) used that thread's scratchpad, unsized: a segfault in
+    /// the first kernel that needs scratch (oneDNN's SSE41 level takes the im2col GEMM convolution, whose column
+    /// buffer lives there: the `LDM_ISA=baseline` crash).
+    nonisolated(unsafe) static let attr: dnnl_primitive_attr_t = {
+        var a: dnnl_primitive_attr_t?
+        dnnlCheck(dnnl_primitive_attr_create(&a), "primitive_attr_create")
+        dnnlCheck(dnnl_primitive_attr_set_scratchpad_mode(a, dnnl_scratchpad_mode_user), "set_scratchpad_mode")
+        return a!
+    }()
     private static let lock = NSRecursiveLock()
     nonisolated(unsafe) private static var cache: [String: Primitive] = [:]
 
@@ -70,7 +81,7 @@ enum DNNL {
         let p: Primitive
         if let cached = reorders[key] { p = cached } else {
             var pd: dnnl_primitive_desc_t?
-            dnnlCheck(dnnl_reorder_primitive_desc_create(&pd, &f, engine, &t, engine, nil), "reorder pd")
+            dnnlCheck(dnnl_reorder_primitive_desc_create(&pd, &f, engine, &t, engine, attr), "reorder pd")
             p = Primitive(pd: pd!)
             reorders[key] = p
         }
@@ -78,7 +89,11 @@ enum DNNL {
         let ms = memory(&f, src), md = memory(&t, dst)
         defer { dnnl_memory_destroy(ms); dnnl_memory_destroy(md) }
         var args = [dnnl_exec_arg_t(arg: DNNL_ARG_FROM, memory: ms), dnnl_exec_arg_t(arg: DNNL_ARG_TO, memory: md)]
-        dnnlCheck(dnnl_primitive_execute(p.prim, stream, 2, &args), "reorder")
+        let scratch = p.scratchpad()
+        defer { if let m = scratch?.memory { dnnl_memory_destroy(m) } }
+        if let m = scratch?.memory { args.append(dnnl_exec_arg_t(arg: DNNL_ARG_SCRATCHPAD, memory: m)) }
+        dnnlCheck(dnnl_primitive_execute(p.prim, stream, Int32(args.count), &args), "reorder")
+        withExtendedLifetime(scratch?.buffer) {}
         dnnlCheck(dnnl_stream_wait(stream), "stream_wait")
     }
 
@@ -102,6 +117,10 @@ final class Primitive: @unchecked Sendable {
         var p: dnnl_primitive_t?
         dnnlCheck(dnnl_primitive_create(&p, pd), "primitive_create")
         prim = p!
+        if let m = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0) {
+            var md = m.pointee
+            scratchpadBytes = dnnl_memory_desc_get_size(&md)
+        } else { scratchpadBytes = 0 }
     }
     var implementation: String {
         var s: UnsafePointer<CChar>?
@@ -109,6 +128,14 @@ final class Primitive: @unchecked Sendable {
         return s.map { String(cString: $0) } ?? "?"
     }
     func md(_ what: dnnl_query_t, _ index: Int32 = 0) -> dnnl_memory_desc_t { dnnl_primitive_desc_query_md(pd, what, index).pointee }
+    /// Bytes of scratch one execution needs (user-managed scratchpad, see `DNNL.attr`).
+    let scratchpadBytes: Int
+    /// A fresh scratchpad for one execution (nil when none is needed): the memory object and the buffer it wraps.
+    func scratchpad() -> (memory: dnnl_memory_t, buffer: Storage)? {
+        guard scratchpadBytes > 0, let p = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0) else { return nil }
+        let buf = Storage(byteCount: scratchpadBytes)
+        return (DNNL.memory(p, buf.base), buf)
+    }
 
     /// One argument: its DNNL_ARG, the query for the layout the primitive wants, the user's plain layout and buffer,
     /// and whether the primitive writes it. `cached` (weights) is a reordered copy to use as is.
@@ -135,10 +162,13 @@ final class Primitive: @unchecked Sendable {
             let m = DNNL.memory(&want, ptr)
             mems.append(m); exec.append(dnnl_exec_arg_t(arg: a.arg, memory: m))
         }
+        let pad = scratchpad()
+        if let m = pad?.memory { mems.append(m); exec.append(dnnl_exec_arg_t(arg: DNNL_ARG_SCRATCHPAD, memory: m)) }
         dnnlCheck(dnnl_primitive_execute(prim, DNNL.stream, Int32(exec.count), &exec), "execute \(implementation)")
         dnnlCheck(dnnl_stream_wait(DNNL.stream), "stream_wait")
         for (from, src, to, dst) in post { DNNL.reorder(from: from, src, to: to, dst) }
         mems.forEach { dnnl_memory_destroy($0) }
         _ = scratch
+        withExtendedLifetime(pad?.buffer) {}
     }
 }

@@ -34,6 +34,7 @@ public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, sca
     let lk = k.shape[2], dv = v.shape[3]
     precondition(k.shape == [bs, heads, lk, d] && v.shape[0...2] == [bs, heads, lk], "attention: mismatched q \(q.shape), k \(k.shape), v \(v.shape)")
     let sc = scale ?? 1 / Float(d).squareRoot()
+    if NativeBF16.attentionApplies([q, k, v]) { return scaledDotProductAttentionBF16(q, k, v, scale: sc, causal: causal) }
     let lastContiguous = { (t: Tensor) in t.dtype == .float32 && t.strides[3] == 1 ? t : t.float32().contiguous() }
     let qc = lastContiguous(q), kc = lastContiguous(k), vc = lastContiguous(v)
     let Q = HeadView(qc), K = HeadView(kc), V = HeadView(vc)

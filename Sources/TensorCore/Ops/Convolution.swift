@@ -73,7 +73,7 @@ private struct ConvGeometry {
                     &s, &wd, bias ? bp : nil, &ds, &st.0, &dl.0, &pl.0, &pr.0), "conv forward desc \(key)")
             }
             var pd: dnnl_primitive_desc_t?
-            dnnlCheck(dnnl_primitive_desc_create(&pd, &d, nil, DNNL.engine, nil), "conv forward pd \(key)")
+            dnnlCheck(dnnl_primitive_desc_create(&pd, &d, DNNL.attr, DNNL.engine, nil), "conv forward pd \(key)")
             return Primitive(pd: pd!)
         }
     }
@@ -85,7 +85,7 @@ private struct ConvGeometry {
             var pl = dims([o.padding.top, o.padding.left]), pr = dims([o.padding.bottom, o.padding.right])
             dnnlCheck(dnnl_dilated_convolution_backward_data_desc_init(&d, dnnl_convolution_direct, &s, &wd, &ds, &st.0, &dl.0, &pl.0, &pr.0), "conv bwd data desc")
             var pd: dnnl_primitive_desc_t?
-            dnnlCheck(dnnl_primitive_desc_create(&pd, &d, nil, DNNL.engine, forward(bias: false).pd), "conv bwd data pd \(key)")
+            dnnlCheck(dnnl_primitive_desc_create(&pd, &d, DNNL.attr, DNNL.engine, forward(bias: false).pd), "conv bwd data pd \(key)")
             return Primitive(pd: pd!)
         }
     }
@@ -99,7 +99,7 @@ private struct ConvGeometry {
                 dnnlCheck(dnnl_dilated_convolution_backward_weights_desc_init(&d, dnnl_convolution_direct, &s, &wd, bias ? bp : nil, &ds, &st.0, &dl.0, &pl.0, &pr.0), "conv bwd weights desc")
             }
             var pd: dnnl_primitive_desc_t?
-            dnnlCheck(dnnl_primitive_desc_create(&pd, &d, nil, DNNL.engine, forward(bias: bias).pd), "conv bwd weights pd \(key)")
+            dnnlCheck(dnnl_primitive_desc_create(&pd, &d, DNNL.attr, DNNL.engine, forward(bias: bias).pd), "conv bwd weights pd \(key)")
             return Primitive(pd: pd!)
         }
     }

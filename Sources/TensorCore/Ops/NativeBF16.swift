@@ -31,8 +31,26 @@ public enum NativeBF16 {
         return try body()
     }
 
+    /// Whether the current scope is bf16 autocast (set by NeuralNetwork's Autocast around its whole body, not only
+    /// around the lower-precision ops): attention then runs its two products in native bf16 where available, as
+    /// torch's CPU flash attention does on the bf16 q, k, v that autocast's linear layers return.
+    public nonisolated(unsafe) static private(set) var autocast = false
+    /// Runs `body` with `autocast` set to `on`.
+    public static func autocastScope<T>(_ on: Bool, _ body: () throws -> T) rethrows -> T {
+        let saved = autocast
+        autocast = on
+        defer { autocast = saved }
+        return try body()
+    }
+    /// `LDM_BF16_ATTENTION=0` keeps attention in float32 under bf16 autocast.
+    public nonisolated(unsafe) static var attentionEnabled = ProcessInfo.processInfo.environment["LDM_BF16_ATTENTION"] != "0"
+
     /// Whether an op with these operands runs in native bf16 now.
     static func applies(_ inputs: [Tensor]) -> Bool { active && !GradMode.shouldRecord(inputs) }
+    /// Whether attention with these operands runs its products in native bf16 now.
+    static func attentionApplies(_ inputs: [Tensor]) -> Bool {
+        autocast && attentionEnabled && available && !GradMode.shouldRecord(inputs)
+    }
     /// Whether an op with these operands would run in native bf16 inside a scope (available, no gradient recorded).
     public static func couldApply(_ inputs: [Tensor]) -> Bool { available && !GradMode.shouldRecord(inputs) }
 }
@@ -52,7 +70,7 @@ func linearBF16(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?) -> Tensor {
             dnnlCheck(dnnl_matmul_desc_init(&d, &s, &w, bias != nil ? bp : nil, &ds), "bf16 matmul desc \(key)")
         }
         var pd: dnnl_primitive_desc_t?
-        dnnlCheck(dnnl_primitive_desc_create(&pd, &d, nil, DNNL.engine, nil), "bf16 matmul pd \(key)")
+        dnnlCheck(dnnl_primitive_desc_create(&pd, &d, DNNL.attr, DNNL.engine, nil), "bf16 matmul pd \(key)")
         return Primitive(pd: pd!)
     }
     // The weight (out, in) row-major in bf16 is the (in, out) bf16 matrix the primitive takes ("ba"): a bf16 weight

@@ -25,21 +25,6 @@ public protocol RandomSource: AnyObject {
     func uniform(count: Int) -> [Float]
 }
 
-public enum TorchGeneratorError: Error, CustomStringConvertible {
-    case invalidStateSize(expected: Int, found: Int)
-    case invalidEngineState(String)
-    case invalidRange(String)
-
-    public var description: String {
-        switch self {
-        case let .invalidStateSize(expected, found):
-            return "TorchGenerator state must be \(expected) bytes (torch CPUGeneratorImplState), found \(found)"
-        case let .invalidEngineState(why): return "Invalid mt19937 state: \(why)"
-        case let .invalidRange(why): return "Invalid random range: \(why)"
-        }
-    }
-}
-
 /// `torch.Generator("cpu").manual_seed(seed)` re-implemented in Swift.
 public final class TorchGenerator: RandomSource {
     /// Which CPU kernel torch runs for `randn` on tensors of >= 16 elements.

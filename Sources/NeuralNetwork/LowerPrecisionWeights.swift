@@ -1,0 +1,47 @@
+import TensorCore
+
+// bf16 weights for native bf16 inference, as `model.to(torch.bfloat16)` holds them: the weights of the layers on
+// torch autocast's lower-precision list that our models run (Linear, Conv2d) stored as bfloat16 in place of their
+// float32 tensors, so that the float32 copy is gone (half the memory of those weights) and the native bf16 kernels
+// read them as stored (NativeBF16: linear layers directly, convolutions through one reorder to the kernel's layout;
+// float32 Winograd widens them per call). Biases and normalisation parameters stay float32. Under bf16 autocast the
+// kernels round weights to bf16 anyway, so the results are unchanged; float32 compute on such a model uses the
+// bf16-rounded weights.
+
+extension Module {
+    /// Stores every Linear and Conv2d weight reachable from this module (through stored properties of modules,
+    /// structs, tuples, optionals and arrays of those) as bfloat16. For inference only: the new tensors record no
+    /// gradient. Returns the bytes freed.
+    @discardableResult
+    public func storeLowerPrecisionWeightsInBFloat16() -> Int {
+        var seen = Set<ObjectIdentifier>(), freed = 0
+        func visit(_ value: Any) {
+            var mirror: Mirror? = Mirror(reflecting: value)
+            switch mirror!.displayStyle {
+            case .class?:
+                guard let module = value as? Module, seen.insert(ObjectIdentifier(module)).inserted else { return }
+                if let l = module as? Linear, l.weight.dtype == .float32 {
+                    freed += l.weight.count * 2; l.weight = l.weight.to(.bfloat16)
+                } else if let c = module as? Conv2d, c.weight.dtype == .float32 {
+                    freed += c.weight.count * 2; c.weight = c.weight.to(.bfloat16)
+                }
+            case .optional?, .struct?, .tuple?, .enum?: break
+            case .collection?:
+                // Arrays of modules (or of optionals/arrays of them); never walk the elements of a numeric array.
+                guard let first = mirror!.children.first?.value else { return }
+                switch Mirror(reflecting: first).displayStyle {
+                case .class?: guard first is Module else { return }
+                case .optional?, .struct?, .tuple?, .collection?: break
+                default: return // numbers, strings: nothing to find
+                }
+            default: return
+            }
+            while let m = mirror {
+                for child in m.children { visit(child.value) }
+                mirror = m.superclassMirror
+            }
+        }
+        visit(self)
+        return freed
+    }
+}
