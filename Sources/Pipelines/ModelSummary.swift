@@ -2,6 +2,7 @@
 // names and shapes of a CompVis single file; with a CompVis YAML see CompVisYAMLLoading.swift), so that a command
 // is checked against the model before any weight is loaded.
 import Checkpoints
+import CompVis
 import Conditioning
 import Foundation
 
