@@ -145,6 +145,15 @@ func dataParallelSummary(_ comm: Communicator, _ shard: BatchShard) -> String {
     comm.size > 1 ? ", \(comm.size) ranks (MPI) x \(shard.localBatch) examples of each batch of \(shard.globalBatch)" : ""
 }
 
+/// The LDM and LoRA trainers' progress line every `every` steps and at the last: step, epoch, loss, lr, grad norm.
+func stepLog(every: Int, total: Int, print: @escaping (String) -> Void) -> (TrainingLogEntry) -> Void {
+    { e in
+        guard e.step % every == 0 || e.step == total else { return }
+        print(String(format: "step %d/%d  epoch %d  loss %.5f  lr %.3g", e.step, total, e.epoch, e.loss, e.lr)
+              + (e.gradNorm.map { String(format: "  grad_norm %.4f", $0) } ?? ""))
+    }
+}
+
 /// Steps per second of the training loop (saves included) and, in data-parallel runs, the gradient all-reduce's
 /// share of it (waiting for the slowest rank included).
 func allReduceSummary(_ g: GradientAverager, steps: Int, seconds: Double) -> String {

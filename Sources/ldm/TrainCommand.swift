@@ -79,12 +79,7 @@ struct TrainLDM: ParsableCommand {
         if comm.isRoot { try copyConfig(configURL, into: dir) }
         if cfg.sampleEvery != nil && comm.isRoot { trainer.sampleCallback = try makeSampleGridCallback(config: cfg, trainer: trainer) }
         let every = runOptions.logEvery, total = cfg.maxSteps
-        trainer.onStep = { e in
-            if e.step % every == 0 || e.step == total {
-                print(String(format: "step %d/%d  epoch %d  loss %.5f  lr %.3g", e.step, total, e.epoch, e.loss, e.lr)
-                      + (e.gradNorm.map { String(format: "  grad_norm %.4f", $0) } ?? ""))
-            }
-        }
+        trainer.onStep = stepLog(every: every, total: total, print: print)
         print("training \(trainer.model.parameterCount) parameters, lr \(trainer.optimizer.lr), \(trainer.sampler.dataset.count) images, precision \(cfg.precision.rawValue), run dir \(dir.path)"
               + dataParallelSummary(comm, trainer.shard))
         let start = Date(), firstStep = trainer.step

@@ -49,23 +49,21 @@ struct TrainLoRA: ParsableCommand {
                                  name: URL(fileURLWithPath: cfg.baseModel).lastPathComponent)
         let run = try cfg.makeTrainer(base: base, runDir: dir, communicator: comm, log: print)
         let trainer = run.trainer
+        runOptions.configure(trainer.gradients)
         if runOptions.resume != nil {
             try trainer.resume()
             print("resumed \(dir.path) at step \(trainer.step) (epoch \(trainer.epoch))")
         }
         if comm.isRoot { try copyConfig(configURL, into: dir) }
         let every = runOptions.logEvery, total = cfg.maxSteps
-        trainer.onStep = { e in
-            if e.step % every == 0 || e.step == total {
-                print(String(format: "step %d/%d  epoch %d  loss %.5f  lr %.3g", e.step, total, e.epoch, e.loss, e.lr)
-                      + (e.gradNorm.map { String(format: "  grad_norm %.4f", $0) } ?? ""))
-            }
-        }
+        trainer.onStep = stepLog(every: every, total: total, print: print)
         print("training a rank-\(cfg.rank) LoRA (alpha \(cfg.effectiveAlpha)): \(run.network.adapters.count) modules, "
               + "\(run.network.parameterCount) parameters; base \(cfg.baseModel) frozen; \(trainer.sampler.dataset.count) images at \(run.resolution)px, "
               + "precision \(cfg.precision.rawValue), run dir \(dir.path)" + dataParallelSummary(comm, trainer.shard))
-        let start = Date()
+        let start = Date(), firstStep = trainer.step
         try trainer.train()
+        let reduce = allReduceSummary(trainer.gradients, steps: trainer.step - firstStep, seconds: Date().timeIntervalSince(start))
+        if !reduce.isEmpty { print(reduce) }
         print(String(format: "done: step %d in %.1f s; ", trainer.step, Date().timeIntervalSince(start)) + "LoRA in \(output.path)")
     }
 }
