@@ -31,7 +31,9 @@ final class SchedulingTests: XCTestCase {
         var overlapped = false, queuedBehindSameModel = false
         let end = Date().addingTimeInterval(300)
         while Date() < end {
-            let (sa1, sa2, sb1) = (status(a1), status(a2), status(b1))
+            // a2 is read before a1: a1 runs first, so "a2 running, then a1 still running" can only be a real overlap
+            // (read the other way round, a1 may finish and a2 start between the two requests).
+            let sa2 = status(a2), sa1 = status(a1), sb1 = status(b1)
             if sa1 == "running" && sb1 == "running" { overlapped = true }
             if sa1 == "running" && sa2 == "queued" { queuedBehindSameModel = true }
             XCTAssertFalse(sa1 == "running" && sa2 == "running", "two jobs of one model ran at once")
