@@ -193,6 +193,7 @@ public final class ModelBundle {
         if file.tensors[BERTLayout.compvisPrefix + "token_emb.weight"] != nil {
             throw PipelineError.ldmBertNeedsConfig(url.path)
         }
+        if isSDXLSingleFile(file.tensors) { return try loadSDXLSingleFile(file, url: url, config: nil) }   // SDXLSingleFile.swift
         let (layout, components, _) = try Converter.compvisToDiffusers(file.tensors)
         guard let unetLayout = layout.unet, let unetTensors = components["unet"] else {
             throw PipelineError("\(url.path): no UNet weights (model.diffusion_model.*)")

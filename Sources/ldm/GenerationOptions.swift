@@ -18,7 +18,7 @@ struct GenerationOptions: ParsableArguments {
     @Option(help: "A diffusers pipeline folder (model_index.json) or a CompVis .safetensors/.ckpt file.")
     var model: String
 
-    @Option(help: "CompVis YAML config of a .ckpt/.safetensors --model (e.g. v1-inference.yaml, v2-inference-v.yaml, cin256-v2.yaml, bsr_sr/config.yaml for upscale, semantic_synthesis256/config.yaml for semantic, layout2img-openimages256/config.yaml for layout): architecture, conditioning and noise schedule come from it instead of tensor shapes.")
+    @Option(help: "CompVis YAML config of a .ckpt/.safetensors --model (e.g. v1-inference.yaml, v2-inference-v.yaml, cin256-v2.yaml, bsr_sr/config.yaml for upscale, semantic_synthesis256/config.yaml for semantic, layout2img-openimages256/config.yaml for layout): architecture, conditioning and noise schedule come from it instead of tensor shapes. For an SDXL single file: a diffusers folder of the same model, whose configs, tokenizers and scheduler are used (as diffusers' from_single_file(config=)).")
     var config: String?
 
     @Option(name: .customLong("bert-vocab"), help: "With --config of a CompVis LDM-BERT text-to-image model (cond_stage_config BERTEmbedder, txt2img-1p4B-eval.yaml): bert-base-uncased's vocab.txt (or a tokenizer folder). Default: vocab.txt beside the checkpoint.")
@@ -92,6 +92,10 @@ struct GenerationOptions: ParsableArguments {
         try FileChecks.modelPath(model)
         if config != nil {
             if DiffusersFolder.isFolder(URL(fileURLWithPath: model)) { throw CLIError("--config is for CompVis checkpoint files; \(model) is a diffusers folder") }
+        }
+        if diffusersConfigFolder != nil {
+            if bertVocab != nil { throw CLIError("--bert-vocab is for CompVis LDM-BERT checkpoints given with a YAML --config") }
+        } else if config != nil {
             let c = try compVisConfig()
             if c.condName == "BERTEmbedder", !c.isLayout { _ = try bertVocabularyURL() }
             if c.isLayout, bertVocab != nil { throw CLIError("--bert-vocab is for LDM-BERT text-to-image; a layout model takes no vocabulary") }
@@ -164,9 +168,14 @@ struct GenerationOptions: ParsableArguments {
 
     /// Reads the model's configs (not its weights) and checks it can serve the command.
     func summary() throws -> ModelSummary {
-        guard config != nil else { return try ModelSummary.read(URL(fileURLWithPath: model)) }
+        guard config != nil, diffusersConfigFolder == nil else { return try ModelSummary.read(URL(fileURLWithPath: model)) }
         // The YAML as the checkpoint's weights complete it (the stock YAMLs state sizes the weights may not have).
         return try ModelSummary.read(config: compVisConfig().reconciled(checkpoint: URL(fileURLWithPath: model)).config)
+    }
+
+    /// --config naming a folder: the diffusers configs of an SDXL single file.
+    var diffusersConfigFolder: URL? {
+        config.map { URL(fileURLWithPath: $0) }.flatMap { DiffusersFolder.isFolder($0) ? $0 : nil }
     }
 
     /// The --config file as its typed configuration, read once per process.
@@ -183,6 +192,8 @@ struct GenerationOptions: ParsableArguments {
         let bundle: ModelBundle
         if config == nil {
             bundle = try ModelBundle.load(url)
+        } else if let folder = diffusersConfigFolder {
+            bundle = try ModelBundle.load(url, diffusersConfig: folder)
         } else {
             let c = try compVisConfig()
             let vocab = c.condName == "BERTEmbedder" && !c.isLayout ? try bertVocabularyURL() : nil
