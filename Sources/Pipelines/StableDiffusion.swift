@@ -1,7 +1,9 @@
 // Text-to-image, image-to-image and inpainting for Stable Diffusion 1.x / 2.x, following diffusers 0.42
 // StableDiffusionPipeline (pipeline_stable_diffusion.py), StableDiffusionImg2ImgPipeline
 // (pipeline_stable_diffusion_img2img.py) and StableDiffusionInpaintPipeline (pipeline_stable_diffusion_inpaint.py),
-// with the same order of random draws from one generator, so a seed reproduces diffusers' images.
+// with the same order of random draws from one generator, so a seed reproduces diffusers' images. SDXL models run
+// the same code with SDXL conditioning (StableDiffusionXL.swift): StableDiffusionXLPipeline,
+// StableDiffusionXLImg2ImgPipeline and StableDiffusionXLInpaintPipeline draw in the same order.
 import Autoencoders
 import Conditioning
 import Diffusion
@@ -110,8 +112,11 @@ public final class StableDiffusionPipeline {
     /// LatentConsistencyModelPipeline folders guide only through the UNet's w embedding (no negative prompt batch).
     public var isLatentConsistencyPipeline: Bool { bundle.pipelineClass == "LatentConsistencyModelPipeline" }
 
-    func denoiser(_ p: PromptOptions, batch: Int) throws -> Denoiser {
-        if bundle.isSDXL { return try sdxlDenoiser(p, batch: batch) }
+    /// The conditioning of one request; `imageSize` (the size the latents decode to) selects the SDXL image-to-image /
+    /// inpainting pipelines' time ids. Public for callers that run their own loop over `GenerationRun` (the server's
+    /// web-UI img2img and hires fix).
+    public func denoiser(_ p: PromptOptions, batch: Int, imageSize: (height: Int, width: Int)? = nil) throws -> Denoiser {
+        if bundle.isSDXL { return try sdxlDenoiser(p, batch: batch, imageSize: imageSize) }
         let guidance = p.guidanceScale > 1 && !isLatentConsistencyPipeline
         let (cond, uncond) = try encodePrompt(p, batch: batch, guidance: guidance)
         let den = Denoiser(unet: bundle.unet, guidanceScale: Float(p.guidanceScale), context: cond, uncondContext: uncond)
@@ -126,6 +131,14 @@ public final class StableDiffusionPipeline {
     /// StableDiffusionPipeline.__call__.
     public func textToImage(_ p: PromptOptions, _ o: SamplingOptions, generator: RandomSource,
                             progress: ProgressHandler? = nil) throws -> GenerationResult {
+        try decodeLatents(textToLatents(p, o, generator: generator, progress: progress), firstStage: bundle.firstStage)
+    }
+
+    /// StableDiffusionPipeline.__call__ with output_type="latent": the denoised latents (scaled, not decoded). With
+    /// `denoisingEnd` (SDXL only, StableDiffusionXLPipeline's denoising_end) the loop stops at that fraction of the
+    /// schedule, leaving partly denoised latents for a refiner (`refine`).
+    public func textToLatents(_ p: PromptOptions, _ o: SamplingOptions, denoisingEnd: Double? = nil, generator: RandomSource,
+                              progress: ProgressHandler? = nil) throws -> Tensor {
         try p.validate()
         try o.validate()
         let (h, w) = size(p)
@@ -133,10 +146,19 @@ public final class StableDiffusionPipeline {
         guard bundle.unet.config.inChannels == bundle.latentChannels else {
             throw PipelineError.wrongModelKind(model: bundle.url.path, kind: bundle.kind, task: .txt2img)
         }
+        try requireSDXL(denoisingStart: nil, denoisingEnd: denoisingEnd)
         let den = try denoiser(p, batch: o.batchSize)
-        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, generator: generator, progress: progress)
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, denoisingEnd: denoisingEnd, generator: generator,
+                                    progress: progress)
         let shape = [o.batchSize, bundle.latentChannels, h / bundle.vaeScaleFactor, w / bundle.vaeScaleFactor]
-        return try run.generate(.noise(shape: shape), den, firstStage: bundle.firstStage)
+        return try run.latents(.noise(shape: shape), den)
+    }
+
+    /// `denoising_start` / `denoising_end` exist in the SDXL pipelines only.
+    func requireSDXL(denoisingStart: Double?, denoisingEnd: Double?) throws {
+        guard bundle.isSDXL || (denoisingStart == nil && denoisingEnd == nil) else {
+            throw PipelineError("denoising start / end (the base + refiner handoff) apply to SDXL models only")
+        }
     }
 
     /// VaeImageProcessor.preprocess of an init image: (1, 3, H, W) in [-1, 1], size rounded down to the VAE factor.
@@ -151,18 +173,23 @@ public final class StableDiffusionPipeline {
         vae.scale(try vae.encode(x).sample(generator: generator))
     }
 
-    /// StableDiffusionImg2ImgPipeline.__call__ (strength: how much of the schedule is run).
+    /// StableDiffusionImg2ImgPipeline.__call__ (strength: how much of the schedule is run), and for SDXL
+    /// StableDiffusionXLImg2ImgPipeline.__call__ (the refiner's aesthetic scores; `denoisingStart` replaces strength
+    /// and starts from the image latents without noise, `denoisingEnd` stops early).
     public func imageToImage(_ p: PromptOptions, _ o: SamplingOptions, image: RGBImage, strength: Double,
+                             denoisingStart: Double? = nil, denoisingEnd: Double? = nil,
                              generator: RandomSource, progress: ProgressHandler? = nil) throws -> GenerationResult {
         try p.validate()
         try o.validate()
         try Validation.checkStrength(strength)
-        try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength)
-        try refuseSDXL("img2img")
-        let den = try denoiser(p, batch: o.batchSize)
-        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength, generator: generator, progress: progress)
-        let initLatents = try encodeImage(preprocess(image, p), generator: generator)
-        return try run.generate(.image(repeatBatch(initLatents, o.batchSize)), den, firstStage: bundle.firstStage)
+        if denoisingStart == nil { try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength) }
+        try requireSDXL(denoisingStart: denoisingStart, denoisingEnd: denoisingEnd)
+        let x = try preprocess(image, p)
+        let den = try denoiser(p, batch: o.batchSize, imageSize: (x.shape[2], x.shape[3]))
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength, denoisingStart: denoisingStart,
+                                    denoisingEnd: denoisingEnd, generator: generator, progress: progress)
+        let initLatents = repeatBatch(try encodeImage(x, generator: generator), o.batchSize)
+        return try run.generate(denoisingStart == nil ? .image(initLatents) : .latents(initLatents), den, firstStage: bundle.firstStage)
     }
 
     /// StableDiffusionInpaintPipeline.__call__: 9-channel inpainting UNets get [latents, mask, masked-image latents];
@@ -174,16 +201,15 @@ public final class StableDiffusionPipeline {
         try Validation.checkStrength(strength)
         try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength)
         try Validation.checkMaskSize(image: (image.width, image.height), mask: (mask.width, mask.height))
-        try refuseSDXL("inpainting")
         let unetChannels = bundle.unet.config.inChannels
         let c = bundle.latentChannels
         guard unetChannels == c || unetChannels == 2 * c + 1 else {
             throw PipelineError("the UNet takes \(unetChannels) channels; inpainting needs \(c) or \(2 * c + 1)")
         }
-        let den = try denoiser(p, batch: o.batchSize)
-        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength, generator: generator, progress: progress)
         let x = try preprocess(image, p)
         let (b, h, w) = (o.batchSize, x.shape[2], x.shape[3])
+        let den = try denoiser(p, batch: o.batchSize, imageSize: (h, w))
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength, generator: generator, progress: progress)
         let f = bundle.vaeScaleFactor
         // prepare_latents: the image latents (drawn before the noise) start the denoising below strength 1 and feed the blend
         let isStrengthMax = strength == 1
