@@ -7,6 +7,7 @@
 // does with `mask`/`x0`.
 import Autoencoders
 import Diffusion
+import NeuralNetwork
 import Foundation
 import TensorCore
 
@@ -183,6 +184,8 @@ public struct GenerationRun {
     /// stage's scaling factor first).
     public func generate(_ start: LatentStart, _ denoiser: Denoiser, firstStage: FirstStageModel?,
                          scaled: Bool = true) throws -> GenerationResult {
-        try decodeLatents(latents(start, denoiser), firstStage: firstStage, scaled: scaled)
+        let z = try latents(start, denoiser)
+        if denoiser.evictsUNetAfterLoop { denoiser.unet.evictMappedWeights() }
+        return try decodeLatents(z, firstStage: firstStage, scaled: scaled)
     }
 }

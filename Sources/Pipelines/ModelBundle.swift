@@ -10,6 +10,8 @@ import CompVis
 import Conditioning
 import Diffusion
 import Foundation
+import NeuralNetwork
+import TensorCore
 import Tokenizers
 import UNetModels
 
@@ -25,6 +27,11 @@ public final class ModelBundle {
     public let sampleSize: Int
     /// The CompVis text encoder was FrozenOpenCLIPEmbedder (SD 2.x), run as a CLIPTextModel.
     public var textEncoderIsOpenCLIP = false
+    /// For a process that makes one generation (the command line): once the prompt is encoded the text encoder's
+    /// memory-mapped weight pages are dropped, and the UNet's once the denoising loop is over, so that they are not
+    /// resident beside the next stage's (`Module.evictMappedWeights`; values never change, a later use reads them
+    /// again from the page cache). Weights loaded under `WeightStorage.float32` are copies and stay.
+    public var evictsWeightsAfterUse = false
     /// CompVis ClassEmbedder conditioning (cin256 YAML configs): class labels -> cross-attention context.
     public var classEmbedder: ClassEmbedder?
     /// LDM-BERT conditioning (diffusers LDMTextToImagePipeline folders: `bert/` + a BertTokenizer `tokenizer/`).
@@ -116,6 +123,12 @@ public final class ModelBundle {
     /// A diffusers folder or a CompVis single file (.safetensors / .ckpt).
     public static func load(_ url: URL) throws -> ModelBundle {
         DiffusersFolder.isFolder(url) ? try loadDiffusers(url) : try loadCompVis(url)
+    }
+
+    /// `load` with the weights held for inference in `dtype` compute (`WeightStorage.inference`: memory-mapped where
+    /// the file allows, 16-bit Linear/Conv2d weights kept, bf16 ones for bf16 compute), not as float32 copies.
+    public static func load(_ url: URL, forInferenceIn dtype: DType) throws -> ModelBundle {
+        try WeightStorage.with(.inference(computing: dtype)) { try load(url) }
     }
 
     public static func loadDiffusers(_ url: URL) throws -> ModelBundle {

@@ -7,6 +7,7 @@
 import Autoencoders
 import Conditioning
 import Diffusion
+import NeuralNetwork
 import Foundation
 import Imaging
 import TensorCore
@@ -120,6 +121,10 @@ public final class StableDiffusionPipeline {
         let guidance = p.guidanceScale > 1 && !isLatentConsistencyPipeline
         let (cond, uncond) = try encodePrompt(p, batch: batch, guidance: guidance)
         let den = Denoiser(unet: bundle.unet, guidanceScale: Float(p.guidanceScale), context: cond, uncondContext: uncond)
+        if bundle.evictsWeightsAfterUse {
+            bundle.textEncoder?.evictMappedWeights()
+            den.evictsUNetAfterLoop = true
+        }
         // Both StableDiffusionPipeline and LatentConsistencyModelPipeline embed w = guidance_scale - 1 for UNets with
         // time_cond_proj_dim (get_guidance_scale_embedding).
         if let dim = bundle.unet.config.timeCondProjDim {

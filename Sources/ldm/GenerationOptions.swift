@@ -185,21 +185,25 @@ struct GenerationOptions: ParsableArguments {
     }
 
     /// The model: with --config, the CompVis checkpoint built from its YAML; otherwise a folder or single file. The
-    /// LoRAs (default: the --lora files) are merged into its weights.
+    /// LoRAs (default: the --lora files) are merged into its weights. Weights are held for inference at the precision
+    /// of the `compute` scope this runs in (`WeightStorage.inference`: memory-mapped where the file allows, Linear and
+    /// Conv2d weights in bf16 for bf16 compute), and dropped from memory after use (one generation per process).
     func loadBundle(loras: [(file: LoRAFile, weight: Float)]? = nil) throws -> ModelBundle {
         let networks = try loras ?? self.loras()
         let url = URL(fileURLWithPath: model)
         let bundle: ModelBundle
+        let storage = WeightStorage.inference(computing: Autocast.isBF16 ? .bfloat16 : .float32)
         if config == nil {
-            bundle = try ModelBundle.load(url)
+            bundle = try WeightStorage.with(storage) { try ModelBundle.load(url) }
         } else if let folder = diffusersConfigFolder {
-            bundle = try ModelBundle.load(url, diffusersConfig: folder)
+            bundle = try WeightStorage.with(storage) { try ModelBundle.load(url, diffusersConfig: folder) }
         } else {
             let c = try compVisConfig()
             let vocab = c.condName == "BERTEmbedder" && !c.isLayout ? try bertVocabularyURL() : nil
-            bundle = try ModelBundle.load(checkpoint: url, config: c, bertVocabulary: vocab)
+            bundle = try WeightStorage.with(storage) { try ModelBundle.load(checkpoint: url, config: c, bertVocabulary: vocab) }
             if !quiet { for n in bundle.notes { FileHandle.standardError.write("note: \(n)\n".data(using: .utf8)!) } }
         }
+        bundle.evictsWeightsAfterUse = true
         if !networks.isEmpty {
             try bundle.mergeLoRAs(networks)
             log("merged LoRA " + networks.map { "\($0.file.name) (\($0.weight))" }.joined(separator: ", "))

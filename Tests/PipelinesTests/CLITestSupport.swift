@@ -26,8 +26,8 @@ class LDMCommandTestCase: XCTestCase {
         return d
     }
 
-    /// Runs ldm; returns (exit status, stderr).
-    func run(_ args: [String]) throws -> (Int32, String) {
+    /// Runs ldm (with `environment` added to this process's); returns (exit status, stderr).
+    func run(_ args: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
         guard FileManager.default.isExecutableFile(atPath: ldm.path) else {
             XCTFail("the ldm executable is not built at \(ldm.path)")
             return (-1, "")
@@ -35,6 +35,7 @@ class LDMCommandTestCase: XCTestCase {
         let p = Process()
         p.executableURL = ldm
         p.arguments = args
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let err = Pipe()
         p.standardError = err
         p.standardOutput = Pipe()
