@@ -105,12 +105,25 @@ public struct GenerationRun {
     public let generator: RandomSource
     public let progress: ProgressHandler?
 
+    /// Whether `strength` chose the timesteps themselves (LatentConsistencyModelImg2ImgPipeline: the consistency
+    /// grid is cut before the steps are taken from it) rather than the start in the full schedule.
+    public let strengthInGrid: Bool
+
     /// `o.makeScheduler(config:)`; with `strength` (img2img, inpainting) the start of get_timesteps(steps, strength).
-    public init(_ o: SamplingOptions, schedulerConfig: SchedulerConfig, strength: Double? = nil, generator: RandomSource,
-                progress: ProgressHandler? = nil) throws {
+    /// `consistencyGrid` (LatentConsistencyModelImg2ImgPipeline): an LCM / TCD scheduler takes the strength in
+    /// set_timesteps instead, and every step runs.
+    public init(_ o: SamplingOptions, schedulerConfig: SchedulerConfig, strength: Double? = nil, consistencyGrid: Bool = false,
+                generator: RandomSource, progress: ProgressHandler? = nil) throws {
         let scheduler = try o.makeScheduler(config: schedulerConfig)
         self.scheduler = scheduler
-        startIndex = try strength.map { try scheduler.img2imgStartIndex(strength: $0) } ?? 0
+        if let strength, consistencyGrid, let grid = scheduler as? ConsistencyScheduler {
+            try grid.setTimesteps(o.steps, strength: strength)
+            startIndex = 0
+            strengthInGrid = true
+        } else {
+            startIndex = try strength.map { try scheduler.img2imgStartIndex(strength: $0) } ?? 0
+            strengthInGrid = false
+        }
         self.generator = generator
         self.progress = progress
     }

@@ -108,7 +108,9 @@ public final class StableDiffusionPipeline {
     }
 
     /// LatentConsistencyModelPipeline folders guide only through the UNet's w embedding (no negative prompt batch).
-    public var isLatentConsistencyPipeline: Bool { bundle.pipelineClass == "LatentConsistencyModelPipeline" }
+    public var isLatentConsistencyPipeline: Bool {
+        bundle.pipelineClass == "LatentConsistencyModelPipeline" || bundle.pipelineClass == "LatentConsistencyModelImg2ImgPipeline"
+    }
 
     func denoiser(_ p: PromptOptions, batch: Int) throws -> Denoiser {
         if bundle.isSDXL { return try sdxlDenoiser(p, batch: batch) }
@@ -151,16 +153,19 @@ public final class StableDiffusionPipeline {
         vae.scale(try vae.encode(x).sample(generator: generator))
     }
 
-    /// StableDiffusionImg2ImgPipeline.__call__ (strength: how much of the schedule is run).
+    /// StableDiffusionImg2ImgPipeline.__call__ (strength: how much of the schedule is run). On an LCM folder with an LCM
+    /// or TCD sampler, LatentConsistencyModelImg2ImgPipeline.__call__: the strength cuts the distillation grid and all
+    /// steps run (GenerationRun's consistencyGrid).
     public func imageToImage(_ p: PromptOptions, _ o: SamplingOptions, image: RGBImage, strength: Double,
                              generator: RandomSource, progress: ProgressHandler? = nil) throws -> GenerationResult {
         try p.validate()
         try o.validate()
         try Validation.checkStrength(strength)
-        try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength)
         try refuseSDXL("img2img")
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength,
+                                    consistencyGrid: isLatentConsistencyPipeline, generator: generator, progress: progress)
+        if !run.strengthInGrid { try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength) }
         let den = try denoiser(p, batch: o.batchSize)
-        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength, generator: generator, progress: progress)
         let initLatents = try encodeImage(preprocess(image, p), generator: generator)
         return try run.generate(.image(repeatBatch(initLatents, o.batchSize)), den, firstStage: bundle.firstStage)
     }
