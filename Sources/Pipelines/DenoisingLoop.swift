@@ -113,20 +113,30 @@ public struct GenerationRun {
     public let generator: RandomSource
     public let progress: ProgressHandler?
 
+    /// Whether `strength` chose the timesteps themselves (LatentConsistencyModelImg2ImgPipeline: the consistency
+    /// grid is cut before the steps are taken from it) rather than the start in the full schedule.
+    public let strengthInGrid: Bool
+
     /// `o.makeScheduler(config:)`; with `strength` (img2img, inpainting) the start of get_timesteps(steps, strength);
-    /// with `denoisingStart` (SDXL img2img, which then ignores strength) the start of the timesteps below its cutoff;
-    /// with `denoisingEnd` (SDXL) the end of the timesteps at or above its cutoff.
-    public init(_ o: SamplingOptions, schedulerConfig: SchedulerConfig, strength: Double? = nil, denoisingStart: Double? = nil,
-                denoisingEnd: Double? = nil, generator: RandomSource, progress: ProgressHandler? = nil) throws {
+    /// `consistencyGrid` (LatentConsistencyModelImg2ImgPipeline): an LCM / TCD scheduler takes the strength in
+    /// set_timesteps instead, and every step runs; with `denoisingStart` (SDXL img2img, which then ignores strength) the
+    /// start of the timesteps below its cutoff; with `denoisingEnd` (SDXL) the end of the timesteps at or above its cutoff.
+    public init(_ o: SamplingOptions, schedulerConfig: SchedulerConfig, strength: Double? = nil, consistencyGrid: Bool = false,
+                denoisingStart: Double? = nil, denoisingEnd: Double? = nil, generator: RandomSource,
+                progress: ProgressHandler? = nil) throws {
         let scheduler = try o.makeScheduler(config: schedulerConfig)
         self.scheduler = scheduler
         if let s = denoisingStart, let e = denoisingEnd, s >= e {
             throw PipelineError("denoising start \(s) must be below denoising end \(e)")
         }
+        var inGrid = false
         do {
             var start = 0
             if let denoisingStart {
                 start = try scheduler.denoisingStartIndex(denoisingStart)
+            } else if let strength, consistencyGrid, let grid = scheduler as? ConsistencyScheduler {
+                try grid.setTimesteps(o.steps, strength: strength)
+                inGrid = true
             } else if let strength {
                 start = try scheduler.img2imgStartIndex(strength: strength)
             }
@@ -135,6 +145,7 @@ public struct GenerationRun {
         } catch let e as DiffusionError {
             throw PipelineError("\(e)")
         }
+        strengthInGrid = inGrid
         self.generator = generator
         self.progress = progress
     }

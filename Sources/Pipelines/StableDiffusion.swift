@@ -111,7 +111,9 @@ public final class StableDiffusionPipeline {
     }
 
     /// LatentConsistencyModelPipeline folders guide only through the UNet's w embedding (no negative prompt batch).
-    public var isLatentConsistencyPipeline: Bool { bundle.pipelineClass == "LatentConsistencyModelPipeline" }
+    public var isLatentConsistencyPipeline: Bool {
+        bundle.pipelineClass == "LatentConsistencyModelPipeline" || bundle.pipelineClass == "LatentConsistencyModelImg2ImgPipeline"
+    }
 
     /// The conditioning of one request; `imageSize` (the size the latents decode to) selects the SDXL image-to-image /
     /// inpainting pipelines' time ids. Public for callers that run their own loop over `GenerationRun` (the server's
@@ -180,19 +182,22 @@ public final class StableDiffusionPipeline {
 
     /// StableDiffusionImg2ImgPipeline.__call__ (strength: how much of the schedule is run), and for SDXL
     /// StableDiffusionXLImg2ImgPipeline.__call__ (the refiner's aesthetic scores; `denoisingStart` replaces strength
-    /// and starts from the image latents without noise, `denoisingEnd` stops early).
+    /// and starts from the image latents without noise, `denoisingEnd` stops early). On an LCM folder with an LCM or TCD
+    /// sampler, LatentConsistencyModelImg2ImgPipeline.__call__: the strength cuts the distillation grid and all steps
+    /// run (GenerationRun's consistencyGrid).
     public func imageToImage(_ p: PromptOptions, _ o: SamplingOptions, image: RGBImage, strength: Double,
                              denoisingStart: Double? = nil, denoisingEnd: Double? = nil,
                              generator: RandomSource, progress: ProgressHandler? = nil) throws -> GenerationResult {
         try p.validate()
         try o.validate()
         try Validation.checkStrength(strength)
-        if denoisingStart == nil { try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength) }
         try requireSDXL(denoisingStart: denoisingStart, denoisingEnd: denoisingEnd)
         let x = try preprocess(image, p)
-        let den = try denoiser(p, batch: o.batchSize, imageSize: (x.shape[2], x.shape[3]))
-        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength, denoisingStart: denoisingStart,
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength,
+                                    consistencyGrid: isLatentConsistencyPipeline, denoisingStart: denoisingStart,
                                     denoisingEnd: denoisingEnd, generator: generator, progress: progress)
+        if denoisingStart == nil && !run.strengthInGrid { try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength) }
+        let den = try denoiser(p, batch: o.batchSize, imageSize: (x.shape[2], x.shape[3]))
         let initLatents = repeatBatch(try encodeImage(x, generator: generator), o.batchSize)
         return try run.generate(denoisingStart == nil ? .image(initLatents) : .latents(initLatents), den, firstStage: bundle.firstStage)
     }

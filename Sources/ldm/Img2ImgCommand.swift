@@ -26,7 +26,10 @@ struct Img2Img: ParsableCommand {
         var p = try prompt.check(defaultGuidance: lcmCFG ?? 7.5)
         try sdxl.apply(to: &p, isSDXL: summary.kind.isSDXL, model: options.model)
         try Validation.checkStrength(strength)
-        try Validation.checkImg2ImgSteps(steps: sampling.steps, strength: strength)
+        // On an LCM folder the strength may cut the consistency grid instead (LatentConsistencyModelImg2ImgPipeline),
+        // which has its own limit: the pipeline checks it before any step.
+        let lcmFolder = ["LatentConsistencyModelPipeline", "LatentConsistencyModelImg2ImgPipeline"].contains(summary.pipelineClass ?? "")
+        if !lcmFolder { try Validation.checkImg2ImgSteps(steps: sampling.steps, strength: strength) }
         try FileChecks.readableFile(initImage, what: "init image")
         let image = try ImageIO.loadRGB(path: initImage)
         try requireModel(summary, options.model, for: .img2img)
