@@ -38,11 +38,11 @@ final class WeightStorageTests: XCTestCase {
             try reference.load(records)
             let want = values(reference)
             XCTAssertTrue(reference.namedParameters.allSatisfy { $0.1.dtype == .float32 && !$0.1.storage.isFileMapping })
-            for storage in [WeightStorage.asStored, .bfloat16] {
+            for storage in [WeightStorage.mapped, .asStored, .bfloat16] {
                 let m = Small()
                 try WeightStorage.with(storage) { try m.load(records) }
                 let what = "\(fileType) file, \(storage)"
-                let lowerType: DType = storage == .bfloat16 ? .bfloat16 : fileType
+                let lowerType: DType = storage == .bfloat16 ? .bfloat16 : storage == .mapped ? .float32 : fileType
                 XCTAssertEqual(m.lin.weight.dtype, lowerType, what)
                 XCTAssertEqual(m.conv.weight.dtype, lowerType, what)
                 for t in [m.lin.bias!, m.conv.bias!, m.norm.weight, m.norm.bias] { XCTAssertEqual(t.dtype, .float32, what) }
@@ -55,7 +55,7 @@ final class WeightStorageTests: XCTestCase {
                     let expected = isWeight && lowerType == .bfloat16 && fileType != .bfloat16 ? Tensor(w, shape: [w.count]).to(.bfloat16).toArray() : w
                     XCTAssertEqual(got[name], expected, "\(what): \(name)")
                 }
-                if storage == .asStored {
+                if storage != .bfloat16 {
                     // float32 compute on the kept weights: exactly the float32 copies' results.
                     XCTAssertEqual(m.lin(x).toArray(), reference.lin(x).toArray(), what)
                     XCTAssertEqual(m.conv(image).toArray(), reference.conv(image).toArray(), what)
@@ -104,6 +104,8 @@ final class WeightStorageTests: XCTestCase {
             mapped.evictsWeightsAfterUse = true
             XCTAssertEqual(try image(mapped), want, folder.lastPathComponent)
             XCTAssertEqual(try image(mapped), want, "\(folder.lastPathComponent): a second run after the pages were dropped")
+            let asStored = try WeightStorage.with(.asStored) { try ModelBundle.load(folder) }
+            XCTAssertEqual(try image(asStored), want, "\(folder.lastPathComponent) with 16-bit weights kept")
             // bf16 compute: bf16-held weights give the image of float32-held ones.
             let wantBF16 = try image(reference, .bf16)
             let bf16 = try ComputePrecision.bf16.run { try ModelBundle.load(folder, forInferenceIn: .bfloat16) }
