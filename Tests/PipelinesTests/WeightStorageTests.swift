@@ -134,4 +134,22 @@ final class WeightStorageTests: XCTestCase {
             }
         }
     }
+
+    /// bf16 compute with bf16-held weights (what `--precision auto` runs on a CPU with native bf16) against diffusers'
+    /// float32 image of the same request: no further from it than diffusers' own bf16 pipeline
+    /// (tools/fixtures/pipeline_bf16.py), in mean absolute error on [0, 1] values (ours quantised to 8 bits: + 0.5/255).
+    func testBF16ImageWithinTorchBF16ErrorOfFloat32() throws {
+        let refs = try CheckpointFile.open(fixtures.appendingPathComponent("pipeline_bf16.safetensors")).tensors
+        let f32 = try XCTUnwrap(refs["f32"]).floats(), torchBF16 = try XCTUnwrap(refs["bf16"]).floats()
+        let folder = fixtures.appendingPathComponent("tiny-sd")
+        let meanError = { (a: [Float]) in zip(a, f32).reduce(0) { $0 + abs($1.0 - $1.1) } / Float(f32.count) }
+        let ourF32 = try image(try ModelBundle.load(folder, forInferenceIn: .float32)).map { Float($0) / 255 }
+        XCTAssertLessThanOrEqual(meanError(ourF32), 0.5 / 255 + 1e-4, "float32 should be diffusers' image")
+        let bundle = try ComputePrecision.bf16.run { try ModelBundle.load(folder, forInferenceIn: .bfloat16) }
+        let ours = try image(bundle, .bf16).map { Float($0) / 255 }
+        let (ourError, torchError) = (meanError(ours), meanError(torchBF16))
+        print("tiny SD image, mean |x - float32|: ours bf16 \(ourError) (native: \(NativeBF16.available)), torch bf16 \(torchError)")
+        XCTAssertGreaterThan(ourError, meanError(ourF32), "bf16 compute should change the image")
+        XCTAssertLessThanOrEqual(ourError, torchError + 0.5 / 255)
+    }
 }
