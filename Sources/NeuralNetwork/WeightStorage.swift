@@ -4,16 +4,21 @@ import TensorCore
 // How a load keeps the weights it reads. Training needs owned float32 master weights; inference does not, and a whole
 // SD-1.5 image held every weight twice at its peak (the float32 copy and the mapped file's pages it was read from).
 // For inference the parameters take the file's bytes in place where they can (safetensors is memory-mapped, as
-// safetensors' `safe_open` and torch's `mmap=True` load): float32 tensors stay float32, Linear and Conv2d weights stay
-// in the file's 16-bit type (the ops widen them per call, so float32 results are those of the float32-converted
-// weights, exactly), or become bf16 for bf16 compute (what `model.to(torch.bfloat16)` holds; autocast rounds weights
-// to bf16 anyway, so the numbers do not change). Whatever is converted is converted once, and the file's pages it
-// came from are dropped as soon as it is (`TensorRecord.releasePages`), so no weight is resident twice.
+// safetensors' `safe_open` and torch's `mmap=True` load): float32 tensors stay float32; 16-bit Linear and Conv2d
+// weights become float32 once (`mapped`: float32 compute at its usual speed), or stay in the file's 16-bit type
+// (`asStored`: half the memory; the ops widen them per call, about 1.5x the UNet's time on a Zen 4, and the float32
+// results are exactly those of the converted weights), or become bf16 for bf16 compute (`bfloat16`: what
+// `model.to(torch.bfloat16)` holds; autocast rounds weights to bf16 anyway, so the numbers do not change). Whatever is
+// converted is converted once, and the file's pages it came from are dropped as soon as it is
+// (`TensorRecord.releasePages`), so no weight is resident twice.
 
 /// The storage `Module.load` gives the parameters it loads (`WeightStorage.current`, set for a scope with `with`).
 public enum WeightStorage: String, Sendable, CaseIterable {
     /// Every parameter an owned float32 copy (training; the default).
     case float32
+    /// Inference in float32: float32 parameters in place in the mapped file when it is one (and aligned); 16-bit ones
+    /// converted to owned float32 once.
+    case mapped
     /// Inference: float32 parameters and 16-bit Linear/Conv2d weights as the file stores them, in place in the mapped
     /// file when it is one and aligned; other 16-bit parameters (biases, norms, embeddings) converted to float32.
     case asStored
@@ -27,8 +32,8 @@ public enum WeightStorage: String, Sendable, CaseIterable {
         try $current.withValue(storage, operation: body)
     }
 
-    /// The inference policy for compute in `dtype` (the resolved `ComputePrecision`).
-    public static func inference(computing dtype: DType) -> WeightStorage { dtype == .bfloat16 ? .bfloat16 : .asStored }
+    /// The inference policy for compute in `dtype` (the resolved `ComputePrecision`): `bfloat16` or `mapped`.
+    public static func inference(computing dtype: DType) -> WeightStorage { dtype == .bfloat16 ? .bfloat16 : .mapped }
 }
 
 extension Tensor {
@@ -41,14 +46,16 @@ extension Tensor {
             return
         }
         let stored: DType? = r.dtype == .F32 ? .float32 : r.dtype == .BF16 ? .bfloat16 : r.dtype == .F16 ? .float16 : nil
-        let want: DType = !lowerPrecision ? .float32 : storage == .bfloat16 ? .bfloat16 : stored ?? .float32
-        if stored == want, let (p, owner, mapped) = try r.bytesInPlace(), Int(bitPattern: p) % want.byteSize == 0 {
+        let want: DType = !lowerPrecision || storage == .mapped ? .float32 : storage == .bfloat16 ? .bfloat16 : stored ?? .float32
+        // The record's bytes as a tensor without a copy (float32, bf16, f16 in a buffer already in memory).
+        var inPlace: Tensor?
+        if let stored, let (p, owner, mapped) = try r.bytesInPlace(), Int(bitPattern: p) % stored.byteSize == 0 {
             let bytes = Storage(borrowing: UnsafeMutableRawPointer(mutating: p), byteCount: r.byteCount, owner: owner, fileMapping: mapped)
-            rebind(to: Tensor(storage: bytes, shape: shape, dtype: want))
-            return
+            inPlace = Tensor(storage: bytes, shape: shape, dtype: stored)
         }
-        let t = try r.tensor()
-        rebind(to: t.to(want).contiguous().reshaped(shape))
+        if let t = inPlace, t.dtype == want { rebind(to: t); return }
+        let converted = try inPlace ?? r.tensor()
+        rebind(to: converted.to(want).contiguous().reshaped(shape))
         r.releasePages()
     }
 }

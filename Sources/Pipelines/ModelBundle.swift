@@ -125,6 +125,16 @@ public final class ModelBundle {
         DiffusersFolder.isFolder(url) ? try loadDiffusers(url) : try loadCompVis(url)
     }
 
+    /// Loads a component that runs once per generation (text encoders, the first stage): under an inference policy
+    /// its 16-bit or float32 Linear/Conv2d weights stay as the file stores them (`WeightStorage.asStored`: widened, or
+    /// rounded to bf16, per call, which is the same numbers), so that they remain mapped pages that can be dropped
+    /// after use instead of owned copies; the UNet, which runs every step, is loaded as the policy says.
+    @discardableResult
+    static func onceUsed<T>(_ body: () throws -> T) rethrows -> T {
+        let s = WeightStorage.current
+        return try WeightStorage.with(s == .float32 ? s : .asStored, body)
+    }
+
     /// `load` with the weights held for inference in `dtype` compute (`WeightStorage.inference`: memory-mapped where
     /// the file allows, 16-bit Linear/Conv2d weights kept, bf16 ones for bf16 compute), not as float32 copies.
     public static func load(_ url: URL, forInferenceIn dtype: DType) throws -> ModelBundle {
@@ -137,7 +147,7 @@ public final class ModelBundle {
         let unet = try UNet2DConditionModel(pretrained: unetComponent)
         let sample = sampleSize(unetComponent.config?["sample_size"]) ?? 64
         let hasFirstStage = folder.component("vae") != nil || folder.component("vqvae") != nil
-        let firstStage = hasFirstStage ? try FirstStageModel.load(folder: url).model : nil
+        let firstStage = hasFirstStage ? try onceUsed { try FirstStageModel.load(folder: url).model } : nil
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?
         var bert: LDMBertModel?, bertTokenizer: BertTokenizer?
         if let b = folder.component("bert") {
@@ -160,14 +170,14 @@ public final class ModelBundle {
             guard te2.className == nil || te2.className == "CLIPTextModelWithProjection" else {
                 throw PipelineError("\(url.path): text_encoder_2 \(te2.className ?? "") is not supported (CLIPTextModelWithProjection only)")
             }
-            encoder2 = try CLIPTextModelWithProjection(pretrained: te2)
+            encoder2 = try onceUsed { try CLIPTextModelWithProjection(pretrained: te2) }
             tokenizer2 = try CLIPTokenizer(folder: url.appendingPathComponent("tokenizer_2"))
         }
         if let te = folder.component("text_encoder") {
             guard te.className == nil || te.className == "CLIPTextModel" else {
                 throw PipelineError("\(url.path): text encoder \(te.className ?? "") is not supported (CLIPTextModel only)")
             }
-            encoder = try CLIPTextModel(pretrained: te)
+            encoder = try onceUsed { try CLIPTextModel(pretrained: te) }
             tokenizer = try CLIPTokenizer(folder: url.appendingPathComponent("tokenizer"))
         }
         let schedURL = url.appendingPathComponent("scheduler/scheduler_config.json")
@@ -230,18 +240,18 @@ public final class ModelBundle {
             throw PipelineError.invalidModel(url.path, "the VAE config derived from its shapes is not an AutoencoderKL config (\(error))")
         }
         let vae = try AutoencoderKL(config: vaeConfig)
-        try vae.load(vaeRecords, component: "vae")
+        try onceUsed { try vae.load(vaeRecords, component: "vae") }
 
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?
         let keys = file.tensors.keys
         if keys.contains(where: { $0.hasPrefix(OpenCLIPMapping.prefix) }) {
             encoder = try CLIPTextModel(config: textEncoderConfig(.frozenOpenCLIPEmbedder(file.tensors), url))
-            try encoder?.loadOpenCLIPWeights(file.tensors)
+            try onceUsed { try encoder?.loadOpenCLIPWeights(file.tensors) }
             tokenizer = try CLIPTokenizer.openCLIPDefault(padToken: "!")
         } else if keys.contains(where: { $0.hasPrefix(CLIPTable.compvisPrefix) }) {
             let clip = CLIPTable.records(file.tensors)
             encoder = try CLIPTextModel(config: textEncoderConfig(.frozenCLIPEmbedder(file.tensors), url))
-            try encoder?.loadWeights(clip)
+            try onceUsed { try encoder?.loadWeights(clip) }
             tokenizer = try CLIPTokenizer.openCLIPDefault()
         }
         let bundle = ModelBundle(url: url, unet: unet, firstStage: .kl(vae), textEncoder: encoder, tokenizer: tokenizer,

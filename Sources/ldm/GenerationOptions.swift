@@ -66,11 +66,10 @@ struct GenerationOptions: ParsableArguments {
     @Flag(help: "No progress bar or messages.")
     var quiet = false
 
-    // Default f32, not auto: auto changes every image (the CLI's diffusers float32 parity), and the generation
-    // commands still load float32 weights that the bf16 kernels convert per call above LDM_CONV_WEIGHT_CACHE_MB; the
-    // bench's bf16 UNet (weights held in bf16) is 0.61x the float32 time on a 2-core Zen 4 (docs/benchmarks.md).
-    @Option(help: "Compute precision: f32 (default: the same image as diffusers in float32 for the same seed, on every CPU), auto (bf16 where this CPU has native bf16, AVX512_BF16 or AMX; float32 elsewhere) or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
-    var precision: String = "f32"
+    // Default auto: on a CPU with native bf16 the bf16 UNet is 0.61x the float32 time (2-core Zen 4,
+    // docs/benchmarks.md) and its weights, held in bf16 from the load, take half the memory; elsewhere auto is f32.
+    @Option(help: "Compute precision: auto (default: bf16 where the ISA level in use has native bf16, AVX512_BF16 or AMX, with Linear/Conv2d weights held in bf16; float32 elsewhere, e.g. on AVX2-only CPUs or with LDM_ISA=avx512), f32 (the same image as diffusers in float32 for the same seed, on every CPU) or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
+    var precision: String = "auto"
 
     /// `body` (a command's work) at the --precision asked for.
     func compute(_ body: () throws -> Void) throws {

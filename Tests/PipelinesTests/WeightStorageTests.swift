@@ -38,11 +38,11 @@ final class WeightStorageTests: XCTestCase {
             try reference.load(records)
             let want = values(reference)
             XCTAssertTrue(reference.namedParameters.allSatisfy { $0.1.dtype == .float32 && !$0.1.storage.isFileMapping })
-            for storage in [WeightStorage.asStored, .bfloat16] {
+            for storage in [WeightStorage.mapped, .asStored, .bfloat16] {
                 let m = Small()
                 try WeightStorage.with(storage) { try m.load(records) }
                 let what = "\(fileType) file, \(storage)"
-                let lowerType: DType = storage == .bfloat16 ? .bfloat16 : fileType
+                let lowerType: DType = storage == .bfloat16 ? .bfloat16 : storage == .mapped ? .float32 : fileType
                 XCTAssertEqual(m.lin.weight.dtype, lowerType, what)
                 XCTAssertEqual(m.conv.weight.dtype, lowerType, what)
                 for t in [m.lin.bias!, m.conv.bias!, m.norm.weight, m.norm.bias] { XCTAssertEqual(t.dtype, .float32, what) }
@@ -55,7 +55,7 @@ final class WeightStorageTests: XCTestCase {
                     let expected = isWeight && lowerType == .bfloat16 && fileType != .bfloat16 ? Tensor(w, shape: [w.count]).to(.bfloat16).toArray() : w
                     XCTAssertEqual(got[name], expected, "\(what): \(name)")
                 }
-                if storage == .asStored {
+                if storage != .bfloat16 {
                     // float32 compute on the kept weights: exactly the float32 copies' results.
                     XCTAssertEqual(m.lin(x).toArray(), reference.lin(x).toArray(), what)
                     XCTAssertEqual(m.conv(image).toArray(), reference.conv(image).toArray(), what)
@@ -104,6 +104,8 @@ final class WeightStorageTests: XCTestCase {
             mapped.evictsWeightsAfterUse = true
             XCTAssertEqual(try image(mapped), want, folder.lastPathComponent)
             XCTAssertEqual(try image(mapped), want, "\(folder.lastPathComponent): a second run after the pages were dropped")
+            let asStored = try WeightStorage.with(.asStored) { try ModelBundle.load(folder) }
+            XCTAssertEqual(try image(asStored), want, "\(folder.lastPathComponent) with 16-bit weights kept")
             // bf16 compute: bf16-held weights give the image of float32-held ones.
             let wantBF16 = try image(reference, .bf16)
             let bf16 = try ComputePrecision.bf16.run { try ModelBundle.load(folder, forInferenceIn: .bfloat16) }
@@ -131,5 +133,23 @@ final class WeightStorageTests: XCTestCase {
                 XCTAssertEqual(t.toArray(), b.2, name)
             }
         }
+    }
+
+    /// bf16 compute with bf16-held weights (what `--precision auto` runs on a CPU with native bf16) against diffusers'
+    /// float32 image of the same request: no further from it than diffusers' own bf16 pipeline
+    /// (tools/fixtures/pipeline_bf16.py), in mean absolute error on [0, 1] values (ours quantised to 8 bits: + 0.5/255).
+    func testBF16ImageWithinTorchBF16ErrorOfFloat32() throws {
+        let refs = try CheckpointFile.open(fixtures.appendingPathComponent("pipeline_bf16.safetensors")).tensors
+        let f32 = try XCTUnwrap(refs["f32"]).floats(), torchBF16 = try XCTUnwrap(refs["bf16"]).floats()
+        let folder = fixtures.appendingPathComponent("tiny-sd")
+        let meanError = { (a: [Float]) in zip(a, f32).reduce(0) { $0 + abs($1.0 - $1.1) } / Float(f32.count) }
+        let ourF32 = try image(try ModelBundle.load(folder, forInferenceIn: .float32)).map { Float($0) / 255 }
+        XCTAssertLessThanOrEqual(meanError(ourF32), 0.5 / 255 + 1e-4, "float32 should be diffusers' image")
+        let bundle = try ComputePrecision.bf16.run { try ModelBundle.load(folder, forInferenceIn: .bfloat16) }
+        let ours = try image(bundle, .bf16).map { Float($0) / 255 }
+        let (ourError, torchError) = (meanError(ours), meanError(torchBF16))
+        print("tiny SD image, mean |x - float32|: ours bf16 \(ourError) (native: \(NativeBF16.available)), torch bf16 \(torchError)")
+        XCTAssertGreaterThan(ourError, meanError(ourF32), "bf16 compute should change the image")
+        XCTAssertLessThanOrEqual(ourError, torchError + 0.5 / 255)
     }
 }
