@@ -102,6 +102,7 @@ struct BenchPart: ParsableCommand {
             default: throw ValidationError("unknown benchmark part \(part)")
             }
         }
+        if OpTimes.enabled { FileHandle.standardError.write(OpTimes.report(runs: reps).data(using: .utf8)!) }
         var usage = rusage(); getrusage(RUSAGE_SELF.rawValue, &usage)
         print("{\"seconds\": \(seconds), \"peak_rss_mb\": \(Double(usage.ru_maxrss) / 1024)}")
     }

@@ -50,6 +50,10 @@ extension Tensor {
 
     public func contiguous() -> Tensor {
         if isContiguous { return self }
+        return OpTimes.measure("copy (contiguous)") { contiguousCopy() }
+    }
+
+    private func contiguousCopy() -> Tensor {
         if dtype != .float32 { return float32().contiguous() }
         let out = Tensor.empty(shape)
         stridedCopy(out.data, out.strides, data, strides, shape)
@@ -59,6 +63,10 @@ extension Tensor {
     /// Converts to float32 (a no-op for float32 tensors). Gradients flow through unchanged.
     public func float32() -> Tensor {
         if dtype == .float32 { return self }
+        return OpTimes.measure("widen to float32") { widened() }
+    }
+
+    private func widened() -> Tensor {
         let out = Tensor.empty(shape)
         let src = storage.base.assumingMemoryBound(to: UInt16.self) + offset
         let dst = out.data, n = shape.last ?? 1, ss = strides.last ?? 1
