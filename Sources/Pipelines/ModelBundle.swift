@@ -143,7 +143,7 @@ public final class ModelBundle {
 
     public static func loadDiffusers(_ url: URL) throws -> ModelBundle {
         let folder = try DiffusersFolder(url: url)
-        guard let unetComponent = folder.component("unet") else { throw PipelineError("\(url.path): no unet component") }
+        guard let unetComponent = folder.component("unet") else { throw PipelineError.invalidModel(url.path, "no unet component") }
         let unet = try UNet2DConditionModel(pretrained: unetComponent)
         let sample = sampleSize(unetComponent.config?["sample_size"]) ?? 64
         let hasFirstStage = folder.component("vae") != nil || folder.component("vqvae") != nil
@@ -153,14 +153,14 @@ public final class ModelBundle {
         if let b = folder.component("bert") {
             // LDMTextToImagePipeline: bert (LDMBertModel) + tokenizer (BertTokenizer, vocab.txt).
             guard b.className == nil || b.className == "LDMBertModel" else {
-                throw PipelineError("\(url.path): bert component \(b.className ?? "") is not supported (LDMBertModel only)")
+                throw PipelineError.invalidModel(url.path, "bert component \(b.className ?? "") is not supported (LDMBertModel only)")
             }
             if let t = folder.component("tokenizer"), let cls = t.className, !["BertTokenizer", "BertTokenizerFast"].contains(cls) {
-                throw PipelineError("\(url.path): LDM-BERT needs a BertTokenizer, the folder's tokenizer is \(cls)")
+                throw PipelineError.invalidModel(url.path, "LDM-BERT needs a BertTokenizer, the folder's tokenizer is \(cls)")
             }
             let model = try LDMBertModel(pretrained: b)
             guard let dims = unet.config.crossAttentionDim, dims.allSatisfy({ $0 == model.config.dModel }) else {
-                throw PipelineError("\(url.path): the UNet's cross_attention_dim \(unet.config.crossAttentionDim.map { "\($0)" } ?? "none") does not match LDM-BERT's d_model \(model.config.dModel)")
+                throw PipelineError.invalidModel(url.path, "the UNet's cross_attention_dim \(unet.config.crossAttentionDim.map { "\($0)" } ?? "none") does not match LDM-BERT's d_model \(model.config.dModel)")
             }
             bert = model
             bertTokenizer = try BertTokenizer(folder: url.appendingPathComponent("tokenizer"))
@@ -168,14 +168,14 @@ public final class ModelBundle {
         var encoder2: CLIPTextModelWithProjection?, tokenizer2: CLIPTokenizer?
         if let te2 = folder.component("text_encoder_2") {
             guard te2.className == nil || te2.className == "CLIPTextModelWithProjection" else {
-                throw PipelineError("\(url.path): text_encoder_2 \(te2.className ?? "") is not supported (CLIPTextModelWithProjection only)")
+                throw PipelineError.invalidModel(url.path, "text_encoder_2 \(te2.className ?? "") is not supported (CLIPTextModelWithProjection only)")
             }
             encoder2 = try onceUsed { try CLIPTextModelWithProjection(pretrained: te2) }
             tokenizer2 = try CLIPTokenizer(folder: url.appendingPathComponent("tokenizer_2"))
         }
         if let te = folder.component("text_encoder") {
             guard te.className == nil || te.className == "CLIPTextModel" else {
-                throw PipelineError("\(url.path): text encoder \(te.className ?? "") is not supported (CLIPTextModel only)")
+                throw PipelineError.invalidModel(url.path, "text encoder \(te.className ?? "") is not supported (CLIPTextModel only)")
             }
             encoder = try onceUsed { try CLIPTextModel(pretrained: te) }
             tokenizer = try CLIPTokenizer(folder: url.appendingPathComponent("tokenizer"))
@@ -193,7 +193,7 @@ public final class ModelBundle {
         bundle.forceZerosForEmptyPrompt = folder.modelIndex?["force_zeros_for_empty_prompt"] as? Bool ?? false
         bundle.requiresAestheticsScore = folder.modelIndex?["requires_aesthetics_score"] as? Bool ?? false
         if unet.config.usesTextTimeEmbedding, encoder2 == nil && encoder == nil {
-            throw PipelineError("\(url.path): an SDXL UNet needs text_encoder_2 (CLIPTextModelWithProjection) and tokenizer_2")
+            throw PipelineError.invalidModel(url.path, "an SDXL UNet needs text_encoder_2 (CLIPTextModelWithProjection) and tokenizer_2")
         }
         return bundle
     }
@@ -219,10 +219,10 @@ public final class ModelBundle {
         if isSDXLSingleFile(file.tensors) { return try loadSDXLSingleFile(file, url: url, config: nil) }   // SDXLSingleFile.swift
         let (layout, components, _) = try Converter.compvisToDiffusers(file.tensors)
         guard let unetLayout = layout.unet, let unetTensors = components["unet"] else {
-            throw PipelineError("\(url.path): no UNet weights (model.diffusion_model.*)")
+            throw PipelineError.invalidModel(url.path, "no UNet weights (model.diffusion_model.*)")
         }
         guard let vaeLayout = layout.vae, let vaeTensors = components["vae"] else {
-            throw PipelineError("\(url.path): no VAE weights (first_stage_model.*)")
+            throw PipelineError.invalidModel(url.path, "no VAE weights (first_stage_model.*)")
         }
         let unetRecords = try records(unetTensors)
         let unetCfg = try DiffusersConfigs.unet(unetLayout, shapes: unetRecords.mapValues { $0.shape })

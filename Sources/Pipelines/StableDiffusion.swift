@@ -76,7 +76,7 @@ public final class StableDiffusionPipeline {
         guard (bundle.textEncoder != nil && bundle.tokenizer != nil) || (bundle.textEncoder2 != nil && bundle.tokenizer2 != nil) else {
             throw PipelineError.invalidModel(bundle.url.path, "its \(text.rawValue) text encoder has no tokenizer")
         }
-        guard case .kl(let vae) = bundle.firstStage else { throw PipelineError("\(bundle.url.path): Stable Diffusion needs an AutoencoderKL") }
+        guard case .kl(let vae) = bundle.firstStage else { throw PipelineError.invalidModel(bundle.url.path, "Stable Diffusion needs an AutoencoderKL") }
         self.bundle = bundle
         self.vae = vae
     }
@@ -87,7 +87,8 @@ public final class StableDiffusionPipeline {
     public func encodePrompt(_ p: PromptOptions, batch: Int, guidance: Bool) throws -> (Tensor, Tensor?) {
         guard let encoder = bundle.textEncoder, let tokenizer = bundle.tokenizer else { throw PipelineError("no text encoder") }
         guard p.clipSkip >= 0, p.clipSkip < encoder.layers.count else {
-            throw PipelineError("clip skip \(p.clipSkip + 1) is outside 1...\(encoder.layers.count) (the text encoder has \(encoder.layers.count) layers)")
+            throw PipelineError.invalidArgument(name: "clip skip", value: "\(p.clipSkip + 1)",
+                                                why: "\(p.clipSkip + 1) is outside 1...\(encoder.layers.count) (the text encoder has \(encoder.layers.count) layers)")
         }
         let length = min(tokenizer.modelMaxLength, encoder.config.maxPositionEmbeddings)
         func embed(_ text: String) throws -> Tensor {

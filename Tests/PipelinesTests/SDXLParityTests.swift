@@ -3,6 +3,7 @@
 // UNet (5 time ids), both text encoders' penultimate hidden states and pooled / projected outputs, and
 // StableDiffusionXLPipeline images for fixed seeds.
 import Checkpoints
+import CompVis
 import Conditioning
 import DiffusersBlocks
 import Foundation
