@@ -112,7 +112,8 @@ final class SchedulingTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: out) }
         let p = Process()
         p.executableURL = ldm
-        p.arguments = ["txt2img", "--model", lcm.path, "--prompt", "a cat", "--seed", "5", "--width", "16", "--height", "16", "--output", out.path, "--quiet"]
+        p.arguments = ["txt2img", "--model", lcm.path, "--prompt", "a cat", "--seed", "5", "--width", "16", "--height", "16", "--output", out.path, "--quiet",
+                       "--precision", "f32"]  // the server's default; the CLI's is auto (bf16 on CPUs with native bf16)
         try p.run(); p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 0)
         XCTAssertEqual(try ImageIO.load(path: out.path).image.pixels, img.image.pixels, "server LCM defaults differ from the CLI's")
