@@ -11,7 +11,7 @@ import TensorCore
 extension Module {
     /// Stores every Linear and Conv2d weight reachable from this module (through stored properties of modules,
     /// structs, tuples, optionals and arrays of those) as bfloat16. For inference only: the new tensors record no
-    /// gradient. Returns the bytes freed.
+    /// gradient. Returns the bytes freed (returned to the system: the buffer cache is emptied).
     @discardableResult
     public func storeLowerPrecisionWeightsInBFloat16() -> Int {
         var seen = Set<ObjectIdentifier>(), freed = 0
@@ -42,6 +42,8 @@ extension Module {
             }
         }
         visit(self)
+        // The float32 buffers just freed would stay in TensorCore's buffer cache (the live peak was float32-sized).
+        releaseCachedTensorBuffers()
         return freed
     }
 }
