@@ -11,7 +11,7 @@ import TensorCore
 extension Module {
     /// Stores every Linear and Conv2d weight reachable from this module (through stored properties of modules,
     /// structs, tuples, optionals and arrays of those) as bfloat16 (from float32 or float16). For inference only: the
-    /// new tensors record no gradient. Returns the bytes freed.
+    /// new tensors record no gradient. Returns the bytes freed (returned to the system: the buffer cache is emptied).
     @discardableResult
     public func storeLowerPrecisionWeightsInBFloat16() -> Int {
         var freed = 0
@@ -22,6 +22,8 @@ extension Module {
                 freed += c.weight.count * (c.weight.dtype.byteSize - 2); c.weight = c.weight.to(.bfloat16)
             }
         }
+        // The buffers just freed would stay in TensorCore's buffer cache (the live peak was float32-sized).
+        releaseCachedTensorBuffers()
         return freed
     }
 }

@@ -13,8 +13,14 @@ import UNetModels
 struct BenchSDXL: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "sdxl", abstract: "SDXL base UNet (random weights, diffusers' config), batch 2 at 128x128 and 64x64 latents, f32 and bf16 weights, against diffusers.")
     @Option(help: "Repetitions per part (median, after one warm-up call).") var reps = 1
-    @Flag(help: "Skip the bf16-weights part.") var noBF16 = false
-    func validate() throws { guard reps >= 1 else { throw ValidationError("--reps must be at least 1") } }
+    @Option(help: "The parts to run, comma-separated (default all): 128, 64, 128-bf16.") var parts = "128,64,128-bf16"
+    func validate() throws {
+        guard reps >= 1 else { throw ValidationError("--reps must be at least 1") }
+        let names = parts.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !names.isEmpty, names.allSatisfy(["128", "64", "128-bf16"].contains) else {
+            throw ValidationError("--parts takes 128, 64 and 128-bf16 (comma-separated), got '\(parts)'")
+        }
+    }
 
     func run() throws {
         guard let python = ProcessInfo.processInfo.environment["LDM_TORCH_PYTHON"], !python.isEmpty else {
@@ -34,12 +40,13 @@ struct BenchSDXL: ParsableCommand {
         let config = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-bench-sdxl-unet-\(getpid()).json")
         try data.write(to: config)
         defer { try? FileManager.default.removeItem(at: config) }
-        var parts: [(label: String, ours: String?, torch: String)] = [
-            ("SDXL UNet batch 2, 128x128 latent (1024 px), f32", "sdxl-unet-128", "sdxl-unet-128"),
-            ("SDXL UNet batch 2, 64x64 latent (512 px), f32", "sdxl-unet-64", "sdxl-unet-64"),
-        ]
-        if !noBF16 { parts.append(("SDXL UNet batch 2, 128x128 latent, bf16 weights", "sdxl-unet-128-bf16", "sdxl-unet-128-bf16")) }
-        try BenchModels.run(parts: parts, reps: reps, oursExtra: ["--unet-config", config.path])
+        let labels = ["128": "SDXL UNet batch 2, 128x128 latent (1024 px), f32", "64": "SDXL UNet batch 2, 64x64 latent (512 px), f32",
+                      "128-bf16": "SDXL UNet batch 2, 128x128 latent, bf16 weights"]
+        let chosen = parts.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        let list: [(label: String, ours: String?, torch: String)] = ["128", "64", "128-bf16"].filter(chosen.contains).map {
+            (labels[$0] ?? $0, "sdxl-unet-\($0)", "sdxl-unet-\($0)")
+        }
+        try BenchModels.run(parts: list, reps: reps, oursExtra: ["--unet-config", config.path])
         print("peak RSS: during the UNet calls, after the model is built (and converted to bf16). bf16: \(BenchSupport.bf16Note)")
     }
 

@@ -101,6 +101,17 @@ enum BufferCache {
         return (p, n, true)
     }
 
+    /// Unmaps every cached buffer and lowers the high-water mark to the live bytes.
+    static func releaseCached() {
+        lock.lock()
+        let all = free.flatMap { s, ps in ps.map { ($0, s) } }
+        free = [:]
+        cachedBytes = 0
+        peakLiveBytes = liveBytes
+        lock.unlock()
+        for (p, s) in all { munmap(p, s) }
+    }
+
     static func release(_ p: UnsafeMutableRawPointer, _ n: Int) {
         lock.lock()
         liveBytes -= n
@@ -108,4 +119,11 @@ enum BufferCache {
         lock.unlock()
         munmap(p, n)
     }
+}
+
+/// Returns the large buffers kept for reuse to the kernel and forgets the high-water mark of live buffers: for
+/// memory a program has given up for good (float32 weights replaced by bf16 copies), which the cache would otherwise
+/// keep resident as long as the process never needed less than its earlier peak.
+public func releaseCachedTensorBuffers() {
+    BufferCache.releaseCached()
 }
