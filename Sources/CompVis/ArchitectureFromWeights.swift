@@ -156,3 +156,33 @@ public enum CompVisArchitecture {
         return notes
     }
 }
+
+/// SDXL's added conditioning as its weights pin it (sgm openaimodel `adm_in_channels` = pooled text width + time ids x
+/// addition_time_embed_dim; diffusers projection_class_embeddings_input_dim): the UNet's add_embedding.linear_1 input,
+/// text_encoder_2's projection width (the pooled embedding) and the number of time ids (6: original size, crop
+/// top-left, target size; the refiner's 5: original size, crop, aesthetic score) give addition_time_embed_dim, which
+/// has no weights of its own (Fourier features).
+public struct SDXLConditioningShape: Equatable, Sendable {
+    public var projectionInputDim: Int
+    public var pooledDim: Int
+    public var timeIDs: Int
+    public var additionTimeEmbedDim: Int
+    public var contextDim: Int?
+
+    /// `unet`: diffusers UNet names (without "unet."); `pooledDim`: text_encoder_2's text_projection rows (nil when the
+    /// file has no text_encoder_2: SDXL's OpenCLIP bigG width 1280).
+    public init(unet shapes: [String: [Int]], pooledDim: Int?, refiner: Bool) throws {
+        guard let w = shapes["add_embedding.linear_1.weight"], w.count == 2 else {
+            throw CheckpointError("SDXL UNet: add_embedding.linear_1.weight (label_emb.0.0) is missing or not 2-d")
+        }
+        projectionInputDim = w[1]
+        self.pooledDim = pooledDim ?? 1280
+        timeIDs = refiner ? 5 : 6
+        let rest = projectionInputDim - self.pooledDim
+        guard rest > 0, rest % timeIDs == 0 else {
+            throw CheckpointError("SDXL UNet: added-conditioning input \(projectionInputDim) is not pooled width \(self.pooledDim) + \(timeIDs) time ids x an embedding width")
+        }
+        additionTimeEmbedDim = rest / timeIDs
+        contextDim = shapes.first { $0.key.hasSuffix("attn2.to_k.weight") }?.value.last
+    }
+}

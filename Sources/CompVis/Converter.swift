@@ -6,6 +6,7 @@
 import Checkpoints
 import Conditioning
 import Foundation
+import Tokenizers
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -35,25 +36,24 @@ public struct ConvertOptions {
 public enum Converter {
     static let componentWeights = ["unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
                                    "text_encoder": "model.safetensors", "vqvae": "diffusion_pytorch_model.safetensors",
-                                   "bert": "model.safetensors"]
+                                   "bert": "model.safetensors", "text_encoder_2": "model.safetensors"]
 
     /// CompVis names -> diffusers components; names no rule covers are returned in `unmapped`.
     public static func compvisToDiffusers(_ tensors: [String: TensorRecord]) throws
         -> (layout: PipelineLayout, components: [String: [MappedTensor]], unmapped: [String]) {
         var layout = try PipelineLayout.detect(compvis: Array(tensors.keys))
         var out: [String: [MappedTensor]] = [:], seen: [String: String] = [:], unmapped: [String] = []
-        let openCLIP = !layout.textEncoder && tensors.keys.contains { $0.hasPrefix(OpenCLIPMapping.prefix) }
-        if openCLIP {
-            let (m, un) = try OpenCLIPMapping.toDiffusers(tensors)
+        if let tower = layout.openCLIP {
+            let (m, un) = try tower.toDiffusers(tensors)
             if !m.isEmpty {
-                out["text_encoder"] = m
-                layout.openCLIPTextEncoder = true
+                out[tower.component] = m
+                layout.openCLIPTextEncoder = tower == .sd2
             }
             unmapped += un
         }
         for name in tensors.keys.sorted() {
             guard let r = tensors[name] else { continue }
-            if openCLIP && name.hasPrefix(OpenCLIPMapping.prefix) { continue }
+            if let tower = layout.openCLIP, name.hasPrefix(tower.prefix) { continue }
             guard let m = layout.toDiffusers(name, shape: r.shape) else {
                 unmapped.append(name)
                 continue
@@ -77,19 +77,21 @@ public enum Converter {
         -> (mapped: [MappedTensor], unmapped: [String]) {
         let layout = try PipelineLayout.detect(diffusers: Array(tensors.keys))
         var out: [MappedTensor] = [], seen: [String: String] = [:], unmapped: [String] = []
-        let te = "text_encoder."
-        let isOpenCLIP = openCLIP ?? OpenCLIPMapping.looksLikeOpenCLIP(diffusersKeys: Array(tensors.keys))
-        if isOpenCLIP {
+        // SDXL: text_encoder_2 is always OpenCLIP; SD2: the text_encoder when its config (or diffusers' test) says so.
+        let sd2 = openCLIP ?? OpenCLIPMapping.looksLikeOpenCLIP(diffusersKeys: Array(tensors.keys))
+        let tower = layout.openCLIP ?? (sd2 ? OpenCLIPTower.sd2 : nil)
+        let te = (tower?.component ?? "text_encoder") + "."
+        if let tower {
             var sub: [String: TensorRecord] = [:]
             for (k, r) in tensors where k.hasPrefix(te) { sub[String(k.dropFirst(te.count))] = r }
-            let (m, un) = try OpenCLIPMapping.toCompVis(sub)
+            let (m, un) = try tower.toCompVis(sub)
             for t in m { seen[t.name] = te + t.name }
             out += m
             unmapped += un.map { te + $0 }
         }
         for name in tensors.keys.sorted() {
             guard let r = tensors[name] else { continue }
-            if isOpenCLIP && name.hasPrefix(te) { continue }
+            if tower != nil && name.hasPrefix(te) { continue }
             let parts = name.split(separator: ".", maxSplits: 1)
             guard parts.count == 2,
                   parts[0] != "bert" || layout.bert?.diffusersKeys.contains(String(parts[1])) == true,
@@ -105,7 +107,8 @@ public enum Converter {
     }
 
     static func isDiffusersNamed(_ names: [String]) -> Bool {
-        !names.contains { $0.hasPrefix(PipelineLayout.unetPrefix) || $0.hasPrefix(PipelineLayout.vaePrefix) || $0.hasPrefix(PipelineLayout.clipPrefix) }
+        !names.contains { $0.hasPrefix(PipelineLayout.unetPrefix) || $0.hasPrefix(PipelineLayout.vaePrefix) || $0.hasPrefix(PipelineLayout.clipPrefix)
+                          || $0.hasPrefix(PipelineLayout.sgmConditionerPrefix) }
             && names.contains { $0.hasPrefix("unet.") || $0.hasPrefix("vae.") || $0.hasPrefix("text_encoder.") }
     }
 
@@ -156,15 +159,16 @@ public enum Converter {
                 let openCLIP = act.map { $0 == "gelu" } ?? OpenCLIPMapping.looksLikeOpenCLIP(diffusersKeys: Array(tensors.keys))
                 let (m, un) = try diffusersToCompVis(tensors, openCLIP: openCLIP)
                 mapped = m
-                if openCLIP && tensors.keys.contains(where: { $0.hasPrefix("text_encoder.") }) { lines.append(OpenCLIPMapping.reverseNote) }
+                let sdxl = tensors.keys.contains { $0.hasPrefix("text_encoder_2.") }
+                if openCLIP && !sdxl && tensors.keys.contains(where: { $0.hasPrefix("text_encoder.") }) { lines.append(OpenCLIPMapping.reverseNote) }
                 lines += describe(unmapped: un, to: "CompVis")
                 meta["ldm_layout"] = "compvis"
             } else {
                 // --to compvis on a CompVis file: FrozenCLIPEmbedder names in the released files' spelling
                 // (cond_stage_model.transformer.text_model.*), also when they came in transformers 5's.
                 let canonical = { (k: String) -> String in
-                    guard target == .compvis, k.hasPrefix(PipelineLayout.clipPrefix) else { return k }
-                    return PipelineLayout.clipPrefix + CLIPTextKeys.canonical(String(k.dropFirst(PipelineLayout.clipPrefix.count)))
+                    guard target == .compvis, let p = [PipelineLayout.clipPrefix, CLIPTable.sdxlPrefix].first(where: { k.hasPrefix($0) }) else { return k }
+                    return p + CLIPTextKeys.canonical(String(k.dropFirst(p.count)))
                 }
                 mapped = tensors.keys.sorted().compactMap { k in tensors[k].map { MappedTensor(name: canonical(k), shape: $0.shape, source: $0) } }
                 if Set(mapped.map(\.name)).count != mapped.count {
@@ -184,7 +188,7 @@ public enum Converter {
             }
             let (layout, comps, un) = try compvisToDiffusers(tensors)
             guard !comps.isEmpty else {
-                throw CheckpointError("\(input.path): no CompVis UNet/VAE/CLIP tensors (model.diffusion_model.*, first_stage_model.*, cond_stage_model.transformer.* or .model.*)")
+                throw CheckpointError("\(input.path): no CompVis UNet/VAE/CLIP tensors (model.diffusion_model.*, first_stage_model.*, cond_stage_model.transformer.* or .model.*, conditioner.embedders.*)")
             }
             lines += try writeDiffusers(layout: layout, components: comps, output: output, options: options)
             if layout.openCLIPTextEncoder { lines.append(OpenCLIPMapping.forwardNote) }
@@ -211,6 +215,7 @@ public enum Converter {
         var done = false
         defer { if !done { try? fm.removeItem(at: tmp) } }
         var lines: [String] = ["wrote \(output.path) (diffusers folder):"]
+        let sdxl = try layout.isSDXL ? sdxlConditioning(layout: layout, components: components) : nil
         for name in components.keys.sorted() {
             guard let mapped = components[name], let weights = componentWeights[name] else { continue }
             let dir = tmp.appendingPathComponent(name)
@@ -221,15 +226,16 @@ public enum Converter {
             do {
                 switch name {
                 case "unet":
-                    derived = try layout.unet.map { try DiffusersConfigs.unet($0, shapes: shapes) }
+                    derived = try layout.unet.map { try DiffusersConfigs.unet($0, shapes: shapes, sdxl: sdxl) }
                     if layout.bert != nil, var d = derived {
                         // CompVis/ldm-text2im-large-256: 256 px / 8 (txt2img-1p4B-eval.yaml image_size 32).
                         d.config["sample_size"] = 32
                         d.defaulted = d.defaulted.map { $0.hasPrefix("sample_size=") ? "sample_size=32 (txt2img-1p4B 256 px / 8)" : $0 }
                         derived = d
                     }
-                case "vae", "vqvae": derived = try layout.vae.map { try DiffusersConfigs.vae($0, shapes: shapes) }
+                case "vae", "vqvae": derived = try layout.vae.map { try DiffusersConfigs.vae($0, shapes: shapes, sdxl: layout.isSDXL) }
                 case "bert": derived = try DiffusersConfigs.ldmBert(shapes: shapes)
+                case "text_encoder_2": derived = try DiffusersConfigs.clipTextWithProjection(shapes: shapes)
                 default: derived = try DiffusersConfigs.clipText(shapes: shapes, openCLIP: layout.openCLIPTextEncoder)
                 }
             } catch let e as CheckpointError {
@@ -261,11 +267,50 @@ public enum Converter {
                 lines.append("  tokenizer/: not written (no --bert-vocab): copy bert-base-uncased's vocab.txt into tokenizer/ before use")
             }
         }
+        if layout.isSDXL {
+            // StableDiffusionXLPipeline also needs its scheduler and CLIP tokenizers (OpenAI's vocabulary, shipped).
+            let sched = tmp.appendingPathComponent("scheduler")
+            try fm.createDirectory(at: sched, withIntermediateDirectories: false)
+            try DiffusersConfigs.json(DiffusersConfigs.sdxlScheduler).write(to: sched.appendingPathComponent("scheduler_config.json"))
+            index.append("scheduler")
+            lines.append("  scheduler/: EulerDiscreteScheduler of stable-diffusion-xl-base-1.0")
+            for (tok, text, pad) in [("tokenizer", "text_encoder", "<|endoftext|>"), ("tokenizer_2", "text_encoder_2", "!")]
+                where components[text] != nil {
+                try writeCLIPTokenizer(tmp.appendingPathComponent(tok), padToken: pad)
+                index.append(tok)
+                lines.append("  \(tok)/: CLIPTokenizer with OpenAI CLIP's vocabulary (pad \(pad))")
+            }
+        }
         try DiffusersConfigs.json(DiffusersConfigs.modelIndex(components: index))
             .write(to: tmp.appendingPathComponent("model_index.json"))
         try replace(output, with: tmp, overwrite: options.overwrite)
         done = true
         return lines
+    }
+
+    /// SDXL's added-conditioning sizes from the converted UNet and text_encoder_2 tensors.
+    static func sdxlConditioning(layout: PipelineLayout, components: [String: [MappedTensor]]) throws -> SDXLConditioningShape? {
+        guard let unet = components["unet"] else { return nil }
+        let shapes = Dictionary(unet.map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
+        let pooled = components["text_encoder_2"]?.first { $0.name == "text_projection.weight" }?.shape.first
+        return try SDXLConditioningShape(unet: shapes, pooledDim: pooled, refiner: layout.isSDXLRefiner)
+    }
+
+    /// A transformers CLIPTokenizer folder (vocab.json, merges.txt, tokenizer_config.json) with the bundled OpenAI
+    /// CLIP vocabulary, as stable-diffusion-xl-base-1.0's tokenizer/ (pad <|endoftext|>) and tokenizer_2/ (pad "!").
+    static func writeCLIPTokenizer(_ dir: URL, padToken: String) throws {
+        guard let url = CLIPTokenizer.bundledOpenCLIPVocabularyURL else {
+            throw CheckpointError("the bundled CLIP vocabulary (bpe_simple_vocab_16e6.txt.gz) is missing")
+        }
+        let (vocab, merges) = try CLIPTokenizer.openCLIPVocabulary(gzipFile: url)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: false)
+        try JSONSerialization.data(withJSONObject: vocab, options: [.sortedKeys, .withoutEscapingSlashes]).write(to: dir.appendingPathComponent("vocab.json"))
+        let text = "#version: 0.2\n" + merges.map { "\($0.0) \($0.1)" }.joined(separator: "\n") + "\n"
+        try Data(text.utf8).write(to: dir.appendingPathComponent("merges.txt"))
+        let config: [String: Any] = ["tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
+                                     "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": padToken,
+                                     "do_lower_case": true]
+        try DiffusersConfigs.json(config).write(to: dir.appendingPathComponent("tokenizer_config.json"))
     }
 
     /// Output bytes under the requested dtype; only floating-point tensors are cast.

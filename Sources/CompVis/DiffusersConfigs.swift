@@ -23,7 +23,8 @@ public enum DiffusersConfigs {
     }
 
     /// UNet2DConditionModel config; `shapes` are diffusers keys (without "unet.").
-    public static func unet(_ layout: UNetLayout, shapes: [String: [Int]]) throws -> DerivedConfig {
+    /// `sdxl`: an SDXL UNet ("text_time" added conditioning, sample_size 128 = 1024 px / 8).
+    public static func unet(_ layout: UNetLayout, shapes: [String: [Int]], sdxl: SDXLConditioningShape? = nil) throws -> DerivedConfig {
         let channels = try (0..<layout.levels).map { try dim(shapes, "down_blocks.\($0).resnets.0.conv1.weight", 0) }
         var depth: [Int] = [], linear = false
         for l in 0..<layout.levels {
@@ -46,7 +47,7 @@ public enum DiffusersConfigs {
             heads = 8
             defaulted.append("attention_head_dim=8 (num_heads 8, as SD1)")
         }
-        let cfg: [String: Any] = [
+        var cfg: [String: Any] = [
             "_class_name": "UNet2DConditionModel", "_diffusers_version": diffusersVersion,
             "sample_size": 64, "in_channels": try dim(shapes, "conv_in.weight", 1), "out_channels": try dim(shapes, "conv_out.weight", 0),
             "down_block_types": layout.attention.map { $0 ? "CrossAttnDownBlock2D" : "DownBlock2D" },
@@ -59,13 +60,22 @@ public enum DiffusersConfigs {
             "norm_num_groups": 32, "act_fn": "silu", "flip_sin_to_cos": true, "freq_shift": 0,
             "center_input_sample": false, "downsample_padding": 1, "mid_block_scale_factor": 1, "norm_eps": 1e-05,
         ]
+        if let x = sdxl {
+            cfg["addition_embed_type"] = "text_time"
+            cfg["addition_time_embed_dim"] = x.additionTimeEmbedDim
+            cfg["projection_class_embeddings_input_dim"] = x.projectionInputDim
+            cfg["sample_size"] = 128
+            defaulted[0] = "sample_size=128 (SDXL 1024 px / 8)"
+            defaulted.append("addition_time_embed_dim=\(x.additionTimeEmbedDim) (added-conditioning input \(x.projectionInputDim) = pooled \(x.pooledDim) + \(x.timeIDs) time ids x \(x.additionTimeEmbedDim))")
+        }
         return DerivedConfig(config: cfg, defaulted: defaulted)
     }
 
     /// AutoencoderKL config; `shapes` are diffusers keys (without "vae.").
-    public static func vae(_ layout: VAELayout, shapes: [String: [Int]]) throws -> DerivedConfig {
+    /// `sdxl`: SDXL's first stage (sgm yaml scale_factor 0.13025; diffusers force_upcast: it overflows in float16).
+    public static func vae(_ layout: VAELayout, shapes: [String: [Int]], sdxl: Bool = false) throws -> DerivedConfig {
         let channels = try (0..<layout.levels).map { try dim(shapes, "encoder.down_blocks.\($0).resnets.0.conv1.weight", 0) }
-        let cfg: [String: Any] = [
+        var cfg: [String: Any] = [
             "_class_name": "AutoencoderKL", "_diffusers_version": diffusersVersion,
             "in_channels": try dim(shapes, "encoder.conv_in.weight", 1), "out_channels": try dim(shapes, "decoder.conv_out.weight", 0),
             "latent_channels": try dim(shapes, "post_quant_conv.weight", 0),
@@ -74,8 +84,34 @@ public enum DiffusersConfigs {
             "block_out_channels": channels, "layers_per_block": layout.layersPerBlock,
             "act_fn": "silu", "norm_num_groups": 32, "sample_size": 512, "scaling_factor": 0.18215,
         ]
+        if sdxl {
+            cfg["scaling_factor"] = 0.13025
+            cfg["sample_size"] = 1024
+            cfg["force_upcast"] = true
+            return DerivedConfig(config: cfg, defaulted: ["sample_size=1024", "norm_num_groups=32",
+                                                          "scaling_factor=0.13025 (SDXL)", "force_upcast=true"])
+        }
         return DerivedConfig(config: cfg, defaulted: ["sample_size=512", "norm_num_groups=32",
                                                       "scaling_factor=0.18215 (LDM_VAE_DEFAULT_SCALING_FACTOR)"])
+    }
+
+    /// transformers CLIPTextModelWithProjection config (SDXL text_encoder_2: OpenCLIP bigG, exact GELU); `shapes` are
+    /// keys without "text_encoder_2.".
+    public static func clipTextWithProjection(shapes: [String: [Int]]) throws -> DerivedConfig {
+        var d = try clipText(shapes: shapes)
+        d.config["architectures"] = ["CLIPTextModelWithProjection"]
+        d.config["hidden_act"] = "gelu"
+        d.config["projection_dim"] = try dim(shapes, "text_projection.weight", 0)
+        d.defaulted = d.defaulted.filter { !$0.hasPrefix("hidden_act") && !$0.hasPrefix("projection_dim") } + ["hidden_act=gelu (OpenCLIP)"]
+        return d
+    }
+
+    /// scheduler/scheduler_config.json of stabilityai/stable-diffusion-xl-base-1.0 (EulerDiscreteScheduler).
+    public static var sdxlScheduler: [String: Any] {
+        ["_class_name": "EulerDiscreteScheduler", "_diffusers_version": diffusersVersion, "num_train_timesteps": 1000,
+         "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "interpolation_type": "linear",
+         "prediction_type": "epsilon", "sample_max_value": 1.0, "set_alpha_to_one": false, "skip_prk_steps": true,
+         "steps_offset": 1, "timestep_spacing": "leading", "use_karras_sigmas": false]
     }
 
     /// transformers CLIPTextModel config; `shapes` are keys without "text_encoder.".
@@ -155,14 +191,24 @@ public enum DiffusersConfigs {
         let ldmBert = components.contains("bert")
         var idx: [String: Any] = ["_class_name": ldmBert ? "LDMTextToImagePipeline" : "StableDiffusionPipeline",
                                   "_diffusers_version": diffusersVersion]
+        if components.contains("text_encoder_2") {
+            // StableDiffusionXLPipeline; the refiner (no text_encoder) is StableDiffusionXLImg2ImgPipeline.
+            let refiner = !components.contains("text_encoder")
+            idx["_class_name"] = refiner ? "StableDiffusionXLImg2ImgPipeline" : "StableDiffusionXLPipeline"
+            idx["text_encoder_2"] = ["transformers", "CLIPTextModelWithProjection"]
+            idx["force_zeros_for_empty_prompt"] = !refiner
+            idx["requires_aesthetics_score"] = refiner
+            if components.contains("scheduler") { idx["scheduler"] = ["diffusers", "EulerDiscreteScheduler"] }
+            for t in ["tokenizer", "tokenizer_2"] where components.contains(t) { idx[t] = ["transformers", "CLIPTokenizer"] }
+        }
         for c in components {
             switch c {
             case "unet": idx[c] = ["diffusers", "UNet2DConditionModel"]
             case "vae", "vqvae": idx[c] = ["diffusers", "AutoencoderKL"]
             case "text_encoder": idx[c] = ["transformers", "CLIPTextModel"]
             case "bert": idx[c] = ["latent_diffusion", "LDMBertModel"]
-            case "scheduler": idx[c] = ["diffusers", "DDIMScheduler"]
-            case "tokenizer": idx[c] = ["transformers", "BertTokenizer"]
+            case "scheduler": idx[c] = idx[c] ?? ["diffusers", "DDIMScheduler"]
+            case "tokenizer": idx[c] = idx[c] ?? ["transformers", "BertTokenizer"]
             default: break
             }
         }

@@ -6,11 +6,43 @@
 // (q/k/v concatenated into in_proj). Splits are zero-copy views of the in_proj storage. The same table loads an
 // SD 2.x checkpoint's text tower into CLIPTextModel (all resblocks kept: FrozenOpenCLIPEmbedder's layer "penultimate"
 // is a CLIPTextModel with one layer fewer, or the full tower with `encode(ids, clipSkip: 1)`; OpenCLIP ViT-H uses exact
-// GELU).
+// GELU). SDXL (sgm single files) keeps OpenCLIP bigG under conditioner.embedders.1.model. (the refiner's only encoder:
+// conditioner.embedders.0.model.) as transformers' CLIPTextModelWithProjection (text_encoder_2/): every resblock is
+// kept and `text_projection` (open_clip: x @ P, stored (width, proj)) is the Linear weight transposed
+// (scripts/convert_diffusers_to_original_sdxl.py; a zero-copy strided view here).
 import Checkpoints
 import Conditioning
 import Foundation
 import NeuralNetwork
+
+/// Where an OpenCLIP text tower sits in a single file and which diffusers component it becomes.
+public struct OpenCLIPTower: Equatable, Sendable {
+    public let prefix: String
+    public let component: String
+    /// The resblock diffusers leaves out (SD2's penultimate-layer conditioning), nil: every resblock.
+    public let droppedResblock: Int?
+    /// `text_projection` is converted (transposed) to CLIPTextModelWithProjection's `text_projection.weight`.
+    public let projection: Bool
+
+    /// SD 2.x FrozenOpenCLIPEmbedder -> text_encoder (CLIPTextModel).
+    public static let sd2 = OpenCLIPTower(prefix: OpenCLIPMapping.prefix, component: "text_encoder",
+                                          droppedResblock: OpenCLIPMapping.droppedResblock, projection: false)
+    /// SDXL base's second embedder -> text_encoder_2 (CLIPTextModelWithProjection).
+    public static let sdxl = OpenCLIPTower(prefix: "conditioner.embedders.1.model.", component: "text_encoder_2",
+                                           droppedResblock: nil, projection: true)
+    /// SDXL refiner's only embedder -> text_encoder_2.
+    public static let sdxlRefiner = OpenCLIPTower(prefix: "conditioner.embedders.0.model.", component: "text_encoder_2",
+                                                  droppedResblock: nil, projection: true)
+
+    public func toDiffusers(_ tensors: [String: TensorRecord]) throws -> (mapped: [MappedTensor], unmapped: [String]) {
+        try OpenCLIPMapping.toDiffusers(tensors, prefix: prefix, dropping: droppedResblock, projection: projection)
+    }
+
+    /// `tensors`: keys without the component.
+    public func toCompVis(_ tensors: [String: TensorRecord]) throws -> (mapped: [MappedTensor], unmapped: [String]) {
+        try OpenCLIPMapping.toCompVis(tensors, prefix: prefix, projection: projection)
+    }
+}
 
 public enum OpenCLIPMapping {
     public static let prefix = "cond_stage_model.model."
@@ -28,6 +60,15 @@ public enum OpenCLIPMapping {
         ("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."), ("mlp.c_fc.", "mlp.fc1."), ("mlp.c_proj.", "mlp.fc2."),
         ("attn.out_proj.", "self_attn.out_proj.")]
     static let qkv = ["q_proj", "k_proj", "v_proj"]
+    /// open_clip's `text_projection` parameter <-> CLIPTextModelWithProjection's Linear weight (transposed).
+    static let projection = (compvis: "text_projection", diffusers: "text_projection.weight")
+
+    /// A 2-d record viewed transposed (same storage, swapped strides).
+    static func transposed(_ r: TensorRecord, name: String) throws -> TensorRecord {
+        guard r.shape.count == 2 else { throw CheckpointError("\(r.name): text_projection has shape \(r.shape), not 2-d") }
+        return try TensorRecord(name: name, dtype: r.dtype, shape: [r.shape[1], r.shape[0]], strides: [r.strides[1], r.strides[0]],
+                                byteOffset: r.byteOffset, storage: r.storage)
+    }
 
     public static let forwardNote = "text_encoder: SD2 OpenCLIP cond_stage_model.model.* -> CLIPTextModel (in_proj split into q/k/v); "
         + "as diffusers, resblocks.\(droppedResblock) and text_projection are dropped, logit_scale is not part of CLIPTextModel"
@@ -54,8 +95,10 @@ public enum OpenCLIPMapping {
 
     /// CompVis tensors (full names) -> text_encoder keys; names under `prefix` that diffusers does not keep are `unmapped`.
     /// `dropping`: the resblock diffusers leaves out (nil keeps every resblock, as loading does).
+    /// `projection`: text_projection becomes text_projection.weight (transposed), as for SDXL's text_encoder_2.
     public static func toDiffusers(_ tensors: [String: TensorRecord], prefix: String = OpenCLIPMapping.prefix,
-                                   dropping: Int? = droppedResblock) throws -> (mapped: [MappedTensor], unmapped: [String]) {
+                                   dropping: Int? = droppedResblock, projection convertProjection: Bool = false) throws
+        -> (mapped: [MappedTensor], unmapped: [String]) {
         var out: [MappedTensor] = []
         var unmapped: [String] = []
         let width = tensors[prefix + "token_embedding.weight"]?.shape.last
@@ -64,6 +107,11 @@ public enum OpenCLIPMapping {
             let key = String(name.dropFirst(prefix.count))
             if let d = direct.first(where: { $0.compvis == key }) {
                 out.append(MappedTensor(name: d.diffusers, shape: r.shape, source: r))
+                continue
+            }
+            if convertProjection && key == projection.compvis {
+                let t = try transposed(r, name: name)
+                out.append(MappedTensor(name: projection.diffusers, shape: t.shape, source: t))
                 continue
             }
             guard let (n, leaf) = resblock(key, resblocks), n != dropping else {
@@ -92,7 +140,9 @@ public enum OpenCLIPMapping {
 
     /// text_encoder keys (without "text_encoder."; with or without transformers 5's missing "text_model.") ->
     /// CompVis tensors; q/k/v are concatenated into in_proj (new bytes, exact).
-    public static func toCompVis(_ tensors: [String: TensorRecord]) throws -> (mapped: [MappedTensor], unmapped: [String]) {
+    /// `projection`: text_projection.weight becomes open_clip's text_projection (transposed), as for SDXL.
+    public static func toCompVis(_ tensors: [String: TensorRecord], prefix: String = OpenCLIPMapping.prefix,
+                                 projection convertProjection: Bool = false) throws -> (mapped: [MappedTensor], unmapped: [String]) {
         var out: [MappedTensor] = []
         var unmapped: [String] = []
         var fused: [String: [String: TensorRecord]] = [:]   // "N.weight" -> q_proj/k_proj/v_proj
@@ -102,6 +152,11 @@ public enum OpenCLIPMapping {
             let key = CLIPTextKeys.canonical(name)
             if let d = direct.first(where: { $0.diffusers == key }) {
                 out.append(MappedTensor(name: prefix + d.compvis, shape: r.shape, source: r))
+                continue
+            }
+            if convertProjection && key == projection.diffusers {
+                let t = try transposed(r, name: prefix + projection.compvis)
+                out.append(MappedTensor(name: t.name, shape: t.shape, source: t))
                 continue
             }
             guard let (n, leaf) = resblock(key, layers) else {

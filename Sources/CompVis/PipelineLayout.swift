@@ -2,6 +2,9 @@
 // first_stage_model.*, cond_stage_model.*) as diffusers components (unet/, vae/ or vqvae/, text_encoder/, bert/):
 // the per-component tables of UNetTable.swift, VAETable.swift, BERTTable.swift and the CLIP text model's identity
 // table (SD1's FrozenCLIPEmbedder names are transformers' CLIPTextModel names), applied in both directions.
+// SDXL's sgm files (generative-models DiffusionEngine: model.diffusion_model.*, first_stage_model.*,
+// conditioner.embedders.N.*) use the same UNet and VAE tables (label_emb.0 as the "text_time" MLP), CLIP ViT-L under
+// conditioner.embedders.0.transformer. and OpenCLIP bigG (OpenCLIPTable.swift) as text_encoder_2.
 import Checkpoints
 import Conditioning
 import Foundation
@@ -13,6 +16,15 @@ public struct PipelineLayout: Sendable {
     public var textEncoder: Bool
     /// The text_encoder component came from SD2's OpenCLIP (cond_stage_model.model.*, OpenCLIPTable.swift).
     public var openCLIPTextEncoder = false
+    /// Where the CLIP text model (text_encoder) sits: SD1's cond_stage_model.transformer. or SDXL's
+    /// conditioner.embedders.0.transformer.
+    public var textEncoderPrefix = CLIPTable.compvisPrefix
+    /// The OpenCLIP text tower, converted by OpenCLIPTable.swift rather than by rows: SD2 (text_encoder), SDXL base
+    /// or refiner (text_encoder_2).
+    public var openCLIP: OpenCLIPTower?
+    /// An SDXL layout (sgm names <-> StableDiffusionXLPipeline components); `isSDXLRefiner`: OpenCLIP bigG only.
+    public var isSDXL: Bool { openCLIP?.component == "text_encoder_2" || unet?.classEmbedding == .textTime }
+    public var isSDXLRefiner: Bool { openCLIP == .sdxlRefiner }
     /// LDM-BERT text-to-image (CompVis BERTEmbedder <-> diffusers LDMTextToImagePipeline): the text encoder is the
     /// `bert` component and the first stage is named `vqvae` (an AutoencoderKL there).
     public var bert: BERTLayout?
@@ -33,7 +45,7 @@ public struct PipelineLayout: Sendable {
         if let unet { c.append(ComponentMapping(compvisPrefix: Self.unetPrefix, component: "unet", rules: unet.rules)) }
         if let vae { c.append(ComponentMapping(compvisPrefix: Self.vaePrefix, component: vaeComponent, rules: vae.rules)) }
         if let bert { c.append(bert.mapping) }
-        if textEncoder { c.append(ComponentMapping(compvisPrefix: Self.clipPrefix, component: "text_encoder", rules: nil)) }
+        if textEncoder { c.append(ComponentMapping(compvisPrefix: textEncoderPrefix, component: "text_encoder", rules: nil)) }
         return c
     }
 
@@ -41,14 +53,26 @@ public struct PipelineLayout: Sendable {
         names.filter { $0.hasPrefix(prefix) }.map { String($0.dropFirst(prefix.count)) }
     }
 
-    /// From CompVis names ("model.diffusion_model.*", "first_stage_model.*", "cond_stage_model.transformer.*").
+    /// sgm (SDXL) names: GeneralConditioner embedders.
+    public static let sgmConditionerPrefix = "conditioner.embedders."
+
+    /// From CompVis names ("model.diffusion_model.*", "first_stage_model.*", "cond_stage_model.transformer.*"), or
+    /// sgm names (SDXL: "conditioner.embedders.N.*").
     public static func detect(compvis names: [String]) throws -> PipelineLayout {
-        let u = stripped(names, unetPrefix), v = stripped(names, vaePrefix), t = stripped(names, clipPrefix)
-        let isBERT = BERTLayout.isBERTEmbedder(compvis: t)
-        var layout = PipelineLayout(unet: u.isEmpty ? nil : try UNetLayout.detect(compvis: u),
+        let sgm = names.contains { $0.hasPrefix(sgmConditionerPrefix) }
+        let clip = sgm ? CLIPTable.sdxlPrefix : clipPrefix
+        let u = stripped(names, unetPrefix), v = stripped(names, vaePrefix), t = stripped(names, clip)
+        let isBERT = !sgm && BERTLayout.isBERTEmbedder(compvis: t)
+        var layout = PipelineLayout(unet: u.isEmpty ? nil : try UNetLayout.detect(compvis: u, textTime: sgm),
                                     vae: v.isEmpty ? nil : try VAELayout.detect(compvis: v),
                                     textEncoder: !t.isEmpty && !isBERT)
+        layout.textEncoderPrefix = clip
         if isBERT { layout.bert = try BERTLayout.detect(compvis: t) }
+        if sgm {
+            layout.openCLIP = [OpenCLIPTower.sdxl, .sdxlRefiner].first { t in names.contains { $0.hasPrefix(t.prefix) } }
+        } else if !layout.textEncoder && names.contains(where: { $0.hasPrefix(OpenCLIPTower.sd2.prefix) }) {
+            layout.openCLIP = .sd2
+        }
         return layout
     }
 
@@ -60,6 +84,10 @@ public struct PipelineLayout: Sendable {
                                     vae: v.isEmpty ? nil : try VAELayout.detect(diffusers: v),
                                     textEncoder: names.contains { $0.hasPrefix("text_encoder.") })
         if !b.isEmpty { layout.bert = try BERTLayout.detect(diffusers: b) }
+        if names.contains(where: { $0.hasPrefix("text_encoder_2.") }) {
+            layout.textEncoderPrefix = CLIPTable.sdxlPrefix
+            layout.openCLIP = layout.textEncoder ? .sdxl : .sdxlRefiner
+        }
         return layout
     }
 

@@ -7,7 +7,9 @@
 // resblock_updown the resamplers are ResBlocks (input_blocks.N.0 / output_blocks.N.(1|2) with resnet leaves) mapped to
 // the ResnetBlock2D(down/up=True) at downsamplers.0 / upsamplers.0 (diffusers' converter has no rule for them). Legacy
 // `AttentionBlock`s (unconditional LDMs) store q, k, v as one 1-d conv `qkv` split per head (QKVAttentionLegacy: heads
-// first) or per q/k/v (QKVAttention, use_new_attention_order); `CompVisUNetKeyMap.load` splits them.
+// first) or per q/k/v (QKVAttention, use_new_attention_order); `CompVisUNetKeyMap.load` splits them. SDXL (sgm
+// openaimodel with num_classes "sequential"): label_emb.0.{0,2} is the "text_time" added-conditioning MLP
+// (diffusers add_embedding.linear_{1,2}, convert_diffusers_to_original_sdxl.py unet_conversion_map).
 import Checkpoints
 import DiffusersBlocks
 import NeuralNetwork
@@ -22,8 +24,9 @@ public struct UNetLayout: Equatable, Sendable {
         case none, transformer
         case legacy(heads: Int)
     }
-    /// label_emb: absent, a timestep-style MLP (class_embed_type "timestep"), or a class table (num_class_embeds).
-    public enum ClassEmbedding: Equatable, Sendable { case none, timestep, table }
+    /// label_emb: absent, a timestep-style MLP (class_embed_type "timestep"), a class table (num_class_embeds), or
+    /// SDXL's added-conditioning MLP (addition_embed_type "text_time": add_embedding).
+    public enum ClassEmbedding: Equatable, Sendable { case none, timestep, table, textTime }
 
     /// Resnets per down level (the up block mirroring level l has one more).
     public var layers: [Int]
@@ -78,7 +81,9 @@ public struct UNetLayout: Equatable, Sendable {
         }
         resnetDownsample = (0..<n).map { config.resnetDownsample($0) }
         resnetUpsample = (0..<n).map { config.resnetUpsample($0) }
-        if config.classEmbedType == "timestep" {
+        if config.usesTextTimeEmbedding {
+            classEmbedding = .textTime
+        } else if config.classEmbedType == "timestep" {
             classEmbedding = .timestep
         } else if config.numClassEmbeds != nil {
             classEmbedding = .table
@@ -100,6 +105,9 @@ public struct UNetLayout: Equatable, Sendable {
             r.append(LayoutRule("label_emb.0.2", "class_embedding.linear_2"))
         case .table:
             r.append(LayoutRule("label_emb", "class_embedding"))
+        case .textTime:
+            r.append(LayoutRule("label_emb.0.0", "add_embedding.linear_1"))
+            r.append(LayoutRule("label_emb.0.2", "add_embedding.linear_2"))
         case .none:
             break
         }
@@ -147,7 +155,8 @@ public struct UNetLayout: Equatable, Sendable {
     }
 
     /// From CompVis names (without "model.diffusion_model."): downsamplers sit at input_blocks.(l+1)(L+1).0.op.
-    public static func detect(compvis keys: [String]) throws -> UNetLayout {
+    /// `textTime`: the file is an sgm (SDXL) checkpoint, whose label_emb.0 is the added-conditioning MLP.
+    public static func detect(compvis keys: [String], textTime: Bool = false) throws -> UNetLayout {
         let inputs = indices(keys, "input_blocks.")
         let outputs = indices(keys, "output_blocks.")
         guard let maxIn = inputs.max(), !outputs.isEmpty else { throw CheckpointError("UNet: no input_blocks / output_blocks tensors") }
@@ -162,7 +171,9 @@ public struct UNetLayout: Equatable, Sendable {
         let levels = outputs.count / (L + 1)
         let att = (0..<levels).map { l in keys.contains { $0.hasPrefix("input_blocks.\(1 + l * (L + 1)).1.") } }
         let mid = keys.contains { $0.hasPrefix("middle_block.2.") }
-        return UNetLayout(levels: levels, layersPerBlock: L, attention: att, midAttention: mid)
+        var layout = UNetLayout(levels: levels, layersPerBlock: L, attention: att, midAttention: mid)
+        if textTime && keys.contains("label_emb.0.0.weight") { layout.classEmbedding = .textTime }
+        return layout
     }
 
     /// From diffusers names (without "unet.").
@@ -171,8 +182,10 @@ public struct UNetLayout: Equatable, Sendable {
         let L = indices(keys, "down_blocks.0.resnets.").count
         guard levels >= 1, L >= 1 else { throw CheckpointError("UNet: no down_blocks.*.resnets tensors") }
         let att = (0..<levels).map { l in keys.contains { $0.hasPrefix("down_blocks.\(l).attentions.") } }
-        return UNetLayout(levels: levels, layersPerBlock: L, attention: att,
-                          midAttention: keys.contains { $0.hasPrefix("mid_block.attentions.") })
+        var layout = UNetLayout(levels: levels, layersPerBlock: L, attention: att,
+                                midAttention: keys.contains { $0.hasPrefix("mid_block.attentions.") })
+        if keys.contains("add_embedding.linear_1.weight") { layout.classEmbedding = .textTime }
+        return layout
     }
 }
 
@@ -249,13 +262,15 @@ public struct CompVisUNetKeyMap: Sendable {
         var used = Set<String>()
         var problems: [String] = []
         var splitCache: [String: [Tensor]] = [:]
+        let storage = WeightStorage.current
+        let lower = storage == .float32 ? [] : model.lowerPrecisionWeights
         for (name, param) in model.namedParameters {
             guard let src = sources[name] else {
                 problems.append("missing \(name)")
                 continue
             }
             used.insert(src.key)
-            var t: Tensor
+            let t: Tensor
             if let part = src.part {
                 let parts = try splitCache[src.key] ?? splitQKV(src.record.tensor().float32(), heads: src.heads)
                 splitCache[src.key] = parts
@@ -266,13 +281,18 @@ public struct CompVisUNetKeyMap: Sendable {
                     problems.append("\(name): expected \(param.shape), found \(src.record.shape)")
                     continue
                 }
-                t = try src.record.tensor()
+                guard src.record.elementCount == param.count else {
+                    problems.append("\(name): expected \(param.shape), found \(src.record.shape)")
+                    continue
+                }
+                try param.load(src.record, storage: storage, lowerPrecision: lower.contains(ObjectIdentifier(param)))
+                continue
             }
             guard t.count == param.count else {
                 problems.append("\(name): expected \(param.shape), found \(t.shape)")
                 continue
             }
-            param.assign(t.reshaped(param.shape))
+            if storage == .float32 { param.assign(t.reshaped(param.shape)) } else { param.rebind(to: t.contiguous().reshaped(param.shape)) }
         }
         guard problems.isEmpty else {
             throw UNetError("cannot load the CompVis UNet: " + problems.prefix(20).joined(separator: "; ") + (problems.count > 20 ? "; ..." : ""))

@@ -78,7 +78,10 @@ public struct ModelSummary: Equatable {
             throw PipelineError.invalidModel(url.path, "not a CompVis latent diffusion checkpoint (no model.diffusion_model.* weights)")
         }
         let text: TextEncoderKind?
-        if keys.any("cond_stage_model.model.") {
+        if keys.any("conditioner.embedders.") {
+            // sgm (SDXL): OpenCLIP bigG second (base) or alone (refiner).
+            text = keys.any("conditioner.embedders.1.model.") ? .sdxl : .sdxlRefiner
+        } else if keys.any("cond_stage_model.model.") {
             text = .openCLIP
         } else if keys.any("cond_stage_model.transformer.") {
             text = .clip

@@ -18,7 +18,7 @@ struct GenerationOptions: ParsableArguments {
     @Option(help: "A diffusers pipeline folder (model_index.json) or a CompVis .safetensors/.ckpt file.")
     var model: String
 
-    @Option(help: "CompVis YAML config of a .ckpt/.safetensors --model (e.g. v1-inference.yaml, v2-inference-v.yaml, cin256-v2.yaml, bsr_sr/config.yaml for upscale, semantic_synthesis256/config.yaml for semantic, layout2img-openimages256/config.yaml for layout): architecture, conditioning and noise schedule come from it instead of tensor shapes.")
+    @Option(help: "CompVis YAML config of a .ckpt/.safetensors --model (e.g. v1-inference.yaml, v2-inference-v.yaml, cin256-v2.yaml, bsr_sr/config.yaml for upscale, semantic_synthesis256/config.yaml for semantic, layout2img-openimages256/config.yaml for layout): architecture, conditioning and noise schedule come from it instead of tensor shapes. For an SDXL single file: a diffusers folder of the same model, whose configs, tokenizers and scheduler are used (as diffusers' from_single_file(config=)).")
     var config: String?
 
     @Option(name: .customLong("bert-vocab"), help: "With --config of a CompVis LDM-BERT text-to-image model (cond_stage_config BERTEmbedder, txt2img-1p4B-eval.yaml): bert-base-uncased's vocab.txt (or a tokenizer folder). Default: vocab.txt beside the checkpoint.")
@@ -66,11 +66,10 @@ struct GenerationOptions: ParsableArguments {
     @Flag(help: "No progress bar or messages.")
     var quiet = false
 
-    // Default f32, not auto: auto changes every image (the CLI's diffusers float32 parity), and the generation
-    // commands still load float32 weights that the bf16 kernels convert per call above LDM_CONV_WEIGHT_CACHE_MB; the
-    // bench's bf16 UNet (weights held in bf16) is 0.61x the float32 time on a 2-core Zen 4 (docs/benchmarks.md).
-    @Option(help: "Compute precision: f32 (default: the same image as diffusers in float32 for the same seed, on every CPU), auto (bf16 where this CPU has native bf16, AVX512_BF16 or AMX; float32 elsewhere) or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
-    var precision: String = "f32"
+    // Default auto: on a CPU with native bf16 the bf16 UNet is 0.61x the float32 time (2-core Zen 4,
+    // docs/benchmarks.md) and its weights, held in bf16 from the load, take half the memory; elsewhere auto is f32.
+    @Option(help: "Compute precision: auto (default: bf16 where the ISA level in use has native bf16, AVX512_BF16 or AMX, with Linear/Conv2d weights held in bf16; float32 elsewhere, e.g. on AVX2-only CPUs or with LDM_ISA=avx512), f32 (the same image as diffusers in float32 for the same seed, on every CPU) or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
+    var precision: String = "auto"
 
     /// `body` (a command's work) at the --precision asked for.
     func compute(_ body: () throws -> Void) throws {
@@ -92,6 +91,10 @@ struct GenerationOptions: ParsableArguments {
         try FileChecks.modelPath(model)
         if config != nil {
             if DiffusersFolder.isFolder(URL(fileURLWithPath: model)) { throw CLIError("--config is for CompVis checkpoint files; \(model) is a diffusers folder") }
+        }
+        if diffusersConfigFolder != nil {
+            if bertVocab != nil { throw CLIError("--bert-vocab is for CompVis LDM-BERT checkpoints given with a YAML --config") }
+        } else if config != nil {
             let c = try compVisConfig()
             if c.condName == "BERTEmbedder", !c.isLayout { _ = try bertVocabularyURL() }
             if c.isLayout, bertVocab != nil { throw CLIError("--bert-vocab is for LDM-BERT text-to-image; a layout model takes no vocabulary") }
@@ -164,9 +167,14 @@ struct GenerationOptions: ParsableArguments {
 
     /// Reads the model's configs (not its weights) and checks it can serve the command.
     func summary() throws -> ModelSummary {
-        guard config != nil else { return try ModelSummary.read(URL(fileURLWithPath: model)) }
+        guard config != nil, diffusersConfigFolder == nil else { return try ModelSummary.read(URL(fileURLWithPath: model)) }
         // The YAML as the checkpoint's weights complete it (the stock YAMLs state sizes the weights may not have).
         return try ModelSummary.read(config: compVisConfig().reconciled(checkpoint: URL(fileURLWithPath: model)).config)
+    }
+
+    /// --config naming a folder: the diffusers configs of an SDXL single file.
+    var diffusersConfigFolder: URL? {
+        config.map { URL(fileURLWithPath: $0) }.flatMap { DiffusersFolder.isFolder($0) ? $0 : nil }
     }
 
     /// The --config file as its typed configuration, read once per process.
@@ -176,19 +184,25 @@ struct GenerationOptions: ParsableArguments {
     }
 
     /// The model: with --config, the CompVis checkpoint built from its YAML; otherwise a folder or single file. The
-    /// LoRAs (default: the --lora files) are merged into its weights.
+    /// LoRAs (default: the --lora files) are merged into its weights. Weights are held for inference at the precision
+    /// of the `compute` scope this runs in (`WeightStorage.inference`: memory-mapped where the file allows, Linear and
+    /// Conv2d weights in bf16 for bf16 compute), and dropped from memory after use (one generation per process).
     func loadBundle(loras: [(file: LoRAFile, weight: Float, unetWeight: Float?)]? = nil) throws -> ModelBundle {
         let networks = try loras ?? self.loras()
         let url = URL(fileURLWithPath: model)
         let bundle: ModelBundle
+        let storage = WeightStorage.inference(computing: Autocast.isBF16 ? .bfloat16 : .float32)
         if config == nil {
-            bundle = try ModelBundle.load(url)
+            bundle = try WeightStorage.with(storage) { try ModelBundle.load(url) }
+        } else if let folder = diffusersConfigFolder {
+            bundle = try WeightStorage.with(storage) { try ModelBundle.load(url, diffusersConfig: folder) }
         } else {
             let c = try compVisConfig()
             let vocab = c.condName == "BERTEmbedder" && !c.isLayout ? try bertVocabularyURL() : nil
-            bundle = try ModelBundle.load(checkpoint: url, config: c, bertVocabulary: vocab)
+            bundle = try WeightStorage.with(storage) { try ModelBundle.load(checkpoint: url, config: c, bertVocabulary: vocab) }
             if !quiet { for n in bundle.notes { FileHandle.standardError.write("note: \(n)\n".data(using: .utf8)!) } }
         }
+        bundle.evictsWeightsAfterUse = true
         if !networks.isEmpty {
             try bundle.mergeLoRAs(withUNetWeights: networks)
             log("merged LoRA " + networks.map { "\($0.file.name) (\($0.weight)\($0.unetWeight.map { ", UNet \($0)" } ?? ""))" }.joined(separator: ", "))
