@@ -57,18 +57,24 @@ struct LoRAModule {
 }
 
 public enum LoRA {
-    /// Parts a module may have; anything else (dora_scale, lora_magnitude_vector, bias, diff, ...) is refused.
+    /// Parts a module may have; anything else (bias, diff, ...) is refused. DoRA magnitudes: kohya / LyCORIS
+    /// `dora_scale`, PEFT `lora_magnitude_vector` ("M"), applied by LoRADoRA.swift.
     static let knownParts: Set<String> = ["lora_down.weight", "lora_up.weight", "lora_mid.weight", "alpha", "hada_w1_a",
                                           "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "lokr_w1",
                                           "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2",
-                                          "A", "B"]
+                                          "A", "B", "dora_scale", "M"]
 
     /// The pure function: `baseShapes` (our parameter names, "unet.<...>" and "text_encoder.<...>", with shapes) and a
     /// LoRA file at `weight` -> the scaled delta of every weight it changes (W' = W + delta), keyed by those names.
     /// Throws, changing nothing, for a key that maps to no module, a part this does not implement, or a shape that
-    /// does not fit.
-    public static func deltas(_ file: LoRAFile, baseShapes: [String: [Int]], weight: Float) throws -> [String: [Float]] {
-        guard weight.isFinite else { throw LoRAError("\(file.name): LoRA weight must be a finite number, got \(weight)") }
+    /// does not fit. DoRA modules need the base weight (`baseWeight`: our parameter name -> its values), since their
+    /// update renormalises W + delta. `unetWeight` (A1111's `<lora:NAME:TE:UNET>`) replaces `weight` for the UNet's
+    /// modules.
+    public static func deltas(_ file: LoRAFile, baseShapes: [String: [Int]], weight: Float, unetWeight: Float? = nil,
+                              baseWeight: ((String) -> [Float]?)? = nil) throws -> [String: [Float]] {
+        guard weight.isFinite, unetWeight?.isFinite ?? true else {
+            throw LoRAError("\(file.name): LoRA weight must be a finite number, got \(unetWeight.map { "\($0) (UNet), " } ?? "")\(weight)")
+        }
         let modules = try group(file, baseShapes: baseShapes)
         let peftConfig = try PEFTConfig(metadata: file.metadata)
         var out: [String: [Float]] = [:]
@@ -86,8 +92,13 @@ public enum LoRA {
             } else if let alpha, let rank {
                 scale = alpha / Float(rank)
             }
-            let s = scale * weight
-            for i in delta.indices { delta[i] *= s }
+            let weight = m.parameter.hasPrefix("unet.") ? unetWeight ?? weight : weight
+            if m.parts["dora_scale"] != nil || m.parts["M"] != nil {
+                delta = try doraDelta(m, delta: delta, scale: scale, weight: weight, shape: shape, baseWeight: baseWeight, file: file.name)
+            } else {
+                let s = scale * weight
+                for i in delta.indices { delta[i] *= s }
+            }
             out[m.parameter] = delta
         }
         return out
@@ -107,7 +118,7 @@ public enum LoRA {
         for key in file.records.keys.sorted() {
             let (module, part, peft) = try split(key, file: file.name)
             guard knownParts.contains(part) else {
-                throw LoRAError("\(file.name): LoRA key '\(key)': '\(part)' is not a supported LoRA part (DoRA and bias updates are not implemented)")
+                throw LoRAError("\(file.name): LoRA key '\(key)': '\(part)' is not a supported LoRA part (bias updates are not implemented)")
             }
             let parameter: String
             if peft {
@@ -134,7 +145,8 @@ public enum LoRA {
     /// (module name, part, is diffusers/PEFT) of a key.
     static func split(_ key: String, file: String) throws -> (String, String, Bool) {
         for (marker, part) in [(".lora_A.weight", "A"), (".lora_B.weight", "B"), (".lora.down.weight", "A"), (".lora.up.weight", "B"),
-                               (".lora_A.default.weight", "A"), (".lora_B.default.weight", "B")] where key.hasSuffix(marker) {
+                               (".lora_A.default.weight", "A"), (".lora_B.default.weight", "B"),
+                               (".lora_magnitude_vector.weight", "M"), (".lora_magnitude_vector", "M")] where key.hasSuffix(marker) {
             return (String(key.dropLast(marker.count)), part, true)
         }
         if key.hasPrefix("lora_unet_") || key.hasPrefix("lora_te_") || key.hasPrefix("lora_te1_") || key.hasPrefix("lora_te2_") {
@@ -274,7 +286,6 @@ struct PEFTConfig {
             case "use_rslora": p.rslora = (v as? Bool) ?? false
             case "rank_pattern": p.rankPattern = ((v as? [String: Any]) ?? [:]).compactMapValues { ($0 as? NSNumber)?.intValue }
             case "alpha_pattern": p.alphaPattern = ((v as? [String: Any]) ?? [:]).compactMapValues { ($0 as? NSNumber)?.doubleValue }
-            case "use_dora": if (v as? Bool) == true { throw LoRAError("DoRA adapters (use_dora) are not implemented") }
             default: break
             }
             parts[comp] = p

@@ -35,10 +35,19 @@ extension ModelBundle {
     /// before any weight changes. Throws if LoRAs are already merged (unmerge first).
     @discardableResult
     public func mergeLoRAs(_ loras: [(file: LoRAFile, weight: Float)]) throws -> AppliedLoRAs {
+        try mergeLoRAs(withUNetWeights: loras.map { (file: $0.file, weight: $0.weight, unetWeight: Float?.none) })
+    }
+
+    /// As above, with the UNet's part at `unetWeight` where given (A1111's `<lora:NAME:TE:UNET>`; `weight` then
+    /// scales the text encoder's part).
+    @discardableResult
+    public func mergeLoRAs(withUNetWeights loras: [(file: LoRAFile, weight: Float, unetWeight: Float?)]) throws -> AppliedLoRAs {
         guard appliedLoRAs == nil else { throw LoRAError("LoRAs are already merged into this model: unmerge them first") }
         let targets = loraTargets
         let shapes = targets.mapValues(\.shape)
-        let deltas = try loras.map { try LoRA.deltas($0.file, baseShapes: shapes, weight: $0.weight) }
+        // DoRA modules decompose against the original weights (all deltas are computed before any merge).
+        let deltas = try loras.map { try LoRA.deltas($0.file, baseShapes: shapes, weight: $0.weight, unetWeight: $0.unetWeight,
+                                                     baseWeight: { targets[$0]?.contiguous().toArray() }) }
         var originals: [String: Tensor] = [:]
         for d in deltas {
             for (name, delta) in d.sorted(by: { $0.key < $1.key }) {
@@ -68,33 +77,25 @@ extension ModelBundle {
     }
 }
 
-/// One `<lora:NAME:WEIGHT>` of a prompt.
+/// One `<lora:NAME:WEIGHT>` of a prompt. `weight` scales the text encoder's part and, unless `unetWeight` is given
+/// (`<lora:NAME:TE:UNET>`, `unet=`), the UNet's.
 public struct LoRATag: Equatable {
     public let name: String
     public let weight: Float
-    public init(name: String, weight: Float) { self.name = name; self.weight = weight }
+    public let unetWeight: Float?
+    public init(name: String, weight: Float, unetWeight: Float? = nil) { self.name = name; self.weight = weight; self.unetWeight = unetWeight }
 }
 
 public enum LoRAPrompt {
-    /// Removes every `<lora:NAME>` / `<lora:NAME:WEIGHT>` from `prompt` (A1111's extra-network syntax; weight
-    /// default 1) and returns the cleaned text with the tags in order. Other `<...>` text is left alone; a malformed
-    /// weight is an error.
+    /// Removes every `<lora:NAME>` / `<lora:NAME:WEIGHT>` / `<lora:NAME:TE:UNET>` / `<lora:NAME:te=X:unet=Y>` from
+    /// `prompt` (A1111's extra-network syntax, `tag(_:)`) and returns the cleaned text with the tags in order. Other
+    /// `<...>` text is left alone; a malformed weight is an error.
     public static func extract(_ prompt: String) throws -> (text: String, tags: [LoRATag]) {
         guard let re = try? NSRegularExpression(pattern: "<lora:([^>]+)>") else { return (prompt, []) }
         let ns = prompt as NSString
         var tags: [LoRATag] = []
         for m in re.matches(in: prompt, range: NSRange(location: 0, length: ns.length)) {
-            let parts = ns.substring(with: m.range(at: 1)).split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-            let name = parts[0].trimmingCharacters(in: .whitespaces)
-            guard !name.isEmpty else { throw LoRAError("prompt LoRA tag <lora:\(parts.joined(separator: ":"))> has no name") }
-            var weight: Float = 1
-            if parts.count >= 2 {
-                guard parts.count == 2, let w = Float(parts[1].trimmingCharacters(in: .whitespaces)), w.isFinite else {
-                    throw LoRAError("prompt LoRA tag <lora:\(parts.joined(separator: ":"))>: expected <lora:NAME:WEIGHT> with a number")
-                }
-                weight = w
-            }
-            tags.append(LoRATag(name: name, weight: weight))
+            tags.append(try tag(ns.substring(with: m.range(at: 1))))
         }
         let text = re.stringByReplacingMatches(in: prompt, range: NSRange(location: 0, length: ns.length), withTemplate: "")
         return (text, tags)

@@ -147,13 +147,13 @@ public final class Engine: @unchecked Sendable {
         guard let dir = loraDir else {
             throw APIError.unprocessable("prompt", "the prompt has <lora:\(tags[0].name):...> but the server was started without --lora-dir")
         }
-        let files = try tags.map { t -> (file: LoRAFile, weight: Float) in
+        let files = try tags.map { t -> (file: LoRAFile, weight: Float, unetWeight: Float?) in
             guard !t.name.contains("/"), !t.name.contains("\\"), !t.name.hasPrefix(".") else {
                 throw APIError.unprocessable("prompt", "LoRA name '\(t.name)' must be a plain name as /sdapi/v1/loras lists it")
             }
-            return (try LoRAFile(url: LoRAPrompt.resolve(t.name, in: dir)), t.weight)
+            return (try LoRAFile(url: LoRAPrompt.resolve(t.name, in: dir)), t.weight, t.unetWeight)
         }
-        return try bundle.mergeLoRAs(files)
+        return try bundle.mergeLoRAs(withUNetWeights: files)
     }
 
     /// The LoRA files of --lora-dir (A1111's /sdapi/v1/loras entries; paths relative to the folder).

@@ -109,7 +109,7 @@ struct GenerationOptions: ParsableArguments {
     /// The --lora files and the prompt's <lora:> tags, then the LCM defaults they or the model call for (see
     /// `lcmDefaults`): the three prompt-driven generation commands start this way.
     func lorasWithLCMDefaults(_ o: inout SamplingOptions, summary: ModelSummary, prompt: PromptArguments) throws
-        -> (loras: [(file: LoRAFile, weight: Float)], lcmGuidance: Double?) {
+        -> (loras: [(file: LoRAFile, weight: Float, unetWeight: Float?)], lcmGuidance: Double?) {
         let loras = try self.loras(tags: prompt.loraTags())
         let lcmLoRA = loras.contains { $0.file.name.lowercased().contains("lcm") }
         return (loras, lcmDefaults(&o, summary: summary, lcmLoRA: lcmLoRA, cfgGiven: prompt.cfgScale != nil))
@@ -187,7 +187,7 @@ struct GenerationOptions: ParsableArguments {
     /// LoRAs (default: the --lora files) are merged into its weights. Weights are held for inference at the precision
     /// of the `compute` scope this runs in (`WeightStorage.inference`: memory-mapped where the file allows, Linear and
     /// Conv2d weights in bf16 for bf16 compute), and dropped from memory after use (one generation per process).
-    func loadBundle(loras: [(file: LoRAFile, weight: Float)]? = nil) throws -> ModelBundle {
+    func loadBundle(loras: [(file: LoRAFile, weight: Float, unetWeight: Float?)]? = nil) throws -> ModelBundle {
         let networks = try loras ?? self.loras()
         let url = URL(fileURLWithPath: model)
         let bundle: ModelBundle
@@ -204,15 +204,15 @@ struct GenerationOptions: ParsableArguments {
         }
         bundle.evictsWeightsAfterUse = true
         if !networks.isEmpty {
-            try bundle.mergeLoRAs(networks)
-            log("merged LoRA " + networks.map { "\($0.file.name) (\($0.weight))" }.joined(separator: ", "))
+            try bundle.mergeLoRAs(withUNetWeights: networks)
+            log("merged LoRA " + networks.map { "\($0.file.name) (\($0.weight)\($0.unetWeight.map { ", UNet \($0)" } ?? ""))" }.joined(separator: ", "))
         }
         return bundle
     }
 
     /// --lora FILE[:WEIGHT] files, then the prompt's tags found in --lora-dir: opened, not yet checked against the model.
-    func loras(tags: [LoRATag] = []) throws -> [(file: LoRAFile, weight: Float)] {
-        var out: [(file: LoRAFile, weight: Float)] = []
+    func loras(tags: [LoRATag] = []) throws -> [(file: LoRAFile, weight: Float, unetWeight: Float?)] {
+        var out: [(file: LoRAFile, weight: Float, unetWeight: Float?)] = []
         for spec in lora {
             var path = spec, weight: Float = 1
             if let colon = spec.lastIndex(of: ":"), let w = Float(spec[spec.index(after: colon)...]) {
@@ -221,13 +221,13 @@ struct GenerationOptions: ParsableArguments {
                 weight = w
             }
             guard !path.isEmpty else { throw CLIError("--lora \(spec): no file") }
-            out.append((try LoRAFile(url: URL(fileURLWithPath: path)), weight))
+            out.append((try LoRAFile(url: URL(fileURLWithPath: path)), weight, nil))
         }
         if !tags.isEmpty {
             guard let loraDir else {
                 throw CLIError("the prompt has <lora:\(tags[0].name):...> but no --lora-dir to find it in")
             }
-            for t in tags { out.append((try LoRAFile(url: LoRAPrompt.resolve(t.name, in: URL(fileURLWithPath: loraDir))), t.weight)) }
+            for t in tags { out.append((try LoRAFile(url: LoRAPrompt.resolve(t.name, in: URL(fileURLWithPath: loraDir))), t.weight, t.unetWeight)) }
         }
         return out
     }

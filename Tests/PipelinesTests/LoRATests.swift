@@ -96,7 +96,8 @@ final class LoRATests: XCTestCase {
         let q = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_q"
         let cases: [([(String, [Int])], String)] = [
             ([("lora_unet_no_such_block.lora_down.weight", [2, 16]), ("lora_unet_no_such_block.lora_up.weight", [16, 2])], "lora_unet_no_such_block.lora_down.weight' maps to no module"),
-            ([("\(q).lora_down.weight", [2, 16]), ("\(q).lora_up.weight", [16, 2]), ("\(q).dora_scale", [16, 1])], "'dora_scale' is not a supported"),
+            ([("\(q).lora_down.weight", [2, 16]), ("\(q).lora_up.weight", [16, 2]), ("\(q).diff", [16, 16])], "'diff' is not a supported"),
+            ([("\(q).lora_down.weight", [2, 16]), ("\(q).lora_up.weight", [16, 2]), ("\(q).dora_scale", [3, 1])], "dora_scale [3, 1] fits neither"),
             ([("\(q).lora_down.weight", [2, 8]), ("\(q).lora_up.weight", [16, 2])], "has 128 values"),
             ([("\(q).lora_down.weight", [2, 16])], "lacks lora_up.weight"),
             ([("unet.down_blocks.9.attn.lora_A.weight", [2, 16])], "'unet.down_blocks.9.attn.lora_A.weight' maps to no module"),
@@ -128,5 +129,30 @@ final class LoRATests: XCTestCase {
         XCTAssertEqual(SHA256.hex(Data("abc".utf8)), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         XCTAssertEqual(SHA256.hex(Data("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)),
                        "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+    }
+
+    /// A1111's extra tag parameters (extra_networks_lora.py): <lora:NAME:TE:UNET>, te= / unet= (the UNet weight
+    /// defaults to the text encoder's); the UNet's modules take the UNet weight, the text encoder's the TE weight.
+    func testTagTextEncoderAndUNetWeights() throws {
+        let cases: [(String, LoRATag)] = [
+            ("<lora:a:0.8:0.5>", LoRATag(name: "a", weight: 0.8, unetWeight: 0.5)),
+            ("<lora:a:te=0.3:unet=1.2>", LoRATag(name: "a", weight: 0.3, unetWeight: 1.2)),
+            ("<lora:a:unet=0.4>", LoRATag(name: "a", weight: 1, unetWeight: 0.4)),
+            ("<lora:a:te=0.5>", LoRATag(name: "a", weight: 0.5)),          // UNet follows TE
+            ("<lora:a:0.7:te=0.2>", LoRATag(name: "a", weight: 0.2)),      // te= overrides the positional weight, UNet follows
+            ("<lora:a:0.6:0.6>", LoRATag(name: "a", weight: 0.6)),
+            ("<lora: a : 0.9 >", LoRATag(name: "a", weight: 0.9)),
+        ]
+        for (prompt, tag) in cases { XCTAssertEqual(try LoRAPrompt.extract("x " + prompt).tags, [tag], prompt) }
+        for (bad, message) in [("<lora:a:1:1:8>", "dyn"), ("<lora:a:dyn=8>", "dyn"), ("<lora:a:scale=2>", "unknown parameter 'scale'"),
+                               ("<lora:a:te=x>", "'x' is not a number"), ("<lora:a:1:nan>", "'nan' is not a number"), ("<lora:te=1>", "has no name")] {
+            XCTAssertThrowsError(try LoRAPrompt.extract(bad), bad) { XCTAssertTrue("\($0)".contains(message), "\(bad): \($0)") }
+        }
+        let shapes = try freshBundle().loraTargets.mapValues(\.shape)
+        let file = try LoRAFile(url: dir.appendingPathComponent("kohya.safetensors"))
+        let split = try LoRA.deltas(file, baseShapes: shapes, weight: 0.3, unetWeight: 0.9)
+        let te = try LoRA.deltas(file, baseShapes: shapes, weight: 0.3), unet = try LoRA.deltas(file, baseShapes: shapes, weight: 0.9)
+        XCTAssertTrue(split.keys.contains { $0.hasPrefix("text_encoder.") } && split.keys.contains { $0.hasPrefix("unet.") })
+        for (k, v) in split { XCTAssertEqual(v, k.hasPrefix("unet.") ? unet[k] : te[k], k) }
     }
 }
