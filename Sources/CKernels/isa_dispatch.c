@@ -56,8 +56,8 @@ long ck_wino_u_floats(long oc, long ic) { return 36 * ((ic + 7) / 8 * 8) * ((oc 
     X(void, ck_geglu_backward, (const float *x, const float *dy, float *dx, long rows, long n), (x, dy, dx, rows, n)) \
     X(void, ck_to_bf16, (const float *x, unsigned short *y, long n), (x, y, n)) \
     X(void, ck_round_bf16, (float *x, long n), (x, n)) \
-    X(void, ck_wino_weights, (const float *w, long oc, long ic, int transposed, float *u, long u_ob0, long u_obs, \
-      long ob0, long ob1), (w, oc, ic, transposed, u, u_ob0, u_obs, ob0, ob1)) \
+    X(void, ck_wino_weights, (const void *w, int bf16, long oc, long ic, int transposed, float *u, long u_ob0, long u_obs, \
+      long ob0, long ob1), (w, bf16, oc, ic, transposed, u, u_ob0, u_obs, ob0, ob1)) \
     X(void, ck_wino_input, (const float *x, long c, long h, long w, long sn, long sc, long pt, long pl, long tiles_h, \
       long tiles_w, long tile0, long t0, long t1, float *v, long tp), (x, c, h, w, sn, sc, pt, pl, tiles_h, tiles_w, tile0, t0, t1, v, tp)) \
     X(void, ck_wino_gemm, (const float *v, const float *u, long u_ob0, long u_obs, float *m, long tp, long icp, long ocp, \

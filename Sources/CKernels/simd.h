@@ -18,4 +18,10 @@ typedef int v8i __attribute__((vector_size(32)));
 #define LOAD(p) ({ v8f l_; memcpy(&l_, (p), sizeof l_); l_; })
 #define STORE(p, v) do { v8f s_ = (v); memcpy((p), &s_, sizeof s_); } while (0)
 
+/// bfloat16 bits to float32 (exact): the bits are the high half of the float's.
+static inline float bf16_to_float(unsigned short b) { unsigned u = (unsigned)b << 16; float f; memcpy(&f, &u, sizeof f); return f; }
+typedef unsigned short v8u16 __attribute__((vector_size(16)));
+/// Eight bfloat16 values widened to float32 (exact).
+#define LOAD_BF16(p) ({ v8u16 lb_; memcpy(&lb_, (p), sizeof lb_); (v8f)(__builtin_convertvector(lb_, v8i) << 16); })
+
 #endif

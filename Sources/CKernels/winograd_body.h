@@ -38,35 +38,92 @@
     t[4] = g[0] * (1.0f / 24.0f) - g[1] * (1.0f / 12.0f) + g[2] * (1.0f / 6.0f); \
     t[5] = g[2]; } while (0)
 
-CLONES void FN(ck_wino_weights)(const float *w, long oc, long ic, int transposed, float *u, long u_ob0, long u_obs,
-                            long ob0, long ob1) {
+// U = G g G^T for the 8 output channels of `g` (g[k], k = 0..8, one vector of 8 channels per kernel tap), stored
+// for input channel i into the 36 rows of u (panel-relative row base `row`).
+#define WINO_WEIGHT_TRANSFORM(g, u, row, u_obs, icp, half) do { \
+    v8f t_[18], r_[6]; \
+    for (int c_ = 0; c_ < 3; c_++) { /* G g, column c */ \
+        v8f col_[3] = {(g)[c_], (g)[3 + c_], (g)[6 + c_]}, tc_[6]; \
+        G3(col_, tc_); \
+        for (int a_ = 0; a_ < 6; a_++) t_[a_ * 3 + c_] = tc_[a_]; \
+    } \
+    for (int a_ = 0; a_ < 6; a_++) { /* (G g) G^T, row a */ \
+        G3((t_ + a_ * 3), r_); \
+        for (int b_ = 0; b_ < 6; b_++) STORE((u) + ((a_ * 6 + b_) * (u_obs) * (icp)) * 16 + (row) + (half) * 8, r_[b_]); \
+    } \
+} while (0)
+
+// The 8 x 8 transpose of rows r[0..7] (vectors) into c[0..7]: c[j][l] = r[l][j].
+#define TRANSPOSE8(r, c) do { \
+    v8f a0_ = __builtin_shufflevector(r[0], r[1], 0, 8, 1, 9, 4, 12, 5, 13), a1_ = __builtin_shufflevector(r[0], r[1], 2, 10, 3, 11, 6, 14, 7, 15); \
+    v8f a2_ = __builtin_shufflevector(r[2], r[3], 0, 8, 1, 9, 4, 12, 5, 13), a3_ = __builtin_shufflevector(r[2], r[3], 2, 10, 3, 11, 6, 14, 7, 15); \
+    v8f a4_ = __builtin_shufflevector(r[4], r[5], 0, 8, 1, 9, 4, 12, 5, 13), a5_ = __builtin_shufflevector(r[4], r[5], 2, 10, 3, 11, 6, 14, 7, 15); \
+    v8f a6_ = __builtin_shufflevector(r[6], r[7], 0, 8, 1, 9, 4, 12, 5, 13), a7_ = __builtin_shufflevector(r[6], r[7], 2, 10, 3, 11, 6, 14, 7, 15); \
+    v8f b0_ = __builtin_shufflevector(a0_, a2_, 0, 1, 8, 9, 4, 5, 12, 13), b1_ = __builtin_shufflevector(a0_, a2_, 2, 3, 10, 11, 6, 7, 14, 15); \
+    v8f b2_ = __builtin_shufflevector(a1_, a3_, 0, 1, 8, 9, 4, 5, 12, 13), b3_ = __builtin_shufflevector(a1_, a3_, 2, 3, 10, 11, 6, 7, 14, 15); \
+    v8f b4_ = __builtin_shufflevector(a4_, a6_, 0, 1, 8, 9, 4, 5, 12, 13), b5_ = __builtin_shufflevector(a4_, a6_, 2, 3, 10, 11, 6, 7, 14, 15); \
+    v8f b6_ = __builtin_shufflevector(a5_, a7_, 0, 1, 8, 9, 4, 5, 12, 13), b7_ = __builtin_shufflevector(a5_, a7_, 2, 3, 10, 11, 6, 7, 14, 15); \
+    c[0] = __builtin_shufflevector(b0_, b4_, 0, 1, 2, 3, 8, 9, 10, 11); c[4] = __builtin_shufflevector(b0_, b4_, 4, 5, 6, 7, 12, 13, 14, 15); \
+    c[1] = __builtin_shufflevector(b1_, b5_, 0, 1, 2, 3, 8, 9, 10, 11); c[5] = __builtin_shufflevector(b1_, b5_, 4, 5, 6, 7, 12, 13, 14, 15); \
+    c[2] = __builtin_shufflevector(b2_, b6_, 0, 1, 2, 3, 8, 9, 10, 11); c[6] = __builtin_shufflevector(b2_, b6_, 4, 5, 6, 7, 12, 13, 14, 15); \
+    c[3] = __builtin_shufflevector(b3_, b7_, 0, 1, 2, 3, 8, 9, 10, 11); c[7] = __builtin_shufflevector(b3_, b7_, 4, 5, 6, 7, 12, 13, 14, 15); \
+} while (0)
+
+CLONES void FN(ck_wino_weights)(const void *weights, int bf16, long oc, long ic, int transposed, float *u, long u_ob0,
+                            long u_obs, long ob0, long ob1) {
     const long icp = (ic + 7) / 8 * 8;
+    const float *w = bf16 ? NULL : (const float *)weights;
+    const unsigned short *wb = bf16 ? (const unsigned short *)weights : NULL;
+    // Element e of the weight as float32 (bf16 widened exactly).
+#define WEL(e) (bf16 ? bf16_to_float(wb[e]) : w[e])
     for (long ob = ob0; ob < ob1; ob++) {
-        for (long i = 0; i < icp; i++) {
+        float *up = u + (ob - u_ob0) * icp * 16;
+        long i0 = 0;
+        if (!transposed && ic % 8 == 0) {
+            // Fast path: 8 input channels x 8 output channels at a time. Row l of the block is the 72 contiguous
+            // floats w[o0 + l][i0 .. i0 + 7][0 .. 8]; nine 8 x 8 transposes turn them into one vector of 8 output
+            // channels per (input channel, tap).
+            for (; i0 < ic; i0 += 8) {
+                for (int half = 0; half < 2; half++) {
+                    const long o0 = ob * 16 + half * 8;
+                    v8f g[72];
+                    if (o0 + 8 <= oc) {
+                        for (int j = 0; j < 9; j++) {
+                            v8f r[8], c[8];
+                            if (bf16) for (int l = 0; l < 8; l++) r[l] = LOAD_BF16(wb + ((o0 + l) * ic + i0) * 9 + j * 8);
+                            else for (int l = 0; l < 8; l++) r[l] = LOAD(w + ((o0 + l) * ic + i0) * 9 + j * 8);
+                            TRANSPOSE8(r, c);
+                            for (int l = 0; l < 8; l++) g[j * 8 + l] = c[l];
+                        }
+                    } else {
+                        float buf[72][8];
+                        for (int l = 0; l < 8; l++)
+                            for (int e = 0; e < 72; e++) buf[e][l] = o0 + l < oc ? WEL(((o0 + l) * ic + i0) * 9 + e) : 0.0f;
+                        for (int e = 0; e < 72; e++) g[e] = LOAD(buf[e]);
+                    }
+                    for (int ii = 0; ii < 8; ii++) WINO_WEIGHT_TRANSFORM((g + ii * 9), up, (i0 + ii) * 16, u_obs, icp, half);
+                }
+            }
+        }
+        for (long i = i0; i < icp; i++) {
             for (int half = 0; half < 2; half++) {
                 float buf[9][8];
                 for (int l = 0; l < 8; l++) {
                     const long o = ob * 16 + half * 8 + l;
                     for (int k = 0; k < 9; k++)
                         buf[k][l] = (o >= oc || i >= ic) ? 0.0f
-                            : transposed ? w[(i * oc + o) * 9 + 8 - k] // w is (ic, oc, 3, 3), flipped
-                            : w[(o * ic + i) * 9 + k];
+                            : transposed ? WEL((i * oc + o) * 9 + 8 - k) // w is (ic, oc, 3, 3), flipped
+                            : WEL((o * ic + i) * 9 + k);
                 }
-                v8f g[9], t[18], r[6];
+                v8f g[9];
                 for (int k = 0; k < 9; k++) g[k] = LOAD(buf[k]);
-                for (int c = 0; c < 3; c++) { // G g, column c
-                    v8f col[3] = {g[c], g[3 + c], g[6 + c]}, tc[6];
-                    G3(col, tc);
-                    for (int a = 0; a < 6; a++) t[a * 3 + c] = tc[a];
-                }
-                for (int a = 0; a < 6; a++) { // (G g) G^T, row a
-                    G3((t + a * 3), r);
-                    for (int b = 0; b < 6; b++) STORE(u + (((a * 6 + b) * u_obs + ob - u_ob0) * icp + i) * 16 + half * 8, r[b]);
-                }
+                WINO_WEIGHT_TRANSFORM(g, up, i * 16, u_obs, icp, half);
             }
         }
     }
 }
+
+#undef WEL
 
 CLONES void FN(ck_wino_input)(const float *x, long c, long h, long w, long sn, long sc, long pt, long pl, long tiles_h,
                           long tiles_w, long tile0, long t0, long t1, float *v, long tp) {

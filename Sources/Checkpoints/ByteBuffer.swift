@@ -63,6 +63,20 @@ public final class ByteBuffer {
 
     public var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
 
+    /// Whether the bytes are a read-only private mapping of a file (pages that can be dropped and read again).
+    public var isFileMapping: Bool { isMapped }
+
+    /// Drops the resident pages of `length` bytes at `offset` from this process (madvise MADV_DONTNEED) when the
+    /// buffer is a file mapping; the next read of them comes from the page cache or the file. Nothing changes for an
+    /// owned copy.
+    func dropPages(_ offset: Int, _ length: Int) {
+        guard isMapped, length > 0, offset >= 0, offset + length <= count else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let a = Int(bitPattern: base) + offset
+        let start = a / page * page, end = (a + length + page - 1) / page * page
+        madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED)
+    }
+
     /// Bounds-checked sub-range.
     func slice(_ offset: Int, _ length: Int, what: @autoclosure () -> String) throws -> UnsafeRawBufferPointer {
         guard offset >= 0, length >= 0, offset <= count, length <= count - offset else {

@@ -1,7 +1,7 @@
 // Uniform entry point: format detection by magic bytes (zip "PK" -> torch.save, 0x80 -> legacy torch.save
 // pickles, "ustar" at 257 -> legacy tar (refused), otherwise safetensors' u64 header length + '{') or folder
 // (diffusers), giving
-// `[String: TensorRecord]` plus metadata. EMA helpers follow CompVis ldm/modules/ema.py (LitEma).
+// `[String: TensorRecord]` plus metadata. CompVis naming (LitEma, model families) lives in the CompVis module.
 import Foundation
 
 public struct CheckpointFile {
@@ -12,6 +12,16 @@ public struct CheckpointFile {
     public let metadata: [String: String]
     public let diffusers: DiffusersFolder?
     public let torch: TorchCheckpoint?
+
+    public init(url: URL?, format: Format, tensors: [String: TensorRecord], metadata: [String: String],
+                diffusers: DiffusersFolder?, torch: TorchCheckpoint?) {
+        self.url = url
+        self.format = format
+        self.tensors = tensors
+        self.metadata = metadata
+        self.diffusers = diffusers
+        self.torch = torch
+    }
 
     public static func open(_ url: URL, variant: String? = nil) throws -> CheckpointFile {
         if DiffusersFolder.isFolder(url) {
@@ -74,39 +84,5 @@ public struct CheckpointFile {
             return CheckpointFile(url: url, format: .safetensors, tensors: st.tensors, metadata: st.metadata ?? [:],
                                   diffusers: nil, torch: nil)
         }
-    }
-
-    /// Weights with EMA parameters substituted (see `EMA.substituted`).
-    public var emaTensors: [String: TensorRecord]? { EMA.hasEMA(Array(tensors.keys)) ? EMA.substituted(tensors) : nil }
-}
-
-/// CompVis LitEma (ldm/modules/ema.py): the EMA copy of parameter `model.<p>` is the buffer
-/// `model_ema.<p with '.' removed>` (plus `model_ema.decay` / `model_ema.num_updates`).
-public enum EMA {
-    public static func litEmaName(_ name: String) -> String? {
-        guard name.hasPrefix("model.") else { return nil }
-        return "model_ema." + name.dropFirst("model.".count).replacingOccurrences(of: ".", with: "")
-    }
-
-    public static func hasEMA(_ keys: [String]) -> Bool {
-        keys.contains { $0.hasPrefix("model_ema.") && $0 != "model_ema.decay" && $0 != "model_ema.num_updates" }
-    }
-
-    /// model key -> EMA key, for every `model.*` key whose EMA buffer exists.
-    public static func keyMap(_ keys: [String]) -> [String: String] {
-        let set = Set(keys)
-        var out: [String: String] = [:]
-        for k in keys { if let e = litEmaName(k), set.contains(e) { out[k] = e } }
-        return out
-    }
-
-    /// `model.*` tensors replaced by their EMA buffers (under the model names); `model_ema.*` dropped.
-    public static func substituted(_ tensors: [String: TensorRecord]) -> [String: TensorRecord] {
-        let map = keyMap(Array(tensors.keys))
-        var out: [String: TensorRecord] = [:]
-        for (k, r) in tensors where !k.hasPrefix("model_ema.") {
-            if let e = map[k], let ema = tensors[e] { out[k] = ema.renamed(k) } else { out[k] = r }
-        }
-        return out
     }
 }

@@ -122,6 +122,23 @@ public struct TensorRecord {
         return try body(UnsafeRawBufferPointer(start: tmp, count: byteCount))
     }
 
+    /// The tensor's bytes in place, when they are contiguous in a buffer already in memory (a mapped file, an
+    /// inflated zip entry): the pointer, the object that keeps it valid, and whether it is a read-only file mapping.
+    /// Nil for strided views (they need a copy).
+    public func bytesInPlace() throws -> (pointer: UnsafeRawPointer, owner: AnyObject, fileMapping: Bool)? {
+        guard isContiguous || elementCount == 0 else { return nil }
+        let (buf, off) = try storage.resolve()
+        return (buf.base + off + byteOffset, buf, buf.isFileMapping)
+    }
+
+    /// Drops this record's pages from the process's resident set when it lies in a file mapping (after its values
+    /// were copied or converted: the loaded model does not keep the file's pages as well as its own copy).
+    public func releasePages() {
+        guard let (buf, off) = try? storage.resolve() else { return }
+        let first = byteOffset, span = elementCount == 0 ? 0 : zip(shape, strides).reduce(1) { $0 + ($1.0 - 1) * $1.1 } * dtype.byteSize
+        buf.dropPages(off + first, span)
+    }
+
     /// Contiguous bytes as Data: zero-copy (keeps the mapping alive) when already contiguous.
     public func rawData() throws -> Data {
         let (buf, off) = try storage.resolve()

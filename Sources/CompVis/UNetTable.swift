@@ -262,13 +262,15 @@ public struct CompVisUNetKeyMap: Sendable {
         var used = Set<String>()
         var problems: [String] = []
         var splitCache: [String: [Tensor]] = [:]
+        let storage = WeightStorage.current
+        let lower = storage == .float32 ? [] : model.lowerPrecisionWeights
         for (name, param) in model.namedParameters {
             guard let src = sources[name] else {
                 problems.append("missing \(name)")
                 continue
             }
             used.insert(src.key)
-            var t: Tensor
+            let t: Tensor
             if let part = src.part {
                 let parts = try splitCache[src.key] ?? splitQKV(src.record.tensor().float32(), heads: src.heads)
                 splitCache[src.key] = parts
@@ -279,13 +281,18 @@ public struct CompVisUNetKeyMap: Sendable {
                     problems.append("\(name): expected \(param.shape), found \(src.record.shape)")
                     continue
                 }
-                t = try src.record.tensor()
+                guard src.record.elementCount == param.count else {
+                    problems.append("\(name): expected \(param.shape), found \(src.record.shape)")
+                    continue
+                }
+                try param.load(src.record, storage: storage, lowerPrecision: lower.contains(ObjectIdentifier(param)))
+                continue
             }
             guard t.count == param.count else {
                 problems.append("\(name): expected \(param.shape), found \(t.shape)")
                 continue
             }
-            param.assign(t.reshaped(param.shape))
+            if storage == .float32 { param.assign(t.reshaped(param.shape)) } else { param.rebind(to: t.contiguous().reshaped(param.shape)) }
         }
         guard problems.isEmpty else {
             throw UNetError("cannot load the CompVis UNet: " + problems.prefix(20).joined(separator: "; ") + (problems.count > 20 ? "; ..." : ""))

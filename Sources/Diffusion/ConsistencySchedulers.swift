@@ -29,13 +29,28 @@ public class ConsistencyScheduler: AlphaScheduler {
 
     /// set_timesteps(num_inference_steps): the grid (1...original) * k - 1, k = train // original, reversed, then
     /// `steps` entries at floor(linspace(0, len, steps, endpoint=False)).
-    public override func setTimesteps(_ steps: Int) throws {
+    public override func setTimesteps(_ steps: Int) throws { try setTimesteps(steps, strength: 1) }
+
+    /// set_timesteps(num_inference_steps, strength=...), as LatentConsistencyModelImg2ImgPipeline calls it: the grid
+    /// keeps its first int(original * strength) points (the least noisy), and all `steps` are taken from those, so an
+    /// img2img run still takes `steps` steps (StableDiffusionImg2ImgPipeline instead cuts the full schedule with
+    /// get_timesteps). Refused, as diffusers does, when fewer grid points than steps remain.
+    public func setTimesteps(_ steps: Int, strength: Double) throws {
         try validate(steps: steps)
+        guard strength.isFinite, strength > 0, strength <= 1 else {
+            throw DiffusionError.invalidArgument("strength must be in (0, 1], got \(strength)")
+        }
         guard steps <= originalSteps else {
             throw DiffusionError.invalidArgument("num_inference_steps \(steps) cannot be larger than original_inference_steps \(originalSteps)")
         }
         let k = schedule.count / originalSteps
-        let grid = (1...originalSteps).reversed().map { $0 * k - 1 }
+        let points = Int(Double(originalSteps) * strength)
+        guard points >= steps else {
+            throw DiffusionError.invalidArgument("strength \(strength) leaves int(original_inference_steps \(originalSteps) x strength) = \(points) "
+                + "points of the distillation grid for \(steps) steps: lower the steps to at most \(points) or raise the strength to at least "
+                + "\(Double(steps) / Double(originalSteps))")
+        }
+        let grid = (1...points).reversed().map { $0 * k - 1 }
         let stride = Double(grid.count) / Double(steps)
         setSchedule((0..<steps).map { Double(grid[Int((Double($0) * stride).rounded(.down))]) }, steps: steps)
     }
@@ -63,8 +78,8 @@ public final class LCMScheduler: ConsistencyScheduler, Scheduler {
         return (sd2 / (st * st + sd2), st / (st * st + sd2).squareRoot())
     }
 
-    public override func setTimesteps(_ steps: Int) throws {
-        try super.setTimesteps(steps)
+    public override func setTimesteps(_ steps: Int, strength: Double) throws {
+        try super.setTimesteps(steps, strength: strength)
         denoised = nil
     }
 

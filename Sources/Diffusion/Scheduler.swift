@@ -52,6 +52,40 @@ extension Scheduler {
         return min(tStart * order, timesteps.count)
     }
 
+    /// The SDXL pipelines' discrete timestep cutoff of a fraction of the schedule:
+    /// round(num_train_timesteps - fraction * num_train_timesteps) (Python's round, half to even).
+    func discreteTimestepCutoff(_ fraction: Double) -> Double {
+        let n = Double(config.numTrainTimesteps ?? 1000)
+        return (n - fraction * n).rounded(.toNearestOrEven)
+    }
+
+    /// StableDiffusionXLImg2ImgPipeline.get_timesteps with `denoising_start` (0 < fraction < 1, strength ignored): the
+    /// index into `timesteps` where denoising starts, the timesteps below the cutoff (one more for a second-order
+    /// scheduler when their count is even). Sets the begin index as the pipeline does.
+    @discardableResult
+    public func denoisingStartIndex(_ fraction: Double) throws -> Int {
+        guard fraction > 0, fraction < 1 else {
+            throw DiffusionError.invalidArgument("denoising start must be in (0, 1), got \(fraction)")
+        }
+        let cutoff = discreteTimestepCutoff(fraction)
+        var count = timesteps.filter { $0 < cutoff }.count
+        if order == 2 && count % 2 == 0 { count += 1 }
+        let start = max(timesteps.count - count, 0)
+        setBeginIndex(start)
+        return start
+    }
+
+    /// The SDXL pipelines' `denoising_end` (0 < fraction < 1): the end (exclusive) of the steps run from `start`,
+    /// keeping the timesteps at or above the discrete cutoff (counted from `start`, as the pipelines filter their
+    /// already-sliced timesteps and keep that many from the front).
+    public func denoisingEndIndex(_ fraction: Double, from start: Int) throws -> Int {
+        guard fraction > 0, fraction < 1 else {
+            throw DiffusionError.invalidArgument("denoising end must be in (0, 1), got \(fraction)")
+        }
+        let cutoff = discreteTimestepCutoff(fraction)
+        return start + timesteps[min(start, timesteps.count)...].filter { $0 >= cutoff }.count
+    }
+
     /// prepare_latents: `latents * init_noise_sigma`, a float32 product as in torch.
     public func scaleInitialNoise(_ noise: Tensor) -> Tensor {
         let sigma = Float(initNoiseSigma)

@@ -10,38 +10,18 @@ import TensorCore
 
 extension Module {
     /// Stores every Linear and Conv2d weight reachable from this module (through stored properties of modules,
-    /// structs, tuples, optionals and arrays of those) as bfloat16. For inference only: the new tensors record no
-    /// gradient. Returns the bytes freed.
+    /// structs, tuples, optionals and arrays of those) as bfloat16 (from float32 or float16). For inference only: the
+    /// new tensors record no gradient. Returns the bytes freed.
     @discardableResult
     public func storeLowerPrecisionWeightsInBFloat16() -> Int {
-        var seen = Set<ObjectIdentifier>(), freed = 0
-        func visit(_ value: Any) {
-            var mirror: Mirror? = Mirror(reflecting: value)
-            switch mirror!.displayStyle {
-            case .class?:
-                guard let module = value as? Module, seen.insert(ObjectIdentifier(module)).inserted else { return }
-                if let l = module as? Linear, l.weight.dtype == .float32 {
-                    freed += l.weight.count * 2; l.weight = l.weight.to(.bfloat16)
-                } else if let c = module as? Conv2d, c.weight.dtype == .float32 {
-                    freed += c.weight.count * 2; c.weight = c.weight.to(.bfloat16)
-                }
-            case .optional?, .struct?, .tuple?, .enum?: break
-            case .collection?:
-                // Arrays of modules (or of optionals/arrays of them); never walk the elements of a numeric array.
-                guard let first = mirror!.children.first?.value else { return }
-                switch Mirror(reflecting: first).displayStyle {
-                case .class?: guard first is Module else { return }
-                case .optional?, .struct?, .tuple?, .collection?: break
-                default: return // numbers, strings: nothing to find
-                }
-            default: return
-            }
-            while let m = mirror {
-                for child in m.children { visit(child.value) }
-                mirror = m.superclassMirror
+        var freed = 0
+        forEachLayer { module in
+            if let l = module as? Linear, l.weight.dtype != .bfloat16 {
+                freed += l.weight.count * (l.weight.dtype.byteSize - 2); l.weight = l.weight.to(.bfloat16)
+            } else if let c = module as? Conv2d, c.weight.dtype != .bfloat16 {
+                freed += c.weight.count * (c.weight.dtype.byteSize - 2); c.weight = c.weight.to(.bfloat16)
             }
         }
-        visit(self)
         return freed
     }
 }

@@ -65,11 +65,14 @@ extension Module {
     /// Loads `records` (already renamed to our names, e.g. by `mapKeys`) into the parameters. Throws a `LoadError`
     /// listing missing and mis-shaped weights; unexpected keys are returned in the report. 1x1-conv <-> linear
     /// reshapes (SD1 vs SD2 proj_in/proj_out) are accepted when the element counts agree. Names in `optional` (weights
-    /// the forward pass never reads) may be absent; they are listed in `skipped`.
+    /// the forward pass never reads) may be absent; they are listed in `skipped`. Parameters are stored as
+    /// `WeightStorage.current` says (owned float32 copies unless a scope asks for inference storage).
     @discardableResult
     public func load(_ records: [String: TensorRecord], component: String = "model", optional: Set<String> = []) throws -> LoadReport {
         var report = LoadReport()
         var used = Set<String>()
+        let storage = WeightStorage.current
+        let lower = storage == .float32 ? [] : lowerPrecisionWeights
         for (name, param) in namedParameters {
             guard let r = records[name] else {
                 if optional.contains(name) { report.skipped.append(name) } else { report.missing.append(name) }
@@ -80,8 +83,7 @@ extension Module {
             guard r.shape == param.shape || (squeezed(r.shape) == squeezed(param.shape) && r.elementCount == param.count) else {
                 report.mismatched.append((name, param.shape, r.shape)); continue
             }
-            let t = try r.tensor()
-            param.assign(t.reshaped(param.shape))
+            try param.load(r, storage: storage, lowerPrecision: lower.contains(ObjectIdentifier(param)))
             report.loaded.append(name)
         }
         report.unexpected = records.keys.filter { !used.contains($0) }.sorted()

@@ -53,7 +53,7 @@ extension ModelSummary {
         if name == "BERTEmbedder" {
             let bert = try c.bertConfig()
             guard c.unet.crossAttentionDim.map({ $0.allSatisfy { $0 == bert.dModel } }) ?? false else {
-                throw PipelineError("YAML config: the UNet's context_dim does not match BERTEmbedder's n_embed \(bert.dModel)")
+                throw PipelineError.invalidModelConfig("the UNet's context_dim does not match BERTEmbedder's n_embed \(bert.dModel)")
             }
         }
         let semantic = name == "SpatialRescaler" ? try c.semanticSynthesisGeometry(firstStage: first) : nil
@@ -96,7 +96,7 @@ extension ModelBundle {
 
     /// A text encoder config derived from the weights, its failure said in one sentence naming the file.
     static func textEncoderConfig(_ derive: @autoclosure () throws -> CLIPTextConfig, _ url: URL) throws -> CLIPTextConfig {
-        do { return try derive() } catch let e as ConditioningError { throw PipelineError("\(url.path): \(e.description)") }
+        do { return try derive() } catch let e as ConditioningError { throw PipelineError.invalidModel(url.path, "\(e.description)") }
     }
 
     static func bertTokenizer(_ url: URL, maxLength: Int) throws -> BertTokenizer {
@@ -119,19 +119,19 @@ extension ModelBundle {
         do {
             file = try CheckpointFile.open(url)
         } catch {
-            throw PipelineError("model \(url.path) cannot be read: \(error)")
+            throw PipelineError.unreadableModel(url.path, "\(error)")
         }
         let records = file.tensors
         let (yaml, notes): ([String: Any], [String])
         do {
             (yaml, notes) = try CompVisArchitecture.reconcile(yaml: stated.yaml, records: records)
         } catch let e as CompVisError {
-            throw PipelineError("\(url.path): \(e.description)")
+            throw PipelineError.invalidModel(url.path, "\(e.description)")
         }
         // The YAML changes only where a note says so.
         let config = notes.isEmpty ? stated : try CompVisModelConfig(yaml: yaml)
         guard records.keys.contains(where: { $0.hasPrefix(CompVisUNetKeyMap.compVisPrefix) }) else {
-            throw PipelineError("\(url.path): no UNet weights (model.diffusion_model.*)")
+            throw PipelineError.invalidModel(url.path, "no UNet weights (model.diffusion_model.*)")
         }
         // Semantic synthesis: channel counts and sizes checked before any weight is read.
         let semantic = config.condName == "SpatialRescaler" ? try config.semanticSynthesisGeometry(firstStage: config.firstStage) : nil
@@ -146,7 +146,7 @@ extension ModelBundle {
         case "BERTEmbedder":
             let c = try config.bertConfig()
             guard config.unet.crossAttentionDim.map({ $0.allSatisfy { $0 == c.dModel } }) ?? false else {
-                throw PipelineError("YAML config: the UNet's context_dim does not match BERTEmbedder's n_embed \(c.dModel)")
+                throw PipelineError.invalidModelConfig("the UNet's context_dim does not match BERTEmbedder's n_embed \(c.dModel)")
             }
             if config.isLayout {
                 layout = try config.layoutBuilder()        // token ids from layouts, no WordPiece vocabulary
@@ -162,13 +162,13 @@ extension ModelBundle {
                 bertLength = c.maxPositionEmbeddings      // BERTTokenizer pads/truncates to max_seq_len
             }
             let own = records.filter { $0.key.hasPrefix(BERTLayout.compvisPrefix) }
-            guard !own.isEmpty else { throw PipelineError("\(url.path): no cond_stage_model.transformer.* weights for BERTEmbedder") }
+            guard !own.isEmpty else { throw PipelineError.invalidModel(url.path, "no cond_stage_model.transformer.* weights for BERTEmbedder") }
             do { bert = try LDMBertModel(config: c, bertEmbedder: own) } catch let e as CheckpointError {
-                throw PipelineError("\(url.path): \(e.message)")
+                throw PipelineError.invalidModel(url.path, "\(e.message)")
             }
         case "FrozenCLIPEmbedder":
             let clip = records.filter { $0.key.hasPrefix(CLIPTable.compvisPrefix) }
-            guard !clip.isEmpty else { throw PipelineError("\(url.path): no cond_stage_model.transformer.* weights for FrozenCLIPEmbedder") }
+            guard !clip.isEmpty else { throw PipelineError.invalidModel(url.path, "no cond_stage_model.transformer.* weights for FrozenCLIPEmbedder") }
             // The YAML's FrozenCLIPEmbedder states no size (the code hard-codes ViT-L/14): the weights decide.
             encoder = try CLIPTextModel(config: textEncoderConfig(.frozenCLIPEmbedder(clip), url))
             _ = try encoder?.loadWeights(CLIPTable.records(clip))
@@ -180,7 +180,7 @@ extension ModelBundle {
         case "Identity":
             // bsr_sr: c = the low-res image in [-1, 1], concatenated to x (DiffusionWrapper, conditioning_key concat).
             guard config.unet.inChannels == config.unet.outChannels + 3, config.unet.crossAttentionDim == nil else {
-                throw PipelineError("YAML config: cond_stage_config torch.nn.Identity (concat) needs a UNet taking latents + the 3-channel low-res image "
+                throw PipelineError.invalidModelConfig("cond_stage_config torch.nn.Identity (concat) needs a UNet taking latents + the 3-channel low-res image "
                                     + "(in_channels = out_channels + 3, no context_dim), got in_channels \(config.unet.inChannels), out_channels \(config.unet.outChannels)")
             }
         case "SpatialRescaler":
@@ -191,7 +191,7 @@ extension ModelBundle {
             for (k, v) in records where k.hasPrefix("cond_stage_model.") { own[k] = v }
             let report = try r.load(mapKeys(own, SpatialRescaler.compVisKeyRules), component: "cond_stage_model (SpatialRescaler)")
             guard report.unexpected.isEmpty else {
-                throw PipelineError("\(url.path): cond_stage_model weights the YAML's SpatialRescaler does not have: "
+                throw PipelineError.invalidModel(url.path, "cond_stage_model weights the YAML's SpatialRescaler does not have: "
                                     + report.unexpected.prefix(5).map { "cond_stage_model." + $0 }.joined(separator: ", ")
                                     + " (check out_channels / bias in cond_stage_config)")
             }
@@ -199,7 +199,7 @@ extension ModelBundle {
         case "ClassEmbedder":
             let n = config.condParams["n_classes"] as? Int ?? 1000
             guard let dim = config.condParams["embed_dim"] as? Int, dim > 0, n > 0 else {
-                throw PipelineError("YAML config: ClassEmbedder needs positive params.embed_dim and n_classes")
+                throw PipelineError.invalidModelConfig("ClassEmbedder needs positive params.embed_dim and n_classes")
             }
             let e = ClassEmbedder(embedDim: dim, nClasses: n)
             var own: [String: TensorRecord] = [:]

@@ -27,6 +27,9 @@ public final class Denoiser {
     /// SDXL added conditions (text_embeds, time_ids) of the conditional and the unconditional batch.
     public var addedCond: AddedConditions?
     public var uncondAddedCond: AddedConditions?
+    /// Drop the UNet's memory-mapped weight pages once the denoising loop is over, before the decode (a process that
+    /// makes one generation: `ModelBundle.evictsWeightsAfterUse`).
+    public var evictsUNetAfterLoop = false
 
     public init(unet: UNet2DConditionModel, guidanceScale: Float = 1, context: Tensor? = nil, uncondContext: Tensor? = nil,
                 classLabels: [Int]? = nil, uncondClassLabels: [Int]? = nil) {

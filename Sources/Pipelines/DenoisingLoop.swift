@@ -7,6 +7,7 @@
 // does with `mask`/`x0`.
 import Autoencoders
 import Diffusion
+import NeuralNetwork
 import Foundation
 import TensorCore
 
@@ -56,8 +57,10 @@ public struct LatentMask {
         }
     }
 
-    func blend(_ x: Tensor, scheduler: Scheduler, stepIndex i: Int) -> Tensor {
-        let proper = i < scheduler.timesteps.count - 1
+    /// After step `i` of a loop that ends before `end`: the original noised to the next timestep (the clean original
+    /// after the last step).
+    func blend(_ x: Tensor, scheduler: Scheduler, stepIndex i: Int, end: Int) -> Tensor {
+        let proper = i < end - 1
             ? scheduler.addNoise(original: imageLatents, noise: noise, stepIndex: i + 1) : imageLatents
         let (b, c, hw) = (x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
         let out = Tensor.empty(x.shape)
@@ -84,11 +87,14 @@ public enum LatentStart {
     case noise(shape: [Int])
     /// Clean latents (B, C, h, w) noised to the start timestep: scheduler.add_noise(image, noise, timesteps[start]).
     case image(Tensor)
+    /// Latents (B, C, h, w) already at the start's noise level, used as they are: the SDXL img2img pipeline with
+    /// `denoising_start` (add_noise=False: a base model's partly denoised latents handed to the refiner).
+    case latents(Tensor)
 
     var shape: [Int] {
         switch self {
         case .noise(let shape): return shape
-        case .image(let latents): return latents.shape
+        case .image(let latents), .latents(let latents): return latents.shape
         }
     }
 }
@@ -99,44 +105,81 @@ public enum LatentStart {
 public struct GenerationRun {
     /// The scheduler, with `setTimesteps` done (and the img2img begin index set).
     public let scheduler: Scheduler
-    /// Where denoising starts in `scheduler.timesteps`: 0, or img2img's get_timesteps start.
+    /// Where denoising starts in `scheduler.timesteps`: 0, img2img's get_timesteps start, or SDXL's `denoising_start`.
     public let startIndex: Int
+    /// Where it stops (exclusive): the end of `scheduler.timesteps`, or SDXL's `denoising_end` cutoff.
+    public let endIndex: Int
     /// The one generator every random draw comes from: initial noise, ancestral noise, in diffusers' order.
     public let generator: RandomSource
     public let progress: ProgressHandler?
 
-    /// `o.makeScheduler(config:)`; with `strength` (img2img, inpainting) the start of get_timesteps(steps, strength).
-    public init(_ o: SamplingOptions, schedulerConfig: SchedulerConfig, strength: Double? = nil, generator: RandomSource,
+    /// Whether `strength` chose the timesteps themselves (LatentConsistencyModelImg2ImgPipeline: the consistency
+    /// grid is cut before the steps are taken from it) rather than the start in the full schedule.
+    public let strengthInGrid: Bool
+
+    /// `o.makeScheduler(config:)`; with `strength` (img2img, inpainting) the start of get_timesteps(steps, strength);
+    /// `consistencyGrid` (LatentConsistencyModelImg2ImgPipeline): an LCM / TCD scheduler takes the strength in
+    /// set_timesteps instead, and every step runs; with `denoisingStart` (SDXL img2img, which then ignores strength) the
+    /// start of the timesteps below its cutoff; with `denoisingEnd` (SDXL) the end of the timesteps at or above its cutoff.
+    public init(_ o: SamplingOptions, schedulerConfig: SchedulerConfig, strength: Double? = nil, consistencyGrid: Bool = false,
+                denoisingStart: Double? = nil, denoisingEnd: Double? = nil, generator: RandomSource,
                 progress: ProgressHandler? = nil) throws {
         let scheduler = try o.makeScheduler(config: schedulerConfig)
         self.scheduler = scheduler
-        startIndex = try strength.map { try scheduler.img2imgStartIndex(strength: $0) } ?? 0
+        if let s = denoisingStart, let e = denoisingEnd, s >= e {
+            throw PipelineError("denoising start \(s) must be below denoising end \(e)")
+        }
+        var inGrid = false
+        do {
+            var start = 0
+            if let denoisingStart {
+                start = try scheduler.denoisingStartIndex(denoisingStart)
+            } else if let strength, consistencyGrid, let grid = scheduler as? ConsistencyScheduler {
+                try grid.setTimesteps(o.steps, strength: strength)
+                inGrid = true
+            } else if let strength {
+                start = try scheduler.img2imgStartIndex(strength: strength)
+            }
+            startIndex = start
+            endIndex = try denoisingEnd.map { try scheduler.denoisingEndIndex($0, from: start) } ?? scheduler.timesteps.count
+        } catch let e as DiffusionError {
+            throw PipelineError("\(e)")
+        }
+        strengthInGrid = inGrid
         self.generator = generator
         self.progress = progress
     }
 
     /// prepare_latents: one randn_tensor of the whole batch, then the start's latents. Returns the noise too (the
     /// 4-channel inpainting blend re-noises the image with it).
+    /// `.latents` draws nothing (SDXL img2img with denoising_start adds no noise); its noise is zeros.
     public func initialLatents(_ start: LatentStart) -> (latents: Tensor, noise: Tensor) {
-        let noise = Tensor.randn(start.shape, generator: generator)
         switch start {
-        case .noise: return (scheduler.scaleInitialNoise(noise), noise)
-        case .image(let image): return (scheduler.addNoise(original: image, noise: noise, stepIndex: startIndex), noise)
+        case .noise(let shape):
+            let noise = Tensor.randn(shape, generator: generator)
+            return (scheduler.scaleInitialNoise(noise), noise)
+        case .image(let image):
+            let noise = Tensor.randn(image.shape, generator: generator)
+            return (scheduler.addNoise(original: image, noise: noise, stepIndex: startIndex), noise)
+        case .latents(let latents):
+            return (latents, Tensor(zeros: latents.shape))
         }
     }
 
-    /// The denoising loop from `startIndex` to the end: per step the denoiser's prediction, the scheduler step (its
+    /// The denoising loop from `startIndex` to `endIndex`: per step the denoiser's prediction, the scheduler step (its
     /// ancestral noise from `generator`), the inpainting blend, the observer and the progress callback.
     public func denoise(_ latents: Tensor, _ denoiser: Denoiser, mask: LatentMask? = nil) throws -> Tensor {
         guard latents.rank == 4 else { throw PipelineError("latents must be (B, C, h, w), got the shape \(latents.shape)") }
         try mask?.check(latents.shape)
-        let total = scheduler.timesteps.count - startIndex
-        guard total >= 1 else { throw PipelineError("no denoising steps to run (start \(startIndex) of \(scheduler.timesteps.count))") }
+        let total = endIndex - startIndex
+        guard total >= 1 else {
+            throw PipelineError("no denoising steps to run (steps \(startIndex)..<\(endIndex) of \(scheduler.timesteps.count))")
+        }
         var x = latents
-        for i in startIndex..<scheduler.timesteps.count {
+        for i in startIndex..<endIndex {
             let eps = try denoiser.predict(x, scheduler: scheduler, stepIndex: i)
             x = try scheduler.step(modelOutput: eps, stepIndex: i, sample: x, noise: generator)
-            if let mask { x = mask.blend(x, scheduler: scheduler, stepIndex: i) }
+            if let mask { x = mask.blend(x, scheduler: scheduler, stepIndex: i, end: endIndex) }
             if let observe = DenoisingObserver.current { observe(x.toArray(), x.shape) }
             if let progress, !progress(i - startIndex + 1, total) { throw PipelineError.cancelled }
         }
@@ -152,6 +195,8 @@ public struct GenerationRun {
     /// stage's scaling factor first).
     public func generate(_ start: LatentStart, _ denoiser: Denoiser, firstStage: FirstStageModel?,
                          scaled: Bool = true) throws -> GenerationResult {
-        try decodeLatents(latents(start, denoiser), firstStage: firstStage, scaled: scaled)
+        let z = try latents(start, denoiser)
+        if denoiser.evictsUNetAfterLoop { denoiser.unet.evictMappedWeights() }
+        return try decodeLatents(z, firstStage: firstStage, scaled: scaled)
     }
 }

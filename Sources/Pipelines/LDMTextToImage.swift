@@ -44,7 +44,7 @@ public final class LDMTextToImagePipeline {
         guard let bert = bundle.bert, let tokenizer = bundle.bertTokenizer else {
             throw PipelineError.invalidModel(bundle.url.path, "no LDM-BERT text encoder (bert/ + tokenizer/)")
         }
-        guard bundle.firstStage != nil else { throw PipelineError("\(bundle.url.path): LDM text-to-image needs a first stage (vqvae/)") }
+        guard bundle.firstStage != nil else { throw PipelineError.invalidModel(bundle.url.path, "LDM text-to-image needs a first stage (vqvae/)") }
         self.bundle = bundle
         self.bert = bert
         self.tokenizer = tokenizer
@@ -64,7 +64,7 @@ public final class LDMTextToImagePipeline {
         try p.validate()
         try o.validate()
         guard p.emphasis == .diffusers else {
-            throw PipelineError("prompt emphasis modes are for CLIP text encoders; LDM-BERT takes the plain prompt")
+            throw PipelineError.unsupportedOption(name: "prompt emphasis modes", why: "are for CLIP text encoders; LDM-BERT takes the plain prompt")
         }
         let f = bundle.vaeScaleFactor
         let (h, w) = (p.height ?? bundle.defaultImageSize, p.width ?? bundle.defaultImageSize)

@@ -30,7 +30,7 @@ public final class LatentDiffusionPipeline {
         let classCount = bundle.classEmbedder?.nClasses ?? cfg.numClassEmbeds
         if let k = classLabel {
             guard let n = classCount else { throw PipelineError("the model is not class-conditional (no num_class_embeds): it takes no class label") }
-            guard k >= 0, k < n else { throw PipelineError("class \(k) outside 0..<\(n)") }
+            guard k >= 0, k < n else { throw PipelineError.invalidArgument(name: "class", value: "\(k)", why: "\(k) outside 0..<\(n)") }
             labels = Array(repeating: k, count: o.batchSize)
             if guidanceScale > 1 { null = Array(repeating: n - 1, count: o.batchSize) }
         } else if let n = classCount {
@@ -59,7 +59,7 @@ public final class LatentDiffusionPipeline {
         }
         let w = image.width - image.width % 32
         let h = image.height - image.height % 32
-        guard w >= 32, h >= 32 else { throw PipelineError("init image \(image.width)x\(image.height) is smaller than 32x32") }
+        guard w >= 32, h >= 32 else { throw PipelineError.invalidArgument(name: "init image", value: "\(image.width)x\(image.height)", why: "\(image.width)x\(image.height) is smaller than 32x32") }
         let resized = (w, h) == (image.width, image.height) ? image : try image.resized(width: w, height: h, filter: .lanczos)
         let low = Tensor(VaeImageProcessor.toTensor(resized), shape: [1, 3, h, w])
         let den = Denoiser(unet: bundle.unet)

@@ -43,7 +43,7 @@ public struct LayoutObject: Equatable {
     public static func parseList(_ data: Data, classNames: [String], objectClasses: Int, maxObjects: Int) throws -> [LayoutObject] {
         let root: Any
         do { root = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) } catch {
-            throw PipelineError("layout: not valid JSON (\(error.localizedDescription))")
+            throw PipelineError.invalidLayout("layout: not valid JSON (\(error.localizedDescription))")
         }
         let list: [Any]
         if let l = root as? [Any] {
@@ -51,55 +51,55 @@ public struct LayoutObject: Equatable {
         } else if let d = root as? [String: Any], d.count == 1, let l = d["objects"] as? [Any] {
             list = l
         } else {
-            throw PipelineError("layout: expected a JSON list of objects or {\"objects\": [...]}")
+            throw PipelineError.invalidLayout("layout: expected a JSON list of objects or {\"objects\": [...]}")
         }
         guard list.count <= maxObjects else {
-            throw PipelineError("layout: \(list.count) objects, more than the model's \(maxObjects)")
+            throw PipelineError.invalidLayout("layout: \(list.count) objects, more than the model's \(maxObjects)")
         }
         var lower: [String: Int] = [:]
         for (i, n) in classNames.enumerated() { lower[n.lowercased()] = i }
         return try list.enumerated().map { i, item in
             let at = "layout objects[\(i)]"
-            guard let o = item as? [String: Any] else { throw PipelineError("\(at): expected an object {\"class\": ..., \"box\": [x0, y0, x1, y1]}") }
+            guard let o = item as? [String: Any] else { throw PipelineError.invalidLayout("\(at): expected an object {\"class\": ..., \"box\": [x0, y0, x1, y1]}") }
             if let k = o.keys.sorted().first(where: { !keys.contains($0) }) {
-                throw PipelineError("\(at): unknown key \"\(k)\" (class, box, group_of, occluded, depiction, inside)")
+                throw PipelineError.invalidLayout("\(at): unknown key \"\(k)\" (class, box, group_of, occluded, depiction, inside)")
             }
             let number: Int
             switch o["class"] {
-            case nil: throw PipelineError("\(at): no \"class\"")
+            case nil: throw PipelineError.invalidLayout("\(at): no \"class\"")
             case let s as String:
                 guard let k = lower[s.trimmingCharacters(in: .whitespaces).lowercased()] else {
-                    throw PipelineError("\(at): unknown class name \"\(s)\" (\(classNames.count) Open Images names, e.g. \"\(classNames.prefix(3).joined(separator: "\", \""))\"; or a class number)")
+                    throw PipelineError.invalidLayout("\(at): unknown class name \"\(s)\" (\(classNames.count) Open Images names, e.g. \"\(classNames.prefix(3).joined(separator: "\", \""))\"; or a class number)")
                 }
                 number = k
             case let n as NSNumber where !isBool(n):
                 let d = n.doubleValue
-                guard d == d.rounded(), let k = Int(exactly: d) else { throw PipelineError("\(at): class \(n) is not an integer") }
+                guard d == d.rounded(), let k = Int(exactly: d) else { throw PipelineError.invalidLayout("\(at): class \(n) is not an integer") }
                 number = k
-            case let v?: throw PipelineError("\(at): class must be a number or a name, got \(v)")
+            case let v?: throw PipelineError.invalidLayout("\(at): class must be a number or a name, got \(v)")
             }
             guard number >= 0, number < objectClasses else {
-                throw PipelineError("\(at): class \(number) is outside 0..<\(objectClasses)")
+                throw PipelineError.invalidLayout("\(at): class \(number) is outside 0..<\(objectClasses)")
             }
             guard let b = o["box"] as? [Any], b.count == 4 else {
-                throw PipelineError("\(at): \"box\" must be [x0, y0, x1, y1] (four numbers in [0, 1])")
+                throw PipelineError.invalidLayout("\(at): \"box\" must be [x0, y0, x1, y1] (four numbers in [0, 1])")
             }
             let box = try b.map { v -> Double in
                 guard let n = v as? NSNumber, !isBool(n), n.doubleValue.isFinite else {
-                    throw PipelineError("\(at): box values must be numbers, got \(v)")
+                    throw PipelineError.invalidLayout("\(at): box values must be numbers, got \(v)")
                 }
                 return n.doubleValue
             }
             guard box.allSatisfy({ (0...1).contains($0) }) else {
-                throw PipelineError("\(at): box \(box) reaches outside [0, 1] (coordinates are fractions of the image width and height)")
+                throw PipelineError.invalidLayout("\(at): box \(box) reaches outside [0, 1] (coordinates are fractions of the image width and height)")
             }
             guard box[0] < box[2], box[1] < box[3] else {
-                throw PipelineError("\(at): box \(box) is empty or inverted (need x0 < x1 and y0 < y1)")
+                throw PipelineError.invalidLayout("\(at): box \(box) is empty or inverted (need x0 < x1 and y0 < y1)")
             }
             var flags: [String: Bool] = [:]
             for k in ["group_of", "occluded", "depiction", "inside"] {
                 guard let v = o[k] else { continue }
-                guard let n = v as? NSNumber, isBool(n) else { throw PipelineError("\(at): \"\(k)\" must be true or false") }
+                guard let n = v as? NSNumber, isBool(n) else { throw PipelineError.invalidLayout("\(at): \"\(k)\" must be true or false") }
                 flags[k] = n.boolValue
             }
             return LayoutObject(classNumber: number, box: box, groupOf: flags["group_of"] ?? false, occluded: flags["occluded"] ?? false,
@@ -135,7 +135,7 @@ public final class LayoutToImagePipeline {
         guard let b = bundle.layoutBuilder, let bert = bundle.bert else {
             throw PipelineError.wrongModelKind(model: bundle.url.path, kind: bundle.kind, task: .layout)
         }
-        guard bundle.firstStage != nil else { throw PipelineError("\(bundle.url.path): a layout model needs a first stage") }
+        guard bundle.firstStage != nil else { throw PipelineError.invalidModel(bundle.url.path, "a layout model needs a first stage") }
         self.bundle = bundle
         self.bert = bert
         builder = try objectClasses.map {
@@ -148,9 +148,9 @@ public final class LayoutToImagePipeline {
     /// taming's build(objects) with the objects in the given order and the full image as crop.
     public func tokens(_ objects: [LayoutObject]) throws -> [Int] {
         guard objects.count <= builder.noMaxObjects else {
-            throw PipelineError("layout: \(objects.count) objects, more than the model's \(builder.noMaxObjects)")
+            throw PipelineError.invalidLayout("layout: \(objects.count) objects, more than the model's \(builder.noMaxObjects)")
         }
-        do { return try builder.build(objects.map(\.annotation)) } catch { throw PipelineError("layout: \(error)") }
+        do { return try builder.build(objects.map(\.annotation)) } catch { throw PipelineError.invalidLayout("layout: \(error)") }
     }
 
     /// The denoised latents (B, C, H / f, W / f) for a layout's tokens.

@@ -9,9 +9,10 @@ import TensorCore
 public final class AppliedLoRAs {
     public struct Entry { public let name: String; public let weight: Float; public let shortHash: String? }
     public let entries: [Entry]
-    /// Original values of every weight the LoRAs changed, keyed by "unet.<...>" / "text_encoder.<...>".
-    let originals: [String: [Float]]
-    init(entries: [Entry], originals: [String: [Float]]) { self.entries = entries; self.originals = originals }
+    /// The original tensors (their storage, in place: a mapped file's bytes or a 16-bit weight stay as they were) of
+    /// every weight the LoRAs changed, keyed by "unet.<...>" / "text_encoder.<...>".
+    let originals: [String: Tensor]
+    init(entries: [Entry], originals: [String: Tensor]) { self.entries = entries; self.originals = originals }
     public var changedParameters: [String] { originals.keys.sorted() }
 
     /// AUTOMATIC1111's infotext value: "name: hash, name: hash".
@@ -40,15 +41,18 @@ extension ModelBundle {
         let targets = loraTargets
         let shapes = targets.mapValues(\.shape)
         let deltas = try loras.map { try LoRA.deltas($0.file, baseShapes: shapes, weight: $0.weight) }
-        var originals: [String: [Float]] = [:]
+        var originals: [String: Tensor] = [:]
         for d in deltas {
             for (name, delta) in d.sorted(by: { $0.key < $1.key }) {
                 guard let t = targets[name] else { continue }
-                let current = t.contiguous().toArray()
-                if originals[name] == nil { originals[name] = current }
-                var merged = current
+                if originals[name] == nil { originals[name] = t.alias() }
+                // float32 sums (of the widened weight when it is held in 16 bits); a bf16 weight (bf16 compute, which
+                // rounds weights to bf16 anyway) stays bf16. The original tensor is not written: merged values get
+                // their own storage, the weight is rebound to them and back by `unmergeLoRAs`.
+                var merged = t.contiguous().toArray()
                 for i in merged.indices { merged[i] += delta[i] }
-                t.assign(Tensor(merged, shape: t.shape))
+                let m = Tensor(merged, shape: t.shape)
+                t.rebind(to: t.dtype == .bfloat16 ? m.to(.bfloat16) : m)
             }
         }
         let entries = try loras.map { AppliedLoRAs.Entry(name: $0.file.name, weight: $0.weight, shortHash: try? $0.file.shortHash()) }
@@ -61,7 +65,7 @@ extension ModelBundle {
     public func unmergeLoRAs() {
         guard let applied = appliedLoRAs else { return }
         let targets = loraTargets
-        for (name, values) in applied.originals { targets[name]?.assign(Tensor(values, shape: targets[name]!.shape)) }
+        for (name, original) in applied.originals { targets[name]?.rebind(to: original) }
         appliedLoRAs = nil
     }
 }

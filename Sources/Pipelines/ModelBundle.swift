@@ -10,6 +10,8 @@ import CompVis
 import Conditioning
 import Diffusion
 import Foundation
+import NeuralNetwork
+import TensorCore
 import Tokenizers
 import UNetModels
 
@@ -25,6 +27,11 @@ public final class ModelBundle {
     public let sampleSize: Int
     /// The CompVis text encoder was FrozenOpenCLIPEmbedder (SD 2.x), run as a CLIPTextModel.
     public var textEncoderIsOpenCLIP = false
+    /// For a process that makes one generation (the command line): once the prompt is encoded the text encoder's
+    /// memory-mapped weight pages are dropped, and the UNet's once the denoising loop is over, so that they are not
+    /// resident beside the next stage's (`Module.evictMappedWeights`; values never change, a later use reads them
+    /// again from the page cache). Weights loaded under `WeightStorage.float32` are copies and stay.
+    public var evictsWeightsAfterUse = false
     /// CompVis ClassEmbedder conditioning (cin256 YAML configs): class labels -> cross-attention context.
     public var classEmbedder: ClassEmbedder?
     /// LDM-BERT conditioning (diffusers LDMTextToImagePipeline folders: `bert/` + a BertTokenizer `tokenizer/`).
@@ -118,26 +125,42 @@ public final class ModelBundle {
         DiffusersFolder.isFolder(url) ? try loadDiffusers(url) : try loadCompVis(url)
     }
 
+    /// Loads a component that runs once per generation (text encoders, the first stage): under an inference policy
+    /// its 16-bit or float32 Linear/Conv2d weights stay as the file stores them (`WeightStorage.asStored`: widened, or
+    /// rounded to bf16, per call, which is the same numbers), so that they remain mapped pages that can be dropped
+    /// after use instead of owned copies; the UNet, which runs every step, is loaded as the policy says.
+    @discardableResult
+    static func onceUsed<T>(_ body: () throws -> T) rethrows -> T {
+        let s = WeightStorage.current
+        return try WeightStorage.with(s == .float32 ? s : .asStored, body)
+    }
+
+    /// `load` with the weights held for inference in `dtype` compute (`WeightStorage.inference`: memory-mapped where
+    /// the file allows, 16-bit Linear/Conv2d weights kept, bf16 ones for bf16 compute), not as float32 copies.
+    public static func load(_ url: URL, forInferenceIn dtype: DType) throws -> ModelBundle {
+        try WeightStorage.with(.inference(computing: dtype)) { try load(url) }
+    }
+
     public static func loadDiffusers(_ url: URL) throws -> ModelBundle {
         let folder = try DiffusersFolder(url: url)
-        guard let unetComponent = folder.component("unet") else { throw PipelineError("\(url.path): no unet component") }
+        guard let unetComponent = folder.component("unet") else { throw PipelineError.invalidModel(url.path, "no unet component") }
         let unet = try UNet2DConditionModel(pretrained: unetComponent)
         let sample = sampleSize(unetComponent.config?["sample_size"]) ?? 64
         let hasFirstStage = folder.component("vae") != nil || folder.component("vqvae") != nil
-        let firstStage = hasFirstStage ? try FirstStageModel.load(folder: url).model : nil
+        let firstStage = hasFirstStage ? try onceUsed { try FirstStageModel.load(folder: url).model } : nil
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?
         var bert: LDMBertModel?, bertTokenizer: BertTokenizer?
         if let b = folder.component("bert") {
             // LDMTextToImagePipeline: bert (LDMBertModel) + tokenizer (BertTokenizer, vocab.txt).
             guard b.className == nil || b.className == "LDMBertModel" else {
-                throw PipelineError("\(url.path): bert component \(b.className ?? "") is not supported (LDMBertModel only)")
+                throw PipelineError.invalidModel(url.path, "bert component \(b.className ?? "") is not supported (LDMBertModel only)")
             }
             if let t = folder.component("tokenizer"), let cls = t.className, !["BertTokenizer", "BertTokenizerFast"].contains(cls) {
-                throw PipelineError("\(url.path): LDM-BERT needs a BertTokenizer, the folder's tokenizer is \(cls)")
+                throw PipelineError.invalidModel(url.path, "LDM-BERT needs a BertTokenizer, the folder's tokenizer is \(cls)")
             }
             let model = try LDMBertModel(pretrained: b)
             guard let dims = unet.config.crossAttentionDim, dims.allSatisfy({ $0 == model.config.dModel }) else {
-                throw PipelineError("\(url.path): the UNet's cross_attention_dim \(unet.config.crossAttentionDim.map { "\($0)" } ?? "none") does not match LDM-BERT's d_model \(model.config.dModel)")
+                throw PipelineError.invalidModel(url.path, "the UNet's cross_attention_dim \(unet.config.crossAttentionDim.map { "\($0)" } ?? "none") does not match LDM-BERT's d_model \(model.config.dModel)")
             }
             bert = model
             bertTokenizer = try BertTokenizer(folder: url.appendingPathComponent("tokenizer"))
@@ -145,16 +168,16 @@ public final class ModelBundle {
         var encoder2: CLIPTextModelWithProjection?, tokenizer2: CLIPTokenizer?
         if let te2 = folder.component("text_encoder_2") {
             guard te2.className == nil || te2.className == "CLIPTextModelWithProjection" else {
-                throw PipelineError("\(url.path): text_encoder_2 \(te2.className ?? "") is not supported (CLIPTextModelWithProjection only)")
+                throw PipelineError.invalidModel(url.path, "text_encoder_2 \(te2.className ?? "") is not supported (CLIPTextModelWithProjection only)")
             }
-            encoder2 = try CLIPTextModelWithProjection(pretrained: te2)
+            encoder2 = try onceUsed { try CLIPTextModelWithProjection(pretrained: te2) }
             tokenizer2 = try CLIPTokenizer(folder: url.appendingPathComponent("tokenizer_2"))
         }
         if let te = folder.component("text_encoder") {
             guard te.className == nil || te.className == "CLIPTextModel" else {
-                throw PipelineError("\(url.path): text encoder \(te.className ?? "") is not supported (CLIPTextModel only)")
+                throw PipelineError.invalidModel(url.path, "text encoder \(te.className ?? "") is not supported (CLIPTextModel only)")
             }
-            encoder = try CLIPTextModel(pretrained: te)
+            encoder = try onceUsed { try CLIPTextModel(pretrained: te) }
             tokenizer = try CLIPTokenizer(folder: url.appendingPathComponent("tokenizer"))
         }
         let schedURL = url.appendingPathComponent("scheduler/scheduler_config.json")
@@ -170,7 +193,7 @@ public final class ModelBundle {
         bundle.forceZerosForEmptyPrompt = folder.modelIndex?["force_zeros_for_empty_prompt"] as? Bool ?? false
         bundle.requiresAestheticsScore = folder.modelIndex?["requires_aesthetics_score"] as? Bool ?? false
         if unet.config.usesTextTimeEmbedding, encoder2 == nil && encoder == nil {
-            throw PipelineError("\(url.path): an SDXL UNet needs text_encoder_2 (CLIPTextModelWithProjection) and tokenizer_2")
+            throw PipelineError.invalidModel(url.path, "an SDXL UNet needs text_encoder_2 (CLIPTextModelWithProjection) and tokenizer_2")
         }
         return bundle
     }
@@ -196,10 +219,10 @@ public final class ModelBundle {
         if isSDXLSingleFile(file.tensors) { return try loadSDXLSingleFile(file, url: url, config: nil) }   // SDXLSingleFile.swift
         let (layout, components, _) = try Converter.compvisToDiffusers(file.tensors)
         guard let unetLayout = layout.unet, let unetTensors = components["unet"] else {
-            throw PipelineError("\(url.path): no UNet weights (model.diffusion_model.*)")
+            throw PipelineError.invalidModel(url.path, "no UNet weights (model.diffusion_model.*)")
         }
         guard let vaeLayout = layout.vae, let vaeTensors = components["vae"] else {
-            throw PipelineError("\(url.path): no VAE weights (first_stage_model.*)")
+            throw PipelineError.invalidModel(url.path, "no VAE weights (first_stage_model.*)")
         }
         let unetRecords = try records(unetTensors)
         let unetCfg = try DiffusersConfigs.unet(unetLayout, shapes: unetRecords.mapValues { $0.shape })
@@ -217,18 +240,18 @@ public final class ModelBundle {
             throw PipelineError.invalidModel(url.path, "the VAE config derived from its shapes is not an AutoencoderKL config (\(error))")
         }
         let vae = try AutoencoderKL(config: vaeConfig)
-        try vae.load(vaeRecords, component: "vae")
+        try onceUsed { try vae.load(vaeRecords, component: "vae") }
 
         var encoder: CLIPTextModel?, tokenizer: CLIPTokenizer?
         let keys = file.tensors.keys
         if keys.contains(where: { $0.hasPrefix(OpenCLIPMapping.prefix) }) {
             encoder = try CLIPTextModel(config: textEncoderConfig(.frozenOpenCLIPEmbedder(file.tensors), url))
-            try encoder?.loadOpenCLIPWeights(file.tensors)
+            try onceUsed { try encoder?.loadOpenCLIPWeights(file.tensors) }
             tokenizer = try CLIPTokenizer.openCLIPDefault(padToken: "!")
         } else if keys.contains(where: { $0.hasPrefix(CLIPTable.compvisPrefix) }) {
             let clip = CLIPTable.records(file.tensors)
             encoder = try CLIPTextModel(config: textEncoderConfig(.frozenCLIPEmbedder(file.tensors), url))
-            try encoder?.loadWeights(clip)
+            try onceUsed { try encoder?.loadWeights(clip) }
             tokenizer = try CLIPTokenizer.openCLIPDefault()
         }
         let bundle = ModelBundle(url: url, unet: unet, firstStage: .kl(vae), textEncoder: encoder, tokenizer: tokenizer,

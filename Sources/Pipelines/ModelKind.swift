@@ -57,15 +57,13 @@ public enum ModelKind: Equatable, Sendable {
             return [.sample]
         case .text(.ldmBert):
             return [.txt2img]
-        case .text(.sdxl):
-            // StableDiffusionXLPipeline only: img2img and inpainting are not implemented for SDXL.
-            return [.txt2img]
         case .text(.sdxlRefiner):
-            // The refiner runs in StableDiffusionXLImg2ImgPipeline, not implemented.
-            return []
+            // StableDiffusionXLImg2ImgPipeline / InpaintPipeline (aesthetic-score time ids); txt2img only as the
+            // refiner of a base model.
+            return [.img2img, .inpaint]
         case .text:
             return [.txt2img, .img2img, .inpaint]
-        case .inpainting(.sdxl), .inpainting(.sdxlRefiner), .inpainting(.ldmBert):
+        case .inpainting(.sdxlRefiner), .inpainting(.ldmBert):
             return []
         case .inpainting:
             return [.inpaint]
@@ -92,7 +90,7 @@ public enum ModelKind: Equatable, Sendable {
         case .classConditional(let n):
             return "a class-conditional model (\(n) classes)"
         case .text(.sdxlRefiner):
-            return "an SDXL refiner (requires_aesthetics_score; it runs in img2img, which is not implemented for SDXL yet)"
+            return "an SDXL refiner (requires_aesthetics_score: it runs img2img and inpainting, or refines a base model's txt2img)"
         case .text(let e):
             return "a text-conditioned model (\(e.rawValue))"
         case .inpainting(let e):

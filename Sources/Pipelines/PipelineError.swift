@@ -1,6 +1,8 @@
 // The error of the pipelines and model loading: typed cases for what a caller may act on (a model of another kind, a
-// model file that cannot be used, a cancelled run), one sentence for the rest. The `ldm` command line words these
+// model file or YAML config that cannot be used, a bad request value, an option the model does not take, a mask of
+// another size, a bad layout, a cancelled run), one sentence for the rest (internal invariants). The `ldm` command line words these
 // for its users (which command or flag fits); the messages here name no command.
+import Diffusion
 import Foundation
 
 public enum PipelineError: Error, CustomStringConvertible, Equatable {
@@ -16,6 +18,20 @@ public enum PipelineError: Error, CustomStringConvertible, Equatable {
     case ldmBertNeedsConfig(String)
     /// The WordPiece vocabulary of a CompVis LDM-BERT checkpoint is not where it was `given`, or (nil) not beside it.
     case missingBERTVocabulary(checkpoint: String, given: String?)
+    /// A CompVis YAML config the loader cannot use with these weights (`why` names the key).
+    case invalidModelConfig(String)
+    /// A request value out of range: `name` is the parameter (width, steps, strength, cfg scale, eta, batch size,
+    /// clip skip, class, label offset, timestep spacing), `value` the value given; the message is "<name> <why>".
+    case invalidArgument(name: String, value: String, why: String)
+    /// A sampler name that is not one of `SchedulerFactory.validNames`.
+    case unknownSampler(String)
+    /// An option this model or sampler does not take (prompt emphasis on LDM-BERT, timestep spacing on a sampler with
+    /// its own grid); the message is "<name> <why>".
+    case unsupportedOption(name: String, why: String)
+    /// The inpainting mask and the init image differ in size.
+    case maskSizeMismatch(maskWidth: Int, maskHeight: Int, imageWidth: Int, imageHeight: Int)
+    /// A layout-to-image object list that cannot be used (`why` names the object and the key).
+    case invalidLayout(String)
     /// Any other refusal, in one sentence naming the bad value.
     case message(String)
 
@@ -42,6 +58,16 @@ public enum PipelineError: Error, CustomStringConvertible, Equatable {
             return "\((checkpoint as NSString).lastPathComponent) is an LDM-BERT (BERTEmbedder) model: its prompts are tokenized with "
                 + "bert-base-uncased's WordPiece vocabulary (CompVis downloads BertTokenizerFast \"bert-base-uncased\"), which is not "
                 + "shipped here: give its vocab.txt, or put vocab.txt beside the checkpoint"
+        case .invalidModelConfig(let why):
+            return "YAML config: \(why)"
+        case let .invalidArgument(name, _, why), let .unsupportedOption(name, why):
+            return "\(name) \(why)"
+        case .unknownSampler(let name):
+            return "unknown sampler '\(name)'; valid: \(SchedulerFactory.validNames.joined(separator: ", "))"
+        case let .maskSizeMismatch(mw, mh, iw, ih):
+            return "mask is \(mw)x\(mh) but the init image is \(iw)x\(ih); they must match"
+        case .invalidLayout(let why):
+            return why
         case .message(let text):
             return text
         }

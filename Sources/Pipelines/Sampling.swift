@@ -29,10 +29,10 @@ public struct SamplingOptions {
         try Validation.checkEta(eta)
         try Validation.checkBatchSize(batchSize)
         if let s = sampler, !SchedulerFactory.validNames.contains(where: { $0.lowercased() == s.trimmingCharacters(in: .whitespaces).lowercased() }) {
-            throw PipelineError("unknown sampler '\(s)'; valid: \(SchedulerFactory.validNames.joined(separator: ", "))")
+            throw PipelineError.unknownSampler(s)
         }
         if let sp = timestepSpacing, TimestepSpacing(rawValue: sp) == nil {
-            throw PipelineError("timestep spacing must be one of leading, linspace, trailing, got '\(sp)'")
+            throw PipelineError.invalidArgument(name: "timestep spacing", value: sp, why: "must be one of leading, linspace, trailing, got '\(sp)'")
         }
     }
 
@@ -43,7 +43,7 @@ public struct SamplingOptions {
         if let sp = timestepSpacing { config.timestepSpacing = sp }
         let s = try sampler.map { try SchedulerFactory.make($0, config: config, eta: eta) } ?? SchedulerFactory.make(config: config, eta: eta)
         if timestepSpacing != nil, s is ConsistencyScheduler || s is CompVisSampler {
-            throw PipelineError("timestep spacing does not apply to \(type(of: s)): it samples its own fixed grid")
+            throw PipelineError.unsupportedOption(name: "timestep spacing", why: "does not apply to \(type(of: s)): it samples its own fixed grid")
         }
         try s.setTimesteps(steps)
         return s

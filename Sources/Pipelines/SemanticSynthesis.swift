@@ -32,7 +32,7 @@ public struct SemanticSynthesisGeometry: Equatable, Sendable {
 
     init(rescaler: SpatialRescaler, unet: UNetConfig, firstStageFactor f: Int, latentChannels: Int) throws {
         guard let mapper = rescaler.channelMapper else {
-            throw PipelineError("YAML config: SpatialRescaler without out_channels is not supported (semantic synthesis maps the one-hot labels to a few channels)")
+            throw PipelineError.invalidModelConfig("SpatialRescaler without out_channels is not supported (semantic synthesis maps the one-hot labels to a few channels)")
         }
         labelCount = mapper.weight.shape[1]
         conditionChannels = mapper.weight.shape[0]
@@ -41,17 +41,17 @@ public struct SemanticSynthesisGeometry: Equatable, Sendable {
         firstStageFactor = f
         unetDownsamplings = max(unet.downBlockTypes.count - 1, 0)
         guard unet.crossAttentionDim == nil else {
-            throw PipelineError("YAML config: cond_stage_config SpatialRescaler (concat) needs a UNet without context_dim")
+            throw PipelineError.invalidModelConfig("cond_stage_config SpatialRescaler (concat) needs a UNet without context_dim")
         }
         guard unet.inChannels == latentChannels + conditionChannels, unet.outChannels == latentChannels else {
-            throw PipelineError("YAML config: the UNet's in_channels \(unet.inChannels) / out_channels \(unet.outChannels) do not fit: "
+            throw PipelineError.invalidModelConfig("the UNet's in_channels \(unet.inChannels) / out_channels \(unet.outChannels) do not fit: "
                                 + "in_channels must be the first stage's \(latentChannels) latent channels + SpatialRescaler out_channels "
                                 + "\(conditionChannels) = \(latentChannels + conditionChannels), out_channels \(latentChannels)")
         }
         for k in 1...3 {
             let side = k * sizeMultiple
             guard rescaledSize(side) == side / f else {
-                throw PipelineError("YAML config: SpatialRescaler (n_stages \(stages), multiplier \(multiplier)) maps a \(side)-pixel side to "
+                throw PipelineError.invalidModelConfig("SpatialRescaler (n_stages \(stages), multiplier \(multiplier)) maps a \(side)-pixel side to "
                                     + "\(rescaledSize(side)), but the latents are \(side / f) (first stage f = \(f)); it cannot condition this model")
             }
         }
@@ -67,10 +67,11 @@ public struct SemanticSynthesisGeometry: Equatable, Sendable {
     /// Image (= label map) sizes this model can sample.
     public func checkSize(width: Int, height: Int, what: String = "image") throws {
         for (name, v) in [("width", width), ("height", height)] {
-            guard v > 0, v <= maxImageDimension else { throw PipelineError("\(what) \(name) \(v) is outside 1...\(maxImageDimension)") }
+            guard v > 0, v <= maxImageDimension else { throw PipelineError.invalidArgument(name: "\(what) \(name)", value: "\(v)", why: "\(v) is outside 1...\(maxImageDimension)") }
             guard v % sizeMultiple == 0 else {
-                throw PipelineError("\(what) \(name) \(v) is not a multiple of \(sizeMultiple) (this model: first stage f = \(firstStageFactor), "
-                                    + "\(unetDownsamplings) UNet downsampling\(unetDownsamplings == 1 ? "" : "s"))")
+                throw PipelineError.invalidArgument(name: "\(what) \(name)", value: "\(v)",
+                                                    why: "\(v) is not a multiple of \(sizeMultiple) (this model: first stage f = \(firstStageFactor), "
+                                                         + "\(unetDownsamplings) UNet downsampling\(unetDownsamplings == 1 ? "" : "s"))")
             }
         }
     }
@@ -79,7 +80,7 @@ public struct SemanticSynthesisGeometry: Equatable, Sendable {
     /// offset 1 on uint8: 255 "unlabeled" becomes 0), each checked to be below `labelCount`; `name` (the file) and
     /// the first offending pixel are named in the error.
     public func labels(_ map: GrayImage, offset: Int = 0, name: String) throws -> GrayImage {
-        guard (-255...255).contains(offset) else { throw PipelineError("label offset must be in -255...255, got \(offset)") }
+        guard (-255...255).contains(offset) else { throw PipelineError.invalidArgument(name: "label offset", value: "\(offset)", why: "must be in -255...255, got \(offset)") }
         var out = map
         if offset != 0 { out.pixels = map.pixels.map { UInt8(truncatingIfNeeded: Int($0) + offset) } }
         if let i = out.pixels.firstIndex(where: { Int($0) >= labelCount }) {

@@ -1,10 +1,13 @@
 // Text-to-image, image-to-image and inpainting for Stable Diffusion 1.x / 2.x, following diffusers 0.42
 // StableDiffusionPipeline (pipeline_stable_diffusion.py), StableDiffusionImg2ImgPipeline
 // (pipeline_stable_diffusion_img2img.py) and StableDiffusionInpaintPipeline (pipeline_stable_diffusion_inpaint.py),
-// with the same order of random draws from one generator, so a seed reproduces diffusers' images.
+// with the same order of random draws from one generator, so a seed reproduces diffusers' images. SDXL models run
+// the same code with SDXL conditioning (StableDiffusionXL.swift): StableDiffusionXLPipeline,
+// StableDiffusionXLImg2ImgPipeline and StableDiffusionXLInpaintPipeline draw in the same order.
 import Autoencoders
 import Conditioning
 import Diffusion
+import NeuralNetwork
 import Foundation
 import Imaging
 import TensorCore
@@ -73,7 +76,7 @@ public final class StableDiffusionPipeline {
         guard (bundle.textEncoder != nil && bundle.tokenizer != nil) || (bundle.textEncoder2 != nil && bundle.tokenizer2 != nil) else {
             throw PipelineError.invalidModel(bundle.url.path, "its \(text.rawValue) text encoder has no tokenizer")
         }
-        guard case .kl(let vae) = bundle.firstStage else { throw PipelineError("\(bundle.url.path): Stable Diffusion needs an AutoencoderKL") }
+        guard case .kl(let vae) = bundle.firstStage else { throw PipelineError.invalidModel(bundle.url.path, "Stable Diffusion needs an AutoencoderKL") }
         self.bundle = bundle
         self.vae = vae
     }
@@ -84,7 +87,8 @@ public final class StableDiffusionPipeline {
     public func encodePrompt(_ p: PromptOptions, batch: Int, guidance: Bool) throws -> (Tensor, Tensor?) {
         guard let encoder = bundle.textEncoder, let tokenizer = bundle.tokenizer else { throw PipelineError("no text encoder") }
         guard p.clipSkip >= 0, p.clipSkip < encoder.layers.count else {
-            throw PipelineError("clip skip \(p.clipSkip + 1) is outside 1...\(encoder.layers.count) (the text encoder has \(encoder.layers.count) layers)")
+            throw PipelineError.invalidArgument(name: "clip skip", value: "\(p.clipSkip + 1)",
+                                                why: "\(p.clipSkip + 1) is outside 1...\(encoder.layers.count) (the text encoder has \(encoder.layers.count) layers)")
         }
         let length = min(tokenizer.modelMaxLength, encoder.config.maxPositionEmbeddings)
         func embed(_ text: String) throws -> Tensor {
@@ -108,13 +112,22 @@ public final class StableDiffusionPipeline {
     }
 
     /// LatentConsistencyModelPipeline folders guide only through the UNet's w embedding (no negative prompt batch).
-    public var isLatentConsistencyPipeline: Bool { bundle.pipelineClass == "LatentConsistencyModelPipeline" }
+    public var isLatentConsistencyPipeline: Bool {
+        bundle.pipelineClass == "LatentConsistencyModelPipeline" || bundle.pipelineClass == "LatentConsistencyModelImg2ImgPipeline"
+    }
 
-    func denoiser(_ p: PromptOptions, batch: Int) throws -> Denoiser {
-        if bundle.isSDXL { return try sdxlDenoiser(p, batch: batch) }
+    /// The conditioning of one request; `imageSize` (the size the latents decode to) selects the SDXL image-to-image /
+    /// inpainting pipelines' time ids. Public for callers that run their own loop over `GenerationRun` (the server's
+    /// web-UI img2img and hires fix).
+    public func denoiser(_ p: PromptOptions, batch: Int, imageSize: (height: Int, width: Int)? = nil) throws -> Denoiser {
+        if bundle.isSDXL { return try sdxlDenoiser(p, batch: batch, imageSize: imageSize) }
         let guidance = p.guidanceScale > 1 && !isLatentConsistencyPipeline
         let (cond, uncond) = try encodePrompt(p, batch: batch, guidance: guidance)
         let den = Denoiser(unet: bundle.unet, guidanceScale: Float(p.guidanceScale), context: cond, uncondContext: uncond)
+        if bundle.evictsWeightsAfterUse {
+            bundle.textEncoder?.evictMappedWeights()
+            den.evictsUNetAfterLoop = true
+        }
         // Both StableDiffusionPipeline and LatentConsistencyModelPipeline embed w = guidance_scale - 1 for UNets with
         // time_cond_proj_dim (get_guidance_scale_embedding).
         if let dim = bundle.unet.config.timeCondProjDim {
@@ -126,6 +139,14 @@ public final class StableDiffusionPipeline {
     /// StableDiffusionPipeline.__call__.
     public func textToImage(_ p: PromptOptions, _ o: SamplingOptions, generator: RandomSource,
                             progress: ProgressHandler? = nil) throws -> GenerationResult {
+        try decodeLatents(textToLatents(p, o, generator: generator, progress: progress), firstStage: bundle.firstStage)
+    }
+
+    /// StableDiffusionPipeline.__call__ with output_type="latent": the denoised latents (scaled, not decoded). With
+    /// `denoisingEnd` (SDXL only, StableDiffusionXLPipeline's denoising_end) the loop stops at that fraction of the
+    /// schedule, leaving partly denoised latents for a refiner (`refine`).
+    public func textToLatents(_ p: PromptOptions, _ o: SamplingOptions, denoisingEnd: Double? = nil, generator: RandomSource,
+                              progress: ProgressHandler? = nil) throws -> Tensor {
         try p.validate()
         try o.validate()
         let (h, w) = size(p)
@@ -133,10 +154,19 @@ public final class StableDiffusionPipeline {
         guard bundle.unet.config.inChannels == bundle.latentChannels else {
             throw PipelineError.wrongModelKind(model: bundle.url.path, kind: bundle.kind, task: .txt2img)
         }
+        try requireSDXL(denoisingStart: nil, denoisingEnd: denoisingEnd)
         let den = try denoiser(p, batch: o.batchSize)
-        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, generator: generator, progress: progress)
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, denoisingEnd: denoisingEnd, generator: generator,
+                                    progress: progress)
         let shape = [o.batchSize, bundle.latentChannels, h / bundle.vaeScaleFactor, w / bundle.vaeScaleFactor]
-        return try run.generate(.noise(shape: shape), den, firstStage: bundle.firstStage)
+        return try run.latents(.noise(shape: shape), den)
+    }
+
+    /// `denoising_start` / `denoising_end` exist in the SDXL pipelines only.
+    func requireSDXL(denoisingStart: Double?, denoisingEnd: Double?) throws {
+        guard bundle.isSDXL || (denoisingStart == nil && denoisingEnd == nil) else {
+            throw PipelineError("denoising start / end (the base + refiner handoff) apply to SDXL models only")
+        }
     }
 
     /// VaeImageProcessor.preprocess of an init image: (1, 3, H, W) in [-1, 1], size rounded down to the VAE factor.
@@ -151,18 +181,26 @@ public final class StableDiffusionPipeline {
         vae.scale(try vae.encode(x).sample(generator: generator))
     }
 
-    /// StableDiffusionImg2ImgPipeline.__call__ (strength: how much of the schedule is run).
+    /// StableDiffusionImg2ImgPipeline.__call__ (strength: how much of the schedule is run), and for SDXL
+    /// StableDiffusionXLImg2ImgPipeline.__call__ (the refiner's aesthetic scores; `denoisingStart` replaces strength
+    /// and starts from the image latents without noise, `denoisingEnd` stops early). On an LCM folder with an LCM or TCD
+    /// sampler, LatentConsistencyModelImg2ImgPipeline.__call__: the strength cuts the distillation grid and all steps
+    /// run (GenerationRun's consistencyGrid).
     public func imageToImage(_ p: PromptOptions, _ o: SamplingOptions, image: RGBImage, strength: Double,
+                             denoisingStart: Double? = nil, denoisingEnd: Double? = nil,
                              generator: RandomSource, progress: ProgressHandler? = nil) throws -> GenerationResult {
         try p.validate()
         try o.validate()
         try Validation.checkStrength(strength)
-        try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength)
-        try refuseSDXL("img2img")
-        let den = try denoiser(p, batch: o.batchSize)
-        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength, generator: generator, progress: progress)
-        let initLatents = try encodeImage(preprocess(image, p), generator: generator)
-        return try run.generate(.image(repeatBatch(initLatents, o.batchSize)), den, firstStage: bundle.firstStage)
+        try requireSDXL(denoisingStart: denoisingStart, denoisingEnd: denoisingEnd)
+        let x = try preprocess(image, p)
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength,
+                                    consistencyGrid: isLatentConsistencyPipeline, denoisingStart: denoisingStart,
+                                    denoisingEnd: denoisingEnd, generator: generator, progress: progress)
+        if denoisingStart == nil && !run.strengthInGrid { try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength) }
+        let den = try denoiser(p, batch: o.batchSize, imageSize: (x.shape[2], x.shape[3]))
+        let initLatents = repeatBatch(try encodeImage(x, generator: generator), o.batchSize)
+        return try run.generate(denoisingStart == nil ? .image(initLatents) : .latents(initLatents), den, firstStage: bundle.firstStage)
     }
 
     /// StableDiffusionInpaintPipeline.__call__: 9-channel inpainting UNets get [latents, mask, masked-image latents];
@@ -174,16 +212,15 @@ public final class StableDiffusionPipeline {
         try Validation.checkStrength(strength)
         try Validation.checkImg2ImgSteps(steps: o.steps, strength: strength)
         try Validation.checkMaskSize(image: (image.width, image.height), mask: (mask.width, mask.height))
-        try refuseSDXL("inpainting")
         let unetChannels = bundle.unet.config.inChannels
         let c = bundle.latentChannels
         guard unetChannels == c || unetChannels == 2 * c + 1 else {
             throw PipelineError("the UNet takes \(unetChannels) channels; inpainting needs \(c) or \(2 * c + 1)")
         }
-        let den = try denoiser(p, batch: o.batchSize)
-        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength, generator: generator, progress: progress)
         let x = try preprocess(image, p)
         let (b, h, w) = (o.batchSize, x.shape[2], x.shape[3])
+        let den = try denoiser(p, batch: o.batchSize, imageSize: (h, w))
+        let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: strength, generator: generator, progress: progress)
         let f = bundle.vaeScaleFactor
         // prepare_latents: the image latents (drawn before the noise) start the denoising below strength 1 and feed the blend
         let isStrengthMax = strength == 1

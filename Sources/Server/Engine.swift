@@ -83,9 +83,6 @@ public final class Engine: @unchecked Sendable {
             defer { if applied != nil { bundle.unmergeLoRAs() } }
             let pipe = try StableDiffusionPipeline(bundle: bundle)
             let web = WebUIProcessing(pipe: pipe)
-            if s.hires != nil || s.mode == .img2img, bundle.isSDXL {
-                throw APIError.unprocessable(s.hires != nil ? "enable_hr" : "init_images", "img2img and hires fix are not available for SDXL models")
-            }
             let p = PromptOptions(prompt: promptText, negativePrompt: s.negativePrompt, guidanceScale: s.cfgScale, width: s.width,
                                   height: s.height, emphasis: s.emphasis, clipSkip: max(s.clipSkip - 1, 0))
             let o = SamplingOptions(sampler: s.factorySampler, steps: s.steps, eta: s.eta, batchSize: 1)

@@ -3,6 +3,7 @@
 // model_data.loaded_sd_models), loaded on demand by the generation worker.
 import Foundation
 import Pipelines
+import TensorCore
 
 public struct ModelEntry: Equatable, Sendable {
     /// Name as the API lists it (folder or file name without extension) and A1111's title.
@@ -83,7 +84,9 @@ public final class ModelCache: @unchecked Sendable {
     private let lock = NSLock()
     private var loaded: [Loaded] = []   // most recently used last
 
-    public init(capacity: Int) { self.capacity = max(1, capacity) }
+    /// The compute type of the server's jobs (`ldm serve --precision`, resolved): how loaded weights are held.
+    public let computeType: DType
+    public init(capacity: Int, computeType: DType = .float32) { self.capacity = max(1, capacity); self.computeType = computeType }
 
     public var names: [String] { lock.lock(); defer { lock.unlock() }; return loaded.map(\.entry.name) }
 
@@ -100,7 +103,7 @@ public final class ModelCache: @unchecked Sendable {
         guard let text = summary.kind.textEncoder, text != .ldmBert, text != .sdxlRefiner, summary.firstStage == .autoencoderKL else {
             throw APIError.unprocessable("sd_model_checkpoint", "model \(entry.name) is not a Stable Diffusion text-to-image model (CLIP text encoder + AutoencoderKL)")
         }
-        let bundle = try ModelBundle.load(entry.url)
+        let bundle = try ModelBundle.load(entry.url, forInferenceIn: computeType)
         let m = Loaded(entry: entry, bundle: bundle, preview: try? LatentPreview(bundle: bundle))
         lock.lock(); loaded.append(m); lock.unlock()
         return m

@@ -22,6 +22,8 @@ public struct ServerConfig: Sendable {
     public var parallelModels = 1
     /// `ldm serve --precision` (f32, auto, bf16), reported by /sdapi/v1/options; ServeCommand sets the compute scope.
     public var precision = "f32"
+    /// What `precision` resolves to on this CPU (float32, or bfloat16): the loaded models' weights are held for it.
+    public var computeType: DType = .float32
     public var outputDir: URL?
     /// Folder of LoRA files for the prompt syntax <lora:NAME:WEIGHT> and /sdapi/v1/loras (nil: no LoRAs).
     public var loraDir: URL?
@@ -122,7 +124,7 @@ public final class LDMServer: @unchecked Sendable {
         guard let first = registry.entries.first else {
             throw APIError(.badRequest, "no models", "no model found: give --model PATH or a --models-dir holding diffusers folders or .safetensors/.ckpt files")
         }
-        cache = ModelCache(capacity: config.maxLoadedModels)
+        cache = ModelCache(capacity: config.maxLoadedModels, computeType: config.computeType)
         engine = Engine(registry: registry, cache: cache, outputDir: config.outputDir, loraDir: config.loraDir)
         let engine = self.engine
         let registry = self.registry

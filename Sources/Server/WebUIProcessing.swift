@@ -58,9 +58,14 @@ struct WebUIProcessing {
         return v
     }
 
-    /// The pipelines' denoiser for Stable Diffusion 1.x/2.x (classifier-free guidance when cfg > 1, LCM's w embedding).
+    /// The pipelines' denoiser for Stable Diffusion 1.x/2.x (classifier-free guidance when cfg > 1, LCM's w embedding);
+    /// for SDXL the img2img pipeline's conditioning for latents decoding to p.width x p.height (aesthetic scores for a
+    /// refiner).
     func denoiser(_ p: PromptOptions) throws -> Denoiser {
-        guard !bundle.isSDXL else { throw APIError.unprocessable("sd_model_checkpoint", "img2img and hires fix are not available for SDXL models") }
+        if bundle.isSDXL {
+            guard let h = p.height, let w = p.width else { throw APIError.unprocessable("width", "SDXL img2img needs the output size") }
+            return try pipe.denoiser(p, batch: 1, imageSize: (h, w))
+        }
         let guidance = p.guidanceScale > 1 && !pipe.isLatentConsistencyPipeline
         let (cond, uncond) = try pipe.encodePrompt(p, batch: 1, guidance: guidance)
         let den = Denoiser(unet: bundle.unet, guidanceScale: Float(p.guidanceScale), context: cond, uncondContext: uncond)

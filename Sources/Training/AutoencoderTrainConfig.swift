@@ -64,8 +64,29 @@ public struct AutoencoderTrainConfig {
         return try parse(data, name: url.path, baseDir: url.deletingLastPathComponent())
     }
 
+    /// Parses and validates; relative paths are resolved against `baseDir`.
     public static func parse(_ data: Data, name: String = "config", baseDir: URL? = nil) throws -> AutoencoderTrainConfig {
-        let r = try ConfigReader(data: data, name: name, baseDir: baseDir, knownKeys: knownKeys)
+        try ConfigReader.decode(AutoencoderTrainConfig.self, from: data, name: name, baseDir: baseDir)
+    }
+
+    /// lr = batch_size * base_learning_rate when scale_lr (CompVis main.py, one device, no accumulation).
+    public var learningRate: Double { scaleLR ? Double(batchSize) * baseLearningRate : baseLearningRate }
+
+    /// The model: the folder's (with its weights when it has any) or a freshly initialised one from the inline config.
+    public func makeModel() throws -> FirstStageModel {
+        if let model {
+            if FirstStageFolder.hasWeights(model) { return try FirstStageModel.load(folder: URL(fileURLWithPath: model)).model }
+            return try FirstStageFolder.randomModel(configURL: FirstStageFolder.configURL(model), seed: seed)
+        }
+        let data = try JSONSerialization.data(withJSONObject: modelConfig!)
+        return try FirstStageFolder.randomModel(configData: data, kind: kind, seed: seed)
+    }
+}
+
+extension AutoencoderTrainConfig: Decodable {
+    /// Reads and validates a config (`ConfigReader.decode`); every error names the file and the key.
+    public init(from decoder: Decoder) throws {
+        let r = try ConfigReader(decoder, knownKeys: Self.knownKeys)
         var c = AutoencoderTrainConfig(baseLearningRate: try r.required("base_learning_rate", r.number),
                                        batchSize: try r.required("batch_size", r.positiveInt),
                                        maxSteps: try r.required("max_steps", r.positiveInt),
@@ -75,7 +96,7 @@ public struct AutoencoderTrainConfig {
         guard c.baseLearningRate > 0 else { throw r.error("base_learning_rate", "must be positive") }
         c.model = try r.existingPath("model")
         c.modelConfig = try r.object("model_config")
-        guard (c.model == nil) != (c.modelConfig == nil) else { throw TrainingError("\(name): give exactly one of model (a folder) and model_config (inline)") }
+        guard (c.model == nil) != (c.modelConfig == nil) else { throw TrainingError("\(r.name): give exactly one of model (a folder) and model_config (inline)") }
         let className = try c.modelConfig.map { cfg -> String in
             guard let v = cfg["_class_name"] else { return ModelKind.kl.rawValue }
             guard let s = v as? String else { throw r.error("model_config._class_name", "must be a string") }
@@ -85,12 +106,15 @@ public struct AutoencoderTrainConfig {
             throw r.error(c.model == nil ? "model_config._class_name" : "model", "must be AutoencoderKL or VQModel, got \(className)")
         }
         c.kind = kind
-        c.scaleLR = try r.bool("scale_lr") ?? true
-        c.randomCrop = try r.bool("random_crop") ?? true
-        c.randomFlip = try r.bool("random_flip") ?? true
-        c.prefetch = try r.bool("prefetch") ?? true
-        c.precision = try TrainingPrecision.fromConfig(r.values, name: name)
-        if let s = try r.int("seed") { guard s >= 0 else { throw r.error("seed", "must be >= 0") }; c.seed = UInt64(s) }
+        c.scaleLR = try r.bool("scale_lr", default: true)
+        c.randomCrop = try r.bool("random_crop", default: true)
+        c.randomFlip = try r.bool("random_flip", default: true)
+        c.prefetch = try r.bool("prefetch", default: true)
+        c.precision = try TrainingPrecision.fromConfig(r)
+        if let s = try r.int("seed") {
+            guard s >= 0 else { throw r.error("seed", "must be >= 0") }
+            c.seed = UInt64(s)
+        }
         c.klWeight = Float(try r.nonNegative("kl_weight") ?? 1)
         c.logvarInit = Float(try r.number("logvar_init") ?? 0)
         c.codebookWeight = Float(try r.nonNegative("codebook_weight") ?? 1)
@@ -108,12 +132,12 @@ public struct AutoencoderTrainConfig {
         c.discInChannels = try r.positiveInt("disc_in_channels") ?? 3
         c.discNDF = try r.positiveInt("disc_ndf") ?? 64
         c.discLoss = try r.choice("disc_loss", ["hinge", "vanilla"], default: "hinge")
-        c.useDiscriminator = try r.bool("use_discriminator") ?? true
+        c.useDiscriminator = try r.bool("use_discriminator", default: true)
         c.adamBeta1 = try r.number("adam_beta1") ?? 0.5
         c.adamBeta2 = try r.number("adam_beta2") ?? 0.9
         c.adamEpsilon = try r.nonNegative("adam_epsilon") ?? 1e-8
         c.weightDecay = try r.nonNegative("weight_decay") ?? 0
-        guard (0..<1).contains(c.adamBeta1), (0..<1).contains(c.adamBeta2) else { throw TrainingError("\(name): adam_beta1 / adam_beta2 must be in [0, 1)") }
+        guard (0..<1).contains(c.adamBeta1), (0..<1).contains(c.adamBeta2) else { throw TrainingError("\(r.name): adam_beta1 / adam_beta2 must be in [0, 1)") }
         if let n = try r.number("max_grad_norm") {
             guard n > 0 else { throw r.error("max_grad_norm", "must be positive or null") }
             c.maxGradNorm = Float(n)
@@ -124,20 +148,7 @@ public struct AutoencoderTrainConfig {
         c.runDir = try r.path("run_dir")
         c.sampleEvery = try r.positiveInt("sample_every")
         c.exportDType = DType(rawValue: try r.choice("export_dtype", ["float32", "bfloat16", "float16"], default: "float32"))!
-        return c
-    }
-
-    /// lr = batch_size * base_learning_rate when scale_lr (CompVis main.py, one device, no accumulation).
-    public var learningRate: Double { scaleLR ? Double(batchSize) * baseLearningRate : baseLearningRate }
-
-    /// The model: the folder's (with its weights when it has any) or a freshly initialised one from the inline config.
-    public func makeModel() throws -> FirstStageModel {
-        if let model {
-            if FirstStageFolder.hasWeights(model) { return try FirstStageModel.load(folder: URL(fileURLWithPath: model)).model }
-            return try FirstStageFolder.randomModel(configURL: FirstStageFolder.configURL(model), seed: seed)
-        }
-        let data = try JSONSerialization.data(withJSONObject: modelConfig!)
-        return try FirstStageFolder.randomModel(configData: data, kind: kind, seed: seed)
+        self = c
     }
 }
 

@@ -59,82 +59,13 @@ public struct LoRATrainConfig {
                          defaultOutputName: url.deletingPathExtension().lastPathComponent)
     }
 
+    /// Userinfo key of the output name used when the config gives none (the config file's name).
+    static let defaultOutputNameKey = CodingUserInfoKey(rawValue: "ldm.trainConfig.defaultOutputName")!
+
     /// Parses and validates; relative paths are resolved against `baseDir`.
     public static func parse(_ data: Data, name: String = "config", baseDir: URL? = nil, defaultOutputName: String = "lora") throws -> LoRATrainConfig {
-        let r = try ConfigReader(data: data, name: name, baseDir: baseDir, knownKeys: knownKeys)
-        var c = LoRATrainConfig(baseModel: try r.required("base_model", r.existingPath), dataDir: try r.required("data_dir", r.path),
-                                maxSteps: try r.required("max_steps", r.positiveInt), outputName: defaultOutputName)
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: c.dataDir, isDirectory: &isDir), isDir.boolValue else {
-            throw r.error("data_dir", "\(c.dataDir) does not exist or is not a folder")
-        }
-        c.rank = try r.positiveInt("rank") ?? 4
-        guard c.rank <= 1024 else { throw r.error("rank", "must be at most 1024, got \(c.rank)") }
-        if let a = try r.number("alpha") {
-            guard a > 0 else { throw r.error("alpha", "must be positive, got \(a)") }
-            c.alpha = Float(a)
-        }
-        c.learningRate = try r.number("learning_rate") ?? 1e-4
-        guard c.learningRate > 0 else { throw r.error("learning_rate", "must be positive, got \(c.learningRate)") }
-        c.batchSize = try r.positiveInt("batch_size") ?? 1
-        c.gradientAccumulationSteps = try r.positiveInt("gradient_accumulation_steps") ?? 1
-        if let s = try r.int("seed") { guard s >= 0 else { throw r.error("seed", "must be >= 0, got \(s)") }; c.seed = UInt64(s) }
-        c.resolution = try r.positiveInt("resolution")
-        if let res = c.resolution, res > maxImageDimension { throw r.error("resolution", "must be at most \(maxImageDimension), got \(res)") }
-        if let v = r.present("targets") {
-            guard let list = v as? [Any], !list.isEmpty else { throw r.error("targets", "must be a non-empty list of \(targetNames.joined(separator: ", "))") }
-            var t = LoRATargets(attention: false)
-            for item in list {
-                guard let s = item as? String, targetNames.contains(s) else {
-                    throw r.error("targets", "has \(item); each must be one of \(targetNames.joined(separator: ", "))")
-                }
-                switch s {
-                case "attention": t.attention = true
-                case "projections": t.projections = true
-                default: t.feedForward = true
-                }
-            }
-            c.targets = t
-        }
-        c.targets.textEncoder = try r.bool("train_text_encoder") ?? false
-        c.output = try r.path("output")
-        if let o = c.output, URL(fileURLWithPath: o).pathExtension != "safetensors" {
-            throw r.error("output", "must name a .safetensors file, got \(o)")
-        }
-        if let n = try r.string("output_name") {
-            guard !n.contains("/"), n != ".", n != ".." else { throw r.error("output_name", "must be a file name without folders, got \"\(n)\"") }
-            c.outputName = n
-        }
-        c.runDir = try r.path("run_dir")
-        c.saveEvery = try r.positiveInt("save_every")
-        let dtype = try r.choice("save_dtype", ["float32", "float16", "bfloat16"], default: "float32")
-        c.saveDType = DType(rawValue: dtype) ?? .float32
-        c.precision = try TrainingPrecision.fromConfig(r.values, name: name)
-        c.lrScheduler = try r.choice("lr_scheduler", ["constant", "constant_with_warmup", "linear", "cosine"], default: "constant")
-        c.lrWarmupSteps = try r.int("lr_warmup_steps") ?? 0
-        guard c.lrWarmupSteps >= 0 else { throw r.error("lr_warmup_steps", "must be >= 0, got \(c.lrWarmupSteps)") }
-        if r.values["max_grad_norm"] is NSNull { c.maxGradNorm = nil } else if let n = try r.number("max_grad_norm") {
-            guard n > 0 else { throw r.error("max_grad_norm", "must be positive or null, got \(n)") }
-            c.maxGradNorm = Float(n)
-        }
-        c.weightDecay = try r.nonNegative("weight_decay") ?? 0.01
-        c.adamBeta1 = try r.number("adam_beta1") ?? 0.9
-        c.adamBeta2 = try r.number("adam_beta2") ?? 0.999
-        for (k, v) in [("adam_beta1", c.adamBeta1), ("adam_beta2", c.adamBeta2)] where !(0..<1).contains(v) {
-            throw r.error(k, "must be in [0, 1), got \(v)")
-        }
-        c.adamEpsilon = try r.nonNegative("adam_epsilon") ?? 1e-8
-        c.condDropProb = Float(try r.number("cond_drop_prob") ?? 0)
-        guard (0...1).contains(c.condDropProb) else { throw r.error("cond_drop_prob", "must be in [0, 1], got \(c.condDropProb)") }
-        c.randomCrop = try r.bool("random_crop") ?? false
-        c.randomFlip = try r.bool("random_flip") ?? false
-        c.cacheLatents = try r.bool("cache_latents") ?? false
-        guard !(c.cacheLatents && c.randomCrop) else {
-            throw r.error("cache_latents", "needs random_crop false: a random crop changes the latent every step")
-        }
-        c.prefetch = try r.bool("prefetch") ?? true
-        _ = try c.trainerOptions()
-        return c
+        try ConfigReader.decode(LoRATrainConfig.self, from: data, name: name, baseDir: baseDir,
+                                userInfo: [defaultOutputNameKey: defaultOutputName])
     }
 
     /// The LoRA scale numerator (alpha), defaulting to the rank.
@@ -157,5 +88,90 @@ public struct LoRATrainConfig {
         o.precision = precision
         try o.validate()
         return o
+    }
+}
+
+extension LoRATrainConfig: Decodable {
+    /// Reads and validates a config (`ConfigReader.decode`); every error names the file and the key.
+    public init(from decoder: Decoder) throws {
+        let r = try ConfigReader(decoder, knownKeys: Self.knownKeys)
+        var c = LoRATrainConfig(baseModel: try r.required("base_model", r.existingPath), dataDir: try r.required("data_dir", r.path),
+                                maxSteps: try r.required("max_steps", r.positiveInt), outputName: decoder.userInfo[Self.defaultOutputNameKey] as? String ?? "lora")
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: c.dataDir, isDirectory: &isDir), isDir.boolValue else {
+            throw r.error("data_dir", "\(c.dataDir) does not exist or is not a folder")
+        }
+        c.rank = try r.positiveInt("rank") ?? 4
+        guard c.rank <= 1024 else { throw r.error("rank", "must be at most 1024, got \(c.rank)") }
+        if let a = try r.number("alpha") {
+            guard a > 0 else { throw r.error("alpha", "must be positive, got \(a)") }
+            c.alpha = Float(a)
+        }
+        c.learningRate = try r.number("learning_rate") ?? 1e-4
+        guard c.learningRate > 0 else { throw r.error("learning_rate", "must be positive, got \(c.learningRate)") }
+        c.batchSize = try r.positiveInt("batch_size") ?? 1
+        c.gradientAccumulationSteps = try r.positiveInt("gradient_accumulation_steps") ?? 1
+        if let s = try r.int("seed") {
+            guard s >= 0 else { throw r.error("seed", "must be >= 0, got \(s)") }
+            c.seed = UInt64(s)
+        }
+        c.resolution = try r.positiveInt("resolution")
+        if let res = c.resolution, res > maxImageDimension { throw r.error("resolution", "must be at most \(maxImageDimension), got \(res)") }
+        if let v = try r.any("targets"), !(v is NSNull) {
+            guard let list = v as? [Any], !list.isEmpty else { throw r.error("targets", "must be a non-empty list of \(Self.targetNames.joined(separator: ", "))") }
+            var t = LoRATargets(attention: false)
+            for item in list {
+                guard let s = item as? String, Self.targetNames.contains(s) else {
+                    throw r.error("targets", "has \(item); each must be one of \(Self.targetNames.joined(separator: ", "))")
+                }
+                switch s {
+                case "attention": t.attention = true
+                case "projections": t.projections = true
+                default: t.feedForward = true
+                }
+            }
+            c.targets = t
+        }
+        c.targets.textEncoder = try r.bool("train_text_encoder", default: false)
+        c.output = try r.path("output")
+        if let o = c.output, URL(fileURLWithPath: o).pathExtension != "safetensors" {
+            throw r.error("output", "must name a .safetensors file, got \(o)")
+        }
+        if let n = try r.string("output_name") {
+            guard !n.contains("/"), n != ".", n != ".." else { throw r.error("output_name", "must be a file name without folders, got \"\(n)\"") }
+            c.outputName = n
+        }
+        c.runDir = try r.path("run_dir")
+        c.saveEvery = try r.positiveInt("save_every")
+        let dtype = try r.choice("save_dtype", ["float32", "float16", "bfloat16"], default: "float32")
+        c.saveDType = DType(rawValue: dtype) ?? .float32
+        c.precision = try TrainingPrecision.fromConfig(r)
+        c.lrScheduler = try r.choice("lr_scheduler", ["constant", "constant_with_warmup", "linear", "cosine"], default: "constant")
+        c.lrWarmupSteps = try r.int("lr_warmup_steps") ?? 0
+        guard c.lrWarmupSteps >= 0 else { throw r.error("lr_warmup_steps", "must be >= 0, got \(c.lrWarmupSteps)") }
+        if r.isNull("max_grad_norm") {
+            c.maxGradNorm = nil
+        } else if let n = try r.number("max_grad_norm") {
+            guard n > 0 else { throw r.error("max_grad_norm", "must be positive or null, got \(n)") }
+            c.maxGradNorm = Float(n)
+        }
+        c.weightDecay = try r.nonNegative("weight_decay") ?? 0.01
+        c.adamBeta1 = try r.number("adam_beta1") ?? 0.9
+        c.adamBeta2 = try r.number("adam_beta2") ?? 0.999
+        for (k, v) in [("adam_beta1", c.adamBeta1), ("adam_beta2", c.adamBeta2)] where !(0..<1).contains(v) {
+            throw r.error(k, "must be in [0, 1), got \(v)")
+        }
+        c.adamEpsilon = try r.nonNegative("adam_epsilon") ?? 1e-8
+        c.condDropProb = Float(try r.number("cond_drop_prob") ?? 0)
+        guard (0...1).contains(c.condDropProb) else { throw r.error("cond_drop_prob", "must be in [0, 1], got \(c.condDropProb)") }
+        c.randomCrop = try r.bool("random_crop", default: false)
+        c.randomFlip = try r.bool("random_flip", default: false)
+        c.cacheLatents = try r.bool("cache_latents", default: false)
+        guard !(c.cacheLatents && c.randomCrop) else {
+            throw r.error("cache_latents", "needs random_crop false: a random crop changes the latent every step")
+        }
+        c.prefetch = try r.bool("prefetch", default: true)
+        _ = try c.trainerOptions()
+        self = c
     }
 }

@@ -30,14 +30,19 @@ public enum TrainingPrecision: String, Sendable {
     }
 
     /// Reads `precision` (Lightning) or `mixed_precision` (accelerate) from a JSON config; both given must agree.
-    static func fromConfig(_ d: [String: Any], name: String) throws -> TrainingPrecision {
+    static func fromConfig(_ r: ConfigReader) throws -> TrainingPrecision {
+        let name = r.name
         func read(_ key: String) throws -> TrainingPrecision? {
-            guard let v = d[key], !(v is NSNull) else { return nil }
-            if let n = v as? NSNumber, !LDMTrainConfig.isJSONBool(n) {
-                do { return try parse(n.stringValue, key: key) } catch { throw TrainingError("\(name): \(error)") }
+            guard let v = try r.any(key), !(v is NSNull) else { return nil }
+            let text: String
+            if let s = v as? String {
+                text = s
+            } else if let n = v as? NSNumber, !ConfigReader.isBool(n) {
+                text = n.stringValue
+            } else {
+                throw TrainingError("\(name): \(key) must be a string")
             }
-            guard let s = v as? String else { throw TrainingError("\(name): \(key) must be a string") }
-            do { return try parse(s, key: key) } catch { throw TrainingError("\(name): \(error)") }
+            do { return try parse(text, key: key) } catch { throw TrainingError("\(name): \(error)") }
         }
         let a = try read("precision"), b = try read("mixed_precision")
         if let a, let b, a != b { throw TrainingError("\(name): precision \"\(a.rawValue)\" and mixed_precision disagree; give one") }

@@ -83,147 +83,8 @@ public struct LDMTrainConfig {
 
     /// Parses and validates; relative paths are resolved against `baseDir`.
     public static func parse(_ data: Data, name: String = "config", baseDir: URL? = nil) throws -> LDMTrainConfig {
-        guard let obj = try? JSONSerialization.jsonObject(with: data), let d = obj as? [String: Any] else {
-            throw TrainingError("\(name): not a JSON object")
-        }
-        let unknown = Set(d.keys).subtracting(knownKeys).sorted()
-        guard unknown.isEmpty else { throw TrainingError("\(name): unknown keys \(unknown.joined(separator: ", ")) (known: \(knownKeys.sorted().joined(separator: ", ")))") }
-        func err(_ key: String, _ why: String) -> TrainingError { TrainingError("\(name): \(key) \(why)") }
-        func number(_ key: String) throws -> Double? {
-            guard let v = d[key], !(v is NSNull) else { return nil }
-            guard let n = v as? NSNumber, !LDMTrainConfig.isJSONBool(n), n.doubleValue.isFinite else { throw err(key, "must be a number") }
-            return n.doubleValue
-        }
-        func int(_ key: String) throws -> Int? {
-            guard let x = try number(key) else { return nil }
-            guard x == x.rounded(), abs(x) < 1e15 else { throw err(key, "must be an integer, got \(x)") }
-            return Int(x)
-        }
-        func required<T>(_ key: String, _ get: (String) throws -> T?) throws -> T {
-            guard let v = try get(key) else { throw err(key, "is missing") }
-            return v
-        }
-        func string(_ key: String) throws -> String? {
-            guard let v = d[key], !(v is NSNull) else { return nil }
-            guard let s = v as? String, !s.isEmpty else { throw err(key, "must be a non-empty string") }
-            return s
-        }
-        func bool(_ key: String) throws -> Bool? {
-            guard let v = d[key], !(v is NSNull) else { return nil }
-            guard let n = v as? NSNumber, LDMTrainConfig.isJSONBool(n) else { throw err(key, "must be true or false") }
-            return n.boolValue
-        }
-        func path(_ key: String) throws -> String? {
-            try string(key).map { p in p.hasPrefix("/") || baseDir == nil ? p : baseDir!.appendingPathComponent(p).path }
-        }
-        func positive(_ key: String, _ v: Int) throws -> Int { guard v > 0 else { throw err(key, "must be positive, got \(v)") }; return v }
-        func choice<E: RawRepresentable>(_ key: String, _ def: E) throws -> E where E.RawValue == String {
-            guard let s = try string(key) else { return def }
-            guard let e = E(rawValue: s) else { throw err(key, "has invalid value \"\(s)\"") }
-            return e
-        }
-
-        var c = LDMTrainConfig(baseLearningRate: try required("base_learning_rate", number), batchSize: try positive("batch_size", try required("batch_size", int)),
-                               maxSteps: try positive("max_steps", try required("max_steps", int)),
-                               ckptEvery: try positive("ckpt_every", try required("ckpt_every", int)),
-                               dataDir: try required("data_dir", path), imageSize: try positive("image_size", try required("image_size", int)))
-        guard c.baseLearningRate > 0 else { throw err("base_learning_rate", "must be positive") }
-        c.scaleLR = try bool("scale_lr") ?? true
-        c.accumulateGradBatches = try positive("accumulate_grad_batches", try int("accumulate_grad_batches") ?? 1)
-        c.unet = try path("unet")
-        if let v = d["unet_config"], !(v is NSNull) {
-            guard let u = v as? [String: Any] else { throw err("unet_config", "must be a JSON object") }
-            c.unetConfig = u
-        }
-        guard (c.unet == nil) != (c.unetConfig == nil) else { throw TrainingError("\(name): give exactly one of unet (path) and unet_config (inline)") }
-        c.firstStage = try path("first_stage")
-        c.conditioning = try choice("conditioning", ConditioningType.none)
-        c.textEncoder = try path("text_encoder")
-        c.tokenizer = try string("tokenizer") == bundledCLIPTokenizer ? bundledCLIPTokenizer : try path("tokenizer")
-        if let v = d["text_encoder_config"], !(v is NSNull) {
-            guard let t = v as? [String: Any] else { throw err("text_encoder_config", "must be a JSON object (a transformers CLIPTextConfig)") }
-            c.textEncoderConfig = t
-        }
-        let hasEncoder = c.textEncoder != nil || c.textEncoderConfig != nil
-        guard (c.conditioning == .text) == hasEncoder, (c.conditioning == .text) == (c.tokenizer != nil) else {
-            throw TrainingError("\(name): text_encoder and tokenizer (or text_encoder_config and tokenizer) are needed for, and only for, conditioning \"text\"")
-        }
-        guard c.textEncoder == nil || c.textEncoderConfig == nil else {
-            throw TrainingError("\(name): give one of text_encoder (a pretrained folder) and text_encoder_config (trained from scratch), not both")
-        }
-        let trainable = try bool("cond_stage_trainable")
-        guard trainable == nil || c.conditioning == .text else { throw err("cond_stage_trainable", "needs conditioning \"text\"") }
-        guard !(trainable == false && c.textEncoderConfig != nil) else {
-            throw err("cond_stage_trainable", "cannot be false with text_encoder_config (a randomly initialised encoder must be trained)")
-        }
-        c.condStageTrainable = trainable ?? (c.textEncoderConfig != nil)
-        if let t = c.textEncoderConfig {
-            do { _ = try c.textEncoderCLIPConfig(t) } catch { throw err("text_encoder_config", "is not a valid CLIPTextConfig: \(error)") }
-        }
-        let dtype = try string("export_dtype") ?? "float32"
-        guard let exportDType = DType(rawValue: dtype) else { throw err("export_dtype", "must be one of float32, bfloat16, float16, got \"\(dtype)\"") }
-        c.exportDType = exportDType
-        c.randomCrop = try bool("random_crop") ?? true
-        c.randomFlip = try bool("random_flip") ?? true
-        c.cacheLatents = try bool("cache_latents") ?? false
-        c.prefetch = try bool("prefetch") ?? true
-        c.precision = try TrainingPrecision.fromConfig(d, name: name)
-        if c.cacheLatents {
-            guard c.firstStage != nil else { throw err("cache_latents", "needs a first_stage (in pixel space there is nothing to encode)") }
-            guard !c.randomCrop else {
-                throw err("cache_latents", "needs random_crop false: a random crop changes the latent every step (random_flip is fine: both flips are cached)")
-            }
-        }
-        if let s = try int("seed") { guard s >= 0 else { throw err("seed", "must be >= 0") }; c.seed = UInt64(s) }
-        let useEma = try bool("use_ema") ?? true
-        let decay = try number("ema_decay") ?? 0.9999
-        guard (0...1).contains(decay) else { throw err("ema_decay", "must be in [0, 1], got \(decay)") }
-        c.emaDecay = useEma ? Float(decay) : nil
-        c.parameterization = try choice("parameterization", Parameterization.eps)
-        c.lossType = try choice("loss_type", LossType.l2)
-        c.condDropProb = Float(try number("cond_drop_prob") ?? 0)
-        guard (0...1).contains(c.condDropProb) else { throw err("cond_drop_prob", "must be in [0, 1], got \(c.condDropProb)") }
-        guard c.condDropProb == 0 || c.conditioning != .none else { throw err("cond_drop_prob", "needs conditioning \"class\" or \"text\"") }
-        c.scaleByStd = try bool("scale_by_std") ?? false
-        c.scaleFactor = try number("scale_factor").map(Float.init)
-        if let s = c.scaleFactor, !(s > 0) { throw err("scale_factor", "must be positive, got \(s)") }
-        guard !(c.scaleByStd && c.scaleFactor != nil && c.scaleFactor != 1) else { throw TrainingError("\(name): scale_by_std and a custom scale_factor exclude each other (CompVis asserts this too)") }
-        c.timesteps = try int("timesteps") ?? 1000
-        guard c.timesteps >= 2 else { throw err("timesteps", "must be >= 2") }
-        c.linearStart = try number("linear_start") ?? 0.00085
-        c.linearEnd = try number("linear_end") ?? 0.012
-        guard c.linearStart > 0, c.linearEnd >= c.linearStart, c.linearEnd < 1 else { throw TrainingError("\(name): need 0 < linear_start <= linear_end < 1") }
-        c.betaSchedule = try string("beta_schedule") ?? "linear"
-        c.lrScheduler = try string("lr_scheduler") ?? "constant"
-        c.lrWarmupSteps = try int("lr_warmup_steps") ?? 0
-        _ = try LRSchedule(name: c.lrScheduler, warmup: c.lrWarmupSteps, total: c.maxSteps)
-        _ = try c.noiseSchedule()
-        c.weightDecay = try number("weight_decay") ?? 0.01
-        c.adamBeta1 = try number("adam_beta1") ?? 0.9
-        c.adamBeta2 = try number("adam_beta2") ?? 0.999
-        c.adamEpsilon = try number("adam_epsilon") ?? 1e-8
-        if d["max_grad_norm"] is NSNull { c.maxGradNorm = nil } else if let n = try number("max_grad_norm") {
-            guard n > 0 else { throw err("max_grad_norm", "must be positive or null") }
-            c.maxGradNorm = Float(n)
-        }
-        c.runDir = try path("run_dir")
-        c.sampleEvery = try int("sample_every").map { try positive("sample_every", $0) }
-        c.sampleSteps = try positive("sample_steps", try int("sample_steps") ?? 20)
-        guard c.sampleSteps <= c.timesteps else { throw err("sample_steps", "must be at most timesteps (\(c.timesteps)), got \(c.sampleSteps)") }
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: c.dataDir, isDirectory: &isDir), isDir.boolValue else {
-            throw err("data_dir", "\(c.dataDir) does not exist or is not a folder")
-        }
-        for (key, p) in [("unet", c.unet), ("first_stage", c.firstStage), ("text_encoder", c.textEncoder),
-                         ("tokenizer", c.tokenizer == bundledCLIPTokenizer ? nil : c.tokenizer)] {
-            if let p, !FileManager.default.fileExists(atPath: p) { throw err(key, "\(p) does not exist") }
-        }
-        _ = try c.trainerOptions()
-        return c
+        try ConfigReader.decode(LDMTrainConfig.self, from: data, name: name, baseDir: baseDir)
     }
-
-    /// JSONSerialization gives booleans as NSNumber of objCType "c" (integers are "i" / "q").
-    static func isJSONBool(_ n: NSNumber) -> Bool { String(cString: n.objCType) == "c" }
 
     /// CompVis make_beta_schedule (float64, as the reference registers its buffers from numpy).
     public func noiseSchedule() throws -> NoiseSchedule {
@@ -277,5 +138,113 @@ public struct LDMTrainConfig {
             throw TrainingError("adam_beta1 / adam_beta2 must be in [0, 1), adam_epsilon and weight_decay >= 0")
         }
         return o
+    }
+}
+
+extension LDMTrainConfig: Decodable {
+    /// Reads and validates a config (`ConfigReader.decode`); every error names the file and the key.
+    public init(from decoder: Decoder) throws {
+        let r = try ConfigReader(decoder, knownKeys: Self.knownKeys)
+        let name = r.name
+        var c = LDMTrainConfig(baseLearningRate: try r.required("base_learning_rate", r.number),
+                               batchSize: try r.positive("batch_size", try r.required("batch_size", r.int)),
+                               maxSteps: try r.positive("max_steps", try r.required("max_steps", r.int)),
+                               ckptEvery: try r.positive("ckpt_every", try r.required("ckpt_every", r.int)),
+                               dataDir: try r.required("data_dir", r.path),
+                               imageSize: try r.positive("image_size", try r.required("image_size", r.int)))
+        guard c.baseLearningRate > 0 else { throw r.error("base_learning_rate", "must be positive") }
+        c.scaleLR = try r.bool("scale_lr", default: true)
+        c.accumulateGradBatches = try r.positive("accumulate_grad_batches", try r.int("accumulate_grad_batches") ?? 1)
+        c.unet = try r.path("unet")
+        c.unetConfig = try r.object("unet_config")
+        guard (c.unet == nil) != (c.unetConfig == nil) else { throw TrainingError("\(name): give exactly one of unet (path) and unet_config (inline)") }
+        c.firstStage = try r.path("first_stage")
+        c.conditioning = try r.choice("conditioning", default: ConditioningType.none)
+        c.textEncoder = try r.path("text_encoder")
+        c.tokenizer = try r.string("tokenizer") == Self.bundledCLIPTokenizer ? Self.bundledCLIPTokenizer : try r.path("tokenizer")
+        c.textEncoderConfig = try r.object("text_encoder_config", "must be a JSON object (a transformers CLIPTextConfig)")
+        let hasEncoder = c.textEncoder != nil || c.textEncoderConfig != nil
+        guard (c.conditioning == .text) == hasEncoder, (c.conditioning == .text) == (c.tokenizer != nil) else {
+            throw TrainingError("\(name): text_encoder and tokenizer (or text_encoder_config and tokenizer) are needed for, and only for, conditioning \"text\"")
+        }
+        guard c.textEncoder == nil || c.textEncoderConfig == nil else {
+            throw TrainingError("\(name): give one of text_encoder (a pretrained folder) and text_encoder_config (trained from scratch), not both")
+        }
+        let trainable = try r.bool("cond_stage_trainable")
+        guard trainable == nil || c.conditioning == .text else { throw r.error("cond_stage_trainable", "needs conditioning \"text\"") }
+        guard !(trainable == false && c.textEncoderConfig != nil) else {
+            throw r.error("cond_stage_trainable", "cannot be false with text_encoder_config (a randomly initialised encoder must be trained)")
+        }
+        c.condStageTrainable = trainable ?? (c.textEncoderConfig != nil)
+        if let t = c.textEncoderConfig {
+            do { _ = try c.textEncoderCLIPConfig(t) } catch { throw r.error("text_encoder_config", "is not a valid CLIPTextConfig: \(error)") }
+        }
+        let dtype = try r.string("export_dtype") ?? "float32"
+        guard let exportDType = DType(rawValue: dtype) else { throw r.error("export_dtype", "must be one of float32, bfloat16, float16, got \"\(dtype)\"") }
+        c.exportDType = exportDType
+        c.randomCrop = try r.bool("random_crop", default: true)
+        c.randomFlip = try r.bool("random_flip", default: true)
+        c.cacheLatents = try r.bool("cache_latents", default: false)
+        c.prefetch = try r.bool("prefetch", default: true)
+        c.precision = try TrainingPrecision.fromConfig(r)
+        if c.cacheLatents {
+            guard c.firstStage != nil else { throw r.error("cache_latents", "needs a first_stage (in pixel space there is nothing to encode)") }
+            guard !c.randomCrop else {
+                throw r.error("cache_latents", "needs random_crop false: a random crop changes the latent every step (random_flip is fine: both flips are cached)")
+            }
+        }
+        if let s = try r.int("seed") {
+            guard s >= 0 else { throw r.error("seed", "must be >= 0") }
+            c.seed = UInt64(s)
+        }
+        let useEma = try r.bool("use_ema", default: true)
+        let decay = try r.number("ema_decay") ?? 0.9999
+        guard (0...1).contains(decay) else { throw r.error("ema_decay", "must be in [0, 1], got \(decay)") }
+        c.emaDecay = useEma ? Float(decay) : nil
+        c.parameterization = try r.choice("parameterization", default: Parameterization.eps)
+        c.lossType = try r.choice("loss_type", default: LossType.l2)
+        c.condDropProb = Float(try r.number("cond_drop_prob") ?? 0)
+        guard (0...1).contains(c.condDropProb) else { throw r.error("cond_drop_prob", "must be in [0, 1], got \(c.condDropProb)") }
+        guard c.condDropProb == 0 || c.conditioning != .none else { throw r.error("cond_drop_prob", "needs conditioning \"class\" or \"text\"") }
+        c.scaleByStd = try r.bool("scale_by_std", default: false)
+        c.scaleFactor = try r.number("scale_factor").map(Float.init)
+        if let s = c.scaleFactor, !(s > 0) { throw r.error("scale_factor", "must be positive, got \(s)") }
+        guard !(c.scaleByStd && c.scaleFactor != nil && c.scaleFactor != 1) else {
+            throw TrainingError("\(name): scale_by_std and a custom scale_factor exclude each other (CompVis asserts this too)")
+        }
+        c.timesteps = try r.int("timesteps") ?? 1000
+        guard c.timesteps >= 2 else { throw r.error("timesteps", "must be >= 2") }
+        c.linearStart = try r.number("linear_start") ?? 0.00085
+        c.linearEnd = try r.number("linear_end") ?? 0.012
+        guard c.linearStart > 0, c.linearEnd >= c.linearStart, c.linearEnd < 1 else { throw TrainingError("\(name): need 0 < linear_start <= linear_end < 1") }
+        c.betaSchedule = try r.string("beta_schedule") ?? "linear"
+        c.lrScheduler = try r.string("lr_scheduler") ?? "constant"
+        c.lrWarmupSteps = try r.int("lr_warmup_steps") ?? 0
+        _ = try LRSchedule(name: c.lrScheduler, warmup: c.lrWarmupSteps, total: c.maxSteps)
+        _ = try c.noiseSchedule()
+        c.weightDecay = try r.number("weight_decay") ?? 0.01
+        c.adamBeta1 = try r.number("adam_beta1") ?? 0.9
+        c.adamBeta2 = try r.number("adam_beta2") ?? 0.999
+        c.adamEpsilon = try r.number("adam_epsilon") ?? 1e-8
+        if r.isNull("max_grad_norm") {
+            c.maxGradNorm = nil
+        } else if let n = try r.number("max_grad_norm") {
+            guard n > 0 else { throw r.error("max_grad_norm", "must be positive or null") }
+            c.maxGradNorm = Float(n)
+        }
+        c.runDir = try r.path("run_dir")
+        c.sampleEvery = try r.int("sample_every").map { try r.positive("sample_every", $0) }
+        c.sampleSteps = try r.positive("sample_steps", try r.int("sample_steps") ?? 20)
+        guard c.sampleSteps <= c.timesteps else { throw r.error("sample_steps", "must be at most timesteps (\(c.timesteps)), got \(c.sampleSteps)") }
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: c.dataDir, isDirectory: &isDir), isDir.boolValue else {
+            throw r.error("data_dir", "\(c.dataDir) does not exist or is not a folder")
+        }
+        for (key, p) in [("unet", c.unet), ("first_stage", c.firstStage), ("text_encoder", c.textEncoder),
+                         ("tokenizer", c.tokenizer == Self.bundledCLIPTokenizer ? nil : c.tokenizer)] {
+            if let p, !FileManager.default.fileExists(atPath: p) { throw r.error(key, "\(p) does not exist") }
+        }
+        _ = try c.trainerOptions()
+        self = c
     }
 }

@@ -7,7 +7,7 @@ import TensorCore
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks against PyTorch (set LDM_TORCH_PYTHON=/path/to/python with torch installed).",
-        subcommands: [BenchCore.self, BenchVAE.self, BenchUNet.self, BenchLCM.self, BenchTrain.self, BenchPart.self, BenchTrainPart.self])
+        subcommands: [BenchCore.self, BenchVAE.self, BenchUNet.self, BenchLCM.self, BenchSDXL.self, BenchTrain.self, BenchPart.self, BenchTrainPart.self])
 }
 
 struct BenchCore: ParsableCommand {

@@ -9,7 +9,7 @@ import UNetModels
 /// own child process (ours: this binary with --part; PyTorch's: tools/bench/torch_models.py) so that the peak RSS
 /// reported is that part's alone.
 struct BenchModels {
-    static func run(parts: [(label: String, ours: String?, torch: String)], reps: Int) throws {
+    static func run(parts: [(label: String, ours: String?, torch: String)], reps: Int, oursExtra: [String] = []) throws {
         let torchPython = ProcessInfo.processInfo.environment["LDM_TORCH_PYTHON"].flatMap { $0.isEmpty ? nil : $0 }
         if torchPython == nil { FileHandle.standardError.write("LDM_TORCH_PYTHON is not set: PyTorch figures are skipped.\n".data(using: .utf8)!) }
         BenchSupport.printHeader()
@@ -17,7 +17,7 @@ struct BenchModels {
         print("|---|---|---|---|---|---|---|")
         let script = try torchPython.map { _ in try BenchSupport.script("torch_models.py") }
         for p in parts {
-            let ours = try p.ours.map { try child(CommandLine.arguments[0], ["bench", "part", $0, "--reps", "\(reps)"]) }
+            let ours = try p.ours.map { try child(CommandLine.arguments[0], ["bench", "part", $0, "--reps", "\(reps)"] + oursExtra) }
             let torch = try torchPython.map { try child($0, [script!, "\(Parallel.threadCount)", p.torch, "\(reps)"]) }
             func f(_ v: Double?, _ fmt: String) -> String { v.map { String(format: fmt, $0) } ?? "n/a" }
             func ratio(_ a: Double?, _ b: Double?) -> String { (a != nil && b != nil) ? String(format: "%.2f", a! / b!) : "n/a" }
@@ -71,7 +71,13 @@ struct BenchPart: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "part", abstract: "Runs one benchmark part and prints JSON (used by bench vae/unet).", shouldDisplay: false)
     @Argument var part: String
     @Option var reps = 2
+    @Option(name: .customLong("unet-config")) var unetConfig: String?
     func run() throws {
+        if part.hasPrefix("sdxl-unet") {
+            let (seconds, peak) = try GradMode.noGrad { try BenchSDXL.ours(part: part, config: unetConfig, reps: reps) }
+            print("{\"seconds\": \(seconds), \"peak_rss_mb\": \(peak)}")
+            return
+        }
         let g = TorchGenerator(seed: 0)
         var seconds = 0.0
         try GradMode.noGrad {
@@ -96,6 +102,7 @@ struct BenchPart: ParsableCommand {
             default: throw ValidationError("unknown benchmark part \(part)")
             }
         }
+        if OpTimes.enabled { FileHandle.standardError.write(OpTimes.report(runs: reps).data(using: .utf8)!) }
         var usage = rusage(); getrusage(RUSAGE_SELF.rawValue, &usage)
         print("{\"seconds\": \(seconds), \"peak_rss_mb\": \(Double(usage.ru_maxrss) / 1024)}")
     }

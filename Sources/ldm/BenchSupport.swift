@@ -28,6 +28,7 @@ enum BenchSupport {
     /// Median wall time of `reps` runs after one warm-up run.
     static func median(_ reps: Int, _ body: () -> Void) -> Double {
         body()
+        OpTimes.reset() // LDM_OP_TIMES: the table covers the timed repetitions only
         var times: [Double] = []
         for _ in 0..<reps { let t = now(); body(); times.append(now() - t) }
         return times.sorted()[times.count / 2]

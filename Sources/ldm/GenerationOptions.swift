@@ -66,11 +66,10 @@ struct GenerationOptions: ParsableArguments {
     @Flag(help: "No progress bar or messages.")
     var quiet = false
 
-    // Default f32, not auto: auto changes every image (the CLI's diffusers float32 parity), and the generation
-    // commands still load float32 weights that the bf16 kernels convert per call above LDM_CONV_WEIGHT_CACHE_MB; the
-    // bench's bf16 UNet (weights held in bf16) is 0.61x the float32 time on a 2-core Zen 4 (docs/benchmarks.md).
-    @Option(help: "Compute precision: f32 (default: the same image as diffusers in float32 for the same seed, on every CPU), auto (bf16 where this CPU has native bf16, AVX512_BF16 or AMX; float32 elsewhere) or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
-    var precision: String = "f32"
+    // Default auto: on a CPU with native bf16 the bf16 UNet is 0.61x the float32 time (2-core Zen 4,
+    // docs/benchmarks.md) and its weights, held in bf16 from the load, take half the memory; elsewhere auto is f32.
+    @Option(help: "Compute precision: auto (default: bf16 where the ISA level in use has native bf16, AVX512_BF16 or AMX, with Linear/Conv2d weights held in bf16; float32 elsewhere, e.g. on AVX2-only CPUs or with LDM_ISA=avx512), f32 (the same image as diffusers in float32 for the same seed, on every CPU) or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
+    var precision: String = "auto"
 
     /// `body` (a command's work) at the --precision asked for.
     func compute(_ body: () throws -> Void) throws {
@@ -185,21 +184,25 @@ struct GenerationOptions: ParsableArguments {
     }
 
     /// The model: with --config, the CompVis checkpoint built from its YAML; otherwise a folder or single file. The
-    /// LoRAs (default: the --lora files) are merged into its weights.
+    /// LoRAs (default: the --lora files) are merged into its weights. Weights are held for inference at the precision
+    /// of the `compute` scope this runs in (`WeightStorage.inference`: memory-mapped where the file allows, Linear and
+    /// Conv2d weights in bf16 for bf16 compute), and dropped from memory after use (one generation per process).
     func loadBundle(loras: [(file: LoRAFile, weight: Float)]? = nil) throws -> ModelBundle {
         let networks = try loras ?? self.loras()
         let url = URL(fileURLWithPath: model)
         let bundle: ModelBundle
+        let storage = WeightStorage.inference(computing: Autocast.isBF16 ? .bfloat16 : .float32)
         if config == nil {
-            bundle = try ModelBundle.load(url)
+            bundle = try WeightStorage.with(storage) { try ModelBundle.load(url) }
         } else if let folder = diffusersConfigFolder {
-            bundle = try ModelBundle.load(url, diffusersConfig: folder)
+            bundle = try WeightStorage.with(storage) { try ModelBundle.load(url, diffusersConfig: folder) }
         } else {
             let c = try compVisConfig()
             let vocab = c.condName == "BERTEmbedder" && !c.isLayout ? try bertVocabularyURL() : nil
-            bundle = try ModelBundle.load(checkpoint: url, config: c, bertVocabulary: vocab)
+            bundle = try WeightStorage.with(storage) { try ModelBundle.load(checkpoint: url, config: c, bertVocabulary: vocab) }
             if !quiet { for n in bundle.notes { FileHandle.standardError.write("note: \(n)\n".data(using: .utf8)!) } }
         }
+        bundle.evictsWeightsAfterUse = true
         if !networks.isEmpty {
             try bundle.mergeLoRAs(networks)
             log("merged LoRA " + networks.map { "\($0.file.name) (\($0.weight))" }.joined(separator: ", "))

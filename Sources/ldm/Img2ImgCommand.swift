@@ -9,6 +9,7 @@ struct Img2Img: ParsableCommand {
 
     @OptionGroup var options: GenerationOptions
     @OptionGroup var prompt: PromptArguments
+    @OptionGroup var sdxl: SDXLArguments
 
     @Option(name: .customLong("init-image"), help: "The starting image (PNG or JPEG).")
     var initImage: String
@@ -23,8 +24,12 @@ struct Img2Img: ParsableCommand {
         let summary = try options.summary()
         let (loras, lcmCFG) = try options.lorasWithLCMDefaults(&sampling, summary: summary, prompt: prompt)
         var p = try prompt.check(defaultGuidance: lcmCFG ?? 7.5)
+        try sdxl.apply(to: &p, isSDXL: summary.kind.isSDXL, model: options.model)
         try Validation.checkStrength(strength)
-        try Validation.checkImg2ImgSteps(steps: sampling.steps, strength: strength)
+        // On an LCM folder the strength may cut the consistency grid instead (LatentConsistencyModelImg2ImgPipeline),
+        // which has its own limit: the pipeline checks it before any step.
+        let lcmFolder = ["LatentConsistencyModelPipeline", "LatentConsistencyModelImg2ImgPipeline"].contains(summary.pipelineClass ?? "")
+        if !lcmFolder { try Validation.checkImg2ImgSteps(steps: sampling.steps, strength: strength) }
         try FileChecks.readableFile(initImage, what: "init image")
         let image = try ImageIO.loadRGB(path: initImage)
         try requireModel(summary, options.model, for: .img2img)
@@ -38,6 +43,7 @@ struct Img2Img: ParsableCommand {
                                            generator: options.generator(seed: seed), progress: bar.update)
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: sampling.sampler ?? pipe.bundle.schedulerConfig.className)
         prompt.annotate(&params, options: p)
+        sdxl.annotate(&params)
         options.recordLoRAs(&params, pipe.bundle)
         params.extra.append(.init("Denoising strength", "\(strength)"))
         options.log("seed \(seed)")

@@ -10,6 +10,7 @@ struct Inpaint: ParsableCommand {
 
     @OptionGroup var options: GenerationOptions
     @OptionGroup var prompt: PromptArguments
+    @OptionGroup var sdxl: SDXLArguments
 
     @Option(name: .customLong("init-image"), help: "The image to repaint (PNG or JPEG).")
     var initImage: String
@@ -27,6 +28,7 @@ struct Inpaint: ParsableCommand {
         let summary = try options.summary()
         let (loras, lcmCFG) = try options.lorasWithLCMDefaults(&sampling, summary: summary, prompt: prompt)
         var p = try prompt.check(defaultGuidance: lcmCFG ?? 7.5)
+        try sdxl.apply(to: &p, isSDXL: summary.kind.isSDXL, model: options.model)
         try Validation.checkStrength(strength)
         try Validation.checkImg2ImgSteps(steps: sampling.steps, strength: strength)
         try FileChecks.readableFile(initImage, what: "init image")
@@ -48,6 +50,7 @@ struct Inpaint: ParsableCommand {
                                       generator: options.generator(seed: seed), progress: bar.update)
         var params = options.parameters(seed: seed, steps: sampling.steps, scheduler: sampling.sampler ?? pipe.bundle.schedulerConfig.className)
         prompt.annotate(&params, options: p)
+        sdxl.annotate(&params)
         options.recordLoRAs(&params, pipe.bundle)
         params.extra.append(.init("Denoising strength", "\(strength)"))
         options.log("seed \(seed)")

@@ -1,9 +1,10 @@
 // `ldm inspect`: tensor names, shapes, dtypes, parameter counts per component and the detected
 // model family of a CompVis checkpoint (.ckpt/.pt/.bin torch zip, .safetensors) or diffusers folder.
-// The work is done by Checkpoints.Inspection / CheckpointReport; the model kind and the commands that run it by
+// The work is done by CompVis.Inspection / CheckpointReport; the model kind and the commands that run it by
 // Pipelines.ModelSummary / ModelKind.
 import ArgumentParser
 import Checkpoints
+import CompVis
 import Foundation
 import Pipelines
 

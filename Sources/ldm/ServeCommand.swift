@@ -80,6 +80,7 @@ struct Serve: ParsableCommand {
         c.queueSize = queueSize; c.maxLoadedModels = maxLoadedModels; c.parallelModels = parallelModels
         let compute = ComputePrecision(rawValue: precision) ?? .f32
         c.precision = compute.rawValue
+        c.computeType = compute.resolved
         if compute == .bf16 && !compute.isNative {
             FileHandle.standardError.write(Data("--precision bf16: this CPU has no native bf16 in use; emulated on float32 kernels\n".utf8))
         }

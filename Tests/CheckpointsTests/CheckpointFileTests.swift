@@ -2,6 +2,7 @@
 import Foundation
 import XCTest
 @testable import Checkpoints
+import CompVis
 
 final class CheckpointFileTests: XCTestCase {
     func testFormatDetectionGivesSameTensors() throws {

@@ -2,6 +2,7 @@
 // truncation and splices of the committed fixtures, each opened in memory and fully read.
 // Any thrown CheckpointError is fine; a crash or a non-CheckpointError is a bug.
 import Checkpoints
+import CompVis
 import Foundation
 
 enum Fuzz {

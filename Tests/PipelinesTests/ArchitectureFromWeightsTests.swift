@@ -126,6 +126,7 @@ final class ArchitectureFromWeightsTests: XCTestCase {
         p.arguments = ["txt2img", "--config", fixtures.appendingPathComponent("compvis_configs/v1-inference.yaml").path, "--model", file.path,
                        "--prompt", "a photo of an astronaut riding a horse", "--steps", "2", "--width", "16", "--height", "16",
                        "--output", out.path]
+        p.arguments! += ["--precision", "f32"] // the server's precision (the CLI default, auto, is bf16 on native-bf16 CPUs)
         let err = Pipe()
         p.standardError = err
         p.standardOutput = Pipe()

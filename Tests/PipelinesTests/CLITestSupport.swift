@@ -26,15 +26,17 @@ class LDMCommandTestCase: XCTestCase {
         return d
     }
 
-    /// Runs ldm; returns (exit status, stderr).
-    func run(_ args: [String]) throws -> (Int32, String) {
+    /// Runs ldm (with `environment` added to this process's; generation commands at --precision f32 unless `args`
+    /// name one or `defaultPrecision`); returns (exit status, stderr).
+    func run(_ args: [String], environment: [String: String] = [:], defaultPrecision: Bool = false) throws -> (Int32, String) {
         guard FileManager.default.isExecutableFile(atPath: ldm.path) else {
             XCTFail("the ldm executable is not built at \(ldm.path)")
             return (-1, "")
         }
         let p = Process()
         p.executableURL = ldm
-        p.arguments = args
+        p.arguments = defaultPrecision ? args : float32Precision(args)
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let err = Pipe()
         p.standardError = err
         p.standardOutput = Pipe()
@@ -48,4 +50,12 @@ class LDMCommandTestCase: XCTestCase {
     func parameters(_ url: URL) throws -> GenerationParameters {
         GenerationParameters(parsing: try XCTUnwrap(try ImageIO.load(path: url.path).text("parameters")))
     }
+}
+
+/// The generation commands run at `--precision f32` unless a test names a precision: their images are compared with
+/// diffusers' float32 ones, and the default (auto) computes in bf16 on CPUs with native bf16.
+func float32Precision(_ args: [String]) -> [String] {
+    let generation: Set = ["txt2img", "img2img", "inpaint", "upscale", "sample", "semantic", "layout"]
+    guard let command = args.first, generation.contains(command), !args.contains("--precision") else { return args }
+    return args + ["--precision", "f32"]
 }

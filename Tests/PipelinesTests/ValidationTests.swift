@@ -30,6 +30,29 @@ final class ValidationTests: XCTestCase {
         XCTAssertTrue(message { try Validation.checkMaskSize(image: (64, 64), mask: (32, 64)) }.contains("mask is 32x64"))
     }
 
+    func error(_ body: () throws -> Void) -> PipelineError? {
+        do { try body(); return nil } catch { return error as? PipelineError }
+    }
+
+    /// Callers switch on the typed cases; the words users see are the messages these checks always printed.
+    func testTypedCases() {
+        let steps = error { try Validation.checkSteps(0) }
+        XCTAssertEqual(steps, .invalidArgument(name: "steps", value: "0", why: "must be >= 1, got 0"))
+        XCTAssertEqual(steps?.description, "steps must be >= 1, got 0")
+        XCTAssertEqual(error { try Validation.checkSize(width: 20000, height: 64) }?.description, "width 20000 is larger than 16384")
+        XCTAssertEqual(error { try Validation.checkEta(-1) }, .invalidArgument(name: "eta", value: "-1.0", why: "must be a finite number >= 0, got -1.0"))
+        let mask = error { try Validation.checkMaskSize(image: (64, 48), mask: (32, 64)) }
+        XCTAssertEqual(mask, .maskSizeMismatch(maskWidth: 32, maskHeight: 64, imageWidth: 64, imageHeight: 48))
+        XCTAssertEqual(mask?.description, "mask is 32x64 but the init image is 64x48; they must match")
+        let sampler = error { try SamplingOptions(sampler: "bogus").validate() }
+        XCTAssertEqual(sampler, .unknownSampler("bogus"))
+        XCTAssertTrue(sampler?.description.hasPrefix("unknown sampler 'bogus'; valid: ") == true)
+        XCTAssertEqual(error { try SamplingOptions(timestepSpacing: "sideways").validate() },
+                       .invalidArgument(name: "timestep spacing", value: "sideways", why: "must be one of leading, linspace, trailing, got 'sideways'"))
+        XCTAssertEqual(error { _ = try LayoutObject.parseList(Data("{}".utf8), classNames: [], objectClasses: 1, maxObjects: 1) }?.description,
+                       "layout: expected a JSON list of objects or {\"objects\": [...]}")
+    }
+
     func testCorruptModel() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ldm-val-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

@@ -51,6 +51,7 @@ final class A1111APITests: XCTestCase {
         p.arguments = ["txt2img", "--model", RunningServer.shapes.path, "--prompt", "a large red circle", "--negative-prompt", "blue",
                        "--seed", "1235", "--steps", "3", "--sampler", "Euler a", "--cfg-scale", "4", "--width", "32", "--height", "32",
                        "--output", out.path, "--quiet"]
+        p.arguments! += ["--precision", "f32"] // the server's precision (the CLI default, auto, is bf16 on native-bf16 CPUs)
         try p.run(); p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 0)
         let cli = try ImageIO.load(path: out.path)
@@ -110,6 +111,7 @@ final class A1111APITests: XCTestCase {
         p.arguments = ["inpaint", "--model", RunningServer.shapes.path, "--prompt", "a red circle", "--init-image", initURL.path, "--mask", maskURL.path,
                        "--strength", "1", "--seed", "9", "--steps", "4", "--sampler", "Euler", "--cfg-scale", "7", "--width", "32", "--height", "32",
                        "--output", outURL.path, "--quiet"]
+        p.arguments! += ["--precision", "f32"] // the server's precision (the CLI default, auto, is bf16 on native-bf16 CPUs)
         try p.run(); p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 0)
         // A1111's apply_overlay: outside the (unblurred) mask the original pixels, inside it the sampler's image.

@@ -45,6 +45,7 @@ final class LoRAServerTests: XCTestCase {
         p.arguments = ["txt2img", "--model", sd.path, "--prompt", "a cat<lora:kohya:0.7>", "--lora-dir", loras.path, "--seed", "70",
                        "--steps", "3", "--sampler", "Euler a", "--cfg-scale", "7.5", "--width", "16", "--height", "16",
                        "--output", out.path, "--quiet"]
+        p.arguments! += ["--precision", "f32"] // the server's precision (the CLI default, auto, is bf16 on native-bf16 CPUs)
         try p.run(); p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 0)
         XCTAssertEqual(try ImageIO.load(path: out.path).image.pixels, withLoRA.image.pixels, "API LoRA image differs from ldm txt2img --lora-dir")

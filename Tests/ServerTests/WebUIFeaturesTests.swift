@@ -32,7 +32,8 @@ final class WebUIFeaturesTests: XCTestCase {
     func runLDM(_ args: [String]) throws {
         let p = Process()
         p.executableURL = ldm
-        p.arguments = args + ["--quiet"]
+        // At --precision f32, the server's (default) precision: the images are compared with the server's.
+        p.arguments = args + ["--quiet"] + (args.contains("--precision") ? [] : ["--precision", "f32"])
         try p.run(); p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 0, args.joined(separator: " "))
     }

@@ -99,4 +99,26 @@ final class WinogradTests: XCTestCase {
             }
         }
     }
+
+    /// A weight stored in bfloat16 is read as stored by the weight transform (no float32 copy): the result is that of
+    /// the same weight widened to float32, bit for bit, whole U and U by panel groups, through every kernel level.
+    func testBFloat16WeightsAreReadAsStored() {
+        let g = TorchGenerator(seed: 8)
+        for (name, xs, oc, o) in cases {
+            let x = Tensor.randn(xs, generator: g), b = Tensor.randn([oc], generator: g)
+            let wb = (Tensor.randn([oc, xs[1], 3, 3], generator: g) * 0.1).to(.bfloat16)
+            XCTAssertEqual(wb.dtype, .bfloat16)
+            let w32 = wb.float32()
+            for level in [CPUFeatures.ISA.baseline, .avx2, .avx512].filter({ $0 <= CPUFeatures.kernels }) {
+                for whole in [Winograd.wholeWeightsBytes, 0] {
+                    let (y, ref) = CPUFeatures.withKernels(level) {
+                        settings(chunk: Winograd.chunkBytes, whole: whole) {
+                            GradMode.noGrad { Winograd.withMinTiles(1) { (conv2d(x, wb, b, o), conv2d(x, w32, b, o)) } }
+                        }
+                    }
+                    XCTAssertEqual(y.toArray(), ref.toArray(), "\(name), level \(level), whole U up to \(whole) bytes")
+                }
+            }
+        }
+    }
 }

@@ -18,6 +18,14 @@ var ldmExecutable: URL {
     return Bundle.main.bundleURL.appendingPathComponent("ldm")
 }
 
+/// The generation commands run at `--precision f32` unless a test names a precision: their images are compared with
+/// diffusers' float32 ones, and the default (auto) computes in bf16 on CPUs with native bf16.
+func float32Precision(_ args: [String]) -> [String] {
+    let generation: Set = ["txt2img", "img2img", "inpaint", "upscale", "sample", "semantic", "layout"]
+    guard let command = args.first, generation.contains(command), !args.contains("--precision") else { return args }
+    return args + ["--precision", "f32"]
+}
+
 /// Runs `ldm args`; returns the exit status and the combined output.
 func runLDM(_ args: [String]) throws -> (status: Int32, output: String) {
     guard FileManager.default.isExecutableFile(atPath: ldmExecutable.path) else {
@@ -25,7 +33,7 @@ func runLDM(_ args: [String]) throws -> (status: Int32, output: String) {
     }
     let p = Process()
     p.executableURL = ldmExecutable
-    p.arguments = args
+    p.arguments = float32Precision(args)
     let out = Pipe()
     p.standardOutput = out; p.standardError = out
     try p.run()

@@ -66,6 +66,19 @@ final class TrainConfigTests: XCTestCase {
         assertRejects(try config(["image_size": 18]), "multiple of the first stage's downsampling factor 4")
         assertRejects(try config(removing: ["first_stage"]), "latent channels")
         XCTAssertThrowsError(try LDMTrainConfig.parse(Data("[1]".utf8)))
+        // Read through Codable (ConfigReader): a value of another JSON type still names the key.
+        assertRejects(try config(["batch_size": true]), "config: batch_size must be a number")
+        assertRejects(try config(["batch_size": 2.5]), "batch_size must be an integer, got 2.5")
+        assertRejects(try config(["unet_config": 5]), "unet_config must be a JSON object")
+        assertRejects(try config(["data_dir": ""]), "data_dir must be a non-empty string")
+        assertRejects(Data("{\"batch_size\": ".utf8), "config: not a JSON object")
+        assertRejects(Data("[1]".utf8), "config: not a JSON object")
+        XCTAssertNil(try LDMTrainConfig.parse(config(["max_grad_norm": NSNull()])).maxGradNorm)
+        XCTAssertEqual(try LDMTrainConfig.parse(config(["scale_lr": NSNull()])).scaleLR, true)
+        // The inline UNet config reaches the model as it was written (numbers, booleans, lists, nested objects).
+        let inline = try XCTUnwrap(c.unetConfig)
+        XCTAssertEqual(try JSONSerialization.data(withJSONObject: inline, options: .sortedKeys),
+                       try JSONSerialization.data(withJSONObject: tinyClassUNetConfigDictionary, options: .sortedKeys))
     }
 
     func testTextConditionedTraining() throws {

@@ -4,6 +4,11 @@ Usage: python tools/bench/torch_models.py THREADS PART REPS
 PART: vae-decode (1x4x64x64 -> 512x512), vae-encode (1x3x512x512), unet-f32 / unet-bf16 (SD-1.5 UNet, batch 2,
 64x64x4 latent, 77x768 context), sd15-lcm4 (`ldm bench lcm`: SD-1.5 UNet sampled by LCMScheduler for 4 steps at guidance 1,
 batch 1, then the SD VAE decode: seconds per 512x512 image). Random weights (diffusers default configs). Prints JSON {seconds, peak_rss_mb}.
+`ldm bench sdxl`: sdxl-config prints the SDXL base UNet's full config.json (SDXL_UNET below, the values of
+stabilityai/stable-diffusion-xl-base-1.0/unet/config.json, completed with diffusers' defaults) for our side to build the
+same model; sdxl-unet-64 / sdxl-unet-128 (f32) and sdxl-unet-128-bf16 (weights and compute in bf16) time one UNet call
+of batch 2 (classifier-free guidance) on a 64x64 or 128x128 latent with a 77x2048 context, pooled 1280 and 6 time ids;
+their peak_rss_mb is the peak during the calls (VmHWM reset after the model is built and converted).
 """
 import json, resource, sys, time
 import torch
@@ -21,8 +26,43 @@ def timed(fn):
     return sorted(ts)[len(ts) // 2]
 
 
+SDXL_UNET = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                 use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816)
+
+
+def hwm_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+
 with torch.inference_mode():
-    if part == "sd15-lcm4":
+    if part == "sdxl-config":
+        import inspect
+        from diffusers import UNet2DConditionModel
+        # what save_config writes: every __init__ argument, the defaults for those not given (no 10 GB model built)
+        params = inspect.signature(UNet2DConditionModel.__init__).parameters
+        config = {k: v.default for k, v in params.items() if k != "self" and v.default is not inspect.Parameter.empty}
+        config.update(SDXL_UNET)
+        print(json.dumps(dict(_class_name="UNet2DConditionModel", **config)))
+        sys.exit(0)
+    elif part.startswith("sdxl-unet"):
+        from diffusers import UNet2DConditionModel
+        unet = UNet2DConditionModel(**SDXL_UNET).eval()
+        dt = torch.bfloat16 if part.endswith("bf16") else torch.float32
+        unet = unet.to(dt)
+        n = 128 if "-128" in part else 64
+        x = torch.randn(2, 4, n, n, dtype=dt); c = torch.randn(2, 77, 2048, dtype=dt)
+        added = dict(text_embeds=torch.randn(2, 1280, dtype=dt), time_ids=torch.tensor([[8. * n, 8. * n, 0, 0, 8. * n, 8. * n]] * 2, dtype=dt))
+        open("/proc/self/clear_refs", "w").write("5")
+        secs = timed(lambda: unet(x, 500, encoder_hidden_states=c, added_cond_kwargs=added).sample)
+        print(json.dumps({"seconds": secs, "peak_rss_mb": hwm_mb()}))
+        sys.exit(0)
+    elif part == "sd15-lcm4":
         from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
         unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8).eval()
         vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,

@@ -96,8 +96,10 @@ void ck_round_bf16(float *x, long n);
 long ck_wino_u_floats(long oc, long ic);
 /// U for the panels [ob0, ob1) of 16 output channels (ocp / 16 panels in all) into u, which holds the u_obs panels
 /// from u_ob0 on (u[alpha][panel - u_ob0][icp][16]): from w (oc, ic, 3, 3), or when `transposed` from w (ic, oc, 3, 3)
-/// flipped in both spatial axes (the backward-data convolution of a (ic, oc) weight).
-void ck_wino_weights(const float *w, long oc, long ic, int transposed, float *u, long u_ob0, long u_obs, long ob0, long ob1);
+/// flipped in both spatial axes (the backward-data convolution of a (ic, oc) weight). w holds float32, or bfloat16 when
+/// `bf16` is nonzero (widened exactly).
+void ck_wino_weights(const void *w, int bf16, long oc, long ic, int transposed, float *u, long u_ob0, long u_obs, long ob0,
+                     long ob1);
 /// V for tiles [t0, t1) of a chunk whose first tile is the global tile `tile0` (tiles numbered image by image, row by
 /// row, tiles_h x tiles_w per image; tile (ty, tx) reads input rows 4ty-pt..4ty-pt+5, outside [0,h)x[0,w) as zero).
 /// x: channel planes of h x w floats, sn / sc floats apart per image / channel. v: 36 x tp x icp floats.

@@ -6,6 +6,8 @@ public final class Storage: @unchecked Sendable {
     public let byteCount: Int
     private let owner: AnyObject?
     private let owned: Bool
+    /// The bytes are pages of a read-only file mapping (never written): `evictResidentPages` may drop them.
+    public let isFileMapping: Bool
     /// Bytes actually reserved (a large buffer may come from the cache a little larger than asked for).
     private let capacity: Int
 
@@ -23,12 +25,25 @@ public final class Storage: @unchecked Sendable {
             ptr = fresh
             if zeroed { memset(ptr, 0, n) }
         }
-        base = ptr; self.byteCount = byteCount; owner = nil; owned = true; capacity = reserved
+        base = ptr; self.byteCount = byteCount; owner = nil; owned = true; capacity = reserved; isFileMapping = false
     }
 
     /// Wraps memory that someone else owns (for example a mapped safetensors file); `owner` keeps it alive.
-    public init(borrowing pointer: UnsafeMutableRawPointer, byteCount: Int, owner: AnyObject?) {
+    /// `fileMapping`: the memory is a read-only private mapping of a file, so its pages can be dropped and re-read.
+    public init(borrowing pointer: UnsafeMutableRawPointer, byteCount: Int, owner: AnyObject?, fileMapping: Bool = false) {
         base = pointer; self.byteCount = byteCount; self.owner = owner; owned = false; capacity = byteCount
+        isFileMapping = fileMapping
+    }
+
+    /// Drops this storage's resident pages when it is a read-only file mapping (madvise MADV_DONTNEED): the memory
+    /// leaves the process's resident set and is read again from the page cache (or the file) on the next access.
+    /// The contents never change. Pages shared with neighbouring tensors of the file are dropped too (also re-read).
+    public func evictResidentPages() {
+        guard isFileMapping, byteCount > 0 else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = Int(bitPattern: base) / page * page
+        let end = (Int(bitPattern: base) + byteCount + page - 1) / page * page
+        madvise(UnsafeMutableRawPointer(bitPattern: start), end - start, MADV_DONTNEED)
     }
 
     deinit {

@@ -2,11 +2,12 @@
 // (requires_grad, grad, grad_fn). Views (reshape, permute, narrow, expand) share storage as in PyTorch.
 
 public final class Tensor: CustomStringConvertible {
-    public let storage: Storage
+    // Variables only for `rebind(to:)` (a parameter given the bytes of a loaded or merged tensor in place of a copy).
+    public private(set) var storage: Storage
     public let shape: [Int]
-    public let strides: [Int]
-    public let offset: Int
-    public let dtype: DType
+    public private(set) var strides: [Int]
+    public private(set) var offset: Int
+    public private(set) var dtype: DType
 
     /// Leaf tensors that want gradients (parameters) set this; results of ops inherit it through `gradFn`.
     public var requiresGrad: Bool
@@ -97,4 +98,17 @@ public final class Tensor: CustomStringConvertible {
 
     /// Marks an in-place update (optimizer step, weight load).
     public func bumpVersion() { version &+= 1 }
+
+    /// Makes this tensor (a parameter) refer to `other`'s elements, storage, layout and dtype, instead of copying
+    /// them (`assign`): how inference loads keep a memory-mapped file's bytes or a 16-bit weight as stored, and how a
+    /// merged LoRA replaces a weight. Shapes must agree; autograd flags stay; cached layouts are dropped.
+    public func rebind(to other: Tensor) {
+        precondition(other.shape == shape, "rebind: shape \(other.shape) for a tensor of shape \(shape)")
+        storage = other.storage; strides = other.strides; offset = other.offset; dtype = other.dtype
+        layoutCache = nil
+        bumpVersion()
+    }
+
+    /// A new tensor over the same elements (no autograd history): what `rebind(to:)` can restore later.
+    public func alias() -> Tensor { Tensor(storage: storage, shape: shape, strides: strides, offset: offset, dtype: dtype) }
 }

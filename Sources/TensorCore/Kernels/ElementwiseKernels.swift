@@ -4,7 +4,10 @@ import CKernels
 // Elementwise kernels over float32: contiguous fast paths (auto-vectorised) and a strided broadcasting path.
 
 @inline(__always)
-func mapKernel(_ x: Tensor, _ f: (Float) -> Float) -> Tensor {
+func mapKernel(_ x: Tensor, _ f: (Float) -> Float) -> Tensor { OpTimes.measure("elementwise (map)") { mapKernelOp(x, f) } }
+
+@inline(__always)
+func mapKernelOp(_ x: Tensor, _ f: (Float) -> Float) -> Tensor {
     let src = x.float32().contiguous()
     defer { withExtendedLifetime(src) {} }
     let out = Tensor.empty(x.shape)
@@ -15,6 +18,11 @@ func mapKernel(_ x: Tensor, _ f: (Float) -> Float) -> Tensor {
 
 @inline(__always)
 func zipKernel(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) -> Tensor {
+    OpTimes.measure("elementwise (zip\(a.shape == b.shape && a.isContiguous && b.isContiguous ? "" : ", strided/broadcast"))") { zipKernelOp(a, b, f) }
+}
+
+@inline(__always)
+func zipKernelOp(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) -> Tensor {
     let a = a.float32(), b = b.float32()
     defer { withExtendedLifetime((a, b)) {} }
     let shape = a.shape == b.shape ? a.shape : broadcastShape(a.shape, b.shape)

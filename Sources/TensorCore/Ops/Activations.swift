@@ -43,7 +43,9 @@ extension Tensor {
     /// GEGLU (diffusers' activations.GEGLU): the last axis holds [hidden | gate]; returns hidden * gelu(gate) (erf
     /// form), one fused pass forward and one backward (instead of chunk, a copy of the strided gate, gelu, a strided
     /// product, and their backward scattering into a zeroed gradient).
-    public func geglu() -> Tensor {
+    public func geglu() -> Tensor { OpTimes.measure("geglu") { gegluOp() } }
+
+    private func gegluOp() -> Tensor {
         let x = self.float32().contiguous()
         let width = shape.last ?? 0
         precondition(rank >= 1 && width % 2 == 0, "geglu: last axis of \(shape) must be even")

@@ -29,6 +29,12 @@ private struct HeadView {
 /// read in place (for example the (B, L, H, D) view of a linear projection); the result is a (B, H, Lq, Dv) view of
 /// (B, Lq, H, Dv) memory, so that merging heads back is free.
 public func scaledDotProductAttention(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Float? = nil, causal: Bool = false) -> Tensor {
+    OpTimes.measure("attention \(NativeBF16.attentionApplies([q, k, v]) ? "bf16" : "f32") \(q.shape[2])x\(k.shape[2])") {
+        attentionOp(q, k, v, scale: scale, causal: causal)
+    }
+}
+
+private func attentionOp(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Float?, causal: Bool) -> Tensor {
     precondition(q.rank == 4 && k.rank == 4 && v.rank == 4, "attention: q \(q.shape), k \(k.shape), v \(v.shape) must be 4-d (B, H, L, D)")
     let (bs, heads, lq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
     let lk = k.shape[2], dv = v.shape[3]

@@ -14,7 +14,9 @@ extension Tensor {
 
     /// The same values as `roundedToBFloat16()`, rounded in this tensor's own storage when it is a float32 contiguous
     /// tensor that records no gradient (a result an op has just produced: no second buffer, one pass), else a copy.
-    public func roundingToBFloat16InPlace() -> Tensor {
+    public func roundingToBFloat16InPlace() -> Tensor { OpTimes.measure("bf16 rounding") { roundingInPlace() } }
+
+    private func roundingInPlace() -> Tensor {
         guard dtype == .float32, isContiguous, !GradMode.shouldRecord([self]) else { return roundedToBFloat16() }
         let d = data
         Parallel.forRange(count, costPerItem: 4) { r in ck_round_bf16(d + r.lowerBound, r.count) }

@@ -40,6 +40,11 @@ private struct ConvGeometry {
     }
     var weiShape: [Int] { o.groups == 1 ? [oc, ic, kh, kw] : [o.groups, oc / o.groups, ic / o.groups, kh, kw] }
     func any(_ shape: [Int]) -> dnnl_memory_desc_t { memoryDesc(shape, tag: dnnl_format_tag_any) }
+    /// A 1x1 convolution with stride 1, no padding and one group: a GEMM over the channel planes.
+    var pointwise: Bool {
+        kh == 1 && kw == 1 && o.stride == (1, 1) && o.groups == 1
+            && o.padding.top == 0 && o.padding.left == 0 && o.padding.bottom == 0 && o.padding.right == 0
+    }
     /// Whether the forward convolution runs as Winograd F(4x4, 3x3).
     var winograd: Bool { Winograd.applies(n: n, ic: ic, oc: oc, kh: kh, kw: kw, oh: oh, ow: ow, o) }
     /// Whether an inference forward runs as Winograd when `bf16` (native bf16 compute) is on.
@@ -278,6 +283,13 @@ public func conv2d(upsamplingNearest x: Tensor, factor: Int, _ weight: Tensor, _
 /// outputs the normalised input is produced band by band and never held whole (same coefficients as `groupNorm`).
 public func conv2d(groupNormed x: Tensor, groups: Int, normWeight: Tensor?, normBias: Tensor?, eps: Float, silu: Bool,
                    _ weight: Tensor, _ bias: Tensor? = nil, _ options: Conv2dOptions = Conv2dOptions()) -> Tensor {
+    OpTimes.measure(convName(x, weight, bias, options, " +norm")) {
+        conv2dNormed(x, groups: groups, normWeight: normWeight, normBias: normBias, eps: eps, silu: silu, weight, bias, options)
+    }
+}
+
+private func conv2dNormed(_ x: Tensor, groups: Int, normWeight: Tensor?, normBias: Tensor?, eps: Float, silu: Bool,
+                          _ weight: Tensor, _ bias: Tensor?, _ options: Conv2dOptions) -> Tensor {
     let g = ConvGeometry(x.shape, weight.shape, options)
     let params = [x, weight] + [bias, normWeight, normBias].compactMap { $0 }
     guard !GradMode.shouldRecord(params), let rows = bandRows(g), x.rank == 4 else {
@@ -290,6 +302,52 @@ public func conv2d(groupNormed x: Tensor, groups: Int, normWeight: Tensor?, norm
 
 /// 2-d convolution of `x` (N, C, H, W) with `weight` (O, C/groups, kh, kw) and optional `bias` (O).
 public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ options: Conv2dOptions = Conv2dOptions()) -> Tensor {
+    OpTimes.measure(convName(x, weight, bias, options)) { conv2dOp(x, weight, bias, options) }
+}
+
+/// A 1x1 convolution in inference as a GEMM per image on the plain (C, H*W) planes: y = W x (+ bias), without the
+/// layout reorders of the input and output that oneDNN's convolution makes (to its blocked layout and back). `bf16`:
+/// bf16 operands (the input rounded to nearest even, the weight as stored or converted once), float32 accumulation
+/// and output, on oneDNN's bf16 GEMM (NativeBF16); else float32 sgemm.
+private func pointwiseConv(_ xin: Tensor, _ weight: Tensor, _ b32: Tensor?, _ g: ConvGeometry, bf16: Bool, into out: Tensor) {
+    let hw = g.h * g.w, (n, ic, oc) = (g.n, g.ic, g.oc)
+    let yp = out.data, xp = xin.data
+    if let b32 {
+        let bp = b32.data
+        Parallel.forEach(n * oc, costPerItem: hw) { row in (yp + row * hw).update(repeating: bp[row % oc], count: hw) }
+    }
+    let beta: Float = b32 == nil ? 0 : 1
+    if bf16 {
+        let (wptr, wowner) = weight.bf16Rows(key: "conv1x1_bf16")
+        let xb = Storage(byteCount: xin.count * 2)
+        let xbp = xb.base.assumingMemoryBound(to: UInt16.self), wp = UnsafePointer(wptr.assumingMemoryBound(to: UInt16.self))
+        Parallel.forRange(xin.count, costPerItem: 2) { r in ck_to_bf16(xp + r.lowerBound, xbp + r.lowerBound, r.count) }
+        withExtendedLifetime((xin, b32, xb, wowner, weight)) {
+            for b in 0..<n {
+                let st = dnnl_gemm_bf16bf16f32(78, 78, Int64(oc), Int64(hw), Int64(ic), 1, wp, Int64(ic), xbp + b * ic * hw, Int64(hw),
+                                               beta, yp + b * oc * hw, Int64(hw))
+                precondition(st == dnnl_success, "oneDNN bf16 gemm \(oc)x\(hw)x\(ic) failed: \(st.rawValue)")
+            }
+        }
+    } else {
+        let w32 = weight.float32().contiguous()
+        withExtendedLifetime((xin, b32, w32)) {
+            for b in 0..<n { DNNL.sgemm(false, false, oc, hw, ic, 1, w32.data, ic, xp + b * ic * hw, hw, beta, yp + b * oc * hw, hw) }
+        }
+    }
+}
+
+/// The op-times name of a convolution: kernel, stride, input size, path.
+private func convName(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options: Conv2dOptions, _ kind: String = "") -> String {
+    let g = ConvGeometry(x.shape, weight.shape, options)
+    let bf16 = NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? []))
+    let inference = !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
+    let path = g.pointwise && inference ? (bf16 ? "GEMM bf16" : "GEMM f32")
+        : g.winograd(bf16: bf16) ? "winograd f32" : bf16 ? "oneDNN bf16" : "oneDNN f32"
+    return "conv \(g.kh)x\(g.kw)/\(options.stride.0) \(g.h)x\(g.w) \(path)\(kind)"
+}
+
+private func conv2dOp(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options: Conv2dOptions) -> Tensor {
     let g = ConvGeometry(x.shape, weight.shape, options)
     if let rows = bandRows(g), !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? [])) {
         return conv2dBanded(x, .plain, weight, bias, options, bandRows: rows)
@@ -298,6 +356,10 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ optio
     let out = Tensor.empty([g.n, g.oc, g.oh, g.ow])
     let b32 = bias?.float32().contiguous()
     let bf16 = NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? []))
+    if g.pointwise, !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? [])) {
+        pointwiseConv(xin, weight, b32, g, bf16: bf16, into: out)
+        return out
+    }
     if g.winograd(bf16: bf16) {
         let training = GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
         let weights = Winograd.Weights(weight, transposed: false, retain: training)

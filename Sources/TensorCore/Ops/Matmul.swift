@@ -49,6 +49,10 @@ private func batchedGemm(_ a: Tensor, _ b: Tensor) -> Tensor {
 
 /// torch.matmul for operands of rank >= 2 (leading axes broadcast).
 public func matmul(_ a: Tensor, _ b: Tensor) -> Tensor {
+    OpTimes.measure("matmul") { matmulOp(a, b) }
+}
+
+private func matmulOp(_ a: Tensor, _ b: Tensor) -> Tensor {
     batchedGemm(a, b).recorded("matmul", [a, b]) { g in
         [a.requiresGrad ? batchedGemm(g, b.transposed()).sum(toShape: a.shape) : nil,
          b.requiresGrad ? batchedGemm(a.transposed(), g).sum(toShape: b.shape) : nil]
@@ -57,6 +61,10 @@ public func matmul(_ a: Tensor, _ b: Tensor) -> Tensor {
 
 /// torch.nn.functional.linear: x (..., in) @ weight(out, in)^T + bias(out).
 public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tensor {
+    OpTimes.measure("linear \(NativeBF16.applies([x, weight]) ? "bf16" : "f32") \(weight.shape[1])->\(weight.shape[0])") { linearOp(x, weight, bias) }
+}
+
+private func linearOp(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?) -> Tensor {
     let inF = weight.shape[1], outF = weight.shape[0]
     precondition(x.shape.last == inF, "linear: input \(x.shape) does not match weight \(weight.shape)")
     if NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? [])) { return linearBF16(x, weight, bias) }
@@ -65,8 +73,11 @@ public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tens
     defer { withExtendedLifetime((x2, w)) {} }
     let out = Tensor.empty(Array(x.shape.dropLast()) + [outF])
     if let bias {
-        let bc = bias.float32().contiguous(), o = out.data
-        withExtendedLifetime(bc) { for r in 0..<rows { (o + r * outF).update(from: bc.data, count: outF) } }
+        // Rows filled on every thread: the first touch of a fresh output (its page faults) is shared too.
+        let bc = bias.float32().contiguous(), o = out.data, bp = bc.data
+        withExtendedLifetime(bc) {
+            Parallel.forRange(rows, costPerItem: outF) { r in for i in r { (o + i * outF).update(from: bp, count: outF) } }
+        }
     }
     DNNL.sgemm(false, true, rows, outF, inF, 1, x2.data, inF, w.data, inF, bias == nil ? 0 : 1, out.data, outF)
     var inputs = [x, weight]

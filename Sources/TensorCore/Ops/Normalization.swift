@@ -7,6 +7,10 @@ import CKernels
 extension Tensor {
     /// F.group_norm over (N, C, *) with affine `weight`/`bias` (C); `silu` fuses the activation that follows it.
     public func groupNorm(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float = 1e-5, silu: Bool = false) -> Tensor {
+        OpTimes.measure("group norm\(silu ? " + SiLU" : "")") { groupNormOp(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu) }
+    }
+
+    private func groupNormOp(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float, silu: Bool) -> Tensor {
         let n = shape[0], c = shape[1]
         precondition(rank >= 2 && c % groups == 0, "group_norm: \(c) channels not divisible into \(groups) groups (shape \(shape))")
         let x = float32().contiguous()
@@ -74,6 +78,10 @@ extension Tensor {
 
     /// F.layer_norm over the last axis.
     public func layerNorm(weight: Tensor?, bias: Tensor?, eps: Float = 1e-5) -> Tensor {
+        OpTimes.measure("layer norm") { layerNormOp(weight: weight, bias: bias, eps: eps) }
+    }
+
+    private func layerNormOp(weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {
         let d = shape[rank - 1], rows = count / d
         let x = float32().contiguous(), out = Tensor.empty(shape)
         let rstd = Tensor.empty([rows]), xhat = Tensor.empty(shape)

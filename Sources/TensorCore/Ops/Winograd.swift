@@ -78,6 +78,8 @@ public enum Winograd {
     /// A convolution's weights ready for `convolve`: (oc, ic, 3, 3) float32, or, when `transposed`, the backward-data
     /// convolution of a weight (ic, oc, 3, 3) (its transpose, flipped spatially); with U when it is small.
     struct Weights {
+        /// The weight as the transform reads it: contiguous float32, or a contiguous bfloat16 weight as stored
+        /// (widened exactly by the kernel, never copied to float32).
         let w32: Tensor
         let oc: Int, ic: Int
         let transposed: Bool
@@ -85,7 +87,7 @@ public enum Winograd {
 
         /// `retain`: U in the retained scratch (training; hand it back with `done`).
         init(_ weight: Tensor, transposed: Bool, retain: Bool = false) {
-            w32 = weight.float32().contiguous()
+            w32 = weight.dtype == .bfloat16 && weight.isContiguous ? weight : weight.float32().contiguous()
             (oc, ic) = transposed ? (w32.shape[1], w32.shape[0]) : (w32.shape[0], w32.shape[1])
             self.transposed = transposed
             let bytes = ck_wino_u_floats(oc, ic) * 4
@@ -100,11 +102,14 @@ public enum Winograd {
 
         /// U of the output-channel panels `panels` into `u` (laid out for those panels only).
         func transform(into u: UnsafeMutablePointer<Float>, panels: Range<Int>) {
-            let (wp, oc, ic) = (w32.data, oc, ic)
+            let bf16 = w32.dtype == .bfloat16
+            let wp = UnsafeRawPointer(w32.storage.base + w32.offset * (bf16 ? 2 : 4)), (oc, ic) = (self.oc, self.ic)
             let t: Int32 = transposed ? 1 : 0
-            Parallel.forRange(panels.count, costPerItem: ic * 16 * 100) { r in
-                ck_wino_weights(wp, oc, ic, t, u, panels.lowerBound, panels.count,
-                                panels.lowerBound + r.lowerBound, panels.lowerBound + r.upperBound)
+            withExtendedLifetime(w32) {
+                Parallel.forRange(panels.count, costPerItem: ic * 16 * 100) { r in
+                    ck_wino_weights(wp, bf16 ? 1 : 0, oc, ic, t, u, panels.lowerBound, panels.count,
+                                    panels.lowerBound + r.lowerBound, panels.lowerBound + r.upperBound)
+                }
             }
         }
     }

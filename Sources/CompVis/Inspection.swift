@@ -1,6 +1,7 @@
 // Library side of `ldm inspect`: CheckpointReport (CompVis ldm/models/diffusion/ddpm.py component
 // prefixes, diffusers folders) of a file or folder, optionally with the LitEma weights
 // (ldm/modules/ema.py) substituted for the model weights.
+import Checkpoints
 import Foundation
 
 public enum Inspection {

@@ -1,6 +1,7 @@
 // Text report of a checkpoint for `ldm inspect`: format, metadata, detected family, parameter
 // counts per top-level component (CompVis prefixes or diffusers component folders), dtypes,
 // and the tensor list. Component prefixes follow ldm/models/diffusion/ddpm.py LatentDiffusion.
+import Checkpoints
 import Foundation
 
 public enum CheckpointReport {

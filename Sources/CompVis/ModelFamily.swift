@@ -3,6 +3,7 @@
 // model.diffusion_model.*, first_stage_model.*, cond_stage_model.*; ldm/modules/encoders/modules.py
 // FrozenCLIPEmbedder / FrozenOpenCLIPEmbedder / BERTEmbedder / ClassEmbedder), CompVis autoencoders
 // (ldm/models/autoencoder.py AutoencoderKL / VQModel) and diffusers model_index.json `_class_name`.
+import Checkpoints
 import Foundation
 
 public struct ModelFamily: CustomStringConvertible {
