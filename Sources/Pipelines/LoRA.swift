@@ -114,6 +114,7 @@ public enum LoRA {
                 kohya["lora_te_" + path.dropFirst(13).replacingOccurrences(of: ".", with: "_")] = name
             }
         }
+        for (k, v) in extraKohyaNames(baseShapes) where kohya[k] == nil { kohya[k] = v }   // SDXL: LoRASDXL.swift
         var modules: [String: LoRAModule] = [:]
         for key in file.records.keys.sorted() {
             let (module, part, peft) = try split(key, file: file.name)
@@ -128,6 +129,7 @@ public enum LoRA {
                 if path.hasPrefix("text_encoder."), !path.hasPrefix("text_encoder.text_model.") {
                     candidates.append("text_encoder.text_model." + path.dropFirst(13) + ".weight")  // transformers 5 names
                 }
+                candidates += textEncoder2Candidates(path)
                 guard let p = candidates.first(where: { baseShapes[$0] != nil }) else {
                     throw LoRAError("\(file.name): LoRA key '\(key)' maps to no module of the model")
                 }
@@ -153,10 +155,11 @@ public enum LoRA {
             guard let dot = key.firstIndex(of: ".") else { throw LoRAError("\(file): LoRA key '\(key)' has no part after the module name") }
             return (String(key[..<dot]), String(key[key.index(after: dot)...]), false)
         }
-        if key.hasPrefix("unet.") || key.hasPrefix("text_encoder.") || key.hasPrefix("base_model.model."), key.hasSuffix(".alpha") {
+        if key.hasPrefix("unet.") || key.hasPrefix("text_encoder.") || key.hasPrefix("text_encoder_2.") || key.hasPrefix("base_model.model."),
+           key.hasSuffix(".alpha") {
             return (String(key.dropLast(6)), "alpha", true)
         }
-        throw LoRAError("\(file): LoRA key '\(key)' is in no known LoRA format (kohya lora_unet_/lora_te_, diffusers unet./text_encoder. lora_A/lora_B)")
+        throw LoRAError("\(file): LoRA key '\(key)' is in no known LoRA format (kohya lora_unet_/lora_te_/lora_te1_/lora_te2_, diffusers unet./text_encoder./text_encoder_2. lora_A/lora_B)")
     }
 
     /// The unscaled delta of one module (element count of `shape`) and its rank (A1111's `dim`; nil: none).
@@ -294,10 +297,10 @@ struct PEFTConfig {
 
     /// lora_alpha / r (or / sqrt(r)), with PEFT's per-module patterns (a key matches a module path ending in it).
     func scale(parameter: String, fileRank: Int?) -> Float {
-        let comp = parameter.hasPrefix("unet.") ? "unet" : "text_encoder"
+        let comp = LoRA.component(ofParameter: parameter)
         guard let p = parts[comp] else { return 1 }
         var module = String(parameter.dropLast(".weight".count).dropFirst(comp.count + 1))
-        if comp == "text_encoder", module.hasPrefix("text_model.") { module = String(module.dropFirst(11)) }
+        if comp != "unet", module.hasPrefix("text_model.") { module = String(module.dropFirst(11)) }
         func matches(_ key: String) -> Bool { module == key || module.hasSuffix("." + key) }
         let r = p.rankPattern.first { matches($0.key) }?.value ?? p.r ?? fileRank ?? 1
         let alpha = p.alphaPattern.first { matches($0.key) }?.value ?? p.alpha ?? Double(r)

@@ -23,11 +23,13 @@ public final class AppliedLoRAs {
 }
 
 extension ModelBundle {
-    /// The parameters a LoRA may change: the UNet's ("unet.<name>") and the CLIP text encoder's ("text_encoder.<name>").
+    /// The parameters a LoRA may change: the UNet's ("unet.<name>"), the CLIP text encoder's ("text_encoder.<name>") and
+    /// SDXL's second text encoder's ("text_encoder_2.<name>").
     public var loraTargets: [String: Tensor] {
         var out: [String: Tensor] = [:]
         for (n, t) in unet.namedParameters { out["unet." + n] = t }
         if let te = textEncoder { for (n, t) in te.namedParameters { out["text_encoder." + n] = t } }
+        if let te2 = textEncoder2 { for (n, t) in te2.namedParameters { out["text_encoder_2." + n] = t } }   // SDXL
         return out
     }
 

@@ -146,6 +146,8 @@ final class SDXLSingleFileTests: XCTestCase {
             XCTAssertEqual(unmapped, [])
             XCTAssertTrue(layout.isSDXL)
             XCTAssertEqual(layout.isSDXLRefiner, refiner)
+            // What `ldm inspect` reports for the file.
+            XCTAssertEqual(ModelFamily.detect(try CheckpointFile.open(file).tensors).kind, refiner ? .sdxlRefiner : .sdxl)
             let unetShapes = Dictionary(try XCTUnwrap(comps["unet"]).map { ($0.name, $0.shape) }, uniquingKeysWith: { a, _ in a })
             let pooled = comps["text_encoder_2"]?.first { $0.name == "text_projection.weight" }?.shape.first
             let sdxl = try SDXLConditioningShape(unet: unetShapes, pooledDim: pooled, refiner: refiner)
