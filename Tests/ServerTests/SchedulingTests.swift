@@ -113,6 +113,7 @@ final class SchedulingTests: XCTestCase {
         let p = Process()
         p.executableURL = ldm
         p.arguments = ["txt2img", "--model", lcm.path, "--prompt", "a cat", "--seed", "5", "--width", "16", "--height", "16", "--output", out.path, "--quiet"]
+        p.arguments! += ["--precision", "f32"] // the server's precision (the CLI default, auto, is bf16 on native-bf16 CPUs)
         try p.run(); p.waitUntilExit()
         XCTAssertEqual(p.terminationStatus, 0)
         XCTAssertEqual(try ImageIO.load(path: out.path).image.pixels, img.image.pixels, "server LCM defaults differ from the CLI's")
