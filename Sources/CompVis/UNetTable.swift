@@ -263,7 +263,7 @@ public struct CompVisUNetKeyMap: Sendable {
         var problems: [String] = []
         var splitCache: [String: [Tensor]] = [:]
         let storage = WeightStorage.current
-        let lower = storage == .float32 ? [] : model.lowerPrecisionWeights
+        let lower = storage == .float32 ? [] : model.lowerPrecisionWeights(embeddings: storage == .asStored)
         for (name, param) in model.namedParameters {
             guard let src = sources[name] else {
                 problems.append("missing \(name)")

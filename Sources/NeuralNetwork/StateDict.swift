@@ -72,7 +72,7 @@ extension Module {
         var report = LoadReport()
         var used = Set<String>()
         let storage = WeightStorage.current
-        let lower = storage == .float32 ? [] : lowerPrecisionWeights
+        let lower = storage == .float32 ? [] : lowerPrecisionWeights(embeddings: storage == .asStored)
         for (name, param) in namedParameters {
             guard let r = records[name] else {
                 if optional.contains(name) { report.skipped.append(name) } else { report.missing.append(name) }

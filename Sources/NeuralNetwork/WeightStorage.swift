@@ -19,10 +19,10 @@ public enum WeightStorage: String, Sendable, CaseIterable {
     /// Inference in float32: float32 parameters in place in the mapped file when it is one (and aligned); 16-bit ones
     /// converted to owned float32 once.
     case mapped
-    /// Inference: float32 parameters and 16-bit Linear/Conv2d weights as the file stores them, in place in the mapped
-    /// file when it is one and aligned; other 16-bit parameters (biases, norms, embeddings) converted to float32.
+    /// Inference: float32 parameters and 16-bit Linear/Conv2d/Embedding weights as the file stores them, in place in
+    /// the mapped file when it is one and aligned; other 16-bit parameters (biases, norms) converted to float32.
     case asStored
-    /// Inference at bf16 compute: as `asStored`, with every Linear/Conv2d weight in bfloat16.
+    /// Inference at bf16 compute: as `mapped`, with every Linear/Conv2d weight in bfloat16.
     case bfloat16
 
     @TaskLocal public static var current: WeightStorage = .float32
@@ -61,12 +61,14 @@ extension Tensor {
 }
 
 extension Module {
-    /// The Linear and Conv2d weights reachable from this module (what may be held in 16 bits), by identity.
-    public var lowerPrecisionWeights: Set<ObjectIdentifier> {
+    /// The Linear and Conv2d weights reachable from this module (what may be held in 16 bits), by identity; with
+    /// `embeddings`, the Embedding tables too (their op widens the table per call; they are not bf16 ops).
+    public func lowerPrecisionWeights(embeddings: Bool = false) -> Set<ObjectIdentifier> {
         var out = Set<ObjectIdentifier>()
         forEachLayer { module in
             if let l = module as? Linear { out.insert(ObjectIdentifier(l.weight)) }
             else if let c = module as? Conv2d { out.insert(ObjectIdentifier(c.weight)) }
+            else if embeddings, let e = module as? Embedding { out.insert(ObjectIdentifier(e.weight)) }
         }
         return out
     }

@@ -23,4 +23,16 @@ final class WidenTests: XCTestCase {
             for r in 0..<64 { for c in 0..<64 { XCTAssertEqual(square[r * 64 + c].bitPattern, got[c * 64 + r].bitPattern) } }
         }
     }
+
+    /// float16 -> bfloat16 (an f16 file's weights held in bf16) in blocks: the bits of the conversion through float32.
+    func testHalfToBFloat16EqualsTheConversionThroughFloat32() {
+        let n = 1 << 16 + 4099
+        let t = Tensor(storage: Storage(byteCount: n * 2), shape: [n], dtype: .float16)
+        let bits = t.storage.base.assumingMemoryBound(to: UInt16.self)
+        for i in 0..<n { bits[i] = UInt16(truncatingIfNeeded: i &* 40503) }
+        let direct = t.to(.bfloat16), viaFloat32 = t.float32().to(.bfloat16)
+        XCTAssertEqual(direct.dtype, .bfloat16)
+        let a = direct.storage.base.assumingMemoryBound(to: UInt16.self), b = viaFloat32.storage.base.assumingMemoryBound(to: UInt16.self)
+        XCTAssertEqual((0..<n).filter { a[$0] != b[$0] }.count, 0)
+    }
 }

@@ -86,9 +86,30 @@ extension Tensor {
         return out.recorded("float32", [self]) { g in [g] }
     }
 
+    /// float16 -> bfloat16 (rounded to nearest even from the exact float32 value) through a small float32 buffer per
+    /// block, so that no float32 copy of the whole tensor exists (an f16 file's weights held in bf16 at load).
+    private func halfToBFloat16() -> Tensor {
+        let n = count, block = 4096
+        let out = Tensor(storage: Storage(byteCount: n * 2), shape: shape, dtype: .bfloat16)
+        let s = storage.base.assumingMemoryBound(to: UInt16.self) + offset, d = out.storage.base.assumingMemoryBound(to: UInt16.self)
+        withExtendedLifetime(self) {
+            Parallel.forRange((n + block - 1) / block, costPerItem: block) { r in
+                let tmp = UnsafeMutablePointer<Float>.allocate(capacity: block)
+                defer { tmp.deallocate() }
+                for b in r {
+                    let lo = b * block, m = Swift.min(block, n - lo)
+                    widen16(s + lo, tmp, m, bf16: false)
+                    ck_to_bf16(tmp, d + lo, m)
+                }
+            }
+        }
+        return out
+    }
+
     /// Converts to `dtype` (contiguous result). bfloat16 rounds to nearest even as torch does.
     public func to(_ target: DType) -> Tensor {
         if target == dtype { return self }
+        if target == .bfloat16 && dtype == .float16 && isContiguous { return halfToBFloat16() }
         let src = float32().contiguous()
         if target == .float32 { return src }
         let out = Tensor(storage: Storage(byteCount: count * 2), shape: shape, dtype: target)
