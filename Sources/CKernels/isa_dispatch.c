@@ -6,6 +6,9 @@
 #include "ckernels.h"
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #define CK_TARGET
 #define CK_LEVEL 0

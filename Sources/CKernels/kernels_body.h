@@ -19,6 +19,16 @@
 #define VCOPYSIGN(a, s) ((v8f)((v8i)(a) | ((v8i)(s) & (int)0x80000000)))
 #define HSUM(v) ({ v8f h_ = (v); ((h_[0] + h_[4]) + (h_[1] + h_[5])) + ((h_[2] + h_[6]) + (h_[3] + h_[7])); })
 
+// y * 2^n for the exponent n (as float and as integer bits): on AVX-512 one vscalefps, elsewhere two multiplies by
+// powers of two built in the exponent field (in two halves so that n = 128 does not overflow it). Both are exact
+// for normal results and round once for subnormal ones, so every level gives the same values.
+#undef VEXP_SCALE
+#if CK_LEVEL >= 2
+#define VEXP_SCALE(y, n, bits) ((v8f)_mm256_scalef_ps((__m256)(y), (__m256)(n)))
+#else
+#define VEXP_SCALE(y, n, bits) ({ v8i es_half = (bits) >> 1; \
+    (y) * (v8f)((es_half + 127) << 23) * (v8f)(((bits) - es_half + 127) << 23); })
+#endif
 // Cephes expf: Cody-Waite range reduction, degree-5 polynomial; the power of two is applied in two halves so that
 // n = 128 does not overflow the exponent field.
 #define VEXP(arg) ({ \
@@ -33,8 +43,7 @@
     e_p = e_p * e_r + 1.6666665459e-1f; \
     e_p = e_p * e_r + 5.0000001201e-1f; \
     v8f e_y = e_p * (e_r * e_r) + e_r + 1.0f; \
-    v8i e_half = e_bits >> 1; \
-    e_y * (v8f)((e_half + 127) << 23) * (v8f)((e_bits - e_half + 127) << 23); })
+    VEXP_SCALE(e_y, e_n, e_bits); })
 #define VSIGMOID(arg) (1.0f / (1.0f + VEXP(-(arg))))
 #define VTANH(arg) ({ v8f th_x = (arg); v8f th_e = VEXP(-2.0f * VMIN(VABS(th_x), SPLAT(9.0f))); \
     VCOPYSIGN((1.0f - th_e) / (1.0f + th_e), th_x); })

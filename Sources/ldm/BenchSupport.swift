@@ -31,6 +31,7 @@ enum BenchSupport {
         OpTimes.reset() // LDM_OP_TIMES: the table covers the timed repetitions only
         var times: [Double] = []
         for _ in 0..<reps { let t = now(); body(); times.append(now() - t) }
+        if OpTimes.enabled { FileHandle.standardError.write("repetitions: \(times.map { String(format: "%.3f s", $0) })\n".data(using: .utf8)!) }
         return times.sorted()[times.count / 2]
     }
 

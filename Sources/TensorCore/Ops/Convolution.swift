@@ -115,6 +115,9 @@ private struct ConvGeometry {
 /// SD-1.5 UNet), so only weights up to `maxCachedBytes` stay cached; larger ones are reordered per call into a
 /// recycled buffer (about 4% of a UNet forward).
 public enum ConvWeightCache {
+    /// 1x1 inference convolutions as a GEMM on the plain planes (`pointwiseConv`); `LDM_CONV1X1_GEMM=0` sends them to
+    /// oneDNN's convolution instead (benchmark comparisons).
+    public nonisolated(unsafe) static var pointwiseGEMM = ProcessInfo.processInfo.environment["LDM_CONV1X1_GEMM"] != "0"
     public nonisolated(unsafe) static var maxCachedBytes = (ProcessInfo.processInfo.environment["LDM_CONV_WEIGHT_CACHE_MB"].flatMap { Int($0) } ?? 1) << 20
 }
 
@@ -342,7 +345,7 @@ private func convName(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options:
     let g = ConvGeometry(x.shape, weight.shape, options)
     let bf16 = NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? []))
     let inference = !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
-    let path = g.pointwise && inference ? (bf16 ? "GEMM bf16" : "GEMM f32")
+    let path = ConvWeightCache.pointwiseGEMM && g.pointwise && inference ? (bf16 ? "GEMM bf16" : "GEMM f32")
         : g.winograd(bf16: bf16) ? "winograd f32" : bf16 ? "oneDNN bf16" : "oneDNN f32"
     return "conv \(g.kh)x\(g.kw)/\(options.stride.0) \(g.h)x\(g.w) \(path)\(kind)"
 }
@@ -356,7 +359,7 @@ private func conv2dOp(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options:
     let out = Tensor.empty([g.n, g.oc, g.oh, g.ow])
     let b32 = bias?.float32().contiguous()
     let bf16 = NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? []))
-    if g.pointwise, !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? [])) {
+    if ConvWeightCache.pointwiseGEMM, g.pointwise, !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? [])) {
         pointwiseConv(xin, weight, b32, g, bf16: bf16, into: out)
         return out
     }
