@@ -122,7 +122,9 @@ public struct AutoencoderKLConfig: VAEConfiguration {
         c.blockOutChannels = [128, 256, 512, 512]
         c.downBlockTypes = Array(repeating: .downEncoderBlock2D, count: 4)
         c.upBlockTypes = Array(repeating: .upDecoderBlock2D, count: 4)
-        c.layersPerBlock = 2; c.latentChannels = 4; c.sampleSize = 512
+        c.layersPerBlock = 2
+        c.latentChannels = 4
+        c.sampleSize = 512
         return c
     }
 

@@ -18,9 +18,11 @@ public struct DiagonalGaussianDistribution {
         logvar = halves[1].clamped(min: -30, max: 20)
         self.deterministic = deterministic
         if deterministic {
-            std = Tensor(zeros: mean.shape); variance = Tensor(zeros: mean.shape)
+            std = Tensor(zeros: mean.shape)
+            variance = Tensor(zeros: mean.shape)
         } else {
-            std = (logvar * 0.5).exp(); variance = logvar.exp()
+            std = (logvar * 0.5).exp()
+            variance = logvar.exp()
         }
     }
 

@@ -21,9 +21,15 @@ public struct VAEArchitecture: Equatable, Sendable {
 
     public init(inChannels: Int = 3, outChannels: Int = 3, blockOutChannels: [Int], layersPerBlock: Int, latentChannels: Int,
                 normNumGroups: Int = 32, midBlockAddAttention: Bool = true, downAttention: [Bool] = [], upAttention: [Bool] = []) {
-        self.inChannels = inChannels; self.outChannels = outChannels; self.blockOutChannels = blockOutChannels
-        self.layersPerBlock = layersPerBlock; self.latentChannels = latentChannels; self.normNumGroups = normNumGroups
-        self.midBlockAddAttention = midBlockAddAttention; self.downAttention = downAttention; self.upAttention = upAttention
+        self.inChannels = inChannels
+        self.outChannels = outChannels
+        self.blockOutChannels = blockOutChannels
+        self.layersPerBlock = layersPerBlock
+        self.latentChannels = latentChannels
+        self.normNumGroups = normNumGroups
+        self.midBlockAddAttention = midBlockAddAttention
+        self.downAttention = downAttention
+        self.upAttention = upAttention
     }
 
     /// Whether down block `i` / up block `i` has attentions (absent entries: no).

@@ -34,7 +34,10 @@ public final class VectorQuantizer: Module {
     public init(numEmbeddings: Int, embedDim: Int, beta: Float = 0.25, remap used: [Int]? = nil, unknownIndex: UnknownIndex = .random,
                 saneIndexShape: Bool = false, legacy: Bool = true) throws {
         guard numEmbeddings > 0, embedDim > 0 else { throw AutoencoderError("VectorQuantizer needs a positive codebook size, got \(numEmbeddings) x \(embedDim)") }
-        self.numEmbeddings = numEmbeddings; self.embedDim = embedDim; self.beta = beta; self.legacy = legacy
+        self.numEmbeddings = numEmbeddings
+        self.embedDim = embedDim
+        self.beta = beta
+        self.legacy = legacy
         self.saneIndexShape = saneIndexShape
         embedding = Embedding(numEmbeddings, embedDim)
         self.used = used
@@ -43,14 +46,20 @@ public final class VectorQuantizer: Module {
             // Codes >= numEmbeddings are accepted as taming does (they are never matched); they fail in codebookEntry.
             if let bad = used.first(where: { $0 < 0 }) { throw AutoencoderError("VectorQuantizer remap: used code \(bad) is negative") }
             switch unknownIndex {
-            case .extra: self.unknownIndex = .index(used.count); reEmbed = used.count + 1
+            case .extra:
+                self.unknownIndex = .index(used.count)
+                reEmbed = used.count + 1
             case .index(let i):
                 guard i >= 0 else { throw AutoencoderError("VectorQuantizer remap: unknown index \(i) is negative") }
-                self.unknownIndex = unknownIndex; reEmbed = used.count
-            case .random: self.unknownIndex = .random; reEmbed = used.count
+                self.unknownIndex = unknownIndex
+                reEmbed = used.count
+            case .random:
+                self.unknownIndex = .random
+                reEmbed = used.count
             }
         } else {
-            self.unknownIndex = unknownIndex; reEmbed = numEmbeddings
+            self.unknownIndex = unknownIndex
+            reEmbed = numEmbeddings
         }
     }
 
@@ -70,7 +79,10 @@ public final class VectorQuantizer: Module {
                 var best = Float.infinity, bi = 0
                 for j in 0..<k {
                     let d = zNorm[n] + eNorm[j] - 2 * p[n * k + j]
-                    if d < best { best = d; bi = j }
+                    if d < best {
+                        best = d
+                        bi = j
+                    }
                 }
                 return bi
             }

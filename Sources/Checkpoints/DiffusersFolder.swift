@@ -56,7 +56,8 @@ public struct DiffusersFolder {
             guard let idx = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else {
                 throw CheckpointError("\(indexURL.path): not a JSON object")
             }
-            modelIndexData = d; modelIndex = idx
+            modelIndexData = d
+            modelIndex = idx
             className = idx["_class_name"] as? String
             var comps: [DiffusersComponent] = []
             for key in idx.keys.sorted() where !key.hasPrefix("_") {
@@ -67,7 +68,8 @@ public struct DiffusersFolder {
             }
             components = comps
         } else if FileManager.default.fileExists(atPath: url.appendingPathComponent("config.json").path) {
-            modelIndexData = nil; modelIndex = nil
+            modelIndexData = nil
+            modelIndex = nil
             let c = try DiffusersFolder.component("", nil, nil, url, variant)
             className = c.config?["_class_name"] as? String ?? (c.config?["architectures"] as? [String])?.first
             components = [c]
@@ -87,7 +89,9 @@ public struct DiffusersFolder {
                 guard let o = try? JSONSerialization.jsonObject(with: d) as? [String: Any] else {
                     throw CheckpointError("\(u.path): not a JSON object")
                 }
-                cfgURL = u; cfgData = d; cfg = o
+                cfgURL = u
+                cfgData = d
+                cfg = o
                 break
             }
         }

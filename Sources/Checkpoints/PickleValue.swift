@@ -8,7 +8,10 @@ public final class PickleList {
     public enum Kind { case list, tuple, set }
     public let kind: Kind
     public internal(set) var items: [PickleValue]
-    init(_ kind: Kind, _ items: [PickleValue] = []) { self.kind = kind; self.items = items }
+    init(_ kind: Kind, _ items: [PickleValue] = []) {
+        self.kind = kind
+        self.items = items
+    }
 }
 
 /// An insertion-ordered dict (Python dicts and OrderedDict); string keys are indexed.
@@ -21,14 +24,23 @@ public final class PickleDict {
 
     func set(_ k: PickleValue, _ v: PickleValue) {
         if case .string(let s) = k {
-            if let i = stringIndex[s] { values[i] = v; return }
+            if let i = stringIndex[s] {
+                values[i] = v
+                return
+            }
             stringIndex[s] = keys.count
         }
-        keys.append(k); values.append(v)
+        keys.append(k)
+        values.append(v)
     }
     public subscript(_ key: String) -> PickleValue? { stringIndex[key].map { values[$0] } }
     public var count: Int { keys.count }
-    func clear() { keys = []; values = []; stringIndex = [:]; state = nil }
+    func clear() {
+        keys = []
+        values = []
+        stringIndex = [:]
+        state = nil
+    }
 }
 
 /// A storage referenced by a persistent id ('storage', <torch.XStorage>, key, location, numel).
@@ -49,7 +61,11 @@ public final class TorchTensorRef {
     public let stride: [Int]
     public internal(set) var isParameter = false
     init(storage: TorchStorageRef, dtype: StorageDType, storageOffset: Int, shape: [Int], stride: [Int]) {
-        self.storage = storage; self.dtype = dtype; self.storageOffset = storageOffset; self.shape = shape; self.stride = stride
+        self.storage = storage
+        self.dtype = dtype
+        self.storageOffset = storageOffset
+        self.shape = shape
+        self.stride = stride
     }
 }
 
@@ -60,7 +76,11 @@ public final class PickleObject {
     public let name: String
     public internal(set) var args: [PickleValue]
     public internal(set) var state: PickleValue?
-    init(module: String, name: String, args: [PickleValue]) { self.module = module; self.name = name; self.args = args }
+    init(module: String, name: String, args: [PickleValue]) {
+        self.module = module
+        self.name = name
+        self.args = args
+    }
 }
 
 public enum PickleValue {
@@ -101,13 +121,32 @@ public enum PickleValue {
         }
     }
 
-    public var isNone: Bool { if case .none = self { return true }; return false }
-    public var intValue: Int? { if case .int(let i) = self { return i }; if case .bool(let b) = self { return b ? 1 : 0 }; return nil }
-    public var stringValue: String? { if case .string(let s) = self { return s }; return nil }
-    public var dictValue: PickleDict? { if case .dict(let d) = self { return d }; return nil }
-    public var tensorValue: TorchTensorRef? { if case .tensor(let t) = self { return t }; return nil }
+    public var isNone: Bool {
+        if case .none = self { return true }
+        return false
+    }
+    public var intValue: Int? {
+        if case .int(let i) = self { return i }
+        if case .bool(let b) = self { return b ? 1 : 0 }
+        return nil
+    }
+    public var stringValue: String? {
+        if case .string(let s) = self { return s }
+        return nil
+    }
+    public var dictValue: PickleDict? {
+        if case .dict(let d) = self { return d }
+        return nil
+    }
+    public var tensorValue: TorchTensorRef? {
+        if case .tensor(let t) = self { return t }
+        return nil
+    }
     public var sequenceItems: [PickleValue]? {
-        switch self { case .tuple(let l), .list(let l), .set(let l): return l.items; default: return nil }
+        switch self {
+            case .tuple(let l), .list(let l), .set(let l): return l.items
+            default: return nil
+        }
     }
 
     /// Short Python-like rendering, bounded in depth and length (for reports and errors).
@@ -119,11 +158,17 @@ public enum PickleValue {
 
     private func render(into out: inout String, depth: Int, budget: Int) {
         if out.count > budget { return }
-        if depth > 8 { out += "…"; return }
+        if depth > 8 {
+            out += "…"
+            return
+        }
         func seq(_ l: PickleList, _ open: String, _ close: String) {
             out += open
             for (i, v) in l.items.enumerated() {
-                if out.count > budget { out += "…"; break }
+                if out.count > budget {
+                    out += "…"
+                    break
+                }
                 if i > 0 { out += ", " }
                 v.render(into: &out, depth: depth + 1, budget: budget)
             }
@@ -143,7 +188,10 @@ public enum PickleValue {
         case .dict(let d):
             out += "{"
             for i in 0..<d.count {
-                if out.count > budget { out += "…"; break }
+                if out.count > budget {
+                    out += "…"
+                    break
+                }
                 if i > 0 { out += ", " }
                 d.keys[i].render(into: &out, depth: depth + 1, budget: budget)
                 out += ": "

@@ -11,7 +11,10 @@ public struct SafeTensorsEntry {
     public var shape: [Int]
     public var bytes: Data
     public init(name: String, dtype: StorageDType, shape: [Int], bytes: Data) {
-        self.name = name; self.dtype = dtype; self.shape = shape; self.bytes = bytes
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.bytes = bytes
     }
 }
 
@@ -61,7 +64,13 @@ public final class SafeTensors {
         guard let top = json as? [String: Any] else { throw CheckpointError("\(file): header is not a JSON object") }
 
         var meta: [String: String]?
-        struct Info { let name: String; let dtype: StorageDType; let shape: [Int]; let begin: Int; let end: Int }
+        struct Info {
+            let name: String
+            let dtype: StorageDType
+            let shape: [Int]
+            let begin: Int
+            let end: Int
+        }
         var infos: [Info] = []
         infos.reserveCapacity(top.count)
         for (name, value) in top {

@@ -20,11 +20,20 @@ public final class TorchCheckpoint {
     }
     private let source: Source
     /// The zip archive (nil for a legacy file).
-    public var archive: ZipArchive? { if case .zip(let z, _) = source { return z }; return nil }
+    public var archive: ZipArchive? {
+        if case .zip(let z, _) = source { return z }
+        return nil
+    }
     /// Folder prefix of the zip entries ("archive" or the saved file's stem); nil for a legacy file.
-    public var prefix: String? { if case .zip(_, let p) = source { return p }; return nil }
+    public var prefix: String? {
+        if case .zip(_, let p) = source { return p }
+        return nil
+    }
     /// True for the legacy (pre-1.6, non-zip) format.
-    public var isLegacy: Bool { if case .legacy = source { return true }; return false }
+    public var isLegacy: Bool {
+        if case .legacy = source { return true }
+        return false
+    }
     public let root: PickleValue
     /// Objects created while unpickling; bounds the work of walking the result.
     public let objectCount: Int
@@ -128,7 +137,8 @@ public final class TorchCheckpoint {
             do {
                 let (v, n, used) = try Unpickler.loadPrefix(UnsafeRawBufferPointer(rebasing: buffer.bytes[pos...]), policy: policy,
                                                             persistentLoad: persistentLoad)
-                pos += used; objects += n
+                pos += used
+                objects += n
                 return v
             } catch let e as CheckpointError {
                 throw CheckpointError("legacy torch file: \(what) (pickle at byte \(pos)): \(e.message)")

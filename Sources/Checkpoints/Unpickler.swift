@@ -32,7 +32,10 @@ public final class Unpickler {
 
     public init(_ data: UnsafeRawBufferPointer, limits: UnpicklerLimits = .init(), policy: UnknownCallPolicy = .refuse,
                 persistentLoad: @escaping (PickleValue) throws -> PickleValue) {
-        self.data = data; self.limits = limits; self.policy = policy; self.persistentLoad = persistentLoad
+        self.data = data
+        self.limits = limits
+        self.policy = policy
+        self.persistentLoad = persistentLoad
     }
 
     /// Unpickles `data` (a copy of an entry's bytes).
@@ -59,7 +62,9 @@ public final class Unpickler {
         do {
             let v = try run()
             try validate(v)
-            stack = []; memo = [:]; registry = []
+            stack = []
+            memo = [:]
+            registry = []
             return v
         } catch {
             teardown(keep: [])
@@ -74,7 +79,11 @@ public final class Unpickler {
     private func need(_ n: Int) throws {
         guard n >= 0, n <= data.count - pos else { throw fail("value of \(n) bytes runs past the end of the \(data.count)-byte pickle") }
     }
-    private func byte() throws -> UInt8 { try need(1); defer { pos += 1 }; return data[pos] }
+    private func byte() throws -> UInt8 {
+        try need(1)
+        defer { pos += 1 }
+        return data[pos]
+    }
     private func le(_ n: Int) throws -> UInt64 {
         try need(n)
         var v: UInt64 = 0
@@ -120,9 +129,17 @@ public final class Unpickler {
         return items
     }
     private func newList(_ k: PickleList.Kind, _ items: [PickleValue]) -> PickleList {
-        let l = PickleList(k, items); registry.append(l); objectCount += 1; return l
+        let l = PickleList(k, items)
+        registry.append(l)
+        objectCount += 1
+        return l
     }
-    private func newDict() -> PickleDict { let d = PickleDict(); registry.append(d); objectCount += 1; return d }
+    private func newDict() -> PickleDict {
+        let d = PickleDict()
+        registry.append(d)
+        objectCount += 1
+        return d
+    }
     private func memoGet(_ i: UInt64) throws -> PickleValue {
         guard let v = memo[i] else { throw fail("memo index \(i) is not defined") }
         return v
@@ -136,7 +153,9 @@ public final class Unpickler {
             guard pos < data.count else { throw fail("pickle ended without a STOP opcode") }
             let op = try byte()
             switch op {
-            case 0x80: let p = try byte(); guard p <= 5 else { throw fail("unsupported protocol \(p)") }  // PROTO
+            case 0x80:
+                let p = try byte()
+                guard p <= 5 else { throw fail("unsupported protocol \(p)") }  // PROTO
             case 0x95: _ = try le(8)                                               // FRAME (length only)
             case 0x2E:                                                             // STOP
                 guard marks.isEmpty else { throw fail("STOP with an open MARK") }
@@ -162,10 +181,13 @@ public final class Unpickler {
                 if s == "00" { push(.bool(false)) } else if s == "01" { push(.bool(true)) }
                 else if let i = Int(s) { push(.int(i)) } else { throw fail("bad INT \(s.prefix(30))") }
             case 0x4C:                                                             // LONG (text)
-                let s = try line(); guard let i = Int(s.hasSuffix("L") ? String(s.dropLast()) : s) else { throw fail("unsupported LONG \(s.prefix(30))") }
+                let s = try line()
+                guard let i = Int(s.hasSuffix("L") ? String(s.dropLast()) : s) else { throw fail("unsupported LONG \(s.prefix(30))") }
                 push(.int(i))
             case 0x46:                                                             // FLOAT (text)
-                let s = try line(); guard let d = Double(s) else { throw fail("bad FLOAT") }; push(.float(d))
+                let s = try line()
+                guard let d = Double(s) else { throw fail("bad FLOAT") }
+                push(.float(d))
             case 0x58: push(.string(try utf8(try le(4))))                          // BINUNICODE
             case 0x8C: push(.string(try utf8(try le(1))))                          // SHORT_BINUNICODE
             case 0x8D: push(.string(try utf8(try le(8))))                          // BINUNICODE8
@@ -175,9 +197,15 @@ public final class Unpickler {
             case 0x43: push(.bytes(Data(try bytes(try le(1)))))                    // SHORT_BINBYTES
             case 0x8E, 0x96: push(.bytes(Data(try bytes(try le(8)))))              // BINBYTES8, BYTEARRAY8
             case 0x29: push(.tuple(newList(.tuple, [])))                           // EMPTY_TUPLE
-            case 0x85: let a = try pop(); push(.tuple(newList(.tuple, [a])))      // TUPLE1
-            case 0x86: let b = try pop(), a = try pop(); push(.tuple(newList(.tuple, [a, b])))
-            case 0x87: let c = try pop(), b = try pop(), a = try pop(); push(.tuple(newList(.tuple, [a, b, c])))
+            case 0x85:
+                let a = try pop()
+                push(.tuple(newList(.tuple, [a])))      // TUPLE1
+            case 0x86:
+                let b = try pop(), a = try pop()
+                push(.tuple(newList(.tuple, [a, b])))
+            case 0x87:
+                let c = try pop(), b = try pop(), a = try pop()
+                push(.tuple(newList(.tuple, [a, b, c])))
             case 0x74: push(.tuple(newList(.tuple, try popMark())))                // TUPLE
             case 0x5D: push(.list(newList(.list, [])))                             // EMPTY_LIST
             case 0x6C: push(.list(newList(.list, try popMark())))                  // LIST
@@ -193,7 +221,9 @@ public final class Unpickler {
             case 0x61:                                                             // APPEND
                 let v = try pop()
                 try appendItems([v])
-            case 0x65: let items = try popMark(); try appendItems(items)           // APPENDS
+            case 0x65:
+                let items = try popMark()
+                try appendItems(items)           // APPENDS
             case 0x90:                                                             // ADDITEMS
                 let items = try popMark()
                 guard case .set(let s) = try top() else { throw fail("ADDITEMS on a non-set") }
@@ -210,12 +240,14 @@ public final class Unpickler {
             case 0x71: try memoPut(try le(1))                                      // BINPUT
             case 0x72: try memoPut(try le(4))                                      // LONG_BINPUT
             case 0x70:                                                             // PUT (text)
-                guard let i = UInt64(try line()) else { throw fail("bad PUT index") }; try memoPut(i)
+                guard let i = UInt64(try line()) else { throw fail("bad PUT index") }
+                try memoPut(i)
             case 0x94: try memoPut(UInt64(memo.count))                             // MEMOIZE
             case 0x68: push(try memoGet(try le(1)))                                // BINGET
             case 0x6A: push(try memoGet(try le(4)))                                // LONG_BINGET
             case 0x67:                                                             // GET (text)
-                guard let i = UInt64(try line()) else { throw fail("bad GET index") }; push(try memoGet(i))
+                guard let i = UInt64(try line()) else { throw fail("bad GET index") }
+                push(try memoGet(i))
             case 0x63:                                                             // GLOBAL
                 let m = try line(), n = try line()
                 push(Unpickler.global(m, n))
@@ -232,7 +264,8 @@ public final class Unpickler {
                 guard case .tuple(let a) = args else { throw fail("NEWOBJ arguments are not a tuple") }
                 push(try call(cls, a.items))
             case 0x92:                                                             // NEWOBJ_EX
-                _ = try pop(); let args = try pop(), cls = try pop()
+                _ = try pop()
+                let args = try pop(), cls = try pop()
                 push(try call(cls, args.sequenceItems ?? []))
             case 0x62: try build(try pop())                                        // BUILD
             case 0x51: push(try persistentLoad(try pop()))                         // BINPERSID
@@ -306,8 +339,14 @@ public final class Unpickler {
                 }
                 dtype = dt
             }
-            let shape = try size.map { v -> Int in guard let i = v.intValue else { throw fail("\(full): non-integer size") }; return i }
-            let stride = try strd.map { v -> Int in guard let i = v.intValue else { throw fail("\(full): non-integer stride") }; return i }
+            let shape = try size.map { v -> Int in
+                guard let i = v.intValue else { throw fail("\(full): non-integer size") }
+                return i
+            }
+            let stride = try strd.map { v -> Int in
+                guard let i = v.intValue else { throw fail("\(full): non-integer stride") }
+                return i
+            }
             guard shape.count == stride.count, shape.count <= 64 else { throw fail("\(full): size/stride rank mismatch") }
             guard off >= 0, !shape.contains(where: { $0 < 0 }), !stride.contains(where: { $0 < 0 }) else {
                 throw fail("\(full): negative size, stride or offset")
@@ -356,11 +395,15 @@ public final class Unpickler {
             if case .bytes(let b)? = args.first { return .bytes(b) }
             return .bytes(Data())
         case "torch.device":
-            let o = PickleObject(module: m, name: n, args: args); registry.append(o); objectCount += 1
+            let o = PickleObject(module: m, name: n, args: args)
+            registry.append(o)
+            objectCount += 1
             return .object(o)
         default:
             if policy == .recordInert {
-                let o = PickleObject(module: m, name: n, args: args); registry.append(o); objectCount += 1
+                let o = PickleObject(module: m, name: n, args: args)
+                registry.append(o)
+                objectCount += 1
                 return .object(o)
             }
             throw CheckpointError("pickle: refused to call \(full) (not an allowed torch.load global)")
@@ -416,7 +459,10 @@ public final class Unpickler {
             default: return nil
             }
         }
-        guard let r = node(root) else { teardown(keep: []); return }
+        guard let r = node(root) else {
+            teardown(keep: [])
+            return
+        }
         var work: [(AnyObject, [PickleValue], Int, Int)] = [(r.0, r.1, 0, 0)]   // object, children, next child, max child height
         onPath.insert(ObjectIdentifier(r.0))
         while let frame = work.popLast() {
@@ -424,10 +470,14 @@ public final class Unpickler {
             var (i, h) = (frame.2, frame.3)
             var descended = false
             while i < kids.count {
-                let kid = kids[i]; i += 1
+                let kid = kids[i]
+                i += 1
                 guard let k = node(kid) else { continue }
                 let id = ObjectIdentifier(k.0)
-                if let kh = height[id] { h = max(h, kh); continue }
+                if let kh = height[id] {
+                    h = max(h, kh)
+                    continue
+                }
                 if onPath.contains(id) { throw CheckpointError("pickle: cyclic structure (an object contains itself)") }
                 guard work.count + 2 <= limits.maxDepth else {
                     throw CheckpointError("pickle: structure nested too deep (more than \(limits.maxDepth) levels)")
@@ -442,7 +492,10 @@ public final class Unpickler {
             let id = ObjectIdentifier(obj)
             onPath.remove(id)
             height[id] = h + 1
-            if var parent = work.popLast() { parent.3 = max(parent.3, h + 1); work.append(parent) }
+            if var parent = work.popLast() {
+                parent.3 = max(parent.3, h + 1)
+                work.append(parent)
+            }
         }
         teardown(keep: Set(height.keys))
     }
@@ -451,8 +504,13 @@ public final class Unpickler {
         for o in registry where !keep.contains(ObjectIdentifier(o)) {
             if let l = o as? PickleList { l.items = [] }
             else if let d = o as? PickleDict { d.clear() }
-            else if let p = o as? PickleObject { p.args = []; p.state = nil }
+            else if let p = o as? PickleObject {
+                p.args = []
+                p.state = nil
+            }
         }
-        stack = []; memo = [:]; registry = []
+        stack = []
+        memo = [:]
+        registry = []
     }
 }

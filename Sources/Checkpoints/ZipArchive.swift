@@ -31,7 +31,13 @@ public final class ZipArchive {
         if n >= 22 {
             var p = n - 22
             let stop = max(0, n - 22 - 65535)
-            while p >= stop { if buffer.u32(p) == 0x0605_4B50 { eocd = p; break }; p -= 1 }
+            while p >= stop {
+                if buffer.u32(p) == 0x0605_4B50 {
+                    eocd = p
+                    break
+                }
+                p -= 1
+            }
         }
         guard eocd >= 0 else { throw CheckpointError("zip: end of central directory record not found (truncated or not a zip)") }
         var count = Int(buffer.u16(eocd + 10))
@@ -50,7 +56,9 @@ public final class ZipArchive {
             guard c64 <= UInt64(n / 46), s64 <= UInt64(n), o64 <= UInt64(n) else {
                 throw CheckpointError("zip: ZIP64 record claims \(c64) entries / \(s64) bytes at \(o64), impossible in a \(n)-byte file")
             }
-            count = Int(c64); cdSize = Int(s64); cdOffset = Int(o64)
+            count = Int(c64)
+            cdSize = Int(s64)
+            cdOffset = Int(o64)
         }
         guard cdOffset <= n, cdSize <= n - cdOffset, cdOffset + cdSize <= eocd else {
             throw CheckpointError("zip: central directory (\(cdSize) bytes at \(cdOffset)) lies outside the file")
@@ -187,7 +195,8 @@ public final class ZipArchive {
         while left > 0, let q = p {
             let n = min(left, 1 << 30)
             crc = CZlib.crc32(crc, q, uInt(n))
-            p = q + n; left -= n
+            p = q + n
+            left -= n
         }
         guard UInt32(truncatingIfNeeded: crc) == e.crc32 else {
             throw CheckpointError("zip: entry \"\(e.name)\" fails its CRC-32 check")

@@ -57,11 +57,17 @@ public final class LDMBertEncoderLayer: Module {
 
     init(_ c: LDMBertConfig) {
         let inner = c.encoderAttentionHeads * c.headDim
-        heads = c.encoderAttentionHeads; headDim = c.headDim; act = c.activationFunction
-        selfAttnLayerNorm = LayerNorm(c.dModel); finalLayerNorm = LayerNorm(c.dModel)
-        qProj = Linear(c.dModel, inner, bias: false); kProj = Linear(c.dModel, inner, bias: false)
-        vProj = Linear(c.dModel, inner, bias: false); outProj = Linear(inner, c.dModel)
-        fc1 = Linear(c.dModel, c.encoderFFNDim); fc2 = Linear(c.encoderFFNDim, c.dModel)
+        heads = c.encoderAttentionHeads
+        headDim = c.headDim
+        act = c.activationFunction
+        selfAttnLayerNorm = LayerNorm(c.dModel)
+        finalLayerNorm = LayerNorm(c.dModel)
+        qProj = Linear(c.dModel, inner, bias: false)
+        kProj = Linear(c.dModel, inner, bias: false)
+        vProj = Linear(c.dModel, inner, bias: false)
+        outProj = Linear(inner, c.dModel)
+        fc1 = Linear(c.dModel, c.encoderFFNDim)
+        fc2 = Linear(c.encoderFFNDim, c.dModel)
     }
 
     func callAsFunction(_ x: Tensor) -> Tensor {

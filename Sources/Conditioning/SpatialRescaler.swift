@@ -18,7 +18,9 @@ public final class SpatialRescaler: Module {
         guard stages >= 0, multiplier > 0, inChannels > 0, (outChannels ?? 1) > 0 else {
             throw ConditioningError("SpatialRescaler: n_stages \(stages), multiplier \(multiplier), channels \(inChannels) -> \(outChannels.map(String.init) ?? "same") are not valid")
         }
-        self.stages = stages; self.method = method; self.multiplier = multiplier
+        self.stages = stages
+        self.method = method
+        self.multiplier = multiplier
         channelMapper = outChannels.map { Conv2d(inChannels, $0, kernel: 1, bias: bias) }
     }
 

@@ -7,7 +7,10 @@ import TensorCore
 /// FeedForward with GEGLU: net.0.proj = Linear(dim, inner * 2); hidden, gate = chunk(2); hidden * gelu(gate); net.2.
 public final class FeedForward: Module {
     public let proj: Linear, out: Linear
-    public init(dim: Int, mult: Int = 4) { proj = Linear(dim, dim * mult * 2); out = Linear(dim * mult, dim) }
+    public init(dim: Int, mult: Int = 4) {
+        proj = Linear(dim, dim * mult * 2)
+        out = Linear(dim * mult, dim)
+    }
     public func callAsFunction(_ x: Tensor) -> Tensor { out(proj(x).geglu()) }
     public var namedParameters: [(String, Tensor)] { scoped("net.0.proj", proj) + scoped("net.2", out) }
 }
@@ -17,9 +20,12 @@ public final class FeedForward: Module {
 public final class BasicTransformerBlock: Module {
     public let norm1: LayerNorm, attn1: Attention, norm2: LayerNorm, attn2: Attention, norm3: LayerNorm, ff: FeedForward
     public init(dim: Int, heads: Int, dimHead: Int, crossAttentionDim: Int?) {
-        norm1 = LayerNorm(dim); attn1 = Attention(queryDim: dim, heads: heads, dimHead: dimHead)
-        norm2 = LayerNorm(dim); attn2 = Attention(queryDim: dim, crossAttentionDim: crossAttentionDim, heads: heads, dimHead: dimHead)
-        norm3 = LayerNorm(dim); ff = FeedForward(dim: dim)
+        norm1 = LayerNorm(dim)
+        attn1 = Attention(queryDim: dim, heads: heads, dimHead: dimHead)
+        norm2 = LayerNorm(dim)
+        attn2 = Attention(queryDim: dim, crossAttentionDim: crossAttentionDim, heads: heads, dimHead: dimHead)
+        norm3 = LayerNorm(dim)
+        ff = FeedForward(dim: dim)
     }
     public func callAsFunction(_ x: Tensor, context: Tensor?) -> Tensor {
         var h = attn1(norm1(x)) + x

@@ -17,8 +17,12 @@ public final class Attention: Module {
     public init(queryDim: Int, crossAttentionDim: Int? = nil, heads: Int, dimHead: Int, bias: Bool = false,
                 normNumGroups: Int? = nil, eps: Float = 1e-5, residualConnection: Bool = false, rescaleOutputFactor: Float = 1) {
         let inner = heads * dimHead, kv = crossAttentionDim ?? queryDim
-        self.heads = heads; self.residualConnection = residualConnection; self.rescaleOutputFactor = rescaleOutputFactor
-        toQ = Linear(queryDim, inner, bias: bias); toK = Linear(kv, inner, bias: bias); toV = Linear(kv, inner, bias: bias)
+        self.heads = heads
+        self.residualConnection = residualConnection
+        self.rescaleOutputFactor = rescaleOutputFactor
+        toQ = Linear(queryDim, inner, bias: bias)
+        toK = Linear(kv, inner, bias: bias)
+        toV = Linear(kv, inner, bias: bias)
         toOut = Linear(inner, queryDim)
         groupNorm = normNumGroups.map { GroupNorm(groups: $0, channels: queryDim, eps: eps) }
     }

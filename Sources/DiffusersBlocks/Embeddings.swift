@@ -30,7 +30,8 @@ public func timestepEmbedding(_ timesteps: [Float], dim: Int, flipSinToCos: Bool
 public final class TimestepEmbedding: Module {
     public let linear1: Linear, linear2: Linear
     public init(inChannels: Int, timeEmbedDim: Int) {
-        linear1 = Linear(inChannels, timeEmbedDim); linear2 = Linear(timeEmbedDim, timeEmbedDim)
+        linear1 = Linear(inChannels, timeEmbedDim)
+        linear2 = Linear(timeEmbedDim, timeEmbedDim)
     }
     public func callAsFunction(_ x: Tensor) -> Tensor { linear2(linear1(x).silu()) }
     public var namedParameters: [(String, Tensor)] { scoped("linear_1", linear1) + scoped("linear_2", linear2) }

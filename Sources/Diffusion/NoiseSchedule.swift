@@ -72,7 +72,10 @@ public struct NoiseSchedule: Sendable {
         case (.sqrt, .float64):
             betas = Self.linspace(betaStart, betaEnd, n).map { $0.squareRoot() }
         case (.squaredcosCapV2, _):
-            func alphaBar(_ t: Double) -> Double { let c = cos((t + 0.008) / 1.008 * Double.pi / 2); return c * c }
+            func alphaBar(_ t: Double) -> Double {
+                let c = cos((t + 0.008) / 1.008 * Double.pi / 2)
+                return c * c
+            }
             betas = (0..<n).map { i in
                 min(1 - alphaBar(Double(i + 1) / Double(n)) / alphaBar(Double(i) / Double(n)), 0.999)
             }
@@ -80,7 +83,8 @@ public struct NoiseSchedule: Sendable {
         case (.cosine, _):
             let s = 8e-3
             let a: [Double] = (0...n).map { i in
-                let c = cos((Double(i) / Double(n) + s) / (1 + s) * Double.pi / 2); return c * c
+                let c = cos((Double(i) / Double(n) + s) / (1 + s) * Double.pi / 2)
+                return c * c
             }
             betas = (0..<n).map { i in min(max(1 - (a[i + 1] / a[0]) / (a[i] / a[0]), 0), 0.999) }
             if precision == .float32 { betas = betas.map { Double(Float($0)) } }
@@ -178,13 +182,19 @@ enum Spacing {
         let logSigma = log(max(sigma, 1e-10))
         var low = 0
         var count = 0
-        for (i, ls) in logSigmas.enumerated() where logSigma - ls >= 0 { count += 1; low = i }
+        for (i, ls) in logSigmas.enumerated() where logSigma - ls >= 0 {
+            count += 1
+            low = i
+        }
         // argmax of the cumulative count = first index reaching the final count
         if count == 0 { low = 0 } else {
             var c = 0
             for (i, ls) in logSigmas.enumerated() {
                 if logSigma - ls >= 0 { c += 1 }
-                if c == count { low = i; break }
+                if c == count {
+                    low = i
+                    break
+                }
             }
         }
         low = min(low, logSigmas.count - 2)

@@ -63,7 +63,9 @@ func applyEXIFOrientation(_ img: RGBImage, _ orientation: Int) -> RGBImage {
             default: (sx, sy) = (ox, oy)
             }
             let s = (sy * w + sx) * 3, d = (oy * ow + ox) * 3
-            out[d] = img.pixels[s]; out[d + 1] = img.pixels[s + 1]; out[d + 2] = img.pixels[s + 2]
+            out[d] = img.pixels[s]
+            out[d + 1] = img.pixels[s + 1]
+            out[d + 2] = img.pixels[s + 2]
         }
     }
     return RGBImage(uncheckedWidth: ow, height: oh, pixels: out)

@@ -11,7 +11,10 @@ public struct GenerationParameters: Equatable, Sendable {
     public struct Field: Equatable, Sendable {
         public var key: String
         public var value: String
-        public init(_ key: String, _ value: String) { self.key = key; self.value = value }
+        public init(_ key: String, _ value: String) {
+            self.key = key
+            self.value = value
+        }
     }
 
     public var prompt: String
@@ -30,9 +33,17 @@ public struct GenerationParameters: Equatable, Sendable {
     public init(prompt: String = "", negativePrompt: String = "", steps: Int? = nil, sampler: String? = nil,
                 cfgScale: Double? = nil, seed: Int? = nil, width: Int? = nil, height: Int? = nil,
                 modelHash: String? = nil, model: String? = nil, extra: [Field] = []) {
-        self.prompt = prompt; self.negativePrompt = negativePrompt; self.steps = steps; self.sampler = sampler
-        self.cfgScale = cfgScale; self.seed = seed; self.width = width; self.height = height
-        self.modelHash = modelHash; self.model = model; self.extra = extra
+        self.prompt = prompt
+        self.negativePrompt = negativePrompt
+        self.steps = steps
+        self.sampler = sampler
+        self.cfgScale = cfgScale
+        self.seed = seed
+        self.width = width
+        self.height = height
+        self.modelHash = modelHash
+        self.model = model
+        self.extra = extra
     }
 
     /// The value of an extra field by key.
@@ -88,7 +99,11 @@ public struct GenerationParameters: Equatable, Sendable {
             .split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         var last = lines.popLast() ?? ""
         var pairs = GenerationParameters.findParams(last)
-        if pairs.count < 3 { lines.append(last); last = ""; pairs = [] }
+        if pairs.count < 3 {
+            lines.append(last)
+            last = ""
+            pairs = []
+        }
         var doneWithPrompt = false
         for raw in lines {
             var line = raw.trimmingCharacters(in: .whitespaces)
@@ -146,12 +161,19 @@ public struct GenerationParameters: Equatable, Sendable {
                     if v < c.count, c[v] == "\"" {  // quoted alternative: "(?:\\.|[^\\"])+" then ',' or end
                         var q = v + 1, n = 0
                         while q < c.count, c[q] != "\"" {
-                            if c[q] == "\\" { guard q + 1 < c.count else { break }; q += 2 } else { q += 1 }
+                            if c[q] == "\\" {
+                                guard q + 1 < c.count else { break }
+                                q += 2
+                            } else { q += 1 }
                             n += 1
                         }
                         if q < c.count, c[q] == "\"", n > 0, q + 1 == c.count || c[q + 1] == "," { end = q + 1 }
                     }
-                    if end == nil { var e = v; while e < c.count, c[e] != "," { e += 1 }; end = e }
+                    if end == nil {
+                        var e = v
+                        while e < c.count, c[e] != "," { e += 1 }
+                        end = e
+                    }
                     let e = end!
                     out.append((key, String(String.UnicodeScalarView(c[v..<e]))))
                     start = e < c.count ? e + 1 : e

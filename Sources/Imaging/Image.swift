@@ -26,7 +26,9 @@ public struct RGBImage: Equatable, Sendable {
         guard pixels.count == width * height * 3 else {
             throw ImageError.pixelCountMismatch(expected: width * height * 3, got: pixels.count)
         }
-        self.width = width; self.height = height; self.pixels = pixels
+        self.width = width
+        self.height = height
+        self.pixels = pixels
     }
 
     /// A solid-colour image (PIL `Image.new("RGB", size, color)`).
@@ -34,14 +36,22 @@ public struct RGBImage: Equatable, Sendable {
         try checkDimensions(width, height, source: "RGBImage")
         var p = [UInt8](repeating: 0, count: width * height * 3)
         if fill != (0, 0, 0) {
-            for i in 0..<(width * height) { p[3 * i] = fill.0; p[3 * i + 1] = fill.1; p[3 * i + 2] = fill.2 }
+            for i in 0..<(width * height) {
+                p[3 * i] = fill.0
+                p[3 * i + 1] = fill.1
+                p[3 * i + 2] = fill.2
+            }
         }
-        self.width = width; self.height = height; self.pixels = p
+        self.width = width
+        self.height = height
+        self.pixels = p
     }
 
     /// Internal initializer for sizes already validated by the caller.
     init(uncheckedWidth width: Int, height: Int, pixels: [UInt8]) {
-        self.width = width; self.height = height; self.pixels = pixels
+        self.width = width
+        self.height = height
+        self.pixels = pixels
     }
 
     public subscript(x: Int, y: Int) -> (UInt8, UInt8, UInt8) {
@@ -80,11 +90,15 @@ public struct GrayImage: Equatable, Sendable {
         guard pixels.count == width * height else {
             throw ImageError.pixelCountMismatch(expected: width * height, got: pixels.count)
         }
-        self.width = width; self.height = height; self.pixels = pixels
+        self.width = width
+        self.height = height
+        self.pixels = pixels
     }
 
     init(uncheckedWidth width: Int, height: Int, pixels: [UInt8]) {
-        self.width = width; self.height = height; self.pixels = pixels
+        self.width = width
+        self.height = height
+        self.pixels = pixels
     }
 
     public subscript(x: Int, y: Int) -> UInt8 { pixels[y * width + x] }
@@ -92,7 +106,12 @@ public struct GrayImage: Equatable, Sendable {
     /// PIL `convert("RGB")` from "L": the gray level is copied into R, G and B.
     public func rgb() -> RGBImage {
         var out = [UInt8](repeating: 0, count: width * height * 3)
-        for i in 0..<(width * height) { let v = pixels[i]; out[3 * i] = v; out[3 * i + 1] = v; out[3 * i + 2] = v }
+        for i in 0..<(width * height) {
+            let v = pixels[i]
+            out[3 * i] = v
+            out[3 * i + 1] = v
+            out[3 * i + 2] = v
+        }
         return RGBImage(uncheckedWidth: width, height: height, pixels: out)
     }
 

@@ -93,7 +93,8 @@ func splitAlpha(_ rgba: [UInt8], pixelCount n: Int, handling: AlphaHandling) -> 
     var a = [UInt8](repeating: 0, count: n)
     rgba.withUnsafeBufferPointer { s in
         for i in 0..<n {
-            let al = Int(s[4 * i + 3]); a[i] = UInt8(al)
+            let al = Int(s[4 * i + 3])
+            a[i] = UInt8(al)
             for c in 0..<3 {
                 let v = Int(s[4 * i + c])
                 switch handling {

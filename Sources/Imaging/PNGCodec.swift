@@ -60,7 +60,10 @@ public enum PNGCodec {
             rgba = [UInt8](repeating: 0, count: n * 4)
             for i in 0..<n {
                 let g = buffer[2 * i]
-                rgba[4 * i] = g; rgba[4 * i + 1] = g; rgba[4 * i + 2] = g; rgba[4 * i + 3] = buffer[2 * i + 1]
+                rgba[4 * i] = g
+                rgba[4 * i + 1] = g
+                rgba[4 * i + 2] = g
+                rgba[4 * i + 3] = buffer[2 * i + 1]
             }
         }
         let (rgb, a) = splitAlpha(rgba, pixelCount: n, handling: hasAlpha ? handling : .drop)
@@ -87,7 +90,8 @@ public enum PNGCodec {
         let textBytes = try text.flatMap { try $0.chunkBytes() }
         var image = png_image()
         image.version = png_uint_32(PNG_IMAGE_VERSION)
-        image.width = png_uint_32(width); image.height = png_uint_32(height)
+        image.width = png_uint_32(width)
+        image.height = png_uint_32(height)
         image.format = color ? formatFlagColor : 0
         defer { png_image_free(&image) }
         var size = 0

@@ -7,11 +7,17 @@ import Foundation
 public struct PNGTextChunk: Equatable, Sendable {
     public var keyword: String
     public var text: String
-    public init(keyword: String, text: String) { self.keyword = keyword; self.text = text }
+    public init(keyword: String, text: String) {
+        self.keyword = keyword
+        self.text = text
+    }
 
     static func latin1(_ s: String) -> [UInt8]? {
         var out: [UInt8] = []
-        for u in s.unicodeScalars { guard u.value < 256 else { return nil }; out.append(UInt8(u.value)) }
+        for u in s.unicodeScalars {
+            guard u.value < 256 else { return nil }
+            out.append(UInt8(u.value))
+        }
         return out
     }
 
@@ -55,7 +61,8 @@ func zlibInflate(_ input: ArraySlice<UInt8>, limit: Int = 16 << 20) -> [UInt8]? 
         stream.avail_in = uInt(inp.count)
         while true {
             let status: Int32 = chunk.withUnsafeMutableBufferPointer { c in
-                stream.next_out = c.baseAddress; stream.avail_out = uInt(c.count)
+                stream.next_out = c.baseAddress
+                stream.avail_out = uInt(c.count)
                 return inflate(&stream, Z_NO_FLUSH)
             }
             out += chunk[0..<(chunk.count - Int(stream.avail_out))]

@@ -22,7 +22,9 @@ public enum ResampleFilter: String, Sendable, CaseIterable {
     func weight(_ x0: Double) -> Double {
         switch self {
         case .nearest, .box: return (x0 > -0.5 && x0 <= 0.5) ? 1.0 : 0.0
-        case .bilinear: let x = abs(x0); return x < 1.0 ? 1.0 - x : 0.0
+        case .bilinear:
+            let x = abs(x0)
+            return x < 1.0 ? 1.0 - x : 0.0
         case .hamming:
             let x = abs(x0)
             if x == 0.0 { return 1.0 }
@@ -68,7 +70,8 @@ private func precomputeCoeffs(inSize: Int, outSize: Int, filter: ResampleFilter)
         var ww = 0.0
         for x in 0..<max(xmax, 0) {
             let w = filter.weight((Double(x + xmin) - center + 0.5) * ss)
-            k[x] = w; ww += w
+            k[x] = w
+            ww += w
         }
         for x in 0..<max(xmax, 0) {
             let v = ww != 0.0 ? k[x] / ww : k[x]
@@ -166,7 +169,10 @@ func resampleNearest(_ src: [UInt8], width: Int, height: Int, channels c: Int,
     func coord(_ v: Double) -> Int { v < 0.0 ? -1 : Int(v) }
     var xin = [Int](repeating: 0, count: outWidth)
     var xo = a0 * 0.5
-    for x in 0..<outWidth { xin[x] = min(max(coord(xo), 0), width - 1); xo += a0 }
+    for x in 0..<outWidth {
+        xin[x] = min(max(coord(xo), 0), width - 1)
+        xo += a0
+    }
     var out = [UInt8](repeating: 0, count: outWidth * outHeight * c)
     var yo = a4 * 0.5
     for y in 0..<outHeight {

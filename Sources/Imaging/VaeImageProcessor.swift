@@ -13,7 +13,8 @@ public struct VaeImageProcessor: Sendable {
     public var vaeScaleFactor: Int
     public var resample: ResampleFilter
     public init(vaeScaleFactor: Int = 8, resample: ResampleFilter = .lanczos) {
-        self.vaeScaleFactor = vaeScaleFactor; self.resample = resample
+        self.vaeScaleFactor = vaeScaleFactor
+        self.resample = resample
     }
 
     /// get_default_height_width: the requested (or image) size rounded down to a multiple of vae_scale_factor.

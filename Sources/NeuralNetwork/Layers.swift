@@ -61,8 +61,10 @@ public final class GroupNorm: Module {
     public var weight: Tensor, bias: Tensor
     public let groups: Int, eps: Float
     public init(groups: Int, channels: Int, eps: Float = 1e-5) {
-        self.groups = groups; self.eps = eps
-        weight = Tensor.ones([channels]).requiringGrad(); bias = Tensor(zeros: [channels]).requiringGrad()
+        self.groups = groups
+        self.eps = eps
+        weight = Tensor.ones([channels]).requiringGrad()
+        bias = Tensor(zeros: [channels]).requiringGrad()
     }
     /// `silu: true` fuses the swish that follows most GroupNorms in the reference models.
     public func callAsFunction(_ x: Tensor, silu: Bool = false) -> Tensor {
@@ -82,9 +84,13 @@ public final class BatchNorm2d: Module {
     public let eps: Float, momentum: Float
     public var training = true
     public init(_ channels: Int, eps: Float = 1e-5, momentum: Float = 0.1) {
-        self.eps = eps; self.momentum = momentum
-        weight = Tensor.ones([channels]).requiringGrad(); bias = Tensor(zeros: [channels]).requiringGrad()
-        runningMean = Tensor(zeros: [channels]); runningVar = Tensor.ones([channels]); numBatchesTracked = Tensor(zeros: [])
+        self.eps = eps
+        self.momentum = momentum
+        weight = Tensor.ones([channels]).requiringGrad()
+        bias = Tensor(zeros: [channels]).requiringGrad()
+        runningMean = Tensor(zeros: [channels])
+        runningVar = Tensor.ones([channels])
+        numBatchesTracked = Tensor(zeros: [])
     }
     /// `frozen`: the affine weight and bias take part without gradients (detached), running statistics still update.
     public func callAsFunction(_ x: Tensor, frozen: Bool = false) -> Tensor {
@@ -122,7 +128,8 @@ public final class LayerNorm: Module {
     public let eps: Float
     public init(_ dim: Int, eps: Float = 1e-5) {
         self.eps = eps
-        weight = Tensor.ones([dim]).requiringGrad(); bias = Tensor(zeros: [dim]).requiringGrad()
+        weight = Tensor.ones([dim]).requiringGrad()
+        bias = Tensor(zeros: [dim]).requiringGrad()
     }
     public func callAsFunction(_ x: Tensor) -> Tensor { x.layerNorm(weight: weight, bias: bias, eps: eps) }
     public var namedParameters: [(String, Tensor)] { [("weight", weight), ("bias", bias)] }

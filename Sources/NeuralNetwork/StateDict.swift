@@ -81,7 +81,8 @@ extension Module {
             used.insert(name)
             let squeezed = { (s: [Int]) in s.filter { $0 != 1 } }
             guard r.shape == param.shape || (squeezed(r.shape) == squeezed(param.shape) && r.elementCount == param.count) else {
-                report.mismatched.append((name, param.shape, r.shape)); continue
+                report.mismatched.append((name, param.shape, r.shape))
+                continue
             }
             try param.load(r, storage: storage, lowerPrecision: lower.contains(ObjectIdentifier(param)))
             report.loaded.append(name)

@@ -53,7 +53,10 @@ extension Tensor {
             let bytes = Storage(borrowing: UnsafeMutableRawPointer(mutating: p), byteCount: r.byteCount, owner: owner, fileMapping: mapped)
             inPlace = Tensor(storage: bytes, shape: shape, dtype: stored)
         }
-        if let t = inPlace, t.dtype == want { rebind(to: t); return }
+        if let t = inPlace, t.dtype == want {
+            rebind(to: t)
+            return
+        }
         let converted = try inPlace ?? r.tensor()
         rebind(to: converted.to(want).contiguous().reshaped(shape))
         r.releasePages()

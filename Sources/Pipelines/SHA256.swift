@@ -41,16 +41,29 @@ public enum SHA256 {
                 let t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) &+ ((a & b) ^ (a & c) ^ (b & c))
                 (hh, g, f, e, d, c, b, a) = (g, f, e, d &+ t1, c, b, a, t1 &+ t2)
             }
-            h[0] &+= a; h[1] &+= b; h[2] &+= c; h[3] &+= d; h[4] &+= e; h[5] &+= f; h[6] &+= g; h[7] &+= hh
+            h[0] &+= a
+            h[1] &+= b
+            h[2] &+= c
+            h[3] &+= d
+            h[4] &+= e
+            h[5] &+= f
+            h[6] &+= g
+            h[7] &+= hh
         }
         let whole = data.count - data.count % 64
         data.withUnsafeBytes { raw in
             var off = 0
-            while off < whole { block(UnsafeRawBufferPointer(rebasing: raw[off..<(off + 64)])); off += 64 }
+            while off < whole {
+                block(UnsafeRawBufferPointer(rebasing: raw[off..<(off + 64)]))
+                off += 64
+            }
         }
         tail.withUnsafeBytes { raw in
             var off = 0
-            while off < raw.count { block(UnsafeRawBufferPointer(rebasing: raw[off..<(off + 64)])); off += 64 }
+            while off < raw.count {
+                block(UnsafeRawBufferPointer(rebasing: raw[off..<(off + 64)]))
+                off += 64
+            }
         }
         return h.flatMap { v in (0..<4).map { UInt8(truncatingIfNeeded: v >> (24 - 8 * UInt32($0))) } }
     }

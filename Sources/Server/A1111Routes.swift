@@ -99,7 +99,9 @@ extension LDMServer {
     func infoJSON(_ job: Job) -> JSON {
         let s = job.spec
         let seeds = s.seeds.map { JSON.int(Int(truncatingIfNeeded: $0)) }
-        let fmt = DateFormatter(); fmt.dateFormat = "yyyyMMddHHmmss"; fmt.timeZone = TimeZone(identifier: "UTC")
+        let fmt = DateFormatter()
+        fmt.dateFormat = "yyyyMMddHHmmss"
+        fmt.timeZone = TimeZone(identifier: "UTC")
         return [
             "prompt": .string(s.prompt), "all_prompts": .array(Array(repeating: .string(s.prompt), count: s.imageCount)),
             "negative_prompt": .string(s.negativePrompt),
@@ -140,8 +142,11 @@ extension LDMServer {
                       "sampling_step": .int(p.step), "sampling_steps": .int(p.steps)],
         ]
         if !global {
-            o["id"] = .string(job.id); o["status"] = .string(p.status.rawValue); o["progress"] = .double(p.fraction)
-            o["images_done"] = .int(job.images.count); o["model"] = .string(job.modelKey)
+            o["id"] = .string(job.id)
+            o["status"] = .string(p.status.rawValue)
+            o["progress"] = .double(p.fraction)
+            o["images_done"] = .int(job.images.count)
+            o["model"] = .string(job.modelKey)
             if let pos = queue.queued.firstIndex(where: { $0 === job }) { o["queue_position"] = .int(pos) }
             if let e = job.error { o["error"] = ["error": .string(e.error), "detail": .string(e.detail)] }
         }
@@ -157,7 +162,10 @@ extension LDMServer {
         if let v = g.sampler { o["Sampler"] = .string(v) }
         if let v = g.cfgScale { o["CFG scale"] = .string(v.rounded() == v ? String(Int(v)) : String(v)) }
         if let v = g.seed { o["Seed"] = .string(String(v)) }
-        if let w = g.width, let h = g.height { o["Size-1"] = .string(String(w)); o["Size-2"] = .string(String(h)) }
+        if let w = g.width, let h = g.height {
+            o["Size-1"] = .string(String(w))
+            o["Size-2"] = .string(String(h))
+        }
         if let v = g.model { o["Model"] = .string(v) }
         if let v = g.modelHash { o["Model hash"] = .string(v) }
         for f in g.extra { o[f.key] = .string(f.value) }

@@ -12,7 +12,9 @@ public struct APIError: Error, HTTPResponseError {
     public var headers: HTTPFields = [:]
 
     public init(_ status: HTTPResponse.Status, _ error: String, _ detail: String) {
-        self.status = status; self.error = error; self.detail = detail
+        self.status = status
+        self.error = error
+        self.detail = detail
     }
 
     static func badRequest(_ field: String, _ detail: String) -> APIError { APIError(.badRequest, "invalid \(field)", detail) }

@@ -71,7 +71,11 @@ public struct GenerationSpec: Sendable {
 
 /// The web UI samplers this server runs: display name, aliases (A1111's k-diffusion names) and SchedulerFactory name.
 public enum WebUISamplers {
-    public struct Entry: Sendable { public let name: String; public let aliases: [String]; public let factory: String }
+    public struct Entry: Sendable {
+        public let name: String
+        public let aliases: [String]
+        public let factory: String
+    }
     public static let all: [Entry] = [
         Entry(name: "DPM++ 2M", aliases: ["k_dpmpp_2m"], factory: "dpm++2m"),
         Entry(name: "Euler a", aliases: ["k_euler_a", "k_euler_ancestral"], factory: "euler-a"),
@@ -92,7 +96,10 @@ public enum WebUISamplers {
         let key = sampler.trimmingCharacters(in: .whitespaces).lowercased()
         var sched = scheduler.trimmingCharacters(in: .whitespaces).lowercased()
         var entry = all.first { $0.name.lowercased() == key || $0.aliases.contains(key) }
-        if entry == nil, key == "dpm++ 2m karras" || key == "k_dpmpp_2m_ka" { entry = all[0]; sched = "karras" }
+        if entry == nil, key == "dpm++ 2m karras" || key == "k_dpmpp_2m_ka" {
+            entry = all[0]
+            sched = "karras"
+        }
         guard let e = entry else {
             throw APIError.unprocessable(field, "unknown sampler '\(sampler)'; valid: \(all.map(\.name).joined(separator: ", "))")
         }
@@ -142,13 +149,17 @@ extension GenerationSpec {
         }
         s.subseed = subseed == -1 ? UInt64.random(in: 0..<4_294_967_294) : UInt64(subseed)
         s.subseedStrength = try f.double("subseed_strength", 0, in: 0...1)
-        _ = try f.int("seed_resize_from_h", -1); _ = try f.int("seed_resize_from_w", -1)
+        _ = try f.int("seed_resize_from_h", -1)
+        _ = try f.int("seed_resize_from_w", -1)
         let samplerField = try f.optionalString("sampler_name") ?? (try f.string("sampler_index", "Euler"))
         let scheduler = try f.string("scheduler", "Automatic")
         let (name, factory) = try WebUISamplers.resolve(sampler: samplerField.isEmpty ? "Euler" : samplerField, scheduler: scheduler)
-        s.samplerName = name; s.factorySampler = factory; s.schedulerName = scheduler
+        s.samplerName = name
+        s.factorySampler = factory
+        s.schedulerName = scheduler
         s.samplerGiven = !samplerField.isEmpty && (f.values["sampler_name"] != nil || f.values["sampler_index"] != nil)
-        s.stepsGiven = f.values["steps"] != nil; s.cfgGiven = f.values["cfg_scale"] != nil
+        s.stepsGiven = f.values["steps"] != nil
+        s.cfgGiven = f.values["cfg_scale"] != nil
         s.steps = try f.int("steps", 50, in: 1...1000)
         s.cfgScale = try f.double("cfg_scale", 7, in: 0...100)
         s.width = try f.int("width", 512, in: 8...RequestLimits.maxSide)
@@ -162,7 +173,10 @@ extension GenerationSpec {
         s.saveImages = try f.bool("save_images", false)
         s.eta = try f.double("eta", options.etaDDIM, in: 0...10)
         if try f.bool("restore_faces", false) { throw APIError.unprocessable("restore_faces", "face restoration is not available") }
-        if !img2img, try f.bool("enable_hr", false) { let h = try parseHires(f, &s); s.hires = h }
+        if !img2img, try f.bool("enable_hr", false) {
+            let h = try parseHires(f, &s)
+            s.hires = h
+        }
         if let script = try f.optionalString("script_name"), !script.isEmpty {
             throw APIError.unprocessable("script_name", "scripts are not available")
         }
@@ -218,14 +232,16 @@ extension GenerationSpec {
         if let u = try f.optionalString("hr_upscaler"), !u.isEmpty {
             let valid = WebUIImageOps.latentUpscaleModes.keys.sorted() + ["None", "Lanczos", "Nearest"]
             guard valid.contains(u) else { throw APIError.unprocessable("hr_upscaler", "unknown hr_upscaler '\(u)'; valid: \(valid.joined(separator: ", "))") }
-            h.upscaler = u; h.upscalerGiven = true
+            h.upscaler = u
+            h.upscalerGiven = true
         }
         h.steps = try f.int("hr_second_pass_steps", 0, in: 0...1000)
         h.resizeX = try f.int("hr_resize_x", 0, in: 0...RequestLimits.maxSide)
         h.resizeY = try f.int("hr_resize_y", 0, in: 0...RequestLimits.maxSide)
         if let name = try f.optionalString("hr_sampler_name"), !name.isEmpty, name != s.samplerName {
             let (n, factory) = try WebUISamplers.resolve(sampler: name, scheduler: try f.string("hr_scheduler", s.schedulerName), field: "hr_sampler_name")
-            h.samplerName = n; h.factorySampler = factory
+            h.samplerName = n
+            h.factorySampler = factory
         }
         if let p = try f.optionalString("hr_prompt"), !p.isEmpty, p != s.prompt { h.prompt = p }
         if let p = try f.optionalString("hr_negative_prompt"), !p.isEmpty, p != s.negativePrompt { h.negativePrompt = p }

@@ -25,11 +25,24 @@ public enum JSON: Equatable, Sendable {
         return (try? e.encode(self)) ?? Data("null".utf8)
     }
 
-    public var string: String? { if case .string(let s) = self { return s }; return nil }
-    public var object: [String: JSON]? { if case .object(let o) = self { return o }; return nil }
-    public var array: [JSON]? { if case .array(let a) = self { return a }; return nil }
+    public var string: String? {
+        if case .string(let s) = self { return s }
+        return nil
+    }
+    public var object: [String: JSON]? {
+        if case .object(let o) = self { return o }
+        return nil
+    }
+    public var array: [JSON]? {
+        if case .array(let a) = self { return a }
+        return nil
+    }
     public var number: Double? {
-        switch self { case .int(let i): return Double(i); case .double(let d): return d; default: return nil }
+        switch self {
+            case .int(let i): return Double(i)
+            case .double(let d): return d
+            default: return nil
+        }
     }
     public var int: Int? {
         switch self {
@@ -38,13 +51,24 @@ public enum JSON: Equatable, Sendable {
         default: return nil
         }
     }
-    public var bool: Bool? { if case .bool(let b) = self { return b }; return nil }
+    public var bool: Bool? {
+        if case .bool(let b) = self { return b }
+        return nil
+    }
     public subscript(key: String) -> JSON? { object?[key] }
 
     var typeName: String {
         switch self {
-        case .null: return "null"; case .bool: return "a boolean"; case .int, .double: return "a number"
-        case .string: return "a string"; case .array: return "an array"; case .object: return "an object"
+        case .null:
+            return "null"
+            case .bool:
+                return "a boolean"
+                case .int, .double: return "a number"
+        case .string:
+            return "a string"
+            case .array:
+                return "an array"
+                case .object: return "an object"
         }
     }
 }

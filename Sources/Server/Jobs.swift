@@ -47,7 +47,11 @@ public final class Job: @unchecked Sendable {
         self.modelKey = modelKey
     }
 
-    private func locked<T>(_ f: () -> T) -> T { lock.lock(); defer { lock.unlock() }; return f() }
+    private func locked<T>(_ f: () -> T) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return f()
+    }
 
     public var status: Status { locked { _status } }
     public var images: [GeneratedImage] { locked { _images } }
@@ -93,15 +97,33 @@ public final class Job: @unchecked Sendable {
     /// The worker's resolved form of the request (the model's defaults applied), reported by info and progress.
     func resolve(_ s: GenerationSpec) { locked { _spec = s } }
     func begin(model: String) {
-        locked { _status = .running; _started = Date(); _modelName = model }
+        locked {
+            _status = .running
+            _started = Date()
+            _modelName = model
+        }
         emit(JobEvent(name: "started", data: ["id": .string(id), "model": .string(model)]))
     }
-    func beginImage(_ index: Int, steps: Int) { locked { _imageIndex = index; _step = 0; _steps = steps; _latents = nil; _skipped = false } }
-    func observe(_ latents: [Float], _ shape: [Int]) { locked { _latents = latents; _shape = shape } }
+    func beginImage(_ index: Int, steps: Int) {
+        locked {
+            _imageIndex = index
+            _step = 0
+            _steps = steps
+            _latents = nil
+            _skipped = false
+        }
+    }
+    func observe(_ latents: [Float], _ shape: [Int]) {
+        locked {
+            _latents = latents
+            _shape = shape
+        }
+    }
     /// The progress callback: false stops the denoising loop.
     func stepDone(_ step: Int, _ total: Int) -> Bool {
         let (go, idx, count) = locked { () -> (Bool, Int, Int) in
-            _step = step; _steps = total
+            _step = step
+            _steps = total
             return (!_cancelled && !_interrupted && !_skipped, _imageIndex, _spec.imageCount)
         }
         emit(JobEvent(name: "progress", data: ["id": .string(id), "image": .int(idx), "images": .int(count), "step": .int(step),
@@ -114,13 +136,22 @@ public final class Job: @unchecked Sendable {
 
     func finish(_ status: Status, error: APIError? = nil) {
         let w = locked { () -> [CheckedContinuation<Void, Never>] in
-            _status = status; _error = error; _finished = Date(); _latents = nil
-            let w = waiters; waiters = []; return w
+            _status = status
+            _error = error
+            _finished = Date()
+            _latents = nil
+            let w = waiters
+            waiters = []
+            return w
         }
         var data: [String: JSON] = ["id": .string(id), "status": .string(status.rawValue), "images": .int(images.count)]
         if let e = error { data["error"] = .string(e.detail) }
         emit(JobEvent(name: "done", data: .object(data)))
-        let ls = locked { () -> [AsyncStream<JobEvent>.Continuation] in let l = Array(listeners.values); listeners = [:]; return l }
+        let ls = locked { () -> [AsyncStream<JobEvent>.Continuation] in
+            let l = Array(listeners.values)
+            listeners = [:]
+            return l
+        }
         ls.forEach { $0.finish() }
         w.forEach { $0.resume() }
     }
@@ -135,7 +166,8 @@ public final class Job: @unchecked Sendable {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
                 let done = locked { () -> Bool in
                     if [.succeeded, .failed, .cancelled].contains(_status) { return true }
-                    waiters.append(c); return false
+                    waiters.append(c)
+                    return false
                 }
                 if done { c.resume() }
             }
@@ -153,7 +185,8 @@ public final class Job: @unchecked Sendable {
             let key = UUID()
             let done = locked { () -> Bool in
                 if [.succeeded, .failed, .cancelled].contains(_status) { return true }
-                listeners[key] = c; return false
+                listeners[key] = c
+                return false
             }
             if done {
                 c.yield(JobEvent(name: "done", data: ["id": .string(id), "status": .string(status.rawValue), "images": .int(images.count)]))
@@ -204,7 +237,8 @@ public final class JobQueue: @unchecked Sendable {
     /// Queues a job; 429 with Retry-After when `capacity` jobs are already waiting.
     public func submit(_ spec: GenerationSpec) throws -> Job {
         let key = modelKey(spec)
-        cond.lock(); defer { cond.unlock() }
+        cond.lock()
+        defer { cond.unlock() }
         guard !stopping else { throw APIError(.serviceUnavailable, "shutting down", "the server is stopping") }
         guard pending.count < capacity else {
             var e = APIError(.tooManyRequests, "queue full", "\(pending.count) jobs are waiting; retry later")
@@ -220,7 +254,8 @@ public final class JobQueue: @unchecked Sendable {
     }
 
     private func remember(_ job: Job) {
-        history[job.id] = job; order.append(job.id)
+        history[job.id] = job
+        order.append(job.id)
         // Forget the oldest finished jobs beyond the limit (queued/running ones are never dropped).
         while order.count > Self.historyLimit + capacity + workers,
               let i = order.firstIndex(where: { history[$0]?.isFinished ?? true }) {
@@ -228,22 +263,42 @@ public final class JobQueue: @unchecked Sendable {
         }
     }
 
-    public func job(_ id: String) -> Job? { cond.lock(); defer { cond.unlock() }; return history[id] }
+    public func job(_ id: String) -> Job? {
+        cond.lock()
+        defer { cond.unlock() }
+        return history[id]
+    }
     /// The most recently started running job (A1111's one global state).
-    public var current: Job? { cond.lock(); defer { cond.unlock() }; return runningJobs.last }
+    public var current: Job? {
+        cond.lock()
+        defer { cond.unlock() }
+        return runningJobs.last
+    }
     /// Every running job, oldest first.
-    public var running: [Job] { cond.lock(); defer { cond.unlock() }; return runningJobs }
-    public var queued: [Job] { cond.lock(); defer { cond.unlock() }; return pending }
+    public var running: [Job] {
+        cond.lock()
+        defer { cond.unlock() }
+        return runningJobs
+    }
+    public var queued: [Job] {
+        cond.lock()
+        defer { cond.unlock() }
+        return pending
+    }
     /// The running job, or else the last one that ran (A1111's progress shows the finished state until the next).
     public var latest: Job? {
-        cond.lock(); defer { cond.unlock() }
+        cond.lock()
+        defer { cond.unlock() }
         return runningJobs.last ?? order.reversed().lazy.compactMap { self.history[$0] }.first { $0.started != nil }
     }
 
     /// Cancels a job: removed from the queue (its slot freed) or stopped at the next step.
     @discardableResult public func cancel(_ id: String) -> Job? {
         cond.lock()
-        guard let job = history[id] else { cond.unlock(); return nil }
+        guard let job = history[id] else {
+            cond.unlock()
+            return nil
+        }
         job.cancel()
         let wasPending = pending.contains { $0 === job }
         pending.removeAll { $0 === job }
@@ -259,21 +314,31 @@ public final class JobQueue: @unchecked Sendable {
             while true {
                 if stopping && pending.isEmpty { break }
                 if let i = pending.firstIndex(where: { j in !runningJobs.contains { $0.modelKey == j.modelKey } }) {
-                    next = pending.remove(at: i); break
+                    next = pending.remove(at: i)
+                    break
                 }
                 cond.wait()
             }
-            guard let job = next else { cond.unlock(); break }
+            guard let job = next else {
+                cond.unlock()
+                break
+            }
             runningJobs.append(job)
             cond.unlock()
             if job.isCancelled { job.finish(.cancelled) } else {
                 let t0 = Date()
                 execute(job)
                 let dt = Date().timeIntervalSince(t0)
-                cond.lock(); durations.append(dt); if durations.count > 20 { durations.removeFirst() }; cond.unlock()
+                cond.lock()
+                durations.append(dt)
+                if durations.count > 20 { durations.removeFirst() }
+                cond.unlock()
             }
             // A job of the same model may be waiting for this one: wake every worker.
-            cond.lock(); runningJobs.removeAll { $0 === job }; cond.broadcast(); cond.unlock()
+            cond.lock()
+            runningJobs.removeAll { $0 === job }
+            cond.broadcast()
+            cond.unlock()
         }
         done.signal()
     }
@@ -281,13 +346,20 @@ public final class JobQueue: @unchecked Sendable {
     /// Stops accepting jobs, cancels the waiting ones, interrupts the running ones and waits for the workers to end.
     public func shutdown() {
         cond.lock()
-        if stopping { cond.unlock(); return }
+        if stopping {
+            cond.unlock()
+            return
+        }
         stopping = true
-        let waiting = pending; pending = []
+        let waiting = pending
+        pending = []
         let r = runningJobs
         cond.broadcast()
         cond.unlock()
-        waiting.forEach { $0.cancel(); $0.finish(.cancelled) }
+        waiting.forEach {
+            $0.cancel()
+            $0.finish(.cancelled)
+        }
         r.forEach { $0.cancel() }
         for _ in 0..<workers { done.wait() }
     }

@@ -14,7 +14,11 @@ public struct LatentPreview: Sendable {
     public let bias: [Float]
     public let factor: Int
 
-    public init(weights: [[Float]], bias: [Float], factor: Int) { self.weights = weights; self.bias = bias; self.factor = factor }
+    public init(weights: [[Float]], bias: [Float], factor: Int) {
+        self.weights = weights
+        self.bias = bias
+        self.factor = factor
+    }
 
     public init(bundle: ModelBundle) throws {
         let c = bundle.latentChannels, side = 8
@@ -51,7 +55,9 @@ public struct LatentPreview: Sendable {
                 for dy in 0..<f {
                     for dx in 0..<f {
                         let o = ((y * f + dy) * w * f + x * f + dx) * 3
-                        px[o] = v[0]; px[o + 1] = v[1]; px[o + 2] = v[2]
+                        px[o] = v[0]
+                        px[o + 1] = v[1]
+                        px[o + 2] = v[2]
                     }
                 }
             }

@@ -26,7 +26,11 @@ public final class ModelRegistry: @unchecked Sendable {
         refresh()
     }
 
-    public var entries: [ModelEntry] { lock.lock(); defer { lock.unlock() }; return list }
+    public var entries: [ModelEntry] {
+        lock.lock()
+        defer { lock.unlock() }
+        return list
+    }
 
     static func isModel(_ url: URL) -> Bool {
         var isDir: ObjCBool = false
@@ -47,7 +51,9 @@ public final class ModelRegistry: @unchecked Sendable {
                 }
             }
         }
-        lock.lock(); list = found; lock.unlock()
+        lock.lock()
+        list = found
+        lock.unlock()
     }
 
     /// Is `url` (its ".." and "." removed) inside --models-dir?
@@ -86,14 +92,23 @@ public final class ModelCache: @unchecked Sendable {
 
     /// The compute type of the server's jobs (`ldm serve --precision`, resolved): how loaded weights are held.
     public let computeType: DType
-    public init(capacity: Int, computeType: DType = .float32) { self.capacity = max(1, capacity); self.computeType = computeType }
+    public init(capacity: Int, computeType: DType = .float32) {
+        self.capacity = max(1, capacity)
+        self.computeType = computeType
+    }
 
-    public var names: [String] { lock.lock(); defer { lock.unlock() }; return loaded.map(\.entry.name) }
+    public var names: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return loaded.map(\.entry.name)
+    }
 
     public func get(_ entry: ModelEntry) throws -> Loaded {
         lock.lock()
         if let i = loaded.firstIndex(where: { $0.entry == entry }) {
-            let m = loaded.remove(at: i); loaded.append(m); lock.unlock()
+            let m = loaded.remove(at: i)
+            loaded.append(m)
+            lock.unlock()
             return m
         }
         // Evict before loading so that at most `capacity` models are ever resident.
@@ -105,9 +120,15 @@ public final class ModelCache: @unchecked Sendable {
         }
         let bundle = try ModelBundle.load(entry.url, forInferenceIn: computeType)
         let m = Loaded(entry: entry, bundle: bundle, preview: try? LatentPreview(bundle: bundle))
-        lock.lock(); loaded.append(m); lock.unlock()
+        lock.lock()
+        loaded.append(m)
+        lock.unlock()
         return m
     }
 
-    public func unloadAll() { lock.lock(); loaded.removeAll(); lock.unlock() }
+    public func unloadAll() {
+        lock.lock()
+        loaded.removeAll()
+        lock.unlock()
+    }
 }

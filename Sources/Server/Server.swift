@@ -163,7 +163,10 @@ public final class LDMServer: @unchecked Sendable {
                                   onReady(p)
                               }, logger: logger)
         let g = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], cancellationSignals: [], logger: logger))
-        let already = lock.withLock { group = g; return stopped }
+        let already = lock.withLock {
+            group = g
+            return stopped
+        }
         if already { return }
         // The server only infers: autograd off for its whole life. GradMode is one process-wide switch that noGrad
         // saves and restores, so generations on several worker threads would otherwise turn it on under each other.
@@ -178,10 +181,16 @@ public final class LDMServer: @unchecked Sendable {
     /// Cancels the waiting jobs, stops the running one at its next step (nothing half-written: PNGs are written
     /// atomically), then closes the listener once the open requests have answered.
     public func stop() async {
-        let g = lock.withLock { stopped = true; return group }
+        let g = lock.withLock {
+            stopped = true
+            return group
+        }
         let q = queue
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            Thread.detachNewThread { q.shutdown(); c.resume() }
+            Thread.detachNewThread {
+                q.shutdown()
+                c.resume()
+            }
         }
         await g?.triggerGracefulShutdown()
     }
@@ -198,7 +207,10 @@ public final class LDMServer: @unchecked Sendable {
     func wait(for job: Job, _ request: Request) async throws {
         let q = queue
         try await request.body.consumeWithInboundCloseHandler({ _ in await job.wait() },
-                                                              onInboundClosed: { job.cancel(); q.cancel(job.id) })
+                                                              onInboundClosed: {
+                                                                  job.cancel()
+                                                                  q.cancel(job.id)
+                                                              })
     }
 
     /// The request body as JSON, bounded by `limit` bytes (413 beyond it, 400 when malformed).
@@ -219,12 +231,21 @@ public final class OptionsStore: @unchecked Sendable {
     let registry: ModelRegistry
     let precision: String
 
-    init(_ o: ServerOptions, registry: ModelRegistry, precision: String = "f32") { current = o; self.registry = registry; self.precision = precision }
+    init(_ o: ServerOptions, registry: ModelRegistry, precision: String = "f32") {
+        current = o
+        self.registry = registry
+        self.precision = precision
+    }
 
-    public var value: ServerOptions { lock.lock(); defer { lock.unlock() }; return current }
+    public var value: ServerOptions {
+        lock.lock()
+        defer { lock.unlock() }
+        return current
+    }
 
     public var json: JSON {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         var o = other
         o["sd_model_checkpoint"] = .string(current.model)
         o["CLIP_stop_at_last_layers"] = .int(current.clipSkip)

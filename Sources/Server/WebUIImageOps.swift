@@ -26,7 +26,12 @@ enum WebUIImageOps {
         let half = (n - 1) / 2
         var values = [Double](), sum = 0.0
         var x = 1 - n
-        for _ in 0..<half { let t = exp(Double(x * x) * scale2X); values.append(t); sum += t; x += 2 }
+        for _ in 0..<half {
+            let t = exp(Double(x * x) * scale2X)
+            values.append(t)
+            sum += t
+            x += 2
+        }
         sum = sum * 2 + 1
         if n % 2 == 0 { sum += 1 }
         let mul = 1 / sum
@@ -35,7 +40,9 @@ enum WebUIImageOps {
             let adj = values[i] * mul * 256 + err
             let t = Int(adj.rounded(.toNearestOrEven))
             err = adj - Double(t)
-            k[i] = t; k[n - 1 - i] = t; sum2 += t
+            k[i] = t
+            k[n - 1 - i] = t
+            sum2 += t
         }
         k[half] = max(0, 256 - 2 * sum2)
         if n % 2 == 0 { k[half + 1] = k[half] }
@@ -198,7 +205,10 @@ enum WebUIImageOps {
 
     /// apply_overlay: the original image, pasted through the inverted overlay mask, composited over the generated one.
     static func composite(original: RGBImage, generated: RGBImage, overlayMask m: GrayImage) -> RGBImage {
-        func div255(_ v: Int) -> Int { let t = v + 128; return ((t >> 8) + t) >> 8 }
+        func div255(_ v: Int) -> Int {
+            let t = v + 128
+            return ((t >> 8) + t) >> 8
+        }
         var out = generated
         for i in 0..<(m.width * m.height) {
             let inv = 255 - Int(m.pixels[i])
@@ -232,12 +242,20 @@ enum WebUIImageOps {
         var dot = [Float](repeating: 0, count: c * w), nl = dot, nh = dot
         for ch in 0..<c { for x in 0..<w {
             var sl: Float = 0, sh: Float = 0
-            for y in 0..<h { let i = (ch * h + y) * w + x; sl += low[i] * low[i]; sh += high[i] * high[i] }
-            nl[ch * w + x] = sl.squareRoot(); nh[ch * w + x] = sh.squareRoot()
+            for y in 0..<h {
+                let i = (ch * h + y) * w + x
+                sl += low[i] * low[i]
+                sh += high[i] * high[i]
+            }
+            nl[ch * w + x] = sl.squareRoot()
+            nh[ch * w + x] = sh.squareRoot()
         } }
         for ch in 0..<c { for x in 0..<w {
             var d: Float = 0
-            for y in 0..<h { let i = (ch * h + y) * w + x; d += (low[i] / nl[ch * w + x]) * (high[i] / nh[ch * w + x]) }
+            for y in 0..<h {
+                let i = (ch * h + y) * w + x
+                d += (low[i] / nl[ch * w + x]) * (high[i] / nh[ch * w + x])
+            }
             dot[ch * w + x] = d
         } }
         if dot.reduce(0, +) / Float(dot.count) > 0.9995 { return zip(low, high).map { $0 * val + $1 * (1 - val) } }
@@ -245,7 +263,10 @@ enum WebUIImageOps {
         for ch in 0..<c { for x in 0..<w {
             let omega = acos(dot[ch * w + x]), so = sin(omega)
             let a = sin((1 - val) * omega) / so, b = sin(val * omega) / so
-            for y in 0..<h { let i = (ch * h + y) * w + x; out[i] = a * low[i] + b * high[i] }
+            for y in 0..<h {
+                let i = (ch * h + y) * w + x
+                out[i] = a * low[i] + b * high[i]
+            }
         } }
         return out
     }
@@ -317,7 +338,8 @@ enum WebUIImageOps {
                     out[plane * ow + o] = s
                 }
             }
-            cur = out; curW = ow
+            cur = out
+            curW = ow
         }
         guard oh != h || !antialias else { return cur }
         let ay = axis(mode: mode, antialias: antialias, inSize: h, outSize: oh)

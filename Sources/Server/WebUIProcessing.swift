@@ -22,7 +22,10 @@ final class VariationRandomSource: RandomSource {
     let base: RandomSource, sub: RandomSource, strength: Float, shape: [Int]
     private var first = true
     init(base: RandomSource, sub: RandomSource, strength: Float, shape: [Int]) {
-        self.base = base; self.sub = sub; self.strength = strength; self.shape = shape
+        self.base = base
+        self.sub = sub
+        self.strength = strength
+        self.shape = shape
     }
     func normal(count: Int) -> [Float] {
         let x = base.normal(count: count)
@@ -44,7 +47,8 @@ struct HiresTarget: Equatable {
         let src = Double(width) / Double(height), dst = Double(resizeX) / Double(resizeY)
         var t = src < dst ? HiresTarget(width: resizeX, height: resizeX * height / width)
                           : HiresTarget(width: resizeY * width / height, height: resizeY)
-        t.truncateX = (t.width - resizeX) / factor; t.truncateY = (t.height - resizeY) / factor
+        t.truncateX = (t.width - resizeX) / factor
+        t.truncateY = (t.height - resizeY) / factor
         return t
     }
 }
@@ -92,7 +96,12 @@ struct WebUIProcessing {
     // MARK: img2img and inpainting
 
     /// The A1111 preprocessing of init image and mask: (image to encode, processed mask, overlay original and mask).
-    struct Prepared { var image: RGBImage; var mask: GrayImage?; var original: RGBImage; var overlayMask: GrayImage? }
+    struct Prepared {
+        var image: RGBImage
+        var mask: GrayImage?
+        var original: RGBImage
+        var overlayMask: GrayImage?
+    }
 
     static func prepare(_ s: GenerationSpec) throws -> Prepared {
         guard let initImage = s.initImage else { throw APIError.unprocessable("init_images", "img2img needs init_images") }
@@ -114,7 +123,8 @@ struct WebUIProcessing {
         var out = image
         var sum = [Double](repeating: 0, count: 3), n = 0.0
         for i in 0..<(mask.width * mask.height) where mask.pixels[i] < 128 {
-            for c in 0..<3 { sum[c] += Double(image.pixels[3 * i + c]) }; n += 1
+            for c in 0..<3 { sum[c] += Double(image.pixels[3 * i + c]) }
+            n += 1
         }
         guard n > 0 else { return out }
         let mean = sum.map { UInt8(($0 / n).rounded()) }
@@ -235,14 +245,18 @@ struct WebUIProcessing {
             guard nh > 0, nw > 0 else { throw APIError.unprocessable("hr_resize_x", "the hires size leaves no latent pixels") }
             var cut = [Float](repeating: 0, count: c * nh * nw)
             for ch in 0..<c { for y in 0..<nh { for x in 0..<nw { cut[(ch * nh + y) * nw + x] = z[(ch * lh + y + t0) * lw + x + l0] } } }
-            z = cut; lh = nh; lw = nw
+            z = cut
+            lh = nh
+            lw = nw
         }
         let shape = [1, c, lh, lw]
         let o = SamplingOptions(sampler: hr.factorySampler ?? s.factorySampler, steps: hr.steps > 0 ? hr.steps : s.steps, eta: s.eta, batchSize: 1)
         try o.validate()
         var hp = p
-        hp.prompt = hr.prompt ?? p.prompt; hp.negativePrompt = hr.negativePrompt ?? p.negativePrompt
-        hp.width = lw * f; hp.height = lh * f
+        hp.prompt = hr.prompt ?? p.prompt
+        hp.negativePrompt = hr.negativePrompt ?? p.negativePrompt
+        hp.width = lw * f
+        hp.height = lh * f
         let den = try denoiser(hp)
         let run = try GenerationRun(o, schedulerConfig: bundle.schedulerConfig, strength: s.denoisingStrength, generator: gen,
                                     progress: progress)

@@ -165,8 +165,14 @@ public struct BertTokenizer {
         text.reserveCapacity(raw.count)
         for c in raw {
             if c.value == 0 || c.value == 0xFFFD || BertUnicode.isControl(c) { continue }
-            if BertUnicode.isWhitespace(c) { text.append(" "); continue }
-            if tokenizeChineseChars && BertUnicode.isChineseChar(c) { text += [" ", c, " "]; continue }
+            if BertUnicode.isWhitespace(c) {
+                text.append(" ")
+                continue
+            }
+            if tokenizeChineseChars && BertUnicode.isChineseChar(c) {
+                text += [" ", c, " "]
+                continue
+            }
             text.append(c)
         }
         if stripAccents ?? doLowerCase {
@@ -207,7 +213,10 @@ public struct BertTokenizer {
             var found: Int? = nil
             while start < end {
                 let key = start > 0 ? ExactKey(prefix + chars[start..<end]) : ExactKey(chars[start..<end])
-                if let id = pieces[key] { found = id; break }
+                if let id = pieces[key] {
+                    found = id
+                    break
+                }
                 end -= 1
             }
             guard let id = found else { return [unknownTokenID] }

@@ -12,14 +12,22 @@ struct BytePairModel {
     private let merges: [Pair: (rank: Int, id: Int)]
     private let cache = Cache()
 
-    struct Pair: Hashable { let left: Int32; let right: Int32 }
+    struct Pair: Hashable {
+        let left: Int32
+        let right: Int32
+    }
 
     final class Cache: @unchecked Sendable {
         private var words: [String: [Int]] = [:]
         private let lock = NSLock()
-        func get(_ key: String) -> [Int]? { lock.lock(); defer { lock.unlock() }; return words[key] }
+        func get(_ key: String) -> [Int]? {
+            lock.lock()
+            defer { lock.unlock() }
+            return words[key]
+        }
         func set(_ key: String, _ value: [Int]) {
-            lock.lock(); defer { lock.unlock() }
+            lock.lock()
+            defer { lock.unlock() }
             if words.count > 50_000 { words.removeAll(keepingCapacity: true) }
             words[key] = value
         }
@@ -49,8 +57,17 @@ struct BytePairModel {
         return result
     }
 
-    private struct Symbol { var id: Int; var prev: Int; var next: Int; var alive: Bool }
-    private struct Entry { let rank: Int; let pos: Int; let newID: Int }
+    private struct Symbol {
+        var id: Int
+        var prev: Int
+        var next: Int
+        var alive: Bool
+    }
+    private struct Entry {
+        let rank: Int
+        let pos: Int
+        let newID: Int
+    }
 
     private func mergeWord(_ word: String) -> [Int] {
         let chars = Array(word)

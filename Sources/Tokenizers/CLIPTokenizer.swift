@@ -178,7 +178,10 @@ public struct CLIPTokenizer {
         let n = text.count
         while i < n {
             let s = text[i]
-            if s.properties.isWhitespace { i += 1; continue }
+            if s.properties.isWhitespace {
+                i += 1
+                continue
+            }
             if s == "<", let w = specialWords.first(where: { i + $0.count <= n && text[i..<(i + $0.count)].elementsEqual($0) }) {
                 words += [text[i..<(i + 2)], text[(i + 2)..<(i + w.count - 2)], text[(i + w.count - 2)..<(i + w.count)]]
                 i += w.count

@@ -26,7 +26,10 @@ public struct ObjectsBoundingBoxConditionalBuilder: Equatable, Sendable {
     public struct BoundingBox: Equatable, Sendable {
         public var x0, y0, width, height: Double
         public init(x0: Double, y0: Double, width: Double, height: Double) {
-            self.x0 = x0; self.y0 = y0; self.width = width; self.height = height
+            self.x0 = x0
+            self.y0 = y0
+            self.width = width
+            self.height = height
         }
         /// From corners, as taming's Open Images loader: width = XMax - XMin, height = YMax - YMin.
         public init(corners x0: Double, _ y0: Double, _ x1: Double, _ y1: Double) {
@@ -42,8 +45,12 @@ public struct ObjectsBoundingBoxConditionalBuilder: Equatable, Sendable {
         public var isGroupOf, isOccluded, isDepiction, isInside: Bool
         public init(categoryNo: Int, bbox: BoundingBox, isGroupOf: Bool = false, isOccluded: Bool = false,
                     isDepiction: Bool = false, isInside: Bool = false) {
-            self.categoryNo = categoryNo; self.bbox = bbox; self.isGroupOf = isGroupOf; self.isOccluded = isOccluded
-            self.isDepiction = isDepiction; self.isInside = isInside
+            self.categoryNo = categoryNo
+            self.bbox = bbox
+            self.isGroupOf = isGroupOf
+            self.isOccluded = isOccluded
+            self.isDepiction = isDepiction
+            self.isInside = isInside
         }
     }
 
@@ -63,8 +70,12 @@ public struct ObjectsBoundingBoxConditionalBuilder: Equatable, Sendable {
         guard noObjectClasses > 0, noMaxObjects >= 0, noTokens >= 4 else {
             throw BuildError("objects-bbox builder: no_object_classes must be positive, no_max_objects >= 0, no_tokens >= 4")
         }
-        self.noObjectClasses = noObjectClasses; self.noMaxObjects = noMaxObjects; self.noTokens = noTokens
-        self.encodeCrop = encodeCrop; self.useGroupParameter = useGroupParameter; self.useAdditionalParameters = useAdditionalParameters
+        self.noObjectClasses = noObjectClasses
+        self.noMaxObjects = noMaxObjects
+        self.noTokens = noTokens
+        self.encodeCrop = encodeCrop
+        self.useGroupParameter = useGroupParameter
+        self.useAdditionalParameters = useAdditionalParameters
     }
 
     /// no_sections = int(math.sqrt(no_tokens)).
@@ -128,12 +139,20 @@ public struct ObjectsBoundingBoxConditionalBuilder: Equatable, Sendable {
         anns = anns.filter { Self.intersectionArea($0.bbox, crop) > 0 }
         var extra: [Int] = []
         if encodeCrop {
-            anns = anns.map { var a = $0; a.bbox = Self.rescale(a.bbox, crop: .fullCrop, flip: horizontalFlip); return a }
+            anns = anns.map {
+                var a = $0
+                a.bbox = Self.rescale(a.bbox, crop: .fullCrop, flip: horizontalFlip)
+                return a
+            }
             if horizontalFlip { crop = BoundingBox(x0: 1 - (crop.x0 + crop.width), y0: crop.y0, width: crop.width, height: crop.height) }
             let (a, b) = tokenPair(crop)
             extra = [a, b]
         } else {
-            anns = anns.map { var a = $0; a.bbox = Self.rescale(a.bbox, crop: crop, flip: horizontalFlip); return a }
+            anns = anns.map {
+                var a = $0
+                a.bbox = Self.rescale(a.bbox, crop: crop, flip: horizontalFlip)
+                return a
+            }
         }
         var tokens: [Int] = []
         tokens.reserveCapacity(embeddingDim)

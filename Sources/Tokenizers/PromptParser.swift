@@ -8,7 +8,10 @@ public enum PromptParser {
     public struct Fragment: Equatable, Sendable {
         public var text: String
         public var weight: Double
-        public init(_ text: String, _ weight: Double) { self.text = text; self.weight = weight }
+        public init(_ text: String, _ weight: Double) {
+            self.text = text
+            self.weight = weight
+        }
         /// A "BREAK" marker as tokenize_line recognises it (weight exactly -1, i.e. not inside brackets).
         public var isBreak: Bool { text == "BREAK" && weight == -1 }
     }
@@ -66,10 +69,18 @@ public enum PromptParser {
                 let n = i + 1 < s.count && ["(", ")", "[", "]", "\\"].contains(s[i + 1]) ? 2 : 1
                 out.append((.escaped, s[i..<(i + n)]))
                 i += n
-            case "(": out.append((.open, s[i...i])); i += 1
-            case "[": out.append((.openSquare, s[i...i])); i += 1
-            case ")": out.append((.close, s[i...i])); i += 1
-            case "]": out.append((.closeSquare, s[i...i])); i += 1
+            case "(":
+                out.append((.open, s[i...i]))
+                i += 1
+            case "[":
+                out.append((.openSquare, s[i...i]))
+                i += 1
+            case ")":
+                out.append((.close, s[i...i]))
+                i += 1
+            case "]":
+                out.append((.closeSquare, s[i...i]))
+                i += 1
             case ":":
                 var j = i + 1
                 if j < s.count && (s[j] == "+" || s[j] == "-") { j += 1 }
@@ -102,7 +113,10 @@ public enum PromptParser {
     static func parseFloat(_ s: ArraySlice<Unicode.Scalar>) -> Double? {
         var sign = "", intPart = "", frac = "", seenDot = false
         for c in s {
-            if c == "+" || c == "-" { sign = c == "-" ? "-" : ""; continue }
+            if c == "+" || c == "-" {
+                sign = c == "-" ? "-" : ""
+                continue
+            }
             if c == "." {
                 if seenDot { return nil }
                 seenDot = true
@@ -144,7 +158,10 @@ public enum PromptParser {
             let isMatch = s[i..<(i + keyword.count)].elementsEqual(keyword)
                 && (i == s.startIndex || !isWordChar(s[i - 1]))
                 && (i + keyword.count == s.endIndex || !isWordChar(s[i + keyword.count]))
-            if !isMatch { i += 1; continue }
+            if !isMatch {
+                i += 1
+                continue
+            }
             var start = i
             while start > partStart && isPythonSpace(s[start - 1]) { start -= 1 }
             var end = i + keyword.count

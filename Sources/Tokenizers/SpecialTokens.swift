@@ -27,8 +27,14 @@ public struct SpecialTokens: Equatable, Sendable {
 
     public init(bos: SpecialToken? = nil, eos: SpecialToken? = nil, unk: SpecialToken? = nil, pad: SpecialToken? = nil,
                 sep: SpecialToken? = nil, cls: SpecialToken? = nil, mask: SpecialToken? = nil, modelMaxLength: Int? = nil) {
-        self.bos = bos; self.eos = eos; self.unk = unk; self.pad = pad
-        self.sep = sep; self.cls = cls; self.mask = mask; self.modelMaxLength = modelMaxLength
+        self.bos = bos
+        self.eos = eos
+        self.unk = unk
+        self.pad = pad
+        self.sep = sep
+        self.cls = cls
+        self.mask = mask
+        self.modelMaxLength = modelMaxLength
     }
 
     /// transformers CLIPTokenizer defaults (SD 1.x): pad is "<|endoftext|>".
@@ -85,7 +91,10 @@ public struct SpecialTokens: Equatable, Sendable {
 
 /// Splits text into special-token ids and plain pieces (leftmost-longest match, like aho-corasick in tokenizers).
 struct SpecialTokenSplitter {
-    enum Piece: Equatable { case special(Int); case text([Unicode.Scalar]) }
+    enum Piece: Equatable {
+        case special(Int)
+        case text([Unicode.Scalar])
+    }
     private let tokens: [(scalars: [Unicode.Scalar], id: Int)]
 
     init(_ tokens: [(String, Int)]) {

@@ -15,7 +15,10 @@ public struct AddedToken: Equatable, Sendable, Decodable {
     public var special: Bool
 
     public init(id: Int, content: String, normalized: Bool = false, special: Bool = true) {
-        self.id = id; self.content = content; self.normalized = normalized; self.special = special
+        self.id = id
+        self.content = content
+        self.normalized = normalized
+        self.special = special
     }
 
     enum CodingKeys: String, CodingKey { case id, content, normalized, special }

@@ -26,7 +26,11 @@ public final class AdamW {
             throw TrainingError("AdamW: parameter \(name) must be contiguous float32 to be trained")
         }
         self.parameters = parameters
-        self.lr = lr; beta1 = betas.0; beta2 = betas.1; self.eps = eps; self.weightDecay = weightDecay
+        self.lr = lr
+        beta1 = betas.0
+        beta2 = betas.1
+        self.eps = eps
+        self.weightDecay = weightDecay
     }
 
     public convenience init(module: Module, lr: Double = 1e-3, betas: (Double, Double) = (0.9, 0.999),
@@ -47,7 +51,8 @@ public final class AdamW {
             guard let g0 = p.grad else { continue }
             let g = g0.float32().contiguous()
             let m = expAvg[name] ?? Tensor(zeros: p.shape), v = expAvgSq[name] ?? Tensor(zeros: p.shape)
-            expAvg[name] = m; expAvgSq[name] = v
+            expAvg[name] = m
+            expAvgSq[name] = v
             withExtendedLifetime((g, m, v, p)) {
                 let pp = p.data, gp = g.data, mp = m.data, vp = v.data
                 for i in 0..<p.count {
@@ -76,13 +81,16 @@ public final class AdamW {
             switch (state["exp_avg.\(name)"], state["exp_avg_sq.\(name)"]) {
             case let (a?, b?):
                 guard a.shape == p.shape, b.shape == p.shape else { throw TrainingError("AdamW state for \(name) has shape \(a.shape), parameter is \(p.shape)") }
-                m[name] = a.float32().contiguous().copied(); v[name] = b.float32().contiguous().copied()
+                m[name] = a.float32().contiguous().copied()
+                v[name] = b.float32().contiguous().copied()
             case (nil, nil): continue
             default: throw TrainingError("AdamW state for \(name) is incomplete")
             }
         }
         guard stepCount >= 0 else { throw TrainingError("AdamW step count \(stepCount) is negative") }
-        expAvg = m; expAvgSq = v; self.stepCount = stepCount
+        expAvg = m
+        expAvgSq = v
+        self.stepCount = stepCount
     }
 }
 

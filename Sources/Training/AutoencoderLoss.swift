@@ -39,7 +39,10 @@ public final class FirstStageLoss {
     public var adversarial: AdversarialLoss?
 
     public init(kind: Kind, perceptualWeight: Float = 1, perceptual: PerceptualLoss? = nil, adversarial: AdversarialLoss? = nil) {
-        self.kind = kind; self.perceptualWeight = perceptualWeight; self.perceptual = perceptual; self.adversarial = adversarial
+        self.kind = kind
+        self.perceptualWeight = perceptualWeight
+        self.perceptual = perceptual
+        self.adversarial = adversarial
     }
 
     /// Optimizer 0 (encoder, decoder, quant convs): the loss and its logged parts (names as the reference's log_dict).
@@ -67,7 +70,8 @@ public final class FirstStageLoss {
             nllLoss = (recLoss * Float(exp(-Double(logvar))) + logvar).sum() / b
             let kl = posterior.kl().sum() / b
             loss = nllLoss + kl * klWeight
-            log["kl_loss"] = kl.item; log["logvar"] = logvar
+            log["kl_loss"] = kl.item
+            log["logvar"] = logvar
         case .vq(let codebookWeight, _):
             guard let codebookLoss else { throw TrainingError("the VQ loss needs the codebook loss") }
             nllLoss = recLoss.mean()
@@ -75,7 +79,8 @@ public final class FirstStageLoss {
             log["quant_loss"] = codebookLoss.mean().item
         }
         // The reference logs rec_loss after the perceptual term is added to it.
-        log["rec_loss"] = recLoss.mean().item; log["nll_loss"] = nllLoss.item
+        log["rec_loss"] = recLoss.mean().item
+        log["nll_loss"] = nllLoss.item
         if let adversarial {
             let (g, glog) = try adversarial.generatorTerm(reconstructions: reconstructions, nllLoss: nllLoss,
                                                           lastLayer: lastLayer, globalStep: globalStep)

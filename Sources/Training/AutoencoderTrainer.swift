@@ -22,10 +22,25 @@ func initializeFirstStage(_ model: FirstStageModel, seed: UInt64) {
 }
 
 extension FirstStageModel {
-    public var module: Module { switch self { case .kl(let m): return m; case .vq(let m): return m } }
-    var lastLayer: Tensor { switch self { case .kl(let m): return m.decoder.convOut.weight; case .vq(let m): return m.decoder.convOut.weight } }
+    public var module: Module {
+        switch self {
+            case .kl(let m): return m
+            case .vq(let m): return m
+        }
+    }
+    var lastLayer: Tensor {
+        switch self {
+            case .kl(let m): return m.decoder.convOut.weight
+            case .vq(let m): return m.decoder.convOut.weight
+        }
+    }
     /// The diffusers component folder name: vae (AutoencoderKL) or vqvae (VQModel).
-    public var folderName: String { switch self { case .kl: return "vae"; case .vq: return "vqvae" } }
+    public var folderName: String {
+        switch self {
+            case .kl: return "vae"
+            case .vq: return "vqvae"
+        }
+    }
 }
 
 public struct AutoencoderLogEntry: Codable, Equatable {
@@ -73,8 +88,13 @@ public final class AutoencoderTrainer {
                 maxSteps: Int, checkpointEvery: Int, seed: UInt64, betas: (Double, Double) = (0.5, 0.9), eps: Double = 1e-8,
                 weightDecay: Double = 0, prefetch: Bool = true, runDir: URL, communicator: Communicator = SingleProcess()) throws {
         guard learningRate > 0, maxSteps > 0, checkpointEvery > 0 else { throw TrainingError("learning rate, max_steps and ckpt_every must be positive") }
-        self.model = model; self.loss = loss; self.runDir = runDir; self.learningRate = learningRate
-        self.maxSteps = maxSteps; self.checkpointEvery = checkpointEvery; self.seed = seed
+        self.model = model
+        self.loss = loss
+        self.runDir = runDir
+        self.learningRate = learningRate
+        self.maxSteps = maxSteps
+        self.checkpointEvery = checkpointEvery
+        self.seed = seed
         self.communicator = communicator
         shard = try BatchShard(globalBatch: batchSize, rank: communicator.rank, count: communicator.size)
         gradients = GradientAverager(communicator: communicator)
@@ -113,7 +133,8 @@ public final class AutoencoderTrainer {
         // The next batch is decoded in the background while this step runs (BatchLoader).
         let batch = try loader.batch(epoch: epoch, index: batchInEpoch, prefetchNext: step + 1 < maxSteps)
         let lr = learningRate * lrSchedule.multiplier(step: step)
-        optimizer.lr = lr; discOptimizer?.lr = lr
+        optimizer.lr = lr
+        discOptimizer?.lr = lr
         let x = batch.images
         let (rec, posterior, qloss) = try precision.forward { try forward(x) }
         optimizer.zeroGrad()
@@ -136,7 +157,10 @@ public final class AutoencoderTrainer {
             log.merge(dlog) { $1 }
         }
         batchInEpoch += 1
-        if batchInEpoch == sampler.batchesPerEpoch { batchInEpoch = 0; epoch += 1 }
+        if batchInEpoch == sampler.batchesPerEpoch {
+            batchInEpoch = 0
+            epoch += 1
+        }
         step += 1
         // Shard means averaged: the global batch's values (grad_norm, computed from averaged gradients, is already).
         let gradNorm = log["grad_norm"]
@@ -209,10 +233,12 @@ public final class AutoencoderTrainer {
         var config: [String: Any]
         switch model {
         case .kl(let m):
-            var c = m.config; c.scalingFactor = scale
+            var c = m.config
+            c.scalingFactor = scale
             config = try JSONSerialization.jsonObject(with: encoder.encode(c)) as! [String: Any]
         case .vq(let m):
-            var c = m.config; c.scalingFactor = scale
+            var c = m.config
+            c.scalingFactor = scale
             config = try JSONSerialization.jsonObject(with: encoder.encode(c)) as! [String: Any]
         }
         config["_class_name"] = model.folderName == "vae" ? "AutoencoderKL" : "VQModel"

@@ -41,7 +41,9 @@ extension AutoencoderTrainer {
             try ckpt.restore(discOptimizer, prefix: "disc_optimizer.", stepKey: "disc_optimizer_step")
         }
         let position = try ckpt.restore(generator, batchesPerEpoch: sampler.batchesPerEpoch)
-        step = position.step; epoch = position.epoch; batchInEpoch = position.batchInEpoch
+        step = position.step
+        epoch = position.epoch
+        batchInEpoch = position.batchInEpoch
         try ResumableCheckpoint.tidy(runDir: runDir, log: logURL, step: step, communicator: communicator)
     }
 }
@@ -54,7 +56,8 @@ func trimJSONLines(_ url: URL, keepingStepsUpTo step: Int) throws {
     var out = Data()
     for line in data.split(separator: 0x0A) {
         guard let s = try? decoder.decode(Step.self, from: Data(line)), s.step <= step else { continue }
-        out.append(contentsOf: line); out.append(0x0A)
+        out.append(contentsOf: line)
+        out.append(0x0A)
     }
     try out.write(to: url, options: .atomic)
 }
@@ -92,8 +95,12 @@ extension AutoencoderTrainConfig {
         let model = try makeModel()
         let down: Int, channels: Int
         switch model {
-        case .kl(let m): down = m.downsamplingFactor; channels = m.config.inChannels
-        case .vq(let m): down = m.downsamplingFactor; channels = m.config.inChannels
+        case .kl(let m):
+            down = m.downsamplingFactor
+            channels = m.config.inChannels
+        case .vq(let m):
+            down = m.downsamplingFactor
+            channels = m.config.inChannels
         }
         guard channels == 3 else { throw TrainingError("the autoencoder takes \(channels) input channels; image folders give 3 (RGB)") }
         guard imageSize % down == 0 else { throw TrainingError("image_size \(imageSize) must be a multiple of the downsampling factor \(down)") }

@@ -25,7 +25,10 @@ final class BackgroundJob<Value>: @unchecked Sendable {
 
     /// The job's value (or its error). Call at most once per job, from one thread.
     func wait() throws -> Value {
-        if !waited { done.wait(); waited = true }
+        if !waited {
+            done.wait()
+            waited = true
+        }
         guard let result else { throw TrainingError("background job finished without a result") }
         return try result.get()
     }
@@ -52,7 +55,9 @@ public final class BatchLoader {
     public private(set) var waitSeconds = 0.0
 
     public init(sampler: BatchSampler, prefetch: Bool, shard: BatchShard? = nil) {
-        self.sampler = sampler; self.prefetch = prefetch; self.shard = shard ?? .whole(sampler.batchSize)
+        self.sampler = sampler
+        self.prefetch = prefetch
+        self.shard = shard ?? .whole(sampler.batchSize)
     }
 
     /// Batch `index` of `epoch`: the prefetched one when it is that batch, else built now. With `prefetchNext`,
@@ -63,7 +68,10 @@ public final class BatchLoader {
         let ready = pending.flatMap { $0.epoch == epoch && $0.index == index ? $0.job : nil }
         pending = nil   // a prefetched batch for another position (after a resume) is dropped
         let batch: TrainingBatch
-        if let ready { batch = try ready.wait(); prefetchedBatches += 1 } else { batch = try sampler.batch(epoch: epoch, index: index, shard: shard) }
+        if let ready {
+            batch = try ready.wait()
+            prefetchedBatches += 1
+        } else { batch = try sampler.batch(epoch: epoch, index: index, shard: shard) }
         if prefetch && prefetchNext {
             let next = sampler.position(after: epoch, index), sampler = sampler, shard = shard
             pending = (next.epoch, next.index, BackgroundJob(on: queue) { try sampler.batch(epoch: next.epoch, index: next.index, shard: shard) })

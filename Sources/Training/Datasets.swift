@@ -17,7 +17,9 @@ public struct TrainingExample {
     public var classLabel: Int?
     public var caption: String?
     public init(image: Tensor, classLabel: Int? = nil, caption: String? = nil) {
-        self.image = image; self.classLabel = classLabel; self.caption = caption
+        self.image = image
+        self.classLabel = classLabel
+        self.caption = caption
     }
 }
 
@@ -46,7 +48,8 @@ public final class TensorDataset: TrainingDataset {
     public init(images: Tensor, labels: [Int]? = nil, classCount: Int? = nil) throws {
         guard images.rank == 4, images.shape[0] > 0 else { throw TrainingError("TensorDataset needs (N, C, H, W) images, got \(images.shape)") }
         if let labels, labels.count != images.shape[0] { throw TrainingError("TensorDataset: \(labels.count) labels for \(images.shape[0]) images") }
-        self.images = images.float32().contiguous(); self.labels = labels
+        self.images = images.float32().contiguous()
+        self.labels = labels
         self.classCount = classCount ?? labels.map { ($0.max() ?? 0) + 1 }
     }
     public var count: Int { images.shape[0] }
@@ -96,8 +99,12 @@ public final class ImageFolderDataset: TrainingDataset {
             }
         }
         guard !files.isEmpty else { throw TrainingError("data dir \(root.path) holds no .png / .jpg / .jpeg images") }
-        self.root = root; self.size = size; self.randomCrop = randomCrop; self.randomFlip = randomFlip
-        self.files = files.map { (url: $0.0, label: $0.1) }; classNames = names
+        self.root = root
+        self.size = size
+        self.randomCrop = randomCrop
+        self.randomFlip = randomFlip
+        self.files = files.map { (url: $0.0, label: $0.1) }
+        classNames = names
     }
 
     /// torchvision Resize(size) + RandomCrop / CenterCrop + RandomHorizontalFlip: the crop offsets (randint for the
@@ -164,7 +171,9 @@ public struct BatchSampler {
     public init(dataset: TrainingDataset, batchSize: Int, seed: UInt64) throws {
         guard batchSize > 0 else { throw TrainingError("batch_size must be positive, got \(batchSize)") }
         guard dataset.count >= batchSize else { throw TrainingError("dataset has \(dataset.count) examples, fewer than batch_size \(batchSize)") }
-        self.dataset = dataset; self.batchSize = batchSize; self.seed = seed
+        self.dataset = dataset
+        self.batchSize = batchSize
+        self.seed = seed
     }
 
     public var batchesPerEpoch: Int { dataset.count / batchSize }

@@ -120,8 +120,11 @@ public struct DiffusionLoss {
         numTimesteps = schedule.count
         sqrtAlphasCumprod = schedule.alphasCumprod.map { Float($0.squareRoot()) }
         sqrtOneMinusAlphasCumprod = schedule.alphasCumprod.map { Float((1 - $0).squareRoot()) }
-        self.parameterization = parameterization; self.lossType = lossType; self.condDropProb = condDropProb
-        self.nullClass = nullClass; self.nullText = nullText
+        self.parameterization = parameterization
+        self.lossType = lossType
+        self.condDropProb = condDropProb
+        self.nullClass = nullClass
+        self.nullText = nullText
     }
 
     /// LatentDiffusion.forward: draws timesteps, noise and the dropout mask from `generator`, then p_losses.

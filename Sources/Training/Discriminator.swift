@@ -28,11 +28,13 @@ public final class NLayerDiscriminator: Module {
         var seq: [Layer] = [.conv(Conv2d(inputChannels, ndf, kernel: 4, stride: 2, padding: 1)), .leakyReLU]
         var mult = 1, prev = 1
         for n in stride(from: 1, to: nLayers, by: 1) {
-            prev = mult; mult = min(1 << n, 8)
+            prev = mult
+            mult = min(1 << n, 8)
             seq += [.conv(Conv2d(ndf * prev, ndf * mult, kernel: 4, stride: 2, padding: 1, bias: false)),
                     .batchNorm(BatchNorm2d(ndf * mult)), .leakyReLU]
         }
-        prev = mult; mult = min(1 << nLayers, 8)
+        prev = mult
+        mult = min(1 << nLayers, 8)
         seq += [.conv(Conv2d(ndf * prev, ndf * mult, kernel: 4, stride: 1, padding: 1, bias: false)),
                 .batchNorm(BatchNorm2d(ndf * mult)), .leakyReLU]
         seq.append(.conv(Conv2d(ndf * mult, 1, kernel: 4, stride: 1, padding: 1)))
@@ -141,8 +143,11 @@ public final class PatchGANLoss: AdversarialLoss {
 
     public init(discriminator: NLayerDiscriminator, discStart: Int, discFactor: Float = 1, discWeight: Float = 1,
                 discLoss: DiscLoss = .hinge) {
-        self.discriminator = discriminator; self.discStart = discStart
-        self.discFactor = discFactor; self.discWeight = discWeight; self.discLoss = discLoss
+        self.discriminator = discriminator
+        self.discStart = discStart
+        self.discFactor = discFactor
+        self.discWeight = discWeight
+        self.discLoss = discLoss
     }
 
     /// From the lossconfig params: disc_start, disc_weight, disc_factor, disc_in_channels, disc_num_layers, disc_ndf
@@ -170,7 +175,10 @@ public final class PatchGANLoss: AdversarialLoss {
         func norm(_ t: Tensor) -> Double { t.toArray().reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot() }
         var nllGrad = nllLoss.gradients(wrt: [lastLayer], retainGraph: true)[0]
         var gGrad = gLoss.gradients(wrt: [lastLayer], retainGraph: true)[0]
-        if let averageAcrossRanks { nllGrad = try averageAcrossRanks(nllGrad); gGrad = try averageAcrossRanks(gGrad) }
+        if let averageAcrossRanks {
+            nllGrad = try averageAcrossRanks(nllGrad)
+            gGrad = try averageAcrossRanks(gGrad)
+        }
         let ratio = Float(norm(nllGrad)) / (Float(norm(gGrad)) + 1e-4)
         return min(max(ratio, 0), 1e4) * discWeight
     }

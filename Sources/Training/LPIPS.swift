@@ -87,12 +87,16 @@ public final class LPIPS: Module, PerceptualLoss {
             if key.hasPrefix("classifier.") { continue }   // the ImageNet head of torchvision's vgg16
             let parts = key.split(separator: ".")
             guard parts.count == 3, parts[0] == "features", let i = Int(parts[1]), let s = Self.slice(ofFeature: i),
-                  parts[2] == "weight" || parts[2] == "bias" else { unexpected.append("vgg: \(key)"); continue }
+                  parts[2] == "weight" || parts[2] == "bias" else {
+                      unexpected.append("vgg: \(key)")
+                      continue
+                  }
             records["net.slice\(s).\(i).\(parts[2])"] = r
         }
         for (key, r) in linear {
             guard key.range(of: #"^lin[0-4]\.model\.1\.weight$"#, options: .regularExpression) != nil else {
-                unexpected.append("linear: \(key)"); continue
+                unexpected.append("linear: \(key)")
+                continue
             }
             records[key] = r
         }
@@ -118,7 +122,10 @@ public final class LPIPS: Module, PerceptualLoss {
             records[key] = r
         }
         let known = Set(namedParameters.map(\.0))
-        for key in records.keys where !known.contains(key) { unexpected.append(key); records[key] = nil }
+        for key in records.keys where !known.contains(key) {
+            unexpected.append(key)
+            records[key] = nil
+        }
         try loadStrictly(records, unexpected: unexpected)
     }
 

@@ -38,12 +38,19 @@ struct Fingerprint {
         for i in (8 * words)..<bytes.count { tail |= UInt64(bytes[i]) << (8 * UInt64(i - 8 * words)) }
         add(tail)
     }
-    mutating func add(_ string: String) { var s = string; s.withUTF8 { add(bytes: UnsafeRawBufferPointer($0)) } }
+    mutating func add(_ string: String) {
+        var s = string
+        s.withUTF8 { add(bytes: UnsafeRawBufferPointer($0)) }
+    }
     mutating func add(_ data: Data) { data.withUnsafeBytes { add(bytes: $0) } }
 
     var hex: String {
         var h = state ^ length
-        h ^= h >> 33; h = h &* 0xFF51_AFD7_ED55_8CCD; h ^= h >> 33; h = h &* 0xC4CE_B9FE_1A85_EC53; h ^= h >> 33
+        h ^= h >> 33
+        h = h &* 0xFF51_AFD7_ED55_8CCD
+        h ^= h >> 33
+        h = h &* 0xC4CE_B9FE_1A85_EC53
+        h ^= h >> 33
         return String(format: "%016llx", h)
     }
 }
@@ -84,8 +91,13 @@ public final class LatentCache {
         guard let r = file[Self.tensorName], r.dtype == .F32, r.shape == [count, variants] + entryShape else {
             throw TrainingError("\(url.path): no F32 tensor \"\(Self.tensorName)\" of shape \([count, variants] + entryShape)")
         }
-        self.url = url; self.kind = kind; self.count = count; self.variants = variants; self.entryShape = entryShape
-        self.origin = origin; record = r
+        self.url = url
+        self.kind = kind
+        self.count = count
+        self.variants = variants
+        self.entryShape = entryShape
+        self.origin = origin
+        record = r
     }
 
     /// The cached output for image `index`, flipped (variant 1) or not (variant 0): a copy of the mapped bytes.
@@ -225,8 +237,14 @@ extension LatentEncoder {
         encoderJSON.outputFormatting = .sortedKeys
         switch self {
         case .identity: return "identity"
-        case .kl(let m): f.add("AutoencoderKL"); f.add(try encoderJSON.encode(m.config)); params = m.namedParameters
-        case .vq(let m): f.add("VQModel"); f.add(try encoderJSON.encode(m.config)); params = m.namedParameters
+        case .kl(let m):
+            f.add("AutoencoderKL")
+            f.add(try encoderJSON.encode(m.config))
+            params = m.namedParameters
+        case .vq(let m):
+            f.add("VQModel")
+            f.add(try encoderJSON.encode(m.config))
+            params = m.namedParameters
         }
         for (name, t) in params {
             f.add("\(name) \(t.shape)")
@@ -248,7 +266,8 @@ public final class CachedLatentDataset: TrainingDataset {
         guard cache.count == source.count, cache.variants == (source.randomFlip ? 2 : 1), !source.randomCrop else {
             throw TrainingError("the latent cache (\(cache.count) images x \(cache.variants) flips) does not fit the data set (\(source.count) images, random_flip \(source.randomFlip), random_crop \(source.randomCrop))")
         }
-        self.cache = cache; self.source = source
+        self.cache = cache
+        self.source = source
     }
     public var count: Int { source.count }
     public var classCount: Int? { source.classCount }

@@ -53,6 +53,7 @@ public final class LitEma {
             }
             next[name] = t.float32().contiguous().copied()
         }
-        shadow = next; self.numUpdates = numUpdates
+        shadow = next
+        self.numUpdates = numUpdates
     }
 }

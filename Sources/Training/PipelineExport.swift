@@ -24,8 +24,10 @@ public struct PipelineExportSpec {
     public var sampleSize: Int
 
     public init(firstStageFolder: URL?, firstStageClass: String?, schedulerConfig: SchedulerConfig, sampleSize: Int) {
-        self.firstStageFolder = firstStageFolder; self.firstStageClass = firstStageClass
-        self.schedulerConfig = schedulerConfig; self.sampleSize = sampleSize
+        self.firstStageFolder = firstStageFolder
+        self.firstStageClass = firstStageClass
+        self.schedulerConfig = schedulerConfig
+        self.sampleSize = sampleSize
     }
 
     /// diffusers' folder name of the first stage.
@@ -123,7 +125,8 @@ extension Trainer {
         config["architectures"] = ["CLIPTextModel"]
         config["model_type"] = "clip_text_model"
         config["torch_dtype"] = options.exportDType.rawValue
-        config["dropout"] = 0.0; config["attention_dropout"] = 0.0
+        config["dropout"] = 0.0
+        config["attention_dropout"] = 0.0
         try writeJSON(config, to: dir.appendingPathComponent("config.json"))
         try text.model.save(to: dir.appendingPathComponent("model.safetensors"), dtype: options.exportDType,
                             metadata: ["format": "pt", "step": String(step)])
@@ -157,8 +160,11 @@ public func writeBundledCLIPTokenizer(to dir: URL, modelMaxLength: Int = 77) thr
                                   "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"]
     try writeJSON(special, to: dir.appendingPathComponent("special_tokens_map.json"))
     var config = special
-    config["tokenizer_class"] = "CLIPTokenizer"; config["model_max_length"] = modelMaxLength
-    config["do_lower_case"] = true; config["errors"] = "replace"; config["add_prefix_space"] = false
+    config["tokenizer_class"] = "CLIPTokenizer"
+    config["model_max_length"] = modelMaxLength
+    config["do_lower_case"] = true
+    config["errors"] = "replace"
+    config["add_prefix_space"] = false
     config["clean_up_tokenization_spaces"] = true
     try writeJSON(config, to: dir.appendingPathComponent("tokenizer_config.json"))
 }

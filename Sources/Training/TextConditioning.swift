@@ -27,8 +27,11 @@ public final class TextConditioner {
         if let top = tokenizer.vocabulary.values.max(), top >= vocab {
             throw TrainingError("the tokenizer (\(tokenizerSource)) has ids up to \(top) but the text encoder's vocab_size is \(vocab)")
         }
-        self.model = model; self.tokenizer = tokenizer; self.tokenizerSource = tokenizerSource
-        self.sourceFolder = sourceFolder; self.trainable = trainable
+        self.model = model
+        self.tokenizer = tokenizer
+        self.tokenizerSource = tokenizerSource
+        self.sourceFolder = sourceFolder
+        self.trainable = trainable
         length = min(tokenizer.modelMaxLength, model.config.maxPositionEmbeddings)
     }
 

@@ -107,7 +107,8 @@ public struct LDMTrainConfig {
         var s = SchedulerConfig()
         s.className = className
         s.numTrainTimesteps = timesteps
-        s.betaStart = linearStart; s.betaEnd = linearEnd
+        s.betaStart = linearStart
+        s.betaEnd = linearEnd
         s.betaSchedule = ["linear": "scaled_linear", "scaled_linear": "scaled_linear", "sqrt_linear": "linear",
                           "cosine": "squaredcos_cap_v2"][betaSchedule]
         s.trainedBetas = try noiseSchedule().betas
@@ -116,7 +117,9 @@ public struct LDMTrainConfig {
         case .x0: s.predictionType = PredictionType.sample.rawValue
         case .v: s.predictionType = PredictionType.vPrediction.rawValue
         }
-        s.clipSample = false; s.setAlphaToOne = false; s.stepsOffset = 1
+        s.clipSample = false
+        s.setAlphaToOne = false
+        s.stepsOffset = 1
         return s
     }
 
@@ -125,10 +128,15 @@ public struct LDMTrainConfig {
 
     public func trainerOptions() throws -> TrainerOptions {
         var o = TrainerOptions(learningRate: learningRate, batchSize: batchSize, maxSteps: maxSteps, checkpointEvery: ckptEvery, seed: seed)
-        o.betas = (adamBeta1, adamBeta2); o.adamEps = adamEpsilon; o.weightDecay = weightDecay
-        o.maxGradNorm = maxGradNorm; o.gradientAccumulationSteps = accumulateGradBatches
+        o.betas = (adamBeta1, adamBeta2)
+        o.adamEps = adamEpsilon
+        o.weightDecay = weightDecay
+        o.maxGradNorm = maxGradNorm
+        o.gradientAccumulationSteps = accumulateGradBatches
         o.lrSchedule = try LRSchedule(name: lrScheduler, warmup: lrWarmupSteps, total: maxSteps)
-        o.emaDecay = emaDecay; o.scaleByStd = scaleByStd; o.scaleFactor = scaleFactor ?? 1
+        o.emaDecay = emaDecay
+        o.scaleByStd = scaleByStd
+        o.scaleFactor = scaleFactor ?? 1
         o.sampleEvery = sampleEvery
         o.exportDType = exportDType
         o.prefetch = prefetch

@@ -46,9 +46,13 @@ extension LDMTrainConfig {
             firstStageFolder = Self.firstStageComponentFolder(URL(fileURLWithPath: firstStage))
             switch fs {
             case .kl(let m):
-                encoder = .kl(m); latentChannels = m.config.latentChannels; downsampling = m.downsamplingFactor
+                encoder = .kl(m)
+                latentChannels = m.config.latentChannels
+                downsampling = m.downsamplingFactor
             case .vq(let m):
-                encoder = .vq(m); latentChannels = m.config.embedDim; downsampling = m.downsamplingFactor
+                encoder = .vq(m)
+                latentChannels = m.config.embedDim
+                downsampling = m.downsamplingFactor
             }
             defaultScale = fs.scalingFactor
         } else {
@@ -143,5 +147,8 @@ extension LDMTrainConfig {
 }
 
 extension LatentEncoder {
-    var isVQ: Bool { if case .vq = self { return true }; return false }
+    var isVQ: Bool {
+        if case .vq = self { return true }
+        return false
+    }
 }

@@ -40,8 +40,11 @@ public struct TrainerOptions {
     public var precision: TrainingPrecision = .float32
 
     public init(learningRate: Double, batchSize: Int, maxSteps: Int, checkpointEvery: Int, seed: UInt64) {
-        self.learningRate = learningRate; self.batchSize = batchSize; self.maxSteps = maxSteps
-        self.checkpointEvery = checkpointEvery; self.seed = seed
+        self.learningRate = learningRate
+        self.batchSize = batchSize
+        self.maxSteps = maxSteps
+        self.checkpointEvery = checkpointEvery
+        self.seed = seed
     }
 
     public func validate() throws {
@@ -63,7 +66,12 @@ public struct TrainingLogEntry: Codable, Equatable {
     public var precision: String?
     enum CodingKeys: String, CodingKey { case step, epoch, loss, lr, gradNorm = "grad_norm", precision }
     public init(step: Int, epoch: Int, loss: Float, lr: Double, gradNorm: Float?, precision: String? = nil) {
-        self.step = step; self.epoch = epoch; self.loss = loss; self.lr = lr; self.gradNorm = gradNorm; self.precision = precision
+        self.step = step
+        self.epoch = epoch
+        self.loss = loss
+        self.lr = lr
+        self.gradNorm = gradNorm
+        self.precision = precision
     }
 }
 
@@ -130,8 +138,13 @@ public final class Trainer {
                 throw TrainingError("extra module prefix \"\(e.prefix)\" must end in \".\" and be unique (not model., ema., optimizer.)")
             }
         }
-        self.model = model; self.loss = loss; self.encoder = encoder; self.options = options; self.runDir = runDir
-        self.extraModules = extraModules; self.trainsModel = trainsModel
+        self.model = model
+        self.loss = loss
+        self.encoder = encoder
+        self.options = options
+        self.runDir = runDir
+        self.extraModules = extraModules
+        self.trainsModel = trainsModel
         self.communicator = communicator
         shard = try BatchShard(globalBatch: options.batchSize, rank: communicator.rank, count: communicator.size)
         gradients = GradientAverager(communicator: communicator)
@@ -163,7 +176,10 @@ public final class Trainer {
     func nextBatch(prefetchNext: Bool) throws -> TrainingBatch {
         let batch = try loader.batch(epoch: epoch, index: batchInEpoch, prefetchNext: prefetchNext)
         batchInEpoch += 1
-        if batchInEpoch == sampler.batchesPerEpoch { batchInEpoch = 0; epoch += 1 }
+        if batchInEpoch == sampler.batchesPerEpoch {
+            batchInEpoch = 0
+            epoch += 1
+        }
         return batch
     }
 
@@ -239,7 +255,10 @@ public final class Trainer {
     /// Writes `unet/` (diffusers layout: config.json + diffusion_pytorch_model.safetensors in `options.exportDType`)
     /// with the EMA weights when EMA is on, the trained weights otherwise; then `pipeline/` when `pipelineExport` is set.
     public func exportWeights() throws {
-        if let customExport { try customExport(); return }
+        if let customExport {
+            try customExport()
+            return
+        }
         let dir = runDir.appendingPathComponent("unet")
         try writeUNet(to: dir)
         if pipelineExport != nil { try exportPipeline(unetFolder: dir) }

@@ -82,7 +82,9 @@ extension Trainer {
             guard let bits = UInt32(s) else { throw TrainingError("\(url.path): invalid scale_factor") }
             scaleFactor = Float(bitPattern: bits)
         } else { scaleFactor = nil }
-        step = position.step; epoch = position.epoch; batchInEpoch = position.batchInEpoch
+        step = position.step
+        epoch = position.epoch
+        batchInEpoch = position.batchInEpoch
         try ResumableCheckpoint.tidy(runDir: run, log: logURL, step: step, communicator: communicator)
     }
 

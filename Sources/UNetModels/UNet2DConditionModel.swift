@@ -13,7 +13,10 @@ import TensorCore
 public struct AddedConditions {
     public var textEmbeds: Tensor
     public var timeIds: Tensor
-    public init(textEmbeds: Tensor, timeIds: Tensor) { self.textEmbeds = textEmbeds; self.timeIds = timeIds }
+    public init(textEmbeds: Tensor, timeIds: Tensor) {
+        self.textEmbeds = textEmbeds
+        self.timeIds = timeIds
+    }
 }
 
 /// The unconditional LDM UNet is the same type; its config has `_class_name` "UNet2DModel".
@@ -46,9 +49,11 @@ public final class UNet2DConditionModel: Module {
         timeEmbedding = TimestepEmbedding(inChannels: boc[0], timeEmbedDim: temb)
         timeCondProj = config.timeCondProjDim.map { Linear($0, boc[0], bias: false) }
         if config.classEmbedType == "timestep" {
-            classTimestepEmbedding = TimestepEmbedding(inChannels: boc[0], timeEmbedDim: temb); classEmbedding = nil
+            classTimestepEmbedding = TimestepEmbedding(inChannels: boc[0], timeEmbedDim: temb)
+            classEmbedding = nil
         } else {
-            classTimestepEmbedding = nil; classEmbedding = config.numClassEmbeds.map { Embedding($0, temb) }
+            classTimestepEmbedding = nil
+            classEmbedding = config.numClassEmbeds.map { Embedding($0, temb) }
         }
         addEmbedding = config.usesTextTimeEmbedding
             ? TimestepEmbedding(inChannels: config.projectionClassEmbeddingsInputDim ?? 0, timeEmbedDim: temb) : nil
@@ -151,7 +156,8 @@ public final class UNet2DConditionModel: Module {
         var skips = [h]
         for block in downBlocks {
             let (out, states) = block(h, tembAct: tembAct, context: encoderHiddenStates)
-            h = out; skips += states
+            h = out
+            skips += states
         }
         if let midBlock { h = midBlock(h, tembAct: tembAct, context: encoderHiddenStates) }
         for block in upBlocks {
