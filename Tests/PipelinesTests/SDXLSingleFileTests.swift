@@ -11,6 +11,7 @@ import Foundation
 import NeuralNetwork
 import Pipelines
 import TensorCore
+import Tokenizers
 import UNetModels
 import XCTest
 
@@ -136,6 +137,16 @@ final class SDXLSingleFileTests: XCTestCase {
             let idx = try XCTUnwrap(DiffusersFolder(url: back).modelIndex)
             XCTAssertEqual(idx["_class_name"] as? String, folder == F.folder ? "StableDiffusionXLPipeline" : "StableDiffusionXLImg2ImgPipeline")
             XCTAssertEqual(ModelFamily.detect(try DiffusersFolder(url: back)).kind, folder == F.folder ? .sdxl : .sdxlRefiner)
+            // The written tokenizer folders tokenize as the shipped vocabulary does (tokenizer_2 pads with "!").
+            let text = "a photo of an astronaut riding a horse"
+            let written2 = try CLIPTokenizer(folder: back.appendingPathComponent("tokenizer_2"))
+            XCTAssertEqual(written2(text, maxLength: 77), try CLIPTokenizer.openCLIPDefault(padToken: "!")(text, maxLength: 77))
+            if folder == F.folder {
+                let written = try CLIPTokenizer(folder: back.appendingPathComponent("tokenizer"))
+                XCTAssertEqual(written(text, maxLength: 77), try CLIPTokenizer.openCLIPDefault()(text, maxLength: 77))
+            } else {
+                XCTAssertFalse(FileManager.default.fileExists(atPath: back.appendingPathComponent("tokenizer").path))
+            }
         }
     }
 
