@@ -106,31 +106,8 @@ extension DataParallelTests {
         try writeCaptionedImages(data)
         let long = try loraConfig(data: data, ["max_steps": 400, "gradient_accumulation_steps": 1])
         let runDir = work.appendingPathComponent("run")
-        let p = Process()
-        p.executableURL = mpirun
-        p.arguments = ["--allow-run-as-root", "--oversubscribe", "-np", "2", ldm.path, "train", "lora", "--config", long.path,
-                       "--run-dir", runDir.path]
-        var env = ProcessInfo.processInfo.environment
-        env["OMP_NUM_THREADS"] = "1"
-        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
-        p.environment = env
-        let out = Pipe()
-        p.standardOutput = out; p.standardError = out
-        try p.run()
         // Past the first checkpoint (step 2), then rank 1 dies as a crash would.
-        let log = runDir.appendingPathComponent("loss.jsonl")
-        let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline, ((try? String(contentsOf: log, encoding: .utf8))?.split(separator: "\n").count ?? 0) < 3 {
-            usleep(50_000)
-        }
-        let victims = rankProcesses(of: p.processIdentifier, rank: 1)
-        XCTAssertEqual(victims.count, 1, "rank 1's process")
-        for v in victims { kill(v, SIGKILL) }
-        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertNotEqual(p.terminationStatus, 0, output)
-        XCTAssertTrue(output.contains("signal 9"), output)
-        XCTAssertTrue(output.contains("terminated by mpirun"), output)
+        try killRankOneDuring(mpirun, ["train", "lora", "--config", long.path, "--run-dir", runDir.path], runDir: runDir)
         // No LoRA file from the killed job; the last checkpoint is whole.
         let lora = runDir.appendingPathComponent("lora.safetensors")
         XCTAssertFalse(FileManager.default.fileExists(atPath: lora.path))

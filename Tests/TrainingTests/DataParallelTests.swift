@@ -252,6 +252,36 @@ final class DataParallelTests: XCTestCase {
         }
     }
 
+    /// Starts `ldm ARGS` on 2 ranks, kills rank 1 (SIGKILL, as a crash would) once `runDir`'s loss log has 3 lines (past
+    /// the first checkpoint), and checks that the job ends non-zero with mpirun's report and rank 0's line.
+    func killRankOneDuring(_ mpirun: URL, _ args: [String], runDir: URL) throws {
+        let p = Process()
+        p.executableURL = mpirun
+        p.arguments = ["--allow-run-as-root", "--oversubscribe", "-np", "2", ldm.path] + args
+        var env = ProcessInfo.processInfo.environment
+        env["OMP_NUM_THREADS"] = "1"
+        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
+        p.environment = env
+        let out = Pipe()
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let log = runDir.appendingPathComponent("loss.jsonl")
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline, ((try? String(contentsOf: log, encoding: .utf8))?.split(separator: "\n").count ?? 0) < 3 {
+            usleep(50_000)
+        }
+        let victims = rankProcesses(of: p.processIdentifier, rank: 1)
+        XCTAssertEqual(victims.count, 1, "rank 1's process")
+        for v in victims { kill(v, SIGKILL) }
+        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        XCTAssertNotEqual(p.terminationStatus, 0, output)
+        XCTAssertTrue(output.contains("signal 9"), output)                 // mpirun's own report
+        XCTAssertTrue(output.contains("terminated by mpirun"), output)     // rank 0's line
+    }
+
+
     /// The process ids of mpirun's children that run rank `rank` (their environment has OMPI_COMM_WORLD_RANK).
     func rankProcesses(of parent: Int32, rank: Int) -> [Int32] {
         let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
@@ -276,31 +306,7 @@ final class DataParallelTests: XCTestCase {
                                         "first_stage": tinyKLFirstStage.path, "unet_config": tinyClassUNetConfigDictionary],
                                        [:], besides: data)
         let runDir = work.appendingPathComponent("run")
-        let p = Process()
-        p.executableURL = mpirun
-        p.arguments = ["--allow-run-as-root", "--oversubscribe", "-np", "2", ldm.path, "train", "ldm", "--config", cfg.path,
-                       "--run-dir", runDir.path]
-        var env = ProcessInfo.processInfo.environment
-        env["OMP_NUM_THREADS"] = "1"
-        env["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
-        p.environment = env
-        let out = Pipe()
-        p.standardOutput = out; p.standardError = out
-        try p.run()
-        // Let it take a few steps, then kill rank 1 as a crash would.
-        let log = runDir.appendingPathComponent("loss.jsonl")
-        let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline, ((try? String(contentsOf: log, encoding: .utf8))?.split(separator: "\n").count ?? 0) < 3 {
-            usleep(50_000)
-        }
-        let victims = rankProcesses(of: p.processIdentifier, rank: 1)
-        XCTAssertEqual(victims.count, 1, "rank 1's process")
-        for v in victims { kill(v, SIGKILL) }
-        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        XCTAssertNotEqual(p.terminationStatus, 0, output)
-        XCTAssertTrue(output.contains("signal 9"), output)                 // mpirun's own report
-        XCTAssertTrue(output.contains("terminated by mpirun"), output)     // rank 0's line
+        try killRankOneDuring(mpirun, ["train", "ldm", "--config", cfg.path, "--run-dir", runDir.path], runDir: runDir)
         let saved = try XCTUnwrap(Trainer.latestCheckpoint(in: runDir))
         let step = try XCTUnwrap(Int(try XCTUnwrap(SafeTensors(url: saved).metadata?["step"])))
         XCTAssertLessThan(step, 400)
