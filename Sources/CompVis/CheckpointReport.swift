@@ -52,7 +52,10 @@ public enum CheckpointReport {
         }
         out += "tensor list:\n"
         for (i, name) in file.tensors.keys.sorted().enumerated() {
-            if i >= maxTensors { out += "  … \(file.tensors.count - maxTensors) more\n"; break }
+            if i >= maxTensors {
+                out += "  … \(file.tensors.count - maxTensors) more\n"
+                break
+            }
             let r = file.tensors[name]!
             out += "  \(name) \(r.dtype.rawValue) \(r.shape)\(r.isContiguous ? "" : " (strided view)")\n"
         }

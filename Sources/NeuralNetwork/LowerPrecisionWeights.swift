@@ -17,9 +17,11 @@ extension Module {
         var freed = 0
         forEachLayer { module in
             if let l = module as? Linear, l.weight.dtype != .bfloat16 {
-                freed += l.weight.count * (l.weight.dtype.byteSize - 2); l.weight = l.weight.to(.bfloat16)
+                freed += l.weight.count * (l.weight.dtype.byteSize - 2)
+                l.weight = l.weight.to(.bfloat16)
             } else if let c = module as? Conv2d, c.weight.dtype != .bfloat16 {
-                freed += c.weight.count * (c.weight.dtype.byteSize - 2); c.weight = c.weight.to(.bfloat16)
+                freed += c.weight.count * (c.weight.dtype.byteSize - 2)
+                c.weight = c.weight.to(.bfloat16)
             }
         }
         // The buffers just freed would stay in TensorCore's buffer cache (the live peak was float32-sized).

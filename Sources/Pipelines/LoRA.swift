@@ -28,11 +28,15 @@ public struct LoRAFile {
         let file: CheckpointFile
         do { file = try CheckpointFile.open(url) } catch { throw LoRAError("LoRA file \(url.path) cannot be read: \(error)") }
         guard !file.tensors.isEmpty else { throw LoRAError("LoRA file \(url.path) holds no tensors") }
-        self.url = url; records = file.tensors; metadata = file.metadata
+        self.url = url
+        records = file.tensors
+        metadata = file.metadata
     }
 
     public init(url: URL, records: [String: TensorRecord], metadata: [String: String] = [:]) {
-        self.url = url; self.records = records; self.metadata = metadata
+        self.url = url
+        self.records = records
+        self.metadata = metadata
     }
 
     /// AUTOMATIC1111's short hash of a safetensors LoRA (the addnet hash: SHA-256 of the bytes after the 8-byte
@@ -194,7 +198,8 @@ public enum LoRA {
                 d2 = try cpRebuild(try mat("hada_t2"), left: w2a, right: w2b, file: file, key: m.key)
             } else {
                 guard w1a.cols == w1b.rows, w2a.cols == w2b.rows else { throw LoRAError("\(file): \(m.key): LoHa factor shapes do not chain") }
-                d1 = w1a.times(w1b).values; d2 = w2a.times(w2b).values
+                d1 = w1a.times(w1b).values
+                d2 = w2a.times(w2b).values
             }
             guard d1.count == d2.count else { throw LoRAError("\(file): \(m.key): LoHa halves differ in size") }
             return (try fit(zip(d1, d2).map { $0 * $1 }, "LoHa"), w1b.rows)
@@ -250,10 +255,14 @@ struct Matrix {
     var rows: Int { shape.first ?? 0 }
     var cols: Int { rows == 0 ? 0 : values.count / rows }
 
-    init(values: [Float], shape: [Int]) { self.values = values; self.shape = shape }
+    init(values: [Float], shape: [Int]) {
+        self.values = values
+        self.shape = shape
+    }
     init(_ r: TensorRecord) throws {
         guard !r.shape.isEmpty else { throw LoRAError("tensor \(r.name) is a scalar where a matrix is expected") }
-        values = try r.floats(); shape = r.shape
+        values = try r.floats()
+        shape = r.shape
     }
 
     func transposed() -> Matrix {
@@ -271,7 +280,13 @@ struct Matrix {
 
 /// diffusers' `lora_adapter_metadata`: PEFT LoraConfig dicts flattened with "unet." / "text_encoder." prefixes.
 struct PEFTConfig {
-    struct Part { var r: Int?; var alpha: Double?; var rslora = false; var rankPattern: [String: Int] = [:]; var alphaPattern: [String: Double] = [:] }
+    struct Part {
+        var r: Int?
+        var alpha: Double?
+        var rslora = false
+        var rankPattern: [String: Int] = [:]
+        var alphaPattern: [String: Double] = [:]
+    }
     var parts: [String: Part] = [:]
 
     init?(metadata: [String: String]) throws {

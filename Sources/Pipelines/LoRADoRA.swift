@@ -57,7 +57,10 @@ extension LoRA {
             for c in 0..<inputs {
                 let start = (o * inputs + c) * kernel
                 var s = 0.0
-                for k in 0..<kernel { let v = Double(merged[start + k]); s += v * v }
+                for k in 0..<kernel {
+                    let v = Double(merged[start + k])
+                    s += v * v
+                }
                 norms[perOutput ? o : c] += s
             }
         }

@@ -7,12 +7,19 @@ import TensorCore
 
 /// LoRAs merged into a bundle: what was applied and the weights' original values.
 public final class AppliedLoRAs {
-    public struct Entry { public let name: String; public let weight: Float; public let shortHash: String? }
+    public struct Entry {
+        public let name: String
+        public let weight: Float
+        public let shortHash: String?
+    }
     public let entries: [Entry]
     /// The original tensors (their storage, in place: a mapped file's bytes or a 16-bit weight stay as they were) of
     /// every weight the LoRAs changed, keyed by "unet.<...>" / "text_encoder.<...>".
     let originals: [String: Tensor]
-    init(entries: [Entry], originals: [String: Tensor]) { self.entries = entries; self.originals = originals }
+    init(entries: [Entry], originals: [String: Tensor]) {
+        self.entries = entries
+        self.originals = originals
+    }
     public var changedParameters: [String] { originals.keys.sorted() }
 
     /// AUTOMATIC1111's infotext value: "name: hash, name: hash".
@@ -85,7 +92,11 @@ public struct LoRATag: Equatable {
     public let name: String
     public let weight: Float
     public let unetWeight: Float?
-    public init(name: String, weight: Float, unetWeight: Float? = nil) { self.name = name; self.weight = weight; self.unetWeight = unetWeight }
+    public init(name: String, weight: Float, unetWeight: Float? = nil) {
+        self.name = name
+        self.weight = weight
+        self.unetWeight = unetWeight
+    }
 }
 
 public enum LoRAPrompt {

@@ -16,7 +16,10 @@ public final class Engine: @unchecked Sendable {
     public let loraDir: URL?
 
     public init(registry: ModelRegistry, cache: ModelCache, outputDir: URL?, loraDir: URL? = nil) {
-        self.registry = registry; self.cache = cache; self.outputDir = outputDir; self.loraDir = loraDir
+        self.registry = registry
+        self.cache = cache
+        self.outputDir = outputDir
+        self.loraDir = loraDir
     }
 
     /// The infotext fields `ldm txt2img` writes (GenerationOptions.parameters + PromptArguments.annotate + write).
@@ -24,7 +27,9 @@ public final class Engine: @unchecked Sendable {
         var g = GenerationParameters(steps: s.steps, sampler: s.samplerName, seed: Int(truncatingIfNeeded: seed), model: model,
                                      extra: (s.eta != 0 ? [.init("Eta", "\(s.eta)")] : []) + [.init("RNG", s.randnSource)])
         if s.factorySampler == "dpm++2m-karras" { g.extra.insert(.init("Schedule type", "Karras"), at: 0) }
-        g.prompt = s.prompt; g.negativePrompt = s.negativePrompt; g.cfgScale = s.cfgScale
+        g.prompt = s.prompt
+        g.negativePrompt = s.negativePrompt
+        g.cfgScale = s.cfgScale
         if s.clipSkip > 1 { g.extra.append(.init("Clip skip", "\(s.clipSkip)")) }
         let hasSyntax = [s.prompt, s.negativePrompt].contains { $0.contains("(") || $0.contains("[") }
         if s.emphasis != .original, hasSyntax { g.extra.append(.init("Emphasis", s.emphasis.webUIName ?? "None")) }
@@ -49,7 +54,8 @@ public final class Engine: @unchecked Sendable {
             if let p = h.prompt { g.extra.append(.init("Hires prompt", p)) }
             if let p = h.negativePrompt { g.extra.append(.init("Hires negative prompt", p)) }
         }
-        g.width = width; g.height = height
+        g.width = width
+        g.height = height
         if s.imageCount > 1 { g.extra += [.init("Batch size", "\(s.imageCount)"), .init("Batch pos", "\(index)")] }
         return g
     }
@@ -175,7 +181,10 @@ public final class Engine: @unchecked Sendable {
     static func applyLCMDefaults(_ s: inout GenerationSpec, timeCondProjDim: Int?, loraNames: [String]) -> Bool {
         let lcmLoRA = loraNames.contains { $0.lowercased().contains("lcm") }
         guard timeCondProjDim != nil || lcmLoRA else { return false }
-        if !s.samplerGiven { s.samplerName = "LCM"; s.factorySampler = "lcm" }
+        if !s.samplerGiven {
+            s.samplerName = "LCM"
+            s.factorySampler = "lcm"
+        }
         if !s.stepsGiven { s.steps = 4 }
         if !s.cfgGiven { s.cfgScale = timeCondProjDim != nil ? 8.5 : 1 }
         return true

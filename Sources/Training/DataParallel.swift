@@ -120,7 +120,8 @@ public final class MPICommunicator: Communicator {
         try Self.check(ldm_mpi_init(&provided), "MPI_Init_thread")
         try Self.check(ldm_mpi_rank(&r), "MPI_Comm_rank")
         try Self.check(ldm_mpi_size(&s), "MPI_Comm_size")
-        rank = Int(r); size = Int(s)
+        rank = Int(r)
+        size = Int(s)
     }
 
     static func check(_ code: Int32, _ what: String) throws {
@@ -175,7 +176,10 @@ final class MPIRequests: PendingAllReduce {
         while var r = pending.first {
             var flag: Int32 = 0
             try MPICommunicator.check(ldm_mpi_test(&r, &flag), "MPI_Test")
-            guard flag != 0 else { pending[0] = r; return false }
+            guard flag != 0 else {
+                pending[0] = r
+                return false
+            }
             pending.removeFirst()
         }
         return true
@@ -222,7 +226,9 @@ public struct BatchShard: Equatable, Sendable {
         guard globalBatch % count == 0 else {
             throw TrainingError("batch_size \(globalBatch) is not divisible by the \(count) ranks (each rank takes an equal shard of every batch)")
         }
-        self.globalBatch = globalBatch; self.rank = rank; self.count = count
+        self.globalBatch = globalBatch
+        self.rank = rank
+        self.count = count
     }
 
     public static func whole(_ batch: Int) -> BatchShard { try! BatchShard(globalBatch: batch) }

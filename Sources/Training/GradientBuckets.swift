@@ -31,7 +31,10 @@ public final class GradientAverager {
     /// DDP's bucket_cap_mb, in bytes. Changing it re-plans the buckets (do it between steps).
     public var bucketBytes: Int {
         get { bucketElements * 4 }
-        set { bucketElements = max(1, newValue / 4); plans = [:] }
+        set {
+            bucketElements = max(1, newValue / 4)
+            plans = [:]
+        }
     }
     /// Start each bucket's all-reduce during backward as soon as its gradients are final (DDP), or all of them after
     /// backward. The results are bit-identical either way.
@@ -48,15 +51,24 @@ public final class GradientAverager {
     private var plans: [[ObjectIdentifier]: BucketPlan] = [:]
 
     public init(communicator: Communicator, bucketBytes: Int = 25 << 20, overlapsBackward: Bool = true) {
-        self.communicator = communicator; bucketElements = max(1, bucketBytes / 4); self.overlapsBackward = overlapsBackward
+        self.communicator = communicator
+        bucketElements = max(1, bucketBytes / 4)
+        self.overlapsBackward = overlapsBackward
     }
 
     /// Runs `loss.backward()`; when `reduce` (the last micro-batch of an optimizer step: DDP's no_sync for the
     /// others), the gradients of `parameters` are then averaged over the ranks, overlapped with the pass when
     /// `overlapsBackward`. In one process it is `loss.backward()`.
     public func backward(_ loss: Tensor, parameters: [Tensor], reduce: Bool = true) throws {
-        guard reduce, communicator.size > 1, !parameters.isEmpty else { loss.backward(); return }
-        guard overlapsBackward else { loss.backward(); try average(parameters); return }
+        guard reduce, communicator.size > 1, !parameters.isEmpty else {
+            loss.backward()
+            return
+        }
+        guard overlapsBackward else {
+            loss.backward()
+            try average(parameters)
+            return
+        }
         let reduction = begin(parameters)
         // Parameters this pass cannot reach are ready now (their gradient, if any, is from earlier micro-batches):
         // otherwise their bucket, and every bucket after it, would wait for the end of backward.
@@ -105,12 +117,18 @@ final class BucketPlan {
         var buckets: [[Int]] = [], place = [(bucket: Int, offset: Int)](repeating: (0, 0), count: counts.count)
         var members: [Int] = [], n = 0
         for i in counts.indices.reversed() {
-            if !members.isEmpty && n + counts[i] > cap { buckets.append(members); members = []; n = 0 }
+            if !members.isEmpty && n + counts[i] > cap {
+                buckets.append(members)
+                members = []
+                n = 0
+            }
             place[i] = (buckets.count, n)
-            members.append(i); n += counts[i]
+            members.append(i)
+            n += counts[i]
         }
         if !members.isEmpty { buckets.append(members) }
-        self.buckets = buckets; self.place = place
+        self.buckets = buckets
+        self.place = place
         buffers = buckets.map { m in
             let b = UnsafeMutableBufferPointer<Float>.allocate(capacity: m.reduce(0) { $0 + counts[$1] })
             b.initialize(repeating: 0)
@@ -138,7 +156,9 @@ final class Reduction {
     private var error: Error?
 
     init(plan: BucketPlan, parameters: [Tensor], communicator: Communicator) {
-        self.plan = plan; self.parameters = parameters; self.communicator = communicator
+        self.plan = plan
+        self.parameters = parameters
+        self.communicator = communicator
         packed = [Bool](repeating: false, count: parameters.count)
         waiting = plan.buckets.map(\.count)
         inFlight = [PendingAllReduce?](repeating: nil, count: plan.buckets.count)

@@ -24,7 +24,10 @@ public struct LoRATargets: Equatable, Sendable {
     /// The CLIP text encoder's q/k/v/out_proj and fc1/fc2 (kohya's CLIPAttention + CLIPMLP targets).
     public var textEncoder = false
     public init(attention: Bool = true, projections: Bool = false, feedForward: Bool = false, textEncoder: Bool = false) {
-        self.attention = attention; self.projections = projections; self.feedForward = feedForward; self.textEncoder = textEncoder
+        self.attention = attention
+        self.projections = projections
+        self.feedForward = feedForward
+        self.textEncoder = textEncoder
     }
 }
 
@@ -42,7 +45,11 @@ public final class LoRAAdapter: Module {
 
     init(name: String, target: String, inFeatures: Int, outFeatures: Int, isConv: Bool, rank: Int, alpha: Float,
          generator: TorchGenerator) {
-        self.name = name; self.target = target; self.rank = rank; self.alpha = alpha; self.isConv = isConv
+        self.name = name
+        self.target = target
+        self.rank = rank
+        self.alpha = alpha
+        self.isConv = isConv
         // kaiming_uniform_(a=sqrt(5)): bound = sqrt(6 / ((1 + a^2) fan_in)) = 1 / sqrt(fan_in).
         let bound = 1 / Float(inFeatures).squareRoot()
         let u = generator.uniform(count: rank * inFeatures)
@@ -93,7 +100,8 @@ public final class LoRANetwork: Module {
         guard targets.attention || targets.projections || targets.feedForward || targets.textEncoder else {
             throw TrainingError("LoRA targets select no module")
         }
-        self.rank = rank; self.alpha = alpha
+        self.rank = rank
+        self.alpha = alpha
         var found: [(kohya: String, target: String, module: AnyObject)] = []
         let unetNames = Self.names(unet.namedParameters)
         for t in Self.transformers(unet) {
@@ -144,7 +152,8 @@ public final class LoRANetwork: Module {
                 adapters.append(a)
             }
         }
-        self.adapters = adapters; self.detachers = detachers
+        self.adapters = adapters
+        self.detachers = detachers
         for (_, p) in unet.namedParameters { p.requiresGrad = false }
         if let textEncoder { for (_, p) in textEncoder.namedParameters { p.requiresGrad = false } }
     }
@@ -152,7 +161,10 @@ public final class LoRANetwork: Module {
     deinit { detach() }
 
     /// Removes the adapters from the modules (the model computes as before they were attached).
-    public func detach() { for d in detachers { d() }; detachers = [] }
+    public func detach() {
+        for d in detachers { d() }
+        detachers = []
+    }
 
     public var trainsTextEncoder: Bool { adapters.contains { $0.name.hasPrefix("lora_te_") } }
 

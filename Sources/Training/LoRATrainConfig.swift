@@ -50,7 +50,10 @@ public struct LoRATrainConfig {
     public static let targetNames = ["attention", "projections", "feed_forward"]
 
     public init(baseModel: String, dataDir: String, maxSteps: Int, outputName: String = "lora") {
-        self.baseModel = baseModel; self.dataDir = dataDir; self.maxSteps = maxSteps; self.outputName = outputName
+        self.baseModel = baseModel
+        self.dataDir = dataDir
+        self.maxSteps = maxSteps
+        self.outputName = outputName
     }
 
     public static func load(_ url: URL) throws -> LoRATrainConfig {
@@ -80,8 +83,11 @@ public struct LoRATrainConfig {
     public func trainerOptions() throws -> TrainerOptions {
         var o = TrainerOptions(learningRate: learningRate, batchSize: batchSize, maxSteps: maxSteps,
                                checkpointEvery: saveEvery ?? maxSteps, seed: seed)
-        o.betas = (adamBeta1, adamBeta2); o.adamEps = adamEpsilon; o.weightDecay = weightDecay
-        o.maxGradNorm = maxGradNorm; o.gradientAccumulationSteps = gradientAccumulationSteps
+        o.betas = (adamBeta1, adamBeta2)
+        o.adamEps = adamEpsilon
+        o.weightDecay = weightDecay
+        o.maxGradNorm = maxGradNorm
+        o.gradientAccumulationSteps = gradientAccumulationSteps
         o.lrSchedule = try LRSchedule(name: lrScheduler, warmup: lrWarmupSteps, total: maxSteps)
         o.emaDecay = nil
         o.prefetch = prefetch

@@ -26,8 +26,13 @@ public struct LoRABaseModel {
     public var name: String
     public init(unet: UNet2DConditionModel, firstStage: FirstStageModel?, textEncoder: CLIPTextModel, tokenizer: CLIPTokenizer,
                 schedulerConfig: SchedulerConfig, defaultImageSize: Int, name: String) {
-        self.unet = unet; self.firstStage = firstStage; self.textEncoder = textEncoder; self.tokenizer = tokenizer
-        self.schedulerConfig = schedulerConfig; self.defaultImageSize = defaultImageSize; self.name = name
+        self.unet = unet
+        self.firstStage = firstStage
+        self.textEncoder = textEncoder
+        self.tokenizer = tokenizer
+        self.schedulerConfig = schedulerConfig
+        self.defaultImageSize = defaultImageSize
+        self.name = name
     }
 }
 
@@ -41,8 +46,12 @@ public final class LoRATrainer {
     public let resolution: Int
 
     init(trainer: Trainer, network: LoRANetwork, config: LoRATrainConfig, base: LoRABaseModel, outputURL: URL, resolution: Int) {
-        self.trainer = trainer; self.network = network; self.config = config; self.base = base
-        self.outputURL = outputURL; self.resolution = resolution
+        self.trainer = trainer
+        self.network = network
+        self.config = config
+        self.base = base
+        self.outputURL = outputURL
+        self.resolution = resolution
     }
 
     /// kohya's ss_* training metadata (the keys A1111 and kohya's tools read), without time stamps so that the same
@@ -91,8 +100,14 @@ extension LoRATrainConfig {
         guard let firstStage = base.firstStage else { throw TrainingError("\(baseModel): LoRA training needs a latent model with a first stage (VAE)") }
         let encoder: LatentEncoder, down: Int, latentChannels: Int
         switch firstStage {
-        case .kl(let m): encoder = .kl(m); down = m.downsamplingFactor; latentChannels = m.config.latentChannels
-        case .vq(let m): encoder = .vq(m); down = m.downsamplingFactor; latentChannels = m.config.embedDim
+        case .kl(let m):
+            encoder = .kl(m)
+            down = m.downsamplingFactor
+            latentChannels = m.config.latentChannels
+        case .vq(let m):
+            encoder = .vq(m)
+            down = m.downsamplingFactor
+            latentChannels = m.config.embedDim
         }
         guard unet.config.inChannels == latentChannels else {
             throw TrainingError("\(baseModel): the UNet takes \(unet.config.inChannels) input channels, the first stage gives \(latentChannels) (inpainting UNets are not supported)")

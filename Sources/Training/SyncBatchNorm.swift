@@ -31,8 +31,13 @@ public func syncBatchNorm(_ x: Tensor, _ bn: BatchNorm2d, frozen: Bool = false, 
             for ch in 0..<c {
                 let row = p + (b * c + ch) * hw
                 var s = 0.0, ss = 0.0
-                for i in 0..<hw { let v = Double(row[i]); s += v; ss += v * v }
-                stats[ch] += s; stats[c + ch] += ss
+                for i in 0..<hw {
+                    let v = Double(row[i])
+                    s += v
+                    ss += v * v
+                }
+                stats[ch] += s
+                stats[c + ch] += ss
             }
         }
     }
@@ -43,7 +48,9 @@ public func syncBatchNorm(_ x: Tensor, _ bn: BatchNorm2d, frozen: Bool = false, 
     var mean = [Float](repeating: 0, count: c), invstd = [Float](repeating: 0, count: c), variance = [Float](repeating: 0, count: c)
     for ch in 0..<c {
         let m = stats[ch] / n, v = max(stats[c + ch] / n - m * m, 0)
-        mean[ch] = Float(m); variance[ch] = Float(v); invstd[ch] = Float(1 / (v + Double(bn.eps)).squareRoot())
+        mean[ch] = Float(m)
+        variance[ch] = Float(v)
+        invstd[ch] = Float(1 / (v + Double(bn.eps)).squareRoot())
     }
     GradMode.noGrad {
         let m = Tensor(mean, shape: [c]), v = Tensor(variance, shape: [c])
@@ -73,8 +80,13 @@ public func syncBatchNorm(_ x: Tensor, _ bn: BatchNorm2d, frozen: Bool = false, 
                 for ch in 0..<c {
                     let o = (b * c + ch) * hw, m = mean[ch]
                     var sd = 0.0, sdx = 0.0
-                    for i in 0..<hw { let d = Double(gp[o + i]); sd += d; sdx += d * Double(xp[o + i] - m) }
-                    sums[ch] += sd; sums[c + ch] += sdx
+                    for i in 0..<hw {
+                        let d = Double(gp[o + i])
+                        sd += d
+                        sdx += d * Double(xp[o + i] - m)
+                    }
+                    sums[ch] += sd
+                    sums[c + ch] += sdx
                 }
             }
         }

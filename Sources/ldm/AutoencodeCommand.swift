@@ -38,7 +38,10 @@ struct Autoencode: ParsableCommand {
     func run() throws {
         let first = try loadModel()
         let factor: Int
-        switch first { case .kl(let m): factor = m.downsamplingFactor; case .vq(let m): factor = m.config.architecture.downsamplingFactor }
+        switch first {
+            case .kl(let m): factor = m.downsamplingFactor
+            case .vq(let m): factor = m.config.architecture.downsamplingFactor
+        }
         let image = try ImageIO.load(path: input).image
         guard image.width % factor == 0, image.height % factor == 0 else {
             throw ValidationError("\(input) is \(image.width)x\(image.height); both sides must be multiples of \(factor) for this model")

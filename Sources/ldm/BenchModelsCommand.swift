@@ -30,7 +30,8 @@ struct BenchModels {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: exe)
         p.arguments = args
-        let pipe = Pipe(); p.standardOutput = pipe
+        let pipe = Pipe()
+        p.standardOutput = pipe
         do { try p.run() } catch { throw BenchError("cannot run \(exe): \(error.localizedDescription)") }
         let data = pipe.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
@@ -103,7 +104,8 @@ struct BenchPart: ParsableCommand {
             }
         }
         if OpTimes.enabled { FileHandle.standardError.write(OpTimes.report(runs: reps).data(using: .utf8)!) }
-        var usage = rusage(); getrusage(RUSAGE_SELF.rawValue, &usage)
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
         print("{\"seconds\": \(seconds), \"peak_rss_mb\": \(Double(usage.ru_maxrss) / 1024)}")
     }
 }

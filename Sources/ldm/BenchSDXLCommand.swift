@@ -82,7 +82,8 @@ struct BenchSDXL: ParsableCommand {
            let kb = Double(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") {
             return kb / 1024
         }
-        var usage = rusage(); getrusage(RUSAGE_SELF.rawValue, &usage)
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
         return Double(usage.ru_maxrss) / 1024
     }
 }

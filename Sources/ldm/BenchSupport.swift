@@ -4,7 +4,12 @@ import TensorCore
 /// Timing and PyTorch-comparison helpers shared by the `ldm bench` commands.
 enum BenchSupport {
     struct Row {
-        var op: String; var ours: Double?; var torch: Double?; var work: Double; var unit: String; var note = ""
+        var op: String
+        var ours: Double?
+        var torch: Double?
+        var work: Double
+        var unit: String
+        var note = ""
     }
 
     /// How bf16 runs here, from the features detected at run time.
@@ -21,7 +26,8 @@ enum BenchSupport {
     static func attentionScratchKB(heads: Int) -> Int { Parallel.threadCount * AttentionTiling.blockQ * AttentionTiling.blockK * 4 / 1024 }
 
     static func now() -> Double {
-        var ts = timespec(); clock_gettime(CLOCK_MONOTONIC, &ts)
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
         return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
     }
 
@@ -30,7 +36,11 @@ enum BenchSupport {
         body()
         OpTimes.reset() // LDM_OP_TIMES: the table covers the timed repetitions only
         var times: [Double] = []
-        for _ in 0..<reps { let t = now(); body(); times.append(now() - t) }
+        for _ in 0..<reps {
+            let t = now()
+            body()
+            times.append(now() - t)
+        }
         if OpTimes.enabled { FileHandle.standardError.write("repetitions: \(times.map { String(format: "%.3f s", $0) })\n".data(using: .utf8)!) }
         return times.sorted()[times.count / 2]
     }

@@ -120,14 +120,18 @@ struct TrainBenchPart {
         return String(decoding: try JSONSerialization.data(withJSONObject: d, options: [.sortedKeys]), as: UTF8.self)
     }
 
-    struct Result { var seconds: Double; var peakRSS: Double }
+    struct Result {
+        var seconds: Double
+        var peakRSS: Double
+    }
 
     /// Runs a child that prints {"seconds": s, "peak_rss_mb": m, ...}.
     static func child(_ exe: String, _ args: [String]) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: exe)
         p.arguments = args
-        let pipe = Pipe(); p.standardOutput = pipe
+        let pipe = Pipe()
+        p.standardOutput = pipe
         do { try p.run() } catch { throw BenchError("cannot run \(exe): \(error.localizedDescription)") }
         let data = pipe.fileHandleForReading.readDataToEndOfFile()
         p.waitUntilExit()
@@ -185,7 +189,8 @@ struct BenchTrainPart: ParsableCommand {
             try trainer.trainStep()
             if i >= warmup { times.append(BenchSupport.now() - t0) }
         }
-        var usage = rusage(); getrusage(RUSAGE_SELF.rawValue, &usage)
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
         let out: [String: Any] = ["seconds": times.sorted()[times.count / 2], "times": times, "peak_rss_mb": Double(usage.ru_maxrss) / 1024]
         print(String(decoding: try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys]), as: UTF8.self))
     }

@@ -73,11 +73,14 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         var c = ServerConfig()
-        c.host = host; c.port = port
+        c.host = host
+        c.port = port
         c.model = model.map { URL(fileURLWithPath: $0) }
         c.modelsDir = modelsDir.map { URL(fileURLWithPath: $0, isDirectory: true) }
         c.credentials = try apiAuth.map(ServerConfig.parseAuth) ?? []
-        c.queueSize = queueSize; c.maxLoadedModels = maxLoadedModels; c.parallelModels = parallelModels
+        c.queueSize = queueSize
+        c.maxLoadedModels = maxLoadedModels
+        c.parallelModels = parallelModels
         let compute = ComputePrecision(rawValue: precision) ?? .f32
         c.precision = compute.rawValue
         c.computeType = compute.resolved
@@ -89,7 +92,8 @@ struct Serve: ParsableCommand {
         let server: LDMServer
         do { server = try LDMServer(config: c) } catch let e as APIError { throw ValidationError(e.detail) }
 
-        signal(SIGINT, SIG_IGN); signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
         var sources: [DispatchSourceSignal] = []
         for sig in [SIGINT, SIGTERM] {
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
@@ -97,7 +101,8 @@ struct Serve: ParsableCommand {
                 FileHandle.standardError.write(Data("stopping\n".utf8))
                 Task.detached { await server.stop() }
             }
-            s.resume(); sources.append(s)
+            s.resume()
+            sources.append(s)
         }
         let done = DispatchSemaphore(value: 0)
         final class Box: @unchecked Sendable { var error: Error? }

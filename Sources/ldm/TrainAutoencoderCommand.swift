@@ -93,7 +93,11 @@ struct TrainRunOptions: ParsableArguments {
     /// rank (mpirun then reports the abort); the last complete checkpoint stays resumable with any number of ranks.
     func dataParallel(_ body: (Communicator) throws -> Void) throws {
         let comm = try DataParallel.communicator()
-        guard comm.size > 1 else { defer { comm.finalize() }; try body(comm); return }
+        guard comm.size > 1 else {
+            defer { comm.finalize() }
+            try body(comm)
+            return
+        }
         installTerminationNotice(rank: comm.rank, size: comm.size)
         do {
             try body(comm)

@@ -11,7 +11,9 @@ public final class GradNode {
     let inputs: [Tensor]
     let backward: (Tensor) -> [Tensor?]
     init(name: String, inputs: [Tensor], backward: @escaping (Tensor) -> [Tensor?]) {
-        self.name = name; self.inputs = inputs; self.backward = backward
+        self.name = name
+        self.inputs = inputs
+        self.backward = backward
     }
 }
 
@@ -20,12 +22,14 @@ public enum GradMode {
     public nonisolated(unsafe) static var isEnabled = true
 
     public static func noGrad<T>(_ body: () throws -> T) rethrows -> T {
-        let saved = isEnabled; isEnabled = false
+        let saved = isEnabled
+        isEnabled = false
         defer { isEnabled = saved }
         return try body()
     }
     public static func withGrad<T>(_ body: () throws -> T) rethrows -> T {
-        let saved = isEnabled; isEnabled = true
+        let saved = isEnabled
+        isEnabled = true
         defer { isEnabled = saved }
         return try body()
     }
@@ -92,7 +96,10 @@ extension Tensor {
         var visited = Set<ObjectIdentifier>()
         var stack: [(Tensor, Bool)] = [(self, false)]
         while let (t, expanded) = stack.popLast() {
-            if expanded { order.append(t); continue }
+            if expanded {
+                order.append(t)
+                continue
+            }
             guard visited.insert(ObjectIdentifier(t)).inserted else { continue }
             stack.append((t, true))
             for input in t.gradFn?.inputs ?? [] where input.requiresGrad && !visited.contains(ObjectIdentifier(input)) {
@@ -141,7 +148,8 @@ extension Tensor {
             let id = ObjectIdentifier(t)
             if expanded {
                 if wanted.contains(id) || (t.gradFn?.inputs ?? []).contains(where: { reaches.contains(ObjectIdentifier($0)) }) {
-                    reaches.insert(id); order.append(t)
+                    reaches.insert(id)
+                    order.append(t)
                 }
                 continue
             }

@@ -10,7 +10,10 @@ private typealias OMPInt = @convention(c) () -> Int32
 private final class ParallelBody {
     let n: Int
     let body: (Range<Int>) -> Void
-    init(n: Int, body: @escaping (Range<Int>) -> Void) { self.n = n; self.body = body }
+    init(n: Int, body: @escaping (Range<Int>) -> Void) {
+        self.n = n
+        self.body = body
+    }
 }
 
 public enum Parallel {
@@ -28,8 +31,14 @@ public enum Parallel {
     public static func forRange(_ n: Int, costPerItem: Int = 1, _ body: (Range<Int>) -> Void) {
         guard n > 0 else { return }
         let threads = min(threadCount, n)
-        if threads <= 1 || n * costPerItem < 32_768 || (numThreads?() ?? 1) > 1 { body(0..<n); return }
-        guard let run = gompParallel else { body(0..<n); return }
+        if threads <= 1 || n * costPerItem < 32_768 || (numThreads?() ?? 1) > 1 {
+            body(0..<n)
+            return
+        }
+        guard let run = gompParallel else {
+            body(0..<n)
+            return
+        }
         withoutActuallyEscaping(body) { escaping in
             let box = ParallelBody(n: n, body: escaping)
             let ctx = Unmanaged.passUnretained(box).toOpaque()

@@ -17,7 +17,8 @@ public final class Storage: @unchecked Sendable {
         var reserved = n
         if n >= BufferCache.minimum {
             let (p, size, fresh) = BufferCache.allocate(BufferCache.sizeClass(n))
-            ptr = p; reserved = size
+            ptr = p
+            reserved = size
             if zeroed && !fresh { memset(ptr, 0, n) } // fresh pages from mmap are already zero
         } else {
             var p: UnsafeMutableRawPointer?
@@ -25,13 +26,22 @@ public final class Storage: @unchecked Sendable {
             ptr = fresh
             if zeroed { memset(ptr, 0, n) }
         }
-        base = ptr; self.byteCount = byteCount; owner = nil; owned = true; capacity = reserved; isFileMapping = false
+        base = ptr
+        self.byteCount = byteCount
+        owner = nil
+        owned = true
+        capacity = reserved
+        isFileMapping = false
     }
 
     /// Wraps memory that someone else owns (for example a mapped safetensors file); `owner` keeps it alive.
     /// `fileMapping`: the memory is a read-only private mapping of a file, so its pages can be dropped and re-read.
     public init(borrowing pointer: UnsafeMutableRawPointer, byteCount: Int, owner: AnyObject?, fileMapping: Bool = false) {
-        base = pointer; self.byteCount = byteCount; self.owner = owner; owned = false; capacity = byteCount
+        base = pointer
+        self.byteCount = byteCount
+        self.owner = owner
+        owned = false
+        capacity = byteCount
         isFileMapping = fileMapping
     }
 
@@ -84,14 +94,17 @@ enum BufferCache {
         peakLiveBytes = max(peakLiveBytes, liveBytes)
         if let p = free[size]?.popLast() {
             if free[size]!.isEmpty { free[size] = nil }
-            cachedBytes -= size; lock.unlock(); return (p, size, false)
+            cachedBytes -= size
+            lock.unlock()
+            return (p, size, false)
         }
         // A miss: drop cached buffers (of other sizes) until live + cached fits under the high-water mark (+1/32).
         var evict: [(UnsafeMutableRawPointer, Int)] = []
         while cachedBytes > 0 && liveBytes + cachedBytes > peakLiveBytes + peakLiveBytes / 32, let s = free.keys.max() {
             let p = free[s]!.removeLast()
             if free[s]!.isEmpty { free[s] = nil }
-            cachedBytes -= s; evict.append((p, s))
+            cachedBytes -= s
+            evict.append((p, s))
         }
         lock.unlock()
         for (p, s) in evict { munmap(p, s) }
@@ -115,7 +128,12 @@ enum BufferCache {
     static func release(_ p: UnsafeMutableRawPointer, _ n: Int) {
         lock.lock()
         liveBytes -= n
-        if cachedBytes + n <= limit { free[n, default: []].append(p); cachedBytes += n; lock.unlock(); return }
+        if cachedBytes + n <= limit {
+            free[n, default: []].append(p)
+            cachedBytes += n
+            lock.unlock()
+            return
+        }
         lock.unlock()
         munmap(p, n)
     }

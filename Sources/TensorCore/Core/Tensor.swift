@@ -19,15 +19,21 @@ public final class Tensor: CustomStringConvertible {
     var layoutCache: (key: String, version: Int, storage: Storage)?
 
     public init(storage: Storage, shape: [Int], strides: [Int]? = nil, offset: Int = 0, dtype: DType = .float32) {
-        self.storage = storage; self.shape = shape
+        self.storage = storage
+        self.shape = shape
         self.strides = strides ?? Tensor.contiguousStrides(shape)
-        self.offset = offset; self.dtype = dtype; self.requiresGrad = false
+        self.offset = offset
+        self.dtype = dtype
+        self.requiresGrad = false
     }
 
     public static func contiguousStrides(_ shape: [Int]) -> [Int] {
         var s = [Int](repeating: 1, count: shape.count)
         var acc = 1
-        for i in stride(from: shape.count - 1, through: 0, by: -1) { s[i] = acc; acc *= Swift.max(shape[i], 1) }
+        for i in stride(from: shape.count - 1, through: 0, by: -1) {
+            s[i] = acc
+            acc *= Swift.max(shape[i], 1)
+        }
         return s
     }
 
@@ -71,13 +77,18 @@ public final class Tensor: CustomStringConvertible {
     }
     public convenience init(scalar: Float) { self.init([scalar], shape: []) }
     public static func full(_ value: Float, _ shape: [Int]) -> Tensor {
-        let t = empty(shape); t.data.update(repeating: value, count: t.count); return t
+        let t = empty(shape)
+        t.data.update(repeating: value, count: t.count)
+        return t
     }
     public static func ones(_ shape: [Int]) -> Tensor { full(1, shape) }
     public static func arange(_ n: Int) -> Tensor { Tensor((0..<n).map(Float.init), shape: [n]) }
 
     /// A parameter: a leaf that requires gradients.
-    public func requiringGrad(_ flag: Bool = true) -> Tensor { requiresGrad = flag; return self }
+    public func requiringGrad(_ flag: Bool = true) -> Tensor {
+        requiresGrad = flag
+        return self
+    }
 
     // MARK: reading
 
@@ -104,7 +115,10 @@ public final class Tensor: CustomStringConvertible {
     /// merged LoRA replaces a weight. Shapes must agree; autograd flags stay; cached layouts are dropped.
     public func rebind(to other: Tensor) {
         precondition(other.shape == shape, "rebind: shape \(other.shape) for a tensor of shape \(shape)")
-        storage = other.storage; strides = other.strides; offset = other.offset; dtype = other.dtype
+        storage = other.storage
+        strides = other.strides
+        offset = other.offset
+        dtype = other.dtype
         layoutCache = nil
         bumpVersion()
     }

@@ -6,7 +6,10 @@ import CKernels
 @inline(__always)
 func forEachRow(shape: [Int], dstStrides: [Int], srcStrides: [Int], _ body: (Int, Int) -> Void) {
     let rank = shape.count
-    if rank <= 1 { body(0, 0); return }
+    if rank <= 1 {
+        body(0, 0)
+        return
+    }
     let outer = shape[0..<(rank - 1)].reduce(1, *)
     var idx = [Int](repeating: 0, count: rank - 1)
     var d = 0, s = 0
@@ -14,16 +17,24 @@ func forEachRow(shape: [Int], dstStrides: [Int], srcStrides: [Int], _ body: (Int
         body(d, s)
         var k = rank - 2
         while k >= 0 {
-            idx[k] += 1; d += dstStrides[k]; s += srcStrides[k]
+            idx[k] += 1
+            d += dstStrides[k]
+            s += srcStrides[k]
             if idx[k] < shape[k] { break }
-            d -= dstStrides[k] * shape[k]; s -= srcStrides[k] * shape[k]; idx[k] = 0; k -= 1
+            d -= dstStrides[k] * shape[k]
+            s -= srcStrides[k] * shape[k]
+            idx[k] = 0
+            k -= 1
         }
     }
 }
 
 /// Copies `shape` elements from a strided float32 source into a strided float32 destination.
 func stridedCopy(_ dst: UnsafeMutablePointer<Float>, _ dstStrides: [Int], _ src: UnsafePointer<Float>, _ srcStrides: [Int], _ shape: [Int]) {
-    if shape.isEmpty { dst.pointee = src.pointee; return }
+    if shape.isEmpty {
+        dst.pointee = src.pointee
+        return
+    }
     let n = shape.last!, ds = dstStrides.last!, ss = srcStrides.last!
     // Parallelise over the first axis when it is large enough.
     let work = { (d0: UnsafeMutablePointer<Float>, s0: UnsafePointer<Float>, shp: [Int], dS: [Int], sS: [Int]) in
@@ -155,7 +166,8 @@ extension Tensor {
     public func narrow(_ axis: Int, _ start: Int, _ length: Int) -> Tensor {
         let a = normalize(axis)
         precondition(start >= 0 && length >= 0 && start + length <= shape[a], "narrow: [\(start), \(start + length)) outside axis \(a) of \(shape)")
-        var shp = shape; shp[a] = length
+        var shp = shape
+        shp[a] = length
         let inShape = shape
         return view(shape: shp, strides: strides, offset: offset + start * strides[a], "narrow") { g in
             let full = Tensor(zeros: inShape)
@@ -165,7 +177,8 @@ extension Tensor {
     }
     /// narrow without autograd (for kernels writing into a slice of a buffer).
     func narrowedRaw(_ a: Int, _ start: Int, _ length: Int) -> Tensor {
-        var shp = shape; shp[a] = length
+        var shp = shape
+        shp[a] = length
         return Tensor(storage: storage, shape: shp, strides: strides, offset: offset + start * strides[a], dtype: dtype)
     }
     /// Copies values of `src` (broadcast to self's shape) into self's storage; no autograd (an in-place write).
@@ -177,13 +190,15 @@ extension Tensor {
 
     public func unsqueezed(_ axis: Int) -> Tensor {
         let a = axis < 0 ? axis + rank + 1 : axis
-        var shp = shape; shp.insert(1, at: a)
+        var shp = shape
+        shp.insert(1, at: a)
         return reshaped(shp)
     }
     public func squeezed(_ axis: Int) -> Tensor {
         let a = normalize(axis)
         precondition(shape[a] == 1, "squeeze: axis \(a) of \(shape) is not 1")
-        var shp = shape; shp.remove(at: a)
+        var shp = shape
+        shp.remove(at: a)
         return reshaped(shp)
     }
 
@@ -227,7 +242,10 @@ func widen16(_ src: UnsafePointer<UInt16>, _ dst: UnsafeMutablePointer<Float>, _
             raw.storeBytes(of: SIMD8<UInt32>(truncatingIfNeeded: h) &<< 16, toByteOffset: i * 4, as: SIMD8<UInt32>.self)
             i += 8
         }
-        while i < n { dst[i] = floatFromBF16(src[i]); i += 1 }
+        while i < n {
+            dst[i] = floatFromBF16(src[i])
+            i += 1
+        }
         return
     }
     // Half -> single: shift exponent and mantissa into place and rebias the exponent (+112); infinities and NaNs get
@@ -244,5 +262,8 @@ func widen16(_ src: UnsafePointer<UInt16>, _ dst: UnsafeMutablePointer<Float>, _
         raw.storeBytes(of: o | ((h & 0x8000) &<< 16), toByteOffset: i * 4, as: SIMD8<UInt32>.self)
         i += 8
     }
-    while i < n { dst[i] = Float(Float16(bitPattern: src[i])); i += 1 }
+    while i < n {
+        dst[i] = Float(Float16(bitPattern: src[i]))
+        i += 1
+    }
 }

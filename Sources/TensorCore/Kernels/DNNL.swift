@@ -56,9 +56,12 @@ enum DNNL {
 
     /// Returns the cached primitive for `key`, creating it with `make` on first use.
     static func primitive(_ key: String, _ make: () -> Primitive) -> Primitive {
-        lock.lock(); defer { lock.unlock() }
+        lock.lock()
+        defer { lock.unlock() }
         if let p = cache[key] { return p }
-        let p = make(); cache[key] = p; return p
+        let p = make()
+        cache[key] = p
+        return p
     }
 
     /// Wraps a user pointer in a memory object of descriptor `md`.
@@ -87,7 +90,10 @@ enum DNNL {
         }
         lock.unlock()
         let ms = memory(&f, src), md = memory(&t, dst)
-        defer { dnnl_memory_destroy(ms); dnnl_memory_destroy(md) }
+        defer {
+            dnnl_memory_destroy(ms)
+            dnnl_memory_destroy(md)
+        }
         var args = [dnnl_exec_arg_t(arg: DNNL_ARG_FROM, memory: ms), dnnl_exec_arg_t(arg: DNNL_ARG_TO, memory: md)]
         let scratch = p.scratchpad()
         defer { if let m = scratch?.memory { dnnl_memory_destroy(m) } }
@@ -140,8 +146,13 @@ final class Primitive: @unchecked Sendable {
     /// One argument: its DNNL_ARG, the query for the layout the primitive wants, the user's plain layout and buffer,
     /// and whether the primitive writes it. `cached` (weights) is a reordered copy to use as is.
     struct Arg {
-        var arg: Int32; var query: dnnl_query_t; var plain: dnnl_memory_desc_t; var ptr: UnsafeMutableRawPointer
-        var isOutput = false; var cached: UnsafeMutableRawPointer? = nil; var index: Int32 = 0
+        var arg: Int32
+        var query: dnnl_query_t
+        var plain: dnnl_memory_desc_t
+        var ptr: UnsafeMutableRawPointer
+        var isOutput = false
+        var cached: UnsafeMutableRawPointer? = nil
+        var index: Int32 = 0
     }
 
     func run(_ args: [Arg]) {
@@ -160,10 +171,14 @@ final class Primitive: @unchecked Sendable {
                 ptr = buf.base
             }
             let m = DNNL.memory(&want, ptr)
-            mems.append(m); exec.append(dnnl_exec_arg_t(arg: a.arg, memory: m))
+            mems.append(m)
+            exec.append(dnnl_exec_arg_t(arg: a.arg, memory: m))
         }
         let pad = scratchpad()
-        if let m = pad?.memory { mems.append(m); exec.append(dnnl_exec_arg_t(arg: DNNL_ARG_SCRATCHPAD, memory: m)) }
+        if let m = pad?.memory {
+            mems.append(m)
+            exec.append(dnnl_exec_arg_t(arg: DNNL_ARG_SCRATCHPAD, memory: m))
+        }
         dnnlCheck(dnnl_primitive_execute(prim, DNNL.stream, Int32(exec.count), &exec), "execute \(implementation)")
         dnnlCheck(dnnl_stream_wait(DNNL.stream), "stream_wait")
         for (from, src, to, dst) in post { DNNL.reorder(from: from, src, to: to, dst) }

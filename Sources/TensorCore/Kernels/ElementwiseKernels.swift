@@ -60,8 +60,14 @@ func zipKernelOp(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) -> Tens
         forEachRow3(shape: innerShape, oS, aS, bS) { o, p, q in
             let dp = dp0 + o, xp = xp0 + p, yp = yp0 + q
             if sa == 1 && sb == 1 { for i in 0..<inner { dp[i] = f(xp[i], yp[i]) } }
-            else if sa == 1 && sb == 0 { let c = yp.pointee; for i in 0..<inner { dp[i] = f(xp[i], c) } }
-            else if sa == 0 && sb == 1 { let c = xp.pointee; for i in 0..<inner { dp[i] = f(c, yp[i]) } }
+            else if sa == 1 && sb == 0 {
+                let c = yp.pointee
+                for i in 0..<inner { dp[i] = f(xp[i], c) }
+            }
+            else if sa == 0 && sb == 1 {
+                let c = xp.pointee
+                for i in 0..<inner { dp[i] = f(c, yp[i]) }
+            }
             else { for i in 0..<inner { dp[i] = f(xp[i * sa], yp[i * sb]) } }
         }
     }
@@ -72,16 +78,26 @@ func zipKernelOp(_ a: Tensor, _ b: Tensor, _ f: (Float, Float) -> Float) -> Tens
 @inline(__always)
 func forEachRow3(shape: [Int], _ s0: [Int], _ s1: [Int], _ s2: [Int], _ body: (Int, Int, Int) -> Void) {
     let rank = shape.count
-    if rank <= 1 { body(0, 0, 0); return }
+    if rank <= 1 {
+        body(0, 0, 0)
+        return
+    }
     var idx = [Int](repeating: 0, count: rank - 1)
     var a = 0, b = 0, c = 0
     for _ in 0..<shape[0..<(rank - 1)].reduce(1, *) {
         body(a, b, c)
         var k = rank - 2
         while k >= 0 {
-            idx[k] += 1; a += s0[k]; b += s1[k]; c += s2[k]
+            idx[k] += 1
+            a += s0[k]
+            b += s1[k]
+            c += s2[k]
             if idx[k] < shape[k] { break }
-            a -= s0[k] * shape[k]; b -= s1[k] * shape[k]; c -= s2[k] * shape[k]; idx[k] = 0; k -= 1
+            a -= s0[k] * shape[k]
+            b -= s1[k] * shape[k]
+            c -= s2[k] * shape[k]
+            idx[k] = 0
+            k -= 1
         }
     }
 }

@@ -13,7 +13,10 @@
         i += 32
     }
     var s = ((a0 + a1) + (a2 + a3)).sum()
-    while i < n { s += p[i]; i += 1 }
+    while i < n {
+        s += p[i]
+        i += 1
+    }
     return s
 }
 
@@ -26,11 +29,16 @@
     while i + 16 <= n {
         let d0 = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) - m
         let d1 = raw.loadUnaligned(fromByteOffset: (i + 8) * 4, as: SIMD8<Float>.self) - m
-        a0 += d0 * d0; a1 += d1 * d1
+        a0 += d0 * d0
+        a1 += d1 * d1
         i += 16
     }
     var s = (a0 + a1).sum()
-    while i < n { let d = p[i] - mu; s += d * d; i += 1 }
+    while i < n {
+        let d = p[i] - mu
+        s += d * d
+        i += 1
+    }
     return s
 }
 
@@ -40,9 +48,15 @@
     if n >= 8 {
         var acc = SIMD8<Float>(repeating: -.infinity)
         let raw = UnsafeRawPointer(p)
-        while i + 8 <= n { acc = pointwiseMax(acc, raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)); i += 8 }
+        while i + 8 <= n {
+            acc = pointwiseMax(acc, raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
+            i += 8
+        }
         m = acc.max()
     }
-    while i < n { m = Swift.max(m, p[i]); i += 1 }
+    while i < n {
+        m = Swift.max(m, p[i])
+        i += 1
+    }
     return m
 }

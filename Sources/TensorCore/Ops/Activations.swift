@@ -28,7 +28,12 @@ extension Tensor {
     public func softplus() -> Tensor {
         let x = self
         return mapKernel(x) { $0 > 20 ? $0 : Foundation.log1p(Foundation.exp($0)) }.recorded("softplus", [x]) { g in
-            [g * mapKernel(x) { v in v > 20 ? 1 : { let z = Foundation.exp(v); return z / (z + 1) }() }]
+            [g * mapKernel(x) { v in
+                v > 20 ? 1 : {
+                    let z = Foundation.exp(v)
+                    return z / (z + 1)
+                }()
+            }]
         }
     }
     /// F.gelu(x, approximate=...).

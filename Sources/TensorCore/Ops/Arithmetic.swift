@@ -43,11 +43,26 @@ extension Tensor {
 
     // MARK: unary maths
 
-    public func exp() -> Tensor { let y = mapKernel(self) { Foundation.exp($0) }; return y.recorded("exp", [self]) { g in [g * y] } }
-    public func log() -> Tensor { let x = self; return mapKernel(x) { Foundation.log($0) }.recorded("log", [x]) { g in [g / x] } }
-    public func sqrt() -> Tensor { let y = mapKernel(self) { $0.squareRoot() }; return y.recorded("sqrt", [self]) { g in [g / (y * 2)] } }
-    public func rsqrt() -> Tensor { let y = mapKernel(self) { 1 / $0.squareRoot() }; return y.recorded("rsqrt", [self]) { g in [g * y * y * y * -0.5] } }
-    public func square() -> Tensor { let x = self; return mapKernel(x) { $0 * $0 }.recorded("square", [x]) { g in [g * x * 2] } }
+    public func exp() -> Tensor {
+        let y = mapKernel(self) { Foundation.exp($0) }
+        return y.recorded("exp", [self]) { g in [g * y] }
+    }
+    public func log() -> Tensor {
+        let x = self
+        return mapKernel(x) { Foundation.log($0) }.recorded("log", [x]) { g in [g / x] }
+    }
+    public func sqrt() -> Tensor {
+        let y = mapKernel(self) { $0.squareRoot() }
+        return y.recorded("sqrt", [self]) { g in [g / (y * 2)] }
+    }
+    public func rsqrt() -> Tensor {
+        let y = mapKernel(self) { 1 / $0.squareRoot() }
+        return y.recorded("rsqrt", [self]) { g in [g * y * y * y * -0.5] }
+    }
+    public func square() -> Tensor {
+        let x = self
+        return mapKernel(x) { $0 * $0 }.recorded("square", [x]) { g in [g * x * 2] }
+    }
     public func abs() -> Tensor {
         let x = self
         return mapKernel(x) { Swift.abs($0) }.recorded("abs", [x]) { g in [g * mapKernel(x) { $0 > 0 ? 1 : ($0 < 0 ? -1 : 0) }] }

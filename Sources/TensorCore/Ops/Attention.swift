@@ -20,7 +20,10 @@ private struct HeadView {
     let base: UnsafeMutablePointer<Float>, sb: Int, sh: Int, sl: Int
     init(_ t: Tensor) {
         precondition(t.strides[3] == 1, "attention: last axis must be contiguous")
-        base = t.data; sb = t.strides[0]; sh = t.strides[1]; sl = t.strides[2]
+        base = t.data
+        sb = t.strides[0]
+        sh = t.strides[1]
+        sl = t.strides[2]
     }
     @inline(__always) func row(_ b: Int, _ h: Int, _ i: Int) -> UnsafeMutablePointer<Float> { base + b * sb + h * sh + i * sl }
 }
@@ -55,8 +58,13 @@ private func attentionOp(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Float?, c
         let i0 = qb * blockQ, rows = min(blockQ, lq - i0)
         let s = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK)
         let m = UnsafeMutablePointer<Float>.allocate(capacity: blockQ), l = UnsafeMutablePointer<Float>.allocate(capacity: blockQ)
-        defer { s.deallocate(); m.deallocate(); l.deallocate() }
-        m.update(repeating: -.infinity, count: rows); l.update(repeating: 0, count: rows)
+        defer {
+            s.deallocate()
+            m.deallocate()
+            l.deallocate()
+        }
+        m.update(repeating: -.infinity, count: rows)
+        l.update(repeating: 0, count: rows)
         let o = O.row(b, h, i0)
         for r in 0..<rows { (o + r * O.sl).update(repeating: 0, count: dv) }
         let kEnd = causal ? min(lk, i0 + rows + (lk - lq)) : lk
@@ -66,12 +74,22 @@ private func attentionOp(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Float?, c
             DNNL.sgemm(false, true, rows, cols, d, sc, Q.row(b, h, i0), Q.sl, K.row(b, h, j0), K.sl, 0, s, blockK)
             for r in 0..<rows {
                 let srow = s + r * blockK
-                if causal { let lim = i0 + r + (lk - lq); for c in 0..<cols where j0 + c > lim { srow[c] = -.infinity } }
+                if causal {
+                    let lim = i0 + r + (lk - lq)
+                    for c in 0..<cols where j0 + c > lim { srow[c] = -.infinity }
+                }
                 let mx = max(m[r], ck_max(srow, cols))
-                if mx == -.infinity { for c in 0..<cols { srow[c] = 0 }; continue } // fully masked so far
+                if mx == -.infinity {
+                    for c in 0..<cols { srow[c] = 0 }
+                    continue
+                } // fully masked so far
                 let corr = fastExp(m[r] - mx)
-                l[r] = l[r] * corr + ck_exp_shifted_sum(srow, cols, mx); m[r] = mx
-                if corr != 1 { let orow = o + r * O.sl; for c in 0..<dv { orow[c] *= corr } }
+                l[r] = l[r] * corr + ck_exp_shifted_sum(srow, cols, mx)
+                m[r] = mx
+                if corr != 1 {
+                    let orow = o + r * O.sl
+                    for c in 0..<dv { orow[c] *= corr }
+                }
             }
             DNNL.sgemm(false, false, rows, dv, cols, 1, s, blockK, V.row(b, h, j0), V.sl, 1, o, O.sl)
             j0 += cols
@@ -135,7 +153,10 @@ private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Te
         Parallel.forEach(bs * heads, costPerItem: 1 << 16) { bh in
             let b = bh / heads, h = bh % heads
             let p = UnsafeMutablePointer<Float>.allocate(capacity: lq * lk), ds = UnsafeMutablePointer<Float>.allocate(capacity: lq * lk)
-            defer { p.deallocate(); ds.deallocate() }
+            defer {
+                p.deallocate()
+                ds.deallocate()
+            }
             tile(b, h, 0, lq, 0, lk, p, ds)
             addKeyGradients(b, h, 0, lq, 0, lk, p, ds)
             addQueryGradients(b, h, 0, lq, 0, lk, ds)
@@ -149,7 +170,10 @@ private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Te
         Parallel.forEach(bs * heads, costPerItem: 1 << 20) { bh in
             let b = bh / heads, h = bh % heads
             let p = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK), ds = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK)
-            defer { p.deallocate(); ds.deallocate() }
+            defer {
+                p.deallocate()
+                ds.deallocate()
+            }
             var j0 = 0
             while j0 < lk {
                 let cols = min(blockK, lk - j0)
@@ -170,7 +194,10 @@ private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Te
         let kb = task % kBlocks, bh = task / kBlocks, b = bh / heads, h = bh % heads
         let j0 = kb * blockK, cols = min(blockK, lk - j0)
         let p = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * cols), ds = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * cols)
-        defer { p.deallocate(); ds.deallocate() }
+        defer {
+            p.deallocate()
+            ds.deallocate()
+        }
         var i0 = 0
         while i0 < lq {
             let rows = min(blockQ, lq - i0)
@@ -183,7 +210,10 @@ private func attentionBackward(_ gOut: Tensor, _ q: Tensor, _ k: Tensor, _ v: Te
         let qb = task % qBlocks, bh = task / qBlocks, b = bh / heads, h = bh % heads
         let i0 = qb * blockQ, rows = min(blockQ, lq - i0)
         let p = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK), ds = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK)
-        defer { p.deallocate(); ds.deallocate() }
+        defer {
+            p.deallocate()
+            ds.deallocate()
+        }
         var j0 = 0
         while j0 < lk {
             let cols = min(blockK, lk - j0)

@@ -52,8 +52,14 @@ func scaledDotProductAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale 
             let s = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK)
             let p = UnsafeMutablePointer<UInt16>.allocate(capacity: blockQ * blockK)
             let m = UnsafeMutablePointer<Float>.allocate(capacity: blockQ), l = UnsafeMutablePointer<Float>.allocate(capacity: blockQ)
-            defer { s.deallocate(); p.deallocate(); m.deallocate(); l.deallocate() }
-            m.update(repeating: -.infinity, count: rows); l.update(repeating: 0, count: rows)
+            defer {
+                s.deallocate()
+                p.deallocate()
+                m.deallocate()
+                l.deallocate()
+            }
+            m.update(repeating: -.infinity, count: rows)
+            l.update(repeating: 0, count: rows)
             let o = O + ((b * lq + i0) * heads + h) * dv
             for r in 0..<rows { (o + r * osl).update(repeating: 0, count: dv) }
             let qRows = Q + (bh * lq + i0) * d, kHead = K + bh * lk * d, vHead = V + bh * lk * dv
@@ -64,13 +70,23 @@ func scaledDotProductAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale 
                 gemmBF16(true, rows, cols, d, sc, qRows, d, kHead + j0 * d, d, 0, s, blockK)
                 for r in 0..<rows {
                     let srow = s + r * blockK, prow = p + r * blockK
-                    if causal { let lim = i0 + r + (lk - lq); for c in 0..<cols where j0 + c > lim { srow[c] = -.infinity } }
+                    if causal {
+                        let lim = i0 + r + (lk - lq)
+                        for c in 0..<cols where j0 + c > lim { srow[c] = -.infinity }
+                    }
                     let mx = max(m[r], ck_max(srow, cols))
-                    if mx == -.infinity { prow.update(repeating: 0, count: cols); continue } // fully masked so far
+                    if mx == -.infinity {
+                        prow.update(repeating: 0, count: cols)
+                        continue
+                    } // fully masked so far
                     let corr = fastExp(m[r] - mx)
-                    l[r] = l[r] * corr + ck_exp_shifted_sum(srow, cols, mx); m[r] = mx
+                    l[r] = l[r] * corr + ck_exp_shifted_sum(srow, cols, mx)
+                    m[r] = mx
                     ck_to_bf16(srow, prow, cols)
-                    if corr != 1 { let orow = o + r * osl; for c in 0..<dv { orow[c] *= corr } }
+                    if corr != 1 {
+                        let orow = o + r * osl
+                        for c in 0..<dv { orow[c] *= corr }
+                    }
                 }
                 gemmBF16(false, rows, dv, cols, 1, p, blockK, vHead + j0 * dv, dv, 1, o, osl)
                 j0 += cols

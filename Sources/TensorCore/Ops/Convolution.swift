@@ -13,8 +13,10 @@ public struct Conv2dOptions: Hashable {
     public var dilation: (Int, Int) = (1, 1)
     public var groups = 1
     public init(stride: Int = 1, padding: Int = 0, dilation: Int = 1, groups: Int = 1) {
-        self.stride = (stride, stride); self.padding = (padding, padding, padding, padding)
-        self.dilation = (dilation, dilation); self.groups = groups
+        self.stride = (stride, stride)
+        self.padding = (padding, padding, padding, padding)
+        self.dilation = (dilation, dilation)
+        self.groups = groups
     }
     public static func == (a: Self, b: Self) -> Bool { a.key == b.key }
     public func hash(into h: inout Hasher) { h.combine(key) }
@@ -26,7 +28,14 @@ private struct ConvGeometry {
     let o: Conv2dOptions
     init(_ x: [Int], _ wt: [Int], _ o: Conv2dOptions) {
         precondition(x.count == 4 && wt.count == 4, "conv2d: input \(x) and weight \(wt) must be 4-d")
-        n = x[0]; ic = x[1]; h = x[2]; w = x[3]; oc = wt[0]; kh = wt[2]; kw = wt[3]; self.o = o
+        n = x[0]
+        ic = x[1]
+        h = x[2]
+        w = x[3]
+        oc = wt[0]
+        kh = wt[2]
+        kw = wt[3]
+        self.o = o
         precondition(ic == wt[1] * o.groups && oc % o.groups == 0, "conv2d: input \(x) does not match weight \(wt) with groups \(o.groups)")
         oh = (h + o.padding.top + o.padding.bottom - o.dilation.0 * (kh - 1) - 1) / o.stride.0 + 1
         ow = (w + o.padding.left + o.padding.right - o.dilation.1 * (kw - 1) - 1) / o.stride.1 + 1

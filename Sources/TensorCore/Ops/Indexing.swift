@@ -9,7 +9,10 @@ public func embedding(_ indices: [Int], shape: [Int], weight: Tensor) -> Tensor 
     withExtendedLifetime(w) { for (r, i) in indices.enumerated() { (out.data + r * d).update(from: w.data + i * d, count: d) } }
     return out.recorded("embedding", [weight]) { g in
         let gw = Tensor(zeros: [v, d]), gy = g.contiguous()
-        for (r, i) in indices.enumerated() { let dst = gw.data + i * d, src = gy.data + r * d; for j in 0..<d { dst[j] += src[j] } }
+        for (r, i) in indices.enumerated() {
+            let dst = gw.data + i * d, src = gy.data + r * d
+            for j in 0..<d { dst[j] += src[j] }
+        }
         return [gw]
     }
 }

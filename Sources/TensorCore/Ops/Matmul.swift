@@ -8,9 +8,19 @@ private struct GemmOperand {
         var t = t.float32()
         let r = t.rank, rows = t.shape[r - 2], cols = t.shape[r - 1]
         let s0 = t.strides[r - 2], s1 = t.strides[r - 1]
-        if s1 == 1 && (s0 >= cols || rows == 1) { trans = false; ld = Swift.max(s0, cols) }
-        else if s0 == 1 && (s1 >= rows || cols == 1) { trans = true; ld = Swift.max(s1, rows) }
-        else { t = t.contiguous(); trans = false; ld = cols }
+        if s1 == 1 && (s0 >= cols || rows == 1) {
+            trans = false
+            ld = Swift.max(s0, cols)
+        }
+        else if s0 == 1 && (s1 >= rows || cols == 1) {
+            trans = true
+            ld = Swift.max(s1, rows)
+        }
+        else {
+            t = t.contiguous()
+            trans = false
+            ld = cols
+        }
         tensor = t
     }
 }
@@ -32,7 +42,12 @@ private func batchedGemm(_ a: Tensor, _ b: Tensor) -> Tensor {
         for i in 0..<count {
             offs[i] = zip(idx, t.strides).reduce(0) { $0 + $1.0 * $1.1 }
             var d = batch.count - 1
-            while d >= 0 { idx[d] += 1; if idx[d] < batch[d] { break }; idx[d] = 0; d -= 1 }
+            while d >= 0 {
+                idx[d] += 1
+                if idx[d] < batch[d] { break }
+                idx[d] = 0
+                d -= 1
+            }
         }
         return offs
     }

@@ -24,7 +24,8 @@ extension Tensor {
         Parallel.forEach(n * groups, costPerItem: m * 3) { ng in
             let base = xs + ng * m
             let (mu, r) = groupStatistics(base, channels: cpg, spatial: spatial, eps: eps)
-            mp[ng] = mu; rp[ng] = r
+            mp[ng] = mu
+            rp[ng] = r
             let g0 = (ng % groups) * cpg
             for cc in 0..<cpg {
                 let a = r * (wp?[g0 + cc] ?? 1), b = (bp?[g0 + cc] ?? 0) - mu * a
@@ -55,17 +56,26 @@ extension Tensor {
                         let za = r * w, zb = (bp?[g0 + cc] ?? 0) - mu * za, dr = dx + ng * m + cc * spatial
                         ck_silu_affine_backward(xr, gr, dr, spatial, za, zb, mu, r, &a, &b)
                     } else {
-                        for j in 0..<spatial { let xh = (xr[j] - mu) * r; a += gr[j]; b += gr[j] * xh }
+                        for j in 0..<spatial {
+                            let xh = (xr[j] - mu) * r
+                            a += gr[j]
+                            b += gr[j] * xh
+                        }
                     }
-                    dgp[nIdx * c + g0 + cc] = b; dbp[nIdx * c + g0 + cc] = a
-                    sumDy += Double(a * w); sumDyXhat += Double(b * w)
+                    dgp[nIdx * c + g0 + cc] = b
+                    dbp[nIdx * c + g0 + cc] = a
+                    sumDy += Double(a * w)
+                    sumDyXhat += Double(b * w)
                 }
                 let meanDy = Float(sumDy / Double(m)), meanDyXhat = Float(sumDyXhat / Double(m))
                 for cc in 0..<cpg {
                     let w = wp?[g0 + cc] ?? 1
                     let xr = xs + ng * m + cc * spatial, dr = dx + ng * m + cc * spatial
                     let gr = silu ? UnsafePointer(dr) : UnsafePointer(gp + ng * m + cc * spatial)
-                    for j in 0..<spatial { let xh = (xr[j] - mu) * r; dr[j] = r * (gr[j] * w - meanDy - xh * meanDyXhat) }
+                    for j in 0..<spatial {
+                        let xh = (xr[j] - mu) * r
+                        dr[j] = r * (gr[j] * w - meanDy - xh * meanDyXhat)
+                    }
                 }
             }
             var grads: [Tensor?] = [gx]
@@ -95,7 +105,11 @@ extension Tensor {
             let rs = 1 / (vectorSumSquaredDeviation(row, d, mu) / Float(d) + eps).squareRoot()
             rp[r] = rs
             let o = ys + r * d, h = hp + r * d
-            for j in 0..<d { let xh = (row[j] - mu) * rs; h[j] = xh; o[j] = xh * (wp?[j] ?? 1) + (bp?[j] ?? 0) }
+            for j in 0..<d {
+                let xh = (row[j] - mu) * rs
+                h[j] = xh
+                o[j] = xh * (wp?[j] ?? 1) + (bp?[j] ?? 0)
+            }
         }
         var inputs = [self]
         if let weight { inputs.append(weight) }
@@ -108,7 +122,11 @@ extension Tensor {
             Parallel.forEach(rows, costPerItem: d * 4) { r in
                 let gr = gp + r * d, h = hp + r * d, o = dx + r * d
                 var a: Float = 0, b: Float = 0
-                for j in 0..<d { let gw = gr[j] * (wp?[j] ?? 1); a += gw; b += gw * h[j] }
+                for j in 0..<d {
+                    let gw = gr[j] * (wp?[j] ?? 1)
+                    a += gw
+                    b += gw * h[j]
+                }
                 let rs = rp[r], ma = a / Float(d), mb = b / Float(d)
                 for j in 0..<d { o[j] = rs * (gr[j] * (wp?[j] ?? 1) - ma - h[j] * mb) }
             }
@@ -131,8 +149,14 @@ extension Tensor {
             let mx = vectorMax(row, d)
             o.update(from: row, count: d)
             let s = ck_exp_shifted_sum(o, d, mx)
-            if log { let lse = mx + Foundation.log(s); for j in 0..<d { o[j] = row[j] - lse } }
-            else { let inv = 1 / s; for j in 0..<d { o[j] *= inv } }
+            if log {
+                let lse = mx + Foundation.log(s)
+                for j in 0..<d { o[j] = row[j] - lse }
+            }
+            else {
+                let inv = 1 / s
+                for j in 0..<d { o[j] *= inv }
+            }
         }
         return out
     }
@@ -183,7 +207,8 @@ func groupNormChannelAffine(_ x: Tensor, groups: Int, weight: Tensor?, bias: Ten
                 let g0 = (ng % groups) * cpg, row = (ng / groups) * c
                 for cc in 0..<cpg {
                     let a = r * (wp?[g0 + cc] ?? 1)
-                    scp[row + g0 + cc] = a; shp[row + g0 + cc] = (bp?[g0 + cc] ?? 0) - mu * a
+                    scp[row + g0 + cc] = a
+                    shp[row + g0 + cc] = (bp?[g0 + cc] ?? 0) - mu * a
                 }
             }
         } }

@@ -57,7 +57,11 @@ extension Tensor {
             // SIMD partial sums over blocks of 4096, accumulated in Double.
             var acc = 0.0, i = 0
             let row = s + o * inner
-            while i < inner { let len = Swift.min(4096, inner - i); acc += Double(vectorSum(row + i, len)); i += len }
+            while i < inner {
+                let len = Swift.min(4096, inner - i)
+                acc += Double(vectorSum(row + i, len))
+                i += len
+            }
             d[o] = Float(acc)
         }
         return out.recorded("sum", [self]) { g in [g.reshaped(keptShape).expanded(to: inShape).contiguous()] }
@@ -115,8 +119,12 @@ extension Tensor {
         Parallel.forEach(outer, costPerItem: inner) { o in
             let row = s + o * inner
             var best = row[0], bi = 0
-            for i in 1..<Swift.max(inner, 1) where row[i] > best || (best.isNaN == false && row[i].isNaN) { best = row[i]; bi = i }
-            v[o] = best; ix[o] = Float(bi)
+            for i in 1..<Swift.max(inner, 1) where row[i] > best || (best.isNaN == false && row[i].isNaN) {
+                best = row[i]
+                bi = i
+            }
+            v[o] = best
+            ix[o] = Float(bi)
         }
         return (vals, idx)
     }

@@ -17,7 +17,10 @@ extension Tensor {
         let rowIdx = (0..<oh).map { index($0, oh, h, sourceScale?.0) }
         Parallel.forEach(n * c, costPerItem: oh * ow) { p in
             let src = xs + p * h * w, dst = ys + p * oh * ow
-            for i in 0..<oh { let s = src + rowIdx[i] * w, d = dst + i * ow; for j in 0..<ow { d[j] = s[colIdx[j]] } }
+            for i in 0..<oh {
+                let s = src + rowIdx[i] * w, d = dst + i * ow
+                for j in 0..<ow { d[j] = s[colIdx[j]] }
+            }
         }
         let inShape = shape
         return out.recorded("upsample_nearest", [self]) { g in
@@ -25,7 +28,10 @@ extension Tensor {
             defer { withExtendedLifetime(gy) {} }
             Parallel.forEach(n * c, costPerItem: oh * ow) { p in
                 let src = gp + p * oh * ow, dst = dp + p * h * w
-                for i in 0..<oh { let d = dst + rowIdx[i] * w, s = src + i * ow; for j in 0..<ow { d[colIdx[j]] += s[j] } }
+                for i in 0..<oh {
+                    let d = dst + rowIdx[i] * w, s = src + i * ow
+                    for j in 0..<ow { d[colIdx[j]] += s[j] }
+                }
             }
             return [gx]
         }
@@ -69,8 +75,10 @@ extension Tensor {
                     let (y0, y1, fy) = ry[i]
                     for j in 0..<ow {
                         let (x0, x1, fx) = rx[j], v = src[i * ow + j]
-                        dst[y0 * w + x0] += v * (1 - fy) * (1 - fx); dst[y0 * w + x1] += v * (1 - fy) * fx
-                        dst[y1 * w + x0] += v * fy * (1 - fx); dst[y1 * w + x1] += v * fy * fx
+                        dst[y0 * w + x0] += v * (1 - fy) * (1 - fx)
+                        dst[y0 * w + x1] += v * (1 - fy) * fx
+                        dst[y1 * w + x0] += v * fy * (1 - fx)
+                        dst[y1 * w + x1] += v * fy * fx
                     }
                 }
             }
@@ -97,9 +105,13 @@ extension Tensor {
                     var best = -Float.infinity, bi = (i * s) * w + j * s
                     for a in 0..<k { for b in 0..<k {
                         let q = (i * s + a) * w + j * s + b, v = src[q]
-                        if v > best || v.isNaN { best = v; bi = q }
+                        if v > best || v.isNaN {
+                            best = v
+                            bi = q
+                        }
                     } }
-                    dst[i * ow + j] = best; idx[i * ow + j] = Int32(bi)
+                    dst[i * ow + j] = best
+                    idx[i * ow + j] = Int32(bi)
                 } }
             }
         }

@@ -55,9 +55,13 @@ public enum Winograd {
         /// transient one. Hand it back with `give`.
         func take(_ bytes: Int, retain: Bool) -> Storage {
             if retain && bytes <= ScratchSlot.retainedBytes {
-                lock.lock(); defer { lock.unlock() }
+                lock.lock()
+                defer { lock.unlock() }
                 if !busy {
-                    if buffer.map({ $0.byteCount < bytes }) ?? true { buffer = nil; buffer = Storage(byteCount: bytes) }
+                    if buffer.map({ $0.byteCount < bytes }) ?? true {
+                        buffer = nil
+                        buffer = Storage(byteCount: bytes)
+                    }
                     busy = true
                     return buffer!
                 }
@@ -65,7 +69,9 @@ public enum Winograd {
             return Storage(byteCount: bytes)
         }
         func give(_ s: Storage?) {
-            lock.lock(); if let s, s === buffer { busy = false }; lock.unlock()
+            lock.lock()
+            if let s, s === buffer { busy = false }
+            lock.unlock()
         }
     }
 
@@ -120,8 +126,11 @@ public enum Winograd {
     private struct Tiling {
         let icp: Int, ocp: Int, th: Int, tw: Int, tiles: Int, chunk: Int
         init(n: Int, ic: Int, oc: Int, oh: Int, ow: Int, budget: Int) {
-            icp = (ic + 7) / 8 * 8; ocp = (oc + 15) / 16 * 16
-            th = (oh + 3) / 4; tw = (ow + 3) / 4; tiles = n * th * tw
+            icp = (ic + 7) / 8 * 8
+            ocp = (oc + 15) / 16 * 16
+            th = (oh + 3) / 4
+            tw = (ow + 3) / 4
+            tiles = n * th * tw
             chunk = min((tiles + 5) / 6 * 6, max(6, budget / (36 * (icp + ocp) * 4) / 6 * 6))
         }
         var vBytes: Int { 36 * chunk * icp * 4 }
@@ -193,7 +202,10 @@ public enum Winograd {
         let (icp, ocp, th, tw) = (plan.icp, plan.ocp, plan.th, plan.tw)
         let scratch = ScratchSlot.tiles.take(plan.vBytes + plan.mBytes, retain: true)
         let du = ScratchSlot.weights.take(duBytes, retain: true)
-        defer { ScratchSlot.tiles.give(scratch); ScratchSlot.weights.give(du) }
+        defer {
+            ScratchSlot.tiles.give(scratch)
+            ScratchSlot.weights.give(du)
+        }
         let vp = scratch.floats(), mp = vp + plan.vBytes / 4, dup = du.floats()
         memset(dup, 0, duBytes)
         plan.forEachChunk(zeroing: [(vp, icp), (mp, ocp)]) { t0, count, tp in

@@ -75,7 +75,10 @@ public final class CUDAGenerator: RandomSource {
             let p0 = UInt64(m0) * UInt64(c0), p1 = UInt64(m1) * UInt64(c2)
             (c0, c1, c2, c3) = (UInt32(p1 >> 32) ^ c1 ^ k0, UInt32(truncatingIfNeeded: p1),
                                 UInt32(p0 >> 32) ^ c3 ^ k1, UInt32(truncatingIfNeeded: p0))
-            if round < 9 { k0 = k0 &+ w0; k1 = k1 &+ w1 }
+            if round < 9 {
+                k0 = k0 &+ w0
+                k1 = k1 &+ w1
+            }
         }
         return (c0, c1, c2, c3)
     }
@@ -105,10 +108,12 @@ public final class CUDAGenerator: RandomSource {
                 var li = start + idx, ii = 0
                 while ii < 4 && li < count {
                     body(li, r, ii)
-                    li += t; ii += 1
+                    li += t
+                    ii += 1
                 }
             }
-            start += 4 * t; k += 1
+            start += 4 * t
+            k += 1
         }
         offset &+= increment
     }

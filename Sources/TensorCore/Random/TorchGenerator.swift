@@ -292,8 +292,14 @@ public final class TorchGenerator: RandomSource {
         put(UInt64(nextIndex), 16)
         for k in 0..<Self.stateN { put(UInt64(mt[k]), 24 + 8 * k) }
         // 5016 normal_x, 5024 normal_y, 5032 normal_rho, 5040 normal_is_valid, 5048 float sample, 5052 valid flag
-        if let d = nextDoubleNormal { put(d.bitPattern, 5024); put(Int32(1), 5040) }
-        if let f = nextFloatNormal { put(f.bitPattern, 5048); b[5052] = 1 }
+        if let d = nextDoubleNormal {
+            put(d.bitPattern, 5024)
+            put(Int32(1), 5040)
+        }
+        if let f = nextFloatNormal {
+            put(f.bitPattern, 5048)
+            b[5052] = 1
+        }
         return b
     }
 
