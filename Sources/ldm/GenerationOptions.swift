@@ -190,18 +190,19 @@ struct GenerationOptions: ParsableArguments {
     func loadBundle(loras: [(file: LoRAFile, weight: Float, unetWeight: Float?)]? = nil) throws -> ModelBundle {
         let networks = try loras ?? self.loras()
         let url = URL(fileURLWithPath: model)
-        let bundle: ModelBundle
-        let storage = WeightStorage.inference(computing: Autocast.isBF16 ? .bfloat16 : .float32)
+        let load: () throws -> ModelBundle
         if config == nil {
-            bundle = try WeightStorage.with(storage) { try ModelBundle.load(url) }
+            load = { try ModelBundle.load(url) }
         } else if let folder = diffusersConfigFolder {
-            bundle = try WeightStorage.with(storage) { try ModelBundle.load(url, diffusersConfig: folder) }
+            load = { try ModelBundle.load(url, diffusersConfig: folder) }
         } else {
             let c = try compVisConfig()
             let vocab = c.condName == "BERTEmbedder" && !c.isLayout ? try bertVocabularyURL() : nil
-            bundle = try WeightStorage.with(storage) { try ModelBundle.load(checkpoint: url, config: c, bertVocabulary: vocab) }
-            if !quiet { for n in bundle.notes { FileHandle.standardError.write("note: \(n)\n".data(using: .utf8)!) } }
+            load = { try ModelBundle.load(checkpoint: url, config: c, bertVocabulary: vocab) }
         }
+        let bundle = try WeightStorage.with(.inference(computing: Autocast.isBF16 ? .bfloat16 : .float32), load)
+        // Only a CompVis YAML that disagrees with the weights leaves notes.
+        if !quiet { for n in bundle.notes { FileHandle.standardError.write("note: \(n)\n".data(using: .utf8)!) } }
         bundle.evictsWeightsAfterUse = true
         if !networks.isEmpty {
             try bundle.mergeLoRAs(withUNetWeights: networks)
