@@ -59,14 +59,17 @@ public enum Autocast {
 
 /// The compute precision of generation (`ldm txt2img --precision`, and for library users around a pipeline call):
 /// `auto` is bf16 where the CPU computes bf16 natively (AVX512_BF16 / AMX at the ISA level in use), float32
-/// elsewhere; `bf16` on a CPU without native bf16 is emulated on the float32 kernels (same numbers, slower).
+/// elsewhere; `bf16` on a CPU without native bf16 is emulated on the float32 kernels (same numbers, slower). `int8`:
+/// the UNet's Linear/Conv2d weights quantised to int8 once at load (`Module.quantizeToInt8`, which the caller does:
+/// Pipelines' `ModelBundle.quantizeUNetToInt8`) and run on the int8 VNNI kernels, everything else in float32; it
+/// needs `Int8Compute.available`.
 public enum ComputePrecision: String, CaseIterable, Sendable {
-    case auto, f32, bf16
+    case auto, f32, bf16, int8
 
-    /// What `self` means on this CPU.
+    /// What `self` means on this CPU (int8: the float32 compute of what is not quantised).
     public var resolved: DType {
         switch self {
-        case .f32: return .float32
+        case .f32, .int8: return .float32
         case .bf16: return .bfloat16
         case .auto: return NativeBF16.available ? .bfloat16 : .float32
         }

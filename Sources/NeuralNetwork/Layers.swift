@@ -13,8 +13,10 @@ public final class Linear: Module {
     /// A trainable branch added to the output (LoRA training, as PEFT's LoraLayer: y = base(x) + adapter(x)); not a
     /// parameter of this layer. nil (the default) leaves the layer as it is.
     public var adapter: ((Tensor) -> Tensor)?
+    /// The weight quantised to int8 for inference (`quantizeToInt8`, Int8Quantization.swift); used instead of `weight`.
+    public var int8: Int8Weight?
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        let y = Autocast.lowerPrecision(x, weight, bias) { linear($0, $1, $2) }
+        let y = int8.map { linearInt8(x, $0, bias) } ?? Autocast.lowerPrecision(x, weight, bias) { linear($0, $1, $2) }
         guard let adapter else { return y }
         return y + adapter(x)
     }
@@ -34,21 +36,23 @@ public final class Conv2d: Module {
     /// A trainable branch added to the output (LoRA training on a convolution, e.g. a 1x1 proj_in); not a parameter
     /// of this layer. nil (the default) leaves the layer as it is.
     public var adapter: ((Tensor) -> Tensor)?
+    /// The weight quantised to int8 for inference (`quantizeToInt8`, Int8Quantization.swift); used instead of `weight`.
+    public var int8: Int8Weight?
     public func callAsFunction(_ x: Tensor) -> Tensor {
-        let y = Autocast.lowerPrecision(x, weight, bias) { conv2d($0, $1, $2, options) }
+        let y = int8.map { conv2dInt8(x, $0, bias, options) } ?? Autocast.lowerPrecision(x, weight, bias) { conv2d($0, $1, $2, options) }
         guard let adapter else { return y }
         return y + adapter(x)
     }
     /// self(x.upsampleNearest(factor x)) without materialising the upsampled input when that can be avoided.
     /// (Under bf16 autocast the input is rounded before the upsampling, which commutes with it.)
     public func upsampling(_ x: Tensor, factor: Int) -> Tensor {
-        guard adapter == nil else { return self(x.upsampleNearest(height: x.shape[2] * factor, width: x.shape[3] * factor)) }
+        guard adapter == nil && int8 == nil else { return self(x.upsampleNearest(height: x.shape[2] * factor, width: x.shape[3] * factor)) }
         return Autocast.lowerPrecision(x, weight, bias) { conv2d(upsamplingNearest: $0, factor: factor, $1, $2, options) }
     }
     /// self(norm(x, silu:)) without materialising the normalised input when that can be avoided.
     /// (Under bf16 autocast the normalised input is materialised: the convolution sees it rounded to bf16.)
     public func normalized(_ x: Tensor, _ norm: GroupNorm, silu: Bool) -> Tensor {
-        guard Autocast.isBF16 || adapter != nil else {
+        guard Autocast.isBF16 || adapter != nil || int8 != nil else {
             return conv2d(groupNormed: x, groups: norm.groups, normWeight: norm.weight, normBias: norm.bias, eps: norm.eps, silu: silu,
                           weight, bias, options)
         }

@@ -68,14 +68,15 @@ struct GenerationOptions: ParsableArguments {
 
     // Default auto: on a CPU with native bf16 the bf16 UNet is 0.61x the float32 time (2-core Zen 4,
     // docs/benchmarks.md) and its weights, held in bf16 from the load, take half the memory; elsewhere auto is f32.
-    @Option(help: "Compute precision: auto (default: bf16 where the ISA level in use has native bf16, AVX512_BF16 or AMX, with Linear/Conv2d weights held in bf16; float32 elsewhere, e.g. on AVX2-only CPUs or with LDM_ISA=avx512), f32 (the same image as diffusers in float32 for the same seed, on every CPU) or bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16).")
+    @Option(help: "Compute precision: auto (default: bf16 where the ISA level in use has native bf16, AVX512_BF16 or AMX, with Linear/Conv2d weights held in bf16; float32 elsewhere, e.g. on AVX2-only CPUs or with LDM_ISA=avx512), f32 (the same image as diffusers in float32 for the same seed, on every CPU) bf16 (convolutions and linear layers in bf16, float32 accumulation; emulated, so slower, on CPUs without native bf16) or int8 (the UNet's linear layers and convolutions with int8 weights, quantised at load, and int8 activations on AVX512_VNNI; the rest float32; needs a CPU with AVX512_VNNI).")
     var precision: String = "auto"
 
     /// `body` (a command's work) at the --precision asked for.
     func compute(_ body: () throws -> Void) throws {
         guard let p = ComputePrecision(rawValue: precision) else {
-            throw CLIError("--precision must be auto, f32 or bf16, got \(precision)")
+            throw CLIError("--precision must be auto, f32, bf16 or int8, got \(precision)")
         }
+        if p == .int8, let why = Int8Compute.unavailableReason { throw CLIError("--precision int8: \(why)") }
         if p == .bf16 && !p.isNative { log("--precision bf16: this CPU has no native bf16 in use (\(CPUFeatures.active.name)); emulated on float32 kernels") }
         else if p == .auto { log("precision: \(p.resolved == .bfloat16 ? "bf16 (native)" : "float32")") }
         try worded { try p.run(body) }
@@ -200,13 +201,20 @@ struct GenerationOptions: ParsableArguments {
             let vocab = c.condName == "BERTEmbedder" && !c.isLayout ? try bertVocabularyURL() : nil
             load = { try ModelBundle.load(checkpoint: url, config: c, bertVocabulary: vocab) }
         }
-        let bundle = try WeightStorage.with(.inference(computing: Autocast.isBF16 ? .bfloat16 : .float32), load)
+        // int8: the UNet's weights stay as stored (mapped) until they are quantised, below.
+        let storage: WeightStorage = precision == "int8" ? .asStored : .inference(computing: Autocast.isBF16 ? .bfloat16 : .float32)
+        let bundle = try WeightStorage.with(storage, load)
         // Only a CompVis YAML that disagrees with the weights leaves notes.
         if !quiet { for n in bundle.notes { FileHandle.standardError.write("note: \(n)\n".data(using: .utf8)!) } }
         bundle.evictsWeightsAfterUse = true
         if !networks.isEmpty {
             try bundle.mergeLoRAs(withUNetWeights: networks)
             log("merged LoRA " + networks.map { "\($0.file.name) (\($0.weight)\($0.unetWeight.map { ", UNet \($0)" } ?? ""))" }.joined(separator: ", "))
+        }
+        if precision == "int8" {
+            let r = try bundle.quantizeUNetToInt8()
+            log(String(format: "precision: int8 UNet (%d layers, %.1f MB of int8 weights for %.1f MB in float32)",
+                       r.layers, Double(r.int8Bytes) / 1e6, Double(r.elements * 4) / 1e6))
         }
         return bundle
     }

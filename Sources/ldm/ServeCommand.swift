@@ -55,7 +55,9 @@ struct Serve: ParsableCommand {
         guard (1...16).contains(parallelModels), parallelModels <= maxLoadedModels else {
             throw ValidationError("--parallel-models must be in 1...--max-loaded-models (\(maxLoadedModels)), got \(parallelModels)")
         }
-        guard let compute = ComputePrecision(rawValue: precision) else { throw ValidationError("--precision must be auto, f32 or bf16, got \(precision)") }
+        guard let compute = ComputePrecision(rawValue: precision), compute != .int8 else {
+            throw ValidationError("--precision must be auto, f32 or bf16, got \(precision) (int8 is for the generation commands)")
+        }
         // bf16's native kernels are switched on per op through one process-wide flag: one generation at a time.
         guard parallelModels == 1 || compute.resolved == .float32 else {
             throw ValidationError("--parallel-models above 1 needs --precision f32 (bf16 runs one generation at a time)")

@@ -122,4 +122,26 @@ void ck_wino_weight_gemm(const float *v, const float *m, float *du, long tp, lon
 /// dw (oc, ic, 3, 3) = G^T dU G for the groups [ob0, ob1) of 8 output channels.
 void ck_wino_weight_grad(const float *du, long oc, long ic, float *dw, long ob0, long ob1);
 
+// int8 (int8.c): the quantisation passes around oneDNN's u8 x s8 -> s32 kernels (TensorCore's Int8.swift). Call only
+// where the level in use has AVX512_VNNI (compiled for x86-64-v4).
+/// The u8 scale of a range [mn, mx] widened to include 0, and its zero point (0...255) in *zp.
+float ck_i8_qparams(float mn, float mx, int *zp);
+/// min and max of x[0..<n] and 0.
+void ck_i8_minmax(const float *x, long n, float *mn, float *mx);
+/// Each row of x (rows x cols) quantised to u8 with its own scale and zero point: q = clamp(rint(x / s) + zp, 0, 255).
+void ck_i8_quantize_rows(const float *x, long rows, long cols, float *scale, int *zp, unsigned char *q);
+/// Rows [y0, y1) of the padded image q (hp x wp x c, channels last) from one image x (c x h x w planes), quantised
+/// with (scale, zp); padding (top pt, left pl, bottom pb, right pr) holds zp, the quantised 0.
+void ck_i8_quantize_image(const float *x, long c, long h, long w, long pt, long pl, long pb, long pr, float scale,
+                          int zp, unsigned char *q, long y0, long y1);
+/// Weights (rows = output channels, cols) to s8 per row: scale = max|w| / 127, q = clamp(rint(w / scale), -127, 127);
+/// wsum = the sum of each row's q.
+void ck_i8_quantize_weights(const float *w, long rows, long cols, float *scale, int *wsum, signed char *q);
+/// Rows [r0, r1) of y (rows x cols) = float(acc - zp[r] wsum[j]) * (sx[r] sw[j]) + bias[j] (bias may be NULL); y may be acc.
+void ck_i8_dequantize_rows(const int *acc, float *y, long r0, long r1, long cols, const float *sx, const int *zp,
+                           const float *sw, const int *wsum, const float *bias);
+/// Positions [p0, p1) of one image: y (oc x hw planes) from acc (hw x oc, channels last), as ck_i8_dequantize_rows.
+void ck_i8_dequantize_image(const int *acc, float *y, long oc, long hw, long p0, long p1, float sx, int zp,
+                            const float *sw, const int *wsum, const float *bias);
+
 #endif
