@@ -58,10 +58,17 @@ struct BenchUNet: ParsableCommand {
     @Option(help: "Repetitions per part (median).") var reps = 2
     @Flag(help: "Also time the bf16 UNet (ours and PyTorch's; both slow on CPUs without native bf16, where it is emulated).")
     var includeBF16 = false
+    @Flag(name: .customLong("include-int8"), help: "Also time the int8 UNet (--precision int8: int8 weights and activations on AVX512_VNNI; conv_in/conv_out float32).")
+    var includeInt8 = false
     func validate() throws { guard reps >= 1 else { throw ValidationError("--reps must be at least 1") } }
     func run() throws {
         var parts: [(label: String, ours: String?, torch: String)] = [("SD-1.5 UNet batch 2 f32", "unet-f32", "unet-f32")]
         if includeBF16 { parts.append(("SD-1.5 UNet batch 2 bf16", "unet-bf16", "unet-bf16")) }
+        if includeInt8 {
+            if let why = Int8Compute.unavailableReason { throw ValidationError("--include-int8: \(why)") }
+            // PyTorch's column: its dynamic quantisation (Linear layers only; convolutions stay float32).
+            parts.append(("SD-1.5 UNet batch 2 int8 (PyTorch: quantize_dynamic, Linear only)", "unet-int8", "unet-int8-dynamic"))
+        }
         try BenchModels.run(parts: parts, reps: reps)
         print("bf16: \(BenchSupport.bf16Note)")
     }
@@ -99,6 +106,11 @@ struct BenchPart: ParsableCommand {
                 if precision.isNative && ProcessInfo.processInfo.environment["LDM_BENCH_F32_WEIGHTS"] == nil { unet.storeLowerPrecisionWeightsInBFloat16() }
                 let x = Tensor.randn([2, 4, 64, 64], generator: g), c = Tensor.randn([2, 77, 768], generator: g)
                 seconds = BenchSupport.median(reps) { precision.run { _ = try? unet(sample: x, timestep: 500, encoderHiddenStates: c) } }
+            case "unet-int8":
+                let unet = try UNet2DConditionModel.random(config: .stableDiffusion15, seed: 0)
+                unet.quantizeToInt8(skipping: [ObjectIdentifier(unet.convIn), ObjectIdentifier(unet.convOut)])
+                let x = Tensor.randn([2, 4, 64, 64], generator: g), c = Tensor.randn([2, 77, 768], generator: g)
+                seconds = BenchSupport.median(reps) { _ = try? unet(sample: x, timestep: 500, encoderHiddenStates: c) }
             case "sd15-lcm4": seconds = try BenchLCM.ours(reps: reps)
             default: throw ValidationError("unknown benchmark part \(part)")
             }

@@ -1,7 +1,7 @@
 """PyTorch side of `ldm bench vae` / `ldm bench unet`: one part per process so that peak RSS is the part's own.
 
 Usage: python tools/bench/torch_models.py THREADS PART REPS
-PART: vae-decode (1x4x64x64 -> 512x512), vae-encode (1x3x512x512), unet-f32 / unet-bf16 (SD-1.5 UNet, batch 2,
+PART: vae-decode (1x4x64x64 -> 512x512), vae-encode (1x3x512x512), unet-f32 / unet-bf16 / unet-int8-dynamic (SD-1.5 UNet, batch 2,
 64x64x4 latent, 77x768 context), sd15-lcm4 (`ldm bench lcm`: SD-1.5 UNet sampled by LCMScheduler for 4 steps at guidance 1,
 batch 1, then the SD VAE decode: seconds per 512x512 image). Random weights (diffusers default configs). Prints JSON {seconds, peak_rss_mb}.
 `ldm bench sdxl`: sdxl-config prints the SDXL base UNet's full config.json (SDXL_UNET below, the values of
@@ -94,6 +94,10 @@ with torch.inference_mode():
         unet = UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8).eval()
         dt = torch.bfloat16 if part == "unet-bf16" else torch.float32
         unet = unet.to(dt)
+        if part == "unet-int8-dynamic":
+            # PyTorch's int8 CPU recipe: dynamic quantisation, per-channel qint8 weights, Linear layers only.
+            from torch.ao.quantization import quantize_dynamic, per_channel_dynamic_qconfig
+            unet = quantize_dynamic(unet, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
         x = torch.randn(2, 4, 64, 64, dtype=dt); c = torch.randn(2, 77, 768, dtype=dt)
         secs = timed(lambda: unet(x, 500, encoder_hidden_states=c).sample)
 print(json.dumps({"seconds": secs, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
