@@ -120,6 +120,10 @@ private struct ActivationQuant {
 /// x (..., in) @ w^T + bias with x quantised per row to u8 and the int8 matmul (see the scheme above). No gradient.
 public func linearInt8(_ x: Tensor, _ w: Int8Weight, _ bias: Tensor?) -> Tensor {
     precondition(w.shape.count == 2 && x.shape.last == w.shape[1], "linearInt8: input \(x.shape) for weight \(w.shape)")
+    return OpTimes.measure("linear int8 \(w.shape[1])->\(w.shape[0])") { linearInt8Op(x, w, bias) }
+}
+
+private func linearInt8Op(_ x: Tensor, _ w: Int8Weight, _ bias: Tensor?) -> Tensor {
     let inF = w.shape[1], outF = w.shape[0], rows = x.count / inF
     let x32 = x.contiguous().float32()
     let b32 = bias?.contiguous().float32()
@@ -176,6 +180,10 @@ public func linearInt8(_ x: Tensor, _ w: Int8Weight, _ bias: Tensor?) -> Tensor 
 public func conv2dInt8(_ x: Tensor, _ w: Int8Weight, _ bias: Tensor?, _ o: Conv2dOptions) -> Tensor {
     precondition(w.shape.count == 4 && x.rank == 4 && x.shape[1] == w.shape[1], "conv2dInt8: input \(x.shape) for weight \(w.shape)")
     precondition(o.groups == 1 && o.dilation == (1, 1), "conv2dInt8: groups and dilation must be 1")
+    return OpTimes.measure("conv \(w.shape[2])x\(w.shape[3])/\(o.stride.0) \(x.shape[2])x\(x.shape[3]) int8") { conv2dInt8Op(x, w, bias, o) }
+}
+
+private func conv2dInt8Op(_ x: Tensor, _ w: Int8Weight, _ bias: Tensor?, _ o: Conv2dOptions) -> Tensor {
     let (n, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
     let (oc, kh, kw) = (w.shape[0], w.shape[2], w.shape[3])
     let p = o.padding
