@@ -1,6 +1,6 @@
 import TensorCore
 
-// Weight-only int8 quantisation of a model for inference (`--precision int8`): every Linear and Conv2d weight
+// int8 quantisation of a model's weights for inference (`--precision int8`): every Linear and Conv2d weight
 // reachable from a module becomes an `Int8Weight` (s8 per output channel, TensorCore's Int8.swift), once, and the
 // layers then run on the int8 VNNI kernels with their activations quantised per call. The float weights are no longer
 // read: those that are pages of a memory-mapped weights file are dropped from memory (they stay in the page cache, not
