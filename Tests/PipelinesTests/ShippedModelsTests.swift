@@ -54,8 +54,9 @@ final class ShippedModelsTests: XCTestCase {
 
     /// models/photo-vae (AutoencoderKL f=4 trained on crops of scikit-image's photographs, docs/results.md) on a
     /// 96x96 crop of the held-out astronaut photo (Fixtures/photos/astronaut-96.png, written by
-    /// tools/data/photos.py --fixture). PSNR measured with the shipped bf16 weights: 22.15 dB (SSIM 0.854); the bound is
-    /// 3 dB lower (a bicubic x4 down/up of the same crop scores 25.14 dB, SSIM 0.786).
+    /// tools/data/photos.py --fixture). PSNR measured with the shipped bf16 weights (the second model, issue 22):
+    /// 27.19 dB (SSIM 0.887); the bound is the crop's bicubic x4 down/up baseline (25.14 dB, SSIM 0.786) rounded up,
+    /// so the test fails if the model stops beating bicubic here (the first model scored 22.15 dB).
     func testPhotoAutoencoderReconstructsHeldOutCrop() throws {
         let (model, report) = try FirstStageModel.load(folder: repositoryRoot.appendingPathComponent("models/photo-vae"))
         guard case .kl(let vae) = model else { return XCTFail("expected an AutoencoderKL") }
@@ -70,6 +71,6 @@ final class ShippedModelsTests: XCTestCase {
         let out = try VaeImageProcessor.toImage(rec.float32().contiguous().toArray(), height: 96, width: 96)
         let mse = zip(image.pixels, out.pixels).reduce(0.0) { $0 + pow(Double($1.0) - Double($1.1), 2) } / Double(image.pixels.count)
         let psnr = 10 * log10(255 * 255 / mse)
-        XCTAssertGreaterThan(psnr, 19.1, "reconstruction PSNR \(psnr) dB")
+        XCTAssertGreaterThan(psnr, 25.2, "reconstruction PSNR \(psnr) dB")
     }
 }

@@ -5,6 +5,9 @@
 #    skimage's stereo pair are one scene, so one split unit), immunohistochemistry, hubble_deep_field, retina.
 #    Left out: colorwheel, logo, chessboard (synthetic), lfw_subset (25x25 faces), and everything the wheel does
 #    not contain (kidney, lily, skin, eagle, ... need a download).
+#  - --sklearn: also scikit-learn's two sample photographs (sklearn/datasets/images/china.jpg, a temple, and
+#    flower.jpg, 640x427 each; read with sklearn.datasets.load_sample_image, no network) as training units: two more
+#    everyday colour scenes.
 #  - Greyscale photographs (training only, grey replicated to RGB, --no-grey drops them): camera, moon, coins,
 #    grass, gravel, brick. They add texture; the held-out photos are all colour.
 #  - Held out (HELDOUT): astronaut, chelsea, coffee: written whole to DIR/heldout/<name>.png, centre-cropped to
@@ -13,13 +16,19 @@
 #    is downsampled by that factor with PIL bicubic first; scales that would make the short side smaller than SIZE
 #    are skipped), a uniformly random position, a horizontal flip with probability 1/2. Crops whose pixel standard
 #    deviation is below FLAT_STD (black sky of hubble, black border of retina) are redrawn (up to 50 tries).
-#    --per-photo crops per colour scene (split evenly over the two motorcycle views), half as many per grey photo.
+#    --per-photo crops per colour scene (split evenly over the two motorcycle views), half as many per grey photo
+#    unless --grey-per-photo says otherwise (e.g. per_photo / 8: the grey crops at about 10% of the whole).
+#  - --jitter P: with probability P a colour crop gets a random colour change (torchvision ColorJitter-like, applied
+#    in this order): brightness x U(1-B, 1+B), saturation x U(1-S, 1+S) (blend with the crop's luma), hue shifted by
+#    U(-H, H) of a turn (HSV), with (B, S, H) = --jitter-range (default 0.2 0.3 0.05). Grey crops are not jittered.
 #  - DIR/split.json records the photos of each split, image sizes, and the parameters.
 #  - --fixture FILE: also write FIXTURE_BOX of the held-out astronaut (96x96: the face) to FILE, the crop that
 #    Tests/PipelinesTests/ShippedModelsTests.swift reconstructs through models/photo-vae.
 # Deterministic: numpy.random.default_rng(--seed); the same files on every run.
 # Run: /work/venv/bin/python tools/data/photos.py --out DIR [--size 64] [--per-photo 600] [--seed 0] [--no-grey]
+#      [--sklearn] [--grey-per-photo N] [--jitter P [--jitter-range B S H]]
 #      [--fixture Tests/PipelinesTests/Fixtures/photos/astronaut-96.png]
+#  Without the new flags the output is byte for byte what it was (the first models/photo-vae's data).
 import argparse
 import json
 import os
@@ -28,6 +37,7 @@ import numpy as np
 import skimage
 import skimage.data as sd
 from PIL import Image
+from skimage.color import hsv2rgb, rgb2hsv
 
 # Split unit -> list of (file stem, loader). A unit with several views is split as a whole.
 COLOUR = {
@@ -40,6 +50,10 @@ COLOUR = {
     "immunohistochemistry": [("immunohistochemistry", sd.immunohistochemistry)],
     "hubble_deep_field": [("hubble_deep_field", sd.hubble_deep_field)],
     "retina": [("retina", sd.retina)],
+}
+SKLEARN = {
+    "china": [("china", lambda: __import__("sklearn.datasets", fromlist=["x"]).load_sample_image("china.jpg"))],
+    "flower": [("flower", lambda: __import__("sklearn.datasets", fromlist=["x"]).load_sample_image("flower.jpg"))],
 }
 GREY = {name: [(name, getattr(sd, name))] for name in ["camera", "moon", "coins", "grass", "gravel", "brick"]}
 HELDOUT = ["astronaut", "chelsea", "coffee"]
@@ -62,6 +76,18 @@ def centre_crop(a, multiple):
     H, W = h // multiple * multiple, w // multiple * multiple
     t, l = (h - H) // 2, (w - W) // 2
     return a[t:t + H, l:l + W]
+
+
+def jitter(c, rng, ranges):
+    """A random brightness / saturation / hue change of the uint8 HxWx3 crop `c` (ColorJitter-like)."""
+    b, s, h = ranges
+    x = c.astype(np.float64) / 255.0
+    x = np.clip(x * rng.uniform(1 - b, 1 + b), 0, 1)
+    luma = (x @ np.array([0.299, 0.587, 0.114]))[:, :, None]
+    x = np.clip(luma + (x - luma) * rng.uniform(1 - s, 1 + s), 0, 1)
+    hsv = rgb2hsv(x)
+    hsv[:, :, 0] = (hsv[:, :, 0] + rng.uniform(-h, h)) % 1.0
+    return np.round(hsv2rgb(hsv) * 255).astype(np.uint8)
 
 
 def crops(photo, count, size, rng):
@@ -94,6 +120,10 @@ def main():
     ap.add_argument("--per-photo", type=int, default=600, help="crops per colour photo (default 600; grey: half)")
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--no-grey", action="store_true", help="leave out the greyscale photographs")
+    ap.add_argument("--sklearn", action="store_true", help="also train on scikit-learn's china.jpg and flower.jpg")
+    ap.add_argument("--grey-per-photo", type=int, help="crops per grey photo (default: per-photo / 2)")
+    ap.add_argument("--jitter", type=float, default=0.0, help="probability of a colour jitter per colour crop")
+    ap.add_argument("--jitter-range", type=float, nargs=3, default=[0.2, 0.3, 0.05], metavar=("B", "S", "H"))
     ap.add_argument("--fixture", help="also write the 96x96 held-out test crop of astronaut here")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
@@ -112,15 +142,22 @@ def main():
         l, t, w, h = FIXTURE_BOX
         os.makedirs(os.path.dirname(os.path.abspath(args.fixture)), exist_ok=True)
         Image.fromarray(np.ascontiguousarray(rgb(sd.astronaut())[t:t + h, l:l + w])).save(args.fixture)
-    units = [(u, v, args.per_photo) for u, v in COLOUR.items() if u not in HELDOUT]
+    colour = dict(COLOUR, **(SKLEARN if args.sklearn else {}))
+    units = [(u, v, args.per_photo) for u, v in colour.items() if u not in HELDOUT]
     if not args.no_grey:
-        units += [(u, v, args.per_photo // 2) for u, v in GREY.items()]
+        grey_count = args.per_photo // 2 if args.grey_per_photo is None else args.grey_per_photo
+        units += [(u, v, grey_count) for u, v in GREY.items()]
+    if args.sklearn or args.grey_per_photo is not None or args.jitter > 0:
+        split.update(sklearn=args.sklearn, grey_per_photo=grey_count if not args.no_grey else 0,
+                     jitter=args.jitter, jitter_range=args.jitter_range)
     total = 0
     for unit, views, count in units:
         for k, (stem, load) in enumerate(views):
             n = count // len(views) + (1 if k < count % len(views) else 0)
             photo = rgb(load())
             for i, c in enumerate(crops(photo, n, args.size, rng)):
+                if args.jitter > 0 and unit not in GREY and rng.random() < args.jitter:
+                    c = jitter(np.ascontiguousarray(c), rng, args.jitter_range)
                 Image.fromarray(np.ascontiguousarray(c)).save(os.path.join(train_dir, "%s-%04d.png" % (stem, i)))
             split["train"][stem] = {"size": list(photo.shape[:2]), "crops": n}
             total += n

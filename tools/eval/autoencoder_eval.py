@@ -5,7 +5,8 @@
 #  --bicubic F [F ...]: also score a trivial baseline per image: PIL bicubic downsampling by F (sides rounded) and
 #    bicubic upsampling back to the original size (F=4 keeps as many spatial positions as an f=4 latent; an f=4 latent
 #    with 4 channels holds as many numbers as 3 channels at F = sqrt(12) = 3.46).
-#  --per-image: print (and put in --json) the figures of each image.
+#  --per-image: print (and put in --json) the figures of each image, with its mean per-channel colour offset
+#    (reconstruction - original, R, G, B, in 8-bit levels).
 #  --figure OUT.png [--figure-image NAME] [--figure-box L,T,W,H]: a comparison panel of one image (default: the first):
 #    original | reconstruction | bicubic (first F) on top, the box (default: a centred quarter-size square) enlarged
 #    below, each captioned with its PSNR.
@@ -91,7 +92,8 @@ def main():
         p, s = scores(a, b)
         psnr.append(p)
         ssim.append(s)
-        entry = {"size": [a.shape[1], a.shape[0]], "psnr": p, "ssim": s}
+        offset = (b.astype(np.float64) - a.astype(np.float64)).reshape(-1, 3).mean(axis=0)
+        entry = {"size": [a.shape[1], a.shape[0]], "psnr": p, "ssim": s, "offset_rgb": [round(float(v), 2) for v in offset]}
         for factor in args.bicubic:
             bp, bs = scores(a, bicubic(a, factor))
             base[factor][0].append(bp)
@@ -99,7 +101,7 @@ def main():
             entry["bicubic_x%g" % factor] = {"psnr": bp, "ssim": bs}
         per_image[rel] = entry
         if args.per_image:
-            line = f"{rel} {a.shape[1]}x{a.shape[0]}: PSNR {p:.2f} dB, SSIM {s:.4f}"
+            line = f"{rel} {a.shape[1]}x{a.shape[0]}: PSNR {p:.2f} dB, SSIM {s:.4f}, offset RGB {entry['offset_rgb']}"
             for factor in args.bicubic:
                 e = entry["bicubic_x%g" % factor]
                 line += f" | bicubic x{factor:g}: {e['psnr']:.2f} dB, {e['ssim']:.4f}"
