@@ -39,6 +39,7 @@ private func bf16Heads(_ t: Tensor) -> Storage {
 func scaledDotProductAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale sc: Float, causal: Bool) -> Tensor {
     let (bs, heads, lq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
     let lk = k.shape[2], dv = v.shape[3]
+    if !causal && lk > 0 && AttentionTiling.ownBF16Kernel, let out = ownKernelAttentionBF16(q, k, v, scale: sc) { return out }
     let qb = bf16Heads(q), kb = bf16Heads(k), vb = bf16Heads(v)
     let Q = qb.base.assumingMemoryBound(to: UInt16.self), K = kb.base.assumingMemoryBound(to: UInt16.self)
     let V = vb.base.assumingMemoryBound(to: UInt16.self)
@@ -95,6 +96,34 @@ func scaledDotProductAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale 
                 let inv = l[r] > 0 ? 1 / l[r] : 0, orow = o + r * osl
                 for c in 0..<dv { orow[c] *= inv }
             }
+        }
+    }
+    return outMem.permuted([0, 2, 1, 3]).detach()
+}
+
+/// The same forward on our vdpbf16ps kernel (`ck_attention_forward_bf16`, attention_bf16.c): q, k, v read in place as
+/// float32 rows and rounded to bf16 while packed, no bf16 copies of the heads. nil where the level in use has no
+/// AVX512_BF16 (the kernel then computes nothing).
+private func ownKernelAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale sc: Float) -> Tensor? {
+    guard CPUFeatures.active.hasNativeBF16 else { return nil }
+    let (bs, heads, lq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+    let lk = k.shape[2], dv = v.shape[3]
+    let rowsView = { (t: Tensor) in t.dtype == .float32 && t.strides[3] == 1 ? t : t.float32().contiguous() }
+    let qc = rowsView(q), kc = rowsView(k), vc = rowsView(v)
+    let outMem = Tensor.empty([bs, lq, heads, dv])
+    let O = outMem.data, osl = heads * dv
+    let qBlocks = (lq + blockQ - 1) / blockQ, work = ck_attention_bf16_work_bytes(blockQ, d, dv)
+    withExtendedLifetime((qc, kc, vc)) {
+        Parallel.forEach(bs * heads * qBlocks, costPerItem: 1 << 16) { task in
+            let qblk = task % qBlocks, bh = task / qBlocks, b = bh / heads, h = bh % heads
+            let i0 = qblk * blockQ, rows = min(blockQ, lq - i0)
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: work, alignment: 64)
+            defer { buffer.deallocate() }
+            let qr = qc.data + b * qc.strides[0] + h * qc.strides[1] + i0 * qc.strides[2]
+            let kr = kc.data + b * kc.strides[0] + h * kc.strides[1], vr = vc.data + b * vc.strides[0] + h * vc.strides[1]
+            let done = ck_attention_forward_bf16(qr, qc.strides[2], kr, kc.strides[2], vr, vc.strides[2],
+                                                 O + ((b * lq + i0) * heads + h) * dv, osl, rows, lk, d, dv, sc, nil, buffer)
+            precondition(done == 1, "attention: the bf16 kernel refused a level with AVX512_BF16")
         }
     }
     return outMem.permuted([0, 2, 1, 3]).detach()

@@ -1,0 +1,176 @@
+// Fused attention forward with both products in native bf16 (vdpbf16ps), for inference under bf16 autocast on CPUs
+// with AVX512_BF16: the structure of attention_body.h (16 query rows per group in the lanes of one 16-float vector,
+// online softmax lane-wise in float32, output accumulated transposed), with
+//   S^T[j] = scale * sum_c bf16(q[., c]) bf16(k[j, c])   (float32 accumulation; vdpbf16ps takes the head dimension
+//                                                          two at a time: q packed as (d/2, 16 rows, 2))
+//   P^T[j] = bf16(exp(S^T[j] - m))                        (rounded to nearest even, as torch's flash attention converts
+//                                                          its float32 probabilities before P V)
+//   O^T[c] = O^T[c] corr + sum_j P^T[j] bf16(v[j, c])     (keys two at a time: P packed as (n/2, 16 rows, 2), v as
+//                                                          (n/2, dv, 2))
+// Compiled once, for x86-64-v4 + AVX512_BF16; called only where the CPU has it (ck_attention_forward_bf16 is a no-op
+// returning 0 otherwise, and on other architectures).
+#include "ckernels.h"
+#include <math.h>
+#include <string.h>
+
+#define AB_R 16
+#define AB_BK 64
+#define AB_JB 16 // keys per scores micro-kernel: 16 accumulators
+#define AB_CB 8  // head columns per values micro-kernel
+
+long ck_attention_bf16_work_bytes(long rows, long d, long dv) {
+    const long groups = (rows + AB_R - 1) / AB_R, dp = (d + 1) / 2, dvp = (dv + AB_CB - 1) / AB_CB * AB_CB;
+    return 4 * (groups * AB_R * dp + groups * AB_R * dvp + groups * 2 * AB_R + (AB_BK + AB_JB) * AB_R
+                + (AB_BK + AB_JB) * dp + AB_BK / 2 * dvp + AB_BK / 2 * AB_R) + 64;
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+#define AB_TARGET __attribute__((target("arch=x86-64-v4,avx512bf16"), min_vector_width(512)))
+
+/// Two bf16 values (nearest even; inputs are finite) as one 32-bit word, `lo` in the low half.
+static inline unsigned bf16_pair(float lo, float hi) {
+    unsigned a, b;
+    memcpy(&a, &lo, 4);
+    memcpy(&b, &hi, 4);
+    a = (a + 0x7fffu + ((a >> 16) & 1)) >> 16;
+    b = (b + 0x7fffu + ((b >> 16) & 1)) & 0xffff0000u;
+    return a | b;
+}
+
+// exp as kernels_body.h's VEXP (Cephes; same constants), 16 lanes; the power of two by vscalefps.
+static inline AB_TARGET __m512 ab_exp(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72283f)), _mm512_set1_ps(-87.33654f));
+    const __m512 t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.442695041f)), _mm512_set1_ps(12582912.0f));
+    const __m512 n = _mm512_sub_ps(t, _mm512_set1_ps(12582912.0f));
+    const __m512 r = _mm512_add_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f))),
+                                   _mm512_mul_ps(n, _mm512_set1_ps(2.12194440e-4f)));
+    __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.9875691500e-4f), _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+}
+
+static AB_TARGET void ab_forward(const float *q, long qs, const float *k, long ks, const float *v, long vs, float *o,
+                                 long os, long rows, long lk, long d, long dv, float scale, float *lse, void *work) {
+    const long groups = (rows + AB_R - 1) / AB_R, dp = (d + 1) / 2, dvp = (dv + AB_CB - 1) / AB_CB * AB_CB;
+    unsigned *qt = (unsigned *)(((unsigned long)work + 63) & ~63ul); // groups x dp x 16 words (row pairs of q)
+    float *ot = (float *)(qt + groups * AB_R * dp);                  // groups x dvp x 16
+    float *ml = ot + groups * AB_R * dvp;                            // groups x 2 x 16
+    float *st = ml + groups * 2 * AB_R;                              // (AB_BK + AB_JB) x 16 scores
+    unsigned *kp = (unsigned *)(st + (AB_BK + AB_JB) * AB_R);        // chunks x dp x AB_JB words
+    unsigned *vp = kp + (AB_BK + AB_JB) * dp;                        // AB_BK / 2 x dvp words
+    unsigned *pt = vp + AB_BK / 2 * dvp;                             // AB_BK / 2 x 16 words
+    for (long g = 0; g < groups; g++) {
+        for (long c2 = 0; c2 < dp; c2++) {
+            for (int i = 0; i < AB_R; i++) {
+                const long r = g * AB_R + i;
+                const float lo = r < rows ? q[r * qs + 2 * c2] : 0.0f;
+                const float hi = r < rows && 2 * c2 + 1 < d ? q[r * qs + 2 * c2 + 1] : 0.0f;
+                qt[(g * dp + c2) * AB_R + i] = bf16_pair(lo, hi);
+            }
+        }
+    }
+    memset(ot, 0, (size_t)(groups * AB_R * dvp) * sizeof(float));
+    for (long g = 0; g < groups; g++) {
+        for (int i = 0; i < AB_R; i++) { ml[g * 2 * AB_R + i] = -INFINITY; ml[g * 2 * AB_R + AB_R + i] = 0.0f; }
+    }
+    const __m512 vscale = _mm512_set1_ps(scale);
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (long j0 = 0; j0 < lk; j0 += AB_BK) {
+        const long n = lk - j0 < AB_BK ? lk - j0 : AB_BK, chunks = (n + AB_JB - 1) / AB_JB, pairs = (n + 1) / 2;
+        for (long ch = 0; ch < chunks; ch++) {
+            unsigned *dst = kp + ch * AB_JB * dp;
+            for (int t = 0; t < AB_JB; t++) {
+                const long j = ch * AB_JB + t < n ? ch * AB_JB + t : n - 1; // repeats the last key (same max)
+                const float *kr = k + (j0 + j) * ks;
+                for (long c2 = 0; c2 < dp; c2++) dst[c2 * AB_JB + t] = bf16_pair(kr[2 * c2], 2 * c2 + 1 < d ? kr[2 * c2 + 1] : 0.0f);
+            }
+        }
+        for (long j2 = 0; j2 < pairs; j2++) {
+            const float *v0 = v + (j0 + 2 * j2) * vs, *v1 = 2 * j2 + 1 < n ? v0 + vs : NULL;
+            for (long c = 0; c < dvp; c++) {
+                vp[j2 * dvp + c] = c < dv ? bf16_pair(v0[c], v1 ? v1[c] : 0.0f) : 0u;
+            }
+        }
+        for (long g = 0; g < groups; g++) {
+            const unsigned *qg = qt + g * dp * AB_R;
+            float *og = ot + g * dvp * AB_R, *mg = ml + g * 2 * AB_R, *lg = mg + AB_R;
+            __m512 mx = _mm512_set1_ps(-INFINITY);
+            for (long ch = 0; ch < chunks; ch++) {
+                __m512 acc[AB_JB];
+#pragma clang loop unroll(full)
+                for (int t = 0; t < AB_JB; t++) acc[t] = _mm512_setzero_ps();
+                const unsigned *kc = kp + ch * AB_JB * dp;
+                for (long c2 = 0; c2 < dp; c2++) {
+                    const __m512bh a = (__m512bh)_mm512_load_si512(qg + c2 * AB_R);
+#pragma clang loop unroll(full)
+                    for (int t = 0; t < AB_JB; t++) {
+                        acc[t] = _mm512_dpbf16_ps(acc[t], a, (__m512bh)_mm512_set1_epi32((int)kc[c2 * AB_JB + t]));
+                    }
+                }
+#pragma clang loop unroll(full)
+                for (int t = 0; t < AB_JB; t++) {
+                    const __m512 s = _mm512_mul_ps(acc[t], vscale);
+                    _mm512_storeu_ps(st + (ch * AB_JB + t) * AB_R, s);
+                    mx = _mm512_max_ps(mx, s);
+                }
+            }
+            const __m512 m0 = _mm512_loadu_ps(mg), mn = _mm512_max_ps(m0, mx);
+            const __m512 c0 = ab_exp(_mm512_sub_ps(m0, mn)); // m0 = -inf (first block): exp(-87.3) * l = 0, * O = 0
+            __m512 l = _mm512_mul_ps(_mm512_loadu_ps(lg), c0);
+            for (long j2 = 0; j2 < pairs; j2++) {
+                const __m512 p0 = ab_exp(_mm512_sub_ps(_mm512_loadu_ps(st + 2 * j2 * AB_R), mn));
+                __m512 p1 = _mm512_setzero_ps();
+                if (2 * j2 + 1 < n) p1 = ab_exp(_mm512_sub_ps(_mm512_loadu_ps(st + (2 * j2 + 1) * AB_R), mn));
+                l = _mm512_add_ps(l, _mm512_add_ps(p0, p1));
+                const __m512i halves = (__m512i)_mm512_cvtne2ps_pbh(p1, p0); // [p0 | p1] as bf16
+                _mm512_store_si512(pt + j2 * AB_R, _mm512_permutexvar_epi16(interleave, halves));
+            }
+            _mm512_storeu_ps(mg, mn);
+            _mm512_storeu_ps(lg, l);
+            for (long c = 0; c < dvp; c++) _mm512_storeu_ps(og + c * AB_R, _mm512_mul_ps(_mm512_loadu_ps(og + c * AB_R), c0));
+            for (long cb = 0; cb < dvp; cb += AB_CB) {
+                __m512 acc[AB_CB];
+#pragma clang loop unroll(full)
+                for (int t = 0; t < AB_CB; t++) acc[t] = _mm512_loadu_ps(og + (cb + t) * AB_R);
+                for (long j2 = 0; j2 < pairs; j2++) {
+                    const __m512bh a = (__m512bh)_mm512_load_si512(pt + j2 * AB_R);
+                    const unsigned *vj = vp + j2 * dvp + cb;
+#pragma clang loop unroll(full)
+                    for (int t = 0; t < AB_CB; t++) acc[t] = _mm512_dpbf16_ps(acc[t], a, (__m512bh)_mm512_set1_epi32((int)vj[t]));
+                }
+#pragma clang loop unroll(full)
+                for (int t = 0; t < AB_CB; t++) _mm512_storeu_ps(og + (cb + t) * AB_R, acc[t]);
+            }
+        }
+    }
+    for (long r = 0; r < rows; r++) {
+        const long g = r / AB_R, i = r % AB_R;
+        const float m = ml[g * 2 * AB_R + i], l = ml[g * 2 * AB_R + AB_R + i], inv = l > 0 ? 1.0f / l : 0.0f;
+        const float *src = ot + g * dvp * AB_R + i;
+        float *dst = o + r * os;
+        for (long c = 0; c < dv; c++) dst[c] = src[c * AB_R] * inv;
+        if (lse) lse[r] = m + logf(l);
+    }
+}
+
+int ck_attention_forward_bf16(const float *q, long qs, const float *k, long ks, const float *v, long vs, float *o, long os,
+                              long rows, long lk, long d, long dv, float scale, float *lse, void *work) {
+    if (ck_isa_active() < CK_ISA_AVX512_BF16 || lk < 1) return 0;
+    ab_forward(q, qs, k, ks, v, vs, o, os, rows, lk, d, dv, scale, lse, work);
+    return 1;
+}
+#else
+int ck_attention_forward_bf16(const float *q, long qs, const float *k, long ks, const float *v, long vs, float *o, long os,
+                              long rows, long lk, long d, long dv, float scale, float *lse, void *work) {
+    (void)q; (void)qs; (void)k; (void)ks; (void)v; (void)vs; (void)o; (void)os; (void)rows; (void)lk; (void)d; (void)dv;
+    (void)scale; (void)lse; (void)work;
+    return 0;
+}
+#endif
