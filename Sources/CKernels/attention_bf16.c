@@ -14,7 +14,7 @@
 #include <string.h>
 
 #define AB_R 16
-#define AB_BK 64
+#define AB_BK 256 // keys per block: P is rounded to bf16 against the running max of its block
 #define AB_JB 16 // keys per scores micro-kernel: 16 accumulators
 #define AB_CB 8  // head columns per values micro-kernel
 
@@ -39,13 +39,13 @@ static inline unsigned bf16_pair(float lo, float hi) {
     return a | b;
 }
 
-// exp as kernels_body.h's VEXP (Cephes; same constants), 16 lanes; the power of two by vscalefps.
+// exp as kernels_body.h's VEXP compiles at its AVX-512 level (same constants, the same operations fused into FMAs
+// as Clang contracts them there, the power of two by vscalefps), 16 lanes.
 static inline AB_TARGET __m512 ab_exp(__m512 x) {
     x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.72283f)), _mm512_set1_ps(-87.33654f));
-    const __m512 t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.442695041f)), _mm512_set1_ps(12582912.0f));
+    const __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.442695041f), _mm512_set1_ps(12582912.0f));
     const __m512 n = _mm512_sub_ps(t, _mm512_set1_ps(12582912.0f));
-    const __m512 r = _mm512_add_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f))),
-                                   _mm512_mul_ps(n, _mm512_set1_ps(2.12194440e-4f)));
+    const __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x));
     __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(1.9875691500e-4f), _mm512_set1_ps(1.3981999507e-3f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));

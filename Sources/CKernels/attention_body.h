@@ -29,7 +29,7 @@
 
 #ifndef AT_R
 #define AT_R 16
-#define AT_BK 64
+#define AT_BK 96 // a multiple of every level's AT_JB
 #define AT_WORK_LIMIT_JB 12 // the largest AT_JB of any level (work buffer sizes)
 #define AT_WORK_LIMIT_CB 8
 #endif
