@@ -15,6 +15,9 @@ public enum AttentionTiling {
     /// Query rows per task of the fused float32 forward kernel, and the largest head dimension it takes (larger ones,
     /// such as the VAE's single 512-wide head, run on sgemm tiles).
     public static let fusedRows = 256, fusedMaxHeadDim = 160
+    /// Whether the float32 forward uses the fused kernel (for head dims up to fusedMaxHeadDim); false (or
+    /// `LDM_F32_ATTENTION_KERNEL=sgemm`): sgemm tiles for every head dimension. Settable for tests and benchmarks.
+    public nonisolated(unsafe) static var fusedFloat32 = ProcessInfo.processInfo.environment["LDM_F32_ATTENTION_KERNEL"] != "sgemm"
     /// Native bf16 attention (no causal mask) on our vdpbf16ps kernel; false (or `LDM_BF16_ATTENTION_KERNEL=onednn`):
     /// oneDNN's bf16 GEMM for both products, as before. Settable for tests and benchmarks.
     public nonisolated(unsafe) static var ownBF16Kernel = ProcessInfo.processInfo.environment["LDM_BF16_ATTENTION_KERNEL"] != "onednn"
@@ -58,7 +61,7 @@ private func attentionOp(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Float?, c
     let lse = Tensor.empty([bs, heads, lq])
     let L = lse.data
     defer { withExtendedLifetime((qc, kc, vc)) {} }
-    if max(d, dv) <= AttentionTiling.fusedMaxHeadDim {
+    if AttentionTiling.fusedFloat32 && max(d, dv) <= AttentionTiling.fusedMaxHeadDim {
         // Our fused kernel (CKernels attention_body.h), `fusedRows` query rows per task.
         let rowsPerTask = AttentionTiling.fusedRows, tasks = (lq + rowsPerTask - 1) / rowsPerTask
         let work = ck_attention_work_floats(rowsPerTask, d, dv)
@@ -131,19 +134,6 @@ private func sgemmForward(_ Q: HeadView, _ K: HeadView, _ V: HeadView, _ O: Head
             L[(b * heads + h) * lq + i0 + r] = m[r] + Foundation.log(l[r])
         }
     }
-    Parallel.forEach(bs * heads * qBlocks, costPerItem: 1 << 16) { task in
-        let qb = task % qBlocks, bh = task / qBlocks, b = bh / heads, h = bh % heads
-        let i0 = qb * blockQ, rows = min(blockQ, lq - i0)
-        let p = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK), ds = UnsafeMutablePointer<Float>.allocate(capacity: blockQ * blockK)
-        defer {
-            p.deallocate()
-            ds.deallocate()
-        }
-        var j0 = 0
-        while j0 < lk {
-            let cols = min(blockK, lk - j0)
-            tile(b, h, i0, rows, j0, cols, p, ds)
-            addQueryGradients(b, h, i0, rows, j0, cols, ds)
 }
 
 /// FlashAttention-2 backward: pass 1 over key blocks accumulates dK, dV; pass 2 over query blocks accumulates dQ.
