@@ -20,8 +20,12 @@
 
 long ck_attention_bf16_work_bytes(long rows, long d, long dv) {
     const long groups = (rows + AB_R - 1) / AB_R, dp = (d + 1) / 2, dvp = (dv + AB_CB - 1) / AB_CB * AB_CB;
-    return 4 * (groups * AB_R * dp + groups * AB_R * dvp + groups * 2 * AB_R + (AB_BK + AB_JB) * AB_R
-                + (AB_BK + AB_JB) * dp + AB_BK / 2 * dvp + AB_BK / 2 * AB_R) + 64;
+    return 4 * (groups * AB_R * dp + groups * AB_R * dvp + groups * 2 * AB_R + (AB_BK + AB_JB) * AB_R + AB_BK / 2 * AB_R) + 64;
+}
+
+long ck_attention_bf16_packed_words(long lk, long d, long dv) {
+    const long dp = (d + 1) / 2, dvp = (dv + AB_CB - 1) / AB_CB * AB_CB;
+    return (lk + AB_JB - 1) / AB_JB * AB_JB * dp + (lk + 1) / 2 * dvp;
 }
 
 #if defined(__x86_64__)
@@ -55,16 +59,35 @@ static inline AB_TARGET __m512 ab_exp(__m512 x) {
     return _mm512_scalef_ps(y, n);
 }
 
-static AB_TARGET void ab_forward(const float *q, long qs, const float *k, long ks, const float *v, long vs, float *o,
-                                 long os, long rows, long lk, long d, long dv, float scale, float *lse, void *work) {
+/// One head's keys and values packed for ab_forward (ck_attention_bf16_pack).
+static void ab_pack(const float *k, long ks, const float *v, long vs, long lk, long d, long dv, unsigned *packed) {
+    const long dp = (d + 1) / 2, dvp = (dv + AB_CB - 1) / AB_CB * AB_CB, chunks = (lk + AB_JB - 1) / AB_JB;
+    // Keys in chunks of AB_JB (dp x AB_JB words each); the last chunk's missing keys repeat the last key (same max).
+    for (long ch = 0; ch < chunks; ch++) {
+        unsigned *dst = packed + ch * AB_JB * dp;
+        for (int t = 0; t < AB_JB; t++) {
+            const long j = ch * AB_JB + t < lk ? ch * AB_JB + t : lk - 1;
+            const float *kr = k + j * ks;
+            for (long c2 = 0; c2 < dp; c2++) dst[c2 * AB_JB + t] = bf16_pair(kr[2 * c2], 2 * c2 + 1 < d ? kr[2 * c2 + 1] : 0.0f);
+        }
+    }
+    // Values as key pairs (dvp words per pair), zeros past dv and for the missing key of an odd count.
+    unsigned *vp = packed + chunks * AB_JB * dp;
+    for (long j2 = 0; j2 < (lk + 1) / 2; j2++) {
+        const float *v0 = v + 2 * j2 * vs, *v1 = 2 * j2 + 1 < lk ? v0 + vs : NULL;
+        for (long c = 0; c < dvp; c++) vp[j2 * dvp + c] = c < dv ? bf16_pair(v0[c], v1 ? v1[c] : 0.0f) : 0u;
+    }
+}
+
+static AB_TARGET void ab_forward(const float *q, long qs, const unsigned *packed, float *o, long os, long rows, long lk,
+                                 long d, long dv, float scale, float *lse, void *work) {
     const long groups = (rows + AB_R - 1) / AB_R, dp = (d + 1) / 2, dvp = (dv + AB_CB - 1) / AB_CB * AB_CB;
     unsigned *qt = (unsigned *)(((unsigned long)work + 63) & ~63ul); // groups x dp x 16 words (row pairs of q)
     float *ot = (float *)(qt + groups * AB_R * dp);                  // groups x dvp x 16
     float *ml = ot + groups * AB_R * dvp;                            // groups x 2 x 16
     float *st = ml + groups * 2 * AB_R;                              // (AB_BK + AB_JB) x 16 scores
-    unsigned *kp = (unsigned *)(st + (AB_BK + AB_JB) * AB_R);        // chunks x dp x AB_JB words
-    unsigned *vp = kp + (AB_BK + AB_JB) * dp;                        // AB_BK / 2 x dvp words
-    unsigned *pt = vp + AB_BK / 2 * dvp;                             // AB_BK / 2 x 16 words
+    unsigned *pt = (unsigned *)(st + (AB_BK + AB_JB) * AB_R);        // AB_BK / 2 x 16 words
+    const unsigned *kpacked = packed, *vpacked = packed + (lk + AB_JB - 1) / AB_JB * AB_JB * dp;
     for (long g = 0; g < groups; g++) {
         for (long c2 = 0; c2 < dp; c2++) {
             for (int i = 0; i < AB_R; i++) {
@@ -84,20 +107,7 @@ static AB_TARGET void ab_forward(const float *q, long qs, const float *k, long k
                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (long j0 = 0; j0 < lk; j0 += AB_BK) {
         const long n = lk - j0 < AB_BK ? lk - j0 : AB_BK, chunks = (n + AB_JB - 1) / AB_JB, pairs = (n + 1) / 2;
-        for (long ch = 0; ch < chunks; ch++) {
-            unsigned *dst = kp + ch * AB_JB * dp;
-            for (int t = 0; t < AB_JB; t++) {
-                const long j = ch * AB_JB + t < n ? ch * AB_JB + t : n - 1; // repeats the last key (same max)
-                const float *kr = k + (j0 + j) * ks;
-                for (long c2 = 0; c2 < dp; c2++) dst[c2 * AB_JB + t] = bf16_pair(kr[2 * c2], 2 * c2 + 1 < d ? kr[2 * c2 + 1] : 0.0f);
-            }
-        }
-        for (long j2 = 0; j2 < pairs; j2++) {
-            const float *v0 = v + (j0 + 2 * j2) * vs, *v1 = 2 * j2 + 1 < n ? v0 + vs : NULL;
-            for (long c = 0; c < dvp; c++) {
-                vp[j2 * dvp + c] = c < dv ? bf16_pair(v0[c], v1 ? v1[c] : 0.0f) : 0u;
-            }
-        }
+        const unsigned *kp = kpacked + j0 * dp, *vp = vpacked + j0 / 2 * dvp; // j0: a multiple of AB_JB and of 2
         for (long g = 0; g < groups; g++) {
             const unsigned *qg = qt + g * dp * AB_R;
             float *og = ot + g * dvp * AB_R, *mg = ml + g * 2 * AB_R, *lg = mg + AB_R;
@@ -160,17 +170,25 @@ static AB_TARGET void ab_forward(const float *q, long qs, const float *k, long k
     }
 }
 
-int ck_attention_forward_bf16(const float *q, long qs, const float *k, long ks, const float *v, long vs, float *o, long os,
-                              long rows, long lk, long d, long dv, float scale, float *lse, void *work) {
+void ck_attention_bf16_pack(const float *k, long ks, const float *v, long vs, long lk, long d, long dv, unsigned *packed) {
+    ab_pack(k, ks, v, vs, lk, d, dv, packed);
+}
+
+int ck_attention_forward_bf16(const float *q, long qs, const unsigned *packed, float *o, long os, long rows, long lk,
+                              long d, long dv, float scale, float *lse, void *work) {
     if (ck_isa_active() < CK_ISA_AVX512_BF16 || lk < 1) return 0;
-    ab_forward(q, qs, k, ks, v, vs, o, os, rows, lk, d, dv, scale, lse, work);
+    ab_forward(q, qs, packed, o, os, rows, lk, d, dv, scale, lse, work);
     return 1;
 }
 #else
-int ck_attention_forward_bf16(const float *q, long qs, const float *k, long ks, const float *v, long vs, float *o, long os,
-                              long rows, long lk, long d, long dv, float scale, float *lse, void *work) {
-    (void)q; (void)qs; (void)k; (void)ks; (void)v; (void)vs; (void)o; (void)os; (void)rows; (void)lk; (void)d; (void)dv;
-    (void)scale; (void)lse; (void)work;
+void ck_attention_bf16_pack(const float *k, long ks, const float *v, long vs, long lk, long d, long dv, unsigned *packed) {
+    (void)k; (void)ks; (void)v; (void)vs; (void)lk; (void)d; (void)dv; (void)packed;
+}
+
+int ck_attention_forward_bf16(const float *q, long qs, const unsigned *packed, float *o, long os, long rows, long lk,
+                              long d, long dv, float scale, float *lse, void *work) {
+    (void)q; (void)qs; (void)packed; (void)o; (void)os; (void)rows; (void)lk; (void)d; (void)dv; (void)scale; (void)lse;
+    (void)work;
     return 0;
 }
 #endif

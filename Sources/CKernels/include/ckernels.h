@@ -78,10 +78,14 @@ void ck_attention_forward(const float *q, long qs, const float *k, long ks, cons
                           float *work);
 long ck_attention_work_floats(long rows, long d, long dv);
 /// The same forward with q k^T and P V in native bf16 (vdpbf16ps: q, k, v and the probabilities rounded to bfloat16,
-/// float32 accumulation, softmax in float32), no causal mask; work: ck_attention_bf16_work_bytes(rows, d, dv) bytes.
-/// Returns 0 without computing anything where the level in use has no AVX512_BF16 (or lk is 0), else 1.
-int ck_attention_forward_bf16(const float *q, long qs, const float *k, long ks, const float *v, long vs, float *o, long os,
-                              long rows, long lk, long d, long dv, float scale, float *lse, void *work);
+/// float32 accumulation, softmax in float32), no causal mask, on one head's keys and values packed once by
+/// ck_attention_bf16_pack (ck_attention_bf16_packed_words(lk, d, dv) words; any level: plain C); work:
+/// ck_attention_bf16_work_bytes(rows, d, dv) bytes. Returns 0 without computing anything where the level in use has no
+/// AVX512_BF16 (or lk is 0), else 1.
+void ck_attention_bf16_pack(const float *k, long ks, const float *v, long vs, long lk, long d, long dv, unsigned *packed);
+long ck_attention_bf16_packed_words(long lk, long d, long dv);
+int ck_attention_forward_bf16(const float *q, long qs, const unsigned *packed, float *o, long os, long rows, long lk,
+                              long d, long dv, float scale, float *lse, void *work);
 long ck_attention_bf16_work_bytes(long rows, long d, long dv);
 /// Attention backward row: p[i] = exp(p[i] - lse); ds[i] = p[i] * (ds[i] - delta) (p holds scaled scores on entry,
 /// ds holds dO V^T). Columns from `masked_from` on are masked (p = ds = 0); pass n for none.

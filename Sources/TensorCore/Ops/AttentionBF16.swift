@@ -102,7 +102,7 @@ func scaledDotProductAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale 
 }
 
 /// The same forward on our vdpbf16ps kernel (`ck_attention_forward_bf16`, attention_bf16.c): q, k, v read in place as
-/// float32 rows and rounded to bf16 while packed, no bf16 copies of the heads. nil where the level in use has no
+/// float32 rows; k and v rounded to bf16 and packed once per head, q per task. nil where the level in use has no
 /// AVX512_BF16 (the kernel then computes nothing).
 private func ownKernelAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale sc: Float) -> Tensor? {
     guard CPUFeatures.active.hasNativeBF16 else { return nil }
@@ -112,17 +112,25 @@ private func ownKernelAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale
     let qc = rowsView(q), kc = rowsView(k), vc = rowsView(v)
     let outMem = Tensor.empty([bs, lq, heads, dv])
     let O = outMem.data, osl = heads * dv
-    let qBlocks = (lq + blockQ - 1) / blockQ, work = ck_attention_bf16_work_bytes(blockQ, d, dv)
+    let rowsPerTask = AttentionTiling.fusedRows, qBlocks = (lq + rowsPerTask - 1) / rowsPerTask
+    let work = ck_attention_bf16_work_bytes(rowsPerTask, d, dv), headWords = ck_attention_bf16_packed_words(lk, d, dv)
+    // Every head's keys and values rounded to bf16 and packed once, shared by all the head's query tasks.
+    let packed = UnsafeMutablePointer<UInt32>.allocate(capacity: bs * heads * headWords)
+    defer { packed.deallocate() }
     withExtendedLifetime((qc, kc, vc)) {
-        Parallel.forEach(bs * heads * qBlocks, costPerItem: 1 << 16) { task in
+        Parallel.forEach(bs * heads, costPerItem: lk * (d + dv)) { bh in
+            let b = bh / heads, h = bh % heads
+            ck_attention_bf16_pack(kc.data + b * kc.strides[0] + h * kc.strides[1], kc.strides[2],
+                                   vc.data + b * vc.strides[0] + h * vc.strides[1], vc.strides[2], lk, d, dv, packed + bh * headWords)
+        }
+        Parallel.forEach(bs * heads * qBlocks, costPerItem: 1 << 18) { task in
             let qblk = task % qBlocks, bh = task / qBlocks, b = bh / heads, h = bh % heads
-            let i0 = qblk * blockQ, rows = min(blockQ, lq - i0)
+            let i0 = qblk * rowsPerTask, rows = min(rowsPerTask, lq - i0)
             let buffer = UnsafeMutableRawPointer.allocate(byteCount: work, alignment: 64)
             defer { buffer.deallocate() }
             let qr = qc.data + b * qc.strides[0] + h * qc.strides[1] + i0 * qc.strides[2]
-            let kr = kc.data + b * kc.strides[0] + h * kc.strides[1], vr = vc.data + b * vc.strides[0] + h * vc.strides[1]
-            let done = ck_attention_forward_bf16(qr, qc.strides[2], kr, kc.strides[2], vr, vc.strides[2],
-                                                 O + ((b * lq + i0) * heads + h) * dv, osl, rows, lk, d, dv, sc, nil, buffer)
+            let done = ck_attention_forward_bf16(qr, qc.strides[2], packed + bh * headWords, O + ((b * lq + i0) * heads + h) * dv,
+                                                 osl, rows, lk, d, dv, sc, nil, buffer)
             precondition(done == 1, "attention: the bf16 kernel refused a level with AVX512_BF16")
         }
     }
