@@ -8,6 +8,13 @@ import XCTest
 // blocks and micro-kernel tails, causal masks with more keys than queries and with fewer (rows that see no key give
 // zeros), and a (B, L, H, D) view as the attention processor passes its projections.
 final class AttentionKernelTests: XCTestCase {
+    private var fusedWas = false
+    override func setUp() {
+        fusedWas = AttentionTiling.fusedFloat32
+        AttentionTiling.fusedFloat32 = true // the kernel under test (opt-in in production)
+    }
+    override func tearDown() { AttentionTiling.fusedFloat32 = fusedWas }
+
     private var levels: [CPUFeatures.ISA] { [.baseline, .avx2, .avx512].filter { $0 <= CPUFeatures.kernels } }
 
     private func reference(_ q: Tensor, _ k: Tensor, _ v: Tensor, causal: Bool) -> [Float] {
@@ -61,6 +68,20 @@ final class AttentionKernelTests: XCTestCase {
                 let err = relativeError(y.contiguous().toArray(), want)
                 XCTAssertLessThan(err, 1e-5, "\(level.name): lq \(c.lq) lk \(c.lk) d \(c.d) dv \(c.dv) causal \(c.causal)")
             }
+        }
+    }
+
+    func testSGEMMTilesMatchTheFusedKernel() {
+        // The default float32 path (sgemm tiles) and the fused kernel on SD's shapes, causal and not.
+        let g = TorchGenerator(seed: 43)
+        for (lq, lk, causal) in [(300, 77, false), (130, 130, true)] {
+            let q = Tensor.randn([2, 8, lq, 40], generator: g), k = Tensor.randn([2, 8, lk, 40], generator: g)
+            let v = Tensor.randn([2, 8, lk, 40], generator: g)
+            let fused = GradMode.noGrad { scaledDotProductAttention(q, k, v, causal: causal) }.contiguous().toArray()
+            AttentionTiling.fusedFloat32 = false
+            let tiles = GradMode.noGrad { scaledDotProductAttention(q, k, v, causal: causal) }.contiguous().toArray()
+            AttentionTiling.fusedFloat32 = true
+            XCTAssertLessThan(relativeError(fused, tiles), 1e-5, "lq \(lq) lk \(lk) causal \(causal)")
         }
     }
 

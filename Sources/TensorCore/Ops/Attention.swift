@@ -15,9 +15,10 @@ public enum AttentionTiling {
     /// Query rows per task of the fused float32 forward kernel, and the largest head dimension it takes (larger ones,
     /// such as the VAE's single 512-wide head, run on sgemm tiles).
     public static let fusedRows = 256, fusedMaxHeadDim = 160
-    /// Whether the float32 forward uses the fused kernel (for head dims up to fusedMaxHeadDim); false (or
-    /// `LDM_F32_ATTENTION_KERNEL=sgemm`): sgemm tiles for every head dimension. Settable for tests and benchmarks.
-    public nonisolated(unsafe) static var fusedFloat32 = ProcessInfo.processInfo.environment["LDM_F32_ATTENTION_KERNEL"] != "sgemm"
+    /// Whether the float32 forward uses our fused kernel (head dims up to fusedMaxHeadDim; `LDM_F32_ATTENTION_KERNEL=fused`)
+    /// instead of sgemm tiles. Off by default: in the SD-1.5 UNet on a Zen 4 it was no faster than the sgemm tiles
+    /// (docs/benchmarks.md, issue 20 session 8), and on AVX2-only CPUs it is unmeasured. Settable for tests.
+    public nonisolated(unsafe) static var fusedFloat32 = ProcessInfo.processInfo.environment["LDM_F32_ATTENTION_KERNEL"] == "fused"
     /// Native bf16 attention (no causal mask) on our vdpbf16ps kernel; false (or `LDM_BF16_ATTENTION_KERNEL=onednn`):
     /// oneDNN's bf16 GEMM for both products, as before. Settable for tests and benchmarks.
     public nonisolated(unsafe) static var ownBF16Kernel = ProcessInfo.processInfo.environment["LDM_BF16_ATTENTION_KERNEL"] != "onednn"
