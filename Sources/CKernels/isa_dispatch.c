@@ -15,6 +15,7 @@
 #define FN(name) name##_l0
 #include "kernels_body.h"
 #include "winograd_body.h"
+#include "attention_body.h"
 #undef CK_TARGET
 #undef CK_LEVEL
 #undef FN
@@ -25,6 +26,7 @@
 #define FN(name) name##_l1
 #include "kernels_body.h"
 #include "winograd_body.h"
+#include "attention_body.h"
 #undef CK_TARGET
 #undef CK_LEVEL
 #undef FN
@@ -34,6 +36,7 @@
 #define FN(name) name##_l2
 #include "kernels_body.h"
 #include "winograd_body.h"
+#include "attention_body.h"
 #undef CK_TARGET
 #undef CK_LEVEL
 #undef FN
@@ -44,12 +47,21 @@
 
 long ck_wino_u_floats(long oc, long ic) { return 36 * ((ic + 7) / 8 * 8) * ((oc + 15) / 16 * 16); }
 
+long ck_attention_work_floats(long rows, long d, long dv) {
+    const long groups = (rows + AT_R - 1) / AT_R;
+    const long dvw = (dv + AT_WORK_LIMIT_CB - 1) / AT_WORK_LIMIT_CB * AT_WORK_LIMIT_CB + AT_WORK_LIMIT_CB;
+    return groups * AT_R * (d + dvw + 2) + (AT_BK + AT_WORK_LIMIT_JB) * (AT_R + d) + AT_BK * dvw;
+}
+
 // Every exported kernel: X(return type, name, parameter list, argument list).
 #define KERNELS(X) \
     X(void, ck_activation_forward, (ck_activation op, const float *x, float *y, long n), (op, x, y, n)) \
     X(void, ck_activation_backward, (ck_activation op, const float *g, const float *x, float *dx, long n), (op, g, x, dx, n)) \
     X(float, ck_max, (const float *x, long n), (x, n)) \
     X(float, ck_exp_shifted_sum, (float *x, long n, float shift), (x, n, shift)) \
+    X(void, ck_attention_forward, (const float *q, long qs, const float *k, long ks, const float *v, long vs, float *o, \
+      long os, long rows, long lk, long d, long dv, float scale, int causal, long limit0, float *lse, float *work), \
+      (q, qs, k, ks, v, vs, o, os, rows, lk, d, dv, scale, causal, limit0, lse, work)) \
     X(void, ck_attention_backward_row, (float *p, float *ds, long n, float lse, float delta, long masked_from), \
       (p, ds, n, lse, delta, masked_from)) \
     X(void, ck_affine, (const float *x, float *y, long n, float a, float b, int silu), (x, y, n, a, b, silu)) \

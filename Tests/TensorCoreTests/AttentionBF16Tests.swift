@@ -77,6 +77,31 @@ final class AttentionBF16Tests: XCTestCase {
         XCTAssertLessThan(relativeError(y.contiguous().toArray(), reference(q, k, v, causal: false)), 5e-3)
     }
 
+    func testOwnKernelMatchesOneDNNPath() throws {
+        try skipUnlessNative()
+        let g = TorchGenerator(seed: 34)
+        // Our vdpbf16ps kernel against oneDNN's bf16 GEMMs (the same definition) in one key block of either, SD's head
+        // dimension 40 in a (B, L, H, D) view, an odd head dimension, query counts off the 16-row groups.
+        for (lq, lk, d, dv) in [(200, 256, 40, 40), (37, 77, 13, 7)] {
+            let q = Tensor.randn([2, lq, 3, d], generator: g).permuted([0, 2, 1, 3])
+            let k = Tensor.randn([2, lk, 3, d], generator: g).permuted([0, 2, 1, 3])
+            let v = Tensor.randn([2, lk, 3, dv], generator: g).permuted([0, 2, 1, 3])
+            let run = { (own: Bool) -> [Float] in
+                let was = AttentionTiling.ownBF16Kernel
+                AttentionTiling.ownBF16Kernel = own
+                defer { AttentionTiling.ownBF16Kernel = was }
+                return GradMode.noGrad { NativeBF16.autocastScope(true) { scaledDotProductAttention(q, k, v) } }.contiguous().toArray()
+            }
+            let ours = run(true), onednn = run(false), want = reference(q, k, v, causal: false)
+            // Up to summation order and exp's last bit, which can move a probability across a bf16 rounding boundary
+            // (one bf16 step of one P: ~1e-4 of the output here).
+            let errOurs = relativeError(ours, want), errOneDNN = relativeError(onednn, want)
+            print("bf16 attention lq \(lq) lk \(lk) d \(d): ours vs definition \(errOurs), oneDNN path vs definition \(errOneDNN)")
+            XCTAssertLessThan(errOurs, 5e-4, "lq \(lq) lk \(lk) d \(d) dv \(dv)")
+            XCTAssertLessThan(relativeError(ours, onednn), 5e-4, "lq \(lq) lk \(lk) d \(d) dv \(dv)")
+        }
+    }
+
     func testGradientRecordingAttentionStaysFloat32() throws {
         try skipUnlessNative()
         let g = TorchGenerator(seed: 33)

@@ -69,6 +69,24 @@ void ck_activation_backward(ck_activation op, const float *g, const float *x, fl
 float ck_max(const float *x, long n);
 /// x[i] = exp(x[i] - shift) in place; returns the sum of the new values.
 float ck_exp_shifted_sum(float *x, long n, float shift);
+/// Fused attention forward (FlashAttention-2) for `rows` query rows of one (batch, head): o[r] = softmax(scale q[r]
+/// k^T) v over the keys j < lk (causal: j <= limit0 + r), rows of q, k, v, o `qs`, `ks`, `vs`, `os` floats apart
+/// (last axis contiguous; head dims d and dv, any size). lse (nil: not written) gets each row's log-sum-exp of the
+/// scaled scores (-inf for a row without keys, whose output is 0). work: ck_attention_work_floats(rows, d, dv) floats.
+void ck_attention_forward(const float *q, long qs, const float *k, long ks, const float *v, long vs, float *o, long os,
+                          long rows, long lk, long d, long dv, float scale, int causal, long limit0, float *lse,
+                          float *work);
+long ck_attention_work_floats(long rows, long d, long dv);
+/// The same forward with q k^T and P V in native bf16 (vdpbf16ps: q, k, v and the probabilities rounded to bfloat16,
+/// float32 accumulation, softmax in float32), no causal mask, on one head's keys and values packed once by
+/// ck_attention_bf16_pack (ck_attention_bf16_packed_words(lk, d, dv) words; any level: plain C); work:
+/// ck_attention_bf16_work_bytes(rows, d, dv) bytes. Returns 0 without computing anything where the level in use has no
+/// AVX512_BF16 (or lk is 0), else 1.
+void ck_attention_bf16_pack(const float *k, long ks, const float *v, long vs, long lk, long d, long dv, unsigned *packed);
+long ck_attention_bf16_packed_words(long lk, long d, long dv);
+int ck_attention_forward_bf16(const float *q, long qs, const unsigned *packed, float *o, long os, long rows, long lk,
+                              long d, long dv, float scale, float *lse, void *work);
+long ck_attention_bf16_work_bytes(long rows, long d, long dv);
 /// Attention backward row: p[i] = exp(p[i] - lse); ds[i] = p[i] * (ds[i] - delta) (p holds scaled scores on entry,
 /// ds holds dO V^T). Columns from `masked_from` on are masked (p = ds = 0); pass n for none.
 void ck_attention_backward_row(float *p, float *ds, long n, float lse, float delta, long masked_from);

@@ -12,6 +12,16 @@ public enum AttentionTiling {
     /// Backward in one pass per (batch, head) when there are enough of them for all threads (else two passes, over
     /// key blocks for dK/dV and over query blocks for dQ, each recomputing the tiles). Settable for tests.
     public nonisolated(unsafe) static var onePassBackward = true
+    /// Query rows per task of the fused float32 forward kernel, and the largest head dimension it takes (larger ones,
+    /// such as the VAE's single 512-wide head, run on sgemm tiles).
+    public static let fusedRows = 256, fusedMaxHeadDim = 160
+    /// Whether the float32 forward uses our fused kernel (head dims up to fusedMaxHeadDim; `LDM_F32_ATTENTION_KERNEL=fused`)
+    /// instead of sgemm tiles. Off by default: in the SD-1.5 UNet on a Zen 4 it was no faster than the sgemm tiles
+    /// (docs/benchmarks.md, issue 20 session 8), and on AVX2-only CPUs it is unmeasured. Settable for tests.
+    public nonisolated(unsafe) static var fusedFloat32 = ProcessInfo.processInfo.environment["LDM_F32_ATTENTION_KERNEL"] == "fused"
+    /// Native bf16 attention (no causal mask) on our vdpbf16ps kernel; false (or `LDM_BF16_ATTENTION_KERNEL=onednn`):
+    /// oneDNN's bf16 GEMM for both products, as before. Settable for tests and benchmarks.
+    public nonisolated(unsafe) static var ownBF16Kernel = ProcessInfo.processInfo.environment["LDM_BF16_ATTENTION_KERNEL"] != "onednn"
 }
 private let blockQ = AttentionTiling.blockQ, blockK = AttentionTiling.blockK
 
@@ -51,8 +61,33 @@ private func attentionOp(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Float?, c
     let O = HeadView(outMem.permuted([0, 2, 1, 3]).detach())
     let lse = Tensor.empty([bs, heads, lq])
     let L = lse.data
-    let qBlocks = (lq + blockQ - 1) / blockQ
     defer { withExtendedLifetime((qc, kc, vc)) {} }
+    if AttentionTiling.fusedFloat32 && max(d, dv) <= AttentionTiling.fusedMaxHeadDim {
+        // Our fused kernel (CKernels attention_body.h), `fusedRows` query rows per task.
+        let rowsPerTask = AttentionTiling.fusedRows, tasks = (lq + rowsPerTask - 1) / rowsPerTask
+        let work = ck_attention_work_floats(rowsPerTask, d, dv)
+        Parallel.forEach(bs * heads * tasks, costPerItem: 1 << 18) { task in
+            let qb = task % tasks, bh = task / tasks, b = bh / heads, h = bh % heads
+            let i0 = qb * rowsPerTask, rows = min(rowsPerTask, lq - i0)
+            let buffer = UnsafeMutablePointer<Float>.allocate(capacity: work)
+            defer { buffer.deallocate() }
+            ck_attention_forward(Q.row(b, h, i0), Q.sl, K.row(b, h, 0), K.sl, V.row(b, h, 0), V.sl, O.row(b, h, i0), O.sl,
+                                 rows, lk, d, dv, sc, causal ? 1 : 0, i0 + lk - lq, L + (b * heads + h) * lq + i0, buffer)
+        }
+    } else {
+        sgemmForward(Q, K, V, O, L, bs: bs, heads: heads, lq: lq, lk: lk, d: d, dv: dv, scale: sc, causal: causal)
+    }
+    let out = outMem.permuted([0, 2, 1, 3]).detach()
+    return out.recorded("scaled_dot_product_attention", [q, k, v]) { g in
+        attentionBackward(g, qc, kc, vc, out, lse, scale: sc, causal: causal)
+    }
+}
+
+/// The forward on oneDNN's sgemm for both products, per tile of blockQ x blockK scores (large head dimensions, such as
+/// the VAE's 512, where a GEMM library beats our 16-row micro-kernels).
+private func sgemmForward(_ Q: HeadView, _ K: HeadView, _ V: HeadView, _ O: HeadView, _ L: UnsafeMutablePointer<Float>, bs: Int,
+                          heads: Int, lq: Int, lk: Int, d: Int, dv: Int, scale sc: Float, causal: Bool) {
+    let qBlocks = (lq + blockQ - 1) / blockQ
     Parallel.forEach(bs * heads * qBlocks, costPerItem: 1 << 16) { task in
         let qb = task % qBlocks, bh = task / qBlocks, b = bh / heads, h = bh % heads
         let i0 = qb * blockQ, rows = min(blockQ, lq - i0)
@@ -99,10 +134,6 @@ private func attentionOp(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Float?, c
             for c in 0..<dv { orow[c] *= inv }
             L[(b * heads + h) * lq + i0 + r] = m[r] + Foundation.log(l[r])
         }
-    }
-    let out = outMem.permuted([0, 2, 1, 3]).detach()
-    return out.recorded("scaled_dot_product_attention", [q, k, v]) { g in
-        attentionBackward(g, qc, kc, vc, out, lse, scale: sc, causal: causal)
     }
 }
 

@@ -8,6 +8,8 @@ import Foundation
 // before P V (bf16 operands, float32 accumulation into the float32 output). This is what torch's CPU flash attention
 // (aten/src/ATen/native/cpu/FlashAttentionKernel.cpp) computes on the bf16 q, k, v that autocast's linear layers
 // return: q k^T and P V in bf16 with a float32 accumulator, the softmax in float32, P converted to bf16.
+// Without a causal mask it runs on our vdpbf16ps kernel (CKernels attention_bf16.c, ownKernelAttentionBF16 below,
+// 30% faster in the SD UNet); with one, or with `LDM_BF16_ATTENTION_KERNEL=onednn`, on oneDNN's bf16 GEMM.
 
 private let blockQ = AttentionTiling.blockQ, blockK = AttentionTiling.blockK
 
@@ -39,6 +41,7 @@ private func bf16Heads(_ t: Tensor) -> Storage {
 func scaledDotProductAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale sc: Float, causal: Bool) -> Tensor {
     let (bs, heads, lq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
     let lk = k.shape[2], dv = v.shape[3]
+    if !causal && lk > 0 && AttentionTiling.ownBF16Kernel, let out = ownKernelAttentionBF16(q, k, v, scale: sc) { return out }
     let qb = bf16Heads(q), kb = bf16Heads(k), vb = bf16Heads(v)
     let Q = qb.base.assumingMemoryBound(to: UInt16.self), K = kb.base.assumingMemoryBound(to: UInt16.self)
     let V = vb.base.assumingMemoryBound(to: UInt16.self)
@@ -95,6 +98,42 @@ func scaledDotProductAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale 
                 let inv = l[r] > 0 ? 1 / l[r] : 0, orow = o + r * osl
                 for c in 0..<dv { orow[c] *= inv }
             }
+        }
+    }
+    return outMem.permuted([0, 2, 1, 3]).detach()
+}
+
+/// The same forward on our vdpbf16ps kernel (`ck_attention_forward_bf16`, attention_bf16.c): q, k, v read in place as
+/// float32 rows; k and v rounded to bf16 and packed once per head, q per task. nil where the level in use has no
+/// AVX512_BF16 (the kernel then computes nothing).
+private func ownKernelAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale sc: Float) -> Tensor? {
+    guard CPUFeatures.active.hasNativeBF16 else { return nil }
+    let (bs, heads, lq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+    let lk = k.shape[2], dv = v.shape[3]
+    let rowsView = { (t: Tensor) in t.dtype == .float32 && t.strides[3] == 1 ? t : t.float32().contiguous() }
+    let qc = rowsView(q), kc = rowsView(k), vc = rowsView(v)
+    let outMem = Tensor.empty([bs, lq, heads, dv])
+    let O = outMem.data, osl = heads * dv
+    let rowsPerTask = AttentionTiling.fusedRows, qBlocks = (lq + rowsPerTask - 1) / rowsPerTask
+    let work = ck_attention_bf16_work_bytes(rowsPerTask, d, dv), headWords = ck_attention_bf16_packed_words(lk, d, dv)
+    // Every head's keys and values rounded to bf16 and packed once, shared by all the head's query tasks.
+    let packed = UnsafeMutablePointer<UInt32>.allocate(capacity: bs * heads * headWords)
+    defer { packed.deallocate() }
+    withExtendedLifetime((qc, kc, vc)) {
+        Parallel.forEach(bs * heads, costPerItem: lk * (d + dv)) { bh in
+            let b = bh / heads, h = bh % heads
+            ck_attention_bf16_pack(kc.data + b * kc.strides[0] + h * kc.strides[1], kc.strides[2],
+                                   vc.data + b * vc.strides[0] + h * vc.strides[1], vc.strides[2], lk, d, dv, packed + bh * headWords)
+        }
+        Parallel.forEach(bs * heads * qBlocks, costPerItem: 1 << 18) { task in
+            let qblk = task % qBlocks, bh = task / qBlocks, b = bh / heads, h = bh % heads
+            let i0 = qblk * rowsPerTask, rows = min(rowsPerTask, lq - i0)
+            let buffer = UnsafeMutableRawPointer.allocate(byteCount: work, alignment: 64)
+            defer { buffer.deallocate() }
+            let qr = qc.data + b * qc.strides[0] + h * qc.strides[1] + i0 * qc.strides[2]
+            let done = ck_attention_forward_bf16(qr, qc.strides[2], packed + bh * headWords, O + ((b * lq + i0) * heads + h) * dv,
+                                                 osl, rows, lk, d, dv, sc, nil, buffer)
+            precondition(done == 1, "attention: the bf16 kernel refused a level with AVX512_BF16")
         }
     }
     return outMem.permuted([0, 2, 1, 3]).detach()
