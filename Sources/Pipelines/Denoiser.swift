@@ -47,10 +47,13 @@ public final class Denoiser {
 
     /// Drops the UNet's memory-mapped weight pages and frees the copies its load converted from them (bf16 weights
     /// for bf16 compute, float32 ones of a 16-bit file): between the loop and the decode they would be resident beside
-    /// the decode's buffers. Values never change; a later Denoiser restores the copies bit for bit.
+    /// the decode's buffers. The freed buffers go back to the kernel (not to the tensor buffer cache, which keeps as
+    /// much as the loop's high-water mark); the loop's activations cached for reuse go with them. Values never
+    /// change; a later Denoiser restores the copies bit for bit.
     public func releaseUNetWeights() {
         unet.releaseConvertedWeights()
         unet.evictMappedWeights()
+        releaseCachedTensorBuffers()
     }
 
     /// Guidance runs when the pipeline supplied an unconditional input and the scale is not 1. The pipelines decide
