@@ -53,14 +53,20 @@ extension Tensor {
             let bytes = Storage(borrowing: UnsafeMutableRawPointer(mutating: p), byteCount: r.byteCount, owner: owner, fileMapping: mapped)
             inPlace = Tensor(storage: bytes, shape: shape, dtype: stored)
         }
+        weightSource = nil
         if let t = inPlace, t.dtype == want {
             rebind(to: t)
             return
         }
-        let converted = try inPlace ?? r.tensor()
-        rebind(to: converted.to(want).contiguous().reshaped(shape))
+        let copy = try (inPlace ?? r.tensor()).to(want).contiguous().reshaped(shape)
+        rebind(to: copy)
+        // A Linear/Conv2d weight converted from a mapping can be released and made again (the ops take it as stored).
+        if lowerPrecision, let t = inPlace, t.storage.isFileMapping { weightSource = WeightSource(source: t, dtype: want, convertedInto: self) }
         r.releasePages()
     }
+
+    /// The conversion `load` made, made again from `source` (same op, same bits).
+    static func convertedCopy(_ source: WeightSource) -> Tensor { source.source.to(source.dtype).contiguous() }
 }
 
 extension Module {
@@ -82,6 +88,41 @@ extension Module {
     /// reads them back from the page cache. Owned parameters are untouched.
     public func evictMappedWeights() {
         for (_, t) in namedParameters where t.storage.isFileMapping { t.storage.evictResidentPages() }
+    }
+
+    /// Frees the owned copies an inference load converted from a memory-mapped file (the bf16 Linear/Conv2d weights
+    /// of a bf16-compute load, the float32 ones of a 16-bit file at float32 compute): each such parameter is rebound to
+    /// the file's bytes it came from (still its values, as the file stores them; Linear and Conv2d take 16-bit and
+    /// float32 weights alike) and their resident pages are dropped. For a model that will not run again soon (the UNet
+    /// during the VAE decode of a one-image process); `restoreConvertedWeights` makes the copies again before the next
+    /// use. Weights merged with a LoRA (or otherwise rebound since) stay. Returns the bytes freed.
+    @discardableResult
+    public func releaseConvertedWeights() -> Int {
+        var freed = 0
+        for (_, t) in namedParameters {
+            guard let s = t.weightSource, s.isHeld(by: t) else { continue }
+            freed += t.count * t.dtype.byteSize
+            t.rebind(to: s.source)
+            s.source.storage.evictResidentPages()
+        }
+        return freed
+    }
+
+    /// Makes again the copies `releaseConvertedWeights` freed, by the load's own conversion (bit for bit the same
+    /// weights), and drops the file pages read for it. Parameters that were not released are untouched. Returns the
+    /// bytes made again.
+    @discardableResult
+    public func restoreConvertedWeights() -> Int {
+        var made = 0
+        for (_, t) in namedParameters {
+            guard let s = t.weightSource, s.source.storage === t.storage else { continue }
+            let copy = Tensor.convertedCopy(s)
+            t.rebind(to: copy)
+            s.holds(t)
+            s.source.storage.evictResidentPages()
+            made += copy.count * copy.dtype.byteSize
+        }
+        return made
     }
 
     /// Calls `body` with every module reachable from this one (through stored properties of modules, structs,

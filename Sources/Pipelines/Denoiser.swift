@@ -7,6 +7,7 @@
 // [uncond, cond]). Class-conditional guidance uses a "null" class as the unconditional label.
 import Diffusion
 import Foundation
+import NeuralNetwork
 import TensorCore
 import UNetModels
 
@@ -27,8 +28,9 @@ public final class Denoiser {
     /// SDXL added conditions (text_embeds, time_ids) of the conditional and the unconditional batch.
     public var addedCond: AddedConditions?
     public var uncondAddedCond: AddedConditions?
-    /// Drop the UNet's memory-mapped weight pages once the denoising loop is over, before the decode (a process that
-    /// makes one generation: `ModelBundle.evictsWeightsAfterUse`).
+    /// Once the denoising loop is over, before the decode, drop the UNet's memory-mapped weight pages and free the
+    /// copies its load converted (`releaseUNetWeights`; a process that makes one generation:
+    /// `ModelBundle.evictsWeightsAfterUse`). The next Denoiser of the same UNet makes the copies again.
     public var evictsUNetAfterLoop = false
 
     public init(unet: UNet2DConditionModel, guidanceScale: Float = 1, context: Tensor? = nil, uncondContext: Tensor? = nil,
@@ -39,6 +41,19 @@ public final class Denoiser {
         self.uncondContext = uncondContext
         self.classLabels = classLabels
         self.uncondClassLabels = uncondClassLabels
+        // Weights an earlier generation released (`evictsUNetAfterLoop`) are converted again before this one runs.
+        unet.restoreConvertedWeights()
+    }
+
+    /// Drops the UNet's memory-mapped weight pages and frees the copies its load converted from them (bf16 weights
+    /// for bf16 compute, float32 ones of a 16-bit file): between the loop and the decode they would be resident beside
+    /// the decode's buffers. The freed buffers go back to the kernel (not to the tensor buffer cache, which keeps as
+    /// much as the loop's high-water mark); the loop's activations cached for reuse go with them. Values never
+    /// change; a later Denoiser restores the copies bit for bit.
+    public func releaseUNetWeights() {
+        unet.releaseConvertedWeights()
+        unet.evictMappedWeights()
+        releaseCachedTensorBuffers()
     }
 
     /// Guidance runs when the pipeline supplied an unconditional input and the scale is not 1. The pipelines decide

@@ -188,7 +188,9 @@ public struct GenerationRun {
 
     /// The denoised latents from `start`.
     public func latents(_ start: LatentStart, _ denoiser: Denoiser) throws -> Tensor {
-        try denoise(initialLatents(start).latents, denoiser)
+        let z = try denoise(initialLatents(start).latents, denoiser)
+        if denoiser.evictsUNetAfterLoop { denoiser.releaseUNetWeights() }
+        return z
     }
 
     /// The whole ending: the denoised latents from `start`, decoded (`decodeLatents`; `scaled`: divide by the first
@@ -196,7 +198,6 @@ public struct GenerationRun {
     public func generate(_ start: LatentStart, _ denoiser: Denoiser, firstStage: FirstStageModel?,
                          scaled: Bool = true) throws -> GenerationResult {
         let z = try latents(start, denoiser)
-        if denoiser.evictsUNetAfterLoop { denoiser.unet.evictMappedWeights() }
         return try decodeLatents(z, firstStage: firstStage, scaled: scaled)
     }
 }

@@ -127,6 +127,9 @@ public final class StableDiffusionPipeline {
         if bundle.evictsWeightsAfterUse {
             bundle.textEncoder?.evictMappedWeights()
             den.evictsUNetAfterLoop = true
+            // The tensor buffer cache keeps as much as the high-water mark so far (the load's and the text encoder's
+            // temporaries): returned to the kernel, so that the loop holds no more than its own peak.
+            releaseCachedTensorBuffers()
         }
         // Both StableDiffusionPipeline and LatentConsistencyModelPipeline embed w = guidance_scale - 1 for UNets with
         // time_cond_proj_dim (get_guidance_scale_embedding).

@@ -67,6 +67,66 @@ final class WeightStorageTests: XCTestCase {
         }
     }
 
+    /// `releaseConvertedWeights` frees exactly the copies a load converted from the mapped file (the parameter then
+    /// reads the file's bytes, its values as stored) and `restoreConvertedWeights` makes them again bit for bit;
+    /// weights rebound (a merged LoRA) or updated in place since the load are neither released nor restored.
+    func testConvertedWeightsAreReleasedAndMadeAgainBitForBit() throws {
+        let dir = try tempDir()
+        let src = Small()
+        let g = TorchGenerator(seed: 5)
+        for (_, p) in src.namedParameters { p.assign(Tensor.randn(p.shape, generator: g)) }
+        for fileType in [DType.float32, .float16, .bfloat16] {
+            let url = dir.appendingPathComponent("\(fileType).safetensors")
+            try src.save(to: url, dtype: fileType)
+            let records = try SafeTensors(url: url).tensors
+            for storage in [WeightStorage.mapped, .asStored, .bfloat16, .float32] {
+                let what = "\(fileType) file, \(storage)"
+                let m = Small()
+                try WeightStorage.with(storage) { try m.load(records) }
+                let loaded = m.namedParameters.map { ($0.0, $0.1.dtype, $0.1.toArray()) }
+                let weights = [m.lin.weight, m.conv.weight]
+                let lowerType = weights[0].dtype
+                // Converted: a Linear/Conv2d weight whose held type is not the file's (never under float32 copies).
+                let converted = storage != .float32 && lowerType != fileType
+                let freed = m.releaseConvertedWeights()
+                XCTAssertEqual(freed, converted ? weights.reduce(0) { $0 + $1.count * lowerType.byteSize } : 0, what)
+                for w in weights {
+                    XCTAssertEqual(w.dtype, converted ? fileType : lowerType, what)
+                    if converted { XCTAssertTrue(w.storage.isFileMapping, what) }
+                }
+                // Released weights read the file's values as stored.
+                let fileValues = try records["lin.weight"]!.tensor().float32().toArray()
+                if converted { XCTAssertEqual(m.lin.weight.toArray(), fileValues, what) }
+                XCTAssertEqual(m.restoreConvertedWeights(), freed, what)
+                for ((name, dtype, values), (_, t)) in zip(loaded, m.namedParameters) {
+                    XCTAssertEqual(t.dtype, dtype, "\(what): \(name)")
+                    XCTAssertEqual(t.toArray(), values, "\(what): \(name)")
+                    if converted && (name == "lin.weight" || name == "conv.weight") { XCTAssertFalse(t.storage.isFileMapping, what) }
+                }
+                XCTAssertEqual(m.restoreConvertedWeights(), 0, "\(what): nothing left to restore")
+                guard converted else { continue }
+                // Released and restored again: the same copies once more.
+                XCTAssertEqual(m.releaseConvertedWeights(), freed, what)
+                XCTAssertEqual(m.restoreConvertedWeights(), freed, what)
+                XCTAssertEqual(m.lin.weight.toArray(), loaded[0].2, what)
+                // A weight rebound since the load (a merged LoRA) stays as it is.
+                let merged = Tensor.randn(m.lin.weight.shape, generator: g)
+                m.lin.weight.rebind(to: merged)
+                XCTAssertEqual(m.releaseConvertedWeights(), m.conv.weight.count * lowerType.byteSize, what)
+                XCTAssertTrue(m.lin.weight.storage === merged.storage, what)
+                XCTAssertEqual(m.restoreConvertedWeights(), m.conv.weight.count * lowerType.byteSize, what)
+                XCTAssertTrue(m.lin.weight.storage === merged.storage, what)
+                // A weight updated in place since (a float32 copy of a 16-bit file) is not released either.
+                if lowerType == .float32 {
+                    m.conv.weight.assign(Tensor.randn(m.conv.weight.shape, generator: g))
+                    let updated = m.conv.weight.toArray()
+                    XCTAssertEqual(m.releaseConvertedWeights(), 0, what)
+                    XCTAssertEqual(m.conv.weight.toArray(), updated, what)
+                }
+            }
+        }
+    }
+
     /// A copy of the tiny SD folder with every safetensors tensor stored as float16.
     func float16Folder() throws -> URL {
         let out = try tempDir().appendingPathComponent("tiny-sd-f16")
@@ -111,6 +171,22 @@ final class WeightStorageTests: XCTestCase {
             let bf16 = try ComputePrecision.bf16.run { try ModelBundle.load(folder, forInferenceIn: .bfloat16) }
             XCTAssertTrue(bf16.unet.namedParameters.contains { $0.1.dtype == .bfloat16 })
             XCTAssertEqual(try image(bf16, .bf16), wantBF16, folder.lastPathComponent)
+            // Not evicting (the server's cached models): the converted weights stay after a generation.
+            XCTAssertTrue(bf16.unet.namedParameters.contains { $0.1.dtype == .bfloat16 })
+            // Evicting (the command line): the UNet's bf16 copies are released once the loop is over (the decode runs
+            // without them) and made again, bit for bit, for the next generation.
+            bf16.evictsWeightsAfterUse = true
+            let bf16Weights = bf16.unet.namedParameters.filter { $0.1.dtype == .bfloat16 }.map { ($0.0, $0.1.toArray()) }
+            for run in 1...2 {
+                XCTAssertEqual(try image(bf16, .bf16), wantBF16, "\(folder.lastPathComponent): run \(run) releasing the UNet's copies")
+                XCTAssertFalse(bf16.unet.namedParameters.contains { $0.1.dtype == .bfloat16 }, "released after run \(run)")
+            }
+            let restored = Dictionary(uniqueKeysWithValues: bf16.unet.namedParameters.map { ($0.0, $0.1) })
+            bf16.unet.restoreConvertedWeights()
+            for (name, values) in bf16Weights {
+                XCTAssertEqual(restored[name]?.dtype, .bfloat16, name)
+                XCTAssertEqual(restored[name]?.toArray(), values, name)
+            }
         }
     }
 

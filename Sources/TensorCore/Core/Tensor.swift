@@ -17,6 +17,9 @@ public final class Tensor: CustomStringConvertible {
     public internal(set) var version: Int = 0
     /// A backend's private copy of this tensor in another layout (reordered conv weights), valid for `version`.
     var layoutCache: (key: String, version: Int, storage: Storage)?
+    /// For a parameter that an inference load converted from a memory-mapped weights file: where its copy came from,
+    /// so that the copy can be released and made again (`WeightSource`). nil for every other tensor.
+    public var weightSource: WeightSource?
 
     public init(storage: Storage, shape: [Int], strides: [Int]? = nil, offset: Int = 0, dtype: DType = .float32) {
         self.storage = storage
@@ -125,4 +128,35 @@ public final class Tensor: CustomStringConvertible {
 
     /// A new tensor over the same elements (no autograd history): what `rebind(to:)` can restore later.
     public func alias() -> Tensor { Tensor(storage: storage, shape: shape, strides: strides, offset: offset, dtype: dtype) }
+}
+
+/// The file bytes a converted parameter was made from (a read-only mapping, float32 or 16-bit as stored) and the dtype
+/// it was converted to. A process that is done with a model for now rebinds the parameter to `source` (its copy is
+/// freed; the values are still there, as stored) and converts it again before the next use, with the same conversion,
+/// so the restored copy is bit for bit the one the load made (NeuralNetwork's `Module.releaseConvertedWeights`).
+public final class WeightSource {
+    /// The file's tensor, in place in its mapping.
+    public let source: Tensor
+    /// What the load converted `source` to.
+    public let dtype: DType
+    /// The converted copy the parameter holds (while it holds it) and the parameter's `version` then: a parameter
+    /// bound to anything else since (a merged LoRA weight) or updated in place is not released.
+    public private(set) weak var converted: Storage?
+    public private(set) var version: Int
+
+    public init(source: Tensor, dtype: DType, convertedInto parameter: Tensor) {
+        self.source = source
+        self.dtype = dtype
+        converted = parameter.storage
+        version = parameter.version
+    }
+
+    /// `parameter` holds the conversion of `source` (again).
+    public func holds(_ parameter: Tensor) {
+        converted = parameter.storage
+        version = parameter.version
+    }
+
+    /// Whether `parameter` still holds the copy converted from `source`, unchanged.
+    public func isHeld(by parameter: Tensor) -> Bool { converted === parameter.storage && version == parameter.version }
 }
