@@ -82,6 +82,8 @@ enum BufferCache {
     private static let lock = NSLock()
     nonisolated(unsafe) private static var free: [Int: [UnsafeMutableRawPointer]] = [:]
     nonisolated(unsafe) private static var cachedBytes = 0, liveBytes = 0, peakLiveBytes = 0
+    /// Cached bytes kept above the high-water mark of live bytes: 1/spareDivisor of it (LDM_BUFFER_CACHE_SPARE).
+    private static let spareDivisor: Int = ProcessInfo.processInfo.environment["LDM_BUFFER_CACHE_SPARE"].flatMap { Int($0) }.map { max($0, 1) } ?? 4
     private static let limit: Int = ProcessInfo.processInfo.environment["LDM_BUFFER_CACHE_MB"].flatMap { Int($0) }.map { $0 << 20 } ?? Int.max / 2
 
     /// A buffer of at least n bytes (n a size class) and its size; `fresh` when newly mapped (zero-filled). A cached
@@ -98,9 +100,9 @@ enum BufferCache {
             lock.unlock()
             return (p, size, false)
         }
-        // A miss: drop cached buffers (of other sizes) until live + cached fits under the high-water mark (+1/32).
+        // A miss: drop cached buffers (of other sizes) until live + cached fits under the high-water mark (+ spare).
         var evict: [(UnsafeMutableRawPointer, Int)] = []
-        while cachedBytes > 0 && liveBytes + cachedBytes > peakLiveBytes + peakLiveBytes / 32, let s = free.keys.max() {
+        while cachedBytes > 0 && liveBytes + cachedBytes > peakLiveBytes + peakLiveBytes / spareDivisor, let s = free.keys.max() {
             let p = free[s]!.removeLast()
             if free[s]!.isEmpty { free[s] = nil }
             cachedBytes -= s
