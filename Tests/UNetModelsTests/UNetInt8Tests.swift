@@ -21,17 +21,8 @@ final class UNetInt8Tests: XCTestCase {
         }
         let refs = try fixtureTensors("bf16_references.safetensors")
         for name in ["sd1", "sd2"] {
-            let dir = fixturesURL.appendingPathComponent(name)
-            let model = try UNet2DConditionModel(configData: try Data(contentsOf: dir.appendingPathComponent("config.json")))
-            _ = try model.load(CheckpointFile.open(dir.appendingPathComponent("diffusion_pytorch_model.safetensors")).tensors, component: name)
-            let io = try fixtureTensors("\(name)/io.safetensors")
-            let labels = io["class_labels"].map { $0.toArray().map { Int($0) } }
-            let run = {
-                try GradMode.noGrad {
-                    try model(sample: io["sample"]!, timestep: io["timestep"]!.toArray(), encoderHiddenStates: io["encoder_hidden_states"],
-                              classLabels: labels)
-                }
-            }
+            let (model, io, call) = try fixtureUNet(name)
+            let run = { try GradMode.noGrad { try call() } }
             let f32 = try run().toArray()
             let report = model.quantizeToInt8(skipping: [ObjectIdentifier(model.convIn), ObjectIdentifier(model.convOut)])
             let linears = model.lowerPrecisionWeights().count

@@ -18,20 +18,9 @@ final class UNetNativeBF16Tests: XCTestCase {
         }
         let refs = try fixtureTensors("bf16_references.safetensors")
         for name in ["sd1", "sd2"] {
-            let dir = fixturesURL.appendingPathComponent(name)
-            let model = try UNet2DConditionModel(configData: try Data(contentsOf: dir.appendingPathComponent("config.json")))
-            _ = try model.load(CheckpointFile.open(dir.appendingPathComponent("diffusion_pytorch_model.safetensors")).tensors, component: name)
-            let io = try fixtureTensors("\(name)/io.safetensors")
-            let labels = io["class_labels"].map { $0.toArray().map { Int($0) } }
+            let (_, io, call) = try fixtureUNet(name)
             // Winograd off for every convolution, so that all of them run on the bf16 kernels.
-            let out = try GradMode.noGrad {
-                try Winograd.withDisabled {
-                    try ComputePrecision.bf16.run {
-                        try model(sample: io["sample"]!, timestep: io["timestep"]!.toArray(), encoderHiddenStates: io["encoder_hidden_states"],
-                                  classLabels: labels)
-                    }
-                }
-            }
+            let out = try GradMode.noGrad { try Winograd.withDisabled { try ComputePrecision.bf16.run { try call() } } }
             let f32Out = try XCTUnwrap(io["out"]).toArray(), ours = out.toArray()
             let ourError = zip(ours, f32Out).map { abs($0 - $1) }.max() ?? 0
             let torchError = zip(try XCTUnwrap(refs["\(name).bf16_compute"]).toArray(), f32Out).map { abs($0 - $1) }.max() ?? 0
