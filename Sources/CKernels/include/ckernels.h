@@ -127,6 +127,19 @@ void ck_wino_input(const float *x, long c, long h, long w, long sn, long sc, lon
 /// them), work items [item0, item1) of alpha * u_obs + (panel - u_ob0); tp is a multiple of 6.
 void ck_wino_gemm(const float *v, const float *u, long u_ob0, long u_obs, float *m, long tp, long icp, long ocp,
                   long item0, long item1);
+/// Input channels per slice of the fused weight transform (a multiple of 8), and output-channel panels made together.
+#ifndef WINO_FUSED_KC
+#define WINO_FUSED_KC 64
+#endif
+#ifndef WINO_FUSED_PANELS
+#define WINO_FUSED_PANELS 4
+#endif
+/// Floats of the `work` buffer of ck_wino_fused (one per concurrent caller).
+long ck_wino_fused_work_floats(void);
+/// M[alpha] = V[alpha] U[alpha] for the output-channel panels [ob0, ob1), U made from the weights (as ck_wino_weights
+/// reads them) slice by slice in `work` and never written whole; tp is a multiple of 6.
+void ck_wino_fused(const void *w, int bf16, long oc, long ic, int transposed, const float *v, float *m, long tp,
+                   long icp, long ocp, long ob0, long ob1, float *work);
 /// The output tiles [t0, t1) of the chunk: y = A^T M A + bias, clipped to oh x ow; y: planes of oh x ow floats,
 /// sn / sc apart per image / channel.
 void ck_wino_output(const float *m, long tp, long ocp, long oc, const float *bias, float *y, long oh, long ow,
