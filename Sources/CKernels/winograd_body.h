@@ -129,7 +129,7 @@ CLONES void FN(ck_wino_weights)(const void *weights, int bf16, long oc, long ic,
                             long u_obs, long ob0, long ob1) {
     const long icp = (ic + 7) / 8 * 8;
     for (long ob = ob0; ob < ob1; ob++)
-        FN(wino_weights_panel)(weights, bf16, oc, ic, transposed, u + (ob - u_ob0) * icp * 16, u_obs * icp, ob, 0, icp);
+        FN(wino_weights_panel)(weights, bf16, oc, ic, transposed, u + (ob - u_ob0) * icp * 16, WINO_U_ALPHA_ROWS(u_obs, icp), ob, 0, icp);
 }
 
 #undef WEL
@@ -196,7 +196,7 @@ CLONES void FN(ck_wino_gemm)(const float *v, const float *u, long u_ob0, long u_
                          long item0, long item1) {
     for (long item = item0; item < item1; item++) {
         const long a = item / u_obs, ob = u_ob0 + item % u_obs;
-        const float *va = v + a * tp * icp, *up = u + (a * u_obs + ob - u_ob0) * icp * 16;
+        const float *va = v + a * tp * icp, *up = u + (a * WINO_U_ALPHA_ROWS(u_obs, icp) + (ob - u_ob0) * icp) * 16;
         float *ma = m + a * tp * ocp + ob * 16;
         long t0 = 0;
 #if CK_LEVEL >= 2
@@ -264,7 +264,7 @@ CLONES void FN(ck_wino_gemm)(const float *v, const float *u, long u_ob0, long u_
 #endif
 
 CLONES void FN(ck_wino_fused)(const void *weights, int bf16, long oc, long ic, int transposed, const float *v, float *m,
-                          long tp, long icp, long ocp, long ob0, long ob1, float *work) {
+                          long tp, long rows, long icp, long ocp, long ob0, long ob1, float *work) {
     // Groups of WINO_FUSED_PANELS panels: each block of V rows is read from memory once per group (and from L1 for
     // the group's other panels), not once per panel.
     for (long g0 = ob0; g0 < ob1; g0 += WINO_FUSED_PANELS) {
@@ -281,9 +281,21 @@ CLONES void FN(ck_wino_fused)(const void *weights, int bf16, long oc, long ic, i
                 float *ma = m + a * tp * ocp + g0 * 16;
                 long t = 0;
 #if CK_LEVEL >= 2 && WINO_FUSED_ZMM_ROWS > 0
-                for (; t + WINO_FUSED_ZMM_ROWS <= tp; t += WINO_FUSED_ZMM_ROWS)
+                for (; t + WINO_FUSED_ZMM_ROWS <= rows; t += WINO_FUSED_ZMM_ROWS)
                     for (long p = 0; p < np; p++)
                         WINO_ACC_ROWS16(WINO_FUSED_ZMM_ROWS, va, work + p * panel_floats + a * (kc + 1) * 16, ma + p * 16, t, icp, kc, ocp, first);
+                // The remaining 1-11 tiles, rounded up to an even count (the padding rows of V are zeros and tp is a
+                // multiple of 6): not a whole 6-row block each (8 tiles: one block of 8, not 12 or 6 + 6).
+#define WINO_FUSED_TAIL(R) case R: \
+                    for (long p = 0; p < np; p++) \
+                        WINO_ACC_ROWS16(R, va, work + p * panel_floats + a * (kc + 1) * 16, ma + p * 16, t, icp, kc, ocp, first); \
+                    break;
+                switch ((rows - t + 1) / 2 * 2) {
+                    WINO_FUSED_TAIL(2) WINO_FUSED_TAIL(4) WINO_FUSED_TAIL(6) WINO_FUSED_TAIL(8) WINO_FUSED_TAIL(10) WINO_FUSED_TAIL(12)
+                    default: break;
+                }
+#undef WINO_FUSED_TAIL
+                t = tp;
 #endif
                 for (; t < tp; t += 6)
                     for (long p = 0; p < np; p++)

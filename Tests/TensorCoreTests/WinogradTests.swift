@@ -128,11 +128,12 @@ final class WinogradTests: XCTestCase {
     /// The weight transform fused into the GEMMs (ck_wino_fused) against the plain definition of the convolution (a
     /// direct sum in double precision), through every kernel level: several input-channel slices with a remainder
     /// (WINO_FUSED_KC each), output-channel panel groups with a remainder, input channels that are not a multiple of 8
-    /// (the transform's general path) and tile rows that are not a multiple of the micro-kernels' 12 or 6. The fused
-    /// and the panel-group paths sum in the same order: equal bit for bit.
+    /// (the transform's general path) and tile counts that are not a multiple of the micro-kernels' 12 or 6 (18, 8,
+    /// 13 and 11 tiles: AVX-512 tails of 6, 8, 1 and 11 rows). The fused and the panel-group paths sum in the same
+    /// order: equal bit for bit.
     func testFusedTransformMatchesPlainConvolutionAtEveryLevel() {
         let g = TorchGenerator(seed: 11)
-        for (n, ic, oc, h, w) in [(2, 136, 72, 9, 10), (1, 67, 40, 7, 13)] {
+        for (n, ic, oc, h, w) in [(2, 136, 72, 9, 10), (1, 67, 40, 7, 13), (1, 24, 20, 4, 52), (1, 16, 24, 4, 44)] {
             let x = Tensor.randn([n, ic, h, w], generator: g), wt = Tensor.randn([oc, ic, 3, 3], generator: g) * 0.1
             let b = Tensor.randn([oc], generator: g)
             let (xs, ws, bs) = (x.toArray(), wt.toArray(), b.toArray())
@@ -158,5 +159,24 @@ final class WinogradTests: XCTestCase {
                 XCTAssertEqual(fused.toArray(), grouped.toArray(), "\(n)x\(ic)->\(oc) \(h)x\(w), level \(level)")
             }
         }
+    }
+    /// Below `minTiles`, an inference convolution whose U is not held whole still runs as Winograd with the fused
+    /// transform (down to `fusedMinTiles`); with gradients recorded the same convolution stays on oneDNN (its backward
+    /// passes follow the forward's choice), bit for bit the direct result.
+    func testFewTilesRunFusedInInferenceOnly() {
+        let g = TorchGenerator(seed: 12)
+        let x = Tensor.randn([1, 32, 8, 8], generator: g), w = Tensor.randn([48, 32, 3, 3], generator: g) * 0.1
+        let b = Tensor.randn([48], generator: g), o = Conv2dOptions(padding: 1)
+        let saved = (Winograd.wholeWeightsBytes, Winograd.fusedMinTiles, Winograd.fusedMaxTiles)
+        (Winograd.wholeWeightsBytes, Winograd.fusedMinTiles, Winograd.fusedMaxTiles) = (0, 4, 64)
+        defer { (Winograd.wholeWeightsBytes, Winograd.fusedMinTiles, Winograd.fusedMaxTiles) = saved }
+        XCTAssertFalse(Winograd.applies(n: 1, ic: 32, oc: 48, kh: 3, kw: 3, oh: 8, ow: 8, o)) // 4 tiles < minTiles
+        XCTAssertTrue(Winograd.appliesForInference(n: 1, ic: 32, oc: 48, kh: 3, kw: 3, oh: 8, ow: 8, o))
+        let direct = GradMode.noGrad { Winograd.withDisabled { conv2d(x, w, b, o) } }
+        let inference = GradMode.noGrad { conv2d(x, w, b, o) }
+        XCTAssertNotEqual(inference.toArray(), direct.toArray(), "the inference convolution should have run as Winograd")
+        XCTAssertLessThan(relativeError(inference, direct), 2e-5)
+        let training = conv2d(x, Tensor(w.toArray(), shape: w.shape).requiringGrad(), b, o)
+        XCTAssertEqual(training.toArray(), direct.toArray())
     }
 }

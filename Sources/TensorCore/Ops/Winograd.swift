@@ -23,11 +23,27 @@ public enum Winograd {
     /// Whether a convolution of this geometry goes through Winograd: 3x3, stride 1, no dilation, one group, padding
     /// at most 2, enough channels for the GEMM panels and enough 4x4 output tiles to repay the weight transform.
     public static func applies(n: Int, ic: Int, oc: Int, kh: Int, kw: Int, oh: Int, ow: Int, _ o: Conv2dOptions) -> Bool {
-        guard enabled, kh == 3, kw == 3, o.stride == (1, 1), o.dilation == (1, 1), o.groups == 1,
-              [o.padding.top, o.padding.left, o.padding.bottom, o.padding.right].allSatisfy({ $0 <= 2 }),
-              ic >= 16, oc >= 16 else { return false }
-        return n * ((oh + 3) / 4) * ((ow + 3) / 4) >= minTiles
+        eligible(ic: ic, oc: oc, kh: kh, kw: kw, o) && n * ((oh + 3) / 4) * ((ow + 3) / 4) >= minTiles
     }
+    private static func eligible(ic: Int, oc: Int, kh: Int, kw: Int, _ o: Conv2dOptions) -> Bool {
+        enabled && kh == 3 && kw == 3 && o.stride == (1, 1) && o.dilation == (1, 1) && o.groups == 1
+            && [o.padding.top, o.padding.left, o.padding.bottom, o.padding.right].allSatisfy({ $0 <= 2 }) && ic >= 16 && oc >= 16
+    }
+    /// Whether an inference convolution (no gradients recorded) of this geometry runs as Winograd: where `applies`,
+    /// and also with fewer tiles than `minTiles`, down to `fusedMinTiles`, where the weight transform is fused into
+    /// the GEMMs (U too large to hold whole: the SD UNet's 1280-channel convolutions at 8x8, where this is twice as
+    /// fast as oneDNN's direct kernel). Training keeps `applies`: its backward passes follow the forward's choice.
+    public static func appliesForInference(n: Int, ic: Int, oc: Int, kh: Int, kw: Int, oh: Int, ow: Int, _ o: Conv2dOptions) -> Bool {
+        if applies(n: n, ic: ic, oc: oc, kh: kh, kw: kw, oh: oh, ow: ow, o) { return true }
+        let tiles = n * ((oh + 3) / 4) * ((ow + 3) / 4)
+        return eligible(ic: ic, oc: oc, kh: kh, kw: kw, o) && tiles >= fusedMinTiles && fusesTransform(n: n, ic: ic, oc: oc, oh: oh, ow: ow)
+    }
+    /// Whether a Winograd convolution of this size makes U inside the GEMMs (`fusedMaxTiles`).
+    public static func fusesTransform(n: Int, ic: Int, oc: Int, oh: Int, ow: Int) -> Bool {
+        ck_wino_u_floats(oc, ic) * 4 > wholeWeightsBytes && n * ((oh + 3) / 4) * ((ow + 3) / 4) <= fusedMaxTiles
+    }
+    /// See `appliesForInference`; `LDM_WINOGRAD_FUSED_MIN_TILES` overrides it.
+    public nonisolated(unsafe) static var fusedMinTiles = ProcessInfo.processInfo.environment["LDM_WINOGRAD_FUSED_MIN_TILES"].flatMap { Int($0) } ?? 8
     /// Fewest 4x4 output tiles (over the batch) for which Winograd beats oneDNN's direct kernel here (measured with
     /// `ldm bench core --ops convs`); `LDM_WINOGRAD_MIN_TILES` overrides it.
     public nonisolated(unsafe) static var minTiles = ProcessInfo.processInfo.environment["LDM_WINOGRAD_MIN_TILES"].flatMap { Int($0) } ?? 24
@@ -113,7 +129,7 @@ public enum Winograd {
 
         /// M = V U for all output-channel panels with the weight transform fused into the GEMMs (`ck_wino_fused`): U is
         /// made slice by slice in a per-thread buffer of a few hundred KB and never written whole.
-        func fusedProducts(_ v: UnsafePointer<Float>, _ m: UnsafeMutablePointer<Float>, tp: Int, icp: Int, ocp: Int) {
+        func fusedProducts(_ v: UnsafePointer<Float>, _ m: UnsafeMutablePointer<Float>, tp: Int, rows: Int, icp: Int, ocp: Int) {
             let bf16 = w32.dtype == .bfloat16
             let wp = UnsafeRawPointer(w32.storage.base + w32.offset * (bf16 ? 2 : 4)), (oc, ic) = (self.oc, self.ic)
             let t: Int32 = transposed ? 1 : 0
@@ -121,7 +137,7 @@ public enum Winograd {
                 Parallel.forRange(ocp / 16, costPerItem: 36 * tp * icp * 16) { r in
                     let work = UnsafeMutablePointer<Float>.allocate(capacity: ck_wino_fused_work_floats())
                     defer { work.deallocate() }
-                    ck_wino_fused(wp, bf16 ? 1 : 0, oc, ic, t, v, m, tp, icp, ocp, r.lowerBound, r.upperBound, work)
+                    ck_wino_fused(wp, bf16 ? 1 : 0, oc, ic, t, v, m, tp, rows, icp, ocp, r.lowerBound, r.upperBound, work)
                 }
             }
         }
@@ -184,7 +200,7 @@ public enum Winograd {
         let (icp, ocp, th, tw) = (plan.icp, plan.ocp, plan.th, plan.tw), ocbs = ocp / 16
         let fused = weights.whole == nil && plan.tiles <= fusedMaxTiles
         let groupPanels = min(ocbs, max(2, panelGroupBytes / (36 * icp * 16 * 4)))
-        let groupBytes = weights.whole == nil && !fused ? 36 * icp * 16 * groupPanels * 4 : 0
+        let groupBytes = weights.whole == nil && !fused ? ck_wino_u_floats(groupPanels * 16, icp) * 4 : 0
         let scratch = ScratchSlot.tiles.take(plan.vBytes + plan.mBytes + groupBytes, retain: retain)
         defer { ScratchSlot.tiles.give(scratch) }
         let vp = scratch.floats(), mp = vp + plan.vBytes / 4
@@ -199,7 +215,7 @@ public enum Winograd {
                     ck_wino_gemm(vp, up, 0, ocbs, mp, tp, icp, ocp, r.lowerBound, r.upperBound)
                 }
             } else if fused {
-                weights.fusedProducts(vp, mp, tp: tp, icp: icp, ocp: ocp)
+                weights.fusedProducts(vp, mp, tp: tp, rows: count, icp: icp, ocp: ocp)
             } else if let up = groupU {
                 for first in stride(from: 0, to: ocbs, by: groupPanels) {
                     let panels = first..<min(ocbs, first + groupPanels)
