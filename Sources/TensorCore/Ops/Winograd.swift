@@ -98,9 +98,11 @@ public enum Winograd {
     public nonisolated(unsafe) static var panelGroupBytes = 6 << 20
     /// Convolutions whose U is not made whole and that have at most this many 4x4 output tiles (over the batch) make
     /// U inside the GEMMs (`Weights.fusedProducts`) instead of by panel groups: with few tile rows per GEMM, writing U
-    /// out and reading it back costs more than the GEMMs (the SD UNet's 1280-channel convolutions at 16x16).
+    /// out and reading it back costs more than the GEMMs (the SD UNet's 1280-channel convolutions at 16x16, 32 tiles
+    /// at batch 2). From about 48 tiles on the panel groups are as fast or faster (each V row block is read once per
+    /// group of U, not once per 4 panels; measured on a Zen 4, AVX-512 and AVX2 kernels).
     /// `LDM_WINOGRAD_FUSED_MAX_TILES` overrides it (0: never).
-    public nonisolated(unsafe) static var fusedMaxTiles = ProcessInfo.processInfo.environment["LDM_WINOGRAD_FUSED_MAX_TILES"].flatMap { Int($0) } ?? 64
+    public nonisolated(unsafe) static var fusedMaxTiles = ProcessInfo.processInfo.environment["LDM_WINOGRAD_FUSED_MAX_TILES"].flatMap { Int($0) } ?? 40
 
     /// A convolution's weights ready for `convolve`: (oc, ic, 3, 3) float32, or, when `transposed`, the backward-data
     /// convolution of a weight (ic, oc, 3, 3) (its transpose, flipped spatially); with U when it is small.
