@@ -6,7 +6,9 @@
 #  - the offset per input saturation bin (HSV S) and per hue sector (the pixels with S >= 0.25), with each bin's share
 #    of the pixels and its contribution to the whole-photo offset;
 #  - the training crops' coverage of the same bins: the share of training pixels in each saturation bin / hue sector
-#    (coverage of the colours that carry the offset).
+#    (coverage of the colours that carry the offset), and per held-out photo the share of its pixels whose colour
+#    (RGB cube cut in 8 x 8 x 8 bins of 32 levels) is rare in training: the bin holds under 0.05% (0.2%, the share
+#    of a bin when colours are uniform) of the training pixels.
 # Deterministic. Run: /work/venv/bin/python tools/eval/photo_vae_colour.py --heldout data/photos64v2/heldout \
 #     --rec runs/photo-vae-v2/rec --train data/photos64v2/train [--block 25] [--train-sample 2000] [--json out.json]
 import argparse
@@ -118,6 +120,7 @@ def main():
         sat = np.zeros(len(SAT_BINS) - 1)
         hue = np.zeros(len(HUES))
         n = 0
+        cube = np.zeros(512)
         for f in files:
             x = load(f)
             hsv = rgb2hsv(x).reshape(-1, 3)
@@ -125,11 +128,21 @@ def main():
             sec = hue_sector(hsv)[hsv[:, 1] >= HUE_MIN_SAT]
             hue += np.bincount(sec, minlength=len(HUES))
             n += hsv.shape[0]
+            q = x.reshape(-1, 3).astype(int) // 32
+            cube += np.bincount(q[:, 0] * 64 + q[:, 1] * 8 + q[:, 2], minlength=512)
         report["train"] = {"crops": len(files), "saturation": [round(float(v / n), 4) for v in sat],
                            "hue": {h: round(float(v / n), 4) for h, v in zip(HUES, hue)}}
         print("== training crops (%d sampled): pixel share per saturation bin %s" % (
             len(files), dict(zip(["%.2f" % s for s in SAT_BINS[:-1]], report["train"]["saturation"]))))
         print("   pixel share per hue sector (S >= %.2f): %s" % (HUE_MIN_SAT, report["train"]["hue"]))
+        cube /= n
+        for p in sorted(glob.glob(os.path.join(a.heldout, "*.png"))):
+            q = load(p).reshape(-1, 3).astype(int) // 32
+            b = q[:, 0] * 64 + q[:, 1] * 8 + q[:, 2]
+            cov = {"bin_under_0.05%": round(float((cube[b] < 0.0005).mean()), 3),
+                   "bin_under_0.2%": round(float((cube[b] < 0.002).mean()), 3)}
+            report["train"].setdefault("coverage", {})[os.path.basename(p)] = cov
+            print("   %s: share of its pixels in colour bins rare in training: %s" % (os.path.basename(p), cov))
         for name, row in report["photos"].items():
             print("   %s pixel share per hue sector: %s" % (name, {e["sector"]: e["share"] for e in row["bins"]["hue"]}))
     if a.json:
