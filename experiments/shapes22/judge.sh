@@ -6,6 +6,8 @@
 set -euo pipefail
 M=$1; O=$2; shift 2; SETS=${*:-heldout seen readme}
 LDM=${LDM:-/work/bin/ldm}; PY=${PY:-/work/venv/bin/python}
+# One thread: on a shared 2-core machine the default (2 threads) was 9x slower per step, with the same images.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$O"
 [ -f "$O/seen/prompts.txt" ] || $PY tools/eval/shapes_diagnosis.py prompts --out "$O/seen" > /dev/null
 [ -f "$O/readme/prompts.txt" ] || $PY tools/eval/shapes_diagnosis.py repeat --out "$O/readme" --count 8 \
