@@ -25,7 +25,9 @@
 #define AZ_R 32  // query rows per group: two 16-float vectors
 #define AZ_JB 12 // keys per score micro-kernel: 24 accumulators of the 32 vector registers
 #define AZ_CB 8  // head columns per value micro-kernel: 16 accumulators
-#define AZ_BK 48 // keys per block (a multiple of AZ_JB): packed keys, values and the S^T tile stay in L1
+#ifndef AZ_BK
+#define AZ_BK 96 // keys per block (a multiple of AZ_JB; 96-144 ran fastest for head dims 40 and 80 on a Zen 4)
+#endif
 
 /// 2^t for t <= 0 (below -151, or -inf: exactly 0): t = n + f with n an integer and |f| <= 1/2, 2^f by a degree-5 polynomial
 /// (relative error below 3e-7 in float32), times 2^n by vscalefps (exact, 0 below the subnormals).

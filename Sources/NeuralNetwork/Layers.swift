@@ -20,6 +20,13 @@ public final class Linear: Module {
         guard let adapter else { return y }
         return y + adapter(x)
     }
+    /// self(x) + residual: in float32 inference the residual is added in the GEMM's accumulator (TensorCore
+    /// `linear(_:_:_:adding:)`, one pass over the output less); with an adapter, int8 weights or bf16 autocast the sum
+    /// as written.
+    public func callAsFunction(_ x: Tensor, adding residual: Tensor) -> Tensor {
+        guard adapter == nil, int8 == nil, !Autocast.isBF16 else { return self(x) + residual }
+        return linear(x, weight, bias, adding: residual)
+    }
     public var namedParameters: [(String, Tensor)] { [("weight", weight)] + (bias.map { [("bias", $0)] } ?? []) }
 }
 
