@@ -45,7 +45,9 @@
 #define LEVELS 1
 #endif
 
-long ck_wino_u_floats(long oc, long ic) { return 36 * ((ic + 7) / 8 * 8) * ((oc + 15) / 16 * 16); }
+long ck_wino_u_floats(long oc, long ic) { return 36 * WINO_U_ALPHA_ROWS((oc + 15) / 16, (ic + 7) / 8 * 8) * 16; }
+
+long ck_wino_fused_work_floats(void) { return 36L * (WINO_FUSED_KC + 1) * 16 * WINO_FUSED_PANELS; }
 
 long ck_attention_work_floats(long rows, long d, long dv) {
     const long groups = (rows + AT_R - 1) / AT_R;
@@ -83,6 +85,8 @@ long ck_attention_work_floats(long rows, long d, long dv) {
       long tiles_w, long tile0, long t0, long t1, float *v, long tp), (x, c, h, w, sn, sc, pt, pl, tiles_h, tiles_w, tile0, t0, t1, v, tp)) \
     X(void, ck_wino_gemm, (const float *v, const float *u, long u_ob0, long u_obs, float *m, long tp, long icp, long ocp, \
       long item0, long item1), (v, u, u_ob0, u_obs, m, tp, icp, ocp, item0, item1)) \
+    X(void, ck_wino_fused, (const void *w, int bf16, long oc, long ic, int transposed, const float *v, float *m, long tp, \
+      long rows, long icp, long ocp, long ob0, long ob1, float *work), (w, bf16, oc, ic, transposed, v, m, tp, rows, icp, ocp, ob0, ob1, work)) \
     X(void, ck_wino_output, (const float *m, long tp, long ocp, long oc, const float *bias, float *y, long oh, long ow, \
       long sn, long sc, long tiles_h, long tiles_w, long tile0, long t0, long t1), \
       (m, tp, ocp, oc, bias, y, oh, ow, sn, sc, tiles_h, tiles_w, tile0, t0, t1)) \

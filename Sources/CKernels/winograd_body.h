@@ -10,6 +10,9 @@
 #include "ckernels.h"
 #include "simd.h"
 
+#ifndef WINO_FUSED_ZMM_ROWS
+#define WINO_FUSED_ZMM_ROWS 12
+#endif
 #ifndef WINO_AVX512_ROWS
 #define WINO_AVX512_ROWS 12
 #endif
@@ -69,58 +72,64 @@
     c[3] = __builtin_shufflevector(b3_, b7_, 0, 1, 2, 3, 8, 9, 10, 11); c[7] = __builtin_shufflevector(b3_, b7_, 4, 5, 6, 7, 12, 13, 14, 15); \
 } while (0)
 
-CLONES void FN(ck_wino_weights)(const void *weights, int bf16, long oc, long ic, int transposed, float *u, long u_ob0,
-                            long u_obs, long ob0, long ob1) {
-    const long icp = (ic + 7) / 8 * 8;
+// U of output-channel panel `ob` for the input channels [i_begin, i_end) (i_begin a multiple of 8, i_end <= icp; the
+// channels from ic on are zeros): the value for (alpha, input channel i, output channel o of the panel) goes to
+// up[alpha * alpha_rows * 16 + (i - i_begin) * 16 + o].
+CLONES void FN(wino_weights_panel)(const void *weights, int bf16, long oc, long ic, int transposed, float *up,
+                                   long alpha_rows, long ob, long i_begin, long i_end) {
     const float *w = bf16 ? NULL : (const float *)weights;
     const unsigned short *wb = bf16 ? (const unsigned short *)weights : NULL;
     // Element e of the weight as float32 (bf16 widened exactly).
 #define WEL(e) (bf16 ? bf16_to_float(wb[e]) : w[e])
-    for (long ob = ob0; ob < ob1; ob++) {
-        float *up = u + (ob - u_ob0) * icp * 16;
-        long i0 = 0;
-        if (!transposed && ic % 8 == 0) {
-            // Fast path: 8 input channels x 8 output channels at a time. Row l of the block is the 72 contiguous
-            // floats w[o0 + l][i0 .. i0 + 7][0 .. 8]; nine 8 x 8 transposes turn them into one vector of 8 output
-            // channels per (input channel, tap).
-            for (; i0 < ic; i0 += 8) {
-                for (int half = 0; half < 2; half++) {
-                    const long o0 = ob * 16 + half * 8;
-                    v8f g[72];
-                    if (o0 + 8 <= oc) {
-                        for (int j = 0; j < 9; j++) {
-                            v8f r[8], c[8];
-                            if (bf16) for (int l = 0; l < 8; l++) r[l] = LOAD_BF16(wb + ((o0 + l) * ic + i0) * 9 + j * 8);
-                            else for (int l = 0; l < 8; l++) r[l] = LOAD(w + ((o0 + l) * ic + i0) * 9 + j * 8);
-                            TRANSPOSE8(r, c);
-                            for (int l = 0; l < 8; l++) g[j * 8 + l] = c[l];
-                        }
-                    } else {
-                        float buf[72][8];
-                        for (int l = 0; l < 8; l++)
-                            for (int e = 0; e < 72; e++) buf[e][l] = o0 + l < oc ? WEL(((o0 + l) * ic + i0) * 9 + e) : 0.0f;
-                        for (int e = 0; e < 72; e++) g[e] = LOAD(buf[e]);
-                    }
-                    for (int ii = 0; ii < 8; ii++) WINO_WEIGHT_TRANSFORM((g + ii * 9), up, (i0 + ii) * 16, u_obs, icp, half);
-                }
-            }
-        }
-        for (long i = i0; i < icp; i++) {
+    long i0 = i_begin;
+    if (!transposed && ic % 8 == 0) {
+        // Fast path: 8 input channels x 8 output channels at a time. Row l of the block is the 72 contiguous
+        // floats w[o0 + l][i0 .. i0 + 7][0 .. 8]; nine 8 x 8 transposes turn them into one vector of 8 output
+        // channels per (input channel, tap).
+        for (; i0 < i_end && i0 < ic; i0 += 8) {
             for (int half = 0; half < 2; half++) {
-                float buf[9][8];
-                for (int l = 0; l < 8; l++) {
-                    const long o = ob * 16 + half * 8 + l;
-                    for (int k = 0; k < 9; k++)
-                        buf[k][l] = (o >= oc || i >= ic) ? 0.0f
-                            : transposed ? WEL((i * oc + o) * 9 + 8 - k) // w is (ic, oc, 3, 3), flipped
-                            : WEL((o * ic + i) * 9 + k);
+                const long o0 = ob * 16 + half * 8;
+                v8f g[72];
+                if (o0 + 8 <= oc) {
+                    for (int j = 0; j < 9; j++) {
+                        v8f r[8], c[8];
+                        if (bf16) for (int l = 0; l < 8; l++) r[l] = LOAD_BF16(wb + ((o0 + l) * ic + i0) * 9 + j * 8);
+                        else for (int l = 0; l < 8; l++) r[l] = LOAD(w + ((o0 + l) * ic + i0) * 9 + j * 8);
+                        TRANSPOSE8(r, c);
+                        for (int l = 0; l < 8; l++) g[j * 8 + l] = c[l];
+                    }
+                } else {
+                    float buf[72][8];
+                    for (int l = 0; l < 8; l++)
+                        for (int e = 0; e < 72; e++) buf[e][l] = o0 + l < oc ? WEL(((o0 + l) * ic + i0) * 9 + e) : 0.0f;
+                    for (int e = 0; e < 72; e++) g[e] = LOAD(buf[e]);
                 }
-                v8f g[9];
-                for (int k = 0; k < 9; k++) g[k] = LOAD(buf[k]);
-                WINO_WEIGHT_TRANSFORM(g, up, i * 16, u_obs, icp, half);
+                for (int ii = 0; ii < 8; ii++) WINO_WEIGHT_TRANSFORM((g + ii * 9), up, (i0 - i_begin + ii) * 16, 1, alpha_rows, half);
             }
         }
     }
+    for (long i = i0; i < i_end; i++) {
+        for (int half = 0; half < 2; half++) {
+            float buf[9][8];
+            for (int l = 0; l < 8; l++) {
+                const long o = ob * 16 + half * 8 + l;
+                for (int k = 0; k < 9; k++)
+                    buf[k][l] = (o >= oc || i >= ic) ? 0.0f
+                        : transposed ? WEL((i * oc + o) * 9 + 8 - k) // w is (ic, oc, 3, 3), flipped
+                        : WEL((o * ic + i) * 9 + k);
+            }
+            v8f g[9];
+            for (int k = 0; k < 9; k++) g[k] = LOAD(buf[k]);
+            WINO_WEIGHT_TRANSFORM(g, up, (i - i_begin) * 16, 1, alpha_rows, half);
+        }
+    }
+}
+
+CLONES void FN(ck_wino_weights)(const void *weights, int bf16, long oc, long ic, int transposed, float *u, long u_ob0,
+                            long u_obs, long ob0, long ob1) {
+    const long icp = (ic + 7) / 8 * 8;
+    for (long ob = ob0; ob < ob1; ob++)
+        FN(wino_weights_panel)(weights, bf16, oc, ic, transposed, u + (ob - u_ob0) * icp * 16, WINO_U_ALPHA_ROWS(u_obs, icp), ob, 0, icp);
 }
 
 #undef WEL
@@ -187,7 +196,7 @@ CLONES void FN(ck_wino_gemm)(const float *v, const float *u, long u_ob0, long u_
                          long item0, long item1) {
     for (long item = item0; item < item1; item++) {
         const long a = item / u_obs, ob = u_ob0 + item % u_obs;
-        const float *va = v + a * tp * icp, *up = u + (a * u_obs + ob - u_ob0) * icp * 16;
+        const float *va = v + a * tp * icp, *up = u + (a * WINO_U_ALPHA_ROWS(u_obs, icp) + (ob - u_ob0) * icp) * 16;
         float *ma = m + a * tp * ocp + ob * 16;
         long t0 = 0;
 #if CK_LEVEL >= 2
@@ -215,6 +224,83 @@ CLONES void FN(ck_wino_gemm)(const float *v, const float *u, long u_ob0, long u_
             STORE(q, c30); STORE(q + 8, c31); q += ocp;
             STORE(q, c40); STORE(q + 8, c41); q += ocp;
             STORE(q, c50); STORE(q + 8, c51);
+        }
+    }
+}
+
+// The weight transform fused into the GEMMs (small tile counts, where U would be streamed through memory for few
+// rows of V): per output-channel panel and slice of WINO_FUSED_KC input channels, U of the 36 positions is made in
+// `work` (ck_wino_fused_work_floats floats, a few hundred KB: it stays in L2) and consumed at once by all tile rows;
+// M accumulates over the slices. The whole U is never written.
+#define WINO_ACC_ROWS8(va, ub, ma, t, ldv, kc, ocp, first) do { \
+    v8f c_[6][2]; \
+    float *q_ = (ma) + (t) * (ocp); \
+    for (int r_ = 0; r_ < 6; r_++) { \
+        c_[r_][0] = (first) ? SPLAT(0) : LOAD(q_ + r_ * (ocp)); \
+        c_[r_][1] = (first) ? SPLAT(0) : LOAD(q_ + r_ * (ocp) + 8); \
+    } \
+    const float *p_ = (va) + (t) * (ldv), *b_ = (ub); \
+    for (long k_ = 0; k_ < (kc); k_++, b_ += 16, p_++) { \
+        const v8f b0_ = LOAD(b_), b1_ = LOAD(b_ + 8); \
+        _Pragma("clang loop unroll(full)") for (int r_ = 0; r_ < 6; r_++) { \
+            const v8f x_ = SPLAT(p_[r_ * (ldv)]); \
+            c_[r_][0] += x_ * b0_; c_[r_][1] += x_ * b1_; \
+        } \
+    } \
+    for (int r_ = 0; r_ < 6; r_++) { STORE(q_ + r_ * (ocp), c_[r_][0]); STORE(q_ + r_ * (ocp) + 8, c_[r_][1]); } \
+} while (0)
+#if CK_LEVEL >= 2
+#define WINO_ACC_ROWS16(R, va, ub, ma, t, ldv, kc, ocp, first) do { \
+    v16f c_[R]; \
+    float *q_ = (ma) + (t) * (ocp); \
+    _Pragma("clang loop unroll(full)") for (int r_ = 0; r_ < R; r_++) c_[r_] = (first) ? (v16f){0} : LOAD16(q_ + r_ * (ocp)); \
+    const float *p_ = (va) + (t) * (ldv), *b_ = (ub); \
+    for (long k_ = 0; k_ < (kc); k_++, b_ += 16, p_++) { \
+        const v16f bv_ = LOAD16(b_); \
+        _Pragma("clang loop unroll(full)") for (int r_ = 0; r_ < R; r_++) c_[r_] += p_[r_ * (ldv)] * bv_; \
+    } \
+    _Pragma("clang loop unroll(full)") for (int r_ = 0; r_ < R; r_++) STORE16(q_ + r_ * (ocp), c_[r_]); \
+} while (0)
+#endif
+
+CLONES void FN(ck_wino_fused)(const void *weights, int bf16, long oc, long ic, int transposed, const float *v, float *m,
+                          long tp, long rows, long icp, long ocp, long ob0, long ob1, float *work) {
+    // Groups of WINO_FUSED_PANELS panels: each block of V rows is read from memory once per group (and from L1 for
+    // the group's other panels), not once per panel.
+    for (long g0 = ob0; g0 < ob1; g0 += WINO_FUSED_PANELS) {
+        const long np = ob1 - g0 < WINO_FUSED_PANELS ? ob1 - g0 : WINO_FUSED_PANELS;
+        for (long k0 = 0; k0 < icp; k0 += WINO_FUSED_KC) {
+            const long kc = icp - k0 < WINO_FUSED_KC ? icp - k0 : WINO_FUSED_KC;
+            const int first = k0 == 0;
+            // Positions (kc + 1) rows apart, not kc: the 36 stores of one channel go to 36 L1 sets, not one.
+            const long panel_floats = 36 * (kc + 1) * 16;
+            for (long p = 0; p < np; p++)
+                FN(wino_weights_panel)(weights, bf16, oc, ic, transposed, work + p * panel_floats, kc + 1, g0 + p, k0, k0 + kc);
+            for (long a = 0; a < 36; a++) {
+                const float *va = v + a * tp * icp + k0;
+                float *ma = m + a * tp * ocp + g0 * 16;
+                long t = 0;
+#if CK_LEVEL >= 2 && WINO_FUSED_ZMM_ROWS > 0
+                for (; t + WINO_FUSED_ZMM_ROWS <= rows; t += WINO_FUSED_ZMM_ROWS)
+                    for (long p = 0; p < np; p++)
+                        WINO_ACC_ROWS16(WINO_FUSED_ZMM_ROWS, va, work + p * panel_floats + a * (kc + 1) * 16, ma + p * 16, t, icp, kc, ocp, first);
+                // The remaining 1-11 tiles, rounded up to an even count (the padding rows of V are zeros and tp is a
+                // multiple of 6): not a whole 6-row block each (8 tiles: one block of 8, not 12 or 6 + 6).
+#define WINO_FUSED_TAIL(R) case R: \
+                    for (long p = 0; p < np; p++) \
+                        WINO_ACC_ROWS16(R, va, work + p * panel_floats + a * (kc + 1) * 16, ma + p * 16, t, icp, kc, ocp, first); \
+                    break;
+                switch ((rows - t + 1) / 2 * 2) {
+                    WINO_FUSED_TAIL(2) WINO_FUSED_TAIL(4) WINO_FUSED_TAIL(6) WINO_FUSED_TAIL(8) WINO_FUSED_TAIL(10) WINO_FUSED_TAIL(12)
+                    default: break;
+                }
+#undef WINO_FUSED_TAIL
+                t = tp;
+#endif
+                for (; t < tp; t += 6)
+                    for (long p = 0; p < np; p++)
+                        WINO_ACC_ROWS8(va, work + p * panel_floats + a * (kc + 1) * 16, ma + p * 16, t, icp, kc, ocp, first);
+            }
         }
     }
 }

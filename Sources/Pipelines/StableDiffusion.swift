@@ -111,6 +111,18 @@ public final class StableDiffusionPipeline {
         (p.height ?? bundle.defaultImageSize, p.width ?? bundle.defaultImageSize)
     }
 
+    /// One generation per process (`ModelBundle.evictsWeightsAfterUse`, the command line): the text encoders' mapped
+    /// pages go once the prompt is encoded, the UNet's converted weights once the loop is over (SD and SDXL alike).
+    func evictAfterPromptEncoding(_ den: Denoiser) {
+        guard bundle.evictsWeightsAfterUse else { return }
+        bundle.textEncoder?.evictMappedWeights()
+        bundle.textEncoder2?.evictMappedWeights()
+        den.evictsUNetAfterLoop = true
+        // The tensor buffer cache keeps as much as the high-water mark so far (the load's and the text encoder's
+        // temporaries): returned to the kernel, so that the loop holds no more than its own peak.
+        releaseCachedTensorBuffers()
+    }
+
     /// LatentConsistencyModelPipeline folders guide only through the UNet's w embedding (no negative prompt batch).
     public var isLatentConsistencyPipeline: Bool {
         bundle.pipelineClass == "LatentConsistencyModelPipeline" || bundle.pipelineClass == "LatentConsistencyModelImg2ImgPipeline"
@@ -124,13 +136,7 @@ public final class StableDiffusionPipeline {
         let guidance = p.guidanceScale > 1 && !isLatentConsistencyPipeline
         let (cond, uncond) = try encodePrompt(p, batch: batch, guidance: guidance)
         let den = Denoiser(unet: bundle.unet, guidanceScale: Float(p.guidanceScale), context: cond, uncondContext: uncond)
-        if bundle.evictsWeightsAfterUse {
-            bundle.textEncoder?.evictMappedWeights()
-            den.evictsUNetAfterLoop = true
-            // The tensor buffer cache keeps as much as the high-water mark so far (the load's and the text encoder's
-            // temporaries): returned to the kernel, so that the loop holds no more than its own peak.
-            releaseCachedTensorBuffers()
-        }
+        evictAfterPromptEncoding(den)
         // Both StableDiffusionPipeline and LatentConsistencyModelPipeline embed w = guidance_scale - 1 for UNets with
         // time_cond_proj_dim (get_guidance_scale_embedding).
         if let dim = bundle.unet.config.timeCondProjDim {

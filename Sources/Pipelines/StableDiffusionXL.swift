@@ -184,6 +184,7 @@ extension StableDiffusionPipeline {
             negRows = rows
         }
         let den = Denoiser(unet: bundle.unet, guidanceScale: Float(p.guidanceScale), context: rep(cond), uncondContext: uncond.map(rep))
+        evictAfterPromptEncoding(den)
         den.addedCond = AddedConditions(textEmbeds: rep(pooled), timeIds: rows(uncond == nil ? 0 : batch))
         if let up = uncondPooled { den.uncondAddedCond = AddedConditions(textEmbeds: rep(up), timeIds: negRows(0)) }
         if let dim = bundle.unet.config.timeCondProjDim {

@@ -64,9 +64,10 @@ struct BenchCore: ParsableCommand {
                 let name = "conv3x3 \(n)x\(c)x\(size)x\(size)"
                 let direct = Winograd.withDisabled { BenchSupport.median(reps) { _ = conv2d(x, w, bias, Conv2dOptions(padding: 1)) } }
                 let tw = BenchSupport.median(reps) { _ = conv2d(x, w, bias, Conv2dOptions(padding: 1)) }
-                let uses = Winograd.applies(n: n, ic: c, oc: c, kh: 3, kw: 3, oh: size, ow: size, Conv2dOptions(padding: 1))
+                let uses = Winograd.appliesForInference(n: n, ic: c, oc: c, kh: 3, kw: 3, oh: size, ow: size, Conv2dOptions(padding: 1))
+                let fused = Winograd.fusesTransform(n: n, ic: c, oc: c, oh: size, ow: size)
                 rows.append(.init(op: name, ours: tw, torch: torch["conv_\(n)x\(c)x\(size)"], work: flops, unit: "GFLOP/s",
-                                  note: uses ? "Winograd F(4x4,3x3)" : "oneDNN direct (too few tiles for Winograd)"))
+                                  note: !uses ? "oneDNN direct (too few tiles for Winograd)" : fused ? "Winograd F(4x4,3x3), transform fused into the GEMMs" : "Winograd F(4x4,3x3)"))
                 rows.append(.init(op: name + " oneDNN direct", ours: direct, torch: torch["conv_\(n)x\(c)x\(size)"], work: flops, unit: "GFLOP/s"))
                 if NativeBF16.available {
                     let tb = Winograd.withDisabled { BenchSupport.median(reps) { NativeBF16.scope { _ = conv2d(x, w, bias, Conv2dOptions(padding: 1)) } } }

@@ -202,7 +202,8 @@ struct GenerationOptions: ParsableArguments {
             load = { try ModelBundle.load(checkpoint: url, config: c, bertVocabulary: vocab) }
         }
         // int8: the UNet's weights stay as stored (mapped) until they are quantised, below.
-        let storage: WeightStorage = precision == "int8" ? .asStored : .inference(computing: Autocast.isBF16 ? .bfloat16 : .float32)
+        let int8 = ComputePrecision(rawValue: precision) == .int8
+        let storage: WeightStorage = int8 ? .asStored : .inference(computing: Autocast.isBF16 ? .bfloat16 : .float32)
         let bundle = try WeightStorage.with(storage, load)
         // Only a CompVis YAML that disagrees with the weights leaves notes.
         if !quiet { for n in bundle.notes { FileHandle.standardError.write("note: \(n)\n".data(using: .utf8)!) } }
@@ -211,7 +212,7 @@ struct GenerationOptions: ParsableArguments {
             try bundle.mergeLoRAs(withUNetWeights: networks)
             log("merged LoRA " + networks.map { "\($0.file.name) (\($0.weight)\($0.unetWeight.map { ", UNet \($0)" } ?? ""))" }.joined(separator: ", "))
         }
-        if precision == "int8" {
+        if int8 {
             let r = try bundle.quantizeUNetToInt8()
             log(String(format: "precision: int8 UNet (%d layers, %.1f MB of int8 weights for %.1f MB in float32)",
                        r.layers, Double(r.int8Bytes) / 1e6, Double(r.elements * 4) / 1e6))

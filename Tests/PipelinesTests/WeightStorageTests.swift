@@ -190,6 +190,21 @@ final class WeightStorageTests: XCTestCase {
         }
     }
 
+    /// SDXL's loop releases the UNet's converted weights as SD's does (the command line), and the next generation
+    /// makes them again bit for bit.
+    func testSDXLReleasesConvertedUNetWeightsAfterTheLoop() throws {
+        let folder = SDXLFixtures.dir.appendingPathComponent("tiny-sdxl")
+        let bf16 = try ComputePrecision.bf16.run { try ModelBundle.load(folder, forInferenceIn: .bfloat16) }
+        XCTAssertTrue(bf16.isSDXL)
+        let want = try image(bf16, .bf16)
+        XCTAssertTrue(bf16.unet.namedParameters.contains { $0.1.dtype == .bfloat16 }, "kept without eviction")
+        bf16.evictsWeightsAfterUse = true
+        for run in 1...2 {
+            XCTAssertEqual(try image(bf16, .bf16), want, "run \(run) releasing the UNet's copies")
+            XCTAssertFalse(bf16.unet.namedParameters.contains { $0.1.dtype == .bfloat16 }, "released after run \(run)")
+        }
+    }
+
     func testLoRAMergeOnMappedWeightsAndExactUnmerge() throws {
         let dir = fixtures.appendingPathComponent("lora")
         let lora = try LoRAFile(url: dir.appendingPathComponent("peft.safetensors"))

@@ -18,12 +18,12 @@ final class WinogradTests: XCTestCase {
     }()
 
     /// Runs `body` with tile chunks of `chunk` bytes and U held whole up to `whole` bytes (0: U by groups of two
-    /// output-channel panels).
-    private func settings<T>(chunk: Int, whole: Int, _ body: () -> T) -> T {
-        let saved = (Winograd.chunkBytes, Winograd.wholeWeightsBytes, Winograd.panelGroupBytes)
-        (Winograd.chunkBytes, Winograd.wholeWeightsBytes) = (chunk, whole)
+    /// output-channel panels, or, when `fused`, made inside the GEMMs by ck_wino_fused).
+    private func settings<T>(chunk: Int, whole: Int, fused: Bool = false, _ body: () -> T) -> T {
+        let saved = (Winograd.chunkBytes, Winograd.wholeWeightsBytes, Winograd.panelGroupBytes, Winograd.fusedMaxTiles)
+        (Winograd.chunkBytes, Winograd.wholeWeightsBytes, Winograd.fusedMaxTiles) = (chunk, whole, fused ? Int.max : 0)
         if whole == 0 { Winograd.panelGroupBytes = 0 }
-        defer { (Winograd.chunkBytes, Winograd.wholeWeightsBytes, Winograd.panelGroupBytes) = saved }
+        defer { (Winograd.chunkBytes, Winograd.wholeWeightsBytes, Winograd.panelGroupBytes, Winograd.fusedMaxTiles) = saved }
         return body()
     }
 
@@ -42,11 +42,13 @@ final class WinogradTests: XCTestCase {
             let b = Tensor.randn([oc], generator: g)
             let ref = GradMode.noGrad { Winograd.withDisabled { conv2d(x, w, b, o) } }
             XCTAssertTrue(Winograd.withMinTiles(1) { Winograd.applies(n: xs[0], ic: xs[1], oc: oc, kh: 3, kw: 3, oh: ref.shape[2], ow: ref.shape[3], o) }, name)
-            // chunk 0: chunks as small as the transformed weights allow; whole 0: U computed two panels at a time.
-            for (chunk, whole) in [(Winograd.chunkBytes, Winograd.wholeWeightsBytes), (0, Winograd.wholeWeightsBytes), (0, 0)] {
-                let y = settings(chunk: chunk, whole: whole) { GradMode.noGrad { Winograd.withMinTiles(1) { conv2d(x, w, b, o) } } }
+            // chunk 0: chunks as small as the transformed weights allow; whole 0: U computed two panels at a time, or
+            // fused into the GEMMs.
+            for (chunk, whole, fused) in [(Winograd.chunkBytes, Winograd.wholeWeightsBytes, false), (0, Winograd.wholeWeightsBytes, false),
+                                          (0, 0, false), (0, 0, true)] {
+                let y = settings(chunk: chunk, whole: whole, fused: fused) { GradMode.noGrad { Winograd.withMinTiles(1) { conv2d(x, w, b, o) } } }
                 XCTAssertEqual(y.shape, ref.shape, name)
-                XCTAssertLessThan(relativeError(y, ref), 2e-5, "\(name), chunk \(chunk), whole U up to \(whole) bytes")
+                XCTAssertLessThan(relativeError(y, ref), 2e-5, "\(name), chunk \(chunk), whole U up to \(whole) bytes, fused \(fused)")
             }
         }
     }
@@ -65,11 +67,11 @@ final class WinogradTests: XCTestCase {
                 return (x.grad!, wv.grad!, bv.grad!)
             }
             let (gxRef, gwRef, gbRef) = Winograd.withDisabled { grads() }
-            for (chunk, whole) in [(Winograd.chunkBytes, Winograd.wholeWeightsBytes), (0, 0)] {
-                let (gx, gw, gb) = settings(chunk: chunk, whole: whole) { Winograd.withMinTiles(1) { grads() } }
-                XCTAssertLessThan(relativeError(gx, gxRef), 2e-5, "\(name): input gradient")
-                XCTAssertLessThan(relativeError(gw, gwRef), 2e-5, "\(name): weight gradient")
-                XCTAssertLessThan(relativeError(gb, gbRef), 1e-5, "\(name): bias gradient")
+            for (chunk, whole, fused) in [(Winograd.chunkBytes, Winograd.wholeWeightsBytes, false), (0, 0, false), (0, 0, true)] {
+                let (gx, gw, gb) = settings(chunk: chunk, whole: whole, fused: fused) { Winograd.withMinTiles(1) { grads() } }
+                XCTAssertLessThan(relativeError(gx, gxRef), 2e-5, "\(name): input gradient, fused \(fused)")
+                XCTAssertLessThan(relativeError(gw, gwRef), 2e-5, "\(name): weight gradient, fused \(fused)")
+                XCTAssertLessThan(relativeError(gb, gbRef), 1e-5, "\(name): bias gradient, fused \(fused)")
             }
         }
     }
@@ -93,7 +95,9 @@ final class WinogradTests: XCTestCase {
         }
         let ref = run(false, bands: 0)
         for bytes in [700, 2048] {
-            for (y, r) in zip(run(true, bands: bytes) + settings(chunk: 0, whole: 0) { run(true, bands: bytes) }, ref + ref) {
+            let grouped = settings(chunk: 0, whole: 0) { run(true, bands: bytes) }
+            let fused = settings(chunk: 0, whole: 0, fused: true) { run(true, bands: bytes) }
+            for (y, r) in zip(run(true, bands: bytes) + grouped + fused, ref + ref + ref) {
                 XCTAssertEqual(y.shape, r.shape)
                 XCTAssertLessThan(relativeError(y, r), 2e-5, "bands of \(bytes) bytes")
             }
@@ -110,15 +114,69 @@ final class WinogradTests: XCTestCase {
             XCTAssertEqual(wb.dtype, .bfloat16)
             let w32 = wb.float32()
             for level in [CPUFeatures.ISA.baseline, .avx2, .avx512].filter({ $0 <= CPUFeatures.kernels }) {
-                for whole in [Winograd.wholeWeightsBytes, 0] {
+                for (whole, fused) in [(Winograd.wholeWeightsBytes, false), (0, false), (0, true)] {
                     let (y, ref) = CPUFeatures.withKernels(level) {
-                        settings(chunk: Winograd.chunkBytes, whole: whole) {
+                        settings(chunk: Winograd.chunkBytes, whole: whole, fused: fused) {
                             GradMode.noGrad { Winograd.withMinTiles(1) { (conv2d(x, wb, b, o), conv2d(x, w32, b, o)) } }
                         }
                     }
-                    XCTAssertEqual(y.toArray(), ref.toArray(), "\(name), level \(level), whole U up to \(whole) bytes")
+                    XCTAssertEqual(y.toArray(), ref.toArray(), "\(name), level \(level), whole U up to \(whole) bytes, fused \(fused)")
                 }
             }
         }
+    }
+    /// The weight transform fused into the GEMMs (ck_wino_fused) against the plain definition of the convolution (a
+    /// direct sum in double precision), through every kernel level: several input-channel slices with a remainder
+    /// (WINO_FUSED_KC each), output-channel panel groups with a remainder, input channels that are not a multiple of 8
+    /// (the transform's general path) and tile counts that are not a multiple of the micro-kernels' 12 or 6 (18, 8,
+    /// 13 and 11 tiles: AVX-512 tails of 6, 8, 1 and 11 rows). The fused and the panel-group paths sum in the same
+    /// order: equal bit for bit.
+    func testFusedTransformMatchesPlainConvolutionAtEveryLevel() {
+        let g = TorchGenerator(seed: 11)
+        for (n, ic, oc, h, w) in [(2, 136, 72, 9, 10), (1, 67, 40, 7, 13), (1, 24, 20, 4, 52), (1, 16, 24, 4, 44)] {
+            let x = Tensor.randn([n, ic, h, w], generator: g), wt = Tensor.randn([oc, ic, 3, 3], generator: g) * 0.1
+            let b = Tensor.randn([oc], generator: g)
+            let (xs, ws, bs) = (x.toArray(), wt.toArray(), b.toArray())
+            var plain = [Float](repeating: 0, count: n * oc * h * w) // padding 1: output h x w
+            for i in 0..<n { for o in 0..<oc { for y in 0..<h { for xx in 0..<w {
+                var sum = Double(bs[o])
+                for c in 0..<ic { for ky in 0..<3 { for kx in 0..<3 {
+                    let iy = y + ky - 1, ix = xx + kx - 1
+                    guard iy >= 0, iy < h, ix >= 0, ix < w else { continue }
+                    sum += Double(xs[((i * ic + c) * h + iy) * w + ix]) * Double(ws[((o * ic + c) * 3 + ky) * 3 + kx])
+                } } }
+                plain[((i * oc + o) * h + y) * w + xx] = Float(sum)
+            } } } }
+            let ref = Tensor(plain, shape: [n, oc, h, w])
+            for level in [CPUFeatures.ISA.baseline, .avx2, .avx512].filter({ $0 <= CPUFeatures.kernels }) {
+                let (fused, grouped) = CPUFeatures.withKernels(level) {
+                    GradMode.noGrad { Winograd.withMinTiles(1) {
+                        (settings(chunk: Winograd.chunkBytes, whole: 0, fused: true) { conv2d(x, wt, b, Conv2dOptions(padding: 1)) },
+                         settings(chunk: Winograd.chunkBytes, whole: 0, fused: false) { conv2d(x, wt, b, Conv2dOptions(padding: 1)) })
+                    } }
+                }
+                XCTAssertLessThan(relativeError(fused, ref), 2e-5, "\(n)x\(ic)->\(oc) \(h)x\(w), level \(level)")
+                XCTAssertEqual(fused.toArray(), grouped.toArray(), "\(n)x\(ic)->\(oc) \(h)x\(w), level \(level)")
+            }
+        }
+    }
+    /// Below `minTiles`, an inference convolution whose U is not held whole still runs as Winograd with the fused
+    /// transform (down to `fusedMinTiles`); with gradients recorded the same convolution stays on oneDNN (its backward
+    /// passes follow the forward's choice), bit for bit the direct result.
+    func testFewTilesRunFusedInInferenceOnly() {
+        let g = TorchGenerator(seed: 12)
+        let x = Tensor.randn([1, 32, 8, 8], generator: g), w = Tensor.randn([48, 32, 3, 3], generator: g) * 0.1
+        let b = Tensor.randn([48], generator: g), o = Conv2dOptions(padding: 1)
+        let saved = (Winograd.wholeWeightsBytes, Winograd.fusedMinTiles, Winograd.fusedMaxTiles)
+        (Winograd.wholeWeightsBytes, Winograd.fusedMinTiles, Winograd.fusedMaxTiles) = (0, 4, 64)
+        defer { (Winograd.wholeWeightsBytes, Winograd.fusedMinTiles, Winograd.fusedMaxTiles) = saved }
+        XCTAssertFalse(Winograd.applies(n: 1, ic: 32, oc: 48, kh: 3, kw: 3, oh: 8, ow: 8, o)) // 4 tiles < minTiles
+        XCTAssertTrue(Winograd.appliesForInference(n: 1, ic: 32, oc: 48, kh: 3, kw: 3, oh: 8, ow: 8, o))
+        let direct = GradMode.noGrad { Winograd.withDisabled { conv2d(x, w, b, o) } }
+        let inference = GradMode.noGrad { conv2d(x, w, b, o) }
+        XCTAssertNotEqual(inference.toArray(), direct.toArray(), "the inference convolution should have run as Winograd")
+        XCTAssertLessThan(relativeError(inference, direct), 2e-5)
+        let training = conv2d(x, Tensor(w.toArray(), shape: w.shape).requiringGrad(), b, o)
+        XCTAssertEqual(training.toArray(), direct.toArray())
     }
 }

@@ -21,12 +21,17 @@
 #  - --jitter P: with probability P a colour crop gets a random colour change (torchvision ColorJitter-like, applied
 #    in this order): brightness x U(1-B, 1+B), saturation x U(1-S, 1+S) (blend with the crop's luma), hue shifted by
 #    U(-H, H) of a turn (HSV), with (B, S, H) = --jitter-range (default 0.2 0.3 0.05). Grey crops are not jittered.
+#  - --colour-fields N: also N generated SIZE x SIZE crops of pure colour content (DIR/train/colourfield-NNNN.png),
+#    drawn from their own generator (numpy default_rng(seed + 1000), so the photo crops stay exactly as without the
+#    flag): a third each of flat fields, linear gradients between two colours at a random angle, and 1-4 rectangles
+#    or ellipses of other colours on a field. Colours: hue U(0, 1), saturation sqrt(U(0, 1)) (mostly saturated),
+#    value U(0.15, 1) in HSV; one in ten is a grey. They cover every hue at full saturation, which the photos do not.
 #  - DIR/split.json records the photos of each split, image sizes, and the parameters.
 #  - --fixture FILE: also write FIXTURE_BOX of the held-out astronaut (96x96: the face) to FILE, the crop that
 #    Tests/PipelinesTests/ShippedModelsTests.swift reconstructs through models/photo-vae.
 # Deterministic: numpy.random.default_rng(--seed); the same files on every run.
 # Run: /work/venv/bin/python tools/data/photos.py --out DIR [--size 64] [--per-photo 600] [--seed 0] [--no-grey]
-#      [--sklearn] [--grey-per-photo N] [--jitter P [--jitter-range B S H]]
+#      [--sklearn] [--grey-per-photo N] [--jitter P [--jitter-range B S H]] [--colour-fields N]
 #      [--fixture Tests/PipelinesTests/Fixtures/photos/astronaut-96.png]
 #  Without the new flags the output is byte for byte what it was (the first models/photo-vae's data).
 import argparse
@@ -90,6 +95,37 @@ def jitter(c, rng, ranges):
     return np.round(hsv2rgb(hsv) * 255).astype(np.uint8)
 
 
+def random_colour(rng):
+    """One RGB colour (float 0-1): HSV with hue U(0, 1), saturation sqrt(U(0, 1)), value U(0.15, 1); 10% greys."""
+    if rng.random() < 0.1:
+        return np.full(3, rng.uniform(0.0, 1.0))
+    hsv = np.array([[[rng.uniform(0, 1), np.sqrt(rng.uniform(0, 1)), rng.uniform(0.15, 1.0)]]])
+    return hsv2rgb(hsv)[0, 0]
+
+
+def colour_field(size, rng):
+    """A SIZE x SIZE uint8 crop of pure colour content: a flat field, a two-colour gradient or shapes on a field."""
+    kind = rng.integers(3)
+    x = np.empty((size, size, 3))
+    x[:] = random_colour(rng)
+    if kind == 1:
+        angle = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+        t = np.clip(xx * np.cos(angle) + yy * np.sin(angle) + 0.5, 0, 1)[:, :, None]
+        x = (1 - t) * x + t * random_colour(rng)
+    elif kind == 2:
+        yy, xx = np.mgrid[0:size, 0:size]
+        for _ in range(rng.integers(1, 5)):
+            cy, cx = rng.uniform(0, size, 2)
+            ry, rx = rng.uniform(size / 10, size / 2, 2)
+            if rng.random() < 0.5:
+                m = (np.abs(yy - cy) <= ry) & (np.abs(xx - cx) <= rx)
+            else:
+                m = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+            x[m] = random_colour(rng)
+    return np.round(np.clip(x, 0, 1) * 255).astype(np.uint8)
+
+
 def crops(photo, count, size, rng):
     """`count` random SIZE x SIZE crops of `photo` (uint8 HxWx3) at random scales, with random flips."""
     h, w = photo.shape[:2]
@@ -124,6 +160,8 @@ def main():
     ap.add_argument("--grey-per-photo", type=int, help="crops per grey photo (default: per-photo / 2)")
     ap.add_argument("--jitter", type=float, default=0.0, help="probability of a colour jitter per colour crop")
     ap.add_argument("--jitter-range", type=float, nargs=3, default=[0.2, 0.3, 0.05], metavar=("B", "S", "H"))
+    ap.add_argument("--colour-fields", type=int, default=0,
+                    help="also write N generated crops of flat fields, gradients and shapes in saturated colours")
     ap.add_argument("--fixture", help="also write the 96x96 held-out test crop of astronaut here")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
@@ -161,6 +199,13 @@ def main():
                 Image.fromarray(np.ascontiguousarray(c)).save(os.path.join(train_dir, "%s-%04d.png" % (stem, i)))
             split["train"][stem] = {"size": list(photo.shape[:2]), "crops": n}
             total += n
+    if args.colour_fields > 0:
+        field_rng = np.random.default_rng(args.seed + 1000)
+        for i in range(args.colour_fields):
+            Image.fromarray(colour_field(args.size, field_rng)).save(
+                os.path.join(train_dir, "colourfield-%04d.png" % i))
+        split["colour_fields"] = args.colour_fields
+        total += args.colour_fields
     with open(os.path.join(args.out, "split.json"), "w") as f:
         json.dump(split, f, indent=1)
     print("wrote %d training crops (%dx%d) from %d photos to %s" % (total, args.size, args.size, len(split["train"]), train_dir))

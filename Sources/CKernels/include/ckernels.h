@@ -109,11 +109,14 @@ void ck_to_bf16(const float *x, unsigned short *y, long n);
 void ck_round_bf16(float *x, long n);
 
 /// Winograd F(4x4, 3x3) convolution pieces (winograd.c): stride 1, dilation 1, one group, NCHW float32.
-/// Floats of the transformed weights U for `oc` output and `ic` input channels: 36 * icp * ocp (icp = ic rounded up
-/// to 8, ocp = oc rounded up to 16).
+/// Floats of the transformed weights U for `oc` output and `ic` input channels: 36 * (icp * ocp / 16 + 1) * 16 (icp =
+/// ic rounded up to 8, ocp = oc rounded up to 16; WINO_U_ALPHA_ROWS).
 long ck_wino_u_floats(long oc, long ic);
+/// Rows of 16 floats from one position alpha of U to the next (u_obs panels of icp rows, and one row of padding so
+/// that the 36 stores of one channel's transform fall in different L1 sets).
+#define WINO_U_ALPHA_ROWS(u_obs, icp) ((u_obs) * (icp) + 1)
 /// U for the panels [ob0, ob1) of 16 output channels (ocp / 16 panels in all) into u, which holds the u_obs panels
-/// from u_ob0 on (u[alpha][panel - u_ob0][icp][16]): from w (oc, ic, 3, 3), or when `transposed` from w (ic, oc, 3, 3)
+/// from u_ob0 on (u[alpha][panel - u_ob0][icp][16], positions WINO_U_ALPHA_ROWS(u_obs, icp) rows apart): from w (oc, ic, 3, 3), or when `transposed` from w (ic, oc, 3, 3)
 /// flipped in both spatial axes (the backward-data convolution of a (ic, oc) weight). w holds float32, or bfloat16 when
 /// `bf16` is nonzero (widened exactly).
 void ck_wino_weights(const void *w, int bf16, long oc, long ic, int transposed, float *u, long u_ob0, long u_obs, long ob0,
@@ -127,6 +130,20 @@ void ck_wino_input(const float *x, long c, long h, long w, long sn, long sc, lon
 /// them), work items [item0, item1) of alpha * u_obs + (panel - u_ob0); tp is a multiple of 6.
 void ck_wino_gemm(const float *v, const float *u, long u_ob0, long u_obs, float *m, long tp, long icp, long ocp,
                   long item0, long item1);
+/// Input channels per slice of the fused weight transform (a multiple of 8), and output-channel panels made together.
+#ifndef WINO_FUSED_KC
+#define WINO_FUSED_KC 64
+#endif
+#ifndef WINO_FUSED_PANELS
+#define WINO_FUSED_PANELS 4
+#endif
+/// Floats of the `work` buffer of ck_wino_fused (one per concurrent caller).
+long ck_wino_fused_work_floats(void);
+/// M[alpha] = V[alpha] U[alpha] for the output-channel panels [ob0, ob1), U made from the weights (as ck_wino_weights
+/// reads them) slice by slice in `work` and never written whole; tp is a multiple of 6, rows <= tp the chunk's tiles
+/// (M's rows from rows on may be left unwritten).
+void ck_wino_fused(const void *w, int bf16, long oc, long ic, int transposed, const float *v, float *m, long tp,
+                   long rows, long icp, long ocp, long ob0, long ob1, float *work);
 /// The output tiles [t0, t1) of the chunk: y = A^T M A + bias, clipped to oh x ow; y: planes of oh x ow floats,
 /// sn / sc apart per image / channel.
 void ck_wino_output(const float *m, long tp, long ocp, long oc, const float *bias, float *y, long oh, long ow,

@@ -56,9 +56,10 @@ private struct ConvGeometry {
     }
     /// Whether the forward convolution runs as Winograd F(4x4, 3x3).
     var winograd: Bool { Winograd.applies(n: n, ic: ic, oc: oc, kh: kh, kw: kw, oh: oh, ow: ow, o) }
-    /// Whether an inference forward runs as Winograd when `bf16` (native bf16 compute) is on.
-    func winograd(bf16: Bool) -> Bool {
-        guard bf16 else { return winograd }
+    /// Whether a forward runs as Winograd when `bf16` (native bf16 compute) is on; `inference`: no gradients are
+    /// recorded (Winograd.appliesForInference).
+    func winograd(bf16: Bool, inference: Bool) -> Bool {
+        guard bf16 else { return inference ? Winograd.appliesForInference(n: n, ic: ic, oc: oc, kh: kh, kw: kw, oh: oh, ow: ow, o) : winograd }
         return NativeBF16.keepsWinograd && winograd && n * ((oh + 3) / 4) * ((ow + 3) / 4) >= NativeBF16.winogradMinTiles
     }
     /// The backward-data convolution's options when it can run as Winograd (the stride-1 3x3 case: a convolution of
@@ -204,7 +205,7 @@ private func conv2dBanded(_ x: Tensor, _ input: BandInput, _ weight: Tensor, _ b
         bo.padding = (max(0, -ih0), o.padding.left, max(0, ih1 - h), o.padding.right)
         let bg = ConvGeometry([n, ic, b - a, w], weight.shape, bo)
         precondition(bg.oh == rows && bg.ow == g.ow, "conv2d band: \(bg.oh)x\(bg.ow), expected \(rows)x\(g.ow)")
-        let useWinograd = bg.winograd(bf16: bf16)
+        let useWinograd = bg.winograd(bf16: bf16, inference: true)
         if useWinograd, winograd == nil { winograd = Winograd.Weights(weight, transposed: false) }
         let prim = useWinograd ? nil : bg.forward(bias: bias != nil, bf16: bf16)
         if let prim {
@@ -355,7 +356,7 @@ private func convName(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options:
     let bf16 = NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? []))
     let inference = !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
     let path = ConvWeightCache.pointwiseGEMM && g.pointwise && inference ? (bf16 ? "GEMM bf16" : "GEMM f32")
-        : g.winograd(bf16: bf16) ? "winograd f32" : bf16 ? "oneDNN bf16" : "oneDNN f32"
+        : g.winograd(bf16: bf16, inference: inference) ? "winograd f32" : bf16 ? "oneDNN bf16" : "oneDNN f32"
     return "conv \(g.kh)x\(g.kw)/\(options.stride.0) \(g.h)x\(g.w) \(path)\(kind)"
 }
 
@@ -372,8 +373,8 @@ private func conv2dOp(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options:
         pointwiseConv(xin, weight, b32, g, bf16: bf16, into: out)
         return out
     }
-    if g.winograd(bf16: bf16) {
-        let training = GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
+    let training = GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
+    if g.winograd(bf16: bf16, inference: !training) {
         let weights = Winograd.Weights(weight, transposed: false, retain: training)
         withExtendedLifetime((xin, b32)) {
             Winograd.convolve(xin.data, n: g.n, h: g.h, w: g.w, xs: (g.ic * g.h * g.w, g.h * g.w),

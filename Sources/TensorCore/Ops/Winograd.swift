@@ -23,11 +23,27 @@ public enum Winograd {
     /// Whether a convolution of this geometry goes through Winograd: 3x3, stride 1, no dilation, one group, padding
     /// at most 2, enough channels for the GEMM panels and enough 4x4 output tiles to repay the weight transform.
     public static func applies(n: Int, ic: Int, oc: Int, kh: Int, kw: Int, oh: Int, ow: Int, _ o: Conv2dOptions) -> Bool {
-        guard enabled, kh == 3, kw == 3, o.stride == (1, 1), o.dilation == (1, 1), o.groups == 1,
-              [o.padding.top, o.padding.left, o.padding.bottom, o.padding.right].allSatisfy({ $0 <= 2 }),
-              ic >= 16, oc >= 16 else { return false }
-        return n * ((oh + 3) / 4) * ((ow + 3) / 4) >= minTiles
+        eligible(ic: ic, oc: oc, kh: kh, kw: kw, o) && n * ((oh + 3) / 4) * ((ow + 3) / 4) >= minTiles
     }
+    private static func eligible(ic: Int, oc: Int, kh: Int, kw: Int, _ o: Conv2dOptions) -> Bool {
+        enabled && kh == 3 && kw == 3 && o.stride == (1, 1) && o.dilation == (1, 1) && o.groups == 1
+            && [o.padding.top, o.padding.left, o.padding.bottom, o.padding.right].allSatisfy({ $0 <= 2 }) && ic >= 16 && oc >= 16
+    }
+    /// Whether an inference convolution (no gradients recorded) of this geometry runs as Winograd: where `applies`,
+    /// and also with fewer tiles than `minTiles`, down to `fusedMinTiles`, where the weight transform is fused into
+    /// the GEMMs (U too large to hold whole: the SD UNet's 1280-channel convolutions at 8x8, where this is twice as
+    /// fast as oneDNN's direct kernel). Training keeps `applies`: its backward passes follow the forward's choice.
+    public static func appliesForInference(n: Int, ic: Int, oc: Int, kh: Int, kw: Int, oh: Int, ow: Int, _ o: Conv2dOptions) -> Bool {
+        if applies(n: n, ic: ic, oc: oc, kh: kh, kw: kw, oh: oh, ow: ow, o) { return true }
+        let tiles = n * ((oh + 3) / 4) * ((ow + 3) / 4)
+        return eligible(ic: ic, oc: oc, kh: kh, kw: kw, o) && tiles >= fusedMinTiles && fusesTransform(n: n, ic: ic, oc: oc, oh: oh, ow: ow)
+    }
+    /// Whether a Winograd convolution of this size makes U inside the GEMMs (`fusedMaxTiles`).
+    public static func fusesTransform(n: Int, ic: Int, oc: Int, oh: Int, ow: Int) -> Bool {
+        ck_wino_u_floats(oc, ic) * 4 > wholeWeightsBytes && n * ((oh + 3) / 4) * ((ow + 3) / 4) <= fusedMaxTiles
+    }
+    /// See `appliesForInference`; `LDM_WINOGRAD_FUSED_MIN_TILES` overrides it.
+    public nonisolated(unsafe) static var fusedMinTiles = ProcessInfo.processInfo.environment["LDM_WINOGRAD_FUSED_MIN_TILES"].flatMap { Int($0) } ?? 8
     /// Fewest 4x4 output tiles (over the batch) for which Winograd beats oneDNN's direct kernel here (measured with
     /// `ldm bench core --ops convs`); `LDM_WINOGRAD_MIN_TILES` overrides it.
     public nonisolated(unsafe) static var minTiles = ProcessInfo.processInfo.environment["LDM_WINOGRAD_MIN_TILES"].flatMap { Int($0) } ?? 24
@@ -80,6 +96,13 @@ public enum Winograd {
     /// before the GEMMs that use them, so that they are produced and consumed in cache and never held whole.
     public nonisolated(unsafe) static var wholeWeightsBytes = 40 << 20
     public nonisolated(unsafe) static var panelGroupBytes = 6 << 20
+    /// Convolutions whose U is not made whole and that have at most this many 4x4 output tiles (over the batch) make
+    /// U inside the GEMMs (`Weights.fusedProducts`) instead of by panel groups: with few tile rows per GEMM, writing U
+    /// out and reading it back costs more than the GEMMs (the SD UNet's 1280-channel convolutions at 16x16, 32 tiles
+    /// at batch 2). From about 48 tiles on the panel groups are as fast or faster (each V row block is read once per
+    /// group of U, not once per 4 panels; measured on a Zen 4, AVX-512 and AVX2 kernels).
+    /// `LDM_WINOGRAD_FUSED_MAX_TILES` overrides it (0: never).
+    public nonisolated(unsafe) static var fusedMaxTiles = ProcessInfo.processInfo.environment["LDM_WINOGRAD_FUSED_MAX_TILES"].flatMap { Int($0) } ?? 40
 
     /// A convolution's weights ready for `convolve`: (oc, ic, 3, 3) float32, or, when `transposed`, the backward-data
     /// convolution of a weight (ic, oc, 3, 3) (its transpose, flipped spatially); with U when it is small.
@@ -105,6 +128,21 @@ public enum Winograd {
         }
 
         func done() { ScratchSlot.weights.give(whole) }
+
+        /// M = V U for all output-channel panels with the weight transform fused into the GEMMs (`ck_wino_fused`): U is
+        /// made slice by slice in a per-thread buffer of a few hundred KB and never written whole.
+        func fusedProducts(_ v: UnsafePointer<Float>, _ m: UnsafeMutablePointer<Float>, tp: Int, rows: Int, icp: Int, ocp: Int) {
+            let bf16 = w32.dtype == .bfloat16
+            let wp = UnsafeRawPointer(w32.storage.base + w32.offset * (bf16 ? 2 : 4)), (oc, ic) = (self.oc, self.ic)
+            let t: Int32 = transposed ? 1 : 0
+            withExtendedLifetime(w32) {
+                Parallel.forRange(ocp / 16, costPerItem: 36 * tp * icp * 16) { r in
+                    let work = UnsafeMutablePointer<Float>.allocate(capacity: ck_wino_fused_work_floats())
+                    defer { work.deallocate() }
+                    ck_wino_fused(wp, bf16 ? 1 : 0, oc, ic, t, v, m, tp, rows, icp, ocp, r.lowerBound, r.upperBound, work)
+                }
+            }
+        }
 
         /// U of the output-channel panels `panels` into `u` (laid out for those panels only).
         func transform(into u: UnsafeMutablePointer<Float>, panels: Range<Int>) {
@@ -162,12 +200,13 @@ public enum Winograd {
         let budget = weights.whole != nil ? max(chunkBytes, ck_wino_u_floats(oc, ic) * 4) : max(chunkBytes, 64 << 20)
         let plan = Tiling(n: n, ic: ic, oc: oc, oh: oh, ow: ow, budget: budget)
         let (icp, ocp, th, tw) = (plan.icp, plan.ocp, plan.th, plan.tw), ocbs = ocp / 16
+        let fused = weights.whole == nil && plan.tiles <= fusedMaxTiles
         let groupPanels = min(ocbs, max(2, panelGroupBytes / (36 * icp * 16 * 4)))
-        let groupBytes = weights.whole == nil ? 36 * icp * 16 * groupPanels * 4 : 0
+        let groupBytes = weights.whole == nil && !fused ? ck_wino_u_floats(groupPanels * 16, icp) * 4 : 0
         let scratch = ScratchSlot.tiles.take(plan.vBytes + plan.mBytes + groupBytes, retain: retain)
         defer { ScratchSlot.tiles.give(scratch) }
         let vp = scratch.floats(), mp = vp + plan.vBytes / 4
-        let groupU = weights.whole == nil ? mp + plan.mBytes / 4 : nil
+        let groupU = groupBytes > 0 ? mp + plan.mBytes / 4 : nil
         plan.forEachChunk(zeroing: [(vp, icp)]) { t0, count, tp in
             Parallel.forRange(count, costPerItem: icp * 36 * 8) { r in
                 ck_wino_input(x, ic, h, w, xs.0, xs.1, padTop, padLeft, th, tw, t0, r.lowerBound, r.upperBound, vp, tp)
@@ -177,6 +216,8 @@ public enum Winograd {
                 Parallel.forRange(36 * ocbs, costPerItem: tp * icp * 16) { r in
                     ck_wino_gemm(vp, up, 0, ocbs, mp, tp, icp, ocp, r.lowerBound, r.upperBound)
                 }
+            } else if fused {
+                weights.fusedProducts(vp, mp, tp: tp, rows: count, icp: icp, ocp: ocp)
             } else if let up = groupU {
                 for first in stride(from: 0, to: ocbs, by: groupPanels) {
                     let panels = first..<min(ocbs, first + groupPanels)
