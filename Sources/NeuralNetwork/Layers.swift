@@ -50,6 +50,13 @@ public final class Conv2d: Module {
         guard let adapter else { return y }
         return y + adapter(x)
     }
+    /// self(x) + residual: a 1x1 convolution in float32 inference adds the residual in its GEMM's accumulator and reads
+    /// a channels-innermost input in place (TensorCore `conv2d(_:_:_:_:adding:)`); with an adapter, int8 weights or
+    /// bf16 autocast the sum as written.
+    public func callAsFunction(_ x: Tensor, adding residual: Tensor) -> Tensor {
+        guard adapter == nil, int8 == nil, !Autocast.isBF16 else { return self(x) + residual }
+        return conv2d(x, weight, bias, options, adding: residual)
+    }
     /// self(x.upsampleNearest(factor x)) without materialising the upsampled input when that can be avoided.
     /// (Under bf16 autocast the input is rounded before the upsampling, which commutes with it.)
     public func upsampling(_ x: Tensor, factor: Int) -> Tensor {

@@ -37,3 +37,31 @@ final class LinearResidualTests: XCTestCase {
         XCTAssertEqual(grads, [x2, w2, b2, r2].map { $0.grad!.toArray() })
     }
 }
+
+// conv2d(x, w, b, options, adding: r) for 1x1 convolutions: the GEMM with the residual in its accumulator, on an NCHW
+// input and on a channels-innermost view read in place, equals conv2d + r to float32 rounding; a 3x3 convolution and
+// recorded gradients take the sum as written.
+final class ConvResidualTests: XCTestCase {
+    func testPointwiseConvolutionWithResidual() {
+        let g = TorchGenerator(seed: 9)
+        let tokens = Tensor.randn([2, 5, 7, 24], generator: g) // (B, H, W, C)
+        let viewed = tokens.permuted([0, 3, 1, 2]), plainInput = viewed.contiguous()
+        let w = Tensor.randn([16, 24, 1, 1], generator: g), b = Tensor.randn([16], generator: g)
+        let r = Tensor.randn([2, 16, 5, 7], generator: g)
+        for input in [viewed, plainInput] {
+            for bias in [b, nil] {
+                let fused = GradMode.noGrad { conv2d(input, w, bias, Conv2dOptions(), adding: r) }
+                let want = GradMode.noGrad { conv2d(plainInput, w, bias) + r }
+                let a = fused.contiguous().toArray(), e = want.contiguous().toArray()
+                XCTAssertEqual(fused.shape, [2, 16, 5, 7])
+                XCTAssertLessThan(zip(a, e).map { abs($0 - $1) }.max()! / e.map(abs).max()!, 1e-6)
+            }
+        }
+        let w3 = Tensor.randn([16, 24, 3, 3], generator: g)
+        let three = GradMode.noGrad { conv2d(plainInput, w3, b, Conv2dOptions(padding: 1), adding: r) }
+        XCTAssertEqual(three.toArray(), GradMode.noGrad { conv2d(plainInput, w3, b, Conv2dOptions(padding: 1)) + r }.toArray())
+        let wg = Tensor(w.toArray(), shape: w.shape).requiringGrad()
+        conv2d(viewed, wg, b, Conv2dOptions(), adding: r).sum().backward()
+        XCTAssertNotNil(wg.grad)
+    }
+}
