@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "simd.h"
+#include "attention_avx512.h"
 
 #undef AT_JB
 #undef AT_CB
@@ -86,6 +87,10 @@ static inline __attribute__((always_inline)) CK_TARGET void FN(at_values)(const 
 CLONES void FN(ck_attention_forward)(const float *q, long qs, const float *k, long ks, const float *v, long vs, float *o,
                                      long os, long rows, long lk, long d, long dv, float scale, int causal, long limit0,
                                      float *lse, float *work) {
+#if CK_LEVEL >= 2
+    ck_attention_forward_avx512(q, qs, k, ks, v, vs, o, os, rows, lk, d, dv, scale, causal, limit0, lse, work);
+    return;
+#endif
     const long groups = (rows + AT_R - 1) / AT_R, dvp = (dv + AT_CB - 1) / AT_CB * AT_CB;
     const long dvw = (dv + AT_WORK_LIMIT_CB - 1) / AT_WORK_LIMIT_CB * AT_WORK_LIMIT_CB + AT_WORK_LIMIT_CB; // >= dvp, any level
     float *qt = work;                                  // groups x d x 16: scale * q, transposed, zero rows padded

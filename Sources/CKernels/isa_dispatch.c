@@ -52,7 +52,13 @@ long ck_wino_fused_work_floats(void) { return 36L * (WINO_FUSED_KC + 1) * 16 * W
 long ck_attention_work_floats(long rows, long d, long dv) {
     const long groups = (rows + AT_R - 1) / AT_R;
     const long dvw = (dv + AT_WORK_LIMIT_CB - 1) / AT_WORK_LIMIT_CB * AT_WORK_LIMIT_CB + AT_WORK_LIMIT_CB;
-    return groups * AT_R * (d + dvw + 2) + (AT_BK + AT_WORK_LIMIT_JB) * (AT_R + d) + AT_BK * dvw;
+    const long body = groups * AT_R * (d + dvw + 2) + (AT_BK + AT_WORK_LIMIT_JB) * (AT_R + d) + AT_BK * dvw;
+#if defined(__x86_64__)
+    const long avx512 = ck_attention_avx512_work_floats(rows, d, dv);
+    return body > avx512 ? body : avx512;
+#else
+    return body;
+#endif
 }
 
 // Every exported kernel: X(return type, name, parameter list, argument list).

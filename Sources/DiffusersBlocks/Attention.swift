@@ -11,7 +11,11 @@ public final class FeedForward: Module {
         proj = Linear(dim, dim * mult * 2)
         out = Linear(dim * mult, dim)
     }
-    public func callAsFunction(_ x: Tensor) -> Tensor { out(proj(x).geglu()) }
+    /// out(geglu(proj(x))) (+ residual, added in the output GEMM where Linear can).
+    public func callAsFunction(_ x: Tensor, adding residual: Tensor? = nil) -> Tensor {
+        let hidden = proj(x).geglu()
+        return residual.map { out(hidden, adding: $0) } ?? out(hidden)
+    }
     public var namedParameters: [(String, Tensor)] { scoped("net.0.proj", proj) + scoped("net.2", out) }
 }
 
@@ -28,9 +32,10 @@ public final class BasicTransformerBlock: Module {
         ff = FeedForward(dim: dim)
     }
     public func callAsFunction(_ x: Tensor, context: Tensor?) -> Tensor {
-        var h = attn1(norm1(x)) + x
-        h = attn2(norm2(h), context: context) + h
-        return ff(norm3(h)) + h
+        // Each residual is added in its branch's output projection (Linear's `adding:`).
+        var h = attn1(norm1(x), adding: x)
+        h = attn2(norm2(h), context: context, adding: h)
+        return ff(norm3(h), adding: h)
     }
     public var namedParameters: [(String, Tensor)] {
         scoped("norm1", norm1) + scoped("attn1", attn1) + scoped("norm2", norm2) + scoped("attn2", attn2)

@@ -27,15 +27,17 @@ public final class Attention: Module {
         groupNorm = normNumGroups.map { GroupNorm(groups: $0, channels: queryDim, eps: eps) }
     }
 
-    /// x (B, L, C), context (B, S, Ck) or nil for self-attention -> (B, L, C).
-    public func callAsFunction(_ x: Tensor, context: Tensor? = nil) -> Tensor {
+    /// x (B, L, C), context (B, S, Ck) or nil for self-attention -> (B, L, C) (+ residual, added in to_out's GEMM where
+    /// Linear can).
+    public func callAsFunction(_ x: Tensor, context: Tensor? = nil, adding residual: Tensor? = nil) -> Tensor {
         let ctx = context ?? x
         let b = x.shape[0], l = x.shape[1], s = ctx.shape[1]
         let q = toQ(x), k = toK(ctx), v = toV(ctx)
         let d = q.shape[2] / heads
         let split = { (t: Tensor, n: Int) in t.reshaped([b, n, self.heads, d]).permuted([0, 2, 1, 3]) }
         let o = scaledDotProductAttention(split(q, l), split(k, s), split(v, s))
-        return toOut(o.permuted([0, 2, 1, 3]).reshaped([b, l, heads * d]))
+        let merged = o.permuted([0, 2, 1, 3]).reshaped([b, l, heads * d])
+        return residual.map { toOut(merged, adding: $0) } ?? toOut(merged)
     }
 
     /// The spatial self-attention of the VAE blocks (diffusers UNetMidBlock2D / AttnDownEncoderBlock2D /

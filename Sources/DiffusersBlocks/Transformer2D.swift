@@ -39,13 +39,11 @@ public final class Transformer2DModel: Module {
         }
         for block in transformerBlocks { t = block(t, context: context) }
         let inner = t.shape[2]
-        let out: Tensor
         if let conv = projOutConv {
-            out = conv(t.reshaped([b, h, w, inner]).permuted([0, 3, 1, 2]))
-        } else {
-            out = (projOutLinear.map { $0(t) } ?? t).reshaped([b, h, w, c]).permuted([0, 3, 1, 2])
+            // The residual added in proj_out's GEMM, the token layout read in place (Conv2d's `adding:`).
+            return conv(t.reshaped([b, h, w, inner]).permuted([0, 3, 1, 2]), adding: x)
         }
-        return out + x
+        return (projOutLinear.map { $0(t) } ?? t).reshaped([b, h, w, c]).permuted([0, 3, 1, 2]) + x
     }
 
     public var namedParameters: [(String, Tensor)] {

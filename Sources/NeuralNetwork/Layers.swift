@@ -20,6 +20,13 @@ public final class Linear: Module {
         guard let adapter else { return y }
         return y + adapter(x)
     }
+    /// self(x) + residual: in float32 inference the residual is added in the GEMM's accumulator (TensorCore
+    /// `linear(_:_:_:adding:)`, one pass over the output less); with an adapter, int8 weights or bf16 autocast the sum
+    /// as written.
+    public func callAsFunction(_ x: Tensor, adding residual: Tensor) -> Tensor {
+        guard adapter == nil, int8 == nil, !Autocast.isBF16 else { return self(x) + residual }
+        return linear(x, weight, bias, adding: residual)
+    }
     public var namedParameters: [(String, Tensor)] { [("weight", weight)] + (bias.map { [("bias", $0)] } ?? []) }
 }
 
@@ -42,6 +49,13 @@ public final class Conv2d: Module {
         let y = int8.map { conv2dInt8(x, $0, bias, options) } ?? Autocast.lowerPrecision(x, weight, bias) { conv2d($0, $1, $2, options) }
         guard let adapter else { return y }
         return y + adapter(x)
+    }
+    /// self(x) + residual: a 1x1 convolution in float32 inference adds the residual in its GEMM's accumulator and reads
+    /// a channels-innermost input in place (TensorCore `conv2d(_:_:_:_:adding:)`); with an adapter, int8 weights or
+    /// bf16 autocast the sum as written.
+    public func callAsFunction(_ x: Tensor, adding residual: Tensor) -> Tensor {
+        guard adapter == nil, int8 == nil, !Autocast.isBF16 else { return self(x) + residual }
+        return conv2d(x, weight, bias, options, adding: residual)
     }
     /// self(x.upsampleNearest(factor x)) without materialising the upsampled input when that can be avoided.
     /// (Under bf16 autocast the input is rounded before the upsampling, which commutes with it.)

@@ -6,14 +6,15 @@ import XCTest
 // Double, at every C kernel level this CPU runs: head dimensions that do not fill a vector (13) and SD's 40, value
 // width unlike the key width, query counts that are not multiples of the 16-row groups, key counts across several key
 // blocks and micro-kernel tails, causal masks with more keys than queries and with fewer (rows that see no key give
-// zeros), and a (B, L, H, D) view as the attention processor passes its projections.
+// zeros), tasks of several hundred rows, and a (B, L, H, D) view as the attention processor passes its projections.
+// (At the AVX-512 level the kernel is attention_avx512.c's 512-bit body, at the others attention_body.h's 8-lane one.)
 final class AttentionKernelTests: XCTestCase {
-    private var fusedWas = false
+    private var kernelWas = AttentionTiling.Float32Kernel.auto
     override func setUp() {
-        fusedWas = AttentionTiling.fusedFloat32
-        AttentionTiling.fusedFloat32 = true // the kernel under test (opt-in in production)
+        kernelWas = AttentionTiling.float32Kernel
+        AttentionTiling.float32Kernel = .fused // the kernel under test at every level (auto: AVX-512 and above only)
     }
-    override func tearDown() { AttentionTiling.fusedFloat32 = fusedWas }
+    override func tearDown() { AttentionTiling.float32Kernel = kernelWas }
 
     private var levels: [CPUFeatures.ISA] { [.baseline, .avx2, .avx512].filter { $0 <= CPUFeatures.kernels } }
 
@@ -57,6 +58,7 @@ final class AttentionKernelTests: XCTestCase {
             (37, 130, 40, 24, false), (150, 77, 40, 40, false), (70, 70, 13, 13, true), (20, 90, 8, 5, true),
             (90, 20, 16, 16, true), (1, 1, 3, 2, false), (33, 200, 64, 64, false), (300, 130, 160, 160, false),
             (20, 50, 200, 170, true), // above fusedMaxHeadDim: sgemm tiles
+            (1100, 60, 40, 40, false), (520, 540, 16, 16, true), // tasks of several hundred rows, ragged last task
         ]
         for c in cases {
             let q = Tensor.randn([2, 3, c.lq, c.d], generator: g) * 2, k = Tensor.randn([2, 3, c.lk, c.d], generator: g)
@@ -71,6 +73,17 @@ final class AttentionKernelTests: XCTestCase {
         }
     }
 
+    func testAutoChoosesTheFusedKernelFromAVX512() {
+        AttentionTiling.float32Kernel = .auto
+        for level in [CPUFeatures.ISA.baseline, .avx2, .avx512] where level <= CPUFeatures.kernels {
+            XCTAssertEqual(CPUFeatures.withKernels(level) { AttentionTiling.fusedFloat32 }, level >= .avx512, level.name)
+        }
+        AttentionTiling.float32Kernel = .sgemm
+        XCTAssertFalse(AttentionTiling.fusedFloat32)
+        AttentionTiling.float32Kernel = .fused
+        XCTAssertTrue(CPUFeatures.withKernels(.baseline) { AttentionTiling.fusedFloat32 })
+    }
+
     func testSGEMMTilesMatchTheFusedKernel() {
         // The default float32 path (sgemm tiles) and the fused kernel on SD's shapes, causal and not.
         let g = TorchGenerator(seed: 43)
@@ -78,9 +91,9 @@ final class AttentionKernelTests: XCTestCase {
             let q = Tensor.randn([2, 8, lq, 40], generator: g), k = Tensor.randn([2, 8, lk, 40], generator: g)
             let v = Tensor.randn([2, 8, lk, 40], generator: g)
             let fused = GradMode.noGrad { scaledDotProductAttention(q, k, v, causal: causal) }.contiguous().toArray()
-            AttentionTiling.fusedFloat32 = false
+            AttentionTiling.float32Kernel = .sgemm
             let tiles = GradMode.noGrad { scaledDotProductAttention(q, k, v, causal: causal) }.contiguous().toArray()
-            AttentionTiling.fusedFloat32 = true
+            AttentionTiling.float32Kernel = .fused
             XCTAssertLessThan(relativeError(fused, tiles), 1e-5, "lq \(lq) lk \(lk) causal \(causal)")
         }
     }

@@ -12,13 +12,25 @@ public enum AttentionTiling {
     /// Backward in one pass per (batch, head) when there are enough of them for all threads (else two passes, over
     /// key blocks for dK/dV and over query blocks for dQ, each recomputing the tiles). Settable for tests.
     public nonisolated(unsafe) static var onePassBackward = true
-    /// Query rows per task of the fused float32 forward kernel, and the largest head dimension it takes (larger ones,
+    /// The fewest query rows per task of the fused float32 forward kernel, and the largest head dimension it takes (larger ones,
     /// such as the VAE's single 512-wide head, run on sgemm tiles).
     public static let fusedRows = 256, fusedMaxHeadDim = 160
-    /// Whether the float32 forward uses our fused kernel (head dims up to fusedMaxHeadDim; `LDM_F32_ATTENTION_KERNEL=fused`)
-    /// instead of sgemm tiles. Off by default: in the SD-1.5 UNet on a Zen 4 it was no faster than the sgemm tiles
-    /// (docs/benchmarks.md, issue 20 session 8), and on AVX2-only CPUs it is unmeasured. Settable for tests.
-    public nonisolated(unsafe) static var fusedFloat32 = ProcessInfo.processInfo.environment["LDM_F32_ATTENTION_KERNEL"] == "fused"
+    /// The float32 forward: our fused kernel (`.fused`, head dims up to fusedMaxHeadDim; CKernels attention_body.h and,
+    /// at the AVX-512 level, attention_avx512.c), oneDNN sgemm tiles (`.sgemm`), or `.auto`: the fused kernel where the
+    /// C kernels run at the AVX-512 level or above (its 512-bit body beat the sgemm tiles in the SD-1.5 UNet on a Zen 4,
+    /// docs/benchmarks.md, issue 20 session 9), sgemm tiles below (the 8-lane body was no faster there, session 8).
+    /// `LDM_F32_ATTENTION_KERNEL=auto|fused|sgemm` (anything else: auto). Settable for tests and benchmarks.
+    public enum Float32Kernel: String, Sendable { case auto, fused, sgemm }
+    public nonisolated(unsafe) static var float32Kernel =
+        Float32Kernel(rawValue: ProcessInfo.processInfo.environment["LDM_F32_ATTENTION_KERNEL"] ?? "auto") ?? .auto
+    /// Whether the float32 forward uses the fused kernel now (float32Kernel resolved at the C kernels' level in use).
+    public static var fusedFloat32: Bool {
+        switch float32Kernel {
+        case .fused: true
+        case .sgemm: false
+        case .auto: CPUFeatures.kernels >= .avx512
+        }
+    }
     /// Native bf16 attention (no causal mask) on our vdpbf16ps kernel; false (or `LDM_BF16_ATTENTION_KERNEL=onednn`):
     /// oneDNN's bf16 GEMM for both products, as before. Settable for tests and benchmarks.
     public nonisolated(unsafe) static var ownBF16Kernel = ProcessInfo.processInfo.environment["LDM_BF16_ATTENTION_KERNEL"] != "onednn"
@@ -63,8 +75,12 @@ private func attentionOp(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale: Float?, c
     let L = lse.data
     defer { withExtendedLifetime((qc, kc, vc)) {} }
     if AttentionTiling.fusedFloat32 && max(d, dv) <= AttentionTiling.fusedMaxHeadDim {
-        // Our fused kernel (CKernels attention_body.h), `fusedRows` query rows per task.
-        let rowsPerTask = AttentionTiling.fusedRows, tasks = (lq + rowsPerTask - 1) / rowsPerTask
+        // Our fused kernel (CKernels attention_body.h). Each task packs its head's keys and values block by block, so
+        // tasks take as many query rows as still leave 4 tasks per thread (at least `fusedRows`): in SD's 64x64
+        // self-attention (4096 rows, 16 heads at batch 2) one task per head on 2 threads ran ~20% faster than 256 rows.
+        let tasksPerHead = max(1, (4 * Parallel.threadCount + bs * heads - 1) / (bs * heads))
+        let rowsPerTask = max(AttentionTiling.fusedRows, ((lq + tasksPerHead - 1) / tasksPerHead + 31) / 32 * 32)
+        let tasks = (lq + rowsPerTask - 1) / rowsPerTask
         let work = ck_attention_work_floats(rowsPerTask, d, dv)
         Parallel.forEach(bs * heads * tasks, costPerItem: 1 << 18) { task in
             let qb = task % tasks, bh = task / tasks, b = bh / heads, h = bh % heads

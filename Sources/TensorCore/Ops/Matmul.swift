@@ -79,6 +79,32 @@ public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tens
     OpTimes.measure("linear \(NativeBF16.applies([x, weight]) ? "bf16" : "f32") \(weight.shape[1])->\(weight.shape[0])") { linearOp(x, weight, bias) }
 }
 
+/// linear(x, weight, bias) + residual, with the residual (the output's shape) added in the GEMM's accumulator in float32
+/// inference (the output starts as residual + bias, sgemm adds x weight^T to it: one pass over the output less than an
+/// add after the linear). Recording gradients, with a non-float32 operand or under native bf16 it is that sum as written.
+public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, adding residual: Tensor) -> Tensor {
+    let operands = [x, weight, residual] + (bias.map { [$0] } ?? [])
+    let outShape = Array(x.shape.dropLast()) + [weight.shape[0]]
+    guard !GradMode.shouldRecord(operands), !NativeBF16.applies(operands), operands.allSatisfy({ $0.dtype == .float32 }),
+          residual.shape == outShape, x.shape.last == weight.shape[1] else { return linear(x, weight, bias) + residual }
+    return OpTimes.measure("linear f32 \(weight.shape[1])->\(weight.shape[0]) + residual") {
+        let inF = weight.shape[1], outF = weight.shape[0], rows = x.count / inF
+        let x2 = x.contiguous(), w = weight.contiguous(), r = residual.contiguous(), bc = bias?.contiguous()
+        let out = Tensor.empty(outShape)
+        withExtendedLifetime((x2, w, r, bc)) {
+            let o = out.data, rp = r.data
+            Parallel.forRange(rows, costPerItem: outF) { range in
+                for i in range {
+                    if let bp = bc?.data { for c in 0..<outF { o[i * outF + c] = rp[i * outF + c] + bp[c] } }
+                    else { (o + i * outF).update(from: rp + i * outF, count: outF) }
+                }
+            }
+            DNNL.sgemm(false, true, rows, outF, inF, 1, x2.data, inF, w.data, inF, 1, out.data, outF)
+        }
+        return out
+    }
+}
+
 private func linearOp(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?) -> Tensor {
     let inF = weight.shape[1], outF = weight.shape[0]
     precondition(x.shape.last == inF, "linear: input \(x.shape) does not match weight \(weight.shape)")
