@@ -88,21 +88,33 @@ public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, adding residu
     guard !GradMode.shouldRecord(operands), !NativeBF16.applies(operands), operands.allSatisfy({ $0.dtype == .float32 }),
           residual.shape == outShape, x.shape.last == weight.shape[1] else { return linear(x, weight, bias) + residual }
     return OpTimes.measure("linear f32 \(weight.shape[1])->\(weight.shape[0]) + residual") {
-        let inF = weight.shape[1], outF = weight.shape[0], rows = x.count / inF
-        let x2 = x.contiguous(), w = weight.contiguous(), r = residual.contiguous(), bc = bias?.contiguous()
-        let out = Tensor.empty(outShape)
-        withExtendedLifetime((x2, w, r, bc)) {
-            let o = out.data, rp = r.data
-            Parallel.forRange(rows, costPerItem: outF) { range in
-                for i in range {
-                    if let bp = bc?.data { for c in 0..<outF { o[i * outF + c] = rp[i * outF + c] + bp[c] } }
-                    else { (o + i * outF).update(from: rp + i * outF, count: outF) }
+        let x2 = x.contiguous(), w = weight.contiguous()
+        return withExtendedLifetime((x2, w)) { linearGEMM(x2, w, bias, residual: residual, shape: outShape) }
+    }
+}
+
+/// x2 (rows, inF) weight^T into a fresh output of `shape` that starts as residual + bias (either may be nil; rows filled
+/// on every thread, so the first touch of the fresh output, its page faults, is shared too), float32, contiguous.
+private func linearGEMM(_ x2: Tensor, _ w: Tensor, _ bias: Tensor?, residual: Tensor?, shape: [Int]) -> Tensor {
+    let inF = w.shape[1], outF = w.shape[0], rows = x2.count / inF
+    let out = Tensor.empty(shape)
+    let bc = bias?.float32().contiguous(), r = residual?.contiguous()
+    withExtendedLifetime((bc, r)) {
+        let o = out.data, bp = bc?.data, rp = r?.data
+        guard bp != nil || rp != nil else { return }
+        Parallel.forRange(rows, costPerItem: outF) { range in
+            for i in range {
+                switch (rp, bp) {
+                case let (rp?, bp?): for c in 0..<outF { o[i * outF + c] = rp[i * outF + c] + bp[c] }
+                case let (rp?, nil): (o + i * outF).update(from: rp + i * outF, count: outF)
+                case let (nil, bp?): (o + i * outF).update(from: bp, count: outF)
+                case (nil, nil): break
                 }
             }
-            DNNL.sgemm(false, true, rows, outF, inF, 1, x2.data, inF, w.data, inF, 1, out.data, outF)
         }
-        return out
     }
+    DNNL.sgemm(false, true, rows, outF, inF, 1, x2.data, inF, w.data, inF, bias == nil && residual == nil ? 0 : 1, out.data, outF)
+    return out
 }
 
 private func linearOp(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?) -> Tensor {
@@ -112,15 +124,7 @@ private func linearOp(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?) -> Tensor 
     let rows = x.count / inF
     let x2 = x.float32().contiguous(), w = weight.float32().contiguous()
     defer { withExtendedLifetime((x2, w)) {} }
-    let out = Tensor.empty(Array(x.shape.dropLast()) + [outF])
-    if let bias {
-        // Rows filled on every thread: the first touch of a fresh output (its page faults) is shared too.
-        let bc = bias.float32().contiguous(), o = out.data, bp = bc.data
-        withExtendedLifetime(bc) {
-            Parallel.forRange(rows, costPerItem: outF) { r in for i in r { (o + i * outF).update(from: bp, count: outF) } }
-        }
-    }
-    DNNL.sgemm(false, true, rows, outF, inF, 1, x2.data, inF, w.data, inF, bias == nil ? 0 : 1, out.data, outF)
+    let out = linearGEMM(x2, w, bias, residual: nil, shape: Array(x.shape.dropLast()) + [outF])
     var inputs = [x, weight]
     if let bias { inputs.append(bias) }
     return out.recorded("linear", inputs) { g in
