@@ -76,6 +76,7 @@ long ck_attention_work_floats(long rows, long d, long dv) {
     X(void, ck_silu_affine_backward, (const float *x, const float *g, float *dy, long n, float za, float zb, float mu, \
       float r, float *sum_dy, float *sum_dy_xhat), (x, g, dy, n, za, zb, mu, r, sum_dy, sum_dy_xhat)) \
     X(void, ck_geglu_forward, (const float *x, float *y, long rows, long n), (x, y, rows, n)) \
+    X(void, ck_geglu_forward_bf16, (const float *x, unsigned short *y, long rows, long n), (x, y, rows, n)) \
     X(void, ck_geglu_backward, (const float *x, const float *dy, float *dx, long rows, long n), (x, dy, dx, rows, n)) \
     X(void, ck_to_bf16, (const float *x, unsigned short *y, long n), (x, y, n)) \
     X(void, ck_round_bf16, (float *x, long n), (x, n)) \

@@ -196,6 +196,22 @@ CLONES void FN(ck_geglu_forward)(const float *x, float *y, long rows, long n) {
     }
 }
 
+// ck_geglu_forward on x's values rounded to bfloat16, each result rounded to bfloat16 (nearest even) and stored as
+// bfloat16: one pass for what rounding x, GEGLU and a bf16 GEMM's conversion of the result compute separately.
+CLONES void FN(ck_geglu_forward_bf16)(const float *x, unsigned short *y, long rows, long n) {
+    for (long r = 0; r < rows; r++) {
+        const float *h = x + r * 2 * n, *g = h + n;
+        unsigned short *o = y + r * n;
+        long i = 0;
+        for (; i + 8 <= n; i += 8) STORE_BF16(o + i, ROUND_BF16(ROUND_BF16(LOAD(h + i)) * ACT_FORWARD(CK_GELU_ERF, ROUND_BF16(LOAD(g + i)))));
+        if (i < n) {
+            unsigned short part[8];
+            STORE_BF16(part, ROUND_BF16(ROUND_BF16(LOAD_PART(h + i, n - i, 0.0f)) * ACT_FORWARD(CK_GELU_ERF, ROUND_BF16(LOAD_PART(g + i, n - i, 0.0f)))));
+            memcpy(o + i, part, (size_t)(n - i) * sizeof part[0]);
+        }
+    }
+}
+
 // dx rows = [dy * gelu(gate) | dy * hidden * gelu'(gate)].
 CLONES void FN(ck_geglu_backward)(const float *x, const float *dy, float *dx, long rows, long n) {
     for (long r = 0; r < rows; r++) {

@@ -24,4 +24,14 @@ typedef unsigned short v8u16 __attribute__((vector_size(16)));
 /// Eight bfloat16 values widened to float32 (exact).
 #define LOAD_BF16(p) ({ v8u16 lb_; memcpy(&lb_, (p), sizeof lb_); (v8f)(__builtin_convertvector(lb_, v8i) << 16); })
 
+typedef unsigned v8u __attribute__((vector_size(32)));
+/// v rounded to bfloat16 as float32 (nearest even, NaN kept NaN, quiet; the low 16 bits zero): ck_round_bf16 on 8 lanes.
+#define ROUND_BF16(v) ({ v8f rv_ = (v); v8u ru_; memcpy(&ru_, &rv_, sizeof ru_); \
+    v8u rn_ = (v8u)((ru_ & 0x7fffffffu) > 0x7f800000u); \
+    ru_ = (rn_ & ((ru_ | 0x400000u) & 0xffff0000u)) | (~rn_ & ((ru_ + 0x7fffu + ((ru_ >> 16) & 1u)) & 0xffff0000u)); \
+    memcpy(&rv_, &ru_, sizeof rv_); rv_; })
+/// Eight float32 values with zero low halves (ROUND_BF16's) stored as bfloat16 (their high halves).
+#define STORE_BF16(p, v) do { v8f sv_ = (v); v8u su_; memcpy(&su_, &sv_, sizeof su_); \
+    v8u16 sb_ = __builtin_convertvector(su_ >> 16, v8u16); memcpy((p), &sb_, sizeof sb_); } while (0)
+
 #endif

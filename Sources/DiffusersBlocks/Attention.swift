@@ -11,9 +11,10 @@ public final class FeedForward: Module {
         proj = Linear(dim, dim * mult * 2)
         out = Linear(dim * mult, dim)
     }
-    /// out(geglu(proj(x))) (+ residual, added in the output GEMM where Linear can).
+    /// out(geglu(proj(x))) (+ residual, added in the output GEMM where Linear can). In native bf16 inference proj's
+    /// product is rounded, GEGLU'd and rounded again in one pass into the bf16 tensor net.2 reads (`gegluToBFloat16`).
     public func callAsFunction(_ x: Tensor, adding residual: Tensor? = nil) -> Tensor {
-        let hidden = proj(x).geglu()
+        let hidden = proj(x, then: { $0.geglu() }, roundingThen: { $0.gegluToBFloat16() })
         return residual.map { out(hidden, adding: $0) } ?? out(hidden)
     }
     public var namedParameters: [(String, Tensor)] { scoped("net.0.proj", proj) + scoped("net.2", out) }

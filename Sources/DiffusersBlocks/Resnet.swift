@@ -64,7 +64,15 @@ public final class ResnetBlock2D: Module {
             h = norm2(h, silu: true)
         }
         h = conv2(h)
-        let out = (convShortcut.map { $0(x) } ?? x) + h
+        let out: Tensor
+        if let shortcut = convShortcut {
+            // Under bf16 autocast the sum is made in the 1x1 shortcut's GEMM (Conv2d's `adding:`, its product unrounded);
+            // in float32 it is the sum as written, shortcut(x) + h.
+            out = Autocast.isBF16 ? shortcut(x, adding: h) : shortcut(x) + h
+        } else {
+            // In inference the sum overwrites conv2's fresh output (no new tensor); the same float32 sums as x + h.
+            out = GradMode.shouldRecord([h, x]) ? x + h : h.accumulate(x)
+        }
         return outputScaleFactor == 1 ? out : out / outputScaleFactor
     }
 

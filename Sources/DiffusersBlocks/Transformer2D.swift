@@ -31,8 +31,7 @@ public final class Transformer2DModel: Module {
         var t: Tensor
         let normed = norm(x)
         if let conv = projInConv {
-            let y = conv(normed)
-            t = y.permuted([0, 2, 3, 1]).reshaped([b, h * w, y.shape[1]])
+            t = conv.tokens(normed)
         } else {
             t = normed.permuted([0, 2, 3, 1]).reshaped([b, h * w, c])
             if let lin = projInLinear { t = lin(t) }

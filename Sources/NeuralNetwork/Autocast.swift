@@ -1,3 +1,4 @@
+import Foundation
 import TensorCore
 
 // bf16 mixed precision in the manner of torch.autocast(device_type="cpu", dtype=torch.bfloat16) / Lightning's
@@ -19,7 +20,10 @@ import TensorCore
 // rounded values, as CUDA autocast does for the norms and softmax (its fp32 list); the fused attention keeps its
 // probabilities in float32 (torch's CPU flash kernel rounds them to bf16 before P @ V) except for native-bf16
 // inference, where attention computes as torch's kernel does (AttentionBF16.swift); VectorQuantizer's distance
-// matmul (not a layer) stays float32. These are bf16-sized differences: one-step gradients differ from torch's by
+// matmul (not a layer) stays float32; in inference a residual add that follows a linear layer or a 1x1 convolution
+// (attention's to_out, the feed-forward's net.2, SD1's proj_out, resnet conv shortcuts) is made in that GEMM's float32
+// accumulator, the product not rounded to bf16 before the add (`lowerPrecision(_:_:_:adding:_:fused:)`;
+// LDM_BF16_FUSED_RESIDUAL=0 rounds it first). These are bf16-sized differences: one-step gradients differ from torch's by
 // about as much as torch's bf16 differs from float32 (Tests/TrainingTests/MixedPrecisionTests.swift).
 
 public enum Autocast {
@@ -51,6 +55,35 @@ public enum Autocast {
         }
         return cast(op(cast(x), cast(weight), cast(bias)))
     }
+
+    /// `then(lowerPrecision(x, weight, bias, op))`, except in native bf16 inference, where the fresh float32 product goes
+    /// unrounded to `roundingThen`: `then` for a consumer that rounds its input to bf16 itself as it reads it (the same
+    /// values, one pass over the product less).
+    public static func lowerPrecision(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ op: (Tensor, Tensor, Tensor?) -> Tensor,
+                                      then: (Tensor) -> Tensor, roundingThen: (Tensor) -> Tensor) -> Tensor {
+        guard isBF16, NativeBF16.couldApply([x, weight] + (bias.map { [$0] } ?? [])) else { return then(lowerPrecision(x, weight, bias, op)) }
+        return roundingThen(NativeBF16.scope { op(x, weight, bias) })
+    }
+
+    /// `op(x, weight, bias) + residual`, where `fused(x, weight, bias, residual)` computes that sum with the residual
+    /// added in the op's float32 accumulator (TensorCore's `linear` / `conv2d` `adding:`). Inside a bf16 scope, in
+    /// inference (no gradient recorded), the inputs, weight and bias are bf16 as in `lowerPrecision` but the product is
+    /// not rounded to bf16 before the float32 residual add (torch's CPU autocast rounds it, then adds in bf16): one
+    /// rounding less, the sum as float32 as our other residual adds. On native bf16 `fused` runs on the bf16 kernels,
+    /// elsewhere on the float32 ones with the operands rounded. Recording gradients, or with `LDM_BF16_FUSED_RESIDUAL=0`
+    /// (`fusesResidual`), it is `lowerPrecision(...) + residual`, torch's rounding.
+    public static func lowerPrecision(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, adding residual: Tensor,
+                                      _ op: (Tensor, Tensor, Tensor?) -> Tensor,
+                                      fused: (Tensor, Tensor, Tensor?, Tensor) -> Tensor) -> Tensor {
+        guard isBF16 else { return fused(x, weight, bias, residual) }
+        let operands = [x, weight, residual] + (bias.map { [$0] } ?? [])
+        guard fusesResidual, !GradMode.shouldRecord(operands) else { return lowerPrecision(x, weight, bias, op) + residual }
+        if NativeBF16.available { return NativeBF16.scope { fused(x, weight, bias, residual) } }
+        return fused(cast(x), cast(weight), cast(bias), residual)
+    }
+    /// Whether bf16 inference adds residuals in the GEMMs' accumulators (`lowerPrecision(_:_:_:adding:_:fused:)`);
+    /// `LDM_BF16_FUSED_RESIDUAL=0` rounds the product first and adds after, as torch's CPU autocast does.
+    public nonisolated(unsafe) static var fusesResidual = ProcessInfo.processInfo.environment["LDM_BF16_FUSED_RESIDUAL"] != "0"
 
     /// `t` as the lower-precision op sees it: rounded to bf16 inside a bf16 scope, unchanged otherwise.
     @inline(__always) private static func cast(_ t: Tensor) -> Tensor { isBF16 ? t.roundedToBFloat16() : t }

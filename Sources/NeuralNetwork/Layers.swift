@@ -20,12 +20,18 @@ public final class Linear: Module {
         guard let adapter else { return y }
         return y + adapter(x)
     }
-    /// self(x) + residual: in float32 inference the residual is added in the GEMM's accumulator (TensorCore
-    /// `linear(_:_:_:adding:)`, one pass over the output less); with an adapter, int8 weights or bf16 autocast the sum
-    /// as written.
+    /// self(x) + residual: in inference the residual is added in the GEMM's float32 accumulator (TensorCore
+    /// `linear(_:_:_:adding:)`, one pass over the output less; under bf16 autocast the product unrounded, see
+    /// `Autocast.lowerPrecision(_:_:_:adding:_:fused:)`); with an adapter or int8 weights the sum as written.
     public func callAsFunction(_ x: Tensor, adding residual: Tensor) -> Tensor {
-        guard adapter == nil, int8 == nil, !Autocast.isBF16 else { return self(x) + residual }
-        return linear(x, weight, bias, adding: residual)
+        guard adapter == nil, int8 == nil else { return self(x) + residual }
+        return Autocast.lowerPrecision(x, weight, bias, adding: residual, { linear($0, $1, $2) }, fused: { linear($0, $1, $2, adding: $3) })
+    }
+    /// then(self(x)), with the product handed unrounded to `roundingThen` (a `then` that rounds its input to bf16 as it
+    /// reads it) in native bf16 inference: `Autocast.lowerPrecision(_:_:_:_:then:roundingThen:)`.
+    public func callAsFunction(_ x: Tensor, then: (Tensor) -> Tensor, roundingThen: (Tensor) -> Tensor) -> Tensor {
+        guard adapter == nil, int8 == nil else { return then(self(x)) }
+        return Autocast.lowerPrecision(x, weight, bias, { linear($0, $1, $2) }, then: then, roundingThen: roundingThen)
     }
     public var namedParameters: [(String, Tensor)] { [("weight", weight)] + (bias.map { [("bias", $0)] } ?? []) }
 }
@@ -50,12 +56,24 @@ public final class Conv2d: Module {
         guard let adapter else { return y }
         return y + adapter(x)
     }
-    /// self(x) + residual: a 1x1 convolution in float32 inference adds the residual in its GEMM's accumulator and reads
-    /// a channels-innermost input in place (TensorCore `conv2d(_:_:_:_:adding:)`); with an adapter, int8 weights or
-    /// bf16 autocast the sum as written.
+    /// self(x) + residual: a 1x1 convolution in inference adds the residual in its GEMM's float32 accumulator and reads
+    /// a channels-innermost input in place (TensorCore `conv2d(_:_:_:_:adding:)`; under bf16 autocast the product
+    /// unrounded, see `Autocast.lowerPrecision(_:_:_:adding:_:fused:)`); with an adapter or int8 weights the sum as written.
     public func callAsFunction(_ x: Tensor, adding residual: Tensor) -> Tensor {
-        guard adapter == nil, int8 == nil, !Autocast.isBF16 else { return self(x) + residual }
-        return conv2d(x, weight, bias, options, adding: residual)
+        guard adapter == nil, int8 == nil else { return self(x) + residual }
+        let options = options
+        return Autocast.lowerPrecision(x, weight, bias, adding: residual, { conv2d($0, $1, $2, options) },
+                                       fused: { conv2d($0, $1, $2, options, adding: $3) })
+    }
+    /// self(x) as (N, H*W, O) tokens (a transformer's proj_in): TensorCore `conv2d(tokens:_:_:_:)`, which writes them
+    /// directly from a 1x1 convolution under native bf16 instead of permuting and copying the NCHW output.
+    public func tokens(_ x: Tensor) -> Tensor {
+        guard adapter == nil, int8 == nil else {
+            let y = self(x)
+            return y.permuted([0, 2, 3, 1]).reshaped([y.shape[0], y.shape[2] * y.shape[3], y.shape[1]])
+        }
+        let options = options
+        return Autocast.lowerPrecision(x, weight, bias) { conv2d(tokens: $0, $1, $2, options) }
     }
     /// self(x.upsampleNearest(factor x)) without materialising the upsampled input when that can be avoided.
     /// (Under bf16 autocast the input is rounded before the upsampling, which commutes with it.)

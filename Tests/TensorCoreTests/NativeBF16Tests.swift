@@ -48,6 +48,36 @@ final class NativeBF16Tests: XCTestCase {
         }
     }
 
+    /// The fused forms (the residual added in the float32 accumulator, the token layout written directly) against the
+    /// same definition: the float32 kernels on rounded operands, then the float32 sum / the permuted copy.
+    func testFusedResidualAndTokenOutputsMatchFloat32OnRoundedOperands() throws {
+        try skipUnlessNative()
+        let g = TorchGenerator(seed: 24)
+        let x = Tensor.randn([2, 77, 96], generator: g), w = Tensor.randn([130, 96], generator: g) * 0.1, b = Tensor.randn([130], generator: g)
+        let r = Tensor.randn([2, 77, 130], generator: g)
+        let linRef = GradMode.noGrad { linear(x.roundedToBFloat16(), w.roundedToBFloat16(), b) + r }
+        for (weight, bias) in [(w, b), (w.to(.bfloat16), b), (w, nil)] {
+            let y = GradMode.noGrad { NativeBF16.scope { linear(x, weight, bias, adding: r) } }
+            let ref = bias == nil ? GradMode.noGrad { linear(x.roundedToBFloat16(), w.roundedToBFloat16()) + r } : linRef
+            XCTAssertLessThan(relativeError(y, ref), 2e-6, "linear + residual, weights \(weight.dtype), bias \(bias != nil)")
+        }
+        // 1x1 convolutions: an NCHW input and a (B, H, W, C) token input seen as NCHW (proj_out), and proj_in's tokens.
+        let (c, oc, h, wd) = (64, 40, 6, 10)
+        let planes = Tensor.randn([2, c, h, wd], generator: g), tokens = Tensor.randn([2, h * wd, c], generator: g)
+        let cw = Tensor.randn([oc, c, 1, 1], generator: g) * 0.1, cb = Tensor.randn([oc], generator: g)
+        let cr = Tensor.randn([2, oc, h, wd], generator: g)
+        for input in [planes, tokens.reshaped([2, h, wd, c]).permuted([0, 3, 1, 2])] {
+            let ref = GradMode.noGrad { conv2d(input.roundedToBFloat16(), cw.roundedToBFloat16(), cb) + cr }
+            let y = GradMode.noGrad { NativeBF16.scope { conv2d(input, cw, cb, Conv2dOptions(), adding: cr) } }
+            XCTAssertEqual(y.shape, ref.shape)
+            XCTAssertLessThan(relativeError(y, ref), 2e-6, "conv 1x1 + residual, input strides \(input.strides)")
+        }
+        let tokRef = GradMode.noGrad { conv2d(planes.roundedToBFloat16(), cw.roundedToBFloat16(), cb).permuted([0, 2, 3, 1]).reshaped([2, h * wd, oc]) }
+        let tok = GradMode.noGrad { NativeBF16.scope { conv2d(tokens: planes, cw, cb, Conv2dOptions()) } }
+        XCTAssertEqual(tok.shape, tokRef.shape)
+        XCTAssertLessThan(relativeError(tok, tokRef), 2e-6, "conv 1x1 -> tokens")
+    }
+
     func testGradientRecordingOpsStayFloat32() throws {
         try skipUnlessNative()
         let g = TorchGenerator(seed: 23)

@@ -25,7 +25,9 @@ final class UNetNativeBF16Tests: XCTestCase {
             let ourError = zip(ours, f32Out).map { abs($0 - $1) }.max() ?? 0
             let torchError = zip(try XCTUnwrap(refs["\(name).bf16_compute"]).toArray(), f32Out).map { abs($0 - $1) }.max() ?? 0
             let scale = f32Out.map(abs).max() ?? 1
-            print("UNet native bf16 \(name): vs float32 \(ourError / scale) relative, torch bf16 inference \(torchError / scale)")
+            let ourMean = zip(ours, f32Out).map { abs($0 - $1) }.reduce(0, +) / Float(ours.count)
+            let torchMean = zip(try XCTUnwrap(refs["\(name).bf16_compute"]).toArray(), f32Out).map { abs($0 - $1) }.reduce(0, +) / Float(ours.count)
+            print("UNet native bf16 \(name): vs float32 \(ourError / scale) relative (mean \(ourMean / scale)), torch bf16 inference \(torchError / scale) (mean \(torchMean / scale))")
             XCTAssertGreaterThan(ourError, 0, "\(name): bf16 compute should differ from float32 (did it run in bf16?)")
             XCTAssertLessThanOrEqual(ourError, torchError, "\(name): native bf16 should be no less accurate than torch's bf16 inference")
         }

@@ -100,6 +100,8 @@ void ck_silu_affine_backward(const float *x, const float *g, float *dy, long n, 
 
 /// GEGLU: rows of x hold [hidden | gate] (2n floats each); y (rows x n) = hidden * gelu(gate) (erf form).
 void ck_geglu_forward(const float *x, float *y, long rows, long n);
+/// ck_geglu_forward of x rounded to bfloat16, each result rounded to bfloat16 (nearest even) and stored as bf16 bits.
+void ck_geglu_forward_bf16(const float *x, unsigned short *y, long rows, long n);
 /// Its backward: rows of dx (2n floats) = [dy * gelu(gate) | dy * hidden * gelu'(gate)].
 void ck_geglu_backward(const float *x, const float *dy, float *dx, long rows, long n);
 

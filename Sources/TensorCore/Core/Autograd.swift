@@ -38,7 +38,8 @@ public enum GradMode {
         for t in inputs where t.requiresGrad { return true }
         return false
     }
-    @inline(__always) static func shouldRecord(_ inputs: [Tensor]) -> Bool {
+    /// Whether an op on `inputs` records its gradient now (grad mode on and some input requires one).
+    @inline(__always) public static func shouldRecord(_ inputs: [Tensor]) -> Bool {
         guard isEnabled else { return false }
         for t in inputs where t.requiresGrad { return true }
         return false

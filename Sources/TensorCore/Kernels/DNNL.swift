@@ -51,6 +51,22 @@ enum DNNL {
         dnnlCheck(dnnl_primitive_attr_set_scratchpad_mode(a, dnnl_scratchpad_mode_user), "set_scratchpad_mode")
         return a!
     }()
+    /// Runs `body` with `attr`, plus a binary-add post-op when `addend` (the descriptor of a float32 tensor of the
+    /// destination's shape, passed at execution as `Primitive.Arg.postOpAddend`) is given: dst = op(...) + addend,
+    /// added to the float32 accumulator before the store. The primitive descriptor keeps its own copy of the attributes.
+    static func withAttr<T>(adding addend: dnnl_memory_desc_t?, _ body: (dnnl_primitive_attr_t) -> T) -> T {
+        guard var md = addend else { return body(attr) }
+        var a: dnnl_primitive_attr_t?, po: dnnl_post_ops_t?
+        dnnlCheck(dnnl_primitive_attr_clone(&a, attr), "primitive_attr_clone")
+        dnnlCheck(dnnl_post_ops_create(&po), "post_ops_create")
+        dnnlCheck(dnnl_post_ops_append_binary(po, dnnl_binary_add, &md), "post_ops_append_binary")
+        dnnlCheck(dnnl_primitive_attr_set_post_ops(a, po), "set_post_ops")
+        defer {
+            dnnl_post_ops_destroy(po)
+            dnnl_primitive_attr_destroy(a)
+        }
+        return body(a!)
+    }
     private static let lock = NSRecursiveLock()
     nonisolated(unsafe) private static var cache: [String: Primitive] = [:]
 
@@ -153,6 +169,12 @@ final class Primitive: @unchecked Sendable {
         var isOutput = false
         var cached: UnsafeMutableRawPointer? = nil
         var index: Int32 = 0
+
+        /// The addend of the binary-add post-op of `DNNL.withAttr(adding:)` (the first post-op's second source).
+        static func postOpAddend(_ plain: dnnl_memory_desc_t, _ ptr: UnsafeMutableRawPointer) -> Arg {
+            let arg = Int32(DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE) | Int32(DNNL_ARG_SRC_1)
+            return Arg(arg: arg, query: dnnl_query_exec_arg_md, plain: plain, ptr: ptr, index: arg)
+        }
     }
 
     func run(_ args: [Arg]) {

@@ -50,6 +50,24 @@ extension Tensor {
     /// product, and their backward scattering into a zeroed gradient).
     public func geglu() -> Tensor { OpTimes.measure("geglu") { gegluOp() } }
 
+    /// geglu() of this tensor's values rounded to bfloat16, returned rounded to bfloat16 as a bf16 tensor (nearest even):
+    /// in one pass what rounding the input, geglu() and a bf16 GEMM's conversion of its input compute separately (the
+    /// native-bf16 FeedForward, whose net.2 reads the bf16 tensor as is). Inference only: no gradient is recorded.
+    public func gegluToBFloat16() -> Tensor {
+        OpTimes.measure("geglu -> bf16") {
+            precondition(!GradMode.shouldRecord([self]), "gegluToBFloat16: inference only")
+            let x = float32().contiguous(), width = shape.last ?? 0
+            precondition(rank >= 1 && width % 2 == 0, "geglu: last axis of \(shape) must be even")
+            let n = width / 2, rows = count / Swift.max(width, 1)
+            let out = Tensor(storage: Storage(byteCount: rows * n * 2), shape: Array(shape.dropLast()) + [n], dtype: .bfloat16)
+            let xp = x.data, yp = out.storage.base.assumingMemoryBound(to: UInt16.self)
+            withExtendedLifetime(x) {
+                Parallel.forRange(rows, costPerItem: n * 30) { r in ck_geglu_forward_bf16(xp + r.lowerBound * 2 * n, yp + r.lowerBound * n, r.count, n) }
+            }
+            return out
+        }
+    }
+
     private func gegluOp() -> Tensor {
         let x = self.float32().contiguous()
         let width = shape.last ?? 0

@@ -87,9 +87,11 @@ extension Tensor {
     public func accumulate(_ other: Tensor) -> Tensor {
         precondition(dtype == .float32 && isContiguous && other.shape == shape && !GradMode.shouldRecord([self, other]),
                      "accumulate: needs contiguous float32 tensors of one shape outside autograd (\(shape), \(other.shape))")
-        let o = other.float32().contiguous()
-        let d = data, s = o.data
-        withExtendedLifetime(o) { Parallel.forRange(count, costPerItem: 1) { r in for i in r { d[i] += s[i] } } }
-        return self
+        return OpTimes.measure("elementwise (accumulate)") {
+            let o = other.float32().contiguous()
+            let d = data, s = o.data
+            withExtendedLifetime(o) { Parallel.forRange(count, costPerItem: 1) { r in for i in r { d[i] += s[i] } } }
+            return self
+        }
     }
 }

@@ -319,33 +319,58 @@ public func conv2d(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil, _ optio
 }
 
 /// A 1x1 convolution in inference as a GEMM per image on the plain (C, H*W) planes: y = W x (+ bias), without the
-/// layout reorders of the input and output that oneDNN's convolution makes (to its blocked layout and back). `bf16`:
-/// bf16 operands (the input rounded to nearest even, the weight as stored or converted once), float32 accumulation
-/// and output, on oneDNN's bf16 GEMM (NativeBF16); else float32 sgemm.
+/// layout reorders of the input and output that oneDNN's convolution makes (to its blocked layout and back).
 private func pointwiseConv(_ xin: Tensor, _ weight: Tensor, _ b32: Tensor?, _ g: ConvGeometry, bf16: Bool, into out: Tensor) {
-    let hw = g.h * g.w, (n, ic, oc) = (g.n, g.ic, g.oc)
-    let yp = out.data, xp = xin.data
+    let hw = g.h * g.w, oc = g.oc
     if let b32 {
-        let bp = b32.data
-        Parallel.forEach(n * oc, costPerItem: hw) { row in (yp + row * hw).update(repeating: bp[row % oc], count: hw) }
+        let yp = out.data, bp = b32.data
+        Parallel.forEach(g.n * oc, costPerItem: hw) { row in (yp + row * hw).update(repeating: bp[row % oc], count: hw) }
     }
-    let beta: Float = b32 == nil ? 0 : 1
+    withExtendedLifetime(b32) { pointwiseGEMM(xin, channelsLast: false, weight, bf16: bf16, accumulating: b32 != nil, into: out) }
+}
+
+/// out = weight (O, C, 1, 1) x (N, C, H, W) as one GEMM per image, added to what `out` holds when `accumulating`
+/// (beta 1). `x` is float32, either contiguous NCHW or, with `channelsLast`, a transformer's (N, H, W, C) tokens seen as
+/// NCHW (channels innermost, rows dense), read in place as a transposed operand. `out` is (N, O, H, W) contiguous, or
+/// with `tokensOut` (N, H*W, O) tokens (the transposed product X^T W^T, for a transformer's proj_in). `bf16`: bf16
+/// operands (the input rounded to nearest even, the weight as stored or converted once), float32 accumulation and
+/// output, on oneDNN's bf16 GEMM (NativeBF16); else float32 sgemm.
+func pointwiseGEMM(_ x: Tensor, channelsLast: Bool, _ weight: Tensor, bf16: Bool, accumulating: Bool, into out: Tensor,
+                   tokensOut: Bool = false) {
+    let (n, ic, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]), oc = weight.shape[0], hw = h * w
+    let beta: Float = accumulating ? 1 : 0, yp = out.data
+    // x_b as a GEMM operand: its (C, H*W) plane, or its (H*W, C) token rows (transposed).
+    let (xTrans, ldx) = channelsLast ? (true, ic) : (false, hw)
+    // Per image C = W x_b (O, H*W), or with `tokensOut` C = x_b^T W^T (H*W, O); `gemm` is row-major
+    // (transA, transB, m, n, A, lda, B, ldb, C, ldc) with k = C, on bf16 or float32 operands.
+    func perImage<T>(_ xImage: (Int) -> UnsafePointer<T>, _ wt: UnsafePointer<T>,
+                     _ gemm: (Bool, Bool, Int, Int, UnsafePointer<T>, Int, UnsafePointer<T>, Int, UnsafeMutablePointer<Float>, Int) -> Void) {
+        for b in 0..<n {
+            if tokensOut { gemm(!xTrans, true, hw, oc, xImage(b), ldx, wt, ic, yp + b * oc * hw, oc) }
+            else { gemm(false, xTrans, oc, hw, wt, ic, xImage(b), ldx, yp + b * oc * hw, hw) }
+        }
+    }
     if bf16 {
         let (wptr, wowner) = weight.bf16Rows(key: "conv1x1_bf16")
-        let xb = Storage(byteCount: xin.count * 2)
+        let xb = Storage(byteCount: n * ic * hw * 2)
         let xbp = xb.base.assumingMemoryBound(to: UInt16.self), wp = UnsafePointer(wptr.assumingMemoryBound(to: UInt16.self))
-        Parallel.forRange(xin.count, costPerItem: 2) { r in ck_to_bf16(xp + r.lowerBound, xbp + r.lowerBound, r.count) }
-        withExtendedLifetime((xin, b32, xb, wowner, weight)) {
-            for b in 0..<n {
-                let st = dnnl_gemm_bf16bf16f32(78, 78, Int64(oc), Int64(hw), Int64(ic), 1, wp, Int64(ic), xbp + b * ic * hw, Int64(hw),
-                                               beta, yp + b * oc * hw, Int64(hw))
-                precondition(st == dnnl_success, "oneDNN bf16 gemm \(oc)x\(hw)x\(ic) failed: \(st.rawValue)")
+        let xp = x.data, xs = x.strides[0]
+        for b in 0..<n {
+            Parallel.forRange(ic * hw, costPerItem: 2) { r in ck_to_bf16(xp + b * xs + r.lowerBound, xbp + b * ic * hw + r.lowerBound, r.count) }
+        }
+        withExtendedLifetime((x, xb, wowner, weight)) {
+            perImage({ UnsafePointer(xbp + $0 * ic * hw) }, wp) { ta, tb, m, nn, a, lda, b, ldb, c, ldc in
+                let st = dnnl_gemm_bf16bf16f32(ta ? 84 : 78, tb ? 84 : 78, Int64(m), Int64(nn), Int64(ic), 1, a, Int64(lda), b, Int64(ldb), beta, c, Int64(ldc))
+                precondition(st == dnnl_success, "oneDNN bf16 gemm \(m)x\(nn)x\(ic) failed: \(st.rawValue)")
             }
         }
     } else {
         let w32 = weight.float32().contiguous()
-        withExtendedLifetime((xin, b32, w32)) {
-            for b in 0..<n { DNNL.sgemm(false, false, oc, hw, ic, 1, w32.data, ic, xp + b * ic * hw, hw, beta, yp + b * oc * hw, hw) }
+        withExtendedLifetime((x, w32)) {
+            let xp = x.data, xs = x.strides[0]
+            perImage({ UnsafePointer(xp + $0 * xs) }, w32.data) { ta, tb, m, nn, a, lda, b, ldb, c, ldc in
+                DNNL.sgemm(ta, tb, m, nn, ic, 1, a, lda, b, ldb, beta, c, ldc)
+            }
         }
     }
 }

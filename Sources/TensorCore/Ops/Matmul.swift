@@ -79,14 +79,20 @@ public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor? = nil) -> Tens
     OpTimes.measure("linear \(NativeBF16.applies([x, weight]) ? "bf16" : "f32") \(weight.shape[1])->\(weight.shape[0])") { linearOp(x, weight, bias) }
 }
 
-/// linear(x, weight, bias) + residual, with the residual (the output's shape) added in the GEMM's accumulator in float32
-/// inference (the output starts as residual + bias, sgemm adds x weight^T to it: one pass over the output less than an
-/// add after the linear). Recording gradients, with a non-float32 operand or under native bf16 it is that sum as written.
+/// linear(x, weight, bias) + residual, with the residual (the output's shape) added in the GEMM's accumulator in
+/// inference: in float32 the output starts as residual + bias and sgemm adds x weight^T to it (one pass over the output
+/// less than an add after the linear); under native bf16 the bf16 matmul adds the float32 residual to its float32
+/// accumulator (a post-op, `linearBF16`), so the product is not rounded before the sum. Recording gradients or with a
+/// non-float32 operand (other than a bf16 weight under native bf16) it is that sum as written.
 public func linear(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, adding residual: Tensor) -> Tensor {
     let operands = [x, weight, residual] + (bias.map { [$0] } ?? [])
     let outShape = Array(x.shape.dropLast()) + [weight.shape[0]]
-    guard !GradMode.shouldRecord(operands), !NativeBF16.applies(operands), operands.allSatisfy({ $0.dtype == .float32 }),
-          residual.shape == outShape, x.shape.last == weight.shape[1] else { return linear(x, weight, bias) + residual }
+    guard !GradMode.shouldRecord(operands), residual.shape == outShape, x.shape.last == weight.shape[1]
+    else { return linear(x, weight, bias) + residual }
+    if NativeBF16.applies(operands) {
+        return OpTimes.measure("linear bf16 \(weight.shape[1])->\(weight.shape[0]) + residual") { linearBF16(x, weight, bias, adding: residual) }
+    }
+    guard operands.allSatisfy({ $0.dtype == .float32 }) else { return linear(x, weight, bias) + residual }
     return OpTimes.measure("linear f32 \(weight.shape[1])->\(weight.shape[0]) + residual") {
         let x2 = x.contiguous(), w = weight.contiguous()
         return withExtendedLifetime((x2, w)) { linearGEMM(x2, w, bias, residual: residual, shape: outShape) }

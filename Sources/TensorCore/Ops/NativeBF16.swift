@@ -55,13 +55,17 @@ public enum NativeBF16 {
     public static func couldApply(_ inputs: [Tensor]) -> Bool { available && !GradMode.shouldRecord(inputs) }
 }
 
-/// x (rows, in) @ weight(out, in)^T + bias as a oneDNN bf16 matmul (bf16 operands, float32 accumulation and result).
-func linearBF16(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?) -> Tensor {
+/// x (rows, in) @ weight(out, in)^T + bias (+ residual) as a oneDNN bf16 matmul (bf16 operands, float32 accumulation
+/// and result). A residual (float32, the output's shape) is added to the float32 product in the kernel (a binary-add
+/// post-op on the accumulator: no pass over the output after the GEMM), before any rounding. A bf16 `x` is read as
+/// stored; a float32 one is converted (rounded to nearest even) by a reorder.
+func linearBF16(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, adding residual: Tensor? = nil) -> Tensor {
     let inF = weight.shape[1], outF = weight.shape[0], rows = x.count / inF
-    let x2 = x.float32().contiguous()
+    let x2 = x.dtype == .bfloat16 ? x.contiguous() : x.float32().contiguous()
+    let xbase = x2.storage.base + x2.offset * x2.dtype.byteSize
     let out = Tensor.empty(Array(x.shape.dropLast()) + [outF])
-    let b32 = bias?.float32().contiguous()
-    let key = "matmul_bf16:\(rows),\(inF),\(outF)b\(bias != nil)"
+    let b32 = bias?.float32().contiguous(), r32 = residual?.float32().contiguous()
+    let key = "matmul_bf16:\(rows),\(inF),\(outF)b\(bias != nil)r\(residual != nil)"
     let prim = DNNL.primitive(key) {
         var d = dnnl_matmul_desc_t()
         var s = memoryDesc([rows, inF], dnnl_bf16), w = memoryDesc([inF, outF], dnnl_bf16, tag: dnnl_ba)
@@ -69,22 +73,25 @@ func linearBF16(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?) -> Tensor {
         withUnsafePointer(to: &b) { bp in
             dnnlCheck(dnnl_matmul_desc_init(&d, &s, &w, bias != nil ? bp : nil, &ds), "bf16 matmul desc \(key)")
         }
-        var pd: dnnl_primitive_desc_t?
-        dnnlCheck(dnnl_primitive_desc_create(&pd, &d, DNNL.attr, DNNL.engine, nil), "bf16 matmul pd \(key)")
-        return Primitive(pd: pd!)
+        return DNNL.withAttr(adding: residual != nil ? ds : nil) { attr in
+            var pd: dnnl_primitive_desc_t?
+            dnnlCheck(dnnl_primitive_desc_create(&pd, &d, attr, DNNL.engine, nil), "bf16 matmul pd \(key)")
+            return Primitive(pd: pd!)
+        }
     }
     // The weight (out, in) row-major in bf16 is the (in, out) bf16 matrix the primitive takes ("ba"): a bf16 weight
     // is read as stored; a float32 one is converted (kept on the tensor when small, see ConvWeightCache).
     let (wptr, wowner) = weight.bf16Rows(key: "matmul_bf16")
     var args: [Primitive.Arg] = [
-        .init(arg: DNNL_ARG_SRC, query: dnnl_query_src_md, plain: memoryDesc([rows, inF]), ptr: UnsafeMutableRawPointer(x2.data)),
+        .init(arg: DNNL_ARG_SRC, query: dnnl_query_src_md, plain: memoryDesc([rows, inF], x2.dtype == .bfloat16 ? dnnl_bf16 : dnnl_f32), ptr: xbase),
         .init(arg: DNNL_ARG_WEIGHTS, query: dnnl_query_weights_md, plain: memoryDesc([inF, outF], dnnl_bf16, tag: dnnl_ba), ptr: wptr, cached: wptr),
         .init(arg: DNNL_ARG_DST, query: dnnl_query_dst_md, plain: memoryDesc([rows, outF]), ptr: UnsafeMutableRawPointer(out.data), isOutput: true),
     ]
     if let b32 {
         args.append(.init(arg: DNNL_ARG_BIAS, query: dnnl_query_weights_md, plain: memoryDesc([1, outF]), ptr: UnsafeMutableRawPointer(b32.data), index: 1))
     }
-    withExtendedLifetime((x2, b32, weight, wowner)) { prim.run(args) }
+    if let r32 { args.append(.postOpAddend(memoryDesc([rows, outF]), UnsafeMutableRawPointer(r32.data))) }
+    withExtendedLifetime((x2, b32, r32, weight, wowner)) { prim.run(args) }
     return out
 }
 

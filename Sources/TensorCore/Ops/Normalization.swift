@@ -93,8 +93,13 @@ extension Tensor {
 
     private func layerNormOp(weight: Tensor?, bias: Tensor?, eps: Float) -> Tensor {
         let d = shape[rank - 1], rows = count / d
+        var inputs = [self]
+        if let weight { inputs.append(weight) }
+        if let bias { inputs.append(bias) }
+        // x-hat is kept for the backward only when one is recorded (in inference, one write of the output's size less).
+        let records = GradMode.shouldRecord(inputs)
         let x = float32().contiguous(), out = Tensor.empty(shape)
-        let rstd = Tensor.empty([rows]), xhat = Tensor.empty(shape)
+        let rstd = Tensor.empty([rows]), xhat = Tensor.empty(records ? shape : [0])
         let xs = x.data, ys = out.data, rp = rstd.data, hp = xhat.data
         let gw = weight?.float32().contiguous(), gb = bias?.float32().contiguous()
         let wp = gw?.data, bp = gb?.data
@@ -104,16 +109,18 @@ extension Tensor {
             let mu = vectorSum(row, d) / Float(d)
             let rs = 1 / (vectorSumSquaredDeviation(row, d, mu) / Float(d) + eps).squareRoot()
             rp[r] = rs
-            let o = ys + r * d, h = hp + r * d
-            for j in 0..<d {
-                let xh = (row[j] - mu) * rs
-                h[j] = xh
-                o[j] = xh * (wp?[j] ?? 1) + (bp?[j] ?? 0)
+            let o = ys + r * d
+            if records {
+                let h = hp + r * d
+                for j in 0..<d {
+                    let xh = (row[j] - mu) * rs
+                    h[j] = xh
+                    o[j] = xh * (wp?[j] ?? 1) + (bp?[j] ?? 0)
+                }
+            } else {
+                for j in 0..<d { o[j] = (row[j] - mu) * rs * (wp?[j] ?? 1) + (bp?[j] ?? 0) }
             }
         }
-        var inputs = [self]
-        if let weight { inputs.append(weight) }
-        if let bias { inputs.append(bias) }
         let shp = shape
         return out.recorded("layer_norm", inputs) { g in
             let gy = g.contiguous(), gx = Tensor.empty(shp)
