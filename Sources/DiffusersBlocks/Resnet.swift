@@ -58,7 +58,7 @@ public final class ResnetBlock2D: Module {
                 let parts = t.reshaped([b, c, 1, 1]).chunk(2, axis: 1)
                 h = (norm2(h) * (parts[0] + 1) + parts[1]).silu()
             } else {
-                h = norm2(h + t.reshaped([b, c, 1, 1]), silu: true)
+                h = norm2(h, silu: true, adding: t)
             }
         } else {
             h = norm2(h, silu: true)

@@ -102,9 +102,10 @@ public final class GroupNorm: Module {
         weight = Tensor.ones([channels]).requiringGrad()
         bias = Tensor(zeros: [channels]).requiringGrad()
     }
-    /// `silu: true` fuses the swish that follows most GroupNorms in the reference models.
-    public func callAsFunction(_ x: Tensor, silu: Bool = false) -> Tensor {
-        x.groupNorm(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu)
+    /// `silu: true` fuses the swish that follows most GroupNorms in the reference models. `adding` (N, C): normalises
+    /// x + adding broadcast over the spatial axes (a resnet's time embedding), without materialising the sum in inference.
+    public func callAsFunction(_ x: Tensor, silu: Bool = false, adding shift: Tensor? = nil) -> Tensor {
+        x.groupNorm(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu, adding: shift)
     }
     public var namedParameters: [(String, Tensor)] { [("weight", weight), ("bias", bias)] }
 }

@@ -6,11 +6,20 @@ import CKernels
 
 extension Tensor {
     /// F.group_norm over (N, C, *) with affine `weight`/`bias` (C); `silu` fuses the activation that follows it.
-    public func groupNorm(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float = 1e-5, silu: Bool = false) -> Tensor {
-        OpTimes.measure("group norm\(silu ? " + SiLU" : "")") { groupNormOp(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu) }
+    /// `adding` (N, C): group_norm(self + adding broadcast over the spatial axes), as a resnet adds its time embedding
+    /// before norm2; in inference the sum is made one group at a time in a small buffer (the same float32 sums, no
+    /// tensor of the input's size), recording gradients it is the broadcast sum as written.
+    public func groupNorm(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float = 1e-5, silu: Bool = false, adding shift: Tensor? = nil) -> Tensor {
+        if let shift, GradMode.shouldRecord([self, shift] + [weight, bias].compactMap { $0 }) {
+            return (self + shift.reshaped([shift.count / shape[1], shape[1]] + Array(repeating: 1, count: rank - 2)))
+                .groupNorm(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu)
+        }
+        return OpTimes.measure("group norm\(shift != nil ? " (+ shift)" : "")\(silu ? " + SiLU" : "")") {
+            groupNormOp(groups: groups, weight: weight, bias: bias, eps: eps, silu: silu, shift: shift)
+        }
     }
 
-    private func groupNormOp(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float, silu: Bool) -> Tensor {
+    private func groupNormOp(groups: Int, weight: Tensor?, bias: Tensor?, eps: Float, silu: Bool, shift: Tensor?) -> Tensor {
         let n = shape[0], c = shape[1]
         precondition(rank >= 2 && c % groups == 0, "group_norm: \(c) channels not divisible into \(groups) groups (shape \(shape))")
         let x = float32().contiguous()
@@ -20,9 +29,20 @@ extension Tensor {
         let xs = x.data, ys = out.data, mp = mean.data, rp = rstd.data
         let gw = weight?.float32().contiguous(), gb = bias?.float32().contiguous()
         let wp = gw?.data, bp = gb?.data
-        defer { withExtendedLifetime((x, gw, gb)) {} }
+        let sh = shift?.float32().contiguous(), sp = sh?.data
+        let shiftBatch = (sh?.count ?? 0) / c // 1: one shift for every image
+        precondition(sh == nil || (sh!.count % c == 0 && (shiftBatch == n || shiftBatch == 1)), "group_norm: shift \(sh!.shape) for input \(shape)")
+        defer { withExtendedLifetime((x, gw, gb, sh)) {} }
         Parallel.forEach(n * groups, costPerItem: m * 3) { ng in
-            let base = xs + ng * m
+            var base = UnsafePointer(xs + ng * m)
+            let shifted = sp.map { sp in
+                let buf = UnsafeMutablePointer<Float>.allocate(capacity: m)
+                let c0 = (shiftBatch == 1 ? 0 : ng / groups * c) + ng % groups * cpg
+                for cc in 0..<cpg { for j in 0..<spatial { buf[cc * spatial + j] = base[cc * spatial + j] + sp[c0 + cc] } }
+                return buf
+            }
+            defer { shifted?.deallocate() }
+            if let shifted { base = UnsafePointer(shifted) }
             let (mu, r) = groupStatistics(base, channels: cpg, spatial: spatial, eps: eps)
             mp[ng] = mu
             rp[ng] = r
