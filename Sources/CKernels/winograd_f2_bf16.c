@@ -43,10 +43,17 @@ F2_TARGET void ck_wf2_weights(const void *w, int bf16, long oc, long ic, long o0
         for (long c0 = 0; c0 < ic; c0 += 16) {
             const int lanes = ic - c0 < 16 ? (int)(ic - c0) : 16;
             float g[9][16], t[4][3][16];
-            for (int l = 0; l < 16; l++) {
-                const long base = (o * ic + c0 + (l < lanes ? l : 0)) * 9;
-                // A float32 weight rounded to bf16 first, as every native bf16 op rounds its weights (same U either way).
-                for (int e = 0; e < 9; e++) g[e][l] = f2_widen(bf16 ? wb[base + e] : f2_bf16(wf[base + e]));
+            // A float32 weight rounded to bf16 first, as every native bf16 op rounds its weights (same U either way).
+            if (bf16) {
+                for (int l = 0; l < 16; l++) {
+                    const unsigned short *src = wb + (o * ic + c0 + (l < lanes ? l : 0)) * 9;
+                    for (int e = 0; e < 9; e++) g[e][l] = f2_widen(src[e]);
+                }
+            } else {
+                for (int l = 0; l < 16; l++) {
+                    const float *src = wf + (o * ic + c0 + (l < lanes ? l : 0)) * 9;
+                    for (int e = 0; e < 9; e++) g[e][l] = f2_widen(f2_bf16(src[e]));
+                }
             }
             for (int j = 0; j < 3; j++) { // t = G g
                 for (int l = 0; l < 16; l++) {
