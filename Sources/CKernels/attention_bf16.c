@@ -20,16 +20,21 @@
 #define AB_R 16
 #define AB_BK 256 // keys per block: P is rounded to bf16 against the running max of its block
 #define AB_JB 16 // keys per scores micro-kernel: 16 accumulators
-#define AB_CB 20 // head columns per values micro-kernel: 20 accumulators
+#define AB_CB 20 // at most as many head columns per values micro-kernel (accumulators): 20 or 16, see ab_cols
+
+/// Value columns per P V micro-kernel for dv: 20 (SD's 40, 80, 160) unless 16 pads less (64, 128).
+static inline long ab_cols(long dv) { return (dv + 15) / 16 * 16 < (dv + 19) / 20 * 20 ? 16 : 20; }
+/// dv padded to whole micro-kernels.
+static inline long ab_dvp(long dv) { return (dv + ab_cols(dv) - 1) / ab_cols(dv) * ab_cols(dv); }
 
 long ck_attention_bf16_work_bytes(long rows, long d, long dv) {
-    const long groups = (rows + AB_R - 1) / AB_R, dp = (d + 1) / 2, dvp = (dv + AB_CB - 1) / AB_CB * AB_CB;
+    const long groups = (rows + AB_R - 1) / AB_R, dp = (d + 1) / 2, dvp = ab_dvp(dv);
     // q pairs, O^T, m and l per group, one block's scores, two groups' P pairs
     return 4 * (groups * AB_R * (dp + dvp + 2) + (AB_BK + AB_JB) * AB_R + AB_BK * AB_R) + 64;
 }
 
 long ck_attention_bf16_packed_words(long lk, long d, long dv) {
-    const long dp = (d + 1) / 2, dvp = (dv + AB_CB - 1) / AB_CB * AB_CB;
+    const long dp = (d + 1) / 2, dvp = ab_dvp(dv);
     return (lk + AB_JB - 1) / AB_JB * AB_JB * dp + (lk + 1) / 2 * dvp;
 }
 
@@ -93,7 +98,7 @@ static inline AB_TARGET __m512 ab_exp(__m512 x) {
 
 /// One head's keys and values packed for ab_forward (ck_attention_bf16_pack).
 static AB_TARGET void ab_pack(const float *k, long ks, const float *v, long vs, long lk, long d, long dv, unsigned *packed) {
-    const long dp = (d + 1) / 2, dvp = (dv + AB_CB - 1) / AB_CB * AB_CB, chunks = (lk + AB_JB - 1) / AB_JB;
+    const long dp = (d + 1) / 2, dvp = ab_dvp(dv), chunks = (lk + AB_JB - 1) / AB_JB;
     // Keys in chunks of AB_JB (dp x AB_JB words each); the last chunk's missing keys repeat the last key (same max).
     for (long j = 0; j < chunks * AB_JB; j++) {
         ab_pack_row(k + (j < lk ? j : lk - 1) * ks, d, dp, 1, packed + j / AB_JB * AB_JB * dp + j % AB_JB);
@@ -122,45 +127,47 @@ static inline AB_TARGET void ab_probs(const float *st, long e, long n, __m512 vs
     _mm512_store_si512(pt + e * AB_R, ab_bf16_pairs(p0, p1, 1));
 }
 
-/// acc += P^T[one pair of keys] V[the pair, AB_CB columns from vj].
-static inline AB_TARGET void ab_values_step(__m512 *acc, const unsigned *pv, const unsigned *vj) {
+#define AB_INLINE static inline __attribute__((always_inline)) AB_TARGET
+
+/// acc += P^T[one pair of keys] V[the pair, cw columns from vj].
+AB_INLINE void ab_values_step(__m512 *acc, const unsigned *pv, const unsigned *vj, const int cw) {
     const __m512bh a = (__m512bh)_mm512_load_si512(pv);
 #pragma clang loop unroll(full)
-    for (int t = 0; t < AB_CB; t++) acc[t] = _mm512_dpbf16_ps(acc[t], a, (__m512bh)_mm512_set1_epi32((int)vj[t]));
+    for (int t = 0; t < cw; t++) acc[t] = _mm512_dpbf16_ps(acc[t], a, (__m512bh)_mm512_set1_epi32((int)vj[t]));
 }
 
 /// O^T = O^T c0 + P^T V for one group (pv: its P pairs, NULL: none) and, interleaved with it (vdpbf16ps keeps the FMA
 /// pipes busy, the exponentials mostly use the others), the next group's probabilities (ab_probs, `pairs` pairs of keys
 /// into pt, their sum added to l; st NULL: none).
-static inline AB_TARGET void ab_values(const unsigned *pv, const unsigned *vp, long pairs, long dvp, float *og,
-                                       __m512 c0, const float *st, long n, __m512 vscale, __m512 mn, __m512 *l,
-                                       unsigned *pt) {
+AB_INLINE void ab_values(const unsigned *pv, const unsigned *vp, long pairs, long dvp, float *og, __m512 c0,
+                          const float *st, long n, __m512 vscale, __m512 mn, __m512 *l, unsigned *pt, const int cw) {
     long e = 0;
     const long todo = st ? pairs : 0;
     __m512 sum = *l;
-    for (long cb = 0; pv && cb < dvp; cb += AB_CB) {
+    for (long cb = 0; pv && cb < dvp; cb += cw) {
         __m512 acc[AB_CB];
 #pragma clang loop unroll(full)
-        for (int t = 0; t < AB_CB; t++) acc[t] = _mm512_mul_ps(_mm512_load_ps(og + (cb + t) * AB_R), c0);
+        for (int t = 0; t < cw; t++) acc[t] = _mm512_mul_ps(_mm512_load_ps(og + (cb + t) * AB_R), c0);
         // One pair's probabilities per two pairs' P V, in as many column blocks as that takes (two for dv = 40).
         const long fused = todo - e < pairs / 2 ? todo - e : pairs / 2;
         long j2 = 0;
         for (; j2 < 2 * fused; j2 += 2) {
-            ab_values_step(acc, pv + j2 * AB_R, vp + j2 * dvp + cb);
+            ab_values_step(acc, pv + j2 * AB_R, vp + j2 * dvp + cb, cw);
             ab_probs(st, e++, n, vscale, mn, &sum, pt);
-            ab_values_step(acc, pv + (j2 + 1) * AB_R, vp + (j2 + 1) * dvp + cb);
+            ab_values_step(acc, pv + (j2 + 1) * AB_R, vp + (j2 + 1) * dvp + cb, cw);
         }
-        for (; j2 < pairs; j2++) ab_values_step(acc, pv + j2 * AB_R, vp + j2 * dvp + cb);
+        for (; j2 < pairs; j2++) ab_values_step(acc, pv + j2 * AB_R, vp + j2 * dvp + cb, cw);
 #pragma clang loop unroll(full)
-        for (int t = 0; t < AB_CB; t++) _mm512_store_ps(og + (cb + t) * AB_R, acc[t]);
+        for (int t = 0; t < cw; t++) _mm512_store_ps(og + (cb + t) * AB_R, acc[t]);
     }
     for (; e < todo; e++) ab_probs(st, e, n, vscale, mn, &sum, pt);
     *l = sum;
 }
 
-static AB_TARGET void ab_forward(const float *q, long qs, const unsigned *packed, float *o, long os, long rows, long lk,
-                                 long d, long dv, float scale, float *lse, void *work) {
-    const long groups = (rows + AB_R - 1) / AB_R, dp = (d + 1) / 2, dvp = (dv + AB_CB - 1) / AB_CB * AB_CB;
+/// ck_attention_forward_bf16 with cw = ab_cols(dv).
+AB_INLINE void ab_forward(const float *q, long qs, const unsigned *packed, float *o, long os, long rows, long lk, long d,
+                          long dv, float scale, float *lse, void *work, const int cw) {
+    const long groups = (rows + AB_R - 1) / AB_R, dp = (d + 1) / 2, dvp = ab_dvp(dv);
     unsigned *qt = (unsigned *)(((unsigned long)work + 63) & ~63ul); // groups x dp x 16 words (row pairs of q)
     float *ot = (float *)(qt + groups * AB_R * dp);                  // groups x dvp x 16
     float *ml = ot + groups * AB_R * dvp;                            // groups x 2 x 16
@@ -186,7 +193,7 @@ static AB_TARGET void ab_forward(const float *q, long qs, const unsigned *packed
             if (g == groups) {
                 __m512 none = _mm512_setzero_ps();
                 if (g) ab_values(pprev, vp, pairs, dvp, ot + (g - 1) * dvp * AB_R, c0prev, NULL, n, vscale, vscale, &none,
-                                 NULL);
+                                 NULL, cw);
                 break;
             }
             const unsigned *qg = qt + g * dp * AB_R;
@@ -214,7 +221,7 @@ static AB_TARGET void ab_forward(const float *q, long qs, const unsigned *packed
             c0 = ab_exp(_mm512_sub_ps(m0, mn)); // m0 = -inf (first block): exp(-86), times l = 0 and O = 0
             __m512 l = _mm512_mul_ps(_mm512_load_ps(lg), c0);
             ab_values(g ? pprev : NULL, vp, pairs, dvp, ot + (g ? g - 1 : 0) * dvp * AB_R, c0prev, st, n, vscale,
-                      mn, &l, pcur);
+                      mn, &l, pcur, cw);
             _mm512_store_ps(mg, mn);
             _mm512_store_ps(lg, l);
         }
@@ -229,6 +236,12 @@ static AB_TARGET void ab_forward(const float *q, long qs, const unsigned *packed
     }
 }
 
+static AB_TARGET void ab_forward_cols(const float *q, long qs, const unsigned *packed, float *o, long os, long rows,
+                                      long lk, long d, long dv, float scale, float *lse, void *work) {
+    if (ab_cols(dv) == 20) ab_forward(q, qs, packed, o, os, rows, lk, d, dv, scale, lse, work, 20);
+    else ab_forward(q, qs, packed, o, os, rows, lk, d, dv, scale, lse, work, 16);
+}
+
 void ck_attention_bf16_pack(const float *k, long ks, const float *v, long vs, long lk, long d, long dv, unsigned *packed) {
     if (ck_isa_active() >= CK_ISA_AVX512_BF16 && lk > 0) ab_pack(k, ks, v, vs, lk, d, dv, packed);
 }
@@ -236,7 +249,7 @@ void ck_attention_bf16_pack(const float *k, long ks, const float *v, long vs, lo
 int ck_attention_forward_bf16(const float *q, long qs, const unsigned *packed, float *o, long os, long rows, long lk,
                               long d, long dv, float scale, float *lse, void *work) {
     if (ck_isa_active() < CK_ISA_AVX512_BF16 || lk < 1) return 0;
-    ab_forward(q, qs, packed, o, os, rows, lk, d, dv, scale, lse, work);
+    ab_forward_cols(q, qs, packed, o, os, rows, lk, d, dv, scale, lse, work);
     return 1;
 }
 #else
