@@ -73,7 +73,7 @@ static inline AB_TARGET void ab_pack_row(const float *row, long d, long dp, int 
 // exp(x) for x <= 0 (x < -86 gives exp(-86)), within about half an ulp: x = (k/16) ln2 + r with k = round(16 x log2 e)
 // by the 1.5 * 2^19 shifter, r by Cody-Waite (|r| <= ln2/32), 2^(k/16) from a 16-entry table (the shifter's low 4
 // bits index it) as the float nearest it plus the rest, with k >> 4 added to the exponent, exp(r) by a cubic. 7 of its
-// operations use the FMA pipes (vdpbf16ps's), 9 the others.
+// operations use the FMA pipes (vdpbf16ps's), 8 the others.
 static inline AB_TARGET __m512 ab_exp(__m512 x) {
     const __m512 table = _mm512_setr_ps(1.0f, 1.04427373f, 1.09050775f, 1.13878858f, 1.18920708f, 1.24185777f,
                                         1.29683959f, 1.35425556f, 1.41421354f, 1.47682619f, 1.54221082f, 1.61049032f,
@@ -106,8 +106,8 @@ static AB_TARGET void ab_pack(const float *k, long ks, const float *v, long vs, 
     // Values as key pairs (dvp words per pair), zeros past dv and for the missing key of an odd count.
     unsigned *vp = packed + chunks * AB_JB * dp;
     for (long j2 = 0; j2 < (lk + 1) / 2; j2++) {
-        const float *v0 = v + 2 * j2 * vs, *v1 = v0 + vs;
         const int odd = 2 * j2 + 1 == lk;
+        const float *v0 = v + 2 * j2 * vs, *v1 = odd ? v0 : v0 + vs;
         for (long c = 0; c < dvp; c += 16) {
             const __m512 x0 = _mm512_maskz_loadu_ps(ab_lanes(dv - c), v0 + c);
             const __m512 x1 = _mm512_maskz_loadu_ps(odd ? 0 : ab_lanes(dv - c), v1 + c);
