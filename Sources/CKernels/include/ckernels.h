@@ -79,7 +79,8 @@ void ck_attention_forward(const float *q, long qs, const float *k, long ks, cons
 long ck_attention_work_floats(long rows, long d, long dv);
 /// The same forward with q k^T and P V in native bf16 (vdpbf16ps: q, k, v and the probabilities rounded to bfloat16,
 /// float32 accumulation, softmax in float32), no causal mask, on one head's keys and values packed once by
-/// ck_attention_bf16_pack (ck_attention_bf16_packed_words(lk, d, dv) words; any level: plain C); work:
+/// ck_attention_bf16_pack (ck_attention_bf16_packed_words(lk, d, dv) words; like the forward, a no-op without
+/// AVX512_BF16); work:
 /// ck_attention_bf16_work_bytes(rows, d, dv) bytes. Returns 0 without computing anything where the level in use has no
 /// AVX512_BF16 (or lk is 0), else 1.
 void ck_attention_bf16_pack(const float *k, long ks, const float *v, long vs, long lk, long d, long dv, unsigned *packed);
