@@ -17,19 +17,27 @@ final class UNetNativeBF16Tests: XCTestCase {
             throw XCTSkip(reason)
         }
         let refs = try fixtureTensors("bf16_references.safetensors")
+        // Every 3x3 convolution on oneDNN's direct bf16 kernel (float32 Winograd and F(2x2, 3x3) bf16 off): within
+        // torch's bf16 error. Then every eligible one on F(2x2, 3x3) bf16 (WinogradF2BF16) at any size, which these
+        // 8x8 fixtures never take by default: its error is about twice the direct kernel's per convolution, and on
+        // these tiny models (16-64 channels, where the largest element's error is what is measured) it can exceed
+        // torch's (sd2: 0.0131 against 0.0114), so it is held to twice ours with the direct kernel here; at the size
+        // where it runs by default see testFullSizeSD15ErrorWithinTorchBF16Error.
         for name in ["sd1", "sd2"] {
             let (_, io, call) = try fixtureUNet(name)
-            // Winograd off for every convolution, so that all of them run on the bf16 kernels.
-            let out = try GradMode.noGrad { try Winograd.withDisabled { try ComputePrecision.bf16.run { try call() } } }
-            let f32Out = try XCTUnwrap(io["out"]).toArray(), ours = out.toArray()
-            let ourError = zip(ours, f32Out).map { abs($0 - $1) }.max() ?? 0
-            let torchError = zip(try XCTUnwrap(refs["\(name).bf16_compute"]).toArray(), f32Out).map { abs($0 - $1) }.max() ?? 0
-            let scale = f32Out.map(abs).max() ?? 1
-            let ourMean = zip(ours, f32Out).map { abs($0 - $1) }.reduce(0, +) / Float(ours.count)
-            let torchMean = zip(try XCTUnwrap(refs["\(name).bf16_compute"]).toArray(), f32Out).map { abs($0 - $1) }.reduce(0, +) / Float(ours.count)
-            print("UNet native bf16 \(name): vs float32 \(ourError / scale) relative (mean \(ourMean / scale)), torch bf16 inference \(torchError / scale) (mean \(torchMean / scale))")
-            XCTAssertGreaterThan(ourError, 0, "\(name): bf16 compute should differ from float32 (did it run in bf16?)")
-            XCTAssertLessThanOrEqual(ourError, torchError, "\(name): native bf16 should be no less accurate than torch's bf16 inference")
+            let f32Out = try XCTUnwrap(io["out"]).toArray(), scale = f32Out.map(abs).max() ?? 1
+            let error = { (f2: Bool) -> Float in
+                let out = try GradMode.noGrad {
+                    try WinogradF2BF16.with(enabled: f2, minTiles: 1) { try Winograd.withDisabled { try ComputePrecision.bf16.run { try call() } } }
+                }
+                return zip(out.toArray(), f32Out).map { abs($0 - $1) }.max()! / scale
+            }
+            let (direct, f2) = (try error(false), try error(true))
+            let torchError = zip(try XCTUnwrap(refs["\(name).bf16_compute"]).toArray(), f32Out).map { abs($0 - $1) }.max()! / scale
+            print("UNet native bf16 \(name): vs float32 \(direct) relative (F(2x2, 3x3) bf16 everywhere: \(f2)), torch bf16 inference \(torchError)")
+            XCTAssertGreaterThan(direct, 0, "\(name): bf16 compute should differ from float32 (did it run in bf16?)")
+            XCTAssertLessThanOrEqual(direct, torchError, "\(name): native bf16 should be no less accurate than torch's bf16 inference")
+            XCTAssertLessThanOrEqual(f2, 2 * direct, "\(name): F(2x2, 3x3) bf16")
         }
     }
 
@@ -48,10 +56,10 @@ final class UNetNativeBF16Tests: XCTestCase {
         let io = try fixtureTensors("sd1/io.safetensors")
         let run = {
             try GradMode.noGrad {
-                try Winograd.withDisabled {
-                    try ComputePrecision.bf16.run {
+                try Winograd.withDisabled { // and F(2x2, 3x3) bf16 at every size, which reads both weights alike
+                    try WinogradF2BF16.with(enabled: true, minTiles: 1) { try ComputePrecision.bf16.run {
                         try model(sample: io["sample"]!, timestep: io["timestep"]!.toArray(), encoderHiddenStates: io["encoder_hidden_states"])
-                    }
+                    } }
                 }
             }
         }
@@ -68,5 +76,45 @@ final class UNetNativeBF16Tests: XCTestCase {
             XCTAssertLessThan(t.rank, 2, "\(name) should be bf16")
         }
         XCTAssertEqual(after, before)
+    }
+
+    /// The full-size SD-1.5 UNet (random diffusers weights) of tools/bench/unet_bf16_error.py, in the folder named by
+    /// LDM_SD15_BF16_ERROR (3.4 GB, not in the repository; skipped without it): our bf16 error against float32 (the
+    /// default paths, float32 Winograd F(4x4, 3x3) replacing F(2x2, 3x3) bf16, and oneDNN's direct bf16 kernel), each
+    /// no larger than PyTorch's bf16 model's, by the largest element and by the relative L2 norm.
+    func testFullSizeSD15ErrorWithinTorchBF16Error() throws {
+        guard NativeBF16.available, let path = ProcessInfo.processInfo.environment["LDM_SD15_BF16_ERROR"] else {
+            let reason = NativeBF16.available ? "LDM_SD15_BF16_ERROR (a folder written by tools/bench/unet_bf16_error.py) not set"
+                : "no native bf16 at ISA level \(CPUFeatures.active.name)"
+            print("UNetNativeBF16Tests.testFullSizeSD15ErrorWithinTorchBF16Error skipped: \(reason)")
+            throw XCTSkip(reason)
+        }
+        let dir = URL(fileURLWithPath: path)
+        let model = try UNet2DConditionModel(configData: try Data(contentsOf: dir.appendingPathComponent("config.json")))
+        _ = try model.load(CheckpointFile.open(dir.appendingPathComponent("diffusion_pytorch_model.safetensors")).tensors, component: "unet")
+        let io = try CheckpointFile.open(dir.appendingPathComponent("io.safetensors")).tensors.mapValues { try $0.tensor().float32() }
+        let f32Out = try XCTUnwrap(io["out"]).toArray(), torchOut = try XCTUnwrap(io["bf16_compute"]).toArray()
+        let scale = f32Out.map(abs).max() ?? 1, norm = f32Out.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+        func errors(_ y: [Float]) -> (Float, Double) {
+            var maxError: Float = 0, sum = 0.0
+            for (a, b) in zip(y, f32Out) {
+                maxError = max(maxError, abs(a - b))
+                sum += Double(a - b) * Double(a - b)
+            }
+            return (maxError / scale, sum.squareRoot() / norm)
+        }
+        let torch = errors(torchOut)
+        for (mode, f2, winograd) in [("default", true, true), ("float32 Winograd", false, true), ("direct bf16", false, false)] {
+            let run = {
+                try ComputePrecision.bf16.run {
+                    try model(sample: io["sample"]!, timestep: io["timestep"]!.toArray(), encoderHiddenStates: io["encoder_hidden_states"])
+                }
+            }
+            let out = try GradMode.noGrad { try WinogradF2BF16.with(enabled: f2) { try winograd ? run() : Winograd.withDisabled(run) } }
+            let ours = errors(out.toArray())
+            print("SD-1.5 UNet bf16, \(mode): max \(ours.0) L2 \(ours.1); torch bf16 max \(torch.0) L2 \(torch.1)")
+            XCTAssertLessThanOrEqual(ours.0, torch.0, mode)
+            XCTAssertLessThanOrEqual(ours.1, torch.1, mode)
+        }
     }
 }

@@ -79,7 +79,8 @@ void ck_attention_forward(const float *q, long qs, const float *k, long ks, cons
 long ck_attention_work_floats(long rows, long d, long dv);
 /// The same forward with q k^T and P V in native bf16 (vdpbf16ps: q, k, v and the probabilities rounded to bfloat16,
 /// float32 accumulation, softmax in float32), no causal mask, on one head's keys and values packed once by
-/// ck_attention_bf16_pack (ck_attention_bf16_packed_words(lk, d, dv) words; any level: plain C); work:
+/// ck_attention_bf16_pack (ck_attention_bf16_packed_words(lk, d, dv) words; like the forward, a no-op without
+/// AVX512_BF16); work:
 /// ck_attention_bf16_work_bytes(rows, d, dv) bytes. Returns 0 without computing anything where the level in use has no
 /// AVX512_BF16 (or lk is 0), else 1.
 void ck_attention_bf16_pack(const float *k, long ks, const float *v, long vs, long lk, long d, long dv, unsigned *packed);
@@ -109,6 +110,19 @@ void ck_geglu_backward(const float *x, const float *dy, float *dx, long rows, lo
 void ck_to_bf16(const float *x, unsigned short *y, long n);
 /// x[i] rounded to bfloat16 in place (nearest even; NaN stays NaN), kept as float32.
 void ck_round_bf16(float *x, long n);
+
+/// Winograd F(2x2, 3x3) with bf16 operands (winograd_f2_bf16.c; 3x3, stride 1, padding 1, even h and w; NCHW float32
+/// input and output). U[p][o][c] (16 x oc x ic bf16) for the output channels [o0, o1) from w (oc, ic, 3, 3), float32,
+/// or bfloat16 when `bf16` is nonzero.
+void ck_wf2_weights(const void *w, int bf16, long oc, long ic, long o0, long o1, unsigned short *u);
+/// V[p][c][t] (16 x ic x tc bf16) of the tile rows [r0, r1) (numbered image by image; h / 2 per image) for the
+/// channels [c0, c1): x's images xs_n floats apart, its channel planes xs_c.
+void ck_wf2_input(const float *x, long xs_n, long xs_c, long h, long w, long r0, long r1, long c0, long c1, long ic,
+                  unsigned short *v, long tc);
+/// y = A^T M A + bias for the output channels [o0, o1) and the tile rows [r0, r1), from M[p][o][t] (16 x oc x tc
+/// float32); y's images ys_n floats apart, its channel planes ys_c (h x w each).
+void ck_wf2_output(const float *m, long tc, long oc, long o0, long o1, const float *bias, float *y, long ys_n, long ys_c,
+                   long h, long w, long r0, long r1);
 
 /// Winograd F(4x4, 3x3) convolution pieces (winograd.c): stride 1, dilation 1, one group, NCHW float32.
 /// Floats of the transformed weights U for `oc` output and `ic` input channels: 36 * (icp * ocp / 16 + 1) * 16 (icp =

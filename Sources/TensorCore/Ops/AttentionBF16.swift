@@ -116,10 +116,11 @@ private func ownKernelAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale
     let O = outMem.data, osl = heads * dv
     let rowsPerTask = AttentionTiling.fusedRows, qBlocks = (lq + rowsPerTask - 1) / rowsPerTask
     let work = ck_attention_bf16_work_bytes(rowsPerTask, d, dv), headWords = ck_attention_bf16_packed_words(lk, d, dv)
-    // Every head's keys and values rounded to bf16 and packed once, shared by all the head's query tasks.
-    let packed = UnsafeMutablePointer<UInt32>.allocate(capacity: bs * heads * headWords)
-    defer { packed.deallocate() }
-    withExtendedLifetime((qc, kc, vc)) {
+    // Every head's keys and values rounded to bf16 and packed once, shared by all the head's query tasks (in a
+    // Storage: the buffer cache's, not pages faulted in afresh every call).
+    let packedStorage = Storage(byteCount: bs * heads * headWords * 4)
+    let packed = packedStorage.base.assumingMemoryBound(to: UInt32.self)
+    withExtendedLifetime((qc, kc, vc, packedStorage)) {
         Parallel.forEach(bs * heads, costPerItem: lk * (d + dv)) { bh in
             let b = bh / heads, h = bh % heads
             ck_attention_bf16_pack(kc.data + b * kc.strides[0] + h * kc.strides[1], kc.strides[2],

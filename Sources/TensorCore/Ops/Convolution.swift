@@ -23,7 +23,7 @@ public struct Conv2dOptions: Hashable {
     var key: String { "s\(stride.0),\(stride.1)p\(padding.top),\(padding.left),\(padding.bottom),\(padding.right)d\(dilation.0),\(dilation.1)g\(groups)" }
 }
 
-private struct ConvGeometry {
+struct ConvGeometry {
     let n, ic, h, w, oc, kh, kw, oh, ow: Int
     let o: Conv2dOptions
     init(_ x: [Int], _ wt: [Int], _ o: Conv2dOptions) {
@@ -381,6 +381,7 @@ private func convName(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options:
     let bf16 = NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? []))
     let inference = !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
     let path = ConvWeightCache.pointwiseGEMM && g.pointwise && inference ? (bf16 ? "GEMM bf16" : "GEMM f32")
+        : bf16 && inference && WinogradF2BF16.applies(g) ? "winograd F(2,3) bf16"
         : g.winograd(bf16: bf16, inference: inference) ? "winograd f32" : bf16 ? "oneDNN bf16" : "oneDNN f32"
     return "conv \(g.kh)x\(g.kw)/\(options.stride.0) \(g.h)x\(g.w) \(path)\(kind)"
 }
@@ -399,7 +400,9 @@ private func conv2dOp(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options:
         return out
     }
     let training = GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
-    if g.winograd(bf16: bf16, inference: !training) {
+    if bf16 && !training && WinogradF2BF16.applies(g) {
+        WinogradF2BF16.convolve(xin, weight, b32, g, into: out)
+    } else if g.winograd(bf16: bf16, inference: !training) {
         let weights = Winograd.Weights(weight, transposed: false, retain: training)
         withExtendedLifetime((xin, b32)) {
             Winograd.convolve(xin.data, n: g.n, h: g.h, w: g.w, xs: (g.ic * g.h * g.w, g.h * g.w),
