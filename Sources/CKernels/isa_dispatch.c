@@ -72,6 +72,8 @@ long ck_attention_work_floats(long rows, long d, long dv) {
       (q, qs, k, ks, v, vs, o, os, rows, lk, d, dv, scale, causal, limit0, lse, work)) \
     X(void, ck_attention_backward_row, (float *p, float *ds, long n, float lse, float delta, long masked_from), \
       (p, ds, n, lse, delta, masked_from)) \
+    X(void, ck_group_stats, (const float *base, long channels, long spatial, float eps, float *mean, float *rstd), \
+      (base, channels, spatial, eps, mean, rstd)) \
     X(void, ck_affine, (const float *x, float *y, long n, float a, float b, int silu), (x, y, n, a, b, silu)) \
     X(void, ck_silu_affine_backward, (const float *x, const float *g, float *dy, long n, float za, float zb, float mu, \
       float r, float *sum_dy, float *sum_dy_xhat), (x, g, dy, n, za, zb, mu, r, sum_dy, sum_dy_xhat)) \

@@ -153,6 +153,37 @@ CLONES void FN(ck_attention_backward_row)(float *p, float *ds, long n, float lse
     if (lim < n) { memset(p + lim, 0, (size_t)(n - lim) * sizeof(float)); memset(ds + lim, 0, (size_t)(n - lim) * sizeof(float)); }
 }
 
+CLONES void FN(ck_group_stats)(const float *base, long channels, long spatial, float eps, float *mean, float *rstd) {
+    // Per channel row: a float32 sum in four 8-lane accumulators; across rows in double. Then the squared deviations
+    // from the mean the same way (two passes, as torch's CPU group norm).
+    double s = 0.0;
+    for (long c = 0; c < channels; c++) {
+        const float *x = base + c * spatial;
+        v8f a0 = SPLAT(0.0f), a1 = a0, a2 = a0, a3 = a0;
+        long i = 0;
+        for (; i + 32 <= spatial; i += 32) { a0 += LOAD(x + i); a1 += LOAD(x + i + 8); a2 += LOAD(x + i + 16); a3 += LOAD(x + i + 24); }
+        for (; i + 8 <= spatial; i += 8) a0 += LOAD(x + i);
+        float r = HSUM((a0 + a1) + (a2 + a3));
+        for (; i < spatial; i++) r += x[i];
+        s += r;
+    }
+    const float mu = (float)(s / (double)(channels * spatial));
+    const v8f vmu = SPLAT(mu);
+    double v = 0.0;
+    for (long c = 0; c < channels; c++) {
+        const float *x = base + c * spatial;
+        v8f a0 = SPLAT(0.0f), a1 = a0;
+        long i = 0;
+        for (; i + 16 <= spatial; i += 16) { v8f d0 = LOAD(x + i) - vmu, d1 = LOAD(x + i + 8) - vmu; a0 += d0 * d0; a1 += d1 * d1; }
+        for (; i + 8 <= spatial; i += 8) { v8f d0 = LOAD(x + i) - vmu; a0 += d0 * d0; }
+        float r = HSUM(a0 + a1);
+        for (; i < spatial; i++) { const float d = x[i] - mu; r += d * d; }
+        v += r;
+    }
+    *mean = mu;
+    *rstd = (float)(1.0 / sqrt(v / (double)(channels * spatial) + (double)eps));
+}
+
 CLONES void FN(ck_affine)(const float *x, float *y, long n, float a, float b, int silu) {
     v8f va = SPLAT(a), vb = SPLAT(b);
     long i = 0;

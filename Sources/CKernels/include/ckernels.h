@@ -92,6 +92,9 @@ long ck_attention_bf16_work_bytes(long rows, long d, long dv);
 /// ds holds dO V^T). Columns from `masked_from` on are masked (p = ds = 0); pass n for none.
 void ck_attention_backward_row(float *p, float *ds, long n, float lse, float delta, long masked_from);
 
+/// Group norm's statistics of one group (`channels` rows of `spatial` floats at base): the mean, and 1/sqrt(var + eps)
+/// with the variance from the squared deviations (two passes; row sums in float32 lanes, across rows in double).
+void ck_group_stats(const float *base, long channels, long spatial, float eps, float *mean, float *rstd);
 /// y[i] = z * sigmoid(z) with z = x[i] * a + b (group norm's affine map fused with SiLU), or y[i] = z when !silu.
 void ck_affine(const float *x, float *y, long n, float a, float b, int silu);
 /// Group norm + SiLU backward, first pass over one channel row: z = x * za + zb, dy = g * silu'(z) written to dy;

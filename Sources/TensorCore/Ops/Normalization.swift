@@ -205,16 +205,13 @@ extension Tensor {
 }
 
 /// Mean and 1/sqrt(var + eps) of one group (`channels` rows of `spatial` values): two passes (mean, then squared
-/// deviations), summed per channel row in float32 SIMD lanes and across rows in Double.
+/// deviations), summed per channel row in float32 SIMD lanes and across rows in Double (CKernels' `ck_group_stats`,
+/// at the ISA level chosen at load time).
 @inline(__always)
 func groupStatistics(_ base: UnsafePointer<Float>, channels cpg: Int, spatial: Int, eps: Float) -> (mean: Float, rstd: Float) {
-    let m = cpg * spatial
-    var s = 0.0
-    for cc in 0..<cpg { s += Double(vectorSum(base + cc * spatial, spatial)) }
-    let mu = Float(s / Double(m))
-    var v = 0.0
-    for cc in 0..<cpg { v += Double(vectorSumSquaredDeviation(base + cc * spatial, spatial, mu)) }
-    return (mu, Float(1 / (v / Double(m) + Double(eps)).squareRoot()))
+    var mean: Float = 0, rstd: Float = 0
+    ck_group_stats(base, cpg, spatial, eps, &mean, &rstd)
+    return (mean, rstd)
 }
 
 /// Group norm as a per-(sample, channel) affine map: normalised x = x * scale + shift, exactly the coefficients
