@@ -155,7 +155,8 @@ CLONES void FN(ck_attention_backward_row)(float *p, float *ds, long n, float lse
 
 CLONES void FN(ck_group_stats)(const float *base, long channels, long spatial, float eps, float *mean, float *rstd) {
     // Per channel row: a float32 sum in four 8-lane accumulators; across rows in double. Then the squared deviations
-    // from the mean the same way (two passes, as torch's CPU group norm).
+    // from the mean the same way (two passes, as torch's CPU group norm). The squares are added as FMAs where the
+    // level has them (AVX2, AVX-512) and rounded separately at baseline: the levels agree to rounding, not bit for bit.
     double s = 0.0;
     for (long c = 0; c < channels; c++) {
         const float *x = base + c * spatial;

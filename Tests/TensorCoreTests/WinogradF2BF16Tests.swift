@@ -88,6 +88,23 @@ final class WinogradF2BF16Tests: XCTestCase {
         }
     }
 
+    func testChunksOfTileRowsAcrossImages() throws {
+        try skipUnlessNative()
+        let g = TorchGenerator(seed: 34)
+        let (n, ic, oc, h, w) = (3, 16, 24, 10, 8) // 5 tile rows per image, 15 in all
+        let x = Tensor.randn([n, ic, h, w], generator: g), wt = Tensor.randn([oc, ic, 3, 3], generator: g) * 0.1
+        let b = Tensor.randn([oc], generator: g)
+        let ref = definition(x, wt, b)
+        let perRow = 16 * (w / 2) * (2 * ic + 4 * oc)
+        for rows in [1, 4, 7] { // chunks within an image, across image boundaries, with a shorter last chunk
+            let saved = WinogradF2BF16.chunkBytes
+            WinogradF2BF16.chunkBytes = rows * perRow
+            defer { WinogradF2BF16.chunkBytes = saved }
+            let y = GradMode.noGrad { WinogradF2BF16.with(enabled: true, minTiles: 1) { NativeBF16.scope { conv2d(x, wt, b, Conv2dOptions(padding: 1)) } } }
+            XCTAssertLessThan(maxError(y.toArray(), ref), 1e-5, "\(rows) tile rows per chunk")
+        }
+    }
+
     func testErrorNearTheDirectBF16Convolution() throws {
         try skipUnlessNative()
         let g = TorchGenerator(seed: 32)

@@ -41,7 +41,8 @@ private func bf16Heads(_ t: Tensor) -> Storage {
 func scaledDotProductAttentionBF16(_ q: Tensor, _ k: Tensor, _ v: Tensor, scale sc: Float, causal: Bool) -> Tensor {
     let (bs, heads, lq, d) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
     let lk = k.shape[2], dv = v.shape[3]
-    if !causal && lk > 0 && AttentionTiling.ownBF16Kernel, let out = ownKernelAttentionBF16(q, k, v, scale: sc) { return out }
+    // The own kernel takes the running maximum of unscaled scores, which needs scale > 0 (always so in the models).
+    if !causal && lk > 0 && sc > 0 && AttentionTiling.ownBF16Kernel, let out = ownKernelAttentionBF16(q, k, v, scale: sc) { return out }
     let qb = bf16Heads(q), kb = bf16Heads(k), vb = bf16Heads(v)
     let Q = qb.base.assumingMemoryBound(to: UInt16.self), K = kb.base.assumingMemoryBound(to: UInt16.self)
     let V = vb.base.assumingMemoryBound(to: UInt16.self)

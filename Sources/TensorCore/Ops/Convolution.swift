@@ -380,15 +380,18 @@ private func convName(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options:
     let g = ConvGeometry(x.shape, weight.shape, options)
     let bf16 = NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? []))
     let inference = !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
-    let path = ConvWeightCache.pointwiseGEMM && g.pointwise && inference ? (bf16 ? "GEMM bf16" : "GEMM f32")
+    let path = ConvWeightCache.pointwiseGEMM && g.pointwise && inference && bandRows(g) == nil ? (bf16 ? "GEMM bf16" : "GEMM f32")
         : bf16 && inference && WinogradF2BF16.applies(g) ? "winograd F(2,3) bf16"
+        : inference && bandRows(g) != nil ? "banded " + (g.winograd(bf16: bf16, inference: true) ? "winograd f32" : bf16 ? "oneDNN bf16" : "oneDNN f32")
         : g.winograd(bf16: bf16, inference: inference) ? "winograd f32" : bf16 ? "oneDNN bf16" : "oneDNN f32"
     return "conv \(g.kh)x\(g.kw)/\(options.stride.0) \(g.h)x\(g.w) \(path)\(kind)"
 }
 
 private func conv2dOp(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options: Conv2dOptions) -> Tensor {
     let g = ConvGeometry(x.shape, weight.shape, options)
-    if let rows = bandRows(g), !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? [])) {
+    // Banded only off the bf16 Winograd F(2x2, 3x3) path, which makes its transforms in chunks of tile rows itself.
+    if let rows = bandRows(g), !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? [])),
+       !(NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? [])) && WinogradF2BF16.applies(g)) {
         return conv2dBanded(x, .plain, weight, bias, options, bandRows: rows)
     }
     let xin = x.float32().contiguous()

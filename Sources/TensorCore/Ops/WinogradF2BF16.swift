@@ -3,8 +3,9 @@ import CKernels
 import Foundation
 
 /// 3x3 stride-1 padding-1 convolutions under native bf16 as Winograd F(2x2, 3x3) with bf16 operands (CKernels'
-/// winograd_f2_bf16.c): 16 bf16 products per 2x2 output tile and channel pair on oneDNN's bf16 matmul, against 36 for
-/// the direct bf16 kernel and 36 float32 ones (per 4 outputs) for float32 F(4x4, 3x3). Its transforms only add and
+/// winograd_f2_bf16.c): 16 bf16 products per 2x2 output tile and channel pair (4 per output) on oneDNN's bf16 matmul,
+/// against 9 per output for the direct bf16 kernel and 2.25 float32 ones per output for float32 F(4x4, 3x3) (36 per
+/// 4x4 tile), whose float32 multiply-adds run at half the bf16 dot product's rate here. Its transforms only add and
 /// halve, so the rounding of V and U to bf16 keeps the error near the direct bf16 convolution's (about twice,
 /// tools/bench/winograd_bf16_error.py; F(4x4, 3x3) in bf16 would be ten times). Inference only.
 public enum WinogradF2BF16 {
@@ -15,9 +16,9 @@ public enum WinogradF2BF16 {
     /// faster, since U is made per call (a 1280-channel U is 52 MB). Where U stays cached on the weight
     /// (`ConvWeightCache.maxCachedBytes`, as `ldm bench` sets it) from half that (the SD UNet's 8x8 level at batch 2:
     /// 0.11 s against 0.16 s for its 14 convolutions on a Zen 4).
-    public nonisolated(unsafe) static var minTiles = ProcessInfo.processInfo.environment["LDM_BF16_WINOGRAD_F2_MIN_TILES"].flatMap { Int($0) } ?? 64
+    public nonisolated(unsafe) static var minTiles = max(1, ProcessInfo.processInfo.environment["LDM_BF16_WINOGRAD_F2_MIN_TILES"].flatMap { Int($0) } ?? 64)
     /// Bytes of V and M per chunk of tile rows (at least one tile row).
-    public nonisolated(unsafe) static var chunkBytes = (ProcessInfo.processInfo.environment["LDM_BF16_WINOGRAD_F2_CHUNK_MB"].flatMap { Int($0) } ?? 24) << 20
+    public nonisolated(unsafe) static var chunkBytes = min(max(1, ProcessInfo.processInfo.environment["LDM_BF16_WINOGRAD_F2_CHUNK_MB"].flatMap { Int($0) } ?? 24), 1 << 20) << 20
 
     /// Runs `body` with the path on or off and `minTiles` set (tests).
     public static func with<T>(enabled on: Bool, minTiles tiles: Int = 64, _ body: () throws -> T) rethrows -> T {
@@ -36,6 +37,7 @@ public enum WinogradF2BF16 {
 
     /// y = conv2d(x, weight, bias) for a geometry where `applies`; x contiguous float32 NCHW, y (n, oc, h, w).
     static func convolve(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ g: ConvGeometry, into y: Tensor) {
+        precondition(NativeBF16.available, "WinogradF2BF16: the C kernels are compiled for x86-64-v4 (AVX-512) and need native bf16")
         let (n, ic, oc, h, w) = (g.n, g.ic, g.oc, g.h, g.w), tw = w / 2, rows = n * (h / 2)
         let (u, uOwner) = weight.winogradF2U(oc: oc, ic: ic)
         // Tile rows per chunk: V (bf16) and M (float32) of a chunk within chunkBytes.
