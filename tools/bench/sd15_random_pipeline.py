@@ -24,6 +24,7 @@ import os
 import sys
 
 import torch
+from transformers.convert_slow_tokenizer import bytes_to_unicode  # GPT-2 / CLIP byte table
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -37,18 +38,6 @@ def bpe_file():
         if os.path.exists(path):
             return path
     return os.path.join(HERE, "..", "..", "Sources", "Tokenizers", "Resources", "bpe_simple_vocab_16e6.txt.gz")
-
-
-def bytes_to_unicode():
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 def write_tokenizer(folder):
