@@ -375,37 +375,51 @@ func pointwiseGEMM(_ x: Tensor, channelsLast: Bool, _ weight: Tensor, bf16: Bool
     }
 }
 
+/// How `conv2dOp` computes a forward. Inference only: bf16 Winograd F(2x2, 3x3) (which makes its transforms in chunks
+/// of tile rows itself, so it is never banded), bands of output rows for large outputs, a 1x1 convolution as a GEMM;
+/// else Winograd F(4x4, 3x3) or oneDNN's convolution.
+private enum ConvPath {
+    case winogradF2BF16, banded(rows: Int), pointwiseGEMM, winograd, oneDNN
+
+    init(_ g: ConvGeometry, bf16: Bool, inference: Bool) {
+        if inference && bf16 && WinogradF2BF16.applies(g) { self = .winogradF2BF16 }
+        else if inference, let rows = bandRows(g) { self = .banded(rows: rows) }
+        else if inference && ConvWeightCache.pointwiseGEMM && g.pointwise { self = .pointwiseGEMM }
+        else { self = g.winograd(bf16: bf16, inference: inference) ? .winograd : .oneDNN }
+    }
+}
+
 /// The op-times name of a convolution: kernel, stride, input size, path.
 private func convName(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options: Conv2dOptions, _ kind: String = "") -> String {
-    let g = ConvGeometry(x.shape, weight.shape, options)
-    let bf16 = NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? []))
-    let inference = !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
-    let path = ConvWeightCache.pointwiseGEMM && g.pointwise && inference && bandRows(g) == nil ? (bf16 ? "GEMM bf16" : "GEMM f32")
-        : bf16 && inference && WinogradF2BF16.applies(g) ? "winograd F(2,3) bf16"
-        : inference && bandRows(g) != nil ? "banded " + (g.winograd(bf16: bf16, inference: true) ? "winograd f32" : bf16 ? "oneDNN bf16" : "oneDNN f32")
-        : g.winograd(bf16: bf16, inference: inference) ? "winograd f32" : bf16 ? "oneDNN bf16" : "oneDNN f32"
+    let g = ConvGeometry(x.shape, weight.shape, options), operands = [x, weight] + (bias.map { [$0] } ?? [])
+    let bf16 = NativeBF16.applies(operands), inference = !GradMode.shouldRecord(operands)
+    let kernel = { (winograd: Bool) in winograd ? "winograd f32" : bf16 ? "oneDNN bf16" : "oneDNN f32" }
+    let path = switch ConvPath(g, bf16: bf16, inference: inference) {
+    case .winogradF2BF16: "winograd F(2,3) bf16"
+    case .banded: "banded " + kernel(g.winograd(bf16: bf16, inference: true))
+    case .pointwiseGEMM: bf16 ? "GEMM bf16" : "GEMM f32"
+    case .winograd: kernel(true)
+    case .oneDNN: kernel(false)
+    }
     return "conv \(g.kh)x\(g.kw)/\(options.stride.0) \(g.h)x\(g.w) \(path)\(kind)"
 }
 
 private func conv2dOp(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options: Conv2dOptions) -> Tensor {
-    let g = ConvGeometry(x.shape, weight.shape, options)
-    // Banded only off the bf16 Winograd F(2x2, 3x3) path, which makes its transforms in chunks of tile rows itself.
-    if let rows = bandRows(g), !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? [])),
-       !(NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? [])) && WinogradF2BF16.applies(g)) {
-        return conv2dBanded(x, .plain, weight, bias, options, bandRows: rows)
-    }
+    let g = ConvGeometry(x.shape, weight.shape, options), operands = [x, weight] + (bias.map { [$0] } ?? [])
+    let bf16 = NativeBF16.applies(operands), training = GradMode.shouldRecord(operands)
+    let path = ConvPath(g, bf16: bf16, inference: !training)
+    if case .banded(let rows) = path { return conv2dBanded(x, .plain, weight, bias, options, bandRows: rows) }
     let xin = x.float32().contiguous()
     let out = Tensor.empty([g.n, g.oc, g.oh, g.ow])
     let b32 = bias?.float32().contiguous()
-    let bf16 = NativeBF16.applies([x, weight] + (bias.map { [$0] } ?? []))
-    if ConvWeightCache.pointwiseGEMM, g.pointwise, !GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? [])) {
+    switch path {
+    case .banded: preconditionFailure("handled above")
+    case .pointwiseGEMM:
         pointwiseConv(xin, weight, b32, g, bf16: bf16, into: out)
         return out
-    }
-    let training = GradMode.shouldRecord([x, weight] + (bias.map { [$0] } ?? []))
-    if bf16 && !training && WinogradF2BF16.applies(g) {
+    case .winogradF2BF16:
         WinogradF2BF16.convolve(xin, weight, b32, g, into: out)
-    } else if g.winograd(bf16: bf16, inference: !training) {
+    case .winograd:
         let weights = Winograd.Weights(weight, transposed: false, retain: training)
         withExtendedLifetime((xin, b32)) {
             Winograd.convolve(xin.data, n: g.n, h: g.h, w: g.w, xs: (g.ic * g.h * g.w, g.h * g.w),
@@ -413,7 +427,7 @@ private func conv2dOp(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ options:
                               out.data, oh: g.oh, ow: g.ow, ys: (g.oc * g.oh * g.ow, g.oh * g.ow), retain: training)
         }
         weights.done()
-    } else {
+    case .oneDNN:
         let prim = g.forward(bias: bias != nil, bf16: bf16)
         let (wptr, wstorage) = weight.reorderedWeight(for: prim, plain: g.wei, key: "fwd" + g.key + (bf16 ? "bf16" : ""))
         var args: [Primitive.Arg] = [

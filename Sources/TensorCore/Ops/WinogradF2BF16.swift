@@ -32,8 +32,11 @@ public enum WinogradF2BF16 {
     static func applies(_ g: ConvGeometry) -> Bool {
         enabled && g.kh == 3 && g.kw == 3 && g.o.stride == (1, 1) && g.o.dilation == (1, 1) && g.o.groups == 1
             && g.o.padding == (1, 1, 1, 1) && g.h % 2 == 0 && g.w % 2 == 0 && g.w <= 1024 && g.ic >= 8 && g.oc >= 8
-            && g.n * (g.h / 2) * (g.w / 2) >= (16 * g.oc * g.ic * 2 <= ConvWeightCache.maxCachedBytes ? minTiles / 2 : minTiles)
+            && g.n * (g.h / 2) * (g.w / 2) >= (uBytes(oc: g.oc, ic: g.ic) <= ConvWeightCache.maxCachedBytes ? minTiles / 2 : minTiles)
     }
+
+    /// Bytes of a weight's U: 16 positions x oc x ic bf16.
+    static func uBytes(oc: Int, ic: Int) -> Int { 16 * oc * ic * 2 }
 
     /// y = conv2d(x, weight, bias) for a geometry where `applies`; x contiguous float32 NCHW, y (n, oc, h, w).
     static func convolve(_ x: Tensor, _ weight: Tensor, _ bias: Tensor?, _ g: ConvGeometry, into y: Tensor) {
@@ -90,7 +93,7 @@ extension Tensor {
         if let c = layoutCache, c.key == key, c.version == version { return (UnsafeRawPointer(c.storage.base), c.storage) }
         let src = dtype == .bfloat16 && isContiguous ? self : float32().contiguous()
         let bf16: Int32 = src.dtype == .bfloat16 ? 1 : 0
-        let u = Storage(byteCount: 16 * oc * ic * 2)
+        let u = Storage(byteCount: WinogradF2BF16.uBytes(oc: oc, ic: ic))
         let up = u.base.assumingMemoryBound(to: UInt16.self)
         withExtendedLifetime(src) {
             let wp = UnsafeRawPointer(src.storage.base + src.offset * (bf16 == 1 ? 2 : 4))
