@@ -8,8 +8,7 @@ import XCTest
 // those are held to the bf16 size of error against float32 attention. Skipped where the level has no native bf16.
 final class AttentionBF16Tests: XCTestCase {
     private func skipUnlessNative() throws {
-        guard NativeBF16.available else {
-            let reason = "no native bf16 at ISA level \(CPUFeatures.active.name) (detected \(CPUFeatures.detected.name))"
+        if let reason = NativeBF16.unavailableReason {
             print("AttentionBF16Tests skipped: \(reason)")
             throw XCTSkip(reason)
         }

@@ -6,8 +6,7 @@ import XCTest
 // differs). Skipped, with the reason printed, where the ISA level in use has no native bf16.
 final class NativeBF16Tests: XCTestCase {
     private func skipUnlessNative() throws {
-        guard NativeBF16.available else {
-            let reason = "no native bf16 at ISA level \(CPUFeatures.active.name) (detected \(CPUFeatures.detected.name))"
+        if let reason = NativeBF16.unavailableReason {
             print("NativeBF16Tests skipped: \(reason)")
             throw XCTSkip(reason)
         }

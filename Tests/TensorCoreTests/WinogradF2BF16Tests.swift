@@ -7,8 +7,7 @@ import XCTest
 // bf16 convolution's. Skipped, with the reason printed, where the ISA level in use has no native bf16.
 final class WinogradF2BF16Tests: XCTestCase {
     private func skipUnlessNative() throws {
-        guard NativeBF16.available else {
-            let reason = "no native bf16 at ISA level \(CPUFeatures.active.name) (detected \(CPUFeatures.detected.name))"
+        if let reason = NativeBF16.unavailableReason {
             print("WinogradF2BF16Tests skipped: \(reason)")
             throw XCTSkip(reason)
         }

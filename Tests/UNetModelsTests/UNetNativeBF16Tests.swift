@@ -11,8 +11,7 @@ import XCTest
 // printed, where the ISA level in use has no native bf16.
 final class UNetNativeBF16Tests: XCTestCase {
     func testNativeBF16ComputeStaysWithinTorchBF16Error() throws {
-        guard NativeBF16.available else {
-            let reason = "no native bf16 at ISA level \(CPUFeatures.active.name) (detected \(CPUFeatures.detected.name))"
+        if let reason = NativeBF16.unavailableReason {
             print("UNetNativeBF16Tests skipped: \(reason)")
             throw XCTSkip(reason)
         }
@@ -47,8 +46,7 @@ final class UNetNativeBF16Tests: XCTestCase {
     /// bf16, nothing else, and the native bf16 UNet's output is unchanged (its kernels round float32 weights to the
     /// same bf16 values; Winograd off, whose float32 path would see the rounded weights).
     func testBF16StoredWeightsGiveTheSameNativeOutput() throws {
-        guard NativeBF16.available else {
-            let reason = "no native bf16 at ISA level \(CPUFeatures.active.name) (detected \(CPUFeatures.detected.name))"
+        if let reason = NativeBF16.unavailableReason {
             print("UNetNativeBF16Tests skipped: \(reason)")
             throw XCTSkip(reason)
         }
@@ -86,8 +84,7 @@ final class UNetNativeBF16Tests: XCTestCase {
     /// no larger than PyTorch's bf16 model's, by the largest element and by the relative L2 norm.
     func testFullSizeSD15ErrorWithinTorchBF16Error() throws {
         guard NativeBF16.available, let path = ProcessInfo.processInfo.environment["LDM_SD15_BF16_ERROR"] else {
-            let reason = NativeBF16.available ? "LDM_SD15_BF16_ERROR (a folder written by tools/bench/unet_bf16_error.py) not set"
-                : "no native bf16 at ISA level \(CPUFeatures.active.name)"
+            let reason = NativeBF16.unavailableReason ?? "LDM_SD15_BF16_ERROR (a folder written by tools/bench/unet_bf16_error.py) not set"
             print("UNetNativeBF16Tests.testFullSizeSD15ErrorWithinTorchBF16Error skipped: \(reason)")
             throw XCTSkip(reason)
         }

@@ -14,6 +14,10 @@ public enum NativeBF16 {
     public nonisolated(unsafe) static private(set) var active = false
     /// Whether this process can (the ISA level in use has native bf16).
     public static var available: Bool { CPUFeatures.nativeBF16 }
+    /// Why it cannot (nil where `available`): the ISA level in use and the one detected.
+    public static var unavailableReason: String? {
+        available ? nil : "no native bf16 at ISA level \(CPUFeatures.active.name) (detected \(CPUFeatures.detected.name))"
+    }
     /// Under native bf16, 3x3 stride-1 convolutions that Winograd takes still run as float32 Winograd (2.25 float32
     /// multiply-adds per output against 9 bf16 ones of the direct kernel: faster here, and more accurate) unless
     /// `LDM_BF16_WINOGRAD=0`, which sends them to oneDNN's bf16 direct convolution.
